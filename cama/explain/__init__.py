@@ -1,0 +1,64 @@
+"""Explanation maps for metric-learning and classification models.
+
+Pure, batched tensor functions (any device, any floating dtype):
+
+* forward-only maps at feature resolution, raw (no ReLU, no normalisation):
+  :func:`class_activation_map` (CAM, dist-cam Eq. 3), :func:`dist_cam` (Dist-CAM, Eq. 4-7),
+  :func:`ram` / :func:`ram_self` / :func:`ram_per_branch` (RAM, cama-ram Eq. 10, Fig. 8),
+  :func:`fam` (FAM, fam Sec. IV, Eq. 11-18);
+* :func:`gradient_cam`: Grad-CAM, Grad-CAM++, Layer-CAM, FullGrad with the layerization and
+  truncation tricks (ltgrad-cam Eq. 2-11), in ``[0, 1]`` at image size;
+* rendering: :func:`postprocess` (ReLU -> bilinear upsampling -> per-map min-max),
+  :func:`overlay` (uint8 RGB heat-map overlays), :func:`grid`.
+
+This package imports nothing from ``cama.models``, ``callbacks`` or ``datamodules``.
+"""
+
+from .gradient import (
+    fullgrad_layers,
+    gradient_cam,
+    gradient_cam_layer_map,
+    logit_score,
+    similarity_score,
+    truncate_gradients,
+)
+from .maps import (
+    class_activation_map,
+    class_prototype,
+    dist_cam,
+    dist_cam_weights,
+    fam,
+    fam_channel_contributions,
+    fam_importance,
+    global_average_pool,
+    ram,
+    ram_per_branch,
+    ram_self,
+)
+from .render import colorize, colormap, grid, minmax_normalize, overlay, postprocess
+
+__all__ = [
+    "class_activation_map",
+    "class_prototype",
+    "colorize",
+    "colormap",
+    "dist_cam",
+    "dist_cam_weights",
+    "fam",
+    "fam_channel_contributions",
+    "fam_importance",
+    "fullgrad_layers",
+    "global_average_pool",
+    "gradient_cam",
+    "gradient_cam_layer_map",
+    "grid",
+    "logit_score",
+    "minmax_normalize",
+    "overlay",
+    "postprocess",
+    "ram",
+    "ram_per_branch",
+    "ram_self",
+    "similarity_score",
+    "truncate_gradients",
+]

@@ -1,0 +1,361 @@
+"""Gradient CAMs with the layerization and truncation tricks (ltgrad-cam, Eq. 2-11).
+
+:func:`gradient_cam` explains any scalar score per sample -- a class logit, or the similarity
+of a metric model's embedding to a reference embedding -- with Grad-CAM, Grad-CAM++,
+Layer-CAM or FullGrad on one or several layers, in one forward and one backward pass for the
+whole batch. It is the only function of ``cama.explain`` that touches a model, and it leaves no
+trace on it: no hook, same train/eval mode per module, same ``.grad`` and ``requires_grad`` on
+every parameter, also when it raises. It runs inside a Lightning validation loop (which runs
+under ``torch.inference_mode``).
+
+Reading of the papers (``/work/shared/papers/ltgrad-cam.md``):
+
+* **Grad-CAM** (Eq. 2-3): ``w_k = mean_ij g_ij^k``, map ``sum_k w_k A^k``.
+* **Grad-CAM++** (Chattopadhay et al., ltgrad-cam ref. [3]) in its closed form for an
+  exponential score ``Y = exp(S)`` of a piecewise-linear network, where the higher derivatives
+  are ``exp(S) g^2`` and ``exp(S) g^3``:
+  ``alpha_ij^k = g_ij^2 / (2 g_ij^2 + sum_ab A_ab^k g_ij^3)`` (0 where the denominator is 0),
+  ``w_k = sum_ij alpha_ij^k ReLU(g_ij^k)``, map ``sum_k w_k A^k``. The factor ``exp(S)`` of the
+  weights is one positive constant per sample (shared by every layer), which the per-map
+  normalisation removes, so it is left out.
+* **Layer-CAM** (Eq. 4-5): map ``sum_k ReLU(g^k) * A^k`` (Hadamard product, summed over the
+  channels as in Layer-CAM's paper).
+* **FullGrad** (Eq. 6-7): ``dy/dx * x + sum_l sum_k Psi(dy/db^{kl} * b^{kl})``. The gradient
+  with respect to a bias that is broadcast over the positions of a layer's output ``A^l`` is
+  ``dy/dA^l``, so the bias term of layer ``l`` is ``dy/dA^l * b^l`` (per channel and position).
+  ``Psi`` is ``|.|`` followed by min-max normalisation; like Srinivas & Fleuret's reference
+  code we normalise each layer's tensor per sample jointly over channels and positions and then
+  sum over the channels (normalising each channel on its own would give every channel the same
+  weight). ``b^l`` is the bias of a convolution / linear layer, or for a batch-norm layer in eval
+  mode its effective bias ``beta - gamma * running_mean / sqrt(running_var + eps)``; a hooked
+  module without a bias (e.g. a whole residual stage) contributes the gradient-times-input term
+  of the sub-network that follows it, ``Psi(dy/dA^l * A^l)``. The input term ``dy/dx * x`` is
+  always included (as one more map). :func:`fullgrad_layers` lists every bias-carrying
+  convolution and batch-norm layer of a model, which gives the original FullGrad.
+* **Layerization** (Eq. 8): the per-layer maps, each through :func:`postprocess` (ReLU of Eq. 3
+  / 5, bilinear upsampling ``psi`` to the image size, per-map min-max, as this project's
+  ``DESIGN.md`` specifies), are summed; the sum is min-max normalised to ``[0, 1]``.
+* **Truncation** (Eq. 9-11): ``g <- I(g >= delta) * g`` where ``delta`` is the given percentile
+  (0-100) of the *positive* gradients of each feature map, per sample -- by default of the whole
+  layer output ``Z`` ``[K, h, w]``; ``truncation_per_channel=True`` takes the percentile of each
+  channel ``A^{kl}`` separately. Eq. 9 writes ``>=``, Eq. 10-11 ``>``; we keep ``>=`` so that
+  ``delta = 0`` (the smallest positive gradient) keeps exactly the positive gradients. Applied to
+  every gradient the method uses (the input gradient of FullGrad included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .render import minmax_normalize, postprocess
+
+__all__ = [
+    "Method",
+    "truncate_gradients",
+    "gradient_cam_layer_map",
+    "gradient_cam",
+    "fullgrad_layers",
+    "logit_score",
+    "similarity_score",
+]
+
+Method = Literal["gradcam", "gradcam++", "layercam", "fullgrad"]
+_METHODS = ("gradcam", "gradcam++", "layercam", "fullgrad")
+LayerSpec = nn.Module | str
+
+
+# --------------------------------------------------------------------------------------------------
+# truncation trick
+# --------------------------------------------------------------------------------------------------
+def truncate_gradients(gradients: Tensor, percentile: float, per_channel: bool = False) -> Tensor:
+    """Truncation trick, ltgrad-cam Eq. 9-10: keep ``g >= delta``, zero the others.
+
+    ``delta`` is the ``percentile``-th percentile (linear interpolation, as ``numpy.percentile``)
+    of the positive entries of each sample's feature map; a map without a positive gradient
+    keeps nothing. Vectorised with ``torch.nanquantile`` over the non-positive entries set to NaN.
+
+    Args:
+        gradients: ``[B, K, h, w]`` (any ``[B, ...]`` when ``per_channel`` is False).
+        percentile: ``delta`` in ``[0, 100]``; 0 keeps exactly the positive gradients.
+        per_channel: take the percentile of each channel ``[h, w]`` instead of the whole
+            ``[K, h, w]`` map.
+
+    Returns:
+        The truncated gradients, same shape and dtype.
+    """
+    if not 0.0 <= percentile <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    rows = gradients.flatten(2) if per_channel else gradients.flatten(1)  # [B, K, hw] or [B, n]
+    work = rows.to(torch.promote_types(rows.dtype, torch.float32))
+    positive = torch.where(work > 0, work, torch.full_like(work, float("nan")))
+    delta = torch.nanquantile(positive, percentile / 100.0, dim=-1, keepdim=True)
+    keep = work >= delta  # False against NaN: no positive gradient keeps nothing
+    return torch.where(keep, rows, torch.zeros_like(rows)).reshape(gradients.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-layer maps
+# --------------------------------------------------------------------------------------------------
+def _effective_bias(module: nn.Module) -> Tensor | None:
+    """The per-channel bias ``b`` that ``module`` adds to its output, or None."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        beta = module.bias if module.bias is not None else None
+        if module.running_mean is not None and not module.training:
+            scale = torch.rsqrt(module.running_var + module.eps)
+            gamma = module.weight if module.weight is not None else torch.ones_like(scale)
+            shift = -gamma * module.running_mean * scale
+            return shift if beta is None else beta + shift
+        return beta
+    bias = getattr(module, "bias", None)
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(bias, Tensor):
+        return bias
+    return None
+
+
+def _fullgrad_term(gradients: Tensor, values: Tensor) -> Tensor:
+    """``sum_k Psi(g * v)``: ``|g * v|`` min-max normalised per sample over (K, h, w), summed over K."""
+    product = (gradients * values).abs()
+    batch = product.shape[0]
+    flat = minmax_normalize(product.reshape(batch, 1, 1, -1)).reshape(product.shape)
+    return flat.sum(dim=1)
+
+
+def gradient_cam_layer_map(
+    activations: Tensor,
+    gradients: Tensor,
+    method: Method = "gradcam",
+    bias: Tensor | None = None,
+) -> Tensor:
+    """The raw map of one layer, ltgrad-cam Eq. 2-7 (see the module docstring).
+
+    Args:
+        activations: ``A`` ``[B, K, h, w]``.
+        gradients: ``dy/dA`` ``[B, K, h, w]`` (already truncated if wanted).
+        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"`` or ``"fullgrad"``.
+        bias: FullGrad only: the per-channel bias ``[K]`` added by the layer; None uses the
+            gradient-times-activation term.
+
+    Returns:
+        ``[B, h, w]``, before ReLU / upsampling / normalisation (FullGrad's is already >= 0).
+    """
+    if method == "gradcam":
+        weights = gradients.mean(dim=(-2, -1))  # Eq. 2
+        return torch.einsum("bk,bkhw->bhw", weights, activations)  # Eq. 3 without ReLU
+    if method == "gradcam++":
+        squared = gradients.square()
+        denominator = 2.0 * squared + activations.sum(dim=(-2, -1), keepdim=True) * squared * gradients
+        alpha = squared / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+        weights = (alpha * gradients.relu()).sum(dim=(-2, -1))
+        return torch.einsum("bk,bkhw->bhw", weights, activations)
+    if method == "layercam":
+        return (gradients.relu() * activations).sum(dim=1)  # Eq. 4-5 without the outer ReLU
+    if method == "fullgrad":
+        if bias is None:
+            return _fullgrad_term(gradients, activations)
+        return _fullgrad_term(gradients, bias.to(gradients.dtype).view(1, -1, *([1] * (gradients.ndim - 2))))
+    raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# the model-facing part
+# --------------------------------------------------------------------------------------------------
+def fullgrad_layers(model: nn.Module) -> list[nn.Module]:
+    """Every convolution with a bias and every batch-norm layer of ``model`` (FullGrad's ``l``, Eq. 6)."""
+    return [
+        module
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        or (isinstance(module, nn.modules.conv._ConvNd) and module.bias is not None)
+    ]
+
+
+def _resolve_layers(model: nn.Module, layers: LayerSpec | Sequence[LayerSpec]) -> list[nn.Module]:
+    items = [layers] if isinstance(layers, (nn.Module, str)) else list(layers)
+    if not items:
+        raise ValueError("need at least one layer")
+    return [model.get_submodule(item) if isinstance(item, str) else item for item in items]
+
+
+@contextmanager
+def _model_state_guard(model: nn.Module, eval_mode: bool) -> Iterator[None]:
+    """Restore every module's train/eval flag and every parameter's ``.grad`` / ``requires_grad``."""
+    modes = [(module, module.training) for module in model.modules()]
+    parameters = list(model.parameters())
+    grads = [parameter.grad for parameter in parameters]
+    requires = [parameter.requires_grad for parameter in parameters]
+    try:
+        if eval_mode:
+            model.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for parameter, grad, flag in zip(parameters, grads, requires):
+            if parameter.requires_grad != flag:
+                parameter.requires_grad_(flag)
+            if parameter.grad is not grad:
+                parameter.grad = grad
+
+
+def gradient_cam(
+    model: nn.Module,
+    images: Tensor,
+    score_fn: Callable[[Any], Tensor],
+    layers: LayerSpec | Sequence[LayerSpec],
+    method: Method = "gradcam",
+    truncation: float | None = None,
+    truncation_per_channel: bool = False,
+    eval_mode: bool = True,
+) -> Tensor:
+    """Gradient CAM of a scalar score per sample, layerized and optionally truncated (ltgrad-cam).
+
+    One forward pass (forward hooks record the ``layers``' outputs) and one backward pass
+    (``torch.autograd.grad`` of the summed scores with respect to those outputs -- and to the
+    images for FullGrad) for the whole batch; parameters' ``.grad`` are never written. The
+    per-layer maps (Eq. 3 / 5 / 6, :func:`gradient_cam_layer_map`) go through
+    :func:`postprocess` to the image size and are summed (layerization, Eq. 8); the sum is
+    min-max normalised per sample. With ``truncation=delta`` the gradients are first truncated
+    (Eq. 9-11, :func:`truncate_gradients`).
+
+    Safe inside a Lightning validation loop: gradients are enabled locally (leaving
+    ``torch.inference_mode`` / ``torch.no_grad``), the images are cloned into normal tensors,
+    the model is put in eval mode (``eval_mode``) and every module's own mode, every parameter's
+    ``.grad`` and ``requires_grad`` are restored afterwards, and the hooks are removed -- also when
+    an exception is raised.
+
+    Each hooked module must run once per forward and return a floating ``[B, K, h, w]`` tensor.
+    Its output is handed on as a clone, so an in-place operation that follows it (e.g.
+    ``ReLU(inplace=True)`` after a batch norm) does not change the recorded activation.
+
+    Args:
+        model: any ``nn.Module``; ``model(images)`` is passed to ``score_fn``.
+        images: ``[B, C, H, W]``.
+        score_fn: output of the model -> one score per sample ``[B]`` (see :func:`logit_score`,
+            :func:`similarity_score`).
+        layers: modules, or names resolved with ``model.get_submodule`` (one or several).
+        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"`` or ``"fullgrad"``.
+        truncation: ``delta``, the percentile (0-100) of the positive gradients kept; None
+            disables the truncation trick.
+        truncation_per_channel: take the percentile per channel instead of per whole map.
+        eval_mode: run the model in eval mode (batch norm with running statistics, no dropout).
+
+    Returns:
+        ``[B, H, W]`` in ``[0, 1]``, float (at least float32), on the images' device.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
+    modules = _resolve_layers(model, layers)
+    records: list[list[Tensor]] = [[] for _ in modules]
+
+    def make_hook(index: int) -> Callable[[nn.Module, Any, Any], Tensor]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Tensor:
+            if not isinstance(output, Tensor) or not output.is_floating_point():
+                raise TypeError(f"layer {module.__class__.__name__} must return a floating tensor")
+            records[index].append(output)
+            return output.clone()  # later in-place ops act on the clone, not on the record
+
+        return hook
+
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    with torch.inference_mode(False), torch.enable_grad(), _model_state_guard(model, eval_mode):
+        try:
+            handles = [module.register_forward_hook(make_hook(i)) for i, module in enumerate(modules)]
+            inputs = images.detach().clone().requires_grad_(True)
+            scores = score_fn(model(inputs))
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not isinstance(scores, Tensor) or scores.shape != (images.shape[0],):
+            got = getattr(scores, "shape", scores)
+            raise ValueError(f"score_fn must return one score per sample [B], got {got}")
+        for module, record in zip(modules, records):
+            if len(record) != 1:
+                name = module.__class__.__name__
+                raise RuntimeError(f"layer {name} ran {len(record)} times in one forward")
+        activations = [record[0] for record in records]
+        for activation in activations:
+            if activation.ndim != 4:
+                raise ValueError(f"layer outputs must be [B, K, h, w], got {tuple(activation.shape)}")
+        targets = activations + ([inputs] if method == "fullgrad" else [])
+        gradients = torch.autograd.grad(scores.sum(), targets, allow_unused=True)
+        with torch.no_grad():  # biases as the forward saw them (eval-mode batch norm)
+            biases = [_effective_bias(module) if method == "fullgrad" else None for module in modules]
+            biases = [None if bias is None else bias.detach().clone() for bias in biases]
+
+    size = tuple(images.shape[-2:])
+    total: Tensor | None = None
+    pairs = list(zip(targets, gradients))
+    for index, (activation, gradient) in enumerate(pairs):
+        work_dtype = torch.promote_types(activation.dtype, torch.float32)  # half / bf16 under autocast
+        activation = activation.detach().to(work_dtype)
+        gradient = torch.zeros_like(activation) if gradient is None else gradient.detach().to(work_dtype)
+        if truncation is not None:
+            gradient = truncate_gradients(gradient, truncation, per_channel=truncation_per_channel)
+        bias = biases[index] if index < len(modules) else None  # FullGrad's input term has none
+        layer_map = gradient_cam_layer_map(activation, gradient, method, bias=bias)
+        upsampled = postprocess(layer_map, size)
+        total = upsampled if total is None else total + upsampled
+    assert total is not None
+    return minmax_normalize(total)
+
+
+# --------------------------------------------------------------------------------------------------
+# score functions
+# --------------------------------------------------------------------------------------------------
+def _normal_tensor(tensor: Tensor) -> Tensor:
+    """A tensor autograd can save: inference tensors are cloned (we are outside inference mode here)."""
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
+def logit_score(classes: Tensor | Sequence[int]) -> Callable[[Tensor], Tensor]:
+    """``score_fn`` for a classifier: the logit ``y^c`` (ltgrad-cam Eq. 1) of each sample's class.
+
+    Args:
+        classes: class index per sample ``[B]``.
+    """
+    classes_t = torch.as_tensor(classes, dtype=torch.long)
+
+    def score(logits: Tensor) -> Tensor:
+        index = _normal_tensor(classes_t).to(logits.device)
+        return logits.gather(1, index.view(-1, 1)).squeeze(1)
+
+    return score
+
+
+def similarity_score(
+    reference: Tensor,
+    metric: Literal["cosine", "dot", "euclidean"] = "cosine",
+    embed: Callable[[Any], Tensor] | None = None,
+) -> Callable[[Any], Tensor]:
+    """``score_fn`` for a metric model: the similarity of each embedding to a reference embedding.
+
+    ``cosine`` (cama-ram Eq. 9, fam Eq. 14), ``dot`` (inner product) or ``euclidean``
+    (``-||e - r||``, larger = more similar).
+
+    Args:
+        reference: reference embeddings ``[B, D]`` (gallery image, class prototype, ...). It may
+            be an inference tensor (it is cloned when the score is computed).
+        metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
+        embed: optional function from the model's output to the ``[B, D]`` embedding.
+    """
+
+    def score(output: Any) -> Tensor:
+        embedding = embed(output) if embed is not None else output
+        target = _normal_tensor(reference).to(device=embedding.device, dtype=embedding.dtype)
+        if metric == "cosine":
+            return F.cosine_similarity(embedding, target, dim=-1)
+        if metric == "dot":
+            return (embedding * target).sum(dim=-1)
+        if metric == "euclidean":
+            return -(embedding - target).norm(dim=-1)
+        raise ValueError(f"metric must be 'cosine', 'dot' or 'euclidean', got {metric!r}")
+
+    return score

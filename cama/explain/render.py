@@ -1,0 +1,238 @@
+"""From raw maps to pictures: ``postprocess``, colour maps, overlays and grids.
+
+``postprocess`` is the single normalisation step shared by every map of ``cama.explain``
+(``/work/shared/DESIGN.md``: ReLU -> bilinear upsampling to image size -> per-map min-max to
+``[0, 1]``, a constant map becoming all zeros). The rendering helpers turn normalised maps into
+``uint8`` RGB tensors ``[B, 3, H, W]`` that TensorBoard's ``add_images`` or
+``torchvision.io.write_png`` take as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+__all__ = ["minmax_normalize", "postprocess", "colormap", "colorize", "overlay", "grid"]
+
+Colormap = Literal["jet", "turbo"]
+Size = int | tuple[int, int] | Sequence[int] | torch.Size
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least float32 for the arithmetic (half types lose the small ranges of min-max)."""
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
+
+
+def minmax_normalize(maps: Tensor) -> Tensor:
+    """Per-map min-max over the two last dimensions to ``[0, 1]``; a constant map gives zeros.
+
+    NaN entries count as 0 and infinities as the largest finite values, so the result never
+    holds a NaN.
+
+    Args:
+        maps: ``[..., h, w]``.
+
+    Returns:
+        ``[..., h, w]`` in ``[0, 1]``, dtype at least float32.
+    """
+    values = torch.nan_to_num(maps.to(_work_dtype(maps.dtype)), nan=0.0)
+    low = values.amin(dim=(-2, -1), keepdim=True)
+    span = values.amax(dim=(-2, -1), keepdim=True) - low
+    positive = span > 0
+    scaled = (values - low) / torch.where(positive, span, torch.ones_like(span))
+    scaled = torch.where(positive, scaled, torch.zeros_like(scaled))
+    return torch.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+
+
+def _as_size(size: Size | None, default: tuple[int, int]) -> tuple[int, int]:
+    if size is None:
+        return default
+    if isinstance(size, int):
+        return (size, size)
+    height, width = (int(s) for s in tuple(size)[-2:])
+    return (height, width)
+
+
+def postprocess(maps: Tensor, size: Size | None = None) -> Tensor:
+    """ReLU -> bilinear upsampling to ``size`` -> per-map min-max to ``[0, 1]``.
+
+    This is the display step the papers apply to their raw maps (dist-cam Sec. 3, cama-ram
+    Sec. 3.4 "upsampling the RAMs", fam Eq. 13 ReLU + bilinear interpolation, ltgrad-cam Eq. 3
+    ReLU and Eq. 7 ``bilinearUpscale(normalize(.))``). A constant map (all zeros after the ReLU
+    included) becomes all zeros; the result never holds a NaN.
+
+    Args:
+        maps: raw maps ``[..., h, w]`` (e.g. ``[B, h, w]`` or ``[B, N_branches, h, w]``).
+        size: output ``(H, W)`` (an int means square; a longer shape such as ``images.shape``
+            uses its two last entries); ``None`` keeps ``(h, w)``.
+
+    Returns:
+        ``[..., H, W]`` in ``[0, 1]``, in ``maps``' dtype (at least float32).
+    """
+    if maps.ndim < 2:
+        raise ValueError(f"maps must be [..., h, w], got shape {tuple(maps.shape)}")
+    leading, (height, width) = maps.shape[:-2], maps.shape[-2:]
+    out_size = _as_size(size, (height, width))
+    work = torch.nan_to_num(maps.to(_work_dtype(maps.dtype)), nan=0.0).relu()
+    work = work.reshape(-1, 1, height, width)
+    # A constant map stays constant in exact arithmetic, but bilinear weights can add rounding
+    # noise that min-max would blow up to [0, 1]: decide constancy before upsampling.
+    constant = work.amax(dim=(-2, -1), keepdim=True) == work.amin(dim=(-2, -1), keepdim=True)
+    if out_size != (height, width):
+        work = F.interpolate(work, size=out_size, mode="bilinear", align_corners=False)
+    normalized = torch.where(constant, torch.zeros_like(work), minmax_normalize(work))
+    return normalized.reshape(*leading, *out_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# colour maps
+# --------------------------------------------------------------------------------------------------
+# Google's polynomial approximation of Turbo (A. Mikhailov, 2019; degree-5 fit by R. Du).
+_TURBO_COEFFICIENTS = (
+    (0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943),
+    (0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604),
+    (0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973),
+)
+
+
+def colormap(name: Colormap = "jet", levels: int = 256, device: torch.device | str | None = None) -> Tensor:
+    """A colour lookup table ``[levels, 3]`` in ``[0, 1]`` computed in torch.
+
+    ``"jet"``: the classic piecewise-linear MATLAB jet (dark blue -> cyan -> yellow -> dark red);
+    ``"turbo"``: the polynomial approximation of Google's Turbo.
+    """
+    x = torch.linspace(0.0, 1.0, levels, device=device, dtype=torch.float32)
+    if name == "jet":
+        channels = [(1.5 - (4.0 * x - centre).abs()) for centre in (3.0, 2.0, 1.0)]
+    elif name == "turbo":
+        channels = []
+        for coefficients in _TURBO_COEFFICIENTS:
+            value = torch.zeros_like(x)
+            for coefficient in reversed(coefficients):  # Horner
+                value = value * x + coefficient
+            channels.append(value)
+    else:
+        raise ValueError(f"colormap must be 'jet' or 'turbo', got {name!r}")
+    return torch.stack(channels, dim=-1).clamp_(0.0, 1.0)
+
+
+def colorize(maps: Tensor, name: Colormap = "jet") -> Tensor:
+    """Normalised maps ``[B, H, W]`` in ``[0, 1]`` -> float RGB heat maps ``[B, 3, H, W]`` in ``[0, 1]``."""
+    table = colormap(name, device=maps.device)
+    index = (torch.nan_to_num(maps.float(), nan=0.0).clamp(0.0, 1.0) * (table.shape[0] - 1)).round().long()
+    return table[index].movedim(-1, -3)
+
+
+def _images_to_unit(images: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
+    """Images ``[B, C, H, W]`` (uint8, float in [0, 1], or normalised) -> float RGB in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be [B, 1 or 3, H, W], got {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        unit = images.float() / 255.0
+    else:
+        unit = images.float()
+        if std is not None:
+            unit = unit * torch.as_tensor(std, dtype=unit.dtype, device=unit.device)[None, :, None, None]
+        if mean is not None:
+            unit = unit + torch.as_tensor(mean, dtype=unit.dtype, device=unit.device)[None, :, None, None]
+    unit = unit.expand(-1, 3, -1, -1) if unit.shape[1] == 1 else unit
+    return unit.clamp(0.0, 1.0)
+
+
+def overlay(
+    images: Tensor,
+    maps: Tensor,
+    alpha: float = 0.5,
+    colormap_name: Colormap = "jet",
+    normalize: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    boxes: Tensor | Sequence[Tensor] | None = None,
+    box_color: str | tuple[int, int, int] = "white",
+) -> Tensor:
+    """Heat-map overlays as ``uint8`` RGB images, ready for TensorBoard ``add_images`` or a PNG.
+
+    ``out = (1 - alpha) * image + alpha * colormap(map)``, rounded to ``uint8``.
+
+    Args:
+        images: ``[B, 3, H, W]`` (or 1 channel) ``uint8``, or float in ``[0, 1]``; float images
+            normalised with ``(x - mean) / std`` are restored when ``mean`` and ``std`` are given.
+        maps: ``[B, h, w]`` maps of any size. With ``normalize=True`` (raw maps) they go through
+            :func:`postprocess` to ``(H, W)``; with ``normalize=False`` they must already be in
+            ``[0, 1]`` and are only resized (bilinear) and clamped.
+        alpha: heat-map opacity in ``[0, 1]``.
+        colormap_name: ``"jet"`` or ``"turbo"``.
+        normalize: see ``maps``.
+        mean, std: per-channel normalisation of float images to undo.
+        boxes: optional ground-truth boxes drawn on top (``torchvision.utils.draw_bounding_boxes``,
+            one image at a time): a ``[B, 4]`` tensor or one ``[n_i, 4]`` tensor per image, in
+            ``(x1, y1, x2, y2)`` pixels.
+        box_color: colour of the boxes.
+
+    Returns:
+        ``uint8`` ``[B, 3, H, W]``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError("alpha must be in [0, 1]")
+    unit_images = _images_to_unit(images, mean, std)
+    size = tuple(unit_images.shape[-2:])
+    if maps.ndim != 3 or maps.shape[0] != unit_images.shape[0]:
+        raise ValueError(f"maps must be [B={unit_images.shape[0]}, h, w], got {tuple(maps.shape)}")
+    if normalize:
+        heat_values = postprocess(maps, size)
+    else:
+        heat_values = maps.float()
+        if tuple(maps.shape[-2:]) != size:
+            heat_values = F.interpolate(
+                heat_values[:, None], size=size, mode="bilinear", align_corners=False
+            )[:, 0]
+        heat_values = torch.nan_to_num(heat_values, nan=0.0).clamp(0.0, 1.0)
+    heat = colorize(heat_values.to(unit_images.device), colormap_name)
+    blended = ((1.0 - alpha) * unit_images + alpha * heat).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    if boxes is None:
+        return blended
+    per_image = list(boxes.unbind(0)) if isinstance(boxes, Tensor) else list(boxes)
+    if len(per_image) != blended.shape[0]:
+        raise ValueError("need one box tensor per image")
+    drawn = [
+        draw_bounding_boxes(image, box.reshape(-1, 4).to(torch.float32).cpu(), colors=box_color, width=2)
+        if box.numel()
+        else image
+        for image, box in zip(blended.cpu(), per_image)
+    ]
+    return torch.stack(drawn).to(blended.device)
+
+
+def grid(
+    images: Tensor | Sequence[Tensor],
+    nrow: int = 8,
+    padding: int = 2,
+    pad_value: int = 255,
+) -> Tensor:
+    """Tile ``uint8`` images into one ``uint8`` picture ``[3, H', W']`` (``torchvision.utils.make_grid``).
+
+    Typical use: one row per query, ``[query overlay, top-1 gallery overlay, ...]``: pass the
+    rows concatenated (``torch.cat(rows)``) or as a list of ``[n_i, 3, H, W]`` tensors and set
+    ``nrow`` to the row length.
+
+    Args:
+        images: ``[N, 3, H, W]`` ``uint8`` (float in ``[0, 1]`` is converted), or a sequence of such
+            tensors (or single ``[3, H, W]`` images), all of one size.
+        nrow: images per row.
+        padding: pixels between images.
+        pad_value: grey level of the padding, 0-255.
+
+    Returns:
+        ``uint8`` ``[3, H', W']``; write it with ``torchvision.io.write_png(grid.cpu(), path)`` or
+        log it with ``SummaryWriter.add_image(tag, grid)``.
+    """
+    if not isinstance(images, Tensor):
+        images = torch.cat([image[None] if image.ndim == 3 else image for image in images])
+    if images.dtype != torch.uint8:
+        images = images.float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    return make_grid(images, nrow=nrow, padding=padding, pad_value=pad_value)

@@ -1,0 +1,3 @@
+from cama.models.cama import CAMA
+
+__all__ = ["CAMA"]

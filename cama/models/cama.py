@@ -1,0 +1,175 @@
+"""The CAMA re-ID network (cama-ram Sec. 3) and its IDE+BN baseline as a LightningModule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cama.backbones import MultiBranchResNet
+from cama.losses import overlapped_activation_penalty
+from cama.metrics import ReIDRankMetric
+from cama.models.checkpoints import load_matching_weights
+from cama.models.heads import CAMHead, l2_normalized_gap
+from cama.models.schedules import two_phase_lambdas
+
+__all__ = ["CAMA"]
+
+
+class CAMA(pl.LightningModule):
+    """Class Activation Maps Augmentation network for person re-ID (cama-ram Fig. 2).
+
+    A ResNet whose ``conv1``-``conv4`` are shared and whose ``conv5`` is copied into
+    ``num_branches`` ordered branches; each branch has BN -> bias-free classifier (its weights are
+    the CAM, Eq. 4) -> GAP -> softmax, trained with ``L = sum_i CE_i + alpha * L_oap`` (Eq. 7-8).
+    With ``num_branches=1`` and ``oap_weight=0`` it is the IDE+BN baseline (Eq. 3).
+    The test feature is the concatenation of each branch's L2-normalised GAP feature (Sec. 3.3).
+
+    Args:
+        num_classes: number of training identities (linked from the data module by ``train.py``).
+        backbone: torchvision ResNet name (``resnet10`` is a small one for CPU runs).
+        num_branches: N, the number of ordered branches.
+        pretrained: ``None``, ``"imagenet"`` (torch hub cache, never downloaded) or a weights file.
+        last_stride: stride of conv5; 1 as in the paper (Sec. 4.2).
+        oap_weight: alpha of Eq. 8 (1.0 in the paper; 0 disables the penalty).
+        oap_topk: k of Eq. 5 as a fraction of the feature grid (0.2 ~ the paper's 26/128) or a count.
+        lr: base learning rate of Adam (3e-4).
+        weight_decay: Adam weight decay.
+        warmup_epochs: epochs of the first phase (10 in the paper), learning rate rising linearly
+            from ``warmup_start_lr`` to ``lr``.
+        warmup_start_lr: first learning rate of the warm-up (3e-6).
+        freeze_backbone_during_warmup: train only BN + classifiers in the first phase (the paper
+            "fine-tunes the classifier weights" first); the backbone's learning rate is then 0.
+        lr_step: after the warm-up, multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs.
+        lr_gamma: the decay factor (0.1).
+        max_rank: CMC length for evaluation.
+        init_from: a checkpoint (Lightning or plain state dict) whose matching weights initialise a
+            fresh run (fine-tuning); layers whose shapes differ, e.g. a classifier for another number
+            of identities, keep their fresh initialisation and are listed in the log.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        num_branches: int = 2,
+        pretrained: str | None = None,
+        last_stride: int = 1,
+        oap_weight: float = 1.0,
+        oap_topk: float = 0.2,
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        warmup_epochs: int = 10,
+        warmup_start_lr: float = 3e-6,
+        freeze_backbone_during_warmup: bool = True,
+        lr_step: int = 20,
+        lr_gamma: float = 0.1,
+        max_rank: int = 50,
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (training identities), got {num_classes}")
+        self.save_hyperparameters()
+        self.backbone = MultiBranchResNet(backbone, num_branches, pretrained, last_stride)
+        channels = self.backbone.out_channels
+        self.heads = nn.ModuleList([CAMHead(channels, num_classes) for _ in range(num_branches)])
+        # Table 5 of the paper: the mAP of the first i branches; the full model is val/mAP itself.
+        prefix_dims = [channels * i for i in range(1, num_branches)] or None
+        self.val_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims)
+        self.test_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims)
+
+    # ------------------------------------------------------------------ the model protocol (DESIGN.md)
+    def feature_maps(self, images: Tensor) -> list[Tensor]:
+        """``F^i = BN(T^i)`` of each branch, ``[B, K, h, w]`` -- the maps pooled into the embedding."""
+        return [head.features(maps) for head, maps in zip(self.heads, self.backbone(images))]
+
+    def embed_maps(self, maps: list[Tensor]) -> Tensor:
+        """``f = [f^1/||f^1||; ...; f^N/||f^N||]``, the test feature of Sec. 3.3, ``[B, N*K]``."""
+        return torch.cat([l2_normalized_gap(m) for m in maps], dim=1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.embed_maps(self.feature_maps(images))
+
+    def classifier_weights(self) -> list[Tensor]:
+        """The CAM weights ``W^i`` ``[C, K]`` of each branch (for CAM explanations of training ids)."""
+        return [head.classifier.weight for head in self.heads]
+
+    # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
+            load_matching_weights(self, self.hparams.init_from)
+
+    def compute_losses(self, images: Tensor, pids: Tensor) -> dict[str, Tensor]:
+        """Eq. 7-8: per-branch cross-entropy, OAP over the target-class CAMs, and their total."""
+        maps = self.feature_maps(images)
+        logits = [head.logits(m) for head, m in zip(self.heads, maps)]
+        id_losses = torch.stack([F.cross_entropy(z, pids) for z in logits])
+        losses = {"id_loss": id_losses.sum(), "accuracy": (logits[0].argmax(1) == pids).float().mean()}
+        for i, loss in enumerate(id_losses, start=1):
+            losses[f"id_loss_branch{i}"] = loss
+        if self.hparams.oap_weight > 0:
+            cams = torch.stack([head.target_cam(m, pids) for head, m in zip(self.heads, maps)])
+            losses["oap"] = overlapped_activation_penalty(cams, self.hparams.oap_topk)
+            losses["loss"] = losses["id_loss"] + self.hparams.oap_weight * losses["oap"]
+        else:
+            losses["loss"] = losses["id_loss"]
+        return losses
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self.compute_losses(batch["image"], batch["pid"])
+        self.log("train/loss", losses["loss"], prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False)
+        return losses["loss"]
+
+    # ------------------------------------------------------------------ evaluation
+    def _update_metric(self, metric: ReIDRankMetric, batch: dict[str, Tensor]) -> Tensor:
+        embeddings = self(batch["image"])
+        metric.update(embeddings, batch["pid"], batch["camid"], batch["is_query"], batch["index"])
+        return embeddings
+
+    def _log_metric(self, metric: ReIDRankMetric, prefix: str) -> None:
+        results = metric.compute()
+        metric.reset()
+        # compute() already gathered every process's samples: the values are the same on each rank.
+        shown = {f"{prefix}/mAP": results.pop("mAP"), f"{prefix}/rank1": results.pop("rank1")}
+        self.log_dict(shown, prog_bar=True, sync_dist=False)
+        self.log_dict({f"{prefix}/{name}": value for name, value in results.items()}, sync_dist=False)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._update_metric(self.val_metric, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._update_metric(self.test_metric, batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_metric, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        keys = ("pid", "camid", "is_query", "index")
+        return {"embedding": self(batch["image"]), **{k: batch[k] for k in keys if k in batch}}
+
+    # ------------------------------------------------------------------ optimisation (Sec. 4.2)
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = [
+            {"params": list(self.backbone.parameters()), "name": "backbone"},
+            {"params": list(self.heads.parameters()), "name": "heads"},
+        ]
+        optimizer = torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        head_lambda, backbone_lambda = two_phase_lambdas(
+            base_lr=hp.lr,
+            warmup_epochs=hp.warmup_epochs,
+            warmup_start_lr=hp.warmup_start_lr,
+            step=hp.lr_step,
+            gamma=hp.lr_gamma,
+            freeze_backbone_during_warmup=hp.freeze_backbone_during_warmup,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone_lambda, head_lambda])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,16 @@
+"""LightningDataModules: real on-disk layouts and an embedded synthetic generator with ground truth."""
+
+from .reid import DatasetLayoutError, ReIDDataModule, UnreadableImageError
+from .samplers import PKSampler
+from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig, write_reid_layout
+
+__all__ = [
+    "DatasetLayoutError",
+    "UnreadableImageError",
+    "ReIDDataModule",
+    "PKSampler",
+    "PART_NAMES",
+    "SyntheticReID",
+    "SyntheticReIDConfig",
+    "write_reid_layout",
+]

@@ -1,0 +1,122 @@
+"""End-to-end runs of ``train.py`` on a tiny synthetic configuration (subprocesses, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "cama_synthetic.yaml"
+TINY = [
+    "--trainer.check_val_every_n_epoch", "1",
+    "--trainer.limit_train_batches", "3",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+    "--model.init_args.backbone", "resnet10",
+    "--model.init_args.lr_step", "1",
+    "--data.init_args.image_size", "[64, 32]",
+    "--data.init_args.p", "4",
+    "--data.init_args.k", "2",
+    "--data.init_args.eval_batch_size", "32",
+    "--data.init_args.num_workers", "0",
+    "--data.init_args.synthetic_train_ids", "10",
+    "--data.init_args.synthetic_test_ids", "8",
+    "--data.init_args.synthetic_distractors", "6",
+    "--data.init_args.synthetic_junk", "4",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"train.py {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def read_metrics(workdir: Path, command: str) -> dict[str, float]:
+    files = sorted((workdir / "runs").rglob(f"{command}_metrics.json"), key=os.path.getmtime)
+    assert files, f"no {command}_metrics.json under {workdir / 'runs'}"
+    return json.loads(files[-1].read_text())
+
+
+def fit(workdir: Path, epochs: int, *extra: str) -> dict[str, float]:
+    run_cli(workdir, "fit", "--config", str(CONFIG), *TINY, "--trainer.max_epochs", str(epochs),
+            "--test_after_fit", "false", *extra)
+    return read_metrics(workdir, "fit")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return workdir, fit(workdir, 2)
+
+
+def test_fit_logs_ranking_metrics_and_checkpoints(uninterrupted):
+    workdir, metrics = uninterrupted
+    for key in ("val/mAP", "val/rank1", "val/rank5", "val/rank10", "val/mAP_branches_1", "train/loss"):
+        assert key in metrics, f"{key} missing from {sorted(metrics)}"
+    assert 0.0 < metrics["val/mAP"] <= 1.0
+    checkpoints = workdir / "runs" / "cama_synthetic" / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    assert any(p.name.startswith("best-epoch") for p in checkpoints.iterdir())
+    events = list((workdir / "runs" / "cama_synthetic").rglob("events.out.tfevents.*"))
+    assert events, "TensorBoard is the default logger"
+
+
+def test_resume_from_last_matches_uninterrupted_run(uninterrupted, tmp_path):
+    _, expected = uninterrupted
+    fit(tmp_path, 1)
+    resumed = fit(tmp_path, 2, "--ckpt_path", "last")
+    for key in ("val/mAP", "val/rank1", "train/loss", "val/mAP_branches_1"):
+        assert resumed[key] == pytest.approx(expected[key], abs=1e-5), key
+    ckpt = torch.load(tmp_path / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2 * 3 and ckpt["lr_schedulers"][0]["last_epoch"] == 2
+    assert ckpt["optimizer_states"][0]["state"], "optimizer state is restored and saved again"
+
+
+def test_validate_same_metrics_with_one_and_two_processes(uninterrupted, tmp_path):
+    workdir, _ = uninterrupted
+    ckpt = str(workdir / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt")
+    results = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp")):
+        run_dir = tmp_path / f"devices{devices}"
+        run_dir.mkdir()
+        run_cli(run_dir, "validate", "--config", str(CONFIG), *TINY, "--ckpt_path", ckpt,
+                "--trainer.accelerator", "cpu", "--trainer.devices", str(devices), "--trainer.strategy", strategy)
+        results[devices] = read_metrics(run_dir, "validate")
+    assert results[1]["val/mAP"] > 0
+    for key in ("val/mAP", "val/mINP", "val/rank1", "val/rank5", "val/mAP_branches_1"):
+        assert results[2][key] == pytest.approx(results[1][key], abs=1e-6), key
+
+
+def test_fine_tune_from_checkpoint_with_other_number_of_identities(uninterrupted, tmp_path):
+    workdir, _ = uninterrupted
+    ckpt = workdir / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt"
+    result = run_cli(tmp_path, "fit", "--config", str(CONFIG), *TINY, "--trainer.max_epochs", "1",
+                     "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+                     "--test_after_fit", "false",
+                     "--data.init_args.synthetic_train_ids", "12",
+                     "--model.init_args.init_from", str(ckpt))
+    log = result.stdout + result.stderr
+    assert "init_from" in log and "heads.0.classifier.weight (10, 512) -> (12, 512)" in log
+
+
+def test_print_config_lists_model_and_data_options(tmp_path):
+    result = run_cli(tmp_path, "fit", "--config", str(CONFIG), "--print_config")
+    for option in ("class_path: cama.models.CAMA", "oap_topk", "class_path: datamodules.ReIDDataModule", "num_branches"):
+        assert option in result.stdout
