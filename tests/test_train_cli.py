@@ -120,3 +120,11 @@ def test_print_config_lists_model_and_data_options(tmp_path):
     result = run_cli(tmp_path, "fit", "--config", str(CONFIG), "--print_config")
     for option in ("class_path: cama.models.CAMA", "oap_topk", "class_path: datamodules.ReIDDataModule", "num_branches"):
         assert option in result.stdout
+
+
+def test_fit_with_two_cpu_processes_then_tests_best_checkpoint(tmp_path):
+    run_cli(tmp_path, "fit", "--config", str(CONFIG), *TINY, "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu",
+            "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    tested = read_metrics(tmp_path, "test")
+    assert 0.0 < tested["test/mAP"] <= 1.0 and "test/rank1" in tested
