@@ -14,3 +14,16 @@ __all__ = [
     "SyntheticReIDConfig",
     "write_reid_layout",
 ]
+from .episodes import EpisodeCollate, EpisodeSampler, episode_layout
+from .fewshot import FewShotDataModule
+from .synthetic_classes import SyntheticClasses, SyntheticClassesConfig, write_classes_layout
+
+__all__ += [
+    "EpisodeCollate",
+    "EpisodeSampler",
+    "episode_layout",
+    "FewShotDataModule",
+    "SyntheticClasses",
+    "SyntheticClassesConfig",
+    "write_classes_layout",
+]

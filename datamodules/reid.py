@@ -306,6 +306,17 @@ class QueryGalleryDataset(Dataset):
         return out
 
 
+
+def denormalize_images(
+    images: torch.Tensor, mean: Sequence[float], std: Sequence[float], as_uint8: bool = False
+) -> torch.Tensor:
+    """Undo ``(x - mean) / std`` on ``[..., 3, H, W]`` images: float in [0, 1], or uint8 with ``as_uint8``."""
+    shape = (3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(shape)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(shape)
+    out = (images * std_t + mean_t).clamp(0.0, 1.0)
+    return (out * 255.0 + 0.5).to(torch.uint8) if as_uint8 else out
+
 class ReIDDataModule(LightningDataModule):
     """Person re-ID data: Market-1501, DukeMTMC-reID, CUHK03-NP or the embedded synthetic set.
 
@@ -333,6 +344,10 @@ class ReIDDataModule(LightningDataModule):
         synthetic_distractors: synthetic gallery distractors (pid 0).
         synthetic_junk: synthetic gallery junk images (pid -1).
         synthetic_occlusion: probability that a synthetic person is partly occluded.
+        synthetic_placement: where a synthetic person stands in its crop: ``"tight"``
+            (hand-labelled-like, centred) or ``"loose"`` (detector-like, anywhere; the setting under
+            which a map's localization says more than the centre prior, see
+            :class:`~datamodules.synthetic.SyntheticReIDConfig`).
         synthetic_seed: seed of the synthetic data (identities, cameras, images).
     """
 
@@ -359,6 +374,7 @@ class ReIDDataModule(LightningDataModule):
         synthetic_distractors: int = 200,
         synthetic_junk: int = 100,
         synthetic_occlusion: float = 0.25,
+        synthetic_placement: Literal["tight", "loose"] = "tight",
         synthetic_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -389,6 +405,7 @@ class ReIDDataModule(LightningDataModule):
             num_distractors=synthetic_distractors,
             num_junk=synthetic_junk,
             occlusion_prob=synthetic_occlusion,
+            placement=synthetic_placement,
         ) if dataset == "synthetic" else None
         self.synthetic_seed = int(synthetic_seed)
         self.mean = IMAGENET_MEAN
@@ -477,11 +494,7 @@ class ReIDDataModule(LightningDataModule):
 
     def denormalize(self, images: torch.Tensor, as_uint8: bool = False) -> torch.Tensor:
         """Undo the normalisation: float images in [0, 1] (or uint8 with ``as_uint8``), same shape."""
-        shape = (3, 1, 1)
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(shape)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(shape)
-        out = (images * std + mean).clamp(0.0, 1.0)
-        return (out * 255.0 + 0.5).to(torch.uint8) if as_uint8 else out
+        return denormalize_images(images, self.mean, self.std, as_uint8)
 
     # -- Lightning hooks ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .seeding import mix_seed
 
-__all__ = ["PKSampler", "run_seeded", "split_item"]
+__all__ = ["PKSampler", "resolve_replicas", "run_seeded", "split_item"]
 
 T = TypeVar("T")
 
@@ -74,6 +74,26 @@ class _EpochHook(Sampler[int]):
         return len(self.owner) * self.owner.batch_size
 
 
+
+def resolve_replicas(
+    num_replicas: int | None, rank: int | None, sampler: Sampler | None = None
+) -> tuple[int, int]:
+    """``(num_replicas, rank)`` of a batch sampler: the given values, else those of a
+    ``DistributedSampler`` (what Lightning injects under DDP), else the initialised process group,
+    else one process."""
+    if isinstance(sampler, DistributedSampler):
+        num_replicas = sampler.num_replicas if num_replicas is None else num_replicas
+        rank = sampler.rank if rank is None else rank
+    if num_replicas is None or rank is None:
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if dist else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if dist else 0
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+    return int(num_replicas), int(rank)
+
 class PKSampler(BatchSampler):
     """Batches of ``p`` distinct identities x ``k`` images each, as ``(index, sample_seed)`` pairs.
 
@@ -119,17 +139,7 @@ class PKSampler(BatchSampler):
             by_label[label].append(i)
         if len(by_label) < p:
             raise ValueError(f"PKSampler needs at least p={p} identities, the dataset has {len(by_label)}")
-        if isinstance(sampler, DistributedSampler):
-            num_replicas = sampler.num_replicas if num_replicas is None else num_replicas
-            rank = sampler.rank if rank is None else rank
-        if num_replicas is None or rank is None:
-            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-            if num_replicas is None:
-                num_replicas = torch.distributed.get_world_size() if dist else 1
-            if rank is None:
-                rank = torch.distributed.get_rank() if dist else 0
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+        num_replicas, rank = resolve_replicas(num_replicas, rank, sampler)
         self.labels = labels
         self.p, self.k = int(p), int(k)
         self.batch_size = self.p * self.k

@@ -177,6 +177,10 @@ class SyntheticReIDConfig:
         height, width: native image size (Market-1501 crops are 128x64).
         occlusion_prob: probability that an occluding block covers part of the person.
         noise_std: (min, max) per-image Gaussian noise standard deviation (in [0, 1] units).
+        placement: where a person stands in its crop. ``"tight"``: a well-aligned crop (80-95% of
+            the height, centred within 8% of the width), like hand-labelled boxes; ``"loose"``: a
+            loose detector crop (50-90% of the height, anywhere in the crop), so the person's
+            position is information a map has to find (a centred box no longer fits every person).
     """
 
     num_train_ids: int = 150
@@ -192,8 +196,11 @@ class SyntheticReIDConfig:
     width: int = 64
     occlusion_prob: float = 0.25
     noise_std: tuple[float, float] = (0.015, 0.05)
+    placement: Literal["tight", "loose"] = "tight"
 
     def __post_init__(self) -> None:
+        if self.placement not in ("tight", "loose"):
+            raise ValueError(f"placement must be 'tight' or 'loose', got {self.placement!r}")
         lo, hi = self.cameras_per_id
         if self.num_train_ids < 1 or self.num_test_ids < 1:
             raise ValueError("num_train_ids and num_test_ids must be >= 1")
@@ -467,6 +474,12 @@ class SyntheticReID:
             ph = H * rng.uniform(0.28, 0.45) if rng.random() < 0.5 else 0.0
             y0 = rng.uniform(0, H - ph) if ph else 0.0
             cx = rng.uniform(0.15, 0.85) * W
+        if self.config.placement == "loose" and meta.kind == "person":
+            lrng = random.Random(mix_seed(self.seed, _SPLIT_ID[split], index, 98))
+            ph = H * lrng.uniform(0.5, 0.9)
+            y0 = lrng.uniform(0.01 * H, H - ph - 0.01 * H)
+            half = min(0.25 * ph, 0.45 * W)  # about half the body's width, arms included
+            cx = lrng.uniform(half, W - half)
         if variant == "detected" and ph > 0:
             drng = random.Random(mix_seed(self.seed, _SPLIT_ID[split], index, 99))
             s = drng.uniform(0.9, 1.12)

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cama.backbones import MultiBranchResNet, PretrainedWeightsNotFound, build_resnet

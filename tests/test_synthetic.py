@@ -294,3 +294,28 @@ def test_config_validation():
         SyntheticReID(cameras_per_id=(2, 3), query_cameras=3)
     with pytest.raises(TypeError, match="unknown"):
         SyntheticReID(num_people=3)
+
+
+def test_loose_placement_moves_and_scales_the_person_and_leaves_the_rest_alone():
+    tight = SyntheticReID(seed=5, **SMALL)
+    loose = SyntheticReID(seed=5, placement="loose", **SMALL)
+    people = [i for i, info in enumerate(tight.samples("train")) if info.kind == "person"]
+    assert [s.pid for s in tight.samples("train")] == [s.pid for s in loose.samples("train")]
+
+    def spread(generator):
+        boxes = torch.stack([generator.render("train", i).box for i in people])
+        centres, heights = (boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3] - boxes[:, 1]
+        return centres.std(), heights.mean(), heights.min()
+
+    tight_x, tight_h, _ = spread(tight)
+    loose_x, loose_h, loose_min = spread(loose)
+    assert loose_x > 1.5 * tight_x  # the person stands anywhere, not near the centre
+    assert loose_h < 0.85 * tight_h and loose_min < 0.6 * 128  # and smaller
+    # the person's clothes are the identity's: the same part colours in both placements
+    i = people[0]
+    a, b = tight.render("train", i), loose.render("train", i)
+    upper = PART_NAMES.index("upper")
+    colour = lambda s: s.image[:, s.masks[upper]].float().mean(1)  # noqa: E731
+    assert torch.allclose(colour(a), colour(b), atol=20)
+    with pytest.raises(ValueError, match="placement"):
+        SyntheticReID(seed=0, placement="random")

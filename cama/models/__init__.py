@@ -1,3 +1,6 @@
 from cama.models.cama import CAMA
 
 __all__ = ["CAMA"]
+from cama.models.fewshot import ProtoNet
+
+__all__ += ["ProtoNet"]

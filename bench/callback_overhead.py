@@ -1,0 +1,210 @@
+"""Cost of the explanation callbacks on the main job's validation epoch (``configs/cama_synthetic.yaml``).
+
+Builds the main job's data module and model from the YAML (random weights, or ``--ckpt``), then
+runs ``trainer.validate`` on the full query + gallery set, interleaved: without callbacks, with the
+YAML's explanation callbacks (``callbacks.*`` entries; ``--defaults`` uses their class defaults
+instead), repeated ``--reps`` times after one warm-up run. Printed:
+
+* the validation epoch's wall time with and without the callbacks (medians; from the epoch start
+  to ``on_validation_end``, so the model's ranking metric is included), and the overhead;
+* the time spent inside the callbacks' own hooks, and for each epoch with callbacks the ratio of
+  that time to the rest of the *same* epoch: the overhead measured directly, far less sensitive to
+  other processes on a shared machine than the difference of two epochs run minutes apart (the
+  target is <= 10%).
+
+Usage::
+
+    .venv/bin/python bench/callback_overhead.py [--reps 2] [--ckpt PATH] [--defaults] [--threads N]
+
+Images go to a TensorBoard logger in a temporary folder, as in the main job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from explain import build_datamodule, build_model_from_config, import_class, load_config  # noqa: E402
+
+
+class EpochClock(pl.Callback):
+    """Wall time from ``on_validation_epoch_start`` to ``on_validation_end`` (put it first), and of
+    the batches (first batch start to last batch end) and of the epoch end (the callbacks' and the
+    module's ``on_validation_epoch_end``, logging)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.batches: list[float] = []
+        self._start = self._first = self._last = 0.0
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._first = 0.0
+
+    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
+        self._first = self._first or time.perf_counter()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._last = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.times.append(time.perf_counter() - self._start)
+        self.batches.append(self._last - self._first)
+
+
+HOOKS = (
+    "on_validation_epoch_start",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_validation_epoch_end",
+)
+
+
+def timed_hooks(callback: pl.Callback, record: list[float]) -> pl.Callback:
+    """Make the callback's validation hooks add their wall time to ``record``: one entry per epoch,
+    summed over the hooks (the epoch-end hook closes the entry)."""
+    pending = [0.0]
+
+    def timed(name: str):
+        hook = getattr(callback, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> None:
+            start = time.perf_counter()
+            hook(*args, **kwargs)
+            pending[0] += time.perf_counter() - start
+            if name == "on_validation_epoch_end":
+                record.append(pending[0])
+                pending[0] = 0.0
+
+        return wrapped
+
+    for name in HOOKS:
+        setattr(callback, name, timed(name))
+    return callback
+
+
+def explanation_callbacks(config: dict[str, Any], defaults: bool) -> list[pl.Callback]:
+    specs = [
+        c
+        for c in (config.get("trainer") or {}).get("callbacks") or []
+        if str(c.get("class_path", "")).startswith("callbacks.")
+    ]
+    if not specs:
+        raise SystemExit("the config enables no callbacks.* entry")
+    return [
+        import_class(s["class_path"])(**({} if defaults else dict(s.get("init_args") or {}))) for s in specs
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=str(REPO / "configs" / "cama_synthetic.yaml"))
+    parser.add_argument("--ckpt", help="load these weights (a Lightning checkpoint) into the model")
+    parser.add_argument("--reps", type=int, default=2, help="timed validation epochs of each kind")
+    parser.add_argument(
+        "--defaults", action="store_true", help="the callbacks' class defaults, not the YAML's"
+    )
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--limit_val_batches", type=float, default=1.0, help="for a quick try only")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    config = load_config(args.config)
+    pl.seed_everything(int(config.get("seed_everything", 0)), verbose=False)
+    datamodule = build_datamodule(config)
+    model = build_model_from_config(config, datamodule.num_classes)
+    if args.ckpt:
+        state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state.get("state_dict", state))
+    datamodule.setup("validate")
+    print(
+        f"config {args.config}: {datamodule.num_query} queries + "
+        f"{len(datamodule.gallery_dataset)} gallery images, "
+        f"image size {datamodule.image_size}, eval batch {datamodule.eval_batch_size}, "
+        f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}"
+    )
+
+    hook_times: list[float] = []
+    callbacks = [timed_hooks(cb, hook_times) for cb in explanation_callbacks(config, args.defaults)]
+    for cb in callbacks:
+        settings = {
+            k: v
+            for k, v in vars(cb).items()
+            if not k.startswith("_") and not callable(v) and not isinstance(v, (list, dict))
+        }
+        print(f"  {type(cb).__name__}: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "taus"))
+    epochs: dict[str, list[float]] = {"without": [], "with": []}
+
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def validate(kind: str, record: bool) -> None:
+            clock = EpochClock()
+            extra = callbacks if kind == "with" else []
+            trainer = pl.Trainer(
+                accelerator="cpu",
+                devices=1,
+                logger=TensorBoardLogger(tmp, name=kind),
+                callbacks=[clock, *extra],
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                limit_val_batches=args.limit_val_batches,
+            )
+            before = len(hook_times)
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+            if record:
+                epochs[kind].append(clock.times[-1])
+            else:
+                del hook_times[before:]
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            tail = clock.times[-1] - clock.batches[-1]
+            print(f"    batches {clock.batches[-1]:6.2f} s, before the first batch + epoch end {tail:5.2f} s")
+            print(
+                f"  {'timed' if record else 'warm-up'} {kind:>7}: {clock.times[-1]:7.2f} s (load {load:.2f})",
+                flush=True,
+            )
+
+        validate("without", record=False)
+        for _ in range(args.reps):
+            validate("with", record=True)
+            validate("without", record=True)
+
+    without = statistics.median(epochs["without"])
+    with_cb = statistics.median(epochs["with"])
+    per_epoch = [sum(hook_times[i : i + len(callbacks)]) for i in range(0, len(hook_times), len(callbacks))]
+    inside = statistics.median(per_epoch)
+    ratios = [100 * h / (e - h) for h, e in zip(per_epoch, epochs["with"])]
+    print(f"validation epoch without callbacks: {without:.2f} s (median of {len(epochs['without'])})")
+    print(
+        f"validation epoch with callbacks:    {with_cb:.2f} s (median of {len(epochs['with'])}): "
+        f"{100 * (with_cb - without) / without:+.1f}%"
+    )
+    print(
+        f"time inside the callbacks' hooks:   {inside:.2f} s per epoch (median) = "
+        f"{100 * inside / without:.1f}% of the median epoch without them"
+    )
+    print(
+        "hooks / rest of the same epoch:     "
+        + ", ".join(f"{r:.1f}%" for r in ratios)
+        + f" -> median {statistics.median(ratios):.1f}% (target <= 10%)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""``ExplanationImages``: where the model looks, as pictures, every validation epoch.
+
+For re-ID, the probes are queries (chosen once, deterministically, among the queries that have a
+true match; kept in the callback's ``state_dict`` so a resumed run shows the same ones) and the
+reference of a probe is its top-ranked gallery image, ranked with the embeddings the model itself
+computed in its validation loop (its :class:`~cama.metrics.ReIDRankMetric` states) under the
+Market-1501 protocol. Per enabled method the callback logs one grid (``explanations/<method>``):
+one row per probe -- probe | reference (green frame: true match, red: false) | the method's maps on
+the probe (each branch, then summed) | its maps on the reference (the same). And for the first
+``num_ranking_queries`` probes a ranking list (``explanations/ranking/query_<j>``, cama-ram Fig. 4 /
+Fig. 8): the query and its ``top_k`` gallery images framed green/red, then a row per branch and one
+for the summed map with the query's own RAM ``R_q^q`` and each gallery image's ``R_g^q``.
+
+What each map is against its reference (per branch and summed) is documented in
+:mod:`callbacks.explanation_maps`: Dist-CAM of the probe against the reference's embedding, RAM
+``R_q^q`` on the probe and ``R_g^q`` on the reference, FAM with the reference as the single
+support, the gradient CAMs of the cosine similarity to the reference; on the reference the roles are
+swapped (the probe is its reference). ``cam`` explains the training identity the classifier
+predicts (re-ID test identities are unseen).
+
+The probes' feature maps are kept from the model's own validation step
+(:class:`~callbacks.reid_probes.FeatureCapture`); only the gallery images shown are forwarded again.
+Pictures go to every ``TensorBoardLogger`` (``add_image``), or, without one, to
+``<log_dir>/explanations/epoch_XXX/*.png``. All image work runs on rank zero; the only collective
+(gathering the gallery embeddings) runs on every rank. The sanity-check epoch is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from callbacks.explanation_maps import Explainer, check_methods, cpu_threads
+from callbacks.reid_probes import (
+    CapturingCallback,
+    EvalSet,
+    FeatureCapture,
+    Gallery,
+    choose_queries,
+    find_rank_metric,
+)
+from callbacks.rendering import ImageSink, logging_step, probe_grid, ranking_figure, to_uint8
+
+__all__ = ["ExplanationImages"]
+
+
+class ExplanationImages(CapturingCallback):
+    """Log explanation maps of fixed probes (and ranking lists) every validation epoch.
+
+    Args:
+        methods: any of ``cam``, ``dist_cam``, ``ram``, ``fam``, ``gradcam``, ``gradcam++``,
+            ``layercam``, ``fullgrad``.
+        num_probes: probe queries (rows of each grid).
+        seed: seed of the probe choice (a private generator; the global RNG is untouched).
+        every_n_epochs: run on every n-th validation epoch (the first one always runs).
+        num_ranking_queries: ranking lists logged (the first probes); 0 disables them.
+        top_k: gallery images per ranking list.
+        ranking_method: the method drawn on the ranking lists (cama-ram Fig. 4/8 use ``ram``).
+        gradient_layers: layer names for the gradient methods (default: each branch's last block).
+        truncation: delta of the truncation trick (ltgrad-cam Eq. 9-11), None: off.
+        truncation_per_channel: take the truncation percentile per channel.
+        alpha: heat-map opacity of the overlays.
+        colormap: ``"jet"`` or ``"turbo"``.
+        draw_boxes: draw the ground-truth person box on the overlays when the data has one.
+        save_png: also write PNGs when a TensorBoard logger is present.
+        metric_attribute: the module's ranking metric holding the validation embeddings.
+        tag_prefix: TensorBoard tag prefix (and PNG folder name).
+        cpu_threads: intra-op threads for the callback's own work on CPU (small batches run
+            fastest on one); ``None`` keeps torch's setting.
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[str] = ("dist_cam", "ram", "fam"),
+        num_probes: int = 4,
+        seed: int = 0,
+        every_n_epochs: int = 1,
+        num_ranking_queries: int = 2,
+        top_k: int = 10,
+        ranking_method: str | None = "ram",
+        gradient_layers: list[str] | None = None,
+        truncation: float | None = None,
+        truncation_per_channel: bool = False,
+        alpha: float = 0.5,
+        colormap: str = "jet",
+        draw_boxes: bool = True,
+        save_png: bool = False,
+        metric_attribute: str = "val_metric",
+        tag_prefix: str = "explanations",
+        cpu_threads: int | None = 1,
+    ) -> None:
+        super().__init__()
+        if num_probes < 1 or every_n_epochs < 1 or top_k < 1 or num_ranking_queries < 0:
+            raise ValueError("num_probes, every_n_epochs and top_k must be >= 1, num_ranking_queries >= 0")
+        self.methods = check_methods(methods)
+        self.ranking_method = check_methods([ranking_method])[0] if ranking_method else None
+        self.num_probes = int(num_probes)
+        self.seed = int(seed)
+        self.every_n_epochs = int(every_n_epochs)
+        self.num_ranking_queries = (
+            min(int(num_ranking_queries), self.num_probes) if self.ranking_method else 0
+        )
+        self.top_k = int(top_k)
+        self.gradient_layers = gradient_layers
+        self.truncation = truncation
+        self.truncation_per_channel = truncation_per_channel
+        self.alpha = float(alpha)
+        self.colormap = colormap
+        self.draw_boxes = draw_boxes
+        self.save_png = save_png
+        self.metric_attribute = metric_attribute
+        self.tag_prefix = tag_prefix
+        self.cpu_threads = cpu_threads
+        self.probe_indices: list[int] = []
+        self.validation_epochs = 0
+        self.last_written: list[str] = []  # PNG paths of the last epoch (rank zero)
+        self._capture: FeatureCapture | None = None
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ state (resume: same probes)
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(tag_prefix=self.tag_prefix)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"probe_indices": list(self.probe_indices), "validation_epochs": self.validation_epochs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.probe_indices = [int(i) for i in state_dict.get("probe_indices", [])]
+        self.validation_epochs = int(state_dict.get("validation_epochs", 0))
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(f"ExplanationImages: {message}")
+
+    def _probes(self, evalset: EvalSet) -> list[int]:
+        """The probe queries: chosen once (seeded), re-chosen only if they no longer fit the data."""
+        valid = set(evalset.queries_with_true_match().tolist())
+        if len(self.probe_indices) != self.num_probes or any(i not in valid for i in self.probe_indices):
+            if self.probe_indices and any(i not in valid for i in self.probe_indices):
+                self._warn_once(
+                    "probes", "the stored probes are not queries of this data set; choosing new ones"
+                )
+            self.probe_indices = choose_queries(evalset.queries_with_true_match(), self.num_probes, self.seed)
+        return self.probe_indices
+
+    # ------------------------------------------------------------------ hooks
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._capture = None
+        if trainer.sanity_checking or self.validation_epochs % self.every_n_epochs != 0:
+            return
+        evalset = EvalSet.from_trainer(trainer)
+        if evalset is not None and trainer.is_global_zero:  # the probes' maps, kept from the model's own step
+            self._capture = FeatureCapture(self._probes(evalset))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            capture.stop()
+        run = self.validation_epochs % self.every_n_epochs == 0
+        self.validation_epochs += 1
+        if not run:
+            return
+        evalset = EvalSet.from_trainer(trainer)
+        metric = find_rank_metric(pl_module, self.metric_attribute)
+        if evalset is None or metric is None:
+            self._warn_once(
+                "setup",
+                "needs a re-ID evaluation set (num_query, pids, camids) and the model's "
+                f"ranking metric `{self.metric_attribute}`; nothing is logged",
+            )
+            return
+        gallery = Gallery.from_metric(metric)  # collective: every rank
+        sink = ImageSink.from_trainer(
+            trainer, save_png=self.save_png, folder=self.tag_prefix
+        )  # may broadcast
+        if len(gallery) == 0:
+            self._warn_once("gallery", "no gallery embedding in this validation epoch; nothing is logged")
+            return
+        probes = self._probes(evalset)
+        if trainer.is_global_zero and probes:
+            captured = capture.captured if capture is not None else {}
+            with cpu_threads(self.cpu_threads, pl_module.device):
+                self.last_written = self._render(trainer, pl_module, evalset, gallery, sink, probes, captured)
+
+    # ------------------------------------------------------------------ rank-zero image work
+    @torch.no_grad()
+    def _render(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        evalset: EvalSet,
+        gallery: Gallery,
+        sink: ImageSink,
+        probes: list[int],
+        captured: dict[int, Any],
+    ) -> list[str]:
+        device = pl_module.device
+        gallery = Gallery(
+            gallery.embeddings.to(device),
+            gallery.pids.to(device),
+            gallery.camids.to(device),
+            gallery.indices.to(device),
+            gallery.distance,
+        )
+        explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
+        datamodule = getattr(trainer, "datamodule", None)
+        if all(i in captured for i in probes):  # maps kept from the model's own validation step
+            items = [captured[i] for i in probes]
+            batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0] if k != "maps"}
+            maps = [
+                torch.stack([it["maps"][b] for it in items]).to(device) for b in range(len(items[0]["maps"]))
+            ]
+            probe_features = explainer.features_from_maps(batch["image"], maps)
+        else:
+            batch = evalset.load(probes, device)
+            probe_features = explainer.features(batch["image"])
+        list_length = self.top_k if self.num_ranking_queries else 1
+        rows, matches = gallery.rank(probe_features.embedding, batch["pid"], batch["camid"], list_length)
+        keep = (rows[:, 0] >= 0).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            return []
+        rows, matches = rows[keep], matches[keep]
+        probe_features = probe_features.select(keep)
+        probe_boxes = batch["box"][keep] if self.draw_boxes and "box" in batch else None
+
+        # one forward for every gallery image shown: references and ranking lists
+        needed = sorted(
+            {int(r) for r in rows[:, 0].tolist()}
+            | {int(r) for r in rows[: self.num_ranking_queries].flatten().tolist() if r >= 0}
+        )
+        gallery_batch = evalset.load(gallery.indices[needed].tolist(), device)
+        gallery_features = explainer.features(gallery_batch["image"])
+        position = {row: j for j, row in enumerate(needed)}
+        reference_positions = [position[int(r)] for r in rows[:, 0].tolist()]
+        reference_features = gallery_features.select(reference_positions)
+        reference_boxes = (
+            gallery_batch["box"][reference_positions] if self.draw_boxes and "box" in gallery_batch else None
+        )
+
+        probe_pictures = to_uint8(probe_features.images, datamodule)
+        gallery_pictures = to_uint8(gallery_features.images, datamodule)
+        reference_pictures = gallery_pictures[reference_positions]
+        step, epoch = logging_step(trainer), trainer.current_epoch
+        written: list[str] = []
+        for method in self.methods:
+            own = method == "ram"  # R_q^q on the probe; every other map is against the reference
+            probe_target = probe_features.embedding if own else reference_features.embedding
+            probe_maps = explainer.explain(method, probe_features, probe_target)
+            reference_maps = explainer.explain(method, reference_features, probe_features.embedding)
+            picture = probe_grid(
+                probe_pictures,
+                reference_pictures,
+                probe_maps,
+                reference_maps,
+                matches[:, 0],
+                self.alpha,
+                self.colormap,
+                probe_boxes,
+                reference_boxes,
+            )
+            written += sink.write(method, picture, step, epoch, prefix=self.tag_prefix)
+
+        method = self.ranking_method
+        for j in range(min(self.num_ranking_queries, rows.shape[0])):
+            valid = rows[j] >= 0
+            listed = [position[int(r)] for r in rows[j][valid].tolist()]
+            listed_features = gallery_features.select(listed)
+            query_features = probe_features.select([j])
+            query_target = (
+                query_features.embedding if method == "ram" else reference_features.embedding[j : j + 1]
+            )
+            query_maps = explainer.explain(method, query_features, query_target)[0]
+            listed_maps = explainer.explain(
+                method, listed_features, query_features.embedding.expand(len(listed), -1)
+            )
+            picture = ranking_figure(
+                probe_pictures[j],
+                gallery_pictures[listed],
+                matches[j][valid],
+                query_maps,
+                listed_maps,
+                self.alpha,
+                self.colormap,
+            )
+            written += sink.write(f"ranking/query_{j}", picture, step, epoch, prefix=self.tag_prefix)
+        return written

@@ -1,0 +1,311 @@
+"""Explanation maps of any model that offers the callback protocol, per branch and summed.
+
+The protocol (``DESIGN.md``): ``feature_maps(images) -> [F^1, ..., F^N]`` (``[B, K_i, h, w]``, the
+maps pooled into the embedding) and ``embed_maps(maps) -> [B, D]`` (the embedding that ranks).
+:class:`Explainer` turns it into maps with ``cama.explain``:
+
+**Branches.** When the embedding is the concatenation of one vector per branch (``D = sum K_i``,
+as CAMA's test feature ``f = [f^1/||f^1||; ...; f^N/||f^N||]``, cama-ram Sec. 3.3), branch ``i``
+owns the slice ``e^i`` of the embedding, and every forward-only map of branch ``i`` is computed on
+``M^i = F^i * ||e^i|| / ||GAP(F^i)||``, the branch's maps rescaled so that ``GAP(M^i) = e^i`` (exact
+for an L2-normalised GAP): maps of the branches are on the scale of the embedding they build, and
+against a reference they use the reference's slice of the same embedding.
+
+**Methods** (``target`` is a ``[B, D]`` embedding: the reference's, or the sample's own):
+
+* ``cam`` (dist-cam Eq. 3, cama-ram Eq. 4): ``sum_k w_{c,k} F^i_k`` with branch ``i``'s classifier
+  (``model.classifier_weights()``) and the class it predicts (the top logit). Re-ID test
+  identities are unseen in training, so this is the CAM of the most similar *training* identity;
+  ``target`` is not used.
+* ``dist_cam`` (Eq. 4-6): ``dist_cam(M^i, t^i)``, the channel weights from ``|t^i - e^i|``.
+* ``ram`` (cama-ram Eq. 10): ``ram(t^i, M^i) = <t^i, M^i(x, y)> / ||e^i||``. With the sample's own
+  embedding as ``target`` this is the query's own RAM ``R_q^q``; on a gallery image with the
+  query's embedding as ``target`` it is ``R_g^q`` (Fig. 4, Fig. 8 per branch).
+* ``fam`` (fam Eq. 11-13, cosine): ``fam(M^i, t^i)``, the target as the single support.
+* ``gradcam``, ``gradcam++``, ``layercam``, ``fullgrad`` (ltgrad-cam Eq. 2-11):
+  :func:`cama.explain.gradient_cam` of the cosine similarity between the sample's embedding and
+  ``target``; branch ``i`` uses the similarity of the slices ``e^i, t^i`` and, by default, the
+  branch's last block (``backbone.branches.i``, else the model's last convolution) as its layer;
+  the summed map uses the full embedding and every branch's layer (layerization, Eq. 8).
+  ``layers`` replaces the default layers of every map; ``truncation`` is Eq. 9-11's delta.
+
+**Summed map.** For a multi-branch model :meth:`Explainer.explain` returns the N branch maps and
+their aggregate: the sum of the branches' raw maps (for RAM exactly the RAM of the concatenated
+embedding, whose pixels sum to ``h w <f_q, f_g>``) or, for the gradient methods, the map of the
+full-embedding similarity. Every map then goes through :func:`cama.explain.postprocess` (ReLU,
+bilinear upsampling, per-map min-max to ``[0, 1]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from cama.explain import (
+    class_activation_map,
+    dist_cam,
+    fam,
+    global_average_pool,
+    gradient_cam,
+    postprocess,
+    ram,
+    similarity_score,
+)
+
+__all__ = [
+    "cpu_threads",
+    "FORWARD_METHODS",
+    "GRADIENT_METHODS",
+    "METHODS",
+    "Features",
+    "Explainer",
+    "check_methods",
+    "default_gradient_layers",
+]
+
+FORWARD_METHODS: tuple[str, ...] = ("cam", "dist_cam", "ram", "fam")
+GRADIENT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "fullgrad")
+METHODS: tuple[str, ...] = FORWARD_METHODS + GRADIENT_METHODS
+
+
+@contextmanager
+def cpu_threads(count: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block with ``count`` intra-op CPU threads (``None`` or a non-CPU device: unchanged).
+
+    The callbacks' own work is small batches and small tensors, which run faster on one thread
+    than on several (no hand-offs; on a busy 2-core machine a batch of 4 images took 13x longer on
+    2 threads than on 1); the model's own validation loop is not affected.
+    """
+    previous = torch.get_num_threads()
+    change = count is not None and torch.device(device).type == "cpu" and count != previous
+    if change:
+        torch.set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        if change:
+            torch.set_num_threads(previous)
+
+
+def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """Validate method names (case-insensitive, ``-`` read as ``_``); keeps the order, drops repeats."""
+    out: list[str] = []
+    for name in methods:
+        key = str(name).lower().replace("-", "_")
+        key = {
+            "distcam": "dist_cam",
+            "grad_cam": "gradcam",
+            "gradcampp": "gradcam++",
+            "layer_cam": "layercam",
+        }.get(key, key)
+        if key not in METHODS:
+            raise ValueError(f"unknown explanation method {name!r}; choose from {list(METHODS)}")
+        if key not in out:
+            out.append(key)
+    return tuple(out)
+
+
+def default_gradient_layers(model: nn.Module) -> list[list[str]]:
+    """Default layers per branch: ``backbone.branches.i`` when the model has them, else its last conv."""
+    branches = getattr(getattr(model, "backbone", None), "branches", None)
+    if isinstance(branches, nn.ModuleList) and len(branches) > 0:
+        return [[f"backbone.branches.{i}"] for i in range(len(branches))]
+    convolutions = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if not convolutions:
+        raise ValueError("the model has no Conv2d layer: give the gradient methods their layers")
+    return [[convolutions[-1]]]
+
+
+@dataclass
+class Features:
+    """A forward pass through the protocol: inputs, branch maps, embedding and its branch slices."""
+
+    images: Tensor
+    maps: list[Tensor]
+    embedding: Tensor
+    slices: list[tuple[int, int]] | None  # None: the embedding is not a concatenation of branches
+    _scaled: list[Tensor] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.maps)
+
+    def branch_embeddings(self) -> list[Tensor]:
+        """The slices ``e^i`` ``[B, K_i]`` of the embedding."""
+        if self.slices is None:
+            raise ValueError(
+                f"the embedding (D={self.embedding.shape[1]}) is not the concatenation of the branches' "
+                f"pooled features (K = {[m.shape[1] for m in self.maps]}): forward-only maps (cam, "
+                "dist_cam, ram, fam) need it; use the gradient methods for this model"
+            )
+        return [self.embedding[:, a:b] for a, b in self.slices]
+
+    def scaled_maps(self) -> list[Tensor]:
+        """``M^i = F^i * ||e^i|| / ||GAP(F^i)||``, so that ``GAP(M^i) = e^i`` for a normalised GAP."""
+        if self._scaled is None:
+            out = []
+            for maps, vector in zip(self.maps, self.branch_embeddings()):
+                pooled = torch.linalg.vector_norm(global_average_pool(maps), dim=1).clamp_min(1e-12)
+                scale = torch.linalg.vector_norm(vector, dim=1) / pooled
+                out.append(maps * scale.to(maps.dtype)[:, None, None, None])
+            self._scaled = out
+        return self._scaled
+
+    def select(self, rows: Tensor | Sequence[int]) -> Features:
+        """The features of ``rows`` (``self`` when they are all rows in order)."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.embedding.device)
+        if index.numel() == self.embedding.shape[0] and bool(
+            (index == torch.arange(index.numel(), device=index.device)).all()
+        ):
+            return self
+        return Features(
+            images=self.images[index.to(self.images.device)],
+            maps=[m[index.to(m.device)] for m in self.maps],
+            embedding=self.embedding[index],
+            slices=self.slices,
+        )
+
+
+class _Embedder(nn.Module):
+    """``images -> embed_maps(feature_maps(images))``: the protocol as one module for ``gradient_cam``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model.embed_maps(self.model.feature_maps(images))
+
+
+class Explainer:
+    """Maps of a protocol model (see the module docstring), in batches, on the model's device.
+
+    Args:
+        model: offers ``feature_maps`` and ``embed_maps`` (and ``classifier_weights`` for ``cam``).
+        gradient_layers: layer names (``model.get_submodule``) for the gradient methods; ``None``
+            uses :func:`default_gradient_layers`.
+        truncation: delta of the truncation trick (percentile 0-100 of the positive gradients),
+            ``None`` disables it.
+        truncation_per_channel: take the percentile per channel.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        gradient_layers: Sequence[str] | None = None,
+        truncation: float | None = None,
+        truncation_per_channel: bool = False,
+    ) -> None:
+        for name in ("feature_maps", "embed_maps"):
+            if not callable(getattr(model, name, None)):
+                raise TypeError(
+                    f"{type(model).__name__} does not offer `{name}` (the callback protocol, DESIGN.md)"
+                )
+        self.model = model
+        self.gradient_layers = list(gradient_layers) if gradient_layers else None
+        self.truncation = truncation
+        self.truncation_per_channel = truncation_per_channel
+
+    # ------------------------------------------------------------------ forward
+    @torch.no_grad()
+    def features(self, images: Tensor) -> Features:
+        """One forward pass (no gradients) of ``images`` ``[B, 3, H, W]``."""
+        return self.features_from_maps(images, list(self.model.feature_maps(images)))
+
+    @torch.no_grad()
+    def features_from_maps(self, images: Tensor, maps: Sequence[Tensor]) -> Features:
+        """:class:`Features` of ``images`` whose ``feature_maps`` are already known (no forward)."""
+        maps = list(maps)
+        embedding = self.model.embed_maps(maps)
+        sizes = [m.shape[1] for m in maps]
+        slices = None
+        if embedding.shape[1] == sum(sizes):
+            bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
+            slices = list(zip(bounds[:-1], bounds[1:]))
+        return Features(images=images, maps=maps, embedding=embedding, slices=slices)
+
+    # ------------------------------------------------------------------ forward-only maps
+    def raw_maps(self, method: str, features: Features, target: Tensor) -> Tensor:
+        """The raw per-branch maps ``[B, N, h, w]`` of a forward-only method (feature resolution)."""
+        if method == "cam":
+            weights_fn = getattr(self.model, "classifier_weights", None)
+            if not callable(weights_fn):
+                raise ValueError(f"cam needs `classifier_weights()` on {type(self.model).__name__}")
+            out = []
+            for maps, weight in zip(features.maps, weights_fn()):
+                weight = weight.detach().to(maps.dtype)
+                predicted = (global_average_pool(maps) @ weight.T).argmax(dim=1)
+                out.append(class_activation_map(maps, weight, predicted))
+            return torch.stack(out, dim=1)
+        targets = [target[:, a:b].to(features.embedding.dtype) for a, b in features.slices or []]
+        scaled = features.scaled_maps()
+        if method == "dist_cam":
+            return torch.stack([dist_cam(m, t) for m, t in zip(scaled, targets)], dim=1)
+        if method == "ram":
+            return torch.stack([ram(t, m) for m, t in zip(scaled, targets)], dim=1)
+        if method == "fam":
+            return torch.stack([fam(m, t, metric="cosine") for m, t in zip(scaled, targets)], dim=1)
+        raise ValueError(f"{method!r} is not a forward-only method {FORWARD_METHODS}")
+
+    # ------------------------------------------------------------------ gradient maps
+    def _layers(self) -> tuple[list[list[nn.Module]], list[nn.Module]]:
+        """Per-branch layer lists and the layers of the summed map."""
+        if self.gradient_layers:
+            layers = [self.model.get_submodule(name) for name in self.gradient_layers]
+            return [layers], layers
+        per_branch = [
+            [self.model.get_submodule(n) for n in names] for names in default_gradient_layers(self.model)
+        ]
+        return per_branch, [m for layers in per_branch for m in layers]
+
+    def gradient_maps(self, method: str, features: Features, target: Tensor, branches: bool = True) -> Tensor:
+        """Gradient maps ``[B, N + 1, H, W]`` (branches, then summed; ``[B, 1, H, W]`` for one branch
+        or with ``branches=False``)."""
+        embedder = _Embedder(self.model)
+        per_branch, all_layers = self._layers()
+        kwargs = dict(
+            method=method, truncation=self.truncation, truncation_per_channel=self.truncation_per_channel
+        )
+        summed = gradient_cam(embedder, features.images, similarity_score(target), all_layers, **kwargs)
+        if not branches or features.num_branches == 1 or features.slices is None:
+            return summed[:, None]
+        maps = []
+        for i, (a, b) in enumerate(features.slices):
+            layers = per_branch[i] if len(per_branch) == features.num_branches else per_branch[0]
+            score = similarity_score(target[:, a:b], embed=lambda e, a=a, b=b: e[:, a:b])
+            maps.append(gradient_cam(embedder, features.images, score, layers, **kwargs))
+        return torch.stack([*maps, summed], dim=1)
+
+    # ------------------------------------------------------------------ everything
+    def explain(
+        self,
+        method: str,
+        features: Features,
+        target: Tensor,
+        size: Sequence[int] | None = None,
+        branches: bool = True,
+    ) -> Tensor:
+        """Maps in ``[0, 1]`` at image size: ``[B, N + 1, H, W]`` (branches then summed) or ``[B, 1, H, W]``.
+
+        Args:
+            method: one of :data:`METHODS`.
+            features: :meth:`features` of the images to explain.
+            target: ``[B, D]`` embedding to explain against (reference, or the sample's own).
+            size: output ``(H, W)``; default the images' size.
+            branches: False returns the summed map only, ``[B, 1, H, W]`` (cheaper).
+        """
+        size = tuple(size) if size is not None else tuple(features.images.shape[-2:])
+        if method in GRADIENT_METHODS:
+            maps = self.gradient_maps(method, features, target, branches)
+            if tuple(maps.shape[-2:]) != size:
+                maps = postprocess(maps, size)
+            return maps
+        raw = self.raw_maps(method, features, target)
+        if raw.shape[1] > 1:
+            summed = raw.sum(dim=1, keepdim=True)
+            raw = torch.cat([raw, summed], dim=1) if branches else summed
+        return postprocess(raw, size)

@@ -1,0 +1,148 @@
+"""Faithfulness of explanation maps: Average Drop and Increase in Confidence (fam Eq. 21-22).
+
+``Y_i`` is the model's score on image ``i`` -- a class probability for a classifier, the
+similarity to the reference (gallery image, prototype, support) for a metric model -- and ``O_i``
+the same score on the image *masked by its explanation map*:
+
+* ``AD = 100/N sum_i max(0, Y_i - O_i) / Y_i`` (Eq. 21): how much of the score is lost when only
+  the highlighted region is kept (lower is better);
+* ``IC = 100/N sum_i [O_i > Y_i]`` (Eq. 22): how often the masked image scores higher (higher is
+  better).
+
+A similarity can be zero or negative, where Eq. 21 (written for probabilities) means nothing:
+samples with ``Y_i <= 0`` are left out of AD (they still count in IC), and a negative ``O_i`` counts
+as 0 in AD, so that each drop lies in ``[0, 1]`` as with probabilities.
+
+**Masking** (:func:`mask_images`), our reading of fam Sec. V ("the query image masked by the
+saliency map"): the FAM paper feeds images scaled to ``[0, 1]`` and then normalised with the
+ImageNet mean and std, so the *image* is the ``[0, 1]`` picture. The map (``[0, 1]``, bilinearly
+upsampled to the image size) multiplies that picture -- unimportant regions fade to black -- and
+the result is normalised again before it enters the network. Masking the normalised tensor
+instead would fade to the data set's mean colour; :func:`mask_images` does that when no
+``mean``/``std`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+
+__all__ = ["mask_images", "average_drop", "increase_in_confidence", "AverageDropIncrease"]
+
+
+def mask_images(
+    images: Tensor,
+    maps: Tensor,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Tensor:
+    """Images multiplied by their explanation maps, ready for the network (fam Eq. 21-22's ``O``).
+
+    Args:
+        images: ``[B, C, H, W]`` network inputs, normalised with ``(x - mean) / std`` when
+            ``mean`` and ``std`` are given.
+        maps: ``[B, h, w]`` maps in ``[0, 1]`` (e.g. from :func:`cama.explain.postprocess`), resized
+            bilinearly to ``(H, W)`` when needed and clamped to ``[0, 1]``.
+        mean, std: the per-channel normalisation of ``images``: the map then multiplies the
+            de-normalised ``[0, 1]`` image, which is normalised again.
+
+    Returns:
+        ``[B, C, H, W]`` masked inputs, same dtype as ``images``.
+    """
+    if images.ndim != 4 or maps.ndim != 3 or maps.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"need images [B, C, H, W] and maps [B, h, w], got {tuple(images.shape)}, {tuple(maps.shape)}"
+        )
+    weights = maps.to(device=images.device, dtype=torch.float32)
+    if tuple(weights.shape[-2:]) != tuple(images.shape[-2:]):
+        weights = F.interpolate(
+            weights[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False
+        )[:, 0]
+    weights = torch.nan_to_num(weights, nan=0.0).clamp(0.0, 1.0)[:, None]
+    work = images.float()
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
+    if mean is None:
+        return (work * weights).to(images.dtype)
+    mean_t = torch.as_tensor(mean, dtype=work.dtype, device=work.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=work.dtype, device=work.device).view(1, -1, 1, 1)
+    picture = work * std_t + mean_t
+    return ((picture * weights - mean_t) / std_t).to(images.dtype)
+
+
+def _drops(scores: Tensor, masked_scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample ``max(0, Y - O) / Y`` and whether it is defined (``Y > 0``)."""
+    scores, masked_scores = scores.double().reshape(-1), masked_scores.double().reshape(-1).to(scores.device)
+    if scores.shape != masked_scores.shape:
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and masked_scores {tuple(masked_scores.shape)} differ"
+        )
+    defined = scores > 0
+    drop = (scores - masked_scores.clamp_min(0)).clamp_min(0) / torch.where(
+        defined, scores, torch.ones_like(scores)
+    )
+    return torch.where(defined, drop, torch.zeros_like(drop)), defined
+
+
+def average_drop(scores: Tensor, masked_scores: Tensor) -> Tensor:
+    """Average Drop in percent, fam Eq. 21: ``100/N sum max(0, Y - O) / Y`` over samples with ``Y > 0``
+    (``O`` clamped at 0 first, so each term lies in ``[0, 1]``).
+
+    Args:
+        scores: ``Y`` ``[N]``, the score on each image.
+        masked_scores: ``O`` ``[N]``, the score on each image masked by its map.
+
+    Returns:
+        0-d float32 tensor (0 when no sample has ``Y > 0``).
+    """
+    drop, defined = _drops(scores, masked_scores)
+    count = defined.sum()
+    return (100.0 * drop.sum() / count.clamp_min(1)).float()
+
+
+def increase_in_confidence(scores: Tensor, masked_scores: Tensor) -> Tensor:
+    """Increase in Confidence in percent, fam Eq. 22: ``100/N sum [O > Y]`` (0-d float32 tensor)."""
+    scores, masked_scores = scores.reshape(-1), masked_scores.reshape(-1).to(scores.device)
+    if scores.numel() == 0:
+        return torch.zeros((), device=scores.device)
+    return (100.0 * (masked_scores.double() > scores.double()).double().mean()).float()
+
+
+class AverageDropIncrease(Metric):
+    """AD and IC (fam Eq. 21-22) accumulated over batches; sum states, exact under DDP.
+
+    ``update(scores [B], masked_scores [B])``; ``compute()`` -> ``{"ad": ..., "ic": ...}`` in percent.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("drop_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("drop_count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("increase_count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, scores: Tensor, masked_scores: Tensor) -> None:
+        drop, defined = _drops(scores, masked_scores)
+        device = self.total.device
+        self.drop_sum += drop.sum().to(device)
+        self.drop_count += defined.double().sum().to(device)
+        self.increase_count += (
+            (masked_scores.reshape(-1).double().to(scores.device) > scores.reshape(-1).double())
+            .double()
+            .sum()
+            .to(device)
+        )
+        self.total += float(drop.numel())
+
+    def compute(self) -> dict[str, Tensor]:
+        ad = 100.0 * self.drop_sum / self.drop_count.clamp_min(1)
+        ic = 100.0 * self.increase_count / self.total.clamp_min(1)
+        return {"ad": ad.float(), "ic": ic.float()}

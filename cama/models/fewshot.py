@@ -1,0 +1,392 @@
+"""The prototypical few-shot learner (Snell et al.; dist-cam Sec. 4.1, Eq. 7; fam Sec. V-B) as a LightningModule.
+
+A backbone (Conv4, ResNet-12 or a torchvision ResNet) gives feature maps ``Q`` ``[B, K, h, w]``; the
+embedding is their global average pool ``q = GAP(Q)``. In an N-way K-shot episode the prototype of
+class ``c`` is the mean of its support embeddings, ``p_c = (1/K) sum_i s_{c,i}`` (dist-cam Eq. 7),
+and a query's logits are
+
+* ``euclidean`` (ProtoNet): ``z_c = -scale * ||q - p_c||^2`` (``scale`` 1 by default), or
+* ``cosine``: ``z_c = scale * cos(q, p_c)`` with a learnable ``scale`` (temperature, 10 at start).
+
+Training is episodic (cross-entropy of the queries over the N classes), optionally after
+``pretrain_epochs`` of standard classification over the base classes (a linear classifier on
+``q``), and optionally with that classification as an auxiliary loss (``classifier_weight``; the
+FAM paper's "multi-task learning scheme"). Validation and test run episodes on unseen classes and
+log ``{val,test}/acc`` and ``{val,test}/acc_ci95`` (mean over episodes and ``1.96 std / sqrt(E)``,
+:class:`~cama.metrics.FewShotAccuracy`, fractions in [0, 1]).
+
+Batches are those of :class:`datamodules.FewShotDataModule`: ``image``, ``label`` (class within the
+split), ``index``, ``episode_labels`` (0..N-1) and ``is_query``; the supports are the items with
+``is_query`` false, whatever their order.
+
+Explanations (``DESIGN.md``): a query is explained against its *predicted* class, Dist-CAM against
+that class's prototype and FAM against its supports. :meth:`ProtoNet.episode_references` gives, for
+every query of an episode batch, its maps and that prototype and those supports;
+:meth:`ProtoNet.explanation_maps` runs ``cama.explain.dist_cam`` and ``cama.explain.fam`` on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cama.backbones import RESNET_NAMES, Conv4, ResNet12, build_resnet
+from cama.explain import dist_cam, fam
+from cama.metrics import FewShotAccuracy
+from cama.models.checkpoints import load_matching_weights
+
+__all__ = [
+    "FEW_SHOT_BACKBONES",
+    "build_fewshot_backbone",
+    "class_prototypes",
+    "prototype_logits",
+    "ProtoNet",
+]
+
+FEW_SHOT_BACKBONES = ("conv4", "resnet12", *RESNET_NAMES)
+
+
+def build_fewshot_backbone(
+    name: str = "conv4",
+    pretrained: str | None = None,
+    last_stride: int = 2,
+    activation: Literal["relu", "leaky_relu"] | None = None,
+) -> tuple[nn.Module, int]:
+    """``(backbone, channels)``: a module mapping images ``[B, 3, H, W]`` to maps ``[B, channels, h, w]``.
+
+    Args:
+        name: ``"conv4"`` (64 channels, 84x84 -> 5x5), ``"resnet12"`` (640 channels, 84x84 -> 5x5) or a
+            torchvision ResNet of :data:`cama.backbones.RESNET_NAMES` (up to ``layer4``, no pooling).
+        pretrained: torchvision ResNets only: ``None``, ``"imagenet"`` (torch hub cache, never
+            downloaded) or a state-dict file (see :func:`cama.backbones.build_resnet`).
+        last_stride: stride of a torchvision ResNet's ``layer4`` (2 as in torchvision; 1 doubles the
+            map resolution, 84x84 -> 6x6 instead of 3x3).
+        activation: ``"relu"`` or ``"leaky_relu"`` (slope 0.1, FAM Sec. V-B) for Conv4 / ResNet-12;
+            default ReLU for Conv4 (ProtoNet), LeakyReLU for ResNet-12.
+    """
+    if name == "conv4":
+        if pretrained:
+            raise ValueError("pretrained weights exist only for torchvision ResNets; use init_from for Conv4")
+        net = Conv4(activation=activation or "relu")
+        return net, net.out_channels
+    if name == "resnet12":
+        if pretrained:
+            raise ValueError("pretrained weights exist only for torchvision ResNets; use init_from for ResNet-12")
+        net = ResNet12(activation=activation or "leaky_relu")
+        return net, net.out_channels
+    if name in RESNET_NAMES:
+        tv = build_resnet(name, pretrained, last_stride)
+        body = nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool, tv.layer1, tv.layer2, tv.layer3, tv.layer4)
+        return body, tv.fc.in_features
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(FEW_SHOT_BACKBONES)}")
+
+
+def class_prototypes(supports: Tensor, labels: Tensor, n_way: int | None = None) -> Tensor:
+    """Prototypes ``[N, D]``: the mean of the support embeddings ``[S, D]`` of each class (dist-cam Eq. 7).
+
+    ``labels`` ``[S]`` are the episode classes ``0..N-1`` of the supports; every class needs a support.
+    """
+    n_way = int(labels.max()) + 1 if n_way is None else int(n_way)
+    # a one-hot matrix product, not index_add_: on CPU the latter costs ~50 ms a call with 2 threads
+    one_hot = F.one_hot(labels, n_way).T.to(supports.dtype)  # [N, S]
+    counts = one_hot.sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError(f"every episode class needs a support; counts per class: {counts.long().tolist()}")
+    return (one_hot @ supports) / counts[:, None]
+
+
+def prototype_logits(
+    queries: Tensor, prototypes: Tensor, metric: Literal["euclidean", "cosine"] = "euclidean", scale: Tensor | float = 1.0
+) -> Tensor:
+    """Logits ``[Q, N]`` of queries ``[Q, D]`` against prototypes ``[N, D]``.
+
+    ``euclidean``: ``-scale * ||q - p||^2`` (dist-cam Eq. 7 / ProtoNet); ``cosine``: ``scale * cos(q, p)``.
+    """
+    if metric == "euclidean":
+        return -scale * (queries[:, None, :] - prototypes[None, :, :]).square().sum(dim=-1)
+    if metric == "cosine":
+        return scale * (F.normalize(queries, dim=-1) @ F.normalize(prototypes, dim=-1).T)
+    raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+
+
+class ProtoNet(pl.LightningModule):
+    """Prototypical network with Dist-CAM / FAM explanations (module docstring).
+
+    Args:
+        num_classes: number of base (training) classes, linked from the data module by ``train.py``;
+            used by the classifier of the optional standard pre-training / auxiliary loss only.
+        backbone: ``"conv4"``, ``"resnet12"`` or a torchvision ResNet name (:func:`build_fewshot_backbone`).
+        pretrained: torchvision ResNets: ``None``, ``"imagenet"`` (hub cache only) or a weights file.
+        last_stride: stride of a torchvision ResNet's ``layer4``.
+        activation: ``"relu"`` / ``"leaky_relu"`` for Conv4 and ResNet-12 (default per backbone).
+        metric: ``"euclidean"`` (squared distance, ProtoNet) or ``"cosine"``. On the synthetic classes
+            the cosine metric also trains faster and gives Dist-CAM / FAM maps on the object, where the
+            Euclidean one lights up the background (``configs/protonet_synthetic.yaml``).
+        scale: the logit multiplier (temperature); default 1 for euclidean, 10 for cosine.
+        learn_scale: learn the multiplier (default: for cosine only).
+        optimizer: ``"adam"`` (ProtoNet) or ``"sgd"`` (momentum 0.9, Nesterov).
+        lr: learning rate.
+        weight_decay: weight decay.
+        lr_step: multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs (StepLR).
+        lr_gamma: the decay factor.
+        pretrain_epochs: epochs of standard classification over the base classes (the classifier on
+            the embedding, cross-entropy on ``batch["label"]`` of every image) before episodic training.
+        classifier_weight: weight of that classification as an auxiliary loss during episodic
+            training (0: episodic loss only).
+        eval_cache: at validation / test time embed each distinct image once per epoch (keyed by
+            ``batch["index"]``; the network is in eval mode, so an image's embedding does not depend
+            on the episode it is in): 2,000 test episodes then cost a few hundred forward passes.
+        channels_last: run the backbone in the channels-last memory format (faster convolutions on CPU).
+        init_from: a checkpoint whose matching weights initialise a fresh run (fine-tuning).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "conv4",
+        pretrained: str | None = None,
+        last_stride: int = 2,
+        activation: Literal["relu", "leaky_relu"] | None = None,
+        metric: Literal["euclidean", "cosine"] = "euclidean",
+        scale: float | None = None,
+        learn_scale: bool | None = None,
+        optimizer: Literal["adam", "sgd"] = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lr_step: int = 20,
+        lr_gamma: float = 0.5,
+        pretrain_epochs: int = 0,
+        classifier_weight: float = 0.0,
+        eval_cache: bool = True,
+        channels_last: bool = False,
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        if pretrain_epochs < 0 or classifier_weight < 0:
+            raise ValueError("pretrain_epochs and classifier_weight must be >= 0")
+        uses_classifier = pretrain_epochs > 0 or classifier_weight > 0
+        if uses_classifier and num_classes < 2:
+            raise ValueError(f"the base-class classifier needs num_classes >= 2, got {num_classes}")
+        self.save_hyperparameters()
+        self.backbone, self.out_channels = build_fewshot_backbone(backbone, pretrained, last_stride, activation)
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        init_scale = float(scale) if scale is not None else (1.0 if metric == "euclidean" else 10.0)
+        learn = learn_scale if learn_scale is not None else metric == "cosine"
+        if learn:
+            self.scale = nn.Parameter(torch.tensor(init_scale))
+        else:
+            self.register_buffer("scale", torch.tensor(init_scale), persistent=False)
+        self.classifier = nn.Linear(self.out_channels, num_classes) if uses_classifier else None
+        self.val_metric = FewShotAccuracy()
+        self.test_metric = FewShotAccuracy()
+        self._embedding_cache: dict[int, Tensor] = {}
+
+    # ------------------------------------------------------------------ the model protocol (DESIGN.md)
+    def feature_maps(self, images: Tensor) -> list[Tensor]:
+        """The backbone's maps ``[B, K, h, w]`` (one branch), the maps pooled into the embedding."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return [self.backbone(images)]
+
+    def embed_maps(self, maps: list[Tensor]) -> Tensor:
+        """``q = GAP(Q)`` ``[B, K]``, the embedding the prototypes and logits are computed from."""
+        return maps[0].mean(dim=(2, 3))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.embed_maps(self.feature_maps(images))
+
+    # ------------------------------------------------------------------ episodes
+    def logits(self, queries: Tensor, prototypes: Tensor) -> Tensor:
+        """Logits ``[Q, N]`` of query embeddings against prototypes (:func:`prototype_logits`)."""
+        return prototype_logits(queries, prototypes, self.hparams.metric, self.scale)
+
+    @staticmethod
+    def split_episode(embeddings: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(supports [S, D], support_labels [S], queries [Q, D], query_labels [Q])`` of an episode batch."""
+        if "episode_labels" not in batch or "is_query" not in batch:
+            raise KeyError(
+                "episode batches need 'episode_labels' and 'is_query' (datamodules.EpisodeCollate adds them)"
+            )
+        labels = batch["episode_labels"].to(embeddings.device)
+        is_query = batch["is_query"].to(embeddings.device)
+        return embeddings[~is_query], labels[~is_query], embeddings[is_query], labels[is_query]
+
+    def episode_logits(self, embeddings: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(logits [Q, N], query_labels [Q])`` of an episode batch from the embeddings of all its items."""
+        supports, support_labels, queries, query_labels = self.split_episode(embeddings, batch)
+        prototypes = class_prototypes(supports, support_labels)
+        return self.logits(queries, prototypes), query_labels
+
+    # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
+            load_matching_weights(self, self.hparams.init_from)
+
+    @property
+    def pretraining(self) -> bool:
+        """Whether the current epoch is one of the ``pretrain_epochs`` of standard classification."""
+        return self.current_epoch < self.hparams.pretrain_epochs
+
+    def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The episodic loss and accuracy, the classification loss where used, and their total ``loss``."""
+        embeddings = self(batch["image"])
+        losses: dict[str, Tensor] = {}
+        class_loss = None
+        if self.classifier is not None:
+            class_logits = self.classifier(embeddings)
+            class_loss = F.cross_entropy(class_logits, batch["label"])
+            losses["class_loss"] = class_loss
+            losses["class_accuracy"] = (class_logits.argmax(1) == batch["label"]).float().mean()
+        if self.pretraining:
+            assert class_loss is not None
+            losses["loss"] = class_loss
+            return losses
+        logits, query_labels = self.episode_logits(embeddings, batch)
+        episode_loss = F.cross_entropy(logits, query_labels)
+        losses["episode_loss"] = episode_loss
+        losses["accuracy"] = (logits.argmax(1) == query_labels).float().mean()
+        if class_loss is not None:
+            # weight 0 after pre-training still touches the classifier, which keeps DDP's gradient
+            # reduction happy (every parameter gets a gradient every step)
+            losses["loss"] = episode_loss + self.hparams.classifier_weight * class_loss
+        else:
+            losses["loss"] = episode_loss
+        return losses
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self.compute_losses(batch)
+        self.log("train/loss", losses["loss"], prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False)
+        if isinstance(self.scale, nn.Parameter):
+            self.log("train/scale", self.scale.detach())
+        return losses["loss"]
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
+        """Embeddings of an evaluation batch, each distinct ``index`` computed once per epoch."""
+        if not self.hparams.eval_cache or "index" not in batch or self.training:
+            return self(batch["image"])
+        keys = batch["index"].tolist()
+        cache = self._embedding_cache
+        missing = sorted({k for k in keys if k not in cache})
+        if missing:
+            position = {k: i for i, k in enumerate(keys)}
+            rows = torch.tensor([position[k] for k in missing], device=batch["image"].device)
+            for k, e in zip(missing, self(batch["image"][rows])):
+                cache[k] = e
+        return torch.stack([cache[k] for k in keys])
+
+    def _evaluate_episode(self, metric: FewShotAccuracy, batch: dict[str, Tensor], prefix: str) -> None:
+        logits, query_labels = self.episode_logits(self._eval_embeddings(batch), batch)
+        metric.update(logits.argmax(dim=1), query_labels)
+        self.log(f"{prefix}/loss", F.cross_entropy(logits, query_labels), on_step=False, on_epoch=True,
+                 batch_size=1, sync_dist=True)
+
+    def _log_metric(self, metric: FewShotAccuracy, prefix: str) -> None:
+        results = metric.compute()
+        metric.reset()
+        self._embedding_cache.clear()
+        # compute() already summed every process's episodes: the values are the same on each rank.
+        self.log(f"{prefix}/acc", results["acc"].float(), prog_bar=True, sync_dist=False)
+        self.log(f"{prefix}/acc_ci95", results["acc_ci95"].float(), prog_bar=True, sync_dist=False)
+        self.log(f"{prefix}/episodes", results["episodes"].float(), sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._embedding_cache.clear()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate_episode(self.val_metric, batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "val")
+
+    def on_test_epoch_start(self) -> None:
+        self._embedding_cache.clear()
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate_episode(self.test_metric, batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_metric, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return {"embedding": self(batch["image"]), **{k: batch[k] for k in ("label", "index") if k in batch}}
+
+    # ------------------------------------------------------------------ explanations
+    def episode_references(self, batch: dict[str, Tensor], maps: list[Tensor] | None = None) -> dict[str, Any]:
+        """For every query of an episode batch: its maps, prediction and the references that explain it.
+
+        Args:
+            batch: an episode batch (``image``, ``episode_labels``, ``is_query``; equal shots per class).
+            maps: ``self.feature_maps(batch["image"])`` if already computed.
+
+        Returns:
+            ``{"query_index": [Q] positions of the queries in the batch,
+            "query_maps": [Q, K, h, w] their feature maps,
+            "logits": [Q, N], "prediction": [Q] predicted episode class, "target": [Q] true one,
+            "prototype": [Q, K] the prototype of the predicted class (mean support embedding, Eq. 7),
+            "supports": [Q, S, K] the embeddings of its S supports,
+            "support_index": [Q, S] their positions in the batch,
+            "metric": "euclidean" | "cosine"}`` -- so that ``cama.explain.dist_cam(query_maps,
+            prototype)`` and ``cama.explain.fam(query_maps, supports, metric=metric)`` explain each query.
+        """
+        maps = self.feature_maps(batch["image"]) if maps is None else maps
+        embeddings = self.embed_maps(maps)
+        labels = batch["episode_labels"].to(embeddings.device)
+        is_query = batch["is_query"].to(embeddings.device)
+        support_pos = (~is_query).nonzero().squeeze(1)
+        query_pos = is_query.nonzero().squeeze(1)
+        support_labels = labels[support_pos]
+        n_way = int(support_labels.max()) + 1
+        # positions of each class's supports, [N, S] (stable order within a class)
+        order = torch.sort(support_labels, stable=True).indices
+        per_class = torch.bincount(support_labels, minlength=n_way)
+        if bool((per_class != per_class[0]).any()):
+            raise ValueError(f"episode_references needs the same number of supports per class, got {per_class.tolist()}")
+        by_class = support_pos[order].view(n_way, int(per_class[0]))
+        prototypes = class_prototypes(embeddings[support_pos], support_labels, n_way)
+        logits = self.logits(embeddings[query_pos], prototypes)
+        prediction = logits.argmax(dim=1)
+        return {
+            "query_index": query_pos,
+            "query_maps": maps[0][query_pos],
+            "logits": logits,
+            "prediction": prediction,
+            "target": labels[query_pos],
+            "prototype": prototypes[prediction],
+            "supports": embeddings[by_class[prediction]],
+            "support_index": by_class[prediction],
+            "metric": self.hparams.metric,
+        }
+
+    @torch.no_grad()
+    def explanation_maps(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        """Raw Dist-CAM (vs the predicted prototype) and FAM (vs its supports) of every query, ``[Q, h, w]``.
+
+        Returns :meth:`episode_references` plus ``"dist_cam"`` and ``"fam"`` (feature resolution, no
+        ReLU / normalisation: apply ``cama.explain.postprocess``).
+        """
+        refs = self.episode_references(batch)
+        refs["dist_cam"] = dist_cam(refs["query_maps"], refs["prototype"])
+        refs["fam"] = fam(refs["query_maps"], refs["supports"], metric=refs["metric"])
+        return refs
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        if hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True,
+                                        weight_decay=hp.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, hp.lr_step), gamma=hp.lr_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

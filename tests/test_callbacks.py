@@ -1,0 +1,314 @@
+"""The explanation callbacks and their helpers, in process on a tiny synthetic set (CPU, seconds)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from callbacks.explanation_images import ExplanationImages
+from callbacks.explanation_maps import Explainer, check_methods, default_gradient_layers
+from callbacks.localization_metrics import LocalizationMetrics
+from callbacks.reid_probes import EvalSet, FeatureCapture, Gallery, choose_queries
+from callbacks.rendering import GREEN, RED, draw_boxes, frame, probe_grid, ranking_figure
+from cama.explain import dist_cam, ram_per_branch
+from cama.metrics import ReIDRankMetric
+from cama.models import CAMA
+from datamodules import ReIDDataModule
+
+TINY_DATA = dict(
+    dataset="synthetic",
+    image_size=(64, 32),
+    p=4,
+    k=2,
+    eval_batch_size=64,
+    num_workers=0,
+    synthetic_train_ids=10,
+    synthetic_test_ids=6,
+    synthetic_distractors=4,
+    synthetic_junk=2,
+)
+
+
+@pytest.fixture(scope="module")
+def datamodule() -> ReIDDataModule:
+    dm = ReIDDataModule(**TINY_DATA)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def model(datamodule) -> CAMA:
+    torch.manual_seed(0)
+    return CAMA(num_classes=datamodule.num_classes, backbone="resnet10", num_branches=2).eval()
+
+
+def validate(
+    model: CAMA, datamodule: ReIDDataModule, callbacks: list, tmp_path: Path, logger=False
+) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    return trainer
+
+
+# --------------------------------------------------------------------------------------------------
+# probes, ranking
+# --------------------------------------------------------------------------------------------------
+def test_choose_queries_is_seeded_prefix_stable_and_leaves_the_global_rng_alone():
+    candidates = torch.arange(10, 40)
+    state = torch.get_rng_state()
+    first = choose_queries(candidates, 8, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first == choose_queries(candidates, 8, seed=3)
+    assert choose_queries(candidates, 4, seed=3) == first[:4]
+    assert first != choose_queries(candidates, 8, seed=4)
+    assert set(first) <= set(candidates.tolist()) and len(set(first)) == 8
+
+
+def test_eval_set_finds_the_queries_with_a_true_match():
+    class Data:
+        num_query = 3
+        pids = [1, 2, 3, 1, 1, 2, -1, 3, 0]
+        camids = [0, 0, 0, 0, 1, 0, 1, 0, 1]
+
+    evalset = EvalSet.from_dataset(Data())
+    # query 0 (pid 1, cam 0): gallery pid 1 cam 1 -> match; query 1 (pid 2, cam 0): only cam 0 -> none;
+    # query 2 (pid 3, cam 0): only cam 0 -> none
+    assert evalset.queries_with_true_match().tolist() == [0]
+
+
+def test_gallery_ranking_follows_the_protocol():
+    embeddings = torch.tensor([[0.0], [0.1], [0.2], [0.3], [0.3], [5.0]])
+    gallery = Gallery(
+        embeddings=embeddings,
+        pids=torch.tensor([7, -1, 7, 0, 9, 7]),
+        camids=torch.tensor([0, 1, 1, 1, 1, 2]),
+        indices=torch.arange(10, 16),
+    )
+    rows, matches = gallery.rank(torch.tensor([[0.0]]), torch.tensor([7]), torch.tensor([0]), top_k=5)
+    # row 0: same pid and camera (removed); row 1: junk (removed); the distractor stays;
+    # rows 3 and 4 tie: the smaller index first
+    assert rows.tolist() == [[2, 3, 4, 5, -1]]
+    assert matches.tolist() == [[True, False, False, True, False]]
+    exclude = torch.tensor([[False, False, True, False, False, False]])
+    rows, _ = gallery.rank(
+        torch.tensor([[0.0]]), torch.tensor([7]), torch.tensor([0]), top_k=1, exclude=exclude
+    )
+    assert rows.tolist() == [[3]]
+
+
+def test_gallery_from_metric_keeps_one_sample_per_index():
+    metric = ReIDRankMetric()
+    emb = torch.arange(12.0).reshape(6, 2)
+    metric.update(
+        emb[:4],
+        torch.tensor([1, 2, 3, 4]),
+        torch.tensor([0, 0, 1, 1]),
+        torch.tensor([True, False, False, False]),
+        torch.tensor([0, 1, 2, 3]),
+    )
+    metric.update(
+        emb[4:],
+        torch.tensor([2, 5]),
+        torch.tensor([0, 1]),  # index 1 again (DDP padding)
+        torch.tensor([False, False]),
+        torch.tensor([1, 4]),
+    )
+    gallery = Gallery.from_metric(metric)
+    assert gallery.indices.tolist() == [1, 2, 3, 4]
+    assert gallery.pids.tolist() == [2, 3, 4, 5]
+    assert torch.equal(gallery.embeddings[0], emb[1])  # the first occurrence
+
+
+# --------------------------------------------------------------------------------------------------
+# maps
+# --------------------------------------------------------------------------------------------------
+def test_method_names_are_checked():
+    assert check_methods(["Dist-CAM", "ram", "ram", "gradcam++"]) == ("dist_cam", "ram", "gradcam++")
+    with pytest.raises(ValueError, match="unknown explanation method"):
+        check_methods(["scorecam"])
+
+
+def test_explainer_maps_per_branch_and_summed(model, datamodule):
+    images = torch.stack([datamodule.eval_dataset[i]["image"] for i in range(3)])
+    explainer = Explainer(model)
+    features = explainer.features(images)
+    assert features.num_branches == 2 and features.slices == [(0, 512), (512, 1024)]
+    reference = explainer.features(
+        torch.stack([datamodule.eval_dataset[i]["image"] for i in range(20, 23)])
+    ).embedding
+    for method in ("cam", "dist_cam", "ram", "fam"):
+        maps = explainer.explain(method, features, reference)
+        assert maps.shape == (3, 3, 64, 32) and maps.min() >= 0 and maps.max() <= 1
+        assert explainer.explain(method, features, reference, branches=False).shape == (3, 1, 64, 32)
+    # RAM of the branches sums to the RAM of the concatenated, normalised embedding (cama-ram Sec. 3.3)
+    own = explainer.raw_maps("ram", features, features.embedding)
+    unit = [torch.nn.functional.normalize(m.mean((2, 3)), dim=1) for m in features.maps]
+    expected = ram_per_branch(unit, features.maps)
+    assert torch.allclose(own, expected, atol=1e-5)
+    # Dist-CAM of branch 1: the branch maps on the embedding's scale against the reference's slice
+    scaled = features.scaled_maps()[0]
+    assert torch.allclose(scaled.mean((2, 3)), features.embedding[:, :512], atol=1e-5)
+    direct = dist_cam(scaled, reference[:, :512])
+    assert torch.allclose(explainer.raw_maps("dist_cam", features, reference)[:, 0], direct, atol=1e-6)
+
+
+def test_gradient_maps_per_branch_leave_the_model_untouched(model, datamodule):
+    images = torch.stack([datamodule.eval_dataset[i]["image"] for i in range(2)])
+    explainer = Explainer(model)
+    features = explainer.features(images)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert default_gradient_layers(model) == [["backbone.branches.0"], ["backbone.branches.1"]]
+    for method in ("gradcam", "layercam"):
+        maps = explainer.explain(method, features, features.embedding.flip(0))
+        assert maps.shape == (2, 3, 64, 32) and 0 <= maps.min() and maps.max() <= 1
+    truncated = Explainer(model, gradient_layers=["backbone.branches.1"], truncation=20.0)
+    assert truncated.explain("gradcam++", features, features.embedding.flip(0), branches=False).shape == (
+        2,
+        1,
+        64,
+        32,
+    )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+# pictures
+# --------------------------------------------------------------------------------------------------
+def test_frames_grids_and_ranking_figures():
+    images = torch.zeros(2, 3, 16, 8, dtype=torch.uint8)
+    framed = frame(images, [GREEN, None], width=2)
+    assert framed[0, :, 0, 0].tolist() == list(GREEN) and framed[0, :, 8, 4].tolist() == [0, 0, 0]
+    assert framed[1].sum() == 0
+    maps = torch.rand(2, 3, 16, 8)
+    picture = probe_grid(images, images, maps, maps, torch.tensor([True, False]))
+    assert picture.dtype == torch.uint8 and picture.shape == (3, 2 * 18 + 2, 8 * 10 + 2)
+    assert picture[:, 2, 10 + 2].tolist() == list(GREEN)  # the first reference frame
+    assert picture[:, 20, 10 + 2].tolist() == list(RED)
+    figure = ranking_figure(images[0], images, torch.tensor([False, True]), maps[0], maps)
+    assert figure.shape == (3, 4 * 18 + 2, 3 * 10 + 2)
+    boxed = draw_boxes(images, torch.tensor([[1.0, 2.0, 5.0, 9.0], [0.0, 0.0, 0.0, 0.0]]))
+    outline = boxed[0, 0] > 0
+    assert outline[2, 1:5].all() and outline[8, 1:5].all() and outline[2:9, 1].all() and outline[2:9, 4].all()
+    assert outline.sum() == 2 * 4 + 2 * 5 and not outline[5, 2] and boxed[1].sum() == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# the callbacks in a validation loop
+# --------------------------------------------------------------------------------------------------
+def test_localization_reuses_the_validation_features(model, datamodule, tmp_path, monkeypatch):
+    loads: list[int] = []
+    original = EvalSet.load
+
+    def counting(self, indices, device=None):
+        loads.extend(int(i) for i in indices)
+        return original(self, indices, device)
+
+    monkeypatch.setattr(EvalSet, "load", counting)
+    reused = LocalizationMetrics(num_samples=10, num_faithfulness_samples=4)
+    validate(model, datamodule, [reused], tmp_path)
+    assert loads == [], "every sample was captured in the model's own validation step"
+    recomputed = LocalizationMetrics(num_samples=10, num_faithfulness_samples=4, reuse_features=False)
+    validate(model, datamodule, [recomputed], tmp_path)
+    assert sorted(loads) == sorted(recomputed.sample_indices)
+    assert reused.sample_indices == recomputed.sample_indices
+    assert "feature_maps" not in model.__dict__  # the recording wrapper is gone
+    results = reused.last_results
+    for method in ("dist_cam", "ram", "fam"):
+        for name in (
+            "box_iou",
+            "box_acc",
+            "top1_loc_err",
+            "max_box_acc",
+            "energy",
+            "otsu_miou",
+            "otsu_micro_f1",
+            "center_box_acc",
+            "ad",
+            "ic",
+        ):
+            assert f"val/loc/{method}/{name}" in results, name
+    for name in (
+        "val/loc/center_baseline/box_acc",
+        "val/loc/uniform_baseline/energy",
+        "val/loc/branch_overlap_iou",
+    ):
+        assert name in results
+    assert results.keys() == recomputed.last_results.keys()
+    for key, value in results.items():
+        assert recomputed.last_results[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key  # 1 vs 2 threads
+
+
+def test_feature_capture_ignores_calls_on_other_tensors(model, datamodule):
+    items = [datamodule.eval_dataset[i] for i in range(4)]
+    batch = {
+        k: torch.stack([it[k] for it in items]) for k in ("image", "pid", "camid", "index", "box", "mask")
+    }
+    capture = FeatureCapture([1, 3])
+    capture.start(model, batch)
+    with torch.no_grad():
+        model.feature_maps(batch["image"].clone())  # not the batch's tensor: not recorded
+        maps = model.feature_maps(batch["image"])
+    capture.stop()
+    assert "feature_maps" not in model.__dict__
+    assert sorted(capture.captured) == [1, 3]
+    assert torch.equal(capture.captured[3]["maps"][1], maps[1][3])
+    assert torch.equal(capture.captured[1]["box"], batch["box"][1])
+
+
+def test_without_any_logger_pngs_go_to_the_root_dir(model, datamodule, tmp_path):
+    images = ExplanationImages(methods=["ram"], num_probes=2, num_ranking_queries=0)
+    validate(model, datamodule, [images], tmp_path, logger=False)
+    assert [Path(p).relative_to(tmp_path).as_posix() for p in images.last_written] == [
+        "explanations/epoch_000/ram.png"
+    ]
+
+
+def test_images_written_as_png_without_tensorboard_and_state_restored(model, datamodule, tmp_path):
+    images = ExplanationImages(
+        methods=["dist_cam", "ram", "fam", "cam", "layercam"], num_probes=3, num_ranking_queries=1, top_k=4
+    )  # a gradient method inside inference mode
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = validate(model, datamodule, [images], tmp_path, logger=logger)
+    folder = Path(trainer.log_dir) / "explanations" / "epoch_000"
+    written = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    assert written == ["cam.png", "dist_cam.png", "fam.png", "layercam.png", "ram.png", "ranking/query_0.png"]
+    assert sorted(images.last_written) == sorted(str(folder / name) for name in written)
+    state = images.state_dict()
+    assert len(state["probe_indices"]) == 3 and state["validation_epochs"] == 1
+    restored = ExplanationImages(num_probes=3, seed=99)
+    restored.load_state_dict(state)
+    evalset = EvalSet.from_dataset(datamodule.eval_dataset)
+    assert restored._probes(evalset) == state["probe_indices"]  # the stored probes, not the seed's
+
+
+def test_every_n_epochs_skips_validation_epochs(model, datamodule, tmp_path):
+    metrics = LocalizationMetrics(
+        methods=["ram", "gradcam"],
+        num_samples=4,
+        num_faithfulness_samples=2,
+        num_gradient_samples=2,
+        every_n_epochs=2,
+    )
+    validate(model, datamodule, [metrics], tmp_path)
+    assert metrics.last_results and metrics.validation_epochs == 1
+    assert {"val/loc/gradcam/box_acc", "val/loc/gradcam/ad", "val/loc/ram/ic"} <= metrics.last_results.keys()
+    metrics.last_results = {}
+    validate(model, datamodule, [metrics], tmp_path)
+    assert metrics.last_results == {} and metrics.validation_epochs == 2

@@ -1,0 +1,173 @@
+"""``explain.py``: ranking lists with maps per branch as PNGs, from a data module or image folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning
+import pytest
+import torch
+from torchvision.io import decode_png, read_file, write_png
+
+import explain
+from cama.models import CAMA
+from datamodules import write_reid_layout
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "cama_synthetic.yaml"
+TINY_DATA = [
+    "image_size=[64, 32]",
+    "num_workers=0",
+    "synthetic_train_ids=10",
+    "synthetic_test_ids=6",
+    "synthetic_distractors=4",
+    "synthetic_junk=2",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A Lightning checkpoint of a small, untrained CAMA (as ModelCheckpoint writes it)."""
+    torch.manual_seed(0)
+    model = CAMA(num_classes=10, backbone="resnet10", num_branches=2)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "datamodule_hyper_parameters": {"image_size": (64, 32)},
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
+    return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    image = decode_png(read_file(str(path)))
+    return int(image.shape[1]), int(image.shape[2])
+
+
+def test_config_data_module_ranking_lists_per_method(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    written = explain.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--config",
+            str(CONFIG),
+            "--data",
+            *TINY_DATA,
+            "--methods",
+            "ram",
+            "dist_cam",
+            "--top_k",
+            "4",
+            "--num_queries",
+            "2",
+            "--output",
+            str(out),
+            "--no_progress",
+        ]
+    )
+    assert len(written) == 2 * 2 and all(p.is_file() for p in written)
+    # 4 rows (images, branch 1, branch 2, summed) of 5 images (query + top 4) of 64 x 32 with 2 px padding
+    assert png_size(written[0]) == (4 * 66 + 2, 5 * 34 + 2)
+    rankings = json.loads((out / "rankings.json").read_text())
+    assert len(rankings) == 2 and all(len(v) == 4 for v in rankings.values())
+    assert all(isinstance(entry["match"], bool) for v in rankings.values() for entry in v)
+
+
+def test_image_folders_with_market_names(checkpoint, tmp_path):
+    root = write_reid_layout(
+        tmp_path / "market",
+        "market1501",
+        seed=1,
+        progress=False,
+        num_train_ids=2,
+        num_test_ids=4,
+        num_distractors=2,
+        num_junk=1,
+    )
+    queries = sorted((root / "query").iterdir())[:2]
+    out = tmp_path / "out"
+    written = explain.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--query",
+            *map(str, queries),
+            "--gallery",
+            str(root / "bounding_box_test"),
+            "--methods",
+            "gradcam",
+            "--top_k",
+            "3",
+            "--output",
+            str(out),
+            "--no_progress",
+        ]
+    )
+    assert [p.name for p in written] == [f"{q.stem}_gradcam.png" for q in queries]
+    assert png_size(written[0]) == (4 * 66 + 2, 4 * 34 + 2)  # the checkpoint's 64 x 32
+    rankings = json.loads((out / "rankings.json").read_text())
+    for query in queries:  # the protocol: no gallery image of the same identity and camera
+        pid, cam = query.name.split("_")[:2]
+        assert all(not entry["gallery"].startswith(f"{pid}_{cam}") for entry in rankings[query.stem])
+
+
+def test_unknown_file_names_rank_everything_but_the_query_itself(checkpoint, tmp_path):
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for i in range(3):
+        write_png(torch.randint(0, 255, (3, 40, 20), dtype=torch.uint8), str(gallery / f"img{i}.png"))
+    written = explain.main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--query",
+            str(gallery / "img0.png"),
+            "--gallery",
+            str(gallery),
+            "--methods",
+            "ram",
+            "--top_k",
+            "5",
+            "--output",
+            str(tmp_path / "o"),
+            "--no_progress",
+        ]
+    )
+    rankings = json.loads((tmp_path / "o" / "rankings.json").read_text())
+    assert len(written) == 1 and len(rankings["img0"]) == 2  # 3 images, less the query itself
+    assert all(e["match"] is None and e["gallery"] != "img0" for e in rankings["img0"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--checkpoint", "missing.ckpt", "--query", "q", "--gallery", "g"],
+            "checkpoint not found: missing.ckpt",
+        ),
+        (["--checkpoint", "{ckpt}"], "give --config"),
+        (["--checkpoint", "{ckpt}", "--query", "{empty}", "--gallery", "{empty}"], "holds no image"),
+        (
+            ["--checkpoint", "{ckpt}", "--query", "nowhere/q.jpg", "--gallery", "{empty}"],
+            "query path not found",
+        ),
+        (["--checkpoint", "{ckpt}", "--config", "nowhere.yaml"], "config file not found"),
+    ],
+)
+def test_clear_errors(checkpoint, tmp_path, args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = [a.format(ckpt=checkpoint, empty=empty) for a in args]
+    with pytest.raises(SystemExit, match=message):
+        explain.main(argv)
+
+
+def test_unknown_method_is_rejected(checkpoint):
+    with pytest.raises(SystemExit, match="unknown explanation method"):
+        explain.main(["--checkpoint", str(checkpoint), "--config", str(CONFIG), "--methods", "scorecam"])

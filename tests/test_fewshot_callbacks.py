@@ -1,0 +1,137 @@
+"""``FewShotExplanations`` in a validation loop of a tiny ProtoNet on the synthetic classes (CPU, seconds)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+
+from callbacks.fewshot_explanations import FewShotExplanations
+from cama.explain import postprocess
+from cama.metrics.localization import energy_pointing_game
+from cama.models import ProtoNet
+from datamodules import FewShotDataModule
+
+EPISODES = 2
+
+
+@pytest.fixture(scope="module")
+def datamodule() -> FewShotDataModule:
+    dm = FewShotDataModule(
+        dataset="synthetic",
+        image_size=(32, 32),
+        synthetic_size=32,
+        synthetic_num_classes=15,
+        synthetic_splits=(5, 5, 5),
+        synthetic_images_per_class=6,
+        eval_way=3,
+        eval_shot=2,
+        eval_query=2,
+        val_episodes=3,
+        num_workers=0,
+    )
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def model(datamodule) -> ProtoNet:
+    torch.manual_seed(0)
+    return ProtoNet(num_classes=5, backbone="conv4", metric="cosine").eval()
+
+
+def validate(model, datamodule, callback, tmp_path: Path) -> pl.Trainer:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(tmp_path, name="csv"),
+        callbacks=[callback],
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    return trainer
+
+
+def naive_dist_cam_energy(model: ProtoNet, batches: list[dict]) -> float:
+    """Dist-CAM of each query against the prototype of the class it is nearest to, written out."""
+    scores = []
+    with torch.no_grad():
+        for batch in batches:
+            maps = model.backbone(batch["image"])
+            pooled = maps.mean(dim=(2, 3))
+            labels, is_query = batch["episode_labels"], batch["is_query"]
+            ways = int(labels.max()) + 1
+            prototypes = torch.stack([pooled[(labels == c) & ~is_query].mean(0) for c in range(ways)])
+            queries = is_query.nonzero().squeeze(1)
+            for q in queries.tolist():  # one query at a time, on purpose
+                cosine = F.cosine_similarity(pooled[q][None], prototypes, dim=1)
+                predicted = int(cosine.argmax())
+                distance = (prototypes[predicted] - pooled[q]).abs()
+                weights = (1 / (distance + 1e-8)) / (1 / (distance + 1e-8)).sum()  # dist-cam Eq. 5-6
+                raw = (weights[:, None, None] * maps[q]).sum(0)
+                cam = postprocess(raw[None, None], batch["image"].shape[-2:])[0]
+                scores.append(energy_pointing_game(cam, batch["box"][q][None].float()))
+    return float(torch.cat(scores).mean())
+
+
+def test_scores_and_pictures_of_queries_against_their_predicted_class(model, datamodule, tmp_path):
+    callback = FewShotExplanations(methods=["dist_cam", "fam", "gradcam"], num_episodes=EPISODES, num_probes=3)
+    trainer = validate(model, datamodule, callback, tmp_path)
+    results = callback.last_results
+    for method in ("dist_cam", "fam", "gradcam"):
+        for name in ("box_iou", "box_acc", "top1_loc_err", "max_box_acc", "energy", "center_box_iou",
+                     "otsu_miou", "ad", "ic"):
+            assert f"val/loc/{method}/{name}" in results, (method, name)
+    assert {"val/loc/center_baseline/box_iou", "val/loc/uniform_baseline/energy"} <= results.keys()
+    # the logged energy equals the naive computation over the same first episodes
+    batches = [b for _, b in zip(range(EPISODES), datamodule.val_dataloader())]
+    assert results["val/loc/dist_cam/energy"] == pytest.approx(naive_dist_cam_energy(model, batches), abs=1e-4)
+    # the uniform map's energy is the boxes' share of the image
+    queries = torch.cat([b["box"][b["is_query"]] for b in batches]).float()
+    share = ((queries[:, 2] - queries[:, 0]) * (queries[:, 3] - queries[:, 1]) / (32 * 32)).mean()
+    assert results["val/loc/uniform_baseline/energy"] == pytest.approx(float(share), abs=0.05)
+    folder = Path(trainer.log_dir) / "explanations" / "epoch_000"
+    assert sorted(p.name for p in folder.glob("*.png")) == ["dist_cam.png", "fam.png", "gradcam.png"]
+    assert callback.state_dict() == {"validation_epochs": 1}
+
+
+def test_same_probes_every_epoch_and_every_n_epochs(model, datamodule, tmp_path):
+    callback = FewShotExplanations(methods=["fam"], num_episodes=1, num_probes=2, every_n_epochs=2)
+    validate(model, datamodule, callback, tmp_path / "a")
+    first = dict(callback.last_results)
+    assert first
+    callback.last_results = {}
+    validate(model, datamodule, callback, tmp_path / "b")
+    assert callback.last_results == {} and callback.validation_epochs == 2
+    validate(model, datamodule, callback, tmp_path / "c")
+    assert callback.last_results == pytest.approx(first)  # the same (fixed) episodes, the same weights
+
+
+def test_bad_methods_and_models_without_episodes_are_reported(datamodule, tmp_path):
+    with pytest.raises(ValueError, match="few-shot explanations support"):
+        FewShotExplanations(methods=["cam"])
+
+    class NotFewShot(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def validation_step(self, batch, batch_idx):
+            return None
+
+    callback = FewShotExplanations(num_episodes=1)
+    with pytest.warns(UserWarning, match="episode_references"):
+        trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[callback], enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=1)
+        trainer.validate(NotFewShot(), datamodule=datamodule, verbose=False)
+    assert callback.last_results == {}
