@@ -17,6 +17,7 @@ import json
 import os
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
@@ -71,4 +72,10 @@ def main(args: list[str] | None = None) -> CLI:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # leave the DDP process group before the interpreter exits: gloo's threads torn down at
+        # exit can abort the process ("terminate called without an active exception")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -42,6 +42,7 @@ from callbacks.reid_probes import (
     Gallery,
     choose_queries,
     find_rank_metric,
+    identities,
 )
 from callbacks.rendering import ImageSink, logging_step, probe_grid, ranking_figure, to_uint8
 
@@ -223,7 +224,7 @@ class ExplanationImages(CapturingCallback):
             batch = evalset.load(probes, device)
             probe_features = explainer.features(batch["image"])
         list_length = self.top_k if self.num_ranking_queries else 1
-        rows, matches = gallery.rank(probe_features.embedding, batch["pid"], batch["camid"], list_length)
+        rows, matches = gallery.rank(probe_features.embedding, *identities(batch), list_length)
         keep = (rows[:, 0] >= 0).nonzero().squeeze(1)
         if keep.numel() == 0:
             return []

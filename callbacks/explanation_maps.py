@@ -21,7 +21,10 @@ against a reference they use the reference's slice of the same embedding.
 * ``ram`` (cama-ram Eq. 10): ``ram(t^i, M^i) = <t^i, M^i(x, y)> / ||e^i||``. With the sample's own
   embedding as ``target`` this is the query's own RAM ``R_q^q``; on a gallery image with the
   query's embedding as ``target`` it is ``R_g^q`` (Fig. 4, Fig. 8 per branch).
-* ``fam`` (fam Eq. 11-13, cosine): ``fam(M^i, t^i)``, the target as the single support.
+* ``fam`` (fam Eq. 11-13, cosine): ``fam(M^i, t^i)``, the target as the single support. For a
+  model whose embedding is a projection ``e = W g`` of its pooled features (a retrieval model with
+  an FC layer: ``model.embedding_projection()`` returns ``W``), the contributions of the embedding
+  dimensions are mapped back to channels (fam Eq. 16-18) and ``target`` is in the embedding space.
 * ``gradcam``, ``gradcam++``, ``layercam``, ``fullgrad`` (ltgrad-cam Eq. 2-11):
   :func:`cama.explain.gradient_cam` of the cosine similarity between the sample's embedding and
   ``target``; branch ``i`` uses the similarity of the slices ``e^i, t^i`` and, by default, the
@@ -139,8 +142,9 @@ class Features:
         if self.slices is None:
             raise ValueError(
                 f"the embedding (D={self.embedding.shape[1]}) is not the concatenation of the branches' "
-                f"pooled features (K = {[m.shape[1] for m in self.maps]}): forward-only maps (cam, "
-                "dist_cam, ram, fam) need it; use the gradient methods for this model"
+                f"pooled features (K = {[m.shape[1] for m in self.maps]}): cam, dist_cam and ram need it, "
+                "fam needs it or the model's `embedding_projection()` (fam Eq. 16-18); use fam or the "
+                "gradient methods for this model"
             )
         return [self.embedding[:, a:b] for a, b in self.slices]
 
@@ -241,6 +245,10 @@ class Explainer:
                 predicted = (global_average_pool(maps) @ weight.T).argmax(dim=1)
                 out.append(class_activation_map(maps, weight, predicted))
             return torch.stack(out, dim=1)
+        projection = self._projection() if features.slices is None else None
+        if method == "fam" and projection is not None:  # e = W g before the similarity: fam Eq. 16-18
+            maps = features.maps[0]
+            return fam(maps, target.to(maps.dtype), metric="cosine", projection=projection.to(maps.dtype))[:, None]
         targets = [target[:, a:b].to(features.embedding.dtype) for a, b in features.slices or []]
         scaled = features.scaled_maps()
         if method == "dist_cam":
@@ -250,6 +258,13 @@ class Explainer:
         if method == "fam":
             return torch.stack([fam(m, t, metric="cosine") for m, t in zip(scaled, targets)], dim=1)
         raise ValueError(f"{method!r} is not a forward-only method {FORWARD_METHODS}")
+
+    def _projection(self) -> Tensor | None:
+        """The model's FC projection ``W`` ``[D, K]`` (``model.embedding_projection()``) of a
+        single-branch model, or None."""
+        projection = getattr(self.model, "embedding_projection", None)
+        weight = projection() if callable(projection) else None
+        return None if weight is None else weight.detach()
 
     # ------------------------------------------------------------------ gradient maps
     def _layers(self) -> tuple[list[list[nn.Module]], list[nn.Module]]:

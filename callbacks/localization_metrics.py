@@ -57,6 +57,7 @@ from callbacks.reid_probes import (
     Gallery,
     choose_queries,
     find_rank_metric,
+    identities,
 )
 from cama.metrics.faithfulness import AverageDropIncrease, mask_images
 from cama.metrics.localization import (
@@ -408,7 +409,7 @@ class LocalizationMetrics(CapturingCallback):
         device: torch.device,
     ) -> None:
         """Score the samples at positions ``chunk`` of the subset (rows of ``features`` / ``batch``)."""
-        rows, matches = gallery.rank(features.embedding, batch["pid"], batch["camid"], 1)
+        rows, matches = gallery.rank(features.embedding, *identities(batch), 1)
         rankable = (rows[:, 0] >= 0).nonzero().squeeze(1)
         if rankable.numel() == 0:
             return

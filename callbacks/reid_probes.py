@@ -31,7 +31,15 @@ from torchmetrics import Metric
 
 from cama.metrics.reid import pairwise_distance
 
-__all__ = ["CapturingCallback", "EvalSet", "FeatureCapture", "Gallery", "choose_queries", "find_rank_metric"]
+__all__ = [
+    "CapturingCallback",
+    "EvalSet",
+    "FeatureCapture",
+    "Gallery",
+    "choose_queries",
+    "find_rank_metric",
+    "identities",
+]
 
 _EVAL_SETS: dict[int, EvalSet] = {}
 _GALLERIES: dict[str, dict[str, Any]] = {}
@@ -51,13 +59,15 @@ class EvalSet:
     num_query: int
     pids: Tensor
     camids: Tensor
+    shared: bool = False
     _with_match: Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_trainer(cls, trainer: pl.Trainer) -> EvalSet | None:
         """The evaluation set of ``trainer``'s validation loader (or its data module's ``eval_dataset``).
 
-        Returns None when neither holds a dataset with ``num_query``, ``pids`` and ``camids``.
+        Returns None when neither holds a dataset with ``num_query``, ``pids`` and ``camids`` (re-ID)
+        or with ``labels`` (retrieval, see :meth:`from_dataset`).
         """
         candidates = []
         loaders = getattr(trainer, "val_dataloaders", None)
@@ -75,22 +85,31 @@ class EvalSet:
 
     @classmethod
     def from_dataset(cls, dataset: Any) -> EvalSet | None:
-        """Wrap a dataset with ``num_query``, ``pids`` and ``camids`` (None if it lacks one).
+        """Wrap a dataset with ``num_query``, ``pids`` and ``camids`` (None if it lacks them).
+
+        A dataset with ``labels`` instead is a retrieval set (``shared``): every image is a query
+        and the gallery is the whole set, the query itself excluded -- the re-ID protocol with the
+        class as the identity and every image its own camera (``camids`` = dataset indices).
 
         The identities and cameras are read once per dataset object (evaluation sets do not change).
         """
-        if dataset is None or not all(hasattr(dataset, a) for a in ("num_query", "pids", "camids")):
+        reid = dataset is not None and all(hasattr(dataset, a) for a in ("num_query", "pids", "camids"))
+        if not reid and not hasattr(dataset, "labels"):
             return None
         key = id(dataset)
         cached = _EVAL_SETS.get(key)
         if cached is not None and cached.dataset is dataset:
             return cached
-        evalset = cls(
-            dataset=dataset,
-            num_query=int(dataset.num_query),
-            pids=torch.as_tensor(list(dataset.pids), dtype=torch.long),
-            camids=torch.as_tensor(list(dataset.camids), dtype=torch.long),
-        )
+        if reid:
+            evalset = cls(
+                dataset=dataset,
+                num_query=int(dataset.num_query),
+                pids=torch.as_tensor(list(dataset.pids), dtype=torch.long),
+                camids=torch.as_tensor(list(dataset.camids), dtype=torch.long),
+            )
+        else:  # retrieval: every image a query against all the others (each image its own "camera")
+            labels = torch.as_tensor(list(dataset.labels), dtype=torch.long)
+            evalset = cls(dataset, labels.numel(), labels, torch.arange(labels.numel()), shared=True)
         _EVAL_SETS.clear()  # one evaluation set at a time is plenty
         _EVAL_SETS[key] = evalset
         return evalset
@@ -106,7 +125,8 @@ class EvalSet:
 
     def _queries_with_true_match(self) -> Tensor:
         q_pids, q_cams = self.pids[: self.num_query], self.camids[: self.num_query]
-        g_pids, g_cams = self.pids[self.num_query :], self.camids[self.num_query :]
+        start = 0 if self.shared else self.num_query
+        g_pids, g_cams = self.pids[start:], self.camids[start:]
         same_id = q_pids[:, None] == g_pids[None, :]
         match = same_id & (q_cams[:, None] != g_cams[None, :]) & (g_pids[None, :] != -1)
         valid = match.any(dim=1) & (q_pids != -1)
@@ -116,6 +136,9 @@ class EvalSet:
         """Items ``indices`` collated into a batch (``image``, ``pid``, ``camid``, ``index``, ...)."""
         items = [self.dataset[int(i)] for i in indices]
         batch = default_collate(items)
+        if self.shared:  # the identities of the re-ID protocol (see from_dataset)
+            rows = torch.as_tensor([int(i) for i in indices], dtype=torch.long)
+            batch["pid"], batch["camid"] = self.pids[rows], self.camids[rows]
         if device is not None:
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         return batch
@@ -126,6 +149,14 @@ class EvalSet:
             return False, False
         item = self.dataset[0]
         return "box" in item, "mask" in item
+
+
+def identities(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """``(pids, camids)`` of a batch for the re-ID protocol: its ``pid`` and ``camid``, or for a
+    retrieval batch its ``label`` and ``index`` (every image its own camera, see :meth:`EvalSet.from_dataset`)."""
+    if "pid" in batch and "camid" in batch:
+        return batch["pid"], batch["camid"]
+    return batch["label"], batch["index"]
 
 
 def choose_queries(candidates: Tensor, count: int, seed: int) -> list[int]:
@@ -146,10 +177,13 @@ def find_rank_metric(pl_module: pl.LightningModule, attribute: str = "val_metric
     ``attribute`` first, then any :class:`torchmetrics.Metric` attribute holding ``embeddings``,
     ``pids``, ``camids``, ``is_query`` and ``indices`` states (as :class:`~cama.metrics.ReIDRankMetric`).
     """
-    states = ("embeddings", "pids", "camids", "is_query", "indices")
+    reid_states = ("embeddings", "pids", "camids", "is_query", "indices")
+    retrieval_states = ("embeddings", "labels", "indices")  # e.g. cama.metrics.retrieval.RetrievalMetric
 
     def fits(metric: Any) -> bool:
-        return isinstance(metric, Metric) and all(s in metric.metric_state for s in states)
+        return isinstance(metric, Metric) and any(
+            all(s in metric.metric_state for s in states) for states in (reid_states, retrieval_states)
+        )
 
     metric = getattr(pl_module, attribute, None)
     if fits(metric):
@@ -212,8 +246,12 @@ class Gallery:
                     return torch.cat(value) if value else torch.zeros(0)
                 return value
 
-            embeddings, pids, camids = cat("embeddings"), cat("pids"), cat("camids")
-            is_query, indices = cat("is_query"), cat("indices")
+            embeddings, indices = cat("embeddings"), cat("indices")
+            if "pids" in metric.metric_state:
+                pids, camids, is_query = cat("pids"), cat("camids"), cat("is_query")
+            else:  # retrieval: the whole set is the gallery, each image its own camera
+                pids, camids = cat("labels"), indices
+                is_query = torch.zeros_like(indices)
         is_query, indices = is_query.long().reshape(-1), indices.long().reshape(-1)
         keys, inverse = torch.unique(indices * 2 + is_query, return_inverse=True)
         first = torch.full((keys.numel(),), indices.numel(), dtype=torch.long, device=indices.device)
@@ -290,7 +328,7 @@ class FeatureCapture:
     """
 
     wanted: Sequence[int]
-    keys: tuple[str, ...] = ("image", "pid", "camid", "box", "mask")
+    keys: tuple[str, ...] = ("image", "pid", "camid", "label", "index", "box", "mask")
     captured: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -27,3 +27,6 @@ __all__ += [
     "SyntheticClassesConfig",
     "write_classes_layout",
 ]
+from .retrieval import MPerClassBatchSampler, RetrievalDataModule
+
+__all__ += ["MPerClassBatchSampler", "RetrievalDataModule"]

@@ -47,3 +47,6 @@ __all__ += [
 from cama.metrics.fewshot import FewShotAccuracy, episode_accuracies, few_shot_accuracy_ci
 
 __all__ += ["episode_accuracies", "few_shot_accuracy_ci", "FewShotAccuracy"]
+from cama.metrics.retrieval import RetrievalMetric, retrieval_metrics
+
+__all__ += ["RetrievalMetric", "retrieval_metrics"]

@@ -4,3 +4,6 @@ __all__ = ["CAMA"]
 from cama.models.fewshot import ProtoNet
 
 __all__ += ["ProtoNet"]
+from cama.models.retrieval import RetrievalModel
+
+__all__ += ["RetrievalModel"]

@@ -1,0 +1,202 @@
+"""Image retrieval metrics: Recall@K and MAP@R over a whole split, by pytorch-metric-learning.
+
+Protocol (``DESIGN.md``, "Retrieval"; the MS-loss paper and fam Sec. V-D): every image of the test
+split is a query and the *other* test images are its references (query = reference set, the query
+itself excluded from its own neighbours: ``AccuracyCalculator.get_accuracy`` with the reference
+omitted, i.e. ``ref_includes_query=True``).
+
+* ``recall@K``: the fraction of queries with at least one image of their class among their K
+  nearest neighbours; ``recall@1`` is pytorch-metric-learning's ``precision_at_1``;
+* ``map@r``: pytorch-metric-learning's ``mean_average_precision_at_r`` (Musgrave et al., "A metric
+  learning reality check"): with R the number of other images of the query's class,
+  ``(1/R) sum_{i<=R} P@i [neighbour i is of the class]``.
+
+Queries whose class has no other image are left out (pytorch-metric-learning's "lone" queries).
+Neighbours are found with faiss when it is installed (``IndexFlatL2``, what ``AccuracyCalculator``
+uses by default) and otherwise, or with ``knn="torch"``, with an exact batched torch k-NN on the
+same (Euclidean) distance -- pytorch-metric-learning itself does not fall back: its default
+``FaissKNN`` fails without faiss. For L2-normalised embeddings the Euclidean and the cosine
+rankings are the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import torch
+from pytorch_metric_learning.distances import LpDistance
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator, try_getting_not_lone_labels
+from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN
+from torch import Tensor
+from torchmetrics import Metric
+
+__all__ = ["RECALL_KS", "faiss_available", "retrieval_knn", "retrieval_metrics", "RetrievalMetric"]
+
+RECALL_KS = (1, 2, 4, 8)
+KNN_BACKENDS = ("auto", "faiss", "torch")
+# queries per block of the torch k-NN: bounds the distance temporaries to block x references floats
+_KNN_BLOCK = 1024
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def retrieval_knn(knn: Literal["auto", "faiss", "torch"] = "auto"):
+    """The k-NN function for ``AccuracyCalculator``: faiss (``"auto"`` when installed) or exact torch."""
+    if knn not in KNN_BACKENDS:
+        raise ValueError(f"knn must be one of {KNN_BACKENDS}, got {knn!r}")
+    if knn == "faiss" or (knn == "auto" and faiss_available()):
+        if not faiss_available():
+            raise ImportError(
+                "knn='faiss' needs the faiss package (faiss-cpu or faiss-gpu); use knn='torch' or 'auto'"
+            )
+        return FaissKNN()
+    return CustomKNN(LpDistance(normalize_embeddings=False, p=2, power=1), batch_size=_KNN_BLOCK)
+
+
+class _RecallAccuracyCalculator(AccuracyCalculator):
+    """``AccuracyCalculator`` plus ``recall_at_ks``: Recall@K for every K of ``recall_ks``."""
+
+    def __init__(self, recall_ks: Sequence[int], **kwargs: Any) -> None:
+        self.recall_ks = tuple(int(k) for k in recall_ks)
+        super().__init__(**kwargs)
+
+    def requires_knn(self) -> list[str]:
+        return super().requires_knn() + ["recall_at_ks"]
+
+    def calculate_recall_at_ks(self, knn_labels, query_labels, not_lone_query_mask, **kwargs) -> list[float]:
+        knn_labels, query_labels = try_getting_not_lone_labels(knn_labels, query_labels, not_lone_query_mask)
+        if knn_labels is None:
+            return [float("nan")] * len(self.recall_ks)
+        hits = knn_labels == query_labels[:, None]  # [Q, k] in neighbour order
+        return [hits[:, :k].any(dim=1).double().mean().item() for k in self.recall_ks]
+
+
+def _check_inputs(embeddings: Tensor, labels: Tensor) -> None:
+    if embeddings.dim() != 2:
+        raise ValueError(f"embeddings must be [N, D], got shape {tuple(embeddings.shape)}")
+    if labels.dim() != 1 or labels.numel() != embeddings.shape[0]:
+        raise ValueError(f"labels must be [N] with N={embeddings.shape[0]}, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if embeddings.shape[0] < 2:
+        raise ValueError(
+            f"retrieval needs at least 2 samples (a query and a reference), got {embeddings.shape[0]}"
+        )
+    if not bool(torch.isfinite(embeddings).all()):
+        raise ValueError("embeddings contain NaN or infinite values")
+
+
+def retrieval_metrics(
+    embeddings: Tensor,
+    labels: Tensor,
+    recall_ks: Sequence[int] = RECALL_KS,
+    knn: Literal["auto", "faiss", "torch"] = "auto",
+) -> dict[str, Tensor]:
+    """Recall@K and MAP@R of a split against itself, the query excluded (module docstring).
+
+    Args:
+        embeddings: ``[N, D]`` float embeddings (ranked by Euclidean distance).
+        labels: ``[N]`` integer classes.
+        recall_ks: the K of Recall@K (each >= 1).
+        knn: ``"auto"`` (faiss when installed, else torch), ``"faiss"`` or ``"torch"``.
+
+    Returns:
+        ``{"recall@K": ..., "map@r": ...}``, 0-d float tensors in [0, 1] (NaN when no query has
+        another image of its class) on the embeddings' device.
+    """
+    _check_inputs(embeddings, labels)
+    recall_ks = tuple(int(k) for k in recall_ks)
+    if not recall_ks or min(recall_ks) < 1:
+        raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
+    embeddings = embeddings.detach().float()
+    labels = labels.detach().long()
+    n = embeddings.shape[0]
+    # enough neighbours for the largest K and for MAP@R (R = the query's class size - 1); asking for
+    # the class size itself keeps AccuracyCalculator from warning; None = all N - 1 other samples
+    largest_class = int(torch.bincount(labels - labels.min()).max())
+    k: int | None = max(max(recall_ks), largest_class)
+    if k >= n - 1:
+        k = None
+    calculator = _RecallAccuracyCalculator(
+        recall_ks,
+        include=("precision_at_1", "mean_average_precision_at_r", "recall_at_ks"),
+        k=k,
+        device=embeddings.device,
+        knn_func=retrieval_knn(knn),
+    )
+    raw = calculator.get_accuracy(embeddings, labels)  # reference omitted: query = reference, self excluded
+    out = {f"recall@{kk}": raw["recall_at_ks"][i] for i, kk in enumerate(recall_ks)}
+    if 1 in recall_ks:
+        out["recall@1"] = raw["precision_at_1"]
+    out["map@r"] = raw["mean_average_precision_at_r"]
+    device = embeddings.device
+    return {key: torch.tensor(float(v), dtype=torch.float32, device=device) for key, v in out.items()}
+
+
+class RetrievalMetric(Metric):
+    """Recall@K and MAP@R of the embeddings of a whole split (:func:`retrieval_metrics`).
+
+    ``update(embeddings [B, D], labels [B], indices [B])`` collects samples; ``indices`` are the
+    samples' dataset indices. ``compute()`` (after torchmetrics has all-gathered the ``"cat"`` states
+    of every process) keeps one sample per index, the first, ordered by index, so the samples that
+    ``DistributedSampler`` repeats to pad the last batch are dropped and 1 and N processes give the
+    same numbers. It returns ``{"recall@1", "recall@2", ..., "map@r"}`` (0-d float tensors).
+
+    Call ``update`` per batch and ``compute`` once per epoch (``forward`` would rank each batch alone).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    embeddings: list[Tensor]
+    labels: list[Tensor]
+    indices: list[Tensor]
+
+    def __init__(
+        self,
+        recall_ks: Sequence[int] = RECALL_KS,
+        knn: Literal["auto", "faiss", "torch"] = "auto",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        recall_ks = tuple(int(k) for k in recall_ks)
+        if not recall_ks or min(recall_ks) < 1:
+            raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
+        retrieval_knn(knn)  # fail early on a bad or unavailable backend
+        self.recall_ks = recall_ks
+        self.knn = knn
+        for name in ("embeddings", "labels", "indices"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, embeddings: Tensor, labels: Tensor, indices: Tensor) -> None:
+        if embeddings.dim() != 2:
+            raise ValueError(f"embeddings must be [B, D], got shape {tuple(embeddings.shape)}")
+        n = embeddings.shape[0]
+        for name, t in (("labels", labels), ("indices", indices)):
+            if t.dim() != 1 or t.numel() != n:
+                raise ValueError(f"{name} must be [B] with B={n}, got shape {tuple(t.shape)}")
+        self.embeddings.append(embeddings.detach().float())
+        self.labels.append(labels.detach().long())
+        self.indices.append(indices.detach().long())
+
+    def _gathered(self) -> tuple[Tensor, Tensor]:
+        cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731
+        if isinstance(self.indices, list) and not self.indices:
+            raise ValueError("RetrievalMetric.compute() called before any update()")
+        emb, labels, idx = cat(self.embeddings), cat(self.labels), cat(self.indices)
+        uniq, inverse = torch.unique(idx, return_inverse=True)  # sorted: samples ordered by index
+        n = idx.numel()
+        first = torch.full((uniq.numel(),), n, dtype=torch.long, device=idx.device)
+        first.scatter_reduce_(0, inverse, torch.arange(n, device=idx.device), reduce="amin")
+        return emb[first], labels[first]
+
+    def compute(self) -> dict[str, Tensor]:
+        embeddings, labels = self._gathered()
+        return retrieval_metrics(embeddings, labels, self.recall_ks, self.knn)
