@@ -174,8 +174,9 @@ class ExplanationImages(CapturingCallback):
         if evalset is None or metric is None:
             self._warn_once(
                 "setup",
-                "needs a re-ID evaluation set (num_query, pids, camids) and the model's "
-                f"ranking metric `{self.metric_attribute}`; nothing is logged",
+                "needs a re-ID (num_query, pids, camids) or retrieval (labels) evaluation set and the "
+                f"model's ranking metric `{self.metric_attribute}` holding the embeddings; nothing is "
+                "logged (for a few-shot model use callbacks.fewshot_explanations.FewShotExplanations)",
             )
             return
         gallery = Gallery.from_metric(metric)  # collective: every rank
