@@ -32,7 +32,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.explanation_maps import Explainer, check_methods, cpu_threads
 from callbacks.reid_probes import (
@@ -40,7 +39,6 @@ from callbacks.reid_probes import (
     EvalSet,
     FeatureCapture,
     Gallery,
-    choose_queries,
     find_rank_metric,
     identities,
 )
@@ -120,7 +118,6 @@ class ExplanationImages(CapturingCallback):
         self.validation_epochs = 0
         self.last_written: list[str] = []  # PNG paths of the last epoch (rank zero)
         self._capture: FeatureCapture | None = None
-        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ state (resume: same probes)
     @property
@@ -134,20 +131,9 @@ class ExplanationImages(CapturingCallback):
         self.probe_indices = [int(i) for i in state_dict.get("probe_indices", [])]
         self.validation_epochs = int(state_dict.get("validation_epochs", 0))
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(f"ExplanationImages: {message}")
-
     def _probes(self, evalset: EvalSet) -> list[int]:
         """The probe queries: chosen once (seeded), re-chosen only if they no longer fit the data."""
-        valid = set(evalset.queries_with_true_match().tolist())
-        if len(self.probe_indices) != self.num_probes or any(i not in valid for i in self.probe_indices):
-            if self.probe_indices and any(i not in valid for i in self.probe_indices):
-                self._warn_once(
-                    "probes", "the stored probes are not queries of this data set; choosing new ones"
-                )
-            self.probe_indices = choose_queries(evalset.queries_with_true_match(), self.num_probes, self.seed)
+        self.probe_indices = self._fixed_queries(evalset, self.probe_indices, self.num_probes, self.seed, "probes")
         return self.probe_indices
 
     # ------------------------------------------------------------------ hooks

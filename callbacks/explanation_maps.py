@@ -46,6 +46,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from cama.explain import (
@@ -60,6 +62,7 @@ from cama.explain import (
 )
 
 __all__ = [
+    "WarnOnceCallback",
     "cpu_threads",
     "FORWARD_METHODS",
     "GRADIENT_METHODS",
@@ -73,6 +76,17 @@ __all__ = [
 FORWARD_METHODS: tuple[str, ...] = ("cam", "dist_cam", "ram", "fam")
 GRADIENT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "fullgrad")
 METHODS: tuple[str, ...] = FORWARD_METHODS + GRADIENT_METHODS
+
+
+
+class WarnOnceCallback(Callback):
+    """A callback that says each kind of problem once (rank zero), prefixed with its class name."""
+
+    def _warn_once(self, key: str, message: str) -> None:
+        warned: set[str] = self.__dict__.setdefault("_warned", set())
+        if key not in warned:
+            warned.add(key)
+            rank_zero_warn(f"{type(self).__name__}: {message}")
 
 
 @contextmanager

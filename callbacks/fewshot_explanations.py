@@ -39,11 +39,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from callbacks.explanation_maps import GRADIENT_METHODS, Explainer, check_methods, cpu_threads
+from callbacks.explanation_maps import GRADIENT_METHODS, Explainer, WarnOnceCallback, check_methods, cpu_threads
 from callbacks.localization_metrics import LocalizationMetrics, metric_names
 from callbacks.rendering import ImageSink, logging_step, probe_grid, to_uint8
 from cama.explain import dist_cam, fam, postprocess, ram
@@ -61,7 +59,7 @@ __all__ = ["FewShotExplanations"]
 FEW_SHOT_METHODS: tuple[str, ...] = ("dist_cam", "fam", "ram", *GRADIENT_METHODS)
 
 
-class FewShotExplanations(Callback):
+class FewShotExplanations(WarnOnceCallback):
     """Explanation maps of few-shot queries against their predicted class, scored and drawn.
 
     Args:
@@ -132,7 +130,6 @@ class FewShotExplanations(Callback):
         self._active = False
         self._metrics: tuple[Any, dict[str, dict[str, Any]]] | None = None
         self._pictures: dict[str, Tensor] | None = None
-        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ state
     @property
@@ -144,11 +141,6 @@ class FewShotExplanations(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.validation_epochs = int(state_dict.get("validation_epochs", 0))
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(f"FewShotExplanations: {message}")
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

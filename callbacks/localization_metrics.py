@@ -46,7 +46,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from callbacks.explanation_maps import GRADIENT_METHODS, Explainer, Features, check_methods, cpu_threads
@@ -55,7 +54,6 @@ from callbacks.reid_probes import (
     EvalSet,
     FeatureCapture,
     Gallery,
-    choose_queries,
     find_rank_metric,
     identities,
 )
@@ -166,7 +164,6 @@ class LocalizationMetrics(CapturingCallback):
         self.sample_indices: list[int] = []
         self.validation_epochs = 0
         self.last_results: dict[str, float] = {}
-        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ state
     @property
@@ -180,20 +177,10 @@ class LocalizationMetrics(CapturingCallback):
         self.sample_indices = [int(i) for i in state_dict.get("sample_indices", [])]
         self.validation_epochs = int(state_dict.get("validation_epochs", 0))
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(f"LocalizationMetrics: {message}")
-
     def _samples(self, evalset: EvalSet) -> list[int]:
-        candidates = evalset.queries_with_true_match()
-        valid = set(candidates.tolist())
-        if len(self.sample_indices) != self.num_samples or any(i not in valid for i in self.sample_indices):
-            if self.sample_indices and any(i not in valid for i in self.sample_indices):
-                self._warn_once(
-                    "samples", "the stored samples are not queries of this data set; choosing new ones"
-                )
-            self.sample_indices = choose_queries(candidates, self.num_samples, self.seed)
+        self.sample_indices = self._fixed_queries(
+            evalset, self.sample_indices, self.num_samples, self.seed, "samples"
+        )
         return self.sample_indices
 
     # ------------------------------------------------------------------ metrics

@@ -26,9 +26,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import default_collate
-from lightning.pytorch.callbacks import Callback
 from torchmetrics import Metric
 
+from callbacks.explanation_maps import WarnOnceCallback
 from cama.metrics.reid import pairwise_distance
 
 __all__ = [
@@ -375,12 +375,23 @@ class FeatureCapture:
             self._module = None
 
 
-class CapturingCallback(Callback):
+class CapturingCallback(WarnOnceCallback):
     """A callback whose ``_capture`` (a :class:`FeatureCapture`, or None) records the feature maps
     of the model's validation steps: it is started before each validation batch and stopped after
     it, and on exceptions, so the module never keeps the recording wrapper."""
 
     _capture: FeatureCapture | None = None
+
+    def _fixed_queries(self, evalset: EvalSet, stored: list[int], count: int, seed: int, what: str) -> list[int]:
+        """``stored`` when it is ``count`` queries with a true match in ``evalset``, else a new seeded
+        choice (:func:`choose_queries`; a warning when stored ones no longer fit the data)."""
+        candidates = evalset.queries_with_true_match()
+        valid = set(candidates.tolist())
+        if len(stored) == count and all(i in valid for i in stored):
+            return stored
+        if stored and any(i not in valid for i in stored):
+            self._warn_once(what, f"the stored {what} are not queries of this data set; choosing new ones")
+        return choose_queries(candidates, count, seed)
 
     def on_validation_batch_start(
         self,
