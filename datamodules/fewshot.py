@@ -66,6 +66,7 @@ from .seeding import mix_seed, single_thread
 from .synthetic_classes import SyntheticClasses, SyntheticClassesConfig
 
 __all__ = [
+    "ClassImagesDataModule",
     "DatasetLayoutError",
     "UnreadableImageError",
     "FEW_SHOT_DATASETS",
@@ -361,7 +362,101 @@ class FewShotTransformDataset(Dataset):
 # -- the data module -----------------------------------------------------------------------------
 
 
-class FewShotDataModule(LightningDataModule):
+class ClassImagesDataModule(LightningDataModule):
+    """What the data modules over labelled class images share (few-shot and retrieval).
+
+    A subclass calls :meth:`_init_images` in its ``__init__`` and implements ``_raw_datasets()``
+    (split name -> untransformed dataset with ``labels``); it sets ``image_size``, ``padding``,
+    ``flip_prob``, ``color_jitter``, ``num_workers`` and ``eval_cache``. This class gives the lazy
+    synthetic generator, the ImageNet normalisation and its inverse, the number of training classes,
+    the default augmentation and the wrapping of a raw split into network inputs.
+    """
+
+    dataset: str
+
+    def _init_images(self, synthetic_config: SyntheticClassesConfig | None, synthetic_seed: int) -> None:
+        self.synthetic_config = synthetic_config if self.dataset == "synthetic" else None
+        self.synthetic_seed = int(synthetic_seed)
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+        #: names of the masks (``batch["mask"][:, i]`` is ``mask_names[i]``); empty without masks
+        self.mask_names: tuple[str, ...] = SyntheticClasses.mask_names if self.dataset == "synthetic" else ()
+        self._generator: SyntheticClasses | None = None
+        self._raw: dict[str, Dataset] | None = None
+        self.datasets: dict[str, FewShotTransformDataset] = {}
+
+    def _raw_datasets(self) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+    @property
+    def generator(self) -> SyntheticClasses | None:
+        """The synthetic generator (``None`` for real data)."""
+        if self.dataset == "synthetic" and self._generator is None:
+            self._generator = SyntheticClasses(seed=self.synthetic_seed, config=self.synthetic_config)
+        return self._generator
+
+    @property
+    def num_classes(self) -> int:
+        """Number of training (base) classes (reads the training split on first use, before ``setup``);
+        ``train.py`` links it to the model (classifiers, proxy and classification losses)."""
+        return len(set(self._raw_datasets()["train"].labels))  # type: ignore[attr-defined]
+
+    def class_names(self, split: str) -> dict[int, str]:
+        """Name of each class (by its label within the split, as in ``batch["label"]``)."""
+        self.setup("fit")
+        return self.datasets[split].class_names
+
+    @property
+    def has_boxes(self) -> bool:
+        """Whether evaluation batches carry ``box`` (synthetic and CUB)."""
+        raw = self._raw_datasets()["test"]
+        return self.dataset == "synthetic" or bool(getattr(raw, "has_boxes", False))
+
+    # -- transforms ------------------------------------------------------------------------------
+
+    def train_transform(self) -> v2.Compose:
+        """Resize to ``image_size``, pad + random crop back, flip, optional colour jitter."""
+        t: list[Any] = [v2.Resize(self.image_size, antialias=True)]
+        if self.padding > 0:
+            t += [v2.Pad(self.padding), v2.RandomCrop(self.image_size)]
+        if self.flip_prob > 0:
+            t.append(v2.RandomHorizontalFlip(self.flip_prob))
+        if self.color_jitter > 0:
+            j = self.color_jitter
+            t.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+        return v2.Compose(t)
+
+    def eval_transform(self) -> v2.Compose:
+        return v2.Compose([v2.Resize(self.image_size, antialias=True)])
+
+    def normalize(self) -> NormalizeImage:
+        return NormalizeImage(self.mean, self.std)
+
+    def denormalize(self, images: torch.Tensor, as_uint8: bool = False) -> torch.Tensor:
+        """Undo the normalisation: float images in [0, 1] (or uint8 with ``as_uint8``), same shape."""
+        return denormalize_images(images, self.mean, self.std, as_uint8)
+
+    def _transformed(self, raw: Dataset, train: bool) -> FewShotTransformDataset:
+        """A raw split as network inputs, its labels remapped to 0..C-1 in sorted order."""
+        labels = sorted(set(raw.labels))  # type: ignore[attr-defined]
+        return FewShotTransformDataset(
+            raw,
+            self.train_transform() if train else self.eval_transform(),
+            post=self.normalize(),
+            label_map={label: i for i, label in enumerate(labels)},
+            targets=not train,
+            cache=self.eval_cache and not train,
+        )
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }
+
+
+class FewShotDataModule(ClassImagesDataModule):
     """Episodic few-shot data: miniImageNet, CUB-200-2011, class folders or the synthetic classes.
 
     Args:
@@ -444,30 +539,18 @@ class FewShotDataModule(LightningDataModule):
         self.eval_cache = bool(eval_cache)
         self.seed = int(seed)
         self.eval_seed = int(eval_seed)
-        self.synthetic_config = SyntheticClassesConfig(
-            num_classes=synthetic_num_classes,
-            images_per_class=synthetic_images_per_class,
-            height=synthetic_size,
-            width=synthetic_size,
-            few_shot_splits=tuple(synthetic_splits) if synthetic_splits else None,
-        ) if dataset == "synthetic" else None
-        self.synthetic_seed = int(synthetic_seed)
-        self.mean = IMAGENET_MEAN
-        self.std = IMAGENET_STD
-        #: names of the masks (``batch["mask"][:, i]`` is ``mask_names[i]``); empty without masks
-        self.mask_names: tuple[str, ...] = SyntheticClasses.mask_names if dataset == "synthetic" else ()
-        self._generator: SyntheticClasses | None = None
-        self._raw: dict[str, Dataset] | None = None
-        self.datasets: dict[str, FewShotTransformDataset] = {}
+        self._init_images(
+            SyntheticClassesConfig(
+                num_classes=synthetic_num_classes,
+                images_per_class=synthetic_images_per_class,
+                height=synthetic_size,
+                width=synthetic_size,
+                few_shot_splits=tuple(synthetic_splits) if synthetic_splits else None,
+            ) if dataset == "synthetic" else None,
+            synthetic_seed,
+        )
 
     # -- raw data --------------------------------------------------------------------------------
-
-    @property
-    def generator(self) -> SyntheticClasses | None:
-        """The synthetic generator (``None`` for real data)."""
-        if self.dataset == "synthetic" and self._generator is None:
-            self._generator = SyntheticClasses(seed=self.synthetic_seed, config=self.synthetic_config)
-        return self._generator
 
     def _source(self, split: str) -> str:
         if self.dataset == "synthetic":
@@ -500,45 +583,6 @@ class FewShotDataModule(LightningDataModule):
                              for s in SPLITS}
         return self._raw
 
-    @property
-    def num_classes(self) -> int:
-        """Number of training (base) classes (reads the training split on first use, before ``setup``)."""
-        return len(set(self._raw_datasets()["train"].labels))  # type: ignore[attr-defined]
-
-    def class_names(self, split: str) -> dict[int, str]:
-        """Name of each class (by its label within the split, as in ``batch["label"]``)."""
-        self.setup("fit")
-        return self.datasets[split].class_names
-
-    @property
-    def has_boxes(self) -> bool:
-        """Whether batches carry ``box`` (synthetic and CUB)."""
-        raw = self._raw_datasets()["test"]
-        return self.dataset == "synthetic" or bool(getattr(raw, "has_boxes", False))
-
-    # -- transforms ------------------------------------------------------------------------------
-
-    def train_transform(self) -> v2.Compose:
-        t: list[Any] = [v2.Resize(self.image_size, antialias=True)]
-        if self.padding > 0:
-            t += [v2.Pad(self.padding), v2.RandomCrop(self.image_size)]
-        if self.flip_prob > 0:
-            t.append(v2.RandomHorizontalFlip(self.flip_prob))
-        if self.color_jitter > 0:
-            j = self.color_jitter
-            t.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
-        return v2.Compose(t)
-
-    def eval_transform(self) -> v2.Compose:
-        return v2.Compose([v2.Resize(self.image_size, antialias=True)])
-
-    def normalize(self) -> NormalizeImage:
-        return NormalizeImage(self.mean, self.std)
-
-    def denormalize(self, images: torch.Tensor, as_uint8: bool = False) -> torch.Tensor:
-        """Undo the normalisation: float images in [0, 1] (or uint8 with ``as_uint8``), same shape."""
-        return denormalize_images(images, self.mean, self.std, as_uint8)
-
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
@@ -546,26 +590,9 @@ class FewShotDataModule(LightningDataModule):
             return
         raw = self._raw_datasets()
         for split in SPLITS:
-            labels = sorted(set(raw[split].labels))  # type: ignore[attr-defined]
-            if not labels:
+            if not raw[split].labels:  # type: ignore[attr-defined]
                 raise DatasetLayoutError(f"{self._source(split)} has no images")
-            label_map = {label: i for i, label in enumerate(labels)}
-            train = split == "train"
-            self.datasets[split] = FewShotTransformDataset(
-                raw[split],
-                self.train_transform() if train else self.eval_transform(),
-                post=self.normalize(),
-                label_map=label_map,
-                targets=not train,
-                cache=self.eval_cache and not train,
-            )
-
-    def _loader_kwargs(self) -> dict[str, Any]:
-        return {
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-            "pin_memory": torch.cuda.is_available(),
-        }
+            self.datasets[split] = self._transformed(raw[split], train=split == "train")
 
     def episode_sampler(self, split: str) -> EpisodeSampler:
         """The episode sampler of a split (training: new episodes every epoch; val / test: fixed)."""

@@ -43,25 +43,23 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-from lightning.pytorch import LightningDataModule
 from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.utils import common_functions as pml_common
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from .fewshot import (
-    FewShotDataModule,
+    ClassImagesDataModule,
     FewShotImageDataset,
     FewShotRecord,
-    FewShotTransformDataset,
     _read_table,
     resolve_cub_root,
     scan_class_folders,
 )
-from .reid import IMAGENET_MEAN, IMAGENET_STD, DatasetLayoutError, UnreadableImageError
+from .reid import DatasetLayoutError, UnreadableImageError
 from .samplers import PKSampler
 from .seeding import mix_seed
-from .synthetic_classes import SyntheticClasses, SyntheticClassesConfig
+from .synthetic_classes import SyntheticClassesConfig
 
 __all__ = [
     "DatasetLayoutError",
@@ -244,7 +242,7 @@ class MPerClassBatchSampler(PKSampler):
 # -- the data module -----------------------------------------------------------------------------
 
 
-class RetrievalDataModule(LightningDataModule):
+class RetrievalDataModule(ClassImagesDataModule):
     """Image retrieval data: CUB-200-2011, class folders or the synthetic classes (module docstring).
 
     Args:
@@ -324,30 +322,17 @@ class RetrievalDataModule(LightningDataModule):
         self.eval_cache = bool(eval_cache)
         self.seed = int(seed)
         self.cub_train_classes = cub_train_classes
-        self.synthetic_config = SyntheticClassesConfig(
-            num_classes=synthetic_num_classes,
-            images_per_class=synthetic_images_per_class,
-            height=synthetic_size,
-            width=synthetic_size,
-        ) if dataset == "synthetic" else None
-        self.synthetic_seed = int(synthetic_seed)
-        self.mean = IMAGENET_MEAN
-        self.std = IMAGENET_STD
-        #: names of the masks (``batch["mask"][:, i]`` is ``mask_names[i]``); empty without masks
-        self.mask_names: tuple[str, ...] = SyntheticClasses.mask_names if dataset == "synthetic" else ()
-        self._generator: SyntheticClasses | None = None
-        self._raw: dict[str, Dataset] | None = None
-        self.datasets: dict[str, FewShotTransformDataset] = {}
+        self._init_images(
+            SyntheticClassesConfig(
+                num_classes=synthetic_num_classes,
+                images_per_class=synthetic_images_per_class,
+                height=synthetic_size,
+                width=synthetic_size,
+            ) if dataset == "synthetic" else None,
+            synthetic_seed,
+        )
 
     # -- raw data --------------------------------------------------------------------------------
-
-    # the same synthetic generator, normalisation and loader settings as the few-shot data (the
-    # attributes they read -- dataset, synthetic_seed, synthetic_config, _generator, mean, std,
-    # num_workers -- are set alike)
-    generator = FewShotDataModule.generator
-    normalize = FewShotDataModule.normalize
-    denormalize = FewShotDataModule.denormalize
-    _loader_kwargs = FewShotDataModule._loader_kwargs
 
     def _raw_datasets(self) -> dict[str, Dataset]:
         """Untransformed train / test datasets (scanned once, cached)."""
@@ -371,31 +356,14 @@ class RetrievalDataModule(LightningDataModule):
         return self._raw
 
     @property
-    def num_classes(self) -> int:
-        """Number of training classes (reads the layout on first use, before ``setup``); proxy and
-        classification losses (ArcFace, Proxy-Anchor, ...) get it through ``train.py``'s link."""
-        return len(set(self._raw_datasets()["train"].labels))  # type: ignore[attr-defined]
-
-    @property
     def num_test_classes(self) -> int:
         return len(set(self._raw_datasets()["test"].labels))  # type: ignore[attr-defined]
-
-    @property
-    def has_boxes(self) -> bool:
-        """Whether evaluation batches carry ``box`` (synthetic and CUB with ``bounding_boxes.txt``)."""
-        raw = self._raw_datasets()["test"]
-        return self.dataset == "synthetic" or bool(getattr(raw, "has_boxes", False))
-
-    def class_names(self, split: str) -> dict[int, str]:
-        """Name of each class of a split, by its label in the batches."""
-        self.setup("fit")
-        return self.datasets[split].class_names
 
     # -- transforms ------------------------------------------------------------------------------
 
     def train_transform(self) -> v2.Compose:
         if self.crop_scale is None:  # resize, pad + random crop, flip, jitter: the few-shot augmentation
-            return FewShotDataModule.train_transform(self)
+            return super().train_transform()
         t: list[Any] = [v2.Resize(self.resize_size, antialias=True)] if self.resize_size else []
         t.append(v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True))
         if self.flip_prob > 0:
@@ -408,7 +376,7 @@ class RetrievalDataModule(LightningDataModule):
     def eval_transform(self) -> v2.Compose:
         if self.resize_size:
             return v2.Compose([v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(self.image_size)])
-        return v2.Compose([v2.Resize(self.image_size, antialias=True)])
+        return super().eval_transform()
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
@@ -417,16 +385,7 @@ class RetrievalDataModule(LightningDataModule):
             return
         raw = self._raw_datasets()
         for split in RETRIEVAL_SPLITS:
-            labels = sorted(set(raw[split].labels))  # type: ignore[attr-defined]
-            train = split == "train"
-            self.datasets[split] = FewShotTransformDataset(
-                raw[split],
-                self.train_transform() if train else self.eval_transform(),
-                post=self.normalize(),
-                label_map={label: i for i, label in enumerate(labels)},
-                targets=not train,
-                cache=self.eval_cache and not train,
-            )
+            self.datasets[split] = self._transformed(raw[split], train=split == "train")
 
     def train_sampler(self) -> MPerClassBatchSampler:
         self.setup("fit")
