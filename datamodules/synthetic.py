@@ -830,6 +830,8 @@ def write_reid_layout(
     generator: SyntheticReID | None = None,
     *,
     seed: int = 0,
+    scale: str | float = "default",
+    workers: int = 1,
     progress: bool = True,
     write_json: bool = True,
     jpeg_quality: int = 92,
@@ -846,15 +848,25 @@ def write_reid_layout(
 
     Without a ``generator`` one is built from ``seed`` and ``config`` (fields of
     :class:`SyntheticReIDConfig`; for ``cuhk03`` the defaults are 2 cameras, no distractors, no junk).
-    With ``write_json`` a ``synthetic_annotations.json`` (relative path -> pid, camid, box) is written
-    next to the folders. Returns ``root``.
+    ``scale="real"`` instead draws the real data set's sizes (identities, images per split, queries,
+    distractors, junk: :mod:`datamodules.real_sizes`), a fraction such as ``0.05`` that share of them;
+    ``config`` may then only set the image size (``height``, ``width``). ``workers`` > 1 draws the
+    images on that many processes (the files are the same). With ``write_json`` a
+    ``synthetic_annotations.json`` (relative path -> pid, camid, box) is written next to the folders.
+    Returns ``root``.
     """
-    from torchvision.io import encode_jpeg, encode_png
-    from tqdm.auto import tqdm
+    from .image_writer import ImageJob, write_images
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}, expected one of {LAYOUTS}")
-    if generator is None:
+    omit: dict = {}
+    if scale != "default":
+        if generator is not None:
+            raise TypeError("scale builds the generator from the real sizes: pass no generator with it")
+        from .real_sizes import real_size_reid
+
+        generator, omit = real_size_reid(layout, scale, seed=seed, **config)
+    elif generator is None:
         if layout == "cuhk03":
             defaults = dict(num_cameras=2, cameras_per_id=(2, 2), query_cameras=2, num_distractors=0,
                             num_junk=0)
@@ -864,37 +876,34 @@ def write_reid_layout(
         raise TypeError("pass either a generator or config fields, not both")
     root = Path(root)
     variants = ("labeled", "detected") if layout == "cuhk03" else ("labeled",)
-    total = sum(len(generator.samples(s)) for s in SPLITS) * len(variants)
-    annotations: dict[str, dict] = {}
-    with tqdm(total=total, desc=f"writing synthetic {layout}", disable=not progress, unit="img") as bar:
-        for variant in variants:
-            base = root / variant if layout == "cuhk03" else root
-            for split in SPLITS:
-                folder = base / _FOLDERS[split]
-                folder.mkdir(parents=True, exist_ok=True)
-                counters: dict[tuple[int, int], int] = {}
-                for i, info in enumerate(generator.samples(split)):
-                    if layout == "cuhk03" and info.pid <= 0:
-                        bar.update(1)
-                        continue
-                    sample = generator.render(split, i, variant)
-                    if layout == "market1501":
-                        name = _market_name(info, i)
-                        data = encode_jpeg(sample.image, quality=jpeg_quality)
-                    elif layout == "dukemtmc":
-                        name = _duke_name(info, i)
-                        data = encode_jpeg(sample.image, quality=jpeg_quality)
-                    else:
-                        key = (info.pid, info.camid)
-                        counters[key] = counters.get(key, 0) + 1
-                        name = f"{info.pid:04d}_c{info.camid + 1}_{counters[key]}.png"
-                        data = encode_png(sample.image)
-                    (folder / name).write_bytes(bytes(data.numpy().tobytes()))
-                    rel = str((folder / name).relative_to(root))
-                    annotations[rel] = {"pid": info.pid, "camid": info.camid, "split": split,
-                                        "index": i, "box": [round(float(v), 2) for v in sample.box]}
-                    bar.update(1)
+    jobs: list[ImageJob] = []
+    infos: list[tuple[str, int, SampleInfo]] = []
+    for variant in variants:
+        base = root / variant if layout == "cuhk03" else root
+        for split in SPLITS:
+            folder = base / _FOLDERS[split]
+            folder.mkdir(parents=True, exist_ok=True)
+            counters: dict[tuple[int, int], int] = {}
+            omitted = omit.get((variant, split), ())
+            for i, info in enumerate(generator.samples(split)):
+                if (layout == "cuhk03" and info.pid <= 0) or i in omitted:
+                    continue
+                if layout == "market1501":
+                    name, fmt = _market_name(info, i), "jpeg"
+                elif layout == "dukemtmc":
+                    name, fmt = _duke_name(info, i), "jpeg"
+                else:
+                    key = (info.pid, info.camid)
+                    counters[key] = counters.get(key, 0) + 1
+                    name, fmt = f"{info.pid:04d}_c{info.camid + 1}_{counters[key]}.png", "png"
+                jobs.append(ImageJob(str((folder / name).relative_to(root)), (split, i, variant), fmt))
+                infos.append((split, i, info))
+    boxes = write_images(root, type(generator).render, generator, jobs, jpeg_quality=jpeg_quality,
+                         workers=workers, progress=progress, desc=f"writing synthetic {layout}")
     if write_json:
+        annotations = {job.path: {"pid": info.pid, "camid": info.camid, "split": split, "index": i,
+                                  "box": [round(float(v), 2) for v in box]}
+                       for job, (split, i, info), box in zip(jobs, infos, boxes)}
         meta = {"layout": layout, "seed": generator.seed, "part_names": list(PART_NAMES),
                 "box_format": "xyxy pixels at native size", "images": annotations}
         (root / "synthetic_annotations.json").write_text(json.dumps(meta))

@@ -492,11 +492,26 @@ def _write_annotations(root: Path, layout: str, generator: SyntheticClasses, ann
     (root / "synthetic_annotations.json").write_text(json.dumps(meta))
 
 
+def _scaled_generator(kind: str, generator: SyntheticClasses | None, seed: int, scale: str | float,
+                      config: dict[str, Any]) -> tuple[SyntheticClasses, list[int]]:
+    """The generator and images per class: the default / given one, or the real sizes at ``scale``."""
+    if scale == "default":
+        gen = _make_generator(generator, seed, config)
+        return gen, [gen.images_per_class] * gen.num_classes
+    if generator is not None:
+        raise TypeError("scale builds the generator from the real sizes: pass no generator with it")
+    from .real_sizes import real_size_classes
+
+    return real_size_classes(kind, scale, seed=seed, **config)
+
+
 def write_cub_layout(
     root: str | Path,
     generator: SyntheticClasses | None = None,
     *,
     seed: int = 0,
+    scale: str | float = "default",
+    workers: int = 1,
     progress: bool = True,
     write_json: bool = True,
     jpeg_quality: int = 92,
@@ -508,38 +523,39 @@ def write_cub_layout(
     ``image_class_labels.txt`` (``id class``, 1-based), ``classes.txt`` (``id name``),
     ``bounding_boxes.txt`` (``id x y width height``, pixels), ``train_test_split.txt``
     (``id is_training``: every other image of a class). Class ``c`` of the generator is CUB class
-    ``c + 1``. Returns ``root``.
+    ``c + 1``. ``scale="real"`` writes CUB-200-2011's sizes (200 classes of 41-60 images, 11,788 in
+    all: :mod:`datamodules.real_sizes`), a fraction such as ``0.05`` that share of the images per
+    class; ``config`` may then only set the image size. ``workers`` > 1 draws the images on that many
+    processes. Returns ``root``.
     """
-    from tqdm.auto import tqdm
+    from .image_writer import ImageJob, write_images
 
-    gen = _make_generator(generator, seed, config)
+    gen, counts = _scaled_generator("cub", generator, seed, scale, config)
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    images, labels, boxes, splits, classes = [], [], [], [], []
-    annotations: dict[str, dict] = {}
+    images, labels, splits, classes, jobs = [], [], [], [], []
     image_id = 0
-    with tqdm(total=len(gen), desc="writing synthetic CUB-200-2011", disable=not progress, unit="img") as bar:
-        for spec in gen.classes:
-            folder = f"{spec.label + 1:03d}.{spec.name}"
-            (root / "images" / folder).mkdir(exist_ok=True)
-            classes.append(f"{spec.label + 1} {folder}")
-            for i in range(gen.images_per_class):
-                image_id += 1
-                s = gen.render(spec.label, i)
-                rel = f"{folder}/{spec.name}_{i + 1:04d}_{image_id}.jpg"
-                (root / "images" / rel).write_bytes(_encode(s.image, jpeg_quality))
-                x1, y1, x2, y2 = s.box.tolist()
-                images.append(f"{image_id} {rel}")
-                labels.append(f"{image_id} {spec.label + 1}")
-                boxes.append(f"{image_id} {x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f}")
-                splits.append(f"{image_id} {int(i % 2 == 0)}")
-                annotations[f"images/{rel}"] = {"label": spec.label, "index": i,
-                                                "box": [round(float(v), 2) for v in s.box]}
-                bar.update(1)
+    for spec, count in zip(gen.classes, counts):
+        folder = f"{spec.label + 1:03d}.{spec.name}"
+        (root / "images" / folder).mkdir(exist_ok=True)
+        classes.append(f"{spec.label + 1} {folder}")
+        for i in range(count):
+            image_id += 1
+            rel = f"{folder}/{spec.name}_{i + 1:04d}_{image_id}.jpg"
+            jobs.append(ImageJob(f"images/{rel}", (spec.label, i)))
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {spec.label + 1}")
+            splits.append(f"{image_id} {int(i % 2 == 0)}")
+    boxes = write_images(root, SyntheticClasses.render, gen, jobs, jpeg_quality=jpeg_quality, workers=workers,
+                         progress=progress, desc="writing synthetic CUB-200-2011")
+    rows_of_boxes = [f"{n} {x1:.1f} {y1:.1f} {x2 - x1:.1f} {y2 - y1:.1f}"
+                     for n, (x1, y1, x2, y2) in enumerate(boxes, start=1)]
     for name, rows in (("images.txt", images), ("image_class_labels.txt", labels), ("classes.txt", classes),
-                       ("bounding_boxes.txt", boxes), ("train_test_split.txt", splits)):
+                       ("bounding_boxes.txt", rows_of_boxes), ("train_test_split.txt", splits)):
         (root / name).write_text("\n".join(rows) + "\n")
     if write_json:
+        annotations = {job.path: {"label": job.args[0], "index": job.args[1],
+                                  "box": [round(float(v), 2) for v in box]} for job, box in zip(jobs, boxes)}
         _write_annotations(root, "cub", gen, annotations)
     return root
 
@@ -549,6 +565,8 @@ def write_miniimagenet_layout(
     generator: SyntheticClasses | None = None,
     *,
     seed: int = 0,
+    scale: str | float = "default",
+    workers: int = 1,
     progress: bool = True,
     write_json: bool = True,
     jpeg_quality: int = 92,
@@ -560,31 +578,36 @@ def write_miniimagenet_layout(
     ``images/<wnid><NNNNNNNN>.jpg`` and ``train.csv``, ``val.csv``, ``test.csv`` with the header
     ``filename,label`` (Ravi & Larochelle's files) or, with ``columns="class_name,image_name"``, the
     variant whose columns are the class then the file name. Class ids look like WordNet ids
-    (``n9000012``). Returns ``root``.
+    (``n9000012``). ``scale="real"`` writes miniImageNet's sizes (100 classes of 600 images, 64 / 16 /
+    20), a fraction such as ``0.05`` that share of the images per class; ``config`` may then only set
+    the image size. ``workers`` > 1 draws the images on that many processes. Returns ``root``.
     """
-    from tqdm.auto import tqdm
+    from .image_writer import ImageJob, write_images
 
     if columns not in ("filename,label", "class_name,image_name"):
         raise ValueError(f"unknown columns {columns!r}")
-    gen = _make_generator(generator, seed, config)
+    gen, counts = _scaled_generator("miniimagenet", generator, seed, scale, config)
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
-    annotations: dict[str, dict] = {}
-    with tqdm(total=len(gen), desc="writing synthetic miniImageNet", disable=not progress, unit="img") as bar:
-        for split in FEW_SHOT_SPLITS:
-            rows = [columns]
-            for label in gen.split_classes(split):
-                wnid = _wnid(label)
-                for i in range(gen.images_per_class):
-                    s = gen.render(label, i)
-                    name = f"{wnid}{i + 1:08d}.jpg"
-                    (root / "images" / name).write_bytes(_encode(s.image, jpeg_quality))
-                    rows.append(f"{name},{wnid}" if columns == "filename,label" else f"{wnid},{name}")
-                    annotations[f"images/{name}"] = {"label": label, "index": i, "split": split,
-                                                     "box": [round(float(v), 2) for v in s.box]}
-                    bar.update(1)
-            (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    jobs, split_of = [], []
+    csv_rows: dict[str, list[str]] = {}
+    for split in FEW_SHOT_SPLITS:
+        rows = csv_rows.setdefault(split, [columns])
+        for label in gen.split_classes(split):
+            wnid = _wnid(label)
+            for i in range(counts[label]):
+                name = f"{wnid}{i + 1:08d}.jpg"
+                jobs.append(ImageJob(f"images/{name}", (label, i)))
+                split_of.append(split)
+                rows.append(f"{name},{wnid}" if columns == "filename,label" else f"{wnid},{name}")
+    boxes = write_images(root, SyntheticClasses.render, gen, jobs, jpeg_quality=jpeg_quality, workers=workers,
+                         progress=progress, desc="writing synthetic miniImageNet")
+    for split, rows in csv_rows.items():
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
     if write_json:
+        annotations = {job.path: {"label": job.args[0], "index": job.args[1], "split": split,
+                                  "box": [round(float(v), 2) for v in box]}
+                       for job, split, box in zip(jobs, split_of, boxes)}
         _write_annotations(root, "miniimagenet", gen, annotations)
     return root
 
