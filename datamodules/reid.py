@@ -33,6 +33,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
+from .eval_order import SpreadSampler
 from .samplers import PKSampler, run_seeded, split_item
 from .seeding import single_thread
 from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig
@@ -522,11 +523,17 @@ class ReIDDataModule(LightningDataModule):
         sampler = PKSampler(self.train_dataset.pids, self.p, self.k, seed=self.seed)
         return DataLoader(self.train_dataset, batch_sampler=sampler, **self._loader_kwargs())
 
-    def _eval_loader(self) -> DataLoader:
+    def _eval_loader(self, spread: bool = True) -> DataLoader:
+        """Queries and gallery; ``spread``: interleaved so that any prefix holds both in proportion
+        (a sanity check or ``limit_val_batches`` sees a small query + gallery set, see
+        :mod:`datamodules.eval_order`), else queries first, then the gallery (``predict``)."""
         self.setup("test")
         assert self.eval_dataset is not None
-        return DataLoader(self.eval_dataset, batch_size=self.eval_batch_size, shuffle=False,
-                          **self._loader_kwargs())
+        num_query = self.eval_dataset.num_query
+        groups = [1] * num_query + [0] * (len(self.eval_dataset) - num_query)
+        sampler = SpreadSampler(groups) if spread else None
+        return DataLoader(self.eval_dataset, batch_size=self.eval_batch_size, sampler=sampler,
+                          shuffle=False, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader()
@@ -535,4 +542,4 @@ class ReIDDataModule(LightningDataModule):
         return self._eval_loader()
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader()
+        return self._eval_loader(spread=False)

@@ -57,6 +57,7 @@ from .fewshot import (
     scan_class_folders,
 )
 from .reid import DatasetLayoutError, UnreadableImageError
+from .eval_order import SpreadSampler
 from .samplers import PKSampler
 from .seeding import mix_seed
 from .synthetic_classes import SyntheticClassesConfig
@@ -399,9 +400,13 @@ class RetrievalDataModule(ClassImagesDataModule):
         sampler = self.train_sampler()
         return DataLoader(self.datasets["train"], batch_sampler=sampler, **self._loader_kwargs())
 
-    def _eval_loader(self) -> DataLoader:
+    def _eval_loader(self, spread: bool = True) -> DataLoader:
+        """The test split; ``spread``: the classes interleaved so that any prefix (a sanity check,
+        ``limit_val_batches``) holds every class in proportion (:mod:`datamodules.eval_order`)."""
         self.setup("test")
-        return DataLoader(self.datasets["test"], batch_size=self.eval_batch_size, shuffle=False,
+        dataset = self.datasets["test"]
+        sampler = SpreadSampler(dataset.labels) if spread else None
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, shuffle=False,
                           **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
@@ -411,4 +416,4 @@ class RetrievalDataModule(ClassImagesDataModule):
         return self._eval_loader()
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader()
+        return self._eval_loader(spread=False)

@@ -562,6 +562,13 @@ class ReIDRankMetric(Metric):
         self.is_query.append(is_query.detach().long())  # long: all_gather of bool is not portable
         self.indices.append(indices.detach().long())
 
+    @property
+    def result_names(self) -> tuple[str, ...]:
+        """The keys of ``compute()``."""
+        names = ["mAP", "mINP", *(f"rank{k}" for k in self.ranks)]
+        names += [_branch_key(i) for i in range(1, len(self.prefix_dims or ()) + 1)]
+        return tuple(names)
+
     def _gathered(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731
         if isinstance(self.indices, list) and not self.indices:

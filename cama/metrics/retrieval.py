@@ -186,6 +186,11 @@ class RetrievalMetric(Metric):
         self.labels.append(labels.detach().long())
         self.indices.append(indices.detach().long())
 
+    @property
+    def result_names(self) -> tuple[str, ...]:
+        """The keys of ``compute()``."""
+        return (*(f"recall@{k}" for k in self.recall_ks), "map@r")
+
     def _gathered(self) -> tuple[Tensor, Tensor]:
         cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731
         if isinstance(self.indices, list) and not self.indices:

@@ -13,6 +13,7 @@ from cama.backbones import MultiBranchResNet
 from cama.losses import overlapped_activation_penalty
 from cama.metrics import ReIDRankMetric
 from cama.models.checkpoints import load_matching_weights
+from cama.models.evaluation import EpochEvaluation
 from cama.models.heads import CAMHead, l2_normalized_gap
 from cama.models.schedules import two_phase_lambdas
 
@@ -81,6 +82,7 @@ class CAMA(pl.LightningModule):
         prefix_dims = [channels * i for i in range(1, num_branches)] or None
         self.val_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims)
         self.test_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims)
+        self.evaluation = EpochEvaluation(self.val_metric.result_names)
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
@@ -132,8 +134,9 @@ class CAMA(pl.LightningModule):
         return embeddings
 
     def _log_metric(self, metric: ReIDRankMetric, prefix: str) -> None:
-        results = metric.compute()
-        metric.reset()
+        results = self.evaluation.finish(self, metric, prefix)
+        if results is None:  # the sanity check
+            return
         # compute() already gathered every process's samples: the values are the same on each rank.
         shown = {f"{prefix}/mAP": results.pop("mAP"), f"{prefix}/rank1": results.pop("rank1")}
         self.log_dict(shown, prog_bar=True, sync_dist=False)

@@ -38,6 +38,7 @@ from cama.backbones import RESNET_NAMES, Conv4, ResNet12, build_resnet
 from cama.explain import dist_cam, fam
 from cama.metrics import FewShotAccuracy
 from cama.models.checkpoints import load_matching_weights
+from cama.models.evaluation import EpochEvaluation
 
 __all__ = [
     "FEW_SHOT_BACKBONES",
@@ -188,6 +189,7 @@ class ProtoNet(pl.LightningModule):
         self.classifier = nn.Linear(self.out_channels, num_classes) if uses_classifier else None
         self.val_metric = FewShotAccuracy()
         self.test_metric = FewShotAccuracy()
+        self.evaluation = EpochEvaluation(self.val_metric.result_names)
         self._embedding_cache: dict[int, Tensor] = {}
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
@@ -292,9 +294,10 @@ class ProtoNet(pl.LightningModule):
                  batch_size=1, sync_dist=True)
 
     def _log_metric(self, metric: FewShotAccuracy, prefix: str) -> None:
-        results = metric.compute()
-        metric.reset()
+        results = self.evaluation.finish(self, metric, prefix)
         self._embedding_cache.clear()
+        if results is None:  # the sanity check
+            return
         # compute() already summed every process's episodes: the values are the same on each rank.
         self.log(f"{prefix}/acc", results["acc"].float(), prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/acc_ci95", results["acc_ci95"].float(), prog_bar=True, sync_dist=False)

@@ -49,6 +49,7 @@ from cama.backbones import RESNET_NAMES, build_resnet
 from cama.explain import fam
 from cama.metrics.retrieval import RECALL_KS, RetrievalMetric
 from cama.models.checkpoints import load_matching_weights
+from cama.models.evaluation import EpochEvaluation
 
 __all__ = ["PML_MODULES", "build_pml_object", "pool_maps", "RetrievalModel"]
 
@@ -270,6 +271,7 @@ class RetrievalModel(pl.LightningModule):
         self.miner = build_pml_object(miner, "miner", **automatic) if miner else None
         self.val_metric = RetrievalMetric(recall_ks, knn)
         self.test_metric = RetrievalMetric(recall_ks, knn)
+        self.evaluation = EpochEvaluation(self.val_metric.result_names)
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
@@ -336,10 +338,9 @@ class RetrievalModel(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _log_metric(self, metric: RetrievalMetric, prefix: str) -> None:
-        results = metric.compute()
-        metric.reset()
+        results = self.evaluation.finish(self, metric, prefix)  # None in the sanity check
         # compute() already gathered every process's samples: the values are the same on each rank.
-        for name, value in results.items():
+        for name, value in (results or {}).items():
             self.log(f"{prefix}/{name}", value, prog_bar=name in ("recall@1", "map@r"), sync_dist=False)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
