@@ -106,7 +106,11 @@ def prototype_logits(
     """Logits ``[Q, N]`` of queries ``[Q, D]`` against prototypes ``[N, D]``.
 
     ``euclidean``: ``-scale * ||q - p||^2`` (dist-cam Eq. 7 / ProtoNet); ``cosine``: ``scale * cos(q, p)``.
+    Computed in at least float32: half-precision embeddings (``16-mixed``) would overflow the sum of
+    squares at 65504.
     """
+    dtype = torch.promote_types(torch.promote_types(queries.dtype, prototypes.dtype), torch.float32)
+    queries, prototypes = queries.to(dtype), prototypes.to(dtype)
     if metric == "euclidean":
         return -scale * (queries[:, None, :] - prototypes[None, :, :]).square().sum(dim=-1)
     if metric == "cosine":
