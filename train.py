@@ -139,11 +139,12 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["python", os.path.basename(argv[0]), *args, "--ckpt_path", "last"])
 
 
-def run(argv: list[str]) -> int:
-    """``main`` with the exit status and the last line of a run stopped by a signal or an error."""
+def run() -> int:
+    """``main`` on ``sys.argv`` with the exit status and the last line of a run stopped by a signal
+    or an error."""
     interrupt = InterruptCheckpoint()
     try:
-        main(argv[1:], interrupt)
+        main(None, interrupt)
         status = 0
     except SIGTERMException:  # a SystemExit whose status would be 0
         status = EXIT_STATUS["SIGTERM"]
@@ -162,7 +163,7 @@ def run(argv: list[str]) -> int:
         epoch, step = interrupt.position or (0, 0)
         _say(
             f"Stopped by {interrupt.reason} at epoch {epoch}, step {step}; checkpoint saved to "
-            f"{interrupt.saved_path}. Resume with: {resume_command(argv)}"
+            f"{interrupt.saved_path}. Resume with: {resume_command(sys.argv)}"
         )
     elif status == EXIT_STATUS["SIGTERM"]:
         _say("Stopped by SIGTERM outside fit: nothing to resume")
@@ -170,4 +171,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv))
+    sys.exit(run())
