@@ -5,7 +5,10 @@ data module class (``datamodules.ReIDDataModule``, ...). Beyond Lightning's own 
 
 * ``data.num_classes`` is linked into ``model.init_args.num_classes``;
 * ``--test_after_fit true`` (the default) tests the best checkpoint when ``fit`` ends;
-* after every command the final metrics are written to ``<log_dir>/<command>_metrics.json``.
+* after every command the final metrics are written to ``<log_dir>/<command>_metrics.json``;
+* ``--ckpt_path FILE`` is checked before Lightning reads it, and bad input (a corrupt or foreign
+  checkpoint, an ``init_from`` of another model, missing ImageNet weights) ends with a one-line
+  ``train.py: error: ...`` and exit status 2 (:class:`cama.errors.InputError`).
 
 Resume a run with ``--ckpt_path last`` (or a path); fine-tune from another run's weights with
 ``--model.init_args.init_from PATH``.
@@ -21,6 +24,9 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from cama.errors import exit_on_input_error
+from cama.models.checkpoints import check_ckpt_path
+
 
 class CLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
@@ -31,6 +37,13 @@ class CLI(LightningCLI):
             default=True,
             help="After fit, run the test loop on the best checkpoint (by the ModelCheckpoint monitor).",
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # before Lightning reads the checkpoint's hyper-parameters: a bad file stops here, named
+        command = self.config.get("subcommand")
+        if command:
+            check_ckpt_path(self.config[command].get("ckpt_path"), command)
 
     def _write_metrics(self, command: str) -> None:
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
@@ -73,7 +86,8 @@ def main(args: list[str] | None = None) -> CLI:
 
 if __name__ == "__main__":
     try:
-        main()
+        with exit_on_input_error("train.py"):
+            main()
     finally:
         # leave the DDP process group before the interpreter exits: gloo's threads torn down at
         # exit can abort the process ("terminate called without an active exception")
