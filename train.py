@@ -6,6 +6,9 @@ data module class (``datamodules.ReIDDataModule``, ...). Beyond Lightning's own 
 * ``data.num_classes`` is linked into ``model.init_args.num_classes``;
 * ``--test_after_fit true`` (the default) tests the best checkpoint when ``fit`` ends;
 * after every command the final metrics are written to ``<log_dir>/<command>_metrics.json``;
+* ``trainer.default_root_dir`` defaults to ``runs/``: without a logger (``--trainer.logger false``)
+  or under ``--trainer.fast_dev_run`` the metrics, the saved config and the callbacks' pictures go
+  there, never loose into the working directory;
 * ``--ckpt_path FILE`` is checked before Lightning reads it, and bad input (a corrupt or foreign
   checkpoint, an ``init_from`` of another model, missing ImageNet weights) ends with a one-line
   ``train.py: error: ...`` and exit status 2 (:class:`cama.errors.InputError`).
@@ -80,6 +83,7 @@ def main(args: list[str] | None = None) -> CLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"default_root_dir": "runs"},
         args=args,
     )
 
