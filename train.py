@@ -11,7 +11,13 @@ data module class (``datamodules.ReIDDataModule``, ...). Beyond Lightning's own 
 * a ``fit`` stopped by SIGTERM (a pre-empted cluster job), Ctrl-C or an error saves
   ``last-interrupted.ckpt`` next to the run's checkpoints
   (:class:`~callbacks.interrupt_checkpoint.InterruptCheckpoint`), exits with a non-zero status
-  (143, 130, 1) and says in its last line how to resume.
+  (143, 130, 1) and says in its last line how to resume;
+* ``trainer.default_root_dir`` defaults to ``runs/``: without a logger (``--trainer.logger false``)
+  or under ``--trainer.fast_dev_run`` the metrics, the saved config and the callbacks' pictures go
+  there, never loose into the working directory;
+* ``--ckpt_path FILE`` is checked before Lightning reads it, and bad input (a corrupt or foreign
+  checkpoint, an ``init_from`` of another model, missing ImageNet weights) ends with a one-line
+  ``train.py: error: ...`` and exit status 2 (:class:`cama.errors.InputError`).
 
 Resume a run with ``--ckpt_path last`` (or a path); fine-tune from another run's weights with
 ``--model.init_args.init_from PATH``.
@@ -32,6 +38,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.interrupt_checkpoint import InterruptCheckpoint
+from cama.errors import exit_on_input_error
+from cama.models.checkpoints import check_ckpt_path
 
 #: exit status of a run stopped by each reason (128 + the signal number for the signals)
 EXIT_STATUS = {"SIGTERM": 143, "Ctrl-C": 130, "error": 1}
@@ -66,6 +74,13 @@ class CLI(LightningCLI):
         if hparams.get("pretrained"):
             return f"pretrained backbone ({hparams['pretrained']}), other layers untrained"
         return "untrained"
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # before Lightning reads the checkpoint's hyper-parameters: a bad file stops here, named
+        command = self.config.get("subcommand")
+        if command:
+            check_ckpt_path(self.config[command].get("ckpt_path"), command)
 
     def _write_metrics(self, command: str) -> None:
         metrics: dict[str, float | str] = {
@@ -119,7 +134,7 @@ def main(args: list[str] | None = None, interrupt: InterruptCheckpoint | None = 
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [interrupt or InterruptCheckpoint()]},
+        trainer_defaults={"default_root_dir": "runs", "callbacks": [interrupt or InterruptCheckpoint()]},
         args=args,
     )
 
@@ -144,7 +159,8 @@ def run() -> int:
     or an error."""
     interrupt = InterruptCheckpoint()
     try:
-        main(None, interrupt)
+        with exit_on_input_error("train.py"):
+            main(None, interrupt)
         status = 0
     except SIGTERMException:  # a SystemExit whose status would be 0
         status = EXIT_STATUS["SIGTERM"]

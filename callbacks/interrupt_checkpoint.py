@@ -23,6 +23,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from cama.errors import find_input_error
+
 __all__ = ["InterruptCheckpoint"]
 
 
@@ -60,8 +62,8 @@ class InterruptCheckpoint(Checkpoint):
         return os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if trainer.state.fn != TrainerFn.FITTING:
-            return  # validate / test / predict: nothing to resume
+        if trainer.state.fn != TrainerFn.FITTING or find_input_error(exception) is not None:
+            return  # validate / test / predict, or bad input (train.py says what to fix): nothing to resume
         if isinstance(exception, SIGTERMException):
             self.reason = "SIGTERM"
         elif isinstance(exception, KeyboardInterrupt):

@@ -56,7 +56,7 @@ from .fewshot import (
     resolve_cub_root,
     scan_class_folders,
 )
-from .reid import DatasetLayoutError, UnreadableImageError
+from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
 from .samplers import PKSampler
 from .seeding import mix_seed
@@ -272,6 +272,8 @@ class RetrievalDataModule(ClassImagesDataModule):
         synthetic_images_per_class: images of each synthetic class.
         synthetic_size: native size of the synthetic images (square).
         synthetic_seed: seed of the synthetic data.
+        check_images: at ``setup``, check that every image file the stage needs can be read (size, header
+            and end marker, :mod:`datamodules.image_check`); ``fit`` checks both splits.
     """
 
     def __init__(
@@ -296,6 +298,7 @@ class RetrievalDataModule(ClassImagesDataModule):
         synthetic_images_per_class: int = 60,
         synthetic_size: int = 84,
         synthetic_seed: int = 0,
+        check_images: bool = True,
     ) -> None:
         super().__init__()
         if dataset not in RETRIEVAL_DATASETS:
@@ -331,6 +334,7 @@ class RetrievalDataModule(ClassImagesDataModule):
                 width=synthetic_size,
             ) if dataset == "synthetic" else None,
             synthetic_seed,
+            check_images,
         )
 
     # -- raw data --------------------------------------------------------------------------------
@@ -382,6 +386,7 @@ class RetrievalDataModule(ClassImagesDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
+        self._check_image_files(RETRIEVAL_SPLITS if stage in (None, "fit") else ("test",))
         if self.datasets:
             return
         raw = self._raw_datasets()

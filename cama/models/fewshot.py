@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from cama.backbones import RESNET_NAMES, Conv4, ResNet12, build_resnet
 from cama.explain import dist_cam, fam
 from cama.metrics import FewShotAccuracy
-from cama.models.checkpoints import load_matching_weights
+from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
 
 __all__ = [
@@ -147,6 +147,7 @@ class ProtoNet(pl.LightningModule):
             on the episode it is in): 2,000 test episodes then cost a few hundred forward passes.
         channels_last: run the backbone in the channels-last memory format (faster convolutions on CPU).
         init_from: a checkpoint whose matching weights initialise a fresh run (fine-tuning).
+        init_from_min_match: the least fraction of the model's values ``init_from`` must match (0: any).
     """
 
     def __init__(
@@ -169,6 +170,7 @@ class ProtoNet(pl.LightningModule):
         eval_cache: bool = True,
         channels_last: bool = False,
         init_from: str | None = None,
+        init_from_min_match: float = 0.5,
     ) -> None:
         super().__init__()
         if metric not in ("euclidean", "cosine"):
@@ -234,8 +236,7 @@ class ProtoNet(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
-            load_matching_weights(self, self.hparams.init_from)
+        init_from_checkpoint(self, stage)
 
     @property
     def pretraining(self) -> bool:
