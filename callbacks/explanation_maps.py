@@ -236,8 +236,14 @@ class Explainer:
 
     @torch.no_grad()
     def features_from_maps(self, images: Tensor, maps: Sequence[Tensor]) -> Features:
-        """:class:`Features` of ``images`` whose ``feature_maps`` are already known (no forward)."""
-        maps = list(maps)
+        """:class:`Features` of ``images`` whose ``feature_maps`` are already known (no forward).
+
+        Maps captured from a mixed-precision validation step (float16 / bfloat16, computed under
+        autocast) are upcast to float32 first: the explanations run outside autocast, where a
+        half-precision input would meet the model's float32 weights (e.g. ``embed_maps``'s
+        projection), and the maps are computed in float32 anyway (``cama.explain``).
+        """
+        maps = [m.to(torch.promote_types(m.dtype, torch.float32)) for m in maps]
         embedding = self.model.embed_maps(maps)
         sizes = [m.shape[1] for m in maps]
         slices = None
@@ -255,15 +261,16 @@ class Explainer:
                 raise ValueError(f"cam needs `classifier_weights()` on {type(self.model).__name__}")
             out = []
             for maps, weight in zip(features.maps, weights_fn()):
-                weight = weight.detach().to(maps.dtype)
-                predicted = (global_average_pool(maps) @ weight.T).argmax(dim=1)
+                weight = weight.detach()
+                pooled = global_average_pool(maps)  # at least float32, whatever the maps' dtype
+                predicted = (pooled @ weight.T.to(pooled.dtype)).argmax(dim=1)
                 out.append(class_activation_map(maps, weight, predicted))
             return torch.stack(out, dim=1)
         projection = self._projection() if features.slices is None else None
         if method == "fam" and projection is not None:  # e = W g before the similarity: fam Eq. 16-18
             maps = features.maps[0]
-            return fam(maps, target.to(maps.dtype), metric="cosine", projection=projection.to(maps.dtype))[:, None]
-        targets = [target[:, a:b].to(features.embedding.dtype) for a, b in features.slices or []]
+            return fam(maps, target, metric="cosine", projection=projection)[:, None]  # float32 inside
+        targets = [target[:, a:b] for a, b in features.slices or []]
         scaled = features.scaled_maps()
         if method == "dist_cam":
             return torch.stack([dist_cam(m, t) for m, t in zip(scaled, targets)], dim=1)

@@ -224,14 +224,14 @@ class FewShotExplanations(WarnOnceCallback):
         self, method: str, explainer: Explainer, refs: dict[str, Any], images: Tensor, size: tuple[int, int]
     ) -> Tensor:
         """Maps ``[Q, H, W]`` in ``[0, 1]`` of the queries against their predicted class."""
-        query_maps, prototype = refs["query_maps"], refs["prototype"].to(refs["query_maps"].dtype)
+        query_maps, prototype = refs["query_maps"], refs["prototype"]  # the maps upcast to float32 inside
         if method in GRADIENT_METHODS:
             features = explainer.features_from_maps(images, [query_maps])
             return explainer.explain(method, features, prototype, size, branches=False)[:, 0]
         if method == "dist_cam":
             raw = dist_cam(query_maps, prototype)
         elif method == "fam":
-            raw = fam(query_maps, refs["supports"].to(query_maps.dtype), metric=refs["metric"])
+            raw = fam(query_maps, refs["supports"], metric=refs["metric"])
         else:
             raw = ram(prototype, query_maps)
         return postprocess(raw[:, None], size)[:, 0]

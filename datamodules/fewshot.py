@@ -52,6 +52,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .episodes import EpisodeCollate, EpisodeSampler
+from .image_check import check_split_images
 from .reid import (
     IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
@@ -374,7 +375,10 @@ class ClassImagesDataModule(LightningDataModule):
 
     dataset: str
 
-    def _init_images(self, synthetic_config: SyntheticClassesConfig | None, synthetic_seed: int) -> None:
+    def _init_images(self, synthetic_config: SyntheticClassesConfig | None, synthetic_seed: int,
+                     check_images: bool = True) -> None:
+        self.check_images = bool(check_images)
+        self._images_checked: set[str] = set()
         self.synthetic_config = synthetic_config if self.dataset == "synthetic" else None
         self.synthetic_seed = int(synthetic_seed)
         self.mean = IMAGENET_MEAN
@@ -387,6 +391,16 @@ class ClassImagesDataModule(LightningDataModule):
 
     def _raw_datasets(self) -> dict[str, Dataset]:
         raise NotImplementedError
+
+    def _check_image_files(self, splits: Sequence[str]) -> None:
+        """At ``setup``: check the image files of ``splits`` once (:mod:`datamodules.image_check`)."""
+        if self.check_images and self.dataset != "synthetic":
+            source = f"{self.dataset} at {self.root}"
+            check_split_images(self._raw_datasets(), splits, self._images_checked, source)
+
+    def _setup_split(self, split: str) -> None:
+        """``setup`` for the stage that reads ``split`` (only its images are checked)."""
+        self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
 
     @property
     def generator(self) -> SyntheticClasses | None:
@@ -403,7 +417,7 @@ class ClassImagesDataModule(LightningDataModule):
 
     def class_names(self, split: str) -> dict[int, str]:
         """Name of each class (by its label within the split, as in ``batch["label"]``)."""
-        self.setup("fit")
+        self._setup_split(split)
         return self.datasets[split].class_names
 
     @property
@@ -489,6 +503,8 @@ class FewShotDataModule(ClassImagesDataModule):
             default: miniImageNet's 64 / 16 / 20 proportions, exactly those for 100 classes).
         synthetic_size: native size of the synthetic images (square).
         synthetic_seed: seed of the synthetic data.
+        check_images: at ``setup``, check that every image file the stage needs can be read (size, header
+            and end marker, :mod:`datamodules.image_check`); ``fit`` checks all three splits.
     """
 
     def __init__(
@@ -519,6 +535,7 @@ class FewShotDataModule(ClassImagesDataModule):
         synthetic_splits: tuple[int, int, int] | None = None,
         synthetic_size: int = 84,
         synthetic_seed: int = 0,
+        check_images: bool = True,
     ) -> None:
         super().__init__()
         if dataset not in FEW_SHOT_DATASETS:
@@ -548,6 +565,7 @@ class FewShotDataModule(ClassImagesDataModule):
                 few_shot_splits=tuple(synthetic_splits) if synthetic_splits else None,
             ) if dataset == "synthetic" else None,
             synthetic_seed,
+            check_images,
         )
 
     # -- raw data --------------------------------------------------------------------------------
@@ -586,6 +604,8 @@ class FewShotDataModule(ClassImagesDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
+        eval_splits = {"validate": ("val",), "test": ("test",), "predict": ("test",)}
+        self._check_image_files(eval_splits.get(stage, SPLITS))  # fit: every split
         if self.datasets:
             return
         raw = self._raw_datasets()
@@ -596,7 +616,7 @@ class FewShotDataModule(ClassImagesDataModule):
 
     def episode_sampler(self, split: str) -> EpisodeSampler:
         """The episode sampler of a split (training: new episodes every epoch; val / test: fixed)."""
-        self.setup("fit")
+        self._setup_split(split)
         dataset = self.datasets[split]
         way, shot, query = self.train_episode if split == "train" else self.eval_episode
         seed = self.seed if split == "train" else mix_seed(self.eval_seed, SPLITS.index(split))

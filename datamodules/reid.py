@@ -33,6 +33,9 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
+from .errors import DatasetLayoutError, UnreadableImageError
+from .eval_order import SpreadSampler
+from .image_check import check_split_images
 from .samplers import PKSampler, run_seeded, split_item
 from .seeding import single_thread
 from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig
@@ -57,14 +60,6 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-class DatasetLayoutError(ValueError):
-    """A data set folder does not have the expected layout (root, sub-folders, file names)."""
-
-
-class UnreadableImageError(DatasetLayoutError):
-    """An image file could not be decoded."""
 
 
 @dataclass(frozen=True)
@@ -349,6 +344,8 @@ class ReIDDataModule(LightningDataModule):
             which a map's localization says more than the centre prior, see
             :class:`~datamodules.synthetic.SyntheticReIDConfig`).
         synthetic_seed: seed of the synthetic data (identities, cameras, images).
+        check_images: at ``setup``, check that every image file the stage needs can be read (size,
+            header and end marker, see :mod:`datamodules.image_check`); ``fit`` checks all three folders.
     """
 
     def __init__(
@@ -376,6 +373,7 @@ class ReIDDataModule(LightningDataModule):
         synthetic_occlusion: float = 0.25,
         synthetic_placement: Literal["tight", "loose"] = "tight",
         synthetic_seed: int = 0,
+        check_images: bool = True,
     ) -> None:
         super().__init__()
         if dataset not in ("synthetic", *REID_LAYOUTS):
@@ -408,6 +406,8 @@ class ReIDDataModule(LightningDataModule):
             placement=synthetic_placement,
         ) if dataset == "synthetic" else None
         self.synthetic_seed = int(synthetic_seed)
+        self.check_images = bool(check_images)
+        self._images_checked: set[str] = set()
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
         #: names of the part masks (``batch["mask"][:, i]`` is part ``part_names[i]``); empty for real data
@@ -499,6 +499,10 @@ class ReIDDataModule(LightningDataModule):
     # -- Lightning hooks ------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
+        if self.check_images and self.dataset != "synthetic":
+            splits = ("train", "query", "gallery") if stage in (None, "fit") else ("query", "gallery")
+            source = f"{self.dataset} at {self.root}"
+            check_split_images(self._raw_datasets(), splits, self._images_checked, source)
         if self.train_dataset is not None:
             return
         raw = self._raw_datasets()
@@ -522,11 +526,17 @@ class ReIDDataModule(LightningDataModule):
         sampler = PKSampler(self.train_dataset.pids, self.p, self.k, seed=self.seed)
         return DataLoader(self.train_dataset, batch_sampler=sampler, **self._loader_kwargs())
 
-    def _eval_loader(self) -> DataLoader:
+    def _eval_loader(self, spread: bool = True) -> DataLoader:
+        """Queries and gallery; ``spread``: interleaved so that any prefix holds both in proportion
+        (a sanity check or ``limit_val_batches`` sees a small query + gallery set, see
+        :mod:`datamodules.eval_order`), else queries first, then the gallery (``predict``)."""
         self.setup("test")
         assert self.eval_dataset is not None
-        return DataLoader(self.eval_dataset, batch_size=self.eval_batch_size, shuffle=False,
-                          **self._loader_kwargs())
+        num_query = self.eval_dataset.num_query
+        groups = [1] * num_query + [0] * (len(self.eval_dataset) - num_query)
+        sampler = SpreadSampler(groups) if spread else None
+        return DataLoader(self.eval_dataset, batch_size=self.eval_batch_size, sampler=sampler,
+                          shuffle=False, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader()
@@ -535,4 +545,4 @@ class ReIDDataModule(LightningDataModule):
         return self._eval_loader()
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader()
+        return self._eval_loader(spread=False)

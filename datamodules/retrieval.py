@@ -56,7 +56,8 @@ from .fewshot import (
     resolve_cub_root,
     scan_class_folders,
 )
-from .reid import DatasetLayoutError, UnreadableImageError
+from .errors import DatasetLayoutError, UnreadableImageError
+from .eval_order import SpreadSampler
 from .samplers import PKSampler
 from .seeding import mix_seed
 from .synthetic_classes import SyntheticClassesConfig
@@ -271,6 +272,8 @@ class RetrievalDataModule(ClassImagesDataModule):
         synthetic_images_per_class: images of each synthetic class.
         synthetic_size: native size of the synthetic images (square).
         synthetic_seed: seed of the synthetic data.
+        check_images: at ``setup``, check that every image file the stage needs can be read (size, header
+            and end marker, :mod:`datamodules.image_check`); ``fit`` checks both splits.
     """
 
     def __init__(
@@ -295,6 +298,7 @@ class RetrievalDataModule(ClassImagesDataModule):
         synthetic_images_per_class: int = 60,
         synthetic_size: int = 84,
         synthetic_seed: int = 0,
+        check_images: bool = True,
     ) -> None:
         super().__init__()
         if dataset not in RETRIEVAL_DATASETS:
@@ -330,6 +334,7 @@ class RetrievalDataModule(ClassImagesDataModule):
                 width=synthetic_size,
             ) if dataset == "synthetic" else None,
             synthetic_seed,
+            check_images,
         )
 
     # -- raw data --------------------------------------------------------------------------------
@@ -381,6 +386,7 @@ class RetrievalDataModule(ClassImagesDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
+        self._check_image_files(RETRIEVAL_SPLITS if stage in (None, "fit") else ("test",))
         if self.datasets:
             return
         raw = self._raw_datasets()
@@ -399,9 +405,13 @@ class RetrievalDataModule(ClassImagesDataModule):
         sampler = self.train_sampler()
         return DataLoader(self.datasets["train"], batch_sampler=sampler, **self._loader_kwargs())
 
-    def _eval_loader(self) -> DataLoader:
+    def _eval_loader(self, spread: bool = True) -> DataLoader:
+        """The test split; ``spread``: the classes interleaved so that any prefix (a sanity check,
+        ``limit_val_batches``) holds every class in proportion (:mod:`datamodules.eval_order`)."""
         self.setup("test")
-        return DataLoader(self.datasets["test"], batch_size=self.eval_batch_size, shuffle=False,
+        dataset = self.datasets["test"]
+        sampler = SpreadSampler(dataset.labels) if spread else None
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, shuffle=False,
                           **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
@@ -411,4 +421,4 @@ class RetrievalDataModule(ClassImagesDataModule):
         return self._eval_loader()
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader()
+        return self._eval_loader(spread=False)

@@ -118,3 +118,23 @@ def test_callbacks_draw_and_score_a_retrieval_model(model, datamodule, tmp_path)
         assert f"val/loc/fam/{name}" in scores.last_results
     assert 0.0 <= scores.last_results["val/loc/fam/energy"] <= 1.0
     assert "val/loc/branch_overlap_iou" not in scores.last_results  # one branch
+
+
+def test_maps_captured_under_bfloat16_autocast_explain_like_their_float32_values(model, datamodule):
+    """bf16-mixed (issue 10): maps captured in the validation step are bfloat16; outside autocast
+    they must meet the float32 projection, and explain exactly like the same values in float32."""
+    images = torch.stack([datamodule.val_dataloader().dataset[i]["image"] for i in range(4)])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = model.feature_maps(images)
+    assert maps[0].dtype == torch.bfloat16
+    explainer = Explainer(model)
+    captured = explainer.features_from_maps(images, maps)
+    upcast = explainer.features_from_maps(images, [m.float() for m in maps])
+    assert captured.embedding.dtype == torch.float32
+    torch.testing.assert_close(captured.embedding, upcast.embedding, rtol=0, atol=0)
+    target = upcast.embedding.flip(0)
+    for method in ("fam", "gradcam"):
+        got = explainer.explain(method, captured, target)
+        assert got.dtype == torch.float32 and torch.isfinite(got).all()
+        if method == "fam":
+            torch.testing.assert_close(got, explainer.explain(method, upcast, target), rtol=0, atol=0)

@@ -89,6 +89,22 @@ def test_pooled_batchnorm_equals_batchnorm_of_gap(training):
     torch.testing.assert_close(ours.running_var, reference.running_var)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pooled_batchnorm_of_half_maps_keeps_float32_statistics(dtype):
+    """Mixed precision (issue 10): half maps update the float32 running statistics with the
+    statistics of the same values in float32 (the in-place lerp raised on a dtype mismatch)."""
+    torch.manual_seed(0)
+    ours, reference = PooledBatchNorm2d(5), PooledBatchNorm2d(5)
+    maps = (torch.randn(6, 5, 4, 3) * 3 + 1).to(dtype)
+    out = ours(maps)
+    expected = reference(maps.float())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected)
+    assert ours.running_mean.dtype == torch.float32
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+
+
 def test_cam_head_logits_are_gap_of_cams():
     """Eq. 4: S_c = GAP(M_c) with M_c(x, y) = sum_k W_ck F_k(x, y)."""
     torch.manual_seed(0)

@@ -111,6 +111,9 @@ def test_real_loaders_batches(trees, gen):
     index = torch.cat([b["index"] for b in batches])
     pid = torch.cat([b["pid"] for b in batches])
     nq = len(gen.samples("query"))
+    # every sample once (queries and gallery interleaved, see datamodules.eval_order)
+    order = torch.argsort(index)
+    index, is_query = index[order], is_query[order]
     assert torch.equal(index, torch.arange(nq + len(gen.samples("gallery"))))
     assert is_query[:nq].all() and not is_query[nq:].any() and dm.num_query == nq
     assert (pid == -1).sum() == gen.config.num_junk and (pid == 0).sum() == gen.config.num_distractors
@@ -173,7 +176,8 @@ def test_error_unreadable_image(trees, tmp_path):
     shutil.copytree(trees["market1501"], root)
     bad = root / "query" / "0001_c1s1_000001_01.jpg"
     bad.write_bytes(b"this is not a jpeg")
-    dm = ReIDDataModule(dataset="market1501", root=str(root), num_workers=0)
+    # without the check at setup (tests/test_bad_input.py), the loader names the file
+    dm = ReIDDataModule(dataset="market1501", root=str(root), num_workers=0, check_images=False)
     dm.setup("test")
     i = [r.path for r in dm.query_dataset.base.records].index(str(bad))
     with pytest.raises(UnreadableImageError) as err:
@@ -196,8 +200,9 @@ def test_synthetic_eval_batch_has_transformed_ground_truth():
     assert batch["image"].shape == (B, 3, 256, 128)
     assert batch["box"].shape == (B, 4) and batch["box"].dtype == torch.float32
     assert batch["mask"].shape == (B, len(PART_NAMES), 256, 128) and batch["mask"].dtype == torch.bool
-    for j in range(B):
-        s = g.render("query", j)
+    nq = dm.num_query
+    for j, index in enumerate(batch["index"].tolist()):
+        s = g.render("query", index) if index < nq else g.render("gallery", index - nq)
         # native 128x64 -> 256x128: boxes scale by 2, masks are nearest-upsampled
         assert torch.allclose(batch["box"][j], s.box * 2)
         up = F.interpolate(s.masks[None].float(), scale_factor=2, mode="nearest")[0].bool()

@@ -57,8 +57,11 @@ def _edit_row(path: Path, row: int, fields: str) -> None:
 
 
 def _eval_items(dm: RetrievalDataModule) -> dict[str, torch.Tensor]:
+    """Every evaluation item, in dataset-index order (the loader interleaves the classes)."""
     batches = list(dm.val_dataloader())
-    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    items = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    order = torch.argsort(items["index"])
+    return {k: v[order] for k, v in items.items()}
 
 
 def test_cub_split_by_class_id_and_boxes_match_the_generator(cub, gen):

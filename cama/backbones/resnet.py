@@ -18,11 +18,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
+from cama.errors import InputError
+
 __all__ = ["RESNET_NAMES", "build_resnet", "MultiBranchResNet", "PretrainedWeightsNotFound"]
 
 
-class PretrainedWeightsNotFound(FileNotFoundError):
-    """Raised when ImageNet weights are asked for but are not on disk (nothing downloads here)."""
+class PretrainedWeightsNotFound(InputError, FileNotFoundError):
+    """Raised when ImageNet weights are asked for but are not on disk (nothing downloads here);
+    ``train.py`` prints its message last and exits with status 2."""
 
 
 def _resnet10(**kwargs) -> tv_resnet.ResNet:

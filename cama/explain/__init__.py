@@ -1,11 +1,14 @@
 """Explanation maps for metric-learning and classification models.
 
-Pure, batched tensor functions (any device, any floating dtype):
+Pure, batched tensor functions (any device, any floating dtype). Every map is computed in float32
+whatever its inputs' dtype -- float16 / bfloat16 feature maps of a mixed-precision model are
+upcast and autocast is switched off inside -- and returned as float32 (float64 inputs stay
+float64), so low-precision maps equal the float32 maps of the same values:
 
 * forward-only maps at feature resolution, raw (no ReLU, no normalisation):
   :func:`class_activation_map` (CAM, dist-cam Eq. 3), :func:`dist_cam` (Dist-CAM, Eq. 4-7),
   :func:`ram` / :func:`ram_self` / :func:`ram_per_branch` (RAM, cama-ram Eq. 10, Fig. 8),
-  :func:`fam` (FAM, fam Sec. IV, Eq. 11-18);
+  :func:`fam` (FAM, fam Sec. IV, Eq. 11-18; in :mod:`.feature_activation`);
 * :func:`gradient_cam`: Grad-CAM, Grad-CAM++, Layer-CAM, FullGrad with the layerization and
   truncation tricks (ltgrad-cam Eq. 2-11), in ``[0, 1]`` at image size;
 * rendering: :func:`postprocess` (ReLU -> bilinear upsampling -> per-map min-max),
@@ -22,14 +25,12 @@ from .gradient import (
     similarity_score,
     truncate_gradients,
 )
+from .feature_activation import fam, fam_channel_contributions, fam_importance
 from .maps import (
     class_activation_map,
     class_prototype,
     dist_cam,
     dist_cam_weights,
-    fam,
-    fam_channel_contributions,
-    fam_importance,
     global_average_pool,
     ram,
     ram_per_branch,

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._common import full_precision, work_dtype
 from .render import minmax_normalize, postprocess
 
 __all__ = [
@@ -92,7 +93,7 @@ def truncate_gradients(gradients: Tensor, percentile: float, per_channel: bool =
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
     rows = gradients.flatten(2) if per_channel else gradients.flatten(1)  # [B, K, hw] or [B, n]
-    work = rows.to(torch.promote_types(rows.dtype, torch.float32))
+    work = rows.to(work_dtype(rows.dtype))
     positive = torch.where(work > 0, work, torch.full_like(work, float("nan")))
     delta = torch.nanquantile(positive, percentile / 100.0, dim=-1, keepdim=True)
     keep = work >= delta  # False against NaN: no positive gradient keeps nothing
@@ -142,8 +143,15 @@ def gradient_cam_layer_map(
             gradient-times-activation term.
 
     Returns:
-        ``[B, h, w]``, before ReLU / upsampling / normalisation (FullGrad's is already >= 0).
+        ``[B, h, w]``, before ReLU / upsampling / normalisation (FullGrad's is already >= 0),
+        computed and returned in float32 (float64 for float64 activations), autocast off.
     """
+    with full_precision(activations, gradients, bias) as (activations, gradients, bias):
+        return _layer_map(activations, gradients, method, bias)
+
+
+def _layer_map(activations: Tensor, gradients: Tensor, method: Method, bias: Tensor | None) -> Tensor:
+    """:func:`gradient_cam_layer_map` on working-precision tensors."""
     if method == "gradcam":
         weights = gradients.mean(dim=(-2, -1))  # Eq. 2
         return torch.einsum("bk,bkhw->bhw", weights, activations)  # Eq. 3 without ReLU
@@ -158,7 +166,7 @@ def gradient_cam_layer_map(
     if method == "fullgrad":
         if bias is None:
             return _fullgrad_term(gradients, activations)
-        return _fullgrad_term(gradients, bias.to(gradients.dtype).view(1, -1, *([1] * (gradients.ndim - 2))))
+        return _fullgrad_term(gradients, bias.view(1, -1, *([1] * (gradients.ndim - 2))))
     raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
 
@@ -246,7 +254,8 @@ def gradient_cam(
         eval_mode: run the model in eval mode (batch norm with running statistics, no dropout).
 
     Returns:
-        ``[B, H, W]`` in ``[0, 1]``, float (at least float32), on the images' device.
+        ``[B, H, W]`` in ``[0, 1]``, float32 (float64 when the hooked layers output float64), on the
+        images' device.
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -294,15 +303,15 @@ def gradient_cam(
     total: Tensor | None = None
     pairs = list(zip(targets, gradients))
     for index, (activation, gradient) in enumerate(pairs):
-        work_dtype = torch.promote_types(activation.dtype, torch.float32)  # half / bf16 under autocast
-        activation = activation.detach().to(work_dtype)
-        gradient = torch.zeros_like(activation) if gradient is None else gradient.detach().to(work_dtype)
-        if truncation is not None:
-            gradient = truncate_gradients(gradient, truncation, per_channel=truncation_per_channel)
-        bias = biases[index] if index < len(modules) else None  # FullGrad's input term has none
-        layer_map = gradient_cam_layer_map(activation, gradient, method, bias=bias)
-        upsampled = postprocess(layer_map, size)
-        total = upsampled if total is None else total + upsampled
+        # half / bf16 under autocast: the layer maps and their sum are computed in float32
+        gradient = torch.zeros_like(activation) if gradient is None else gradient
+        with full_precision(activation.detach(), gradient.detach()) as (activation, gradient):
+            if truncation is not None:
+                gradient = truncate_gradients(gradient, truncation, per_channel=truncation_per_channel)
+            bias = biases[index] if index < len(modules) else None  # FullGrad's input term has none
+            layer_map = gradient_cam_layer_map(activation, gradient, method, bias=bias)
+            upsampled = postprocess(layer_map, size)
+            total = upsampled if total is None else total + upsampled
     assert total is not None
     return minmax_normalize(total)
 

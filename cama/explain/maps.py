@@ -1,4 +1,4 @@
-"""Forward-only explanation maps: CAM, Dist-CAM, RAM and FAM.
+"""Forward-only explanation maps: CAM, Dist-CAM and RAM (FAM: :mod:`cama.explain.feature_activation`).
 
 Every function here is a pure, batched tensor function: no hooks, no Python loop over samples or
 channels, any device and any floating dtype. Each returns the **raw** map at feature resolution --
@@ -7,23 +7,29 @@ magnitudes can be compared across branches and references. Apply
 :func:`cama.explain.render.postprocess` (ReLU -> bilinear upsampling -> per-map min-max) to get a
 displayable map.
 
+Precision: every function computes in float32 whatever the inputs' dtype (float16 / bfloat16
+feature maps of a mixed-precision model are upcast, autocast is off inside; float64 stays
+float64) and returns float32 (float64 for float64 inputs): see
+:func:`cama.explain._common.full_precision`. The eps guards therefore act in float32, and an
+all-zero map gives a zero map, not NaN.
+
 Notation (``/work/shared/DESIGN.md``, "Equations as this project implements them"):
 
 * ``Q``: query feature maps ``[B, K, h, w]`` (B samples, K channels);
 * ``GAP``: global average pooling over ``(h, w)``; ``q = GAP(Q)`` ``[B, K]``.
 
 Papers (``/work/shared/papers/``): ``dist-cam.md`` (CAM Eq. 3, Dist-CAM Eq. 4-7),
-``cama-ram.md`` (CAM Eq. 4, RAM Eq. 10, per-branch RAM Fig. 8), ``fam.md`` (FAM Sec. IV,
-Eq. 11-18).
+``cama-ram.md`` (CAM Eq. 4, RAM Eq. 10, per-branch RAM Fig. 8).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor
+
+from ._common import check_maps, combine, full_precision, safe_norm
 
 __all__ = [
     "global_average_pool",
@@ -34,22 +40,21 @@ __all__ = [
     "ram",
     "ram_self",
     "ram_per_branch",
-    "fam_channel_contributions",
-    "fam_importance",
-    "fam",
 ]
-
-Metric = Literal["cosine", "euclidean"]
 
 
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
 def global_average_pool(maps: Tensor) -> Tensor:
-    """``GAP``: mean over the two last (spatial) dimensions, ``[..., K, h, w] -> [..., K]``."""
+    """``GAP``: mean over the two last (spatial) dimensions, ``[..., K, h, w] -> [..., K]``.
+
+    Computed and returned in float32 (float64 for float64 maps).
+    """
     if maps.ndim < 3:
         raise ValueError(f"expected maps [..., K, h, w], got shape {tuple(maps.shape)}")
-    return maps.mean(dim=(-2, -1))
+    with full_precision(maps) as (maps,):
+        return maps.mean(dim=(-2, -1))
 
 
 def class_prototype(supports: Tensor, dim: int = 1) -> Tensor:
@@ -61,30 +66,11 @@ def class_prototype(supports: Tensor, dim: int = 1) -> Tensor:
         dim: the support dimension that is averaged.
 
     Returns:
-        The prototype, ``supports`` with ``dim`` removed (``[B, K]`` or ``[B, K, h, w]``).
+        The prototype, ``supports`` with ``dim`` removed (``[B, K]`` or ``[B, K, h, w]``), float32
+        (float64 for float64 supports).
     """
-    return supports.mean(dim=dim)
-
-
-def _combine(weights: Tensor, maps: Tensor) -> Tensor:
-    """``sum_k weights[b, k] * maps[b, k]``: ``[B, K] x [B, K, h, w] -> [B, h, w]``."""
-    if weights.shape != maps.shape[:2]:
-        raise ValueError(
-            f"weights {tuple(weights.shape)} do not match maps {tuple(maps.shape)} (need [B, K])"
-        )
-    return torch.einsum("bk,bkhw->bhw", weights.to(maps.dtype), maps)
-
-
-def _check_maps(maps: Tensor, name: str = "maps") -> None:
-    if maps.ndim != 4:
-        raise ValueError(f"{name} must be [B, K, h, w], got shape {tuple(maps.shape)}")
-    if not maps.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {maps.dtype}")
-
-
-def _safe_norm(vectors: Tensor, eps: float) -> Tensor:
-    """L2 norm over the last dimension, clamped below at ``eps`` (a zero vector gives no NaN)."""
-    return torch.linalg.vector_norm(vectors, dim=-1).clamp_min(eps)
+    with full_precision(supports) as (supports,):
+        return supports.mean(dim=dim)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,14 +85,16 @@ def class_activation_map(maps: Tensor, weight: Tensor, classes: Tensor | Sequenc
         classes: class index per sample, ``[B]`` integer tensor, a sequence, or one int for all.
 
     Returns:
-        The raw map ``[B, h, w]`` of each sample's class (no ReLU, no normalisation).
+        The raw map ``[B, h, w]`` of each sample's class (no ReLU, no normalisation), float32
+        (float64 for float64 maps).
     """
-    _check_maps(maps)
+    check_maps(maps)
     if weight.ndim != 2 or weight.shape[1] != maps.shape[1]:
         raise ValueError(f"weight must be [C, K={maps.shape[1]}], got {tuple(weight.shape)}")
     classes_t = torch.as_tensor(classes, device=weight.device, dtype=torch.long)
     classes_t = classes_t.expand(maps.shape[0]) if classes_t.ndim == 0 else classes_t
-    return _combine(weight[classes_t], maps)
+    with full_precision(maps, weight[classes_t]) as (maps, class_weights):
+        return combine(class_weights, maps)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,14 +140,15 @@ def dist_cam_weights(query: Tensor, reference: Tensor, eps: float = 1e-6) -> Ten
         eps: positive guard added to the distances.
 
     Returns:
-        ``W`` ``[B, K]``, each row summing to 1.
+        ``W`` ``[B, K]``, each row summing to 1, float32 (float64 for a float64 ``query``).
     """
     if eps <= 0:
         raise ValueError("eps must be > 0")
-    shifted = (reference.to(query.dtype) - query).abs() + eps  # D + eps, [B, K]
-    smallest = shifted.amin(dim=-1, keepdim=True)
-    inverse = smallest / shifted  # in (0, 1]; the closest channel has 1
-    return inverse / inverse.sum(dim=-1, keepdim=True)
+    with full_precision(query, reference) as (query, reference):
+        shifted = (reference - query).abs() + eps  # D + eps, [B, K]
+        smallest = shifted.amin(dim=-1, keepdim=True)
+        inverse = smallest / shifted  # in (0, 1]; the closest channel has 1
+        return inverse / inverse.sum(dim=-1, keepdim=True)
 
 
 def dist_cam(maps: Tensor, reference: Tensor, eps: float = 1e-6) -> Tensor:
@@ -179,13 +168,15 @@ def dist_cam(maps: Tensor, reference: Tensor, eps: float = 1e-6) -> Tensor:
         eps: positive guard of Eq. 5 (a zero distance gives a large but finite weight).
 
     Returns:
-        The raw Dist-CAM ``[B, h, w]`` (no ReLU, no normalisation).
+        The raw Dist-CAM ``[B, h, w]`` (no ReLU, no normalisation), float32 (float64 for float64
+        maps).
     """
-    _check_maps(maps)
+    check_maps(maps)
     batch, channels = maps.shape[:2]
-    reference_vector = _reference_vector(reference, batch, channels)
-    weights = dist_cam_weights(global_average_pool(maps), reference_vector, eps=eps)
-    return _combine(weights, maps)
+    with full_precision(maps, reference) as (maps, reference):
+        reference_vector = _reference_vector(reference, batch, channels)
+        weights = dist_cam_weights(global_average_pool(maps), reference_vector, eps=eps)
+        return combine(weights, maps)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,16 +196,18 @@ def ram(query_embedding: Tensor, gallery_maps: Tensor, eps: float = 1e-12) -> Te
         eps: lower bound on ``||f_g||``.
 
     Returns:
-        The raw RAM ``[B, h, w]`` on the gallery image.
+        The raw RAM ``[B, h, w]`` on the gallery image, float32 (float64 for float64
+        ``gallery_maps``).
     """
-    _check_maps(gallery_maps, "gallery_maps")
+    check_maps(gallery_maps, "gallery_maps")
     if query_embedding.shape != gallery_maps.shape[:2]:
         raise ValueError(
             f"query_embedding {tuple(query_embedding.shape)} does not match gallery_maps "
             f"{tuple(gallery_maps.shape)} (need [B, K])"
         )
-    gallery_norm = _safe_norm(global_average_pool(gallery_maps), eps)  # [B]
-    return _combine(query_embedding, gallery_maps) / gallery_norm[:, None, None]
+    with full_precision(gallery_maps, query_embedding) as (gallery_maps, query_embedding):
+        gallery_norm = safe_norm(global_average_pool(gallery_maps), eps)  # [B], eps in float32
+        return combine(query_embedding, gallery_maps) / gallery_norm[:, None, None]
 
 
 def ram_self(query_maps: Tensor, eps: float = 1e-12) -> Tensor:
@@ -227,10 +220,11 @@ def ram_self(query_maps: Tensor, eps: float = 1e-12) -> Tensor:
         query_maps: ``F_q`` ``[B, K, h, w]``.
 
     Returns:
-        ``[B, h, w]``.
+        ``[B, h, w]``, float32 (float64 for float64 maps).
     """
-    _check_maps(query_maps, "query_maps")
-    return ram(global_average_pool(query_maps), query_maps, eps=eps)
+    check_maps(query_maps, "query_maps")
+    with full_precision(query_maps) as (query_maps,):
+        return ram(global_average_pool(query_maps), query_maps, eps=eps)
 
 
 def ram_per_branch(
@@ -256,7 +250,7 @@ def ram_per_branch(
         eps: lower bound on each ``||f_g^i||``.
 
     Returns:
-        ``[B, N_branches, h, w]``.
+        ``[B, N_branches, h, w]``, float32 (float64 when the gallery maps are float64).
     """
     if isinstance(query_embeddings, Tensor) and isinstance(gallery_maps, Tensor):
         if query_embeddings.ndim != 3 or gallery_maps.ndim != 5:
@@ -277,148 +271,3 @@ def ram_per_branch(
     if len({tuple(q.shape) for q in queries}) == 1 and len({tuple(g.shape) for g in galleries}) == 1:
         return ram_per_branch(torch.stack(queries, 1), torch.stack(galleries, 1), eps=eps)
     return torch.stack([ram(q, g, eps=eps) for q, g in zip(queries, galleries)], dim=1)
-
-
-# --------------------------------------------------------------------------------------------------
-# FAM
-# --------------------------------------------------------------------------------------------------
-def _embedding_contributions(query: Tensor, supports: Tensor, metric: Metric, eps: float) -> Tensor:
-    """Per-dimension contributions ``c`` ``[B, D]`` of ``query`` ``[B, D]`` vs ``supports`` ``[B, N, D]``.
-
-    cosine (fam Eq. 14-15): ``c_k = mean_n q_k s_{n,k} / (||q|| ||s_n||)``, summing to the mean
-    cosine similarity over the N supports (Eq. 11);
-    euclidean: ``c_k = -mean_n (q_k - s_{n,k})^2``, summing to minus the mean squared distance.
-    """
-    if metric == "cosine":
-        query_unit = query / _safe_norm(query, eps)[:, None]
-        supports_unit = supports / _safe_norm(supports, eps)[..., None]
-        return query_unit * supports_unit.mean(dim=1)
-    if metric == "euclidean":
-        return -(query[:, None, :] - supports).square().mean(dim=1)
-    raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
-
-
-def fam_channel_contributions(
-    query: Tensor,
-    references: Tensor,
-    metric: Metric = "cosine",
-    projection: Tensor | None = None,
-    eps: float = 1e-6,
-) -> Tensor:
-    """Channel-wise contribution weights of FAM, fam Sec. IV-B to IV-D (Eq. 11, 14-18).
-
-    Without ``projection`` the similarity is taken between the pooled query ``q`` ``[B, K]`` and
-    the N supports of the class ``s_n`` (``references`` ``[B, N, K]``), and the contribution of
-    channel ``k`` is
-
-    * cosine (Eq. 15, averaged over the supports as in Eq. 11):
-      ``c_k = (1/N) sum_n q_k s_{n,k} / (||q|| ||s_n||)`` -- the ``c_k`` sum to the mean cosine
-      similarity;
-    * euclidean: ``c_k = -(1/N) sum_n (q_k - s_{n,k})^2`` (larger = more similar) -- the ``c_k``
-      sum to minus the mean squared Euclidean distance.
-
-    With ``projection`` ``W`` ``[D, K]`` (an FC layer without bias, ``e = W q``, Sec. IV-D), the
-    similarity is the one the model ranks with: between ``e_q = W q`` and the supports'
-    embeddings (``references`` are then ``[B, N, D]`` embeddings). The contributions ``c_j`` of
-    the embedding dimensions are computed as above on ``e_q`` and mapped back to the channels by
-    each channel's share of each output (Eq. 16-18):
-    ``c'_k = sum_j c_j W_{jk} q_k / e_j``. Since ``sum_k W_{jk} q_k = e_j``, the total is kept:
-    ``sum_k c'_k = sum_j c_j`` (Eq. 17). An ``e_j`` with ``|e_j| < eps`` is replaced by
-    ``+-eps`` (its sign kept, 0 counted as positive), so nothing is infinite; the total is then
-    exact only up to those guarded dimensions. For the cosine metric ``c_j / e_j`` simplifies to
-    ``(1/N) sum_n s_{n,j} / (||e_q|| ||s_n||)``, which is used directly, so no guard is needed.
-
-    Args:
-        query: pooled query feature ``q`` ``[B, K]``.
-        references: ``[B, N, K]`` supports (``[B, N, D]`` with ``projection``); ``[B, K]`` (or
-            ``[B, D]``) is read as a single support.
-        metric: ``"cosine"`` or ``"euclidean"``.
-        projection: optional ``W`` ``[D, K]``.
-        eps: guard on norms and on ``e_j``.
-
-    Returns:
-        ``c`` ``[B, K]`` (before the min-max normalisation of Eq. 12).
-    """
-    if query.ndim != 2:
-        raise ValueError(f"query must be [B, K], got {tuple(query.shape)}")
-    supports = references[:, None, :] if references.ndim == 2 else references
-    if supports.ndim != 3 or supports.shape[0] != query.shape[0]:
-        raise ValueError(f"references must be [B, N, dim], got {tuple(references.shape)}")
-    supports = supports.to(query.dtype)
-    if projection is None:
-        if supports.shape[-1] != query.shape[-1]:
-            raise ValueError(f"references {tuple(references.shape)} must end in K={query.shape[-1]}")
-        return _embedding_contributions(query, supports, metric, eps)
-
-    weight = projection.to(query.dtype)
-    if weight.ndim != 2 or weight.shape[1] != query.shape[-1]:
-        raise ValueError(f"projection must be [D, K={query.shape[-1]}], got {tuple(projection.shape)}")
-    if supports.shape[-1] != weight.shape[0]:
-        raise ValueError(f"with a projection, references must be [B, N, D={weight.shape[0]}]")
-    embedding = query @ weight.T  # e_q [B, D]
-    if metric == "cosine":
-        # c_j / e_j = mean_n s_{n,j} / (||e_q|| ||s_n||) exactly: no division by e_j at all.
-        supports_unit = supports / _safe_norm(supports, eps)[..., None]
-        ratio = supports_unit.mean(dim=1) / _safe_norm(embedding, eps)[:, None]
-    else:
-        dim_contributions = _embedding_contributions(embedding, supports, metric, eps)  # c_j [B, D]
-        guarded = torch.where(
-            embedding.abs() < eps, torch.where(embedding < 0, -eps, eps).to(embedding.dtype), embedding
-        )
-        ratio = dim_contributions / guarded
-    # c'_k = q_k * sum_j (c_j / e_j) W_jk: one [B, D] x [D, K] product, no [B, D, K] tensor.
-    return query * (ratio @ weight)
-
-
-def fam_importance(contributions: Tensor) -> Tensor:
-    """Importance coefficients ``alpha``, fam Eq. 12: min-max normalisation of ``c`` over channels.
-
-    ``alpha_k = (c_k - min_j c_j) / (max_j c_j - min_j c_j)``. When all contributions of a sample
-    are equal the ratio is undefined; every channel is then equally important and gets
-    ``alpha_k = 1``.
-
-    Args:
-        contributions: ``c`` ``[B, K]``.
-
-    Returns:
-        ``alpha`` ``[B, K]`` in ``[0, 1]``.
-    """
-    low = contributions.amin(dim=-1, keepdim=True)
-    span = contributions.amax(dim=-1, keepdim=True) - low
-    flat = span <= 0
-    alpha = (contributions - low) / torch.where(flat, torch.ones_like(span), span)
-    return torch.where(flat, torch.ones_like(alpha), alpha)
-
-
-def fam(
-    maps: Tensor,
-    references: Tensor,
-    metric: Metric = "cosine",
-    projection: Tensor | None = None,
-    eps: float = 1e-6,
-) -> Tensor:
-    """Feature Activation Map (FAM), fam Sec. IV (Eq. 11-13, 15-18).
-
-    ``q = GAP(Q)``; channel contributions ``c`` to the (support-averaged) similarity
-    (Eq. 11, 15; :func:`fam_channel_contributions`, which also maps embedding-dimension
-    contributions back to channels when the model ranks with ``e = W q``, Eq. 16-18);
-    ``alpha = minmax(c)`` (Eq. 12, :func:`fam_importance`); ``FAM = sum_k alpha_k Q_k`` (Eq. 13
-    without its ReLU, which :func:`~cama.explain.render.postprocess` applies).
-
-    Args:
-        maps: query feature maps ``Q`` ``[B, K, h, w]``.
-        references: the N supports of the class, ``[B, N, K]`` pooled features, or ``[B, N, D]``
-            embeddings when ``projection`` is given; ``[B, K]`` / ``[B, D]`` is one support.
-        metric: ``"cosine"`` or ``"euclidean"``.
-        projection: optional FC weight ``W`` ``[D, K]`` between the pooled feature and the
-            embedding used for the similarity.
-        eps: numerical guard (norms, ``e_j``).
-
-    Returns:
-        The raw FAM ``[B, h, w]``.
-    """
-    _check_maps(maps)
-    contributions = fam_channel_contributions(
-        global_average_pool(maps), references, metric=metric, projection=projection, eps=eps
-    )
-    return _combine(fam_importance(contributions), maps)

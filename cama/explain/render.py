@@ -17,15 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from ._common import full_precision
+
 __all__ = ["minmax_normalize", "postprocess", "colormap", "colorize", "overlay", "grid"]
 
 Colormap = Literal["jet", "turbo"]
 Size = int | tuple[int, int] | Sequence[int] | torch.Size
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """At least float32 for the arithmetic (half types lose the small ranges of min-max)."""
-    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
 
 
 def minmax_normalize(maps: Tensor) -> Tensor:
@@ -38,15 +35,17 @@ def minmax_normalize(maps: Tensor) -> Tensor:
         maps: ``[..., h, w]``.
 
     Returns:
-        ``[..., h, w]`` in ``[0, 1]``, dtype at least float32.
+        ``[..., h, w]`` in ``[0, 1]``, float32 (float64 for float64 maps); computed in that dtype
+        (half types would lose the small ranges of min-max).
     """
-    values = torch.nan_to_num(maps.to(_work_dtype(maps.dtype)), nan=0.0)
-    low = values.amin(dim=(-2, -1), keepdim=True)
-    span = values.amax(dim=(-2, -1), keepdim=True) - low
-    positive = span > 0
-    scaled = (values - low) / torch.where(positive, span, torch.ones_like(span))
-    scaled = torch.where(positive, scaled, torch.zeros_like(scaled))
-    return torch.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+    with full_precision(maps) as (values,):
+        values = torch.nan_to_num(values, nan=0.0)
+        low = values.amin(dim=(-2, -1), keepdim=True)
+        span = values.amax(dim=(-2, -1), keepdim=True) - low
+        positive = span > 0
+        scaled = (values - low) / torch.where(positive, span, torch.ones_like(span))
+        scaled = torch.where(positive, scaled, torch.zeros_like(scaled))
+        return torch.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
 
 
 def _as_size(size: Size | None, default: tuple[int, int]) -> tuple[int, int]:
@@ -72,21 +71,23 @@ def postprocess(maps: Tensor, size: Size | None = None) -> Tensor:
             uses its two last entries); ``None`` keeps ``(h, w)``.
 
     Returns:
-        ``[..., H, W]`` in ``[0, 1]``, in ``maps``' dtype (at least float32).
+        ``[..., H, W]`` in ``[0, 1]``, float32 (float64 for float64 maps): float16 / bfloat16
+        maps are upcast first and the whole step runs in float32 without autocast.
     """
     if maps.ndim < 2:
         raise ValueError(f"maps must be [..., h, w], got shape {tuple(maps.shape)}")
     leading, (height, width) = maps.shape[:-2], maps.shape[-2:]
     out_size = _as_size(size, (height, width))
-    work = torch.nan_to_num(maps.to(_work_dtype(maps.dtype)), nan=0.0).relu()
-    work = work.reshape(-1, 1, height, width)
-    # A constant map stays constant in exact arithmetic, but bilinear weights can add rounding
-    # noise that min-max would blow up to [0, 1]: decide constancy before upsampling.
-    constant = work.amax(dim=(-2, -1), keepdim=True) == work.amin(dim=(-2, -1), keepdim=True)
-    if out_size != (height, width):
-        work = F.interpolate(work, size=out_size, mode="bilinear", align_corners=False)
-    normalized = torch.where(constant, torch.zeros_like(work), minmax_normalize(work))
-    return normalized.reshape(*leading, *out_size)
+    with full_precision(maps) as (work,):
+        work = torch.nan_to_num(work, nan=0.0).relu()
+        work = work.reshape(-1, 1, height, width)
+        # A constant map stays constant in exact arithmetic, but bilinear weights can add rounding
+        # noise that min-max would blow up to [0, 1]: decide constancy before upsampling.
+        constant = work.amax(dim=(-2, -1), keepdim=True) == work.amin(dim=(-2, -1), keepdim=True)
+        if out_size != (height, width):
+            work = F.interpolate(work, size=out_size, mode="bilinear", align_corners=False)
+        normalized = torch.where(constant, torch.zeros_like(work), minmax_normalize(work))
+        return normalized.reshape(*leading, *out_size)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -98,6 +98,11 @@ class FewShotAccuracy(Metric):
         self.add_state("sum_sq_acc", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_episodes", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
+    @property
+    def result_names(self) -> tuple[str, ...]:
+        """The keys of ``compute()``."""
+        return ("acc", "acc_ci95", "acc_std", "episodes")
+
     def update(self, preds: Tensor, target: Tensor) -> None:
         acc = episode_accuracies(preds, target).to(self.sum_acc.device)
         self.sum_acc += acc.sum()

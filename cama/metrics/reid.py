@@ -36,6 +36,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from cama.metrics.distances import pairwise_distance
+
 __all__ = ["evaluate_rank", "pairwise_distance", "ReIDRankMetric"]
 
 # Bins per query row of the monotone histogram (see the module docstring), a power of two.  More
@@ -459,24 +461,6 @@ def evaluate_rank(
     return cmc, float(m_ap)
 
 
-def pairwise_distance(x: Tensor, y: Tensor, distance: str = "euclidean") -> Tensor:
-    """``[N, M]`` distances between rows of ``x`` and ``y`` (float32).
-
-    ``"euclidean"``: squared Euclidean distance (same ranking as the Euclidean distance);
-    ``"cosine"``: ``1 - cos(x, y)``.
-    """
-    x, y = x.float(), y.float()
-    if distance == "euclidean":
-        xx = (x * x).sum(1, keepdim=True)
-        yy = (y * y).sum(1)
-        return torch.addmm(yy[None, :], x, y.t(), alpha=-2.0).add_(xx)
-    if distance == "cosine":
-        x = torch.nn.functional.normalize(x, dim=1)
-        y = torch.nn.functional.normalize(y, dim=1)
-        return torch.mm(x, y.t()).neg_().add_(1.0)
-    raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
-
-
 # ----------------------------------------------------------------------------------------------
 # torchmetrics Metric
 # ----------------------------------------------------------------------------------------------
@@ -556,11 +540,20 @@ class ReIDRankMetric(Metric):
         for name, t in (("pids", pids), ("camids", camids), ("is_query", is_query), ("indices", indices)):
             if t.dim() != 1 or t.numel() != n:
                 raise ValueError(f"{name} must be [B] with B={n}, got shape {tuple(t.shape)}")
-        self.embeddings.append(embeddings.detach().float())
+        # at least float32; float64 stays float64 (finite values beyond the float32 range are
+        # scaled, not cast to inf, when the distances are computed)
+        self.embeddings.append(embeddings.detach().to(torch.promote_types(embeddings.dtype, torch.float32)))
         self.pids.append(pids.detach().long())
         self.camids.append(camids.detach().long())
         self.is_query.append(is_query.detach().long())  # long: all_gather of bool is not portable
         self.indices.append(indices.detach().long())
+
+    @property
+    def result_names(self) -> tuple[str, ...]:
+        """The keys of ``compute()``."""
+        names = ["mAP", "mINP", *(f"rank{k}" for k in self.ranks)]
+        names += [_branch_key(i) for i in range(1, len(self.prefix_dims or ()) + 1)]
+        return tuple(names)
 
     def _gathered(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731

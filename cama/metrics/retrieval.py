@@ -30,6 +30,8 @@ from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN
 from torch import Tensor
 from torchmetrics import Metric
 
+from cama.metrics.distances import overflow_safe_float32
+
 __all__ = ["RECALL_KS", "faiss_available", "retrieval_knn", "retrieval_metrics", "RetrievalMetric"]
 
 RECALL_KS = (1, 2, 4, 8)
@@ -114,7 +116,9 @@ def retrieval_metrics(
     recall_ks = tuple(int(k) for k in recall_ks)
     if not recall_ks or min(recall_ks) < 1:
         raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
-    embeddings = embeddings.detach().float()
+    # float32, divided by a common power of two if large enough to overflow the squared distances
+    # (same ranking; cama.metrics.distances)
+    (embeddings,) = overflow_safe_float32(embeddings.detach())
     labels = labels.detach().long()
     n = embeddings.shape[0]
     # enough neighbours for the largest K and for MAP@R (R = the query's class size - 1); asking for
@@ -182,9 +186,16 @@ class RetrievalMetric(Metric):
         for name, t in (("labels", labels), ("indices", indices)):
             if t.dim() != 1 or t.numel() != n:
                 raise ValueError(f"{name} must be [B] with B={n}, got shape {tuple(t.shape)}")
-        self.embeddings.append(embeddings.detach().float())
+        # at least float32; float64 stays float64 (finite values beyond the float32 range are
+        # scaled, not cast to inf, when the distances are computed)
+        self.embeddings.append(embeddings.detach().to(torch.promote_types(embeddings.dtype, torch.float32)))
         self.labels.append(labels.detach().long())
         self.indices.append(indices.detach().long())
+
+    @property
+    def result_names(self) -> tuple[str, ...]:
+        """The keys of ``compute()``."""
+        return (*(f"recall@{k}" for k in self.recall_ks), "map@r")
 
     def _gathered(self) -> tuple[Tensor, Tensor]:
         cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from cama.backbones import MultiBranchResNet
 from cama.losses import overlapped_activation_penalty
 from cama.metrics import ReIDRankMetric
-from cama.models.checkpoints import load_matching_weights
+from cama.models.checkpoints import init_from_checkpoint
+from cama.models.evaluation import EpochEvaluation
 from cama.models.heads import CAMHead, l2_normalized_gap
 from cama.models.schedules import two_phase_lambdas
 
@@ -49,6 +50,8 @@ class CAMA(pl.LightningModule):
         init_from: a checkpoint (Lightning or plain state dict) whose matching weights initialise a
             fresh run (fine-tuning); layers whose shapes differ, e.g. a classifier for another number
             of identities, keep their fresh initialisation and are listed in the log.
+        init_from_min_match: stop when less than this fraction of the model's values (parameters and
+            buffers, by element count) match ``init_from`` by name and shape; 0 loads whatever matches.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class CAMA(pl.LightningModule):
         lr_gamma: float = 0.1,
         max_rank: int = 50,
         init_from: str | None = None,
+        init_from_min_match: float = 0.5,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -81,6 +85,7 @@ class CAMA(pl.LightningModule):
         prefix_dims = [channels * i for i in range(1, num_branches)] or None
         self.val_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims)
         self.test_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims)
+        self.evaluation = EpochEvaluation(self.val_metric.result_names)
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
@@ -100,8 +105,7 @@ class CAMA(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
-            load_matching_weights(self, self.hparams.init_from)
+        init_from_checkpoint(self, stage)
 
     def compute_losses(self, images: Tensor, pids: Tensor) -> dict[str, Tensor]:
         """Eq. 7-8: per-branch cross-entropy, OAP over the target-class CAMs, and their total."""
@@ -132,8 +136,9 @@ class CAMA(pl.LightningModule):
         return embeddings
 
     def _log_metric(self, metric: ReIDRankMetric, prefix: str) -> None:
-        results = metric.compute()
-        metric.reset()
+        results = self.evaluation.finish(self, metric, prefix)
+        if results is None:  # the sanity check
+            return
         # compute() already gathered every process's samples: the values are the same on each rank.
         shown = {f"{prefix}/mAP": results.pop("mAP"), f"{prefix}/rank1": results.pop("rank1")}
         self.log_dict(shown, prog_bar=True, sync_dist=False)

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from cama.backbones import RESNET_NAMES, Conv4, ResNet12, build_resnet
 from cama.explain import dist_cam, fam
 from cama.metrics import FewShotAccuracy
-from cama.models.checkpoints import load_matching_weights
+from cama.models.checkpoints import init_from_checkpoint
+from cama.models.evaluation import EpochEvaluation
 
 __all__ = [
     "FEW_SHOT_BACKBONES",
@@ -105,7 +106,11 @@ def prototype_logits(
     """Logits ``[Q, N]`` of queries ``[Q, D]`` against prototypes ``[N, D]``.
 
     ``euclidean``: ``-scale * ||q - p||^2`` (dist-cam Eq. 7 / ProtoNet); ``cosine``: ``scale * cos(q, p)``.
+    Computed in at least float32: half-precision embeddings (``16-mixed``) would overflow the sum of
+    squares at 65504.
     """
+    dtype = torch.promote_types(torch.promote_types(queries.dtype, prototypes.dtype), torch.float32)
+    queries, prototypes = queries.to(dtype), prototypes.to(dtype)
     if metric == "euclidean":
         return -scale * (queries[:, None, :] - prototypes[None, :, :]).square().sum(dim=-1)
     if metric == "cosine":
@@ -142,6 +147,7 @@ class ProtoNet(pl.LightningModule):
             on the episode it is in): 2,000 test episodes then cost a few hundred forward passes.
         channels_last: run the backbone in the channels-last memory format (faster convolutions on CPU).
         init_from: a checkpoint whose matching weights initialise a fresh run (fine-tuning).
+        init_from_min_match: the least fraction of the model's values ``init_from`` must match (0: any).
     """
 
     def __init__(
@@ -164,6 +170,7 @@ class ProtoNet(pl.LightningModule):
         eval_cache: bool = True,
         channels_last: bool = False,
         init_from: str | None = None,
+        init_from_min_match: float = 0.5,
     ) -> None:
         super().__init__()
         if metric not in ("euclidean", "cosine"):
@@ -188,6 +195,7 @@ class ProtoNet(pl.LightningModule):
         self.classifier = nn.Linear(self.out_channels, num_classes) if uses_classifier else None
         self.val_metric = FewShotAccuracy()
         self.test_metric = FewShotAccuracy()
+        self.evaluation = EpochEvaluation(self.val_metric.result_names)
         self._embedding_cache: dict[int, Tensor] = {}
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
@@ -228,8 +236,7 @@ class ProtoNet(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
-            load_matching_weights(self, self.hparams.init_from)
+        init_from_checkpoint(self, stage)
 
     @property
     def pretraining(self) -> bool:
@@ -292,9 +299,10 @@ class ProtoNet(pl.LightningModule):
                  batch_size=1, sync_dist=True)
 
     def _log_metric(self, metric: FewShotAccuracy, prefix: str) -> None:
-        results = metric.compute()
-        metric.reset()
+        results = self.evaluation.finish(self, metric, prefix)
         self._embedding_cache.clear()
+        if results is None:  # the sanity check
+            return
         # compute() already summed every process's episodes: the values are the same on each rank.
         self.log(f"{prefix}/acc", results["acc"].float(), prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/acc_ci95", results["acc_ci95"].float(), prog_bar=True, sync_dist=False)

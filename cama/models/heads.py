@@ -18,10 +18,14 @@ class PooledBatchNorm2d(nn.BatchNorm1d):
     the batch statistics are those of the pooled features ``GAP(T)`` (as in Eq. 2) and the same
     per-channel affine map is applied to every location, so ``GAP(F) == BN1d(GAP(T))`` holds in both
     train and eval mode. Its state dict is that of ``nn.BatchNorm1d``.
+
+    Under mixed precision (half / bfloat16 maps) the statistics are computed in float32, like the
+    running statistics they update; the output is then float32 too (type promotion), which keeps
+    the feature maps that the explanation callbacks capture at full precision.
     """
 
     def forward(self, maps: Tensor) -> Tensor:  # noqa: D102 - documented on the class
-        pooled = maps.mean(dim=(2, 3))
+        pooled = maps.mean(dim=(2, 3), dtype=torch.promote_types(maps.dtype, torch.float32))
         if self.training:
             mean = pooled.mean(dim=0)
             var = pooled.var(dim=0, unbiased=False)

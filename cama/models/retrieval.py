@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from cama.backbones import RESNET_NAMES, build_resnet
 from cama.explain import fam
 from cama.metrics.retrieval import RECALL_KS, RetrievalMetric
-from cama.models.checkpoints import load_matching_weights
+from cama.models.checkpoints import init_from_checkpoint
+from cama.models.evaluation import EpochEvaluation
 
 __all__ = ["PML_MODULES", "build_pml_object", "pool_maps", "RetrievalModel"]
 
@@ -202,10 +203,10 @@ class RetrievalModel(pl.LightningModule):
         lr_gamma: the factor.
         lr_interval: ``"epoch"`` or ``"step"`` (the MS-loss code decays at iterations 1200 and 2400).
         recall_ks: the K of the logged Recall@K.
-        knn: nearest-neighbour search of the evaluation: ``"auto"`` (faiss if installed), ``"faiss"`` or
-            ``"torch"``.
+        knn: the evaluation's neighbour search: ``"auto"`` (faiss if installed), ``"faiss"``, ``"torch"``.
         channels_last: run the backbone in the channels-last memory format (faster on CPU).
         init_from: a checkpoint whose matching weights initialise a fresh run (fine-tuning).
+        init_from_min_match: the least fraction of the model's values ``init_from`` must match (0: any).
     """
 
     def __init__(
@@ -234,6 +235,7 @@ class RetrievalModel(pl.LightningModule):
         knn: Literal["auto", "faiss", "torch"] = "auto",
         channels_last: bool = False,
         init_from: str | None = None,
+        init_from_min_match: float = 0.5,
     ) -> None:
         super().__init__()
         if backbone not in RESNET_NAMES:
@@ -270,6 +272,7 @@ class RetrievalModel(pl.LightningModule):
         self.miner = build_pml_object(miner, "miner", **automatic) if miner else None
         self.val_metric = RetrievalMetric(recall_ks, knn)
         self.test_metric = RetrievalMetric(recall_ks, knn)
+        self.evaluation = EpochEvaluation(self.val_metric.result_names)
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
@@ -312,8 +315,7 @@ class RetrievalModel(pl.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init_from and self.trainer.ckpt_path is None:
-            load_matching_weights(self, self.hparams.init_from)
+        init_from_checkpoint(self, stage)
 
     def compute_losses(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """The pml loss of a batch (with the miner's tuples when there is a miner) and the mined count."""
@@ -336,10 +338,9 @@ class RetrievalModel(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _log_metric(self, metric: RetrievalMetric, prefix: str) -> None:
-        results = metric.compute()
-        metric.reset()
+        results = self.evaluation.finish(self, metric, prefix)  # None in the sanity check
         # compute() already gathered every process's samples: the values are the same on each rank.
-        for name, value in results.items():
+        for name, value in (results or {}).items():
             self.log(f"{prefix}/{name}", value, prog_bar=name in ("recall@1", "map@r"), sync_dist=False)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -1,0 +1,83 @@
+"""Pairwise distances of embeddings, safe from float32 overflow.
+
+The squared Euclidean distance is computed by the expansion ``||x||^2 + ||y||^2 - 2 <x, y>`` (one
+matrix product). For large but finite embeddings (entries beyond about ``1e17`` in 2048
+dimensions, e.g. a diverging model, or float64 embeddings beyond the float32 range) the squared
+norms overflow float32 and ``inf - inf`` gives NaN. :func:`overflow_safe_float32` therefore divides
+all the embeddings of one comparison by a common power of two ``2^k`` (exact in binary floating
+point; ``k = 0``, i.e. nothing changes, for ordinary embeddings) before the computation, which
+leaves every ranking unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["overflow_safe_float32", "pairwise_distance"]
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def overflow_safe_float32(*embeddings: Tensor) -> tuple[Tensor, ...]:
+    """``[N_i, D]`` embeddings as float32, all divided by one power of two ``2^k``, ``k >= 0``.
+
+    ``k`` is the smallest exponent for which every entry is at most
+    ``sqrt(float32_max / (8 D))``, so that sums of ``D`` squared differences stay finite in float32
+    with a factor of 2 to spare; ``k = 0`` (the embeddings only cast to float32) unless an entry is
+    larger than that bound. The scaling is done before the cast, in float64 for float64 inputs, so
+    finite float64 embeddings beyond the float32 range stay finite. No host synchronisation.
+
+    Returns:
+        The scaled float32 embeddings, in the order given. Distances computed from them are the
+        distances of the inputs divided by ``2^k`` (squared distances by ``4^k``): the same ranking.
+    """
+    if not embeddings:
+        return ()
+    dim = max(max(e.shape[-1] for e in embeddings), 1)
+    limit_exponent = math.floor(math.log2(math.sqrt(_FLOAT32_MAX / (8 * dim))))
+    dtype = torch.float32
+    for e in embeddings:
+        dtype = torch.promote_types(dtype, e.dtype)
+    work = [e.to(dtype) for e in embeddings]
+    nonempty = [w for w in work if w.numel()]
+    if not nonempty:
+        return tuple(w.float() for w in work)
+    largest = torch.stack([w.abs().amax() for w in nonempty]).amax()
+    _, exponent = torch.frexp(largest)  # largest < 2^exponent
+    k = (exponent - limit_exponent).clamp_min(0).to(dtype)
+    scale = torch.exp2(-k)  # 1 unless needed; an exact power of two
+    return tuple((w * scale).float() for w in work)
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``device_type`` (nothing to do where autocast does not exist)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def pairwise_distance(x: Tensor, y: Tensor, distance: str = "euclidean") -> Tensor:
+    """``[N, M]`` distances between rows of ``x`` and ``y`` (float32, finite for finite inputs).
+
+    ``"euclidean"``: squared Euclidean distance (same ranking as the Euclidean distance);
+    ``"cosine"``: ``1 - cos(x, y)``. Both are computed on :func:`overflow_safe_float32` of
+    ``(x, y)``: for embeddings with entries beyond ``sqrt(float32_max / (8 D))`` (about ``1e17``
+    for ``D = 2048``) the squared distances are those of ``x / 2^k`` and ``y / 2^k`` -- the same
+    ranking, never NaN; otherwise they are exactly the squared distances of ``x`` and ``y`` in float32.
+    Autocast is off inside (a bfloat16 ``addmm`` would not keep the ranking).
+    """
+    if distance not in ("euclidean", "cosine"):
+        raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
+    x, y = overflow_safe_float32(x, y)
+    with _autocast_off(x.device.type):
+        if distance == "euclidean":
+            xx = (x * x).sum(1, keepdim=True)
+            yy = (y * y).sum(1)
+            return torch.addmm(yy[None, :], x, y.t(), alpha=-2.0).add_(xx)
+        x = torch.nn.functional.normalize(x, dim=1)
+        y = torch.nn.functional.normalize(y, dim=1)
+        return torch.mm(x, y.t()).neg_().add_(1.0)
