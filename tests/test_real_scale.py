@@ -1,0 +1,119 @@
+"""The real-size generators (exact counts from metadata) and bench/real_scale.py's path on a small tree."""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules.real_sizes import (
+    CLASS_SIZES,
+    REID_SIZES,
+    class_counts,
+    real_size_classes,
+    real_size_reid,
+    reid_counts,
+    reid_targets,
+)
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from real_scale import parse_args, run_config  # noqa: E402
+from real_scale_trees import ensure_tree  # noqa: E402
+
+# the published sizes, written out again so that a slip in the tables shows
+REAL_REID = {
+    "market1501": {"labeled/train": (12936, 751, 0, 0), "labeled/query": (3368, 750, 0, 0),
+                   "labeled/gallery": (19732, 750, 2793, 3819)},
+    "dukemtmc": {"labeled/train": (16522, 702, 0, 0), "labeled/query": (2228, 702, 0, 0),
+                 "labeled/gallery": (17661, 1110, 0, 0)},
+    "cuhk03": {"labeled/train": (7368, 767, 0, 0), "labeled/query": (1400, 700, 0, 0),
+               "labeled/gallery": (5328, 700, 0, 0), "detected/train": (7365, 767, 0, 0),
+               "detected/query": (1400, 700, 0, 0), "detected/gallery": (5332, 700, 0, 0)},
+}
+
+
+@pytest.mark.parametrize("layout", sorted(REAL_REID))
+def test_real_reid_sizes_are_exact(layout):
+    gen, omit = real_size_reid(layout, "real")
+    variants = tuple(REID_SIZES[layout].variant_sizes())
+    counts = reid_counts(gen, omit, variants, layout)
+    assert counts == reid_targets(REID_SIZES[layout])
+    got = {k: (c["images"], c["ids"], c["distractors"], c["junk"]) for k, c in counts.items()}
+    assert got == REAL_REID[layout]
+    assert {s.camid for s in gen.samples("train")} == set(range(REID_SIZES[layout].cameras))
+    # every query has a gallery image of its identity in another camera (left-out images included)
+    for variant in variants:
+        skip = omit.get((variant, "gallery"), frozenset())
+        cams = defaultdict(set)
+        for i, s in enumerate(gen.samples("gallery")):
+            if i not in skip and s.pid > 0:
+                cams[s.pid].add(s.camid)
+        assert all(cams[q.pid] - {q.camid} for q in gen.samples("query"))
+
+
+def test_real_class_sizes_are_exact():
+    gen, counts = real_size_classes("miniimagenet", "real")
+    mini = class_counts(gen, counts, "miniimagenet")
+    assert (mini["images"], mini["least per class"], mini["most per class"]) == (60000, 600, 600)
+    assert [mini[f"{s} classes"] for s in ("train", "val", "test")] == [64, 16, 20]
+    gen, counts = real_size_classes("cub", "real")
+    cub = class_counts(gen, counts, "cub")
+    assert (cub["images"], cub["first half images"], cub["second half images"]) == (11788, 5864, 5924)
+    assert (cub["least per class"], cub["most per class"]) == (41, 60)
+    assert [cub[f"{s} classes"] for s in ("train", "val", "test")] == [100, 50, 50]
+    assert gen.num_classes == CLASS_SIZES["cub"].classes == len(counts)
+
+
+def test_scale_fraction_and_errors():
+    gen, _ = real_size_reid("market1501", 0.02)
+    assert len(gen.samples("query")) == round(3368 * 0.02)
+    with pytest.raises(ValueError, match="fraction"):
+        real_size_reid("market1501", 1.5)
+    with pytest.raises(TypeError, match="accepts only"):
+        real_size_reid("market1501", "real", num_train_ids=3)
+
+
+def _embeddings(model, loader):
+    feats, pids, cams, isq = [], [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            feats.append(model(batch["image"]))
+            pids.append(batch["pid"])
+            cams.append(batch["camid"])
+            isq.append(batch["is_query"])
+    return torch.cat(feats), torch.cat(pids), torch.cat(cams), torch.cat(isq)
+
+
+def test_rehearsal_with_sanity_check_on_more_queries_than_it_sees(tmp_path):
+    """cama_market1501 on a 2% Market tree: 67 queries > num_sanity_val_steps (2) x eval batch (16)."""
+    from cama.metrics import evaluate_rank
+    from cama.models import CAMA
+    from datamodules import ReIDDataModule
+
+    tree = ensure_tree(tmp_path / "data", "market1501", 0.02, workers=1, progress=False, size=(64, 32))
+    assert tree.counts == tree.targets and tree.counts["labeled/query images"] > 2 * 16
+    opts = parse_args(["--data-root", str(tmp_path / "data"), "--scale", "0.02", "--eval-batch-size", "16",
+                       "--workers", "1", "--train-steps", "2", "--timeout", "300",
+                       "--extra", "--model.init_args.backbone", "resnet10"])
+    assert opts.sanity_steps is None  # Lightning's default sanity check (2 batches) stays on
+    run = run_config("cama_market1501", tree, tmp_path / "out", opts)
+    assert run.returncode == 0, f"{run.error}\n{run.log.read_text()[-3000:]}"
+    assert {"val/mAP", "val/rank1", "val/mINP"} <= set(run.fit_metrics)
+    assert {"test/mAP", "test/rank1"} <= set(run.test_metrics)
+    calls, _ = run.profile["[LightningModule]CAMA.on_validation_epoch_end"]
+    assert calls == 2  # the sanity check's and the full validation's
+    # test/mAP again from the best checkpoint's embeddings, ranked by evaluate_rank
+    ckpt = next((tmp_path / "out" / "cama_market1501").glob("runs/**/best-*.ckpt"))
+    model = CAMA.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    dm = ReIDDataModule("market1501", str(tree.path), image_size=(64, 32), eval_batch_size=16, num_workers=0)
+    feats, pids, cams, isq = _embeddings(model, dm.test_dataloader())
+    assert int(isq.sum()) == 67
+    dist = torch.cdist(feats[isq], feats[~isq]).square()
+    _, m_ap = evaluate_rank(dist, pids[isq], pids[~isq], cams[isq], cams[~isq])
+    assert m_ap == pytest.approx(run.test_metrics["test/mAP"], abs=1e-4)
