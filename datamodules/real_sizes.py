@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from .seeding import mix_seed
-from .synthetic import SPLITS, Identity, SampleInfo, SyntheticReID
+from .synthetic import SPLITS, SampleInfo, SyntheticReID
 from .synthetic_classes import SyntheticClasses
 
 __all__ = [
@@ -193,15 +193,7 @@ class RealSizeReID(SyntheticReID):
     def _build_metadata(self) -> None:
         cfg, sz = self.config, self.sizes
         rng = random.Random(mix_seed(self.seed, 1))
-        seen: set = set()
-        train_attrs, train_fams = self._make_identities(rng, cfg.num_train_ids, seen, 0)
-        test_attrs, test_fams = self._make_identities(rng, cfg.num_test_ids, seen, max(train_fams) + 1)
-        n = cfg.num_train_ids + cfg.num_test_ids
-        pids = rng.sample(range(1, n + 1), n)
-        for i, (attrs, fam) in enumerate(zip(train_attrs + test_attrs, train_fams + test_fams)):
-            self.identities.append(Identity(pids[i], fam, *attrs))
-        self.train_identities = list(range(cfg.num_train_ids))
-        self.test_identities = list(range(cfg.num_train_ids, n))
+        self._assign_identities(rng)
         frame = {s: 0 for s in SPLITS}
 
         def info(split: str, ident: int, cam: int, kind: str = "person",

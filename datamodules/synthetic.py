@@ -362,9 +362,9 @@ class SyntheticReID:
             fam += 1
         return out, families
 
-    def _build_metadata(self) -> None:
+    def _assign_identities(self, rng: random.Random) -> None:
+        """Draw the training and test identities (attributes, families, shuffled 1-based pids)."""
         cfg = self.config
-        rng = random.Random(mix_seed(self.seed, 1))
         seen: set = set()
         train_attrs, train_fams = self._make_identities(rng, cfg.num_train_ids, seen, 0)
         test_attrs, test_fams = self._make_identities(rng, cfg.num_test_ids, seen, max(train_fams) + 1)
@@ -374,6 +374,11 @@ class SyntheticReID:
             self.identities.append(Identity(pids[i], fam, *attrs))
         self.train_identities = list(range(cfg.num_train_ids))
         self.test_identities = list(range(cfg.num_train_ids, n))
+
+    def _build_metadata(self) -> None:
+        cfg = self.config
+        rng = random.Random(mix_seed(self.seed, 1))
+        self._assign_identities(rng)
 
         frame = [0, 0, 0]
 
