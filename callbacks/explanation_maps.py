@@ -60,6 +60,7 @@ from cama.explain import (
     ram,
     similarity_score,
 )
+from cama.explain.precision import at_least_float32
 
 __all__ = [
     "WarnOnceCallback",
@@ -243,7 +244,7 @@ class Explainer:
         half-precision input would meet the model's float32 weights (e.g. ``embed_maps``'s
         projection), and the maps are computed in float32 anyway (``cama.explain``).
         """
-        maps = [m.to(torch.promote_types(m.dtype, torch.float32)) for m in maps]
+        maps = [at_least_float32(m) for m in maps]
         embedding = self.model.embed_maps(maps)
         sizes = [m.shape[1] for m in maps]
         slices = None

@@ -13,18 +13,12 @@ tests keep their precision.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-
-def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype maps are computed in: ``dtype`` promoted to at least float32.
-
-    float16, bfloat16, float32 and integer dtypes give float32; float64 stays float64.
-    """
-    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
+from .precision import autocast_off, work_dtype
 
 
 @contextmanager
@@ -46,10 +40,7 @@ def full_precision(primary: Tensor, *others: Tensor | None) -> Iterator[tuple[Te
     dtype = work_dtype(primary.dtype)
     tensors = (primary, *others)
     cast = tuple(None if t is None else t.to(dtype) for t in tensors)
-    with ExitStack() as stack:
-        for device_type in sorted({t.device.type for t in tensors if t is not None}):
-            if torch.amp.is_autocast_available(device_type):
-                stack.enter_context(torch.autocast(device_type, enabled=False))
+    with autocast_off(*(t.device.type for t in tensors if t is not None)):
         yield cast
 
 

@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import full_precision, work_dtype
+from ._common import full_precision
+from .precision import work_dtype
 from .render import minmax_normalize, postprocess
 
 __all__ = [

@@ -11,11 +11,12 @@ leaves every ranking unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 from torch import Tensor
+
+from cama.explain.precision import autocast_off
 
 __all__ = ["overflow_safe_float32", "pairwise_distance"]
 
@@ -53,13 +54,6 @@ def overflow_safe_float32(*embeddings: Tensor) -> tuple[Tensor, ...]:
     return tuple((w * scale).float() for w in work)
 
 
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    """Autocast disabled on ``device_type`` (nothing to do where autocast does not exist)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def pairwise_distance(x: Tensor, y: Tensor, distance: str = "euclidean") -> Tensor:
     """``[N, M]`` distances between rows of ``x`` and ``y`` (float32, finite for finite inputs).
 
@@ -73,7 +67,7 @@ def pairwise_distance(x: Tensor, y: Tensor, distance: str = "euclidean") -> Tens
     if distance not in ("euclidean", "cosine"):
         raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
     x, y = overflow_safe_float32(x, y)
-    with _autocast_off(x.device.type):
+    with autocast_off(x.device.type):
         if distance == "euclidean":
             xx = (x * x).sum(1, keepdim=True)
             yy = (y * y).sum(1)

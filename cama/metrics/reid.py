@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from cama.explain.precision import at_least_float32
 from cama.metrics.distances import pairwise_distance
 
 __all__ = ["evaluate_rank", "pairwise_distance", "ReIDRankMetric"]
@@ -542,7 +543,7 @@ class ReIDRankMetric(Metric):
                 raise ValueError(f"{name} must be [B] with B={n}, got shape {tuple(t.shape)}")
         # at least float32; float64 stays float64 (finite values beyond the float32 range are
         # scaled, not cast to inf, when the distances are computed)
-        self.embeddings.append(embeddings.detach().to(torch.promote_types(embeddings.dtype, torch.float32)))
+        self.embeddings.append(at_least_float32(embeddings.detach()))
         self.pids.append(pids.detach().long())
         self.camids.append(camids.detach().long())
         self.is_query.append(is_query.detach().long())  # long: all_gather of bool is not portable

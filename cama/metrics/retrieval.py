@@ -30,6 +30,7 @@ from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN
 from torch import Tensor
 from torchmetrics import Metric
 
+from cama.explain.precision import at_least_float32
 from cama.metrics.distances import overflow_safe_float32
 
 __all__ = ["RECALL_KS", "faiss_available", "retrieval_knn", "retrieval_metrics", "RetrievalMetric"]
@@ -188,7 +189,7 @@ class RetrievalMetric(Metric):
                 raise ValueError(f"{name} must be [B] with B={n}, got shape {tuple(t.shape)}")
         # at least float32; float64 stays float64 (finite values beyond the float32 range are
         # scaled, not cast to inf, when the distances are computed)
-        self.embeddings.append(embeddings.detach().to(torch.promote_types(embeddings.dtype, torch.float32)))
+        self.embeddings.append(at_least_float32(embeddings.detach()))
         self.labels.append(labels.detach().long())
         self.indices.append(indices.detach().long())
 

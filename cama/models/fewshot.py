@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from cama.backbones import RESNET_NAMES, Conv4, ResNet12, build_resnet
 from cama.explain import dist_cam, fam
+from cama.explain.precision import work_dtype
 from cama.metrics import FewShotAccuracy
 from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
@@ -109,7 +110,7 @@ def prototype_logits(
     Computed in at least float32: half-precision embeddings (``16-mixed``) would overflow the sum of
     squares at 65504.
     """
-    dtype = torch.promote_types(torch.promote_types(queries.dtype, prototypes.dtype), torch.float32)
+    dtype = work_dtype(torch.promote_types(queries.dtype, prototypes.dtype))
     queries, prototypes = queries.to(dtype), prototypes.to(dtype)
     if metric == "euclidean":
         return -scale * (queries[:, None, :] - prototypes[None, :, :]).square().sum(dim=-1)

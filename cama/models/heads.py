@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cama.explain.precision import work_dtype
+
 __all__ = ["PooledBatchNorm2d", "CAMHead"]
 
 
@@ -25,7 +27,7 @@ class PooledBatchNorm2d(nn.BatchNorm1d):
     """
 
     def forward(self, maps: Tensor) -> Tensor:  # noqa: D102 - documented on the class
-        pooled = maps.mean(dim=(2, 3), dtype=torch.promote_types(maps.dtype, torch.float32))
+        pooled = maps.mean(dim=(2, 3), dtype=work_dtype(maps.dtype))
         if self.training:
             mean = pooled.mean(dim=0)
             var = pooled.var(dim=0, unbiased=False)
