@@ -107,9 +107,7 @@ def prototype_logits(
     """Logits ``[Q, N]`` of queries ``[Q, D]`` against prototypes ``[N, D]``.
 
     ``euclidean``: ``-scale * ||q - p||^2`` (dist-cam Eq. 7 / ProtoNet); ``cosine``: ``scale * cos(q, p)``.
-    Computed in at least float32: half-precision embeddings (``16-mixed``) would overflow the sum of
-    squares at 65504.
-    """
+    Computed in at least float32: half-precision sums of squares (``16-mixed``) overflow at 65504."""
     dtype = work_dtype(torch.promote_types(queries.dtype, prototypes.dtype))
     queries, prototypes = queries.to(dtype), prototypes.to(dtype)
     if metric == "euclidean":
