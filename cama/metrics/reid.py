@@ -38,6 +38,7 @@ from torchmetrics import Metric
 
 from cama.explain.precision import at_least_float32
 from cama.metrics.distances import pairwise_distance
+from cama.metrics.ranking import EmbeddingSet, first_per_index
 
 __all__ = ["evaluate_rank", "pairwise_distance", "ReIDRankMetric"]
 
@@ -556,19 +557,28 @@ class ReIDRankMetric(Metric):
         names += [_branch_key(i) for i in range(1, len(self.prefix_dims or ()) + 1)]
         return tuple(names)
 
-    def _gathered(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _gathered(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731
         if isinstance(self.indices, list) and not self.indices:
             raise ValueError("ReIDRankMetric.compute() called before any update()")
         emb, pids, cams = cat(self.embeddings), cat(self.pids), cat(self.camids)
         isq, idx = cat(self.is_query), cat(self.indices)
-        # one sample per (query/gallery, dataset index), the first occurrence, ordered by index:
         # query and gallery may number their samples independently (two dataloaders)
-        uniq, inverse = torch.unique(idx * 2 + isq, return_inverse=True)
-        n = idx.numel()
-        first = torch.full((uniq.numel(),), n, dtype=torch.long, device=idx.device)
-        first.scatter_reduce_(0, inverse, torch.arange(n, device=idx.device), reduce="amin")
-        return emb[first], pids[first], cams[first], isq[first].bool()
+        first = first_per_index(idx, isq)
+        return emb[first], pids[first], cams[first], isq[first].bool(), idx[first]
+
+    def embedding_set(self) -> EmbeddingSet:
+        """This epoch's embeddings of every process, one per (query or gallery, dataset index).
+
+        A collective when distributed (the states are gathered): call it on every process.
+        """
+        with self.sync_context(should_sync=True, should_unsync=True):
+            if isinstance(self.indices, list) and not self.indices:
+                empty = torch.zeros(0, dtype=torch.long, device=self.device)
+                return EmbeddingSet(torch.zeros(0, 0, device=self.device), empty, empty, empty,
+                                    empty.bool(), self.distance)
+            emb, pids, cams, isq, idx = self._gathered()
+        return EmbeddingSet(emb, pids, idx, cams, isq, self.distance)
 
     def _rank_features(self, qf: Tensor, gf: Tensor, qp: Tensor, gp: Tensor, qc: Tensor, gc: Tensor):
         keep = gp != -1  # junk gallery samples are never ranked: drop them before computing distances
@@ -584,7 +594,7 @@ class ReIDRankMetric(Metric):
         )
 
     def compute(self) -> dict[str, Tensor]:
-        emb, pids, cams, isq = self._gathered()
+        emb, pids, cams, isq, _ = self._gathered()
         q, g = isq, ~isq
         if not bool(q.any()) or not bool(g.any()):
             raise ValueError(

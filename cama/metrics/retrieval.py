@@ -32,6 +32,7 @@ from torchmetrics import Metric
 
 from cama.explain.precision import at_least_float32
 from cama.metrics.distances import overflow_safe_float32
+from cama.metrics.ranking import EmbeddingSet, first_per_index
 
 __all__ = ["RECALL_KS", "faiss_available", "retrieval_knn", "retrieval_metrics", "RetrievalMetric"]
 
@@ -198,17 +199,23 @@ class RetrievalMetric(Metric):
         """The keys of ``compute()``."""
         return (*(f"recall@{k}" for k in self.recall_ks), "map@r")
 
-    def _gathered(self) -> tuple[Tensor, Tensor]:
+    def _gathered(self) -> tuple[Tensor, Tensor, Tensor]:
         cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731
         if isinstance(self.indices, list) and not self.indices:
             raise ValueError("RetrievalMetric.compute() called before any update()")
         emb, labels, idx = cat(self.embeddings), cat(self.labels), cat(self.indices)
-        uniq, inverse = torch.unique(idx, return_inverse=True)  # sorted: samples ordered by index
-        n = idx.numel()
-        first = torch.full((uniq.numel(),), n, dtype=torch.long, device=idx.device)
-        first.scatter_reduce_(0, inverse, torch.arange(n, device=idx.device), reduce="amin")
-        return emb[first], labels[first]
+        first = first_per_index(idx)  # ordered by index
+        return emb[first], labels[first], idx[first]
+
+    def embedding_set(self) -> EmbeddingSet:
+        """This epoch's embeddings of every process, one per dataset index (a collective)."""
+        with self.sync_context(should_sync=True, should_unsync=True):
+            if isinstance(self.indices, list) and not self.indices:
+                empty = torch.zeros(0, dtype=torch.long, device=self.device)
+                return EmbeddingSet(torch.zeros(0, 0, device=self.device), empty, empty)
+            emb, labels, idx = self._gathered()
+        return EmbeddingSet(emb, labels, idx, distance="euclidean")
 
     def compute(self) -> dict[str, Tensor]:
-        embeddings, labels = self._gathered()
+        embeddings, labels, _ = self._gathered()
         return retrieval_metrics(embeddings, labels, self.recall_ks, self.knn)

@@ -1,0 +1,113 @@
+"""The ranking core shared by the re-ID metric, the retrieval metric, the reference providers and
+``explain.py``: one sample per dataset index, the Market-1501 exclusion rule, and top-k lists.
+
+* :func:`first_per_index` -- the samples of an evaluation epoch, one per dataset index (the first
+  occurrence; ``DistributedSampler`` repeats samples to pad the last batch), ordered by index, the
+  queries and the gallery numbered independently when ``is_query`` is given.
+* :func:`reid_excluded` -- the gallery images a query never ranks (``DESIGN.md`` "Re-ID ranking"):
+  same identity *and* same camera, or junk (pid ``-1``).
+* :func:`top_k` -- the ``k`` nearest gallery rows of each query outside an exclusion mask, ties
+  broken by gallery row (a stable sort), ``-1`` where fewer than ``k`` rows are rankable.
+* :class:`EmbeddingSet` -- the embeddings of one evaluation epoch with their labels, as the
+  metrics hand them to the tasks' reference providers (:mod:`cama.references`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cama.metrics.distances import pairwise_distance
+
+__all__ = ["EmbeddingSet", "first_per_index", "reid_excluded", "top_k"]
+
+
+def first_per_index(indices: Tensor, is_query: Tensor | None = None) -> Tensor:
+    """Positions of the first sample of each dataset index, ordered by index.
+
+    With ``is_query`` the key is ``(index, is_query)``: a query and a gallery image may share an
+    index (two dataloaders numbering their samples independently); the order is then by index, the
+    gallery sample before the query sample of the same index.
+    """
+    indices = indices.long().reshape(-1)
+    keys = indices if is_query is None else indices * 2 + is_query.long().reshape(-1)
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    count = indices.numel()
+    first = torch.full((unique.numel(),), count, dtype=torch.long, device=indices.device)
+    first.scatter_reduce_(0, inverse, torch.arange(count, device=indices.device), reduce="amin")
+    return first
+
+
+def reid_excluded(q_pids: Tensor, q_camids: Tensor, g_pids: Tensor, g_camids: Tensor) -> Tensor:
+    """``[Q, G]`` bool: gallery images query ``q`` never ranks (same pid and camera, or junk pid -1)."""
+    same_id = q_pids[:, None] == g_pids[None, :]
+    return (same_id & (q_camids[:, None] == g_camids[None, :])) | (g_pids[None, :] == -1)
+
+
+def top_k(
+    queries: Tensor, gallery: Tensor, k: int, distance: str = "euclidean", exclude: Tensor | None = None
+) -> Tensor:
+    """The ``k`` nearest gallery rows ``[Q, k]`` of each query (``-1`` where none is left).
+
+    Args:
+        queries: ``[Q, D]`` embeddings.
+        gallery: ``[G, D]`` embeddings.
+        k: list length.
+        distance: ``"euclidean"`` (squared; same order) or ``"cosine"`` (:func:`pairwise_distance`).
+        exclude: optional ``[Q, G]`` bool, gallery rows a query must not rank.
+    """
+    k = max(1, int(k))
+    count, size = queries.shape[0], gallery.shape[0]
+    if size == 0 or count == 0:
+        return torch.full((count, k), -1, dtype=torch.long, device=gallery.device)
+    distances = pairwise_distance(queries.to(gallery.device), gallery, distance)
+    if exclude is not None:
+        distances = distances.masked_fill(exclude.to(device=distances.device, dtype=torch.bool), float("inf"))
+    order = torch.sort(distances, dim=1, stable=True).indices[:, :k]
+    rows = torch.where(torch.isfinite(distances.gather(1, order)), order, torch.full_like(order, -1))
+    if rows.shape[1] < k:  # a gallery smaller than k
+        rows = torch.cat([rows, rows.new_full((count, k - rows.shape[1]), -1)], dim=1)
+    return rows
+
+
+@dataclass
+class EmbeddingSet:
+    """The embeddings of one evaluation epoch, one row per dataset index, ordered by index.
+
+    Attributes:
+        embeddings: ``[N, D]`` (at least float32).
+        labels: ``[N]`` long: the identity (re-ID; 0 distractor, -1 junk) or the class (retrieval).
+        indices: ``[N]`` long dataset indices.
+        cameras: ``[N]`` long camera of each row (re-ID), else None.
+        is_query: ``[N]`` bool (re-ID), else None (every image is a query against the others).
+        distance: how the metric ranks: ``"euclidean"`` (squared) or ``"cosine"``.
+    """
+
+    embeddings: Tensor
+    labels: Tensor
+    indices: Tensor
+    cameras: Tensor | None = None
+    is_query: Tensor | None = None
+    distance: str = "euclidean"
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def gallery(self) -> EmbeddingSet:
+        """The rows that are not queries (all rows when there is no query/gallery split)."""
+        if self.is_query is None:
+            return self
+        keep = ~self.is_query
+        return EmbeddingSet(
+            self.embeddings[keep], self.labels[keep], self.indices[keep], self.cameras[keep]
+            if self.cameras is not None else None, None, self.distance
+        )
+
+    def to(self, device: torch.device | str) -> EmbeddingSet:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return EmbeddingSet(
+            move(self.embeddings), move(self.labels), move(self.indices), move(self.cameras),
+            move(self.is_query), self.distance,
+        )
