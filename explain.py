@@ -12,7 +12,7 @@ Two ways to give the data::
 For every query and method it writes ``<output>/<query>_<method>.png``: the query and its ``top_k``
 gallery images (framed green for a true match, red for a false one when identities are known), then
 one row of maps per branch and one for the summed map (cama-ram Fig. 4 / Fig. 8). The maps are those
-of the training callbacks (:mod:`callbacks.explanation_maps`): on the query, RAM is its own
+of the training callbacks (:mod:`cama.viz.explainer`): on the query, RAM is its own
 ``R_q^q`` and every other method is against the top-1 gallery image; on each gallery image the map
 is against the query (RAM ``R_g^q``). ``<output>/rankings.json`` lists the ranking of each query.
 
@@ -36,13 +36,14 @@ from typing import Any
 import torch
 import yaml
 from torch import Tensor
+from torch.utils.data import default_collate
 from torchvision.io import write_png
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from callbacks.explanation_maps import METHODS, Explainer, check_methods
-from callbacks.reid_probes import EvalSet, Gallery, choose_queries
-from callbacks.rendering import ranking_figure, to_uint8
+from cama.metrics.ranking import reid_excluded, top_k
+from cama.references import ReIDReferences, choose_probes
+from cama.viz import METHODS, Explainer, check_methods, ranking_figure, to_uint8
 
 __all__ = ["main", "import_class", "load_config", "build_datamodule", "build_model_from_config"]
 
@@ -180,14 +181,16 @@ class _FileSet:
 class _DataModuleSet:
     """A data module's evaluation set (queries then gallery)."""
 
-    def __init__(self, evalset: EvalSet) -> None:
-        self.evalset = evalset
-        self.num_query = evalset.num_query
-        self.pids, self.camids = evalset.pids, evalset.camids
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.references = ReIDReferences.from_dataset(dataset)
+        self.num_query = self.references.num_query
+        self.pids, self.camids = self.references.pids, self.references.camids
         self.known = True
 
     def load(self, indices: Sequence[int], device: torch.device) -> dict[str, Tensor]:
-        return self.evalset.load(indices, device)
+        batch = default_collate([self.dataset[int(i)] for i in indices])
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def name(self, index: int) -> str:
         kind = "query" if index < self.num_query else "gallery"
@@ -303,26 +306,22 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         assert config is not None
         datamodule = build_datamodule(config, _parse_overrides(args.data))
         datamodule.setup("test")
-        evalset = EvalSet.from_dataset(getattr(datamodule, "eval_dataset", None))
-        if evalset is None:
+        dataset = getattr(datamodule, "eval_dataset", None)
+        if dataset is None or not all(hasattr(dataset, a) for a in ("num_query", "pids", "camids")):
             raise ExplainError(f"{type(datamodule).__name__} has no re-ID evaluation set (eval_dataset)")
-        data = _DataModuleSet(evalset)
+        data = _DataModuleSet(dataset)
         if args.query_indices:
             bad = [i for i in args.query_indices if not 0 <= i < data.num_query]
             if bad:
                 raise ExplainError(f"--query_indices {bad} are not query indices (0..{data.num_query - 1})")
             queries = list(args.query_indices)
         else:
-            queries = choose_queries(evalset.queries_with_true_match(), args.num_queries, args.seed)
+            queries = choose_probes(data.references.probe_candidates(), args.num_queries, args.seed)
 
     gallery_indices = list(range(data.num_query, len(data.pids)))
     embeddings = _embed(explainer, data, gallery_indices, args.batch_size, device, progress)
-    gallery = Gallery(
-        embeddings,
-        data.pids[gallery_indices].to(device),
-        data.camids[gallery_indices].to(device),
-        torch.tensor(gallery_indices, device=device),
-    )
+    gallery_pids = data.pids[gallery_indices].to(device)
+    gallery_camids = data.camids[gallery_indices].to(device)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -330,24 +329,22 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     for index in tqdm(queries, desc="queries", disable=not progress, unit="query"):
         batch = data.load([index], device)
         query = explainer.features(batch["image"])
-        exclude = None
+        if data.known:  # the Market-1501 protocol
+            pid, camid = batch["pid"], batch["camid"]
+            exclude = reid_excluded(pid, camid, gallery_pids, gallery_camids)
+        else:  # unknown identities: rank everything (no protocol), frames left out
+            pid = torch.full((1,), -4, device=device)
+            exclude = (gallery_pids == -1)[None].clone()  # junk files still never ranked
         if isinstance(data, _FileSet):  # the query file itself is never its own match
-            exclude = torch.tensor(
-                [[data.files[index] == data.files[g] for g in gallery_indices]], device=device
-            )
-        if not data.known:  # unknown identities: rank everything (no protocol), frames left out
-            pids = torch.full((1,), -4, device=device)
-            rows, matches = gallery.rank(query.embedding, pids, pids, args.top_k, exclude=exclude)
-        else:
-            rows, matches = gallery.rank(
-                query.embedding, batch["pid"], batch["camid"], args.top_k, exclude=exclude
-            )
+            exclude |= torch.tensor([[data.files[index] == data.files[g] for g in gallery_indices]], device=device)
+        rows = top_k(query.embedding, embeddings, args.top_k, exclude=exclude)
+        matches = (rows >= 0) & (gallery_pids[rows.clamp_min(0)] == pid[:, None])
         valid = rows[0] >= 0
         listed_rows = rows[0][valid]
         if listed_rows.numel() == 0:
             tqdm.write(f"query {data.name(index)}: no rankable gallery image, skipped")
             continue
-        listed_indices = gallery.indices[listed_rows].tolist()
+        listed_indices = [gallery_indices[r] for r in listed_rows.tolist()]
         listed = explainer.features(data.load(listed_indices, device)["image"])
         reference = listed.embedding[:1]
         query_picture = to_uint8(query.images, datamodule)[0]

@@ -2,9 +2,10 @@
 
 For re-ID, the probes are queries (chosen once, deterministically, among the queries that have a
 true match; kept in the callback's ``state_dict`` so a resumed run shows the same ones) and the
-reference of a probe is its top-ranked gallery image, ranked with the embeddings the model itself
-computed in its validation loop (its :class:`~cama.metrics.ReIDRankMetric` states) under the
-Market-1501 protocol. Per enabled method the callback logs one grid (``explanations/<method>``):
+reference of a probe is given by the task (:mod:`cama.references`: for re-ID its top-ranked gallery
+image under the Market-1501 protocol, for retrieval its nearest other image), ranked with the
+embeddings the model computed in its own validation loop (``evaluation_embeddings()``,
+:class:`cama.protocols.RankingTask`). Per enabled method the callback logs one grid (``explanations/<method>``):
 one row per probe -- probe | reference (green frame: true match, red: false) | the method's maps on
 the probe (each branch, then summed) | its maps on the reference (the same). And for the first
 ``num_ranking_queries`` probes a ranking list (``explanations/ranking/query_<j>``, cama-ram Fig. 4 /
@@ -12,14 +13,14 @@ Fig. 8): the query and its ``top_k`` gallery images framed green/red, then a row
 for the summed map with the query's own RAM ``R_q^q`` and each gallery image's ``R_g^q``.
 
 What each map is against its reference (per branch and summed) is documented in
-:mod:`callbacks.explanation_maps`: Dist-CAM of the probe against the reference's embedding, RAM
+:mod:`cama.viz.explainer`: Dist-CAM of the probe against the reference's embedding, RAM
 ``R_q^q`` on the probe and ``R_g^q`` on the reference, FAM with the reference as the single
 support, the gradient CAMs of the cosine similarity to the reference; on the reference the roles are
 swapped (the probe is its reference). ``cam`` explains the training identity the classifier
 predicts (re-ID test identities are unseen).
 
-The probes' feature maps are kept from the model's own validation step
-(:class:`~callbacks.reid_probes.FeatureCapture`); only the gallery images shown are forwarded again.
+The probes' feature maps are kept from the ``outputs`` of the model's own validation step
+(:class:`~callbacks.base.ProbeCapture`); only the gallery images shown are forwarded again.
 Pictures go to every ``TensorBoardLogger`` (``add_image``), or, without one, to
 ``<log_dir>/explanations/epoch_XXX/*.png``. All image work runs on rank zero; the only collective
 (gathering the gallery embeddings) runs on every rank. The sanity-check epoch is skipped.
@@ -33,21 +34,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from callbacks.explanation_maps import Explainer, check_methods, cpu_threads
-from callbacks.reid_probes import (
-    CapturingCallback,
-    EvalSet,
-    FeatureCapture,
-    Gallery,
-    find_rank_metric,
-    identities,
-)
-from callbacks.rendering import ImageSink, logging_step, probe_grid, ranking_figure, to_uint8
+from callbacks.base import ExplanationCallback, ProbeCapture, RankingProbes, load_items, stack_captured
+from callbacks.image_sink import ImageSink, logging_step
+from cama.metrics.ranking import EmbeddingSet
+from cama.viz import Explainer, check_methods, probe_grid, ranking_figure, to_uint8
 
 __all__ = ["ExplanationImages"]
 
 
-class ExplanationImages(CapturingCallback):
+class ExplanationImages(ExplanationCallback):
     """Log explanation maps of fixed probes (and ranking lists) every validation epoch.
 
     Args:
@@ -66,7 +61,6 @@ class ExplanationImages(CapturingCallback):
         colormap: ``"jet"`` or ``"turbo"``.
         draw_boxes: draw the ground-truth person box on the overlays when the data has one.
         save_png: also write PNGs when a TensorBoard logger is present.
-        metric_attribute: the module's ranking metric holding the validation embeddings.
         tag_prefix: TensorBoard tag prefix (and PNG folder name).
         cpu_threads: intra-op threads for the callback's own work on CPU (small batches run
             fastest on one); ``None`` keeps torch's setting.
@@ -88,18 +82,16 @@ class ExplanationImages(CapturingCallback):
         colormap: str = "jet",
         draw_boxes: bool = True,
         save_png: bool = False,
-        metric_attribute: str = "val_metric",
         tag_prefix: str = "explanations",
         cpu_threads: int | None = 1,
     ) -> None:
-        super().__init__()
-        if num_probes < 1 or every_n_epochs < 1 or top_k < 1 or num_ranking_queries < 0:
-            raise ValueError("num_probes, every_n_epochs and top_k must be >= 1, num_ranking_queries >= 0")
+        super().__init__(every_n_epochs, cpu_threads)
+        if num_probes < 1 or top_k < 1 or num_ranking_queries < 0:
+            raise ValueError("num_probes and top_k must be >= 1, num_ranking_queries >= 0")
         self.methods = check_methods(methods)
         self.ranking_method = check_methods([ranking_method])[0] if ranking_method else None
         self.num_probes = int(num_probes)
         self.seed = int(seed)
-        self.every_n_epochs = int(every_n_epochs)
         self.num_ranking_queries = (
             min(int(num_ranking_queries), self.num_probes) if self.ranking_method else 0
         )
@@ -111,72 +103,66 @@ class ExplanationImages(CapturingCallback):
         self.colormap = colormap
         self.draw_boxes = draw_boxes
         self.save_png = save_png
-        self.metric_attribute = metric_attribute
         self.tag_prefix = tag_prefix
-        self.cpu_threads = cpu_threads
-        self.probe_indices: list[int] = []
-        self.validation_epochs = 0
+        self.probes = RankingProbes(self.num_probes, self.seed)
         self.last_written: list[str] = []  # PNG paths of the last epoch (rank zero)
-        self._capture: FeatureCapture | None = None
+        self._capture: ProbeCapture | None = None
 
     # ------------------------------------------------------------------ state (resume: same probes)
     @property
     def state_key(self) -> str:
         return self._generate_state_key(tag_prefix=self.tag_prefix)
 
+    @property
+    def probe_indices(self) -> list[int]:
+        return self.probes.indices
+
     def state_dict(self) -> dict[str, Any]:
-        return {"probe_indices": list(self.probe_indices), "validation_epochs": self.validation_epochs}
+        return {**super().state_dict(), "probe_indices": list(self.probes.indices)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.probe_indices = [int(i) for i in state_dict.get("probe_indices", [])]
-        self.validation_epochs = int(state_dict.get("validation_epochs", 0))
-
-    def _probes(self, evalset: EvalSet) -> list[int]:
-        """The probe queries: chosen once (seeded), re-chosen only if they no longer fit the data."""
-        self.probe_indices = self._fixed_queries(evalset, self.probe_indices, self.num_probes, self.seed, "probes")
-        return self.probe_indices
+        super().load_state_dict(state_dict)
+        self.probes.indices = [int(i) for i in state_dict.get("probe_indices", [])]
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._capture = None
-        if trainer.sanity_checking or self.validation_epochs % self.every_n_epochs != 0:
-            return
-        evalset = EvalSet.from_trainer(trainer)
-        if evalset is not None and trainer.is_global_zero:  # the probes' maps, kept from the model's own step
-            self._capture = FeatureCapture(self._probes(evalset))
+        provider = self.probes.provider(trainer, pl_module) if self.due(trainer) else None
+        if provider is not None and trainer.is_global_zero:  # the probes' maps, from the model's own step
+            self._capture = ProbeCapture(self.probes.choose(provider, self.warn_once))
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if self._capture is not None:
+            self._capture.add(outputs, batch)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         capture, self._capture = self._capture, None
-        if capture is not None:
-            capture.stop()
-        run = self.validation_epochs % self.every_n_epochs == 0
+        run = self.due(trainer)
         self.validation_epochs += 1
         if not run:
             return
-        evalset = EvalSet.from_trainer(trainer)
-        metric = find_rank_metric(pl_module, self.metric_attribute)
-        if evalset is None or metric is None:
-            self._warn_once(
-                "setup",
-                "needs a re-ID (num_query, pids, camids) or retrieval (labels) evaluation set and the "
-                f"model's ranking metric `{self.metric_attribute}` holding the embeddings; nothing is "
-                "logged (for a few-shot model use callbacks.fewshot_explanations.FewShotExplanations)",
+        provider = self.probes.provider(trainer, pl_module)
+        if provider is None:
+            self.warn_once(
+                "needs a ranking model (cama.protocols.RankingTask: re-ID or retrieval) and an evaluation "
+                "set; nothing is logged (for a few-shot model use callbacks.fewshot_explanations.FewShotExplanations)"
             )
             return
-        gallery = Gallery.from_metric(metric)  # collective: every rank
-        sink = ImageSink.from_trainer(
-            trainer, save_png=self.save_png, folder=self.tag_prefix
-        )  # may broadcast
-        if len(gallery) == 0:
-            self._warn_once("gallery", "no gallery embedding in this validation epoch; nothing is logged")
+        gallery = pl_module.evaluation_embeddings()  # collective: every rank
+        sink = ImageSink.from_trainer(trainer, save_png=self.save_png, folder=self.tag_prefix)  # may broadcast
+        if len(gallery.gallery()) == 0:
+            self.warn_once("no gallery embedding in this validation epoch; nothing is logged")
             return
-        probes = self._probes(evalset)
+        probes = self.probes.choose(provider, self.warn_once)
         if trainer.is_global_zero and probes:
             captured = capture.captured if capture is not None else {}
-            with cpu_threads(self.cpu_threads, pl_module.device):
-                self.last_written = self._render(trainer, pl_module, evalset, gallery, sink, probes, captured)
+            with self.threads(pl_module):
+                self.last_written = self._render(trainer, pl_module, provider, gallery, sink, probes, captured)
 
     # ------------------------------------------------------------------ rank-zero image work
     @torch.no_grad()
@@ -184,50 +170,42 @@ class ExplanationImages(CapturingCallback):
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
-        evalset: EvalSet,
-        gallery: Gallery,
+        provider: Any,
+        gallery: EmbeddingSet,
         sink: ImageSink,
         probes: list[int],
         captured: dict[int, Any],
     ) -> list[str]:
         device = pl_module.device
-        gallery = Gallery(
-            gallery.embeddings.to(device),
-            gallery.pids.to(device),
-            gallery.camids.to(device),
-            gallery.indices.to(device),
-            gallery.distance,
-        )
+        dataset = self.probes.dataset
         explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
-        datamodule = getattr(trainer, "datamodule", None)
+        datamodule = trainer.datamodule
         if all(i in captured for i in probes):  # maps kept from the model's own validation step
-            items = [captured[i] for i in probes]
-            batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0] if k != "maps"}
-            maps = [
-                torch.stack([it["maps"][b] for it in items]).to(device) for b in range(len(items[0]["maps"]))
-            ]
+            batch, maps = stack_captured(captured, probes, device)
             probe_features = explainer.features_from_maps(batch["image"], maps)
         else:
-            batch = evalset.load(probes, device)
+            batch = load_items(dataset, probes, device)
             probe_features = explainer.features(batch["image"])
         list_length = self.top_k if self.num_ranking_queries else 1
-        rows, matches = gallery.rank(probe_features.embedding, *identities(batch), list_length)
-        keep = (rows[:, 0] >= 0).nonzero().squeeze(1)
+        references, matches = provider.rank(
+            gallery.gallery().to(device), probe_features.embedding, torch.tensor(probes, device=device), list_length
+        )
+        keep = (references[:, 0] >= 0).nonzero().squeeze(1)
         if keep.numel() == 0:
             return []
-        rows, matches = rows[keep], matches[keep]
+        references, matches = references[keep], matches[keep]
         probe_features = probe_features.select(keep)
         probe_boxes = batch["box"][keep] if self.draw_boxes and "box" in batch else None
 
         # one forward for every gallery image shown: references and ranking lists
         needed = sorted(
-            {int(r) for r in rows[:, 0].tolist()}
-            | {int(r) for r in rows[: self.num_ranking_queries].flatten().tolist() if r >= 0}
+            {int(r) for r in references[:, 0].tolist()}
+            | {int(r) for r in references[: self.num_ranking_queries].flatten().tolist() if r >= 0}
         )
-        gallery_batch = evalset.load(gallery.indices[needed].tolist(), device)
+        gallery_batch = load_items(dataset, needed, device)
         gallery_features = explainer.features(gallery_batch["image"])
-        position = {row: j for j, row in enumerate(needed)}
-        reference_positions = [position[int(r)] for r in rows[:, 0].tolist()]
+        position = {index: j for j, index in enumerate(needed)}
+        reference_positions = [position[int(r)] for r in references[:, 0].tolist()]
         reference_features = gallery_features.select(reference_positions)
         reference_boxes = (
             gallery_batch["box"][reference_positions] if self.draw_boxes and "box" in gallery_batch else None
@@ -257,9 +235,9 @@ class ExplanationImages(CapturingCallback):
             written += sink.write(method, picture, step, epoch, prefix=self.tag_prefix)
 
         method = self.ranking_method
-        for j in range(min(self.num_ranking_queries, rows.shape[0])):
-            valid = rows[j] >= 0
-            listed = [position[int(r)] for r in rows[j][valid].tolist()]
+        for j in range(min(self.num_ranking_queries, references.shape[0])):
+            valid = references[j] >= 0
+            listed = [position[int(r)] for r in references[j][valid].tolist()]
             listed_features = gallery_features.select(listed)
             query_features = probe_features.select([j])
             query_target = (

@@ -4,7 +4,8 @@ The few-shot twin of :class:`~callbacks.ExplanationImages` + :class:`~callbacks.
 (``DESIGN.md``: "few-shot explains a query against the prototype of its predicted class and its
 support set"). On the first ``num_episodes`` validation episodes (the validation episodes are fixed,
 so these are the same queries every epoch) every query is explained against the class the model
-predicts for it, through the model's ``episode_references`` (:meth:`cama.models.ProtoNet.episode_references`):
+predicts for it, through the model's ``episode_references`` (:class:`cama.protocols.EpisodeTask`, built by
+:func:`cama.references.episode_references`):
 
 * ``dist_cam`` (dist-cam Eq. 4-7): channel weights from ``|p - q|``, ``p`` the predicted class's
   prototype (the mean support embedding, Eq. 7);
@@ -12,7 +13,7 @@ predicts for it, through the model's ``episode_references`` (:meth:`cama.models.
   supports, with the model's own metric (cosine or squared Euclidean);
 * ``ram`` (cama-ram Eq. 10 with the prototype as the reference): ``<p, Q(x, y)> / ||p||``;
 * ``gradcam``, ``gradcam++``, ``layercam``, ``fullgrad``: the gradient CAMs of the cosine
-  similarity to the prototype (:class:`callbacks.explanation_maps.Explainer`).
+  similarity to the prototype (:class:`cama.viz.Explainer`).
 
 Scalars (``<prefix>/<method>/<name>``, the names of :class:`~callbacks.LocalizationMetrics`):
 ``box_iou``, ``box_acc``, ``top1_loc_err`` (correct = the predicted class is the true one),
@@ -41,25 +42,22 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from callbacks.explanation_maps import GRADIENT_METHODS, Explainer, WarnOnceCallback, check_methods, cpu_threads
-from callbacks.localization_metrics import LocalizationMetrics, metric_names
-from callbacks.rendering import ImageSink, logging_step, probe_grid, to_uint8
+from callbacks.base import ExplanationCallback
+from callbacks.image_sink import ImageSink, logging_step
 from cama.explain import dist_cam, fam, postprocess, ram
-from cama.metrics.faithfulness import AverageDropIncrease, mask_images
-from cama.metrics.localization import (
-    DEFAULT_TAUS,
-    BoxLocalization,
-    CenteredBoxBaseline,
-    EnergyPointingGame,
-    OtsuSegmentation,
-)
+from cama.metrics.faithfulness import mask_images
+from cama.metrics.localization import DEFAULT_TAUS
+from cama.metrics.map_scores import MapScores
+from cama.protocols import EpisodeTask
+from cama.references import EpisodeReferences
+from cama.viz import GRADIENT_METHODS, Explainer, check_methods, probe_grid, to_uint8
 
 __all__ = ["FewShotExplanations"]
 
 FEW_SHOT_METHODS: tuple[str, ...] = ("dist_cam", "fam", "ram", *GRADIENT_METHODS)
 
 
-class FewShotExplanations(WarnOnceCallback):
+class FewShotExplanations(ExplanationCallback):
     """Explanation maps of few-shot queries against their predicted class, scored and drawn.
 
     Args:
@@ -100,16 +98,15 @@ class FewShotExplanations(WarnOnceCallback):
         truncation_per_channel: bool = False,
         cpu_threads: int | None = 1,
     ) -> None:
-        super().__init__()
-        if num_episodes < 1 or every_n_epochs < 1 or num_probes < 0:
-            raise ValueError("num_episodes and every_n_epochs must be >= 1, num_probes >= 0")
+        super().__init__(every_n_epochs, cpu_threads)
+        if num_episodes < 1 or num_probes < 0:
+            raise ValueError("num_episodes must be >= 1, num_probes >= 0")
         self.methods = check_methods(methods)
         unsupported = [m for m in self.methods if m not in FEW_SHOT_METHODS]
         if unsupported:
             raise ValueError(f"few-shot explanations support {list(FEW_SHOT_METHODS)}, got {unsupported}")
         self.num_episodes = int(num_episodes)
         self.num_probes = int(num_probes)
-        self.every_n_epochs = int(every_n_epochs)
         self.tau = float(tau)
         self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
         self.iou_threshold = float(iou_threshold)
@@ -123,12 +120,10 @@ class FewShotExplanations(WarnOnceCallback):
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
-        self.cpu_threads = cpu_threads
-        self.validation_epochs = 0
         self.last_results: dict[str, float] = {}
         self.last_written: list[str] = []
         self._active = False
-        self._metrics: tuple[Any, dict[str, dict[str, Any]]] | None = None
+        self._scores: tuple[Any, MapScores] | None = None
         self._pictures: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------------ state
@@ -136,28 +131,19 @@ class FewShotExplanations(WarnOnceCallback):
     def state_key(self) -> str:
         return self._generate_state_key(prefix=self.prefix, tag_prefix=self.tag_prefix)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"validation_epochs": self.validation_epochs}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.validation_epochs = int(state_dict.get("validation_epochs", 0))
-
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pictures = None
-        self._active = not trainer.sanity_checking and self.validation_epochs % self.every_n_epochs == 0
-        if self._active and not callable(getattr(pl_module, "episode_references", None)):
-            self._warn_once(
-                "protocol",
-                f"{type(pl_module).__name__} has no `episode_references(batch)` (a few-shot model, e.g. "
-                "cama.models.ProtoNet); nothing is logged. For re-ID use ExplanationImages and "
-                "LocalizationMetrics",
+        self._active = self.due(trainer)
+        if self._active and not isinstance(pl_module, EpisodeTask):
+            self.warn_once(
+                f"{type(pl_module).__name__} has no `episode_references(batch, maps)` (cama.protocols.EpisodeTask, "
+                "e.g. cama.models.ProtoNet); nothing is logged. For re-ID use ExplanationImages and "
+                "LocalizationMetrics"
             )
             self._active = False
-        if self._active and self._metrics is not None:
-            for group in self._metrics[1].values():
-                for metric in group.values():
-                    metric.reset()
+        if self._active and self._scores is not None:
+            self._scores[1].reset()
 
     def on_validation_batch_end(
         self,
@@ -171,10 +157,10 @@ class FewShotExplanations(WarnOnceCallback):
         if not self._active or batch_idx >= math.ceil(self.num_episodes / max(1, trainer.world_size)):
             return
         if not isinstance(batch, dict) or "episode_labels" not in batch or "is_query" not in batch:
-            self._warn_once("batch", "validation batches are not episodes (episode_labels, is_query); nothing is logged")
+            self.warn_once("validation batches are not episodes (episode_labels, is_query); nothing is logged")
             self._active = False
             return
-        with cpu_threads(self.cpu_threads, pl_module.device):
+        with self.threads(pl_module):
             self._score_episode(trainer, pl_module, batch, keep_pictures=batch_idx == 0 and trainer.is_global_zero)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -186,11 +172,9 @@ class FewShotExplanations(WarnOnceCallback):
             return
         sink = ImageSink.from_trainer(trainer, save_png=self.save_png, folder=self.tag_prefix)  # may broadcast
         results: dict[str, Tensor] = {}
-        if self._metrics is not None:  # the same order on every rank: compute() syncs
-            for name, group in self._metrics[1].items():
-                for key, metric in group.items():
-                    results.update(metric_names(self.prefix, name, key, metric.compute()))
-                    metric.reset()
+        if self._scores is not None:  # the same order on every rank: compute() syncs
+            results = self._scores[1].compute_named(self.prefix)
+            self._scores[1].reset()
         self.last_results = {k: float(v) for k, v in results.items()}
         for name, value in results.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
@@ -199,39 +183,19 @@ class FewShotExplanations(WarnOnceCallback):
             self.last_written = self._render(trainer, sink, pictures)
 
     # ------------------------------------------------------------------ scoring
-    def _new_metrics(self, image_size: tuple[int, int], has_box: bool, has_mask: bool, device: torch.device):
-        metrics: dict[str, dict[str, Any]] = {}
-        for method in self.methods:
-            group: dict[str, Any] = {}
-            if has_box:
-                group["box"] = BoxLocalization(self.tau, self.taus, self.iou_threshold)
-                group["energy"] = EnergyPointingGame()
-                group["center"] = CenteredBoxBaseline(image_size, size_from="predicted", iou_threshold=self.iou_threshold)
-            if has_mask:
-                group["otsu"] = OtsuSegmentation()
-            if self.faithfulness:
-                group["faith"] = AverageDropIncrease()
-            metrics[method] = group
-        if has_box:
-            metrics["center_baseline"] = {"center": CenteredBoxBaseline(image_size, "gt", self.iou_threshold)}
-            metrics["uniform_baseline"] = {"energy": EnergyPointingGame()}
-        for group in metrics.values():
-            for metric in group.values():
-                metric.to(device)
-        return metrics
-
     def _maps(
-        self, method: str, explainer: Explainer, refs: dict[str, Any], images: Tensor, size: tuple[int, int]
+        self, method: str, explainer: Explainer, images: Tensor, query_maps: Tensor, prototype: Tensor,
+        supports: Tensor, metric: str, size: tuple[int, int],
     ) -> Tensor:
-        """Maps ``[Q, H, W]`` in ``[0, 1]`` of the queries against their predicted class."""
-        query_maps, prototype = refs["query_maps"], refs["prototype"]  # the maps upcast to float32 inside
-        if method in GRADIENT_METHODS:
+        """Maps ``[Q, H, W]`` in ``[0, 1]`` of ``images`` (maps ``query_maps``) against ``prototype``
+        ``[Q, D]`` (FAM: against ``supports`` ``[Q, S, D]``, compared with ``metric``)."""
+        if method in GRADIENT_METHODS:  # the maps are upcast to float32 inside
             features = explainer.features_from_maps(images, [query_maps])
             return explainer.explain(method, features, prototype, size, branches=False)[:, 0]
         if method == "dist_cam":
             raw = dist_cam(query_maps, prototype)
         elif method == "fam":
-            raw = fam(query_maps, refs["supports"], metric=refs["metric"])
+            raw = fam(query_maps, supports, metric=metric)
         else:
             raw = ram(prototype, query_maps)
         return postprocess(raw[:, None], size)[:, 0]
@@ -246,52 +210,50 @@ class FewShotExplanations(WarnOnceCallback):
         size = (int(images.shape[-2]), int(images.shape[-1]))
         has_box, has_mask = "box" in batch, "mask" in batch
         key = (size, has_box, has_mask, str(device))
-        if self._metrics is None or self._metrics[0] != key:
-            self._metrics = (key, self._new_metrics(size, has_box, has_mask, device))
-        metrics = self._metrics[1]
+        if self._scores is None or self._scores[0] != key:
+            scores = MapScores(
+                self.methods, size, has_box, has_mask,
+                faithfulness_names=self.methods if self.faithfulness else (),
+                tau=self.tau, taus=self.taus, iou_threshold=self.iou_threshold,
+            )
+            self._scores = (key, scores.to(device))
+        scores = self._scores[1]
 
         all_maps = pl_module.feature_maps(images)
-        refs = pl_module.episode_references(batch, all_maps)
-        queries = refs["query_index"]
-        query_images = images[queries]
-        correct = refs["prediction"] == refs["target"]
-        rows = torch.arange(queries.numel(), device=device)
-        boxes = batch["box"][queries].float() if has_box else None
-        person = batch["mask"][queries].flatten(1, -3).any(dim=1) if has_mask else None
+        refs: EpisodeReferences = pl_module.episode_references(batch, all_maps)
+        query_images = images[refs.query_index]
+        correct = refs.prediction == refs.target
+        boxes = batch["box"][refs.query_index].float() if has_box else None
+        person = batch["mask"][refs.query_index].flatten(1, -3).any(dim=1) if has_mask else None
         if boxes is not None:
-            metrics["center_baseline"]["center"].update(boxes)
-            metrics["uniform_baseline"]["energy"].update(torch.ones(boxes.shape[0], *size, device=device), boxes)
+            scores.update_baselines(boxes, size)
         explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
-        datamodule = getattr(trainer, "datamodule", None)
+        datamodule = trainer.datamodule
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-        probes = self._probe_rows(refs) if keep_pictures and self.num_probes else None
+        probes = self._probe_rows(refs.target) if keep_pictures and self.num_probes else None
         pictures: dict[str, Tensor] = {}
-        if any("faith" in metrics[m] for m in self.methods):  # the score of fam Eq. 21-22
-            prototypes = self._episode_prototypes(pl_module, all_maps, batch)
-            predicted = refs["prediction"][:, None]
-            query_embedding = pl_module.embed_maps([refs["query_maps"]])
-            score = pl_module.logits(query_embedding, prototypes).softmax(1).gather(1, predicted)[:, 0]
+        predicted = refs.prediction[:, None]
+        if any(scores.has_faithfulness(m) for m in self.methods):  # the score of fam Eq. 21-22
+            query_embedding = pl_module.embed_maps([refs.query_maps])
+            score = pl_module.logits(query_embedding, refs.prototypes).softmax(1).gather(1, predicted)[:, 0]
         for method in self.methods:
-            maps = self._maps(method, explainer, refs, query_images, size)
-            group = metrics[method]
-            LocalizationMetrics._update(group, maps, boxes, person, correct, rows)
-            if "faith" in group:  # probability of the predicted class on the query times its map
+            maps = self._maps(
+                method, explainer, query_images, refs.query_maps, refs.prototype, refs.supports, refs.metric, size
+            )
+            scores.update_maps(method, maps, boxes, person, correct)
+            if scores.has_faithfulness(method):  # probability of the predicted class on the query times its map
                 masked = pl_module.embed_maps(pl_module.feature_maps(mask_images(query_images, maps, mean, std)))
-                masked_score = pl_module.logits(masked, prototypes).softmax(1).gather(1, predicted)[:, 0]
-                group["faith"].update(score, masked_score)
+                masked_score = pl_module.logits(masked, refs.prototypes).softmax(1).gather(1, predicted)[:, 0]
+                scores.update_faithfulness(method, score, masked_score)
             if probes is not None:  # the support explained against the query (its single reference)
-                support = refs["support_index"][probes, 0]
-                target = pl_module.embed_maps([refs["query_maps"][probes]])
-                reverse = {
-                    "query_maps": all_maps[0][support],
-                    "prototype": target,
-                    "supports": target[:, None],
-                    "metric": refs["metric"],
-                }
+                support = refs.support_index[probes, 0]
+                target = pl_module.embed_maps([refs.query_maps[probes]])
                 pictures[method] = maps[probes]
-                pictures[f"{method}/reference"] = self._maps(method, explainer, reverse, images[support], size)
+                pictures[f"{method}/reference"] = self._maps(
+                    method, explainer, images[support], all_maps[0][support], target, target[:, None], refs.metric, size
+                )
         if probes is not None:
-            support = refs["support_index"][probes, 0]
+            support = refs.support_index[probes, 0]
             pictures["probe_images"] = query_images[probes]
             pictures["reference_images"] = images[support]
             pictures["matches"] = correct[probes]
@@ -300,18 +262,8 @@ class FewShotExplanations(WarnOnceCallback):
                 pictures["reference_boxes"] = batch["box"][support].float()
             self._pictures = {k: v.detach().cpu() for k, v in pictures.items()}
 
-    @staticmethod
-    def _episode_prototypes(pl_module: pl.LightningModule, all_maps: list[Tensor], batch: dict[str, Tensor]) -> Tensor:
-        """``[N, D]`` prototypes of the episode (what the logits compare a query with)."""
-        from cama.models.fewshot import class_prototypes
-
-        embeddings = pl_module.embed_maps(all_maps)
-        is_query = batch["is_query"].bool()
-        return class_prototypes(embeddings[~is_query], batch["episode_labels"][~is_query])
-
-    def _probe_rows(self, refs: dict[str, Any]) -> Tensor:
+    def _probe_rows(self, target: Tensor) -> Tensor:
         """Query rows of the pictures: the first query of each class in turn, then the second, ..."""
-        target = refs["target"]
         count = target.numel()
         sorted_target, order = torch.sort(target, stable=True)
         sizes = torch.bincount(sorted_target)
@@ -322,7 +274,7 @@ class FewShotExplanations(WarnOnceCallback):
 
     # ------------------------------------------------------------------ rank-zero image work
     def _render(self, trainer: pl.Trainer, sink: ImageSink, pictures: dict[str, Tensor]) -> list[str]:
-        datamodule = getattr(trainer, "datamodule", None)
+        datamodule = trainer.datamodule
         probes = to_uint8(pictures["probe_images"], datamodule)
         references = to_uint8(pictures["reference_images"], datamodule)
         step, epoch = logging_step(trainer), trainer.current_epoch

@@ -2,12 +2,12 @@
 
 For a fixed, deterministic subset of queries (``num_samples``, chosen once among the queries with
 a true match and kept in ``state_dict``; the :class:`~callbacks.ExplanationImages` probes are its
-first elements when both use the same seed) the callback keeps the feature maps the model computes
-for them in its own validation step (:class:`~callbacks.reid_probes.FeatureCapture`: no second
-forward pass; a sample it could not capture is loaded and forwarded again), finds each one's
-reference -- the top-ranked gallery image under the re-ID protocol, ranked with the embeddings the
-model computed in its validation loop -- and scores each method's summed map on the query image
-(:mod:`callbacks.explanation_maps`: Dist-CAM against the reference's embedding, the query's own
+first elements when both use the same seed) the callback keeps the feature maps the model's own validation step
+returned for them (:class:`~callbacks.base.ProbeCapture`: no second forward pass; a sample it could
+not capture is loaded and forwarded again), finds each one's reference with the task's provider
+(:mod:`cama.references`: the top-ranked gallery image under the re-ID protocol, the nearest other
+image for retrieval), ranked with the embeddings the model computed in its validation loop -- and
+scores each method's summed map on the query image (:mod:`cama.viz.explainer`: Dist-CAM against the reference's embedding, the query's own
 RAM ``R_q^q``, FAM with the reference as the single support, the gradient CAMs of the similarity
 to the reference, CAM of the predicted training identity) against the ground truth the data set
 provides. Logged as ``<prefix>/<method>/<name>`` (``prefix="val/loc"``):
@@ -28,12 +28,12 @@ mean ground-truth size), ``<prefix>/uniform_baseline/energy`` (the pointing-game
 constant map: the box's share of the image) and, for a multi-branch model,
 ``<prefix>/branch_overlap_iou``: the mean
 pairwise IoU between the branches' top-k masks of their RAMs ``R_q^q`` with ``k`` the OAP's
-(``resolve_topk(hparams.oap_topk, h*w)``, cama-ram Eq. 5) -- what the Overlapped Activation
+(the model's ``overlap_topk()``, :class:`cama.protocols.HasOverlapPenalty`, cama-ram Eq. 5) -- what the Overlapped Activation
 Penalty exists to lower. With ``per_branch=True`` every method's per-branch maps are scored too
 (``<prefix>/<method>_branch<i>/<name>``).
 
 Gradient methods cost a forward and backward per branch: they are scored on the first
-``num_gradient_samples`` only. The metrics are torchmetrics Metrics (sum states), so every process
+``num_gradient_samples`` only. The metrics (:class:`cama.metrics.map_scores.MapScores`) are torchmetrics Metrics, so every process
 scores its share of the subset and ``compute()`` reduces them: the numbers do not depend on the
 number of processes. The sanity-check epoch is skipped.
 """
@@ -48,51 +48,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.explanation_maps import GRADIENT_METHODS, Explainer, Features, check_methods, cpu_threads
-from callbacks.reid_probes import (
-    CapturingCallback,
-    EvalSet,
-    FeatureCapture,
-    Gallery,
-    find_rank_metric,
-    identities,
-)
-from cama.metrics.faithfulness import AverageDropIncrease, mask_images
-from cama.metrics.localization import (
-    DEFAULT_TAUS,
-    BoxLocalization,
-    BranchOverlap,
-    CenteredBoxBaseline,
-    EnergyPointingGame,
-    OtsuSegmentation,
-    boxes_from_maps,
-)
+from callbacks.base import ExplanationCallback, ProbeCapture, RankingProbes, load_items, stack_captured
+from cama.metrics.faithfulness import mask_images
+from cama.metrics.localization import DEFAULT_TAUS
+from cama.metrics.map_scores import MapScores
+from cama.metrics.ranking import EmbeddingSet
+from cama.protocols import HasOverlapPenalty
+from cama.viz import GRADIENT_METHODS, Explainer, Features, check_methods
 
-__all__ = ["LocalizationMetrics", "metric_names"]
+__all__ = ["LocalizationMetrics"]
 
 
-def metric_names(prefix: str, name: str, key: str, value: Any) -> dict[str, Tensor]:
-    """Logged names of the result ``value`` of the metric ``key`` of map ``name`` (a method, or a
-    baseline): ``<prefix>/<name>/<score>``, e.g. ``val/loc/ram/box_iou``, ``val/loc/fam/otsu_miou``."""
-    p = prefix
-    if key == "overlap":
-        return {f"{p}/branch_overlap_iou": value}
-    if key == "center" and name == "center_baseline":
-        return {f"{p}/center_baseline/{k}": v for k, v in value.items()}
-    if key == "center":
-        return {f"{p}/{name}/center_{k}": v for k, v in value.items()}
-    if key == "energy":
-        return {f"{p}/{name}/energy": value}
-    if key == "otsu":
-        return {f"{p}/{name}/otsu_{k}": v for k, v in value.items()}
-    return {f"{p}/{name}/{k}": v for k, v in value.items()}  # box, faith
-
-
-class LocalizationMetrics(CapturingCallback):
+class LocalizationMetrics(ExplanationCallback):
     """Localization and faithfulness scores of explanation maps, logged every validation epoch.
 
     Args:
-        methods: explanation methods to score (see :mod:`callbacks.explanation_maps`).
+        methods: explanation methods to score (see :mod:`cama.viz.explainer`).
         num_samples: queries scored per epoch (a fixed subset; the cost is one forward of them).
         seed: seed of the subset (a private generator).
         every_n_epochs: run on every n-th validation epoch (the first one always runs).
@@ -105,11 +76,10 @@ class LocalizationMetrics(CapturingCallback):
         branch_overlap: log the branch overlap of a multi-branch model.
         batch_size: queries per forward.
         gradient_layers, truncation, truncation_per_channel: the gradient methods' options.
-        metric_attribute: the module's ranking metric holding the validation embeddings.
         prefix: logged names start with it.
-        reuse_features: keep the feature maps the model computes for the samples in its own
-            validation step (:class:`~callbacks.reid_probes.FeatureCapture`) instead of a second
-            forward pass; samples it could not capture are recomputed.
+        reuse_features: keep the feature maps the model's validation step returns for the samples
+            (:class:`~callbacks.base.ProbeCapture`) instead of a second forward pass; samples it
+            could not capture are recomputed.
         cpu_threads: intra-op threads for the callback's own work on CPU (small batches run
             fastest on one); ``None`` keeps torch's setting.
     """
@@ -131,18 +101,16 @@ class LocalizationMetrics(CapturingCallback):
         gradient_layers: list[str] | None = None,
         truncation: float | None = None,
         truncation_per_channel: bool = False,
-        metric_attribute: str = "val_metric",
         prefix: str = "val/loc",
         reuse_features: bool = True,
         cpu_threads: int | None = 1,
     ) -> None:
-        super().__init__()
-        if num_samples < 1 or every_n_epochs < 1 or batch_size < 1:
-            raise ValueError("num_samples, every_n_epochs and batch_size must be >= 1")
+        super().__init__(every_n_epochs, cpu_threads)
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError("num_samples and batch_size must be >= 1")
         self.methods = check_methods(methods)
         self.num_samples = int(num_samples)
         self.seed = int(seed)
-        self.every_n_epochs = int(every_n_epochs)
         self.tau = float(tau)
         self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
         self.iou_threshold = float(iou_threshold)
@@ -154,85 +122,43 @@ class LocalizationMetrics(CapturingCallback):
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
-        self.metric_attribute = metric_attribute
         self.prefix = prefix.rstrip("/")
         self.reuse_features = reuse_features
-        self.cpu_threads = cpu_threads
-        self._active = False
-        self._capture: FeatureCapture | None = None
-        self._metrics: tuple[Any, dict[str, Any]] | None = None
-        self.sample_indices: list[int] = []
-        self.validation_epochs = 0
+        self.samples = RankingProbes(self.num_samples, self.seed)
         self.last_results: dict[str, float] = {}
+        self._active = False
+        self._capture: ProbeCapture | None = None
+        self._scores: tuple[Any, MapScores] | None = None
 
     # ------------------------------------------------------------------ state
     @property
     def state_key(self) -> str:
         return self._generate_state_key(prefix=self.prefix)
 
+    @property
+    def sample_indices(self) -> list[int]:
+        return self.samples.indices
+
     def state_dict(self) -> dict[str, Any]:
-        return {"sample_indices": list(self.sample_indices), "validation_epochs": self.validation_epochs}
+        return {**super().state_dict(), "sample_indices": list(self.samples.indices)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.sample_indices = [int(i) for i in state_dict.get("sample_indices", [])]
-        self.validation_epochs = int(state_dict.get("validation_epochs", 0))
-
-    def _samples(self, evalset: EvalSet) -> list[int]:
-        self.sample_indices = self._fixed_queries(
-            evalset, self.sample_indices, self.num_samples, self.seed, "samples"
-        )
-        return self.sample_indices
-
-    # ------------------------------------------------------------------ metrics
-    def _new_metrics(
-        self,
-        image_size: tuple[int, int],
-        has_box: bool,
-        has_mask: bool,
-        branches: int,
-        topk: float | int,
-        device: torch.device,
-    ) -> dict[str, Any]:
-        names = self._map_names(branches)
-        metrics: dict[str, Any] = {}
-        for name in names:
-            group: dict[str, Any] = {}
-            if has_box:
-                group["box"] = BoxLocalization(self.tau, self.taus, self.iou_threshold)
-                group["energy"] = EnergyPointingGame()
-                group["center"] = CenteredBoxBaseline(
-                    image_size, size_from="predicted", iou_threshold=self.iou_threshold
-                )
-            if has_mask:
-                group["otsu"] = OtsuSegmentation()
-            if name in self.methods and self.num_faithfulness_samples:
-                group["faith"] = AverageDropIncrease()
-            metrics[name] = group
-        if has_box:
-            metrics["center_baseline"] = {"center": CenteredBoxBaseline(image_size, "gt", self.iou_threshold)}
-            metrics["uniform_baseline"] = {"energy": EnergyPointingGame()}
-        if self.branch_overlap and branches > 1:
-            metrics["branch_overlap"] = {"overlap": BranchOverlap(topk)}
-        for group in metrics.values():
-            for metric in group.values():
-                metric.to(device)
-        return metrics
-
-    def _map_names(self, branches: int) -> list[str]:
-        names = list(self.methods)
-        if self.per_branch and branches > 1:
-            names += [f"{m}_branch{i + 1}" for m in self.methods for i in range(branches)]
-        return names
+        super().load_state_dict(state_dict)
+        self.samples.indices = [int(i) for i in state_dict.get("sample_indices", [])]
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._active, self._capture = False, None
-        if trainer.sanity_checking:
-            return
-        self._active = self.validation_epochs % self.every_n_epochs == 0
-        evalset = EvalSet.from_trainer(trainer) if self._active and self.reuse_features else None
-        if evalset is not None:
-            self._capture = FeatureCapture(self._samples(evalset))
+        self._active, self._capture = self.due(trainer), None
+        provider = self.samples.provider(trainer, pl_module) if self._active and self.reuse_features else None
+        if provider is not None:
+            self._capture = ProbeCapture(self.samples.choose(provider, self.warn_once))
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if self._capture is not None:
+            self._capture.add(outputs, batch)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -242,28 +168,22 @@ class LocalizationMetrics(CapturingCallback):
         self._active, self._capture = False, None
         if not active:
             return
-        if capture is not None:
-            capture.stop()
-        evalset = EvalSet.from_trainer(trainer)
-        metric = find_rank_metric(pl_module, self.metric_attribute)
-        if evalset is None or metric is None:
-            self._warn_once(
-                "setup",
-                "needs a re-ID (num_query, pids, camids) or retrieval (labels) evaluation set and the "
-                f"model's ranking metric `{self.metric_attribute}` holding the embeddings; nothing is "
-                "logged (for a few-shot model use callbacks.fewshot_explanations.FewShotExplanations)",
+        provider = self.samples.provider(trainer, pl_module)
+        if provider is None:
+            self.warn_once(
+                "needs a ranking model (cama.protocols.RankingTask: re-ID or retrieval) and an evaluation "
+                "set; nothing is logged (for a few-shot model use callbacks.fewshot_explanations.FewShotExplanations)"
             )
             return
-        gallery = Gallery.from_metric(metric)  # collective: every rank
-        if len(gallery) == 0:
-            self._warn_once("gallery", "no gallery embedding in this validation epoch; nothing is logged")
+        gallery = pl_module.evaluation_embeddings()  # collective: every rank
+        if len(gallery.gallery()) == 0:
+            self.warn_once("no gallery embedding in this validation epoch; nothing is logged")
             return
-        with cpu_threads(self.cpu_threads, pl_module.device):
-            results = self._score(trainer, pl_module, evalset, gallery, capture.captured if capture else {})
+        with self.threads(pl_module):
+            results = self._score(trainer, pl_module, provider, gallery, capture.captured if capture else {})
         self.last_results = {k: float(v) for k, v in results.items()}
         for name, value in results.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
-
     # ------------------------------------------------------------------ scoring
     def _owned_positions(
         self, trainer: pl.Trainer, samples: list[int], captured: dict[int, Any], device: torch.device
@@ -279,31 +199,21 @@ class LocalizationMetrics(CapturingCallback):
         return (owner == trainer.global_rank).nonzero().squeeze(1).tolist()
 
     def _features(
-        self,
-        explainer: Explainer,
-        evalset: EvalSet,
-        indices: list[int],
-        captured: dict[int, Any],
-        device: torch.device,
+        self, explainer: Explainer, indices: list[int], captured: dict[int, Any], device: torch.device
     ) -> tuple[Features, dict[str, Tensor], list[int]]:
-        """Features and targets of ``indices``: captured ones reused, the others loaded and forwarded.
+        """Features and batch of ``indices``: captured ones reused, the others loaded and forwarded.
 
-        Returns the features, the batch (``image``, ``pid``, ``camid``, ``box``, ``mask``) and the
-        order of ``indices`` they follow (captured first).
+        Returns the features, the batch (``image``, ``box``, ``mask``, ...) and the order of
+        ``indices`` they follow (captured first).
         """
         have = [i for i in indices if i in captured]
         missing = [i for i in indices if i not in captured]
         parts: list[tuple[Features, dict[str, Tensor]]] = []
         if have:
-            items = [captured[i] for i in have]
-            batch = {k: torch.stack([item[k] for item in items]).to(device) for k in items[0] if k != "maps"}
-            maps = [
-                torch.stack([item["maps"][b] for item in items]).to(device)
-                for b in range(len(items[0]["maps"]))
-            ]
+            batch, maps = stack_captured(captured, have, device)
             parts.append((explainer.features_from_maps(batch["image"], maps), batch))
         if missing:
-            batch = evalset.load(missing, device)
+            batch = load_items(self.samples.dataset, missing, device)
             parts.append((explainer.features(batch["image"]), batch))
         if len(parts) == 1:
             return parts[0][0], parts[0][1], have + missing
@@ -314,35 +224,43 @@ class LocalizationMetrics(CapturingCallback):
             embedding=torch.cat([first.embedding, second.embedding]),
             slices=first.slices,
         )
-        batch = {
-            k: torch.cat([batch_a[k], batch_b[k]])
-            for k in batch_a
-            if k in batch_b and isinstance(batch_b[k], Tensor)
-        }
+        batch = {k: torch.cat([batch_a[k], batch_b[k]]) for k in batch_a if k in batch_b and isinstance(batch_b[k], Tensor)}
         return features, batch, have + missing
+
+    def _map_scores(
+        self, image_size: tuple[int, int], has_box: bool, has_mask: bool, branches: int, topk: Any, device: torch.device
+    ) -> MapScores:
+        """The score group of every map (built once, reset after every epoch)."""
+        key = (image_size, has_box, has_mask, branches, topk, str(device))
+        if self._scores is None or self._scores[0] != key:
+            names = list(self.methods)
+            if self.per_branch and branches > 1:
+                names += [f"{m}_branch{i + 1}" for m in self.methods for i in range(branches)]
+            scores = MapScores(
+                names, image_size, has_box, has_mask,
+                faithfulness_names=self.methods if self.num_faithfulness_samples else (),
+                tau=self.tau, taus=self.taus, iou_threshold=self.iou_threshold,
+                branch_overlap_topk=topk if self.branch_overlap and branches > 1 else None,
+            )
+            self._scores = (key, scores.to(device))
+        return self._scores[1]
 
     @torch.no_grad()
     def _score(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
-        evalset: EvalSet,
-        gallery: Gallery,
+        provider: Any,
+        gallery: EmbeddingSet,
         captured: dict[int, Any],
     ) -> dict[str, Tensor]:
         device = pl_module.device
-        gallery = Gallery(
-            gallery.embeddings.to(device),
-            gallery.pids.to(device),
-            gallery.camids.to(device),
-            gallery.indices.to(device),
-            gallery.distance,
-        )
-        samples = self._samples(evalset)
+        gallery = gallery.gallery().to(device)  # once: the providers rank against the gallery rows
+        samples = self.samples.choose(provider, self.warn_once)
         if not samples:
-            self._warn_once("samples", "no query has a true match in the gallery; nothing is logged")
+            self.warn_once("no query has a true match in the gallery; nothing is logged")
             return {}
-        first = evalset.dataset[samples[0]]
+        first = self.samples.dataset[samples[0]]
         has_box, has_mask = "box" in first, "mask" in first
         image_size = tuple(first["image"].shape[-2:])
         explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
@@ -350,72 +268,54 @@ class LocalizationMetrics(CapturingCallback):
             branches = len(next(iter(captured.values()))["maps"])
         else:
             branches = len(explainer.features(first["image"][None].to(device)).maps)
-        hparams = getattr(pl_module, "hparams", None)
-        topk = hparams.get("oap_topk", 0.2) if hasattr(hparams, "get") else 0.2  # the OAP's k (Eq. 5)
-        key = (image_size, has_box, has_mask, branches, topk, str(device))
-        if self._metrics is None or self._metrics[0] != key:  # built once, reset after every epoch
-            self._metrics = (key, self._new_metrics(image_size, has_box, has_mask, branches, topk, device))
-        metrics = self._metrics[1]
-        for group in metrics.values():
-            if "center" in group:  # cat states: every rank holds a tensor, even without samples
-                group["center"].update(torch.zeros(0, 4, device=device), torch.zeros(0, 4, device=device))
-        datamodule = getattr(trainer, "datamodule", None)
+        topk = pl_module.overlap_topk() if isinstance(pl_module, HasOverlapPenalty) else 0.2  # the OAP's k (Eq. 5)
+        scores = self._map_scores(image_size, has_box, has_mask, branches, topk, device)
+        datamodule = trainer.datamodule
         mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
 
         positions = self._owned_positions(trainer, samples, captured, device)  # collective
         for start in range(0, len(positions), self.batch_size):
             chunk = positions[start : start + self.batch_size]
             position_of = {samples[p]: p for p in chunk}
-            features, batch, order = self._features(
-                explainer, evalset, [samples[p] for p in chunk], captured, device
-            )
+            features, batch, order = self._features(explainer, [samples[p] for p in chunk], captured, device)
             ordered = [position_of[i] for i in order]
-            self._score_chunk(
-                explainer, features, batch, gallery, ordered, metrics, has_box, has_mask, mean, std, device
-            )
-
-        results: dict[str, Tensor] = {}
-        for name, group in metrics.items():  # the same order on every rank: compute() syncs
-            for key, metric in group.items():
-                value = metric.compute()
-                metric.reset()
-                results.update(metric_names(self.prefix, name, key, value))
+            self._score_chunk(explainer, provider, features, batch, gallery, order, ordered, scores, mean, std)
+        results = scores.compute_named(self.prefix)  # the same order on every rank: compute() syncs
+        scores.reset()
         return results
 
     def _score_chunk(
         self,
         explainer: Explainer,
+        provider: Any,
         features: Features,
         batch: dict[str, Tensor],
-        gallery: Gallery,
+        gallery: EmbeddingSet,
+        indices: list[int],
         chunk: list[int],
-        metrics: dict[str, Any],
-        has_box: bool,
-        has_mask: bool,
+        scores: MapScores,
         mean: Sequence[float] | None,
         std: Sequence[float] | None,
-        device: torch.device,
     ) -> None:
-        """Score the samples at positions ``chunk`` of the subset (rows of ``features`` / ``batch``)."""
-        rows, matches = gallery.rank(features.embedding, *identities(batch), 1)
-        rankable = (rows[:, 0] >= 0).nonzero().squeeze(1)
+        """Score the samples ``indices`` (dataset indices; positions ``chunk`` of the subset), the
+        rows of ``features`` / ``batch``."""
+        device = features.embedding.device
+        references, matches = provider.rank(gallery, features.embedding, torch.tensor(indices, device=device), 1)
+        rankable = (references[:, 0] >= 0).nonzero().squeeze(1)
         if rankable.numel() == 0:
             return
         features = features.select(rankable)
         position = torch.as_tensor(chunk, device=device)[rankable]
-        references = gallery.embeddings[rows[rankable, 0]].to(features.embedding.dtype)
+        rows = torch.searchsorted(gallery.indices, references[rankable, 0])  # gallery rows, sorted by index
+        reference_embeddings = gallery.embeddings[rows].to(features.embedding.dtype)
         correct = matches[rankable, 0]
-        boxes = batch["box"][rankable].float() if has_box else None
-        person = batch["mask"][rankable].any(dim=1) if has_mask else None
+        boxes = batch["box"][rankable].float() if "box" in batch else None
+        person = batch["mask"][rankable].any(dim=1) if "mask" in batch else None
 
-        if "center_baseline" in metrics:
-            metrics["center_baseline"]["center"].update(boxes)
-            uniform = torch.ones(boxes.shape[0], *features.images.shape[-2:], device=boxes.device)
-            metrics["uniform_baseline"]["energy"].update(uniform, boxes)
-        if "branch_overlap" in metrics:
-            metrics["branch_overlap"]["overlap"].update(
-                explainer.raw_maps("ram", features, features.embedding)
-            )
+        if boxes is not None:
+            scores.update_baselines(boxes, tuple(features.images.shape[-2:]))
+        if scores.has_overlap():
+            scores.update_overlap(explainer.raw_maps("ram", features, features.embedding))
 
         faithful = (position < self.num_faithfulness_samples).nonzero().squeeze(1)
         masked_images: list[Tensor] = []
@@ -427,16 +327,15 @@ class LocalizationMetrics(CapturingCallback):
                 if rows_used.numel() == 0:
                     continue
             used = features.select(rows_used) if rows_used.numel() < position.numel() else features
-            target = used.embedding if method == "ram" else references[rows_used]
+            target = used.embedding if method == "ram" else reference_embeddings[rows_used]
             maps = explainer.explain(method, used, target, branches=self.per_branch)  # branches then summed
             summed = maps[:, -1]
-            self._update(metrics[method], summed, boxes, person, correct, rows_used)
+            box, mask = (None if t is None else t[rows_used] for t in (boxes, person))
+            scores.update_maps(method, summed, box, mask, correct[rows_used])
             if self.per_branch and maps.shape[1] > 1:
                 for i in range(maps.shape[1] - 1):
-                    self._update(
-                        metrics[f"{method}_branch{i + 1}"], maps[:, i], boxes, person, correct, rows_used
-                    )
-            if "faith" in metrics[method]:
+                    scores.update_maps(f"{method}_branch{i + 1}", maps[:, i], box, mask, correct[rows_used])
+            if scores.has_faithfulness(method):
                 keep = torch.isin(rows_used, faithful).nonzero().squeeze(1)
                 if keep.numel():
                     masked_images.append(mask_images(used.images[keep], summed[keep], mean, std))
@@ -447,26 +346,8 @@ class LocalizationMetrics(CapturingCallback):
             offset = 0
             for method, rows_used in masked_rows:
                 count = rows_used.numel()
-                target = references[rows_used]  # the score: cosine similarity to the reference
-                scores = F.cosine_similarity(features.embedding[rows_used], target, dim=1)
-                masked_scores = F.cosine_similarity(masked[offset : offset + count], target, dim=1)
-                metrics[method]["faith"].update(scores, masked_scores)
+                target = reference_embeddings[rows_used]  # the score: cosine similarity to the reference
+                similarity = F.cosine_similarity(features.embedding[rows_used], target, dim=1)
+                masked_similarity = F.cosine_similarity(masked[offset : offset + count], target, dim=1)
+                scores.update_faithfulness(method, similarity, masked_similarity)
                 offset += count
-
-    @staticmethod
-    def _update(
-        group: dict[str, Any],
-        maps: Tensor,
-        boxes: Tensor | None,
-        person: Tensor | None,
-        correct: Tensor,
-        rows: Tensor,
-    ) -> None:
-        if boxes is not None:
-            box = boxes[rows]
-            predicted = boxes_from_maps(maps, group["box"].thresholds)  # one labelling pass, every tau
-            group["box"].update(maps, box, correct[rows], boxes=predicted)
-            group["energy"].update(maps, box)
-            group["center"].update(box, predicted[:, -1])  # the box at tau
-        if person is not None:
-            group["otsu"].update(maps, person[rows])

@@ -10,13 +10,15 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+import callbacks.localization_metrics as localization_module
+from callbacks.base import ProbeCapture
 from callbacks.explanation_images import ExplanationImages
-from callbacks.explanation_maps import Explainer, check_methods, default_gradient_layers
 from callbacks.localization_metrics import LocalizationMetrics
-from callbacks.reid_probes import EvalSet, FeatureCapture, Gallery, choose_queries
-from callbacks.rendering import GREEN, RED, draw_boxes, frame, probe_grid, ranking_figure
-from cama.explain import dist_cam, ram_per_branch
+from cama.explain import dist_cam, draw_boxes, postprocess, ram_per_branch
 from cama.metrics import ReIDRankMetric
+from cama.metrics.ranking import EmbeddingSet
+from cama.references import ReIDReferences, RetrievalReferences, choose_probes
+from cama.viz import GREEN, RED, Explainer, check_methods, default_gradient_layers, frame, probe_grid, ranking_figure
 from cama.models import CAMA
 from datamodules import ReIDDataModule
 
@@ -69,50 +71,59 @@ def validate(
 # --------------------------------------------------------------------------------------------------
 # probes, ranking
 # --------------------------------------------------------------------------------------------------
-def test_choose_queries_is_seeded_prefix_stable_and_leaves_the_global_rng_alone():
+def test_choose_probes_is_seeded_prefix_stable_and_leaves_the_global_rng_alone():
     candidates = torch.arange(10, 40)
     state = torch.get_rng_state()
-    first = choose_queries(candidates, 8, seed=3)
+    first = choose_probes(candidates, 8, seed=3)
     assert torch.equal(torch.get_rng_state(), state)
-    assert first == choose_queries(candidates, 8, seed=3)
-    assert choose_queries(candidates, 4, seed=3) == first[:4]
-    assert first != choose_queries(candidates, 8, seed=4)
+    assert first == choose_probes(candidates, 8, seed=3)
+    assert choose_probes(candidates, 4, seed=3) == first[:4]
+    assert first != choose_probes(candidates, 8, seed=4)
     assert set(first) <= set(candidates.tolist()) and len(set(first)) == 8
 
 
-def test_eval_set_finds_the_queries_with_a_true_match():
+def test_reid_references_find_the_queries_with_a_true_match():
     class Data:
         num_query = 3
         pids = [1, 2, 3, 1, 1, 2, -1, 3, 0]
         camids = [0, 0, 0, 0, 1, 0, 1, 0, 1]
 
-    evalset = EvalSet.from_dataset(Data())
     # query 0 (pid 1, cam 0): gallery pid 1 cam 1 -> match; query 1 (pid 2, cam 0): only cam 0 -> none;
     # query 2 (pid 3, cam 0): only cam 0 -> none
-    assert evalset.queries_with_true_match().tolist() == [0]
+    assert ReIDReferences.from_dataset(Data()).probe_candidates().tolist() == [0]
 
 
-def test_gallery_ranking_follows_the_protocol():
-    embeddings = torch.tensor([[0.0], [0.1], [0.2], [0.3], [0.3], [5.0]])
-    gallery = Gallery(
-        embeddings=embeddings,
-        pids=torch.tensor([7, -1, 7, 0, 9, 7]),
-        camids=torch.tensor([0, 1, 1, 1, 1, 2]),
-        indices=torch.arange(10, 16),
+def test_reid_references_rank_by_the_protocol():
+    # dataset: item 0 is the query (pid 7, cam 0); items 10..15 the gallery
+    pids = torch.full((16,), 5)
+    camids = torch.full((16,), 3)
+    pids[0], camids[0] = 7, 0
+    pids[10:], camids[10:] = torch.tensor([7, -1, 7, 0, 9, 7]), torch.tensor([0, 1, 1, 1, 1, 2])
+    references = ReIDReferences(1, pids, camids)
+    gallery = EmbeddingSet(
+        embeddings=torch.tensor([[0.0], [0.1], [0.2], [0.3], [0.3], [5.0]]),
+        labels=pids[10:], indices=torch.arange(10, 16), cameras=camids[10:],
     )
-    rows, matches = gallery.rank(torch.tensor([[0.0]]), torch.tensor([7]), torch.tensor([0]), top_k=5)
-    # row 0: same pid and camera (removed); row 1: junk (removed); the distractor stays;
-    # rows 3 and 4 tie: the smaller index first
-    assert rows.tolist() == [[2, 3, 4, 5, -1]]
+    found, matches = references.rank(gallery, torch.tensor([[0.0]]), torch.tensor([0]), k=5)
+    # 10: same pid and camera (removed); 11: junk (removed); the distractor 13 stays;
+    # 13 and 14 tie: the smaller index first; fewer than 5 left: -1
+    assert found.tolist() == [[12, 13, 14, 15, -1]]
     assert matches.tolist() == [[True, False, False, True, False]]
-    exclude = torch.tensor([[False, False, True, False, False, False]])
-    rows, _ = gallery.rank(
-        torch.tensor([[0.0]]), torch.tensor([7]), torch.tensor([0]), top_k=1, exclude=exclude
-    )
-    assert rows.tolist() == [[3]]
 
 
-def test_gallery_from_metric_keeps_one_sample_per_index():
+def test_retrieval_references_rank_every_other_image():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    references = RetrievalReferences(labels)
+    assert references.probe_candidates().tolist() == [0, 1, 2, 3]  # class 2 has one image only
+    gallery = EmbeddingSet(torch.tensor([[0.0], [2.0], [0.5], [3.0], [0.1]]), labels, torch.arange(5))
+    found, matches = references.rank(gallery, gallery.embeddings[:2], torch.tensor([0, 1]), k=2)
+    assert found.tolist() == [[4, 2], [3, 2]]  # never itself
+    assert matches.tolist() == [[False, False], [False, False]]
+    found, matches = references.rank(gallery, gallery.embeddings[2:3], torch.tensor([2]), k=4)
+    assert found.tolist() == [[4, 0, 1, 3]] and matches.tolist() == [[False, False, False, True]]
+
+
+def test_embedding_set_keeps_one_sample_per_index():
     metric = ReIDRankMetric()
     emb = torch.arange(12.0).reshape(6, 2)
     metric.update(
@@ -129,9 +140,9 @@ def test_gallery_from_metric_keeps_one_sample_per_index():
         torch.tensor([False, False]),
         torch.tensor([1, 4]),
     )
-    gallery = Gallery.from_metric(metric)
+    gallery = metric.embedding_set().gallery()
     assert gallery.indices.tolist() == [1, 2, 3, 4]
-    assert gallery.pids.tolist() == [2, 3, 4, 5]
+    assert gallery.labels.tolist() == [2, 3, 4, 5]
     assert torch.equal(gallery.embeddings[0], emb[1])  # the first occurrence
 
 
@@ -214,13 +225,13 @@ def test_frames_grids_and_ranking_figures():
 # --------------------------------------------------------------------------------------------------
 def test_localization_reuses_the_validation_features(model, datamodule, tmp_path, monkeypatch):
     loads: list[int] = []
-    original = EvalSet.load
+    original = localization_module.load_items
 
-    def counting(self, indices, device=None):
+    def counting(dataset, indices, device=None):
         loads.extend(int(i) for i in indices)
-        return original(self, indices, device)
+        return original(dataset, indices, device)
 
-    monkeypatch.setattr(EvalSet, "load", counting)
+    monkeypatch.setattr(localization_module, "load_items", counting)
     reused = LocalizationMetrics(num_samples=10, num_faithfulness_samples=4)
     validate(model, datamodule, [reused], tmp_path)
     assert loads == [], "every sample was captured in the model's own validation step"
@@ -228,7 +239,6 @@ def test_localization_reuses_the_validation_features(model, datamodule, tmp_path
     validate(model, datamodule, [recomputed], tmp_path)
     assert sorted(loads) == sorted(recomputed.sample_indices)
     assert reused.sample_indices == recomputed.sample_indices
-    assert "feature_maps" not in model.__dict__  # the recording wrapper is gone
     results = reused.last_results
     for method in ("dist_cam", "ram", "fam"):
         for name in (
@@ -255,21 +265,22 @@ def test_localization_reuses_the_validation_features(model, datamodule, tmp_path
         assert recomputed.last_results[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key  # 1 vs 2 threads
 
 
-def test_feature_capture_ignores_calls_on_other_tensors(model, datamodule):
+def test_probe_capture_keeps_the_wanted_rows_of_the_step_outputs(model, datamodule):
     items = [datamodule.eval_dataset[i] for i in range(4)]
     batch = {
-        k: torch.stack([it[k] for it in items]) for k in ("image", "pid", "camid", "index", "box", "mask")
+        k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in ("image", "pid", "camid", "is_query", "index", "box", "mask")
     }
-    capture = FeatureCapture([1, 3])
-    capture.start(model, batch)
     with torch.no_grad():
-        model.feature_maps(batch["image"].clone())  # not the batch's tensor: not recorded
+        outputs = model.validation_step(batch, 0)  # what Lightning hands on_validation_batch_end
         maps = model.feature_maps(batch["image"])
-    capture.stop()
-    assert "feature_maps" not in model.__dict__
+    capture = ProbeCapture([1, 3])
+    capture.add(None, batch)  # a step that returns nothing: nothing kept
+    assert capture.captured == {}
+    capture.add(outputs, batch)
     assert sorted(capture.captured) == [1, 3]
     assert torch.equal(capture.captured[3]["maps"][1], maps[1][3])
     assert torch.equal(capture.captured[1]["box"], batch["box"][1])
+    model.val_metric.reset()
 
 
 def test_without_any_logger_pngs_go_to_the_root_dir(model, datamodule, tmp_path):
@@ -294,8 +305,9 @@ def test_images_written_as_png_without_tensorboard_and_state_restored(model, dat
     assert len(state["probe_indices"]) == 3 and state["validation_epochs"] == 1
     restored = ExplanationImages(num_probes=3, seed=99)
     restored.load_state_dict(state)
-    evalset = EvalSet.from_dataset(datamodule.eval_dataset)
-    assert restored._probes(evalset) == state["probe_indices"]  # the stored probes, not the seed's
+    provider = ReIDReferences.from_dataset(datamodule.eval_dataset)
+    assert restored.probes.choose(provider, print) == state["probe_indices"]  # the stored probes, not the seed's
+    assert ExplanationImages(num_probes=3, seed=99).probes.choose(provider, print) != state["probe_indices"]
 
 
 def test_every_n_epochs_skips_validation_epochs(model, datamodule, tmp_path):

@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks.explanation_images import ExplanationImages
-from callbacks.explanation_maps import Explainer
 from callbacks.localization_metrics import LocalizationMetrics
-from callbacks.reid_probes import EvalSet, Gallery, find_rank_metric, identities
+from cama.references import RetrievalReferences
+from cama.viz import Explainer
 from cama.metrics.retrieval import RetrievalMetric
 from cama.models.retrieval import RetrievalModel
 from datamodules.retrieval import RetrievalDataModule
@@ -46,8 +46,8 @@ def model(datamodule) -> RetrievalModel:
 
 def test_every_image_is_a_query_and_its_reference_is_its_nearest_other_image(model, datamodule):
     dataset = datamodule.val_dataloader().dataset
-    evalset = EvalSet.from_dataset(dataset)
-    assert evalset is not None and evalset.shared and evalset.num_query == len(dataset)
+    references = model.reference_provider(dataset)
+    assert isinstance(references, RetrievalReferences)
     items = [dataset[i] for i in range(len(dataset))]
     images = torch.stack([it["image"] for it in items])
     labels = torch.tensor([int(it["label"]) for it in items])
@@ -56,18 +56,16 @@ def test_every_image_is_a_query_and_its_reference_is_its_nearest_other_image(mod
     metric = RetrievalMetric()
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(1))  # any order
     metric.update(embeddings[order], labels[order], order)
-    gallery = Gallery.from_metric(metric)
-    batch = evalset.load(list(range(len(items))))
-    rows, matches = gallery.rank(embeddings, *identities(batch), top_k=2)
+    gallery = metric.embedding_set()
+    found, matches = references.rank(gallery, embeddings, torch.arange(len(items)), k=2)
     # brute force: the two nearest other images of each image
     distances = torch.cdist(embeddings, embeddings)
     distances.fill_diagonal_(float("inf"))
     nearest = distances.topk(2, largest=False).indices
-    assert torch.equal(gallery.indices[rows], nearest)
+    assert torch.equal(found, nearest)
     assert torch.equal(matches, labels[nearest] == labels[:, None])
     # every image whose class has another image has a true match
-    assert evalset.queries_with_true_match().tolist() == list(range(len(items)))
-    assert find_rank_metric(model) is model.val_metric
+    assert references.probe_candidates().tolist() == list(range(len(items)))
 
 
 def test_fam_through_the_projection_matches_the_equations_written_out(model, datamodule):

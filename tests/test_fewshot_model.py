@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from cama.backbones import Conv4, ResNet12
-from cama.explain import dist_cam, fam
 from cama.models import ProtoNet
 from cama.models.fewshot import build_fewshot_backbone, class_prototypes, prototype_logits
 from datamodules.episodes import episode_layout
@@ -100,28 +99,29 @@ def test_evaluation_cache_gives_the_same_embeddings():
     assert not model._embedding_cache
 
 
-def test_episode_references_and_explanation_maps():
+def test_episode_references_explain_each_query_by_its_predicted_class():
     torch.manual_seed(0)
     model = ProtoNet(num_classes=4).eval()
     batch = _episode_batch(n=3, k=2, q=2)
-    refs = model.explanation_maps(batch)
     with torch.no_grad():
-        maps = model.feature_maps(batch["image"])[0]
+        all_maps = model.feature_maps(batch["image"])
+        refs = model.episode_references(batch, all_maps)
+    maps = all_maps[0]
     emb = maps.mean(dim=(2, 3))
     labels, is_query = batch["episode_labels"], batch["is_query"]
-    assert refs["query_index"].tolist() == is_query.nonzero().squeeze(1).tolist()
-    assert refs["query_maps"].shape == (6, 64, 2, 2)
-    for r, pred in enumerate(refs["prediction"].tolist()):
-        support_index = refs["support_index"][r]
+    assert refs.query_index.tolist() == is_query.nonzero().squeeze(1).tolist()
+    assert refs.query_maps.shape == (6, 64, 2, 2)
+    for r, pred in enumerate(refs.prediction.tolist()):
+        support_index = refs.support_index[r]
         assert all(int(labels[i]) == pred and not bool(is_query[i]) for i in support_index)
-        torch.testing.assert_close(refs["supports"][r], emb[support_index])
-        torch.testing.assert_close(refs["prototype"][r], emb[support_index].mean(0))
-    assert refs["prediction"].tolist() == refs["logits"].argmax(1).tolist()
-    assert refs["target"].tolist() == labels[is_query].tolist()
-    torch.testing.assert_close(refs["dist_cam"], dist_cam(refs["query_maps"], refs["prototype"]))
-    torch.testing.assert_close(refs["fam"], fam(refs["query_maps"], refs["supports"], metric="euclidean"))
-    assert refs["dist_cam"].shape == refs["fam"].shape == (6, 2, 2)
-
+        torch.testing.assert_close(refs.supports[r], emb[support_index])
+        torch.testing.assert_close(refs.prototype[r], emb[support_index].mean(0))
+        # the logits written out: -||q - p_c||^2 against each class's mean support (Eq. 7)
+        q = emb[refs.query_index[r]]
+        expected = [-(q - emb[(labels == c) & ~is_query].mean(0)).square().sum() for c in range(3)]
+        torch.testing.assert_close(refs.logits[r], torch.stack(expected))
+    assert refs.prediction.tolist() == refs.logits.argmax(1).tolist()
+    assert refs.target.tolist() == labels[is_query].tolist()
 
 def test_training_losses_with_pretraining_and_auxiliary_classifier():
     torch.manual_seed(0)

@@ -36,12 +36,13 @@ from .maps import (
     ram_per_branch,
     ram_self,
 )
-from .render import colorize, colormap, grid, minmax_normalize, overlay, postprocess
+from .render import colorize, colormap, draw_boxes, grid, minmax_normalize, overlay, postprocess
 
 __all__ = [
     "class_activation_map",
     "class_prototype",
     "colorize",
+    "draw_boxes",
     "colormap",
     "dist_cam",
     "dist_cam_weights",

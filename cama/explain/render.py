@@ -15,11 +15,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.utils import draw_bounding_boxes, make_grid
+from torchvision.utils import make_grid
 
 from ._common import full_precision
 
-__all__ = ["minmax_normalize", "postprocess", "colormap", "colorize", "overlay", "grid"]
+__all__ = ["minmax_normalize", "postprocess", "colormap", "colorize", "draw_boxes", "overlay", "grid"]
 
 Colormap = Literal["jet", "turbo"]
 Size = int | tuple[int, int] | Sequence[int] | torch.Size
@@ -170,8 +170,8 @@ def overlay(
         colormap_name: ``"jet"`` or ``"turbo"``.
         normalize: see ``maps``.
         mean, std: per-channel normalisation of float images to undo.
-        boxes: optional ground-truth boxes drawn on top (``torchvision.utils.draw_bounding_boxes``,
-            one image at a time): a ``[B, 4]`` tensor or one ``[n_i, 4]`` tensor per image, in
+        boxes: optional ground-truth boxes drawn on top, 2 pixels wide (:func:`draw_boxes`): a
+            ``[B, 4]`` or ``[B, n, 4]`` tensor or one ``[n_i, 4]`` tensor per image, in
             ``(x1, y1, x2, y2)`` pixels.
         box_color: colour of the boxes.
 
@@ -197,16 +197,51 @@ def overlay(
     blended = ((1.0 - alpha) * unit_images + alpha * heat).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
     if boxes is None:
         return blended
-    per_image = list(boxes.unbind(0)) if isinstance(boxes, Tensor) else list(boxes)
-    if len(per_image) != blended.shape[0]:
-        raise ValueError("need one box tensor per image")
-    drawn = [
-        draw_bounding_boxes(image, box.reshape(-1, 4).to(torch.float32).cpu(), colors=box_color, width=2)
-        if box.numel()
-        else image
-        for image, box in zip(blended.cpu(), per_image)
-    ]
-    return torch.stack(drawn).to(blended.device)
+    if not isinstance(boxes, Tensor):  # one [n_i, 4] per image: pad with empty boxes
+        per_image = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes]
+        if len(per_image) != blended.shape[0]:
+            raise ValueError("need one box tensor per image")
+        most = max([b.shape[0] for b in per_image] + [1])
+        boxes = torch.zeros(len(per_image), most, 4)
+        for i, b in enumerate(per_image):
+            boxes[i, : b.shape[0]] = b
+    color = _COLORS.get(box_color, box_color) if isinstance(box_color, str) else box_color
+    return draw_boxes(blended, boxes, color, width=2)
+
+
+_COLORS = {"white": (255, 255, 255), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+def draw_boxes(
+    images: Tensor, boxes: Tensor, color: tuple[int, int, int] = (255, 255, 255), width: int = 1
+) -> Tensor:
+    """Outline boxes ``(x1, y1, x2, y2)`` (pixels, ``x2``/``y2`` exclusive) on ``uint8`` images.
+
+    The one box-drawing path of the project. Hand-written rather than torchvision's
+    ``draw_bounding_boxes`` because that one draws one image at a time through PIL on the CPU;
+    this is one masked ``where`` for the whole batch, on the images' device.
+
+    Args:
+        images: ``uint8`` ``[B, 3, H, W]``.
+        boxes: ``[B, 4]`` (one box per image) or ``[B, n, 4]``; empty boxes (``x2 <= x1`` or
+            ``y2 <= y1``) are skipped.
+        color: RGB of the outline.
+        width: outline thickness in pixels, inside the box.
+    """
+    height, width_px = images.shape[-2:]
+    boxes = boxes.to(images.device).float().round().long()
+    boxes = boxes[:, None] if boxes.dim() == 2 else boxes  # [B, n, 4]
+    x1, y1 = boxes[..., 0, None], boxes[..., 1, None]  # [B, n, 1]
+    x2, y2 = boxes[..., 2, None] - 1, boxes[..., 3, None] - 1  # last covered column / row
+    ys = torch.arange(height, device=images.device)
+    xs = torch.arange(width_px, device=images.device)
+    in_y, in_x = (ys >= y1) & (ys <= y2), (xs >= x1) & (xs <= x2)  # [B, n, H], [B, n, W]
+    edge_y = in_y & ((ys - y1 < width) | (y2 - ys < width))
+    edge_x = in_x & ((xs - x1 < width) | (x2 - xs < width))
+    outline = (edge_y[..., :, None] & in_x[..., None, :]) | (in_y[..., :, None] & edge_x[..., None, :])
+    outline &= ((boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1]))[..., None, None]
+    value = torch.tensor(color, dtype=images.dtype, device=images.device)[None, :, None, None]
+    return torch.where(outline.any(dim=1)[:, None], value, images)
 
 
 def grid(

@@ -16,6 +16,9 @@ from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
 from cama.models.heads import CAMHead, l2_normalized_gap
 from cama.models.schedules import two_phase_lambdas
+from cama.metrics.ranking import EmbeddingSet
+from cama.protocols import EvaluationOutputs
+from cama.references import ReIDReferences
 
 __all__ = ["CAMA"]
 
@@ -103,6 +106,23 @@ class CAMA(pl.LightningModule):
         """The CAM weights ``W^i`` ``[C, K]`` of each branch (for CAM explanations of training ids)."""
         return [head.classifier.weight for head in self.heads]
 
+    def explanation_layers(self) -> list[list[str]]:
+        """Each branch's last block (conv5 copy), the default layer of its gradient CAMs."""
+        return [[f"backbone.branches.{i}"] for i in range(len(self.backbone.branches))]
+
+    def overlap_topk(self) -> float | int:
+        """The OAP's k (Eq. 5): what the branch-overlap score of the explanations compares."""
+        return self.hparams.oap_topk
+
+    # ------------------------------------------------------------------ the task (cama.protocols.RankingTask)
+    def evaluation_embeddings(self) -> EmbeddingSet:
+        """This validation epoch's query and gallery embeddings (a collective when distributed)."""
+        return self.val_metric.embedding_set()
+
+    def reference_provider(self, dataset: Any) -> ReIDReferences:
+        """Probes are queries with a true match; the reference is the top-ranked gallery image."""
+        return ReIDReferences.from_dataset(dataset)
+
     # ------------------------------------------------------------------ training
     def setup(self, stage: str) -> None:
         init_from_checkpoint(self, stage)
@@ -130,10 +150,10 @@ class CAMA(pl.LightningModule):
         return losses["loss"]
 
     # ------------------------------------------------------------------ evaluation
-    def _update_metric(self, metric: ReIDRankMetric, batch: dict[str, Tensor]) -> Tensor:
-        embeddings = self(batch["image"])
-        metric.update(embeddings, batch["pid"], batch["camid"], batch["is_query"], batch["index"])
-        return embeddings
+    def _update_metric(self, metric: ReIDRankMetric, batch: dict[str, Tensor]) -> EvaluationOutputs:
+        maps = self.feature_maps(batch["image"])
+        metric.update(self.embed_maps(maps), batch["pid"], batch["camid"], batch["is_query"], batch["index"])
+        return {"feature_maps": [m.detach() for m in maps]}
 
     def _log_metric(self, metric: ReIDRankMetric, prefix: str) -> None:
         results = self.evaluation.finish(self, metric, prefix)
@@ -144,8 +164,8 @@ class CAMA(pl.LightningModule):
         self.log_dict(shown, prog_bar=True, sync_dist=False)
         self.log_dict({f"{prefix}/{name}": value for name, value in results.items()}, sync_dist=False)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._update_metric(self.val_metric, batch)
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> EvaluationOutputs:
+        return self._update_metric(self.val_metric, batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric(self.val_metric, "val")

@@ -22,7 +22,7 @@ split), ``index``, ``episode_labels`` (0..N-1) and ``is_query``; the supports ar
 Explanations (``DESIGN.md``): a query is explained against its *predicted* class, Dist-CAM against
 that class's prototype and FAM against its supports. :meth:`ProtoNet.episode_references` gives, for
 every query of an episode batch, its maps and that prototype and those supports;
-:meth:`ProtoNet.explanation_maps` runs ``cama.explain.dist_cam`` and ``cama.explain.fam`` on them.
+:mod:`cama.references` holds that logic, shared with the explanation callbacks.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cama.backbones import RESNET_NAMES, Conv4, ResNet12, build_resnet
-from cama.explain import dist_cam, fam
 from cama.explain.precision import work_dtype
 from cama.metrics import FewShotAccuracy
 from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
+from cama.references import EpisodeReferences, class_prototypes, episode_references
 
 __all__ = [
     "FEW_SHOT_BACKBONES",
@@ -85,20 +85,6 @@ def build_fewshot_backbone(
         body = nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool, tv.layer1, tv.layer2, tv.layer3, tv.layer4)
         return body, tv.fc.in_features
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(FEW_SHOT_BACKBONES)}")
-
-
-def class_prototypes(supports: Tensor, labels: Tensor, n_way: int | None = None) -> Tensor:
-    """Prototypes ``[N, D]``: the mean of the support embeddings ``[S, D]`` of each class (dist-cam Eq. 7).
-
-    ``labels`` ``[S]`` are the episode classes ``0..N-1`` of the supports; every class needs a support.
-    """
-    n_way = int(labels.max()) + 1 if n_way is None else int(n_way)
-    # a one-hot matrix product, not index_add_: on CPU the latter costs ~50 ms a call with 2 threads
-    one_hot = F.one_hot(labels, n_way).T.to(supports.dtype)  # [N, S]
-    counts = one_hot.sum(dim=1)
-    if bool((counts == 0).any()):
-        raise ValueError(f"every episode class needs a support; counts per class: {counts.long().tolist()}")
-    return (one_hot @ supports) / counts[:, None]
 
 
 def prototype_logits(
@@ -328,64 +314,14 @@ class ProtoNet(pl.LightningModule):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return {"embedding": self(batch["image"]), **{k: batch[k] for k in ("label", "index") if k in batch}}
 
-    # ------------------------------------------------------------------ explanations
-    def episode_references(self, batch: dict[str, Tensor], maps: list[Tensor] | None = None) -> dict[str, Any]:
-        """For every query of an episode batch: its maps, prediction and the references that explain it.
-
-        Args:
-            batch: an episode batch (``image``, ``episode_labels``, ``is_query``; equal shots per class).
-            maps: ``self.feature_maps(batch["image"])`` if already computed.
-
-        Returns:
-            ``{"query_index": [Q] positions of the queries in the batch,
-            "query_maps": [Q, K, h, w] their feature maps,
-            "logits": [Q, N], "prediction": [Q] predicted episode class, "target": [Q] true one,
-            "prototype": [Q, K] the prototype of the predicted class (mean support embedding, Eq. 7),
-            "supports": [Q, S, K] the embeddings of its S supports,
-            "support_index": [Q, S] their positions in the batch,
-            "metric": "euclidean" | "cosine"}`` -- so that ``cama.explain.dist_cam(query_maps,
-            prototype)`` and ``cama.explain.fam(query_maps, supports, metric=metric)`` explain each query.
-        """
-        maps = self.feature_maps(batch["image"]) if maps is None else maps
-        embeddings = self.embed_maps(maps)
-        labels = batch["episode_labels"].to(embeddings.device)
-        is_query = batch["is_query"].to(embeddings.device)
-        support_pos = (~is_query).nonzero().squeeze(1)
-        query_pos = is_query.nonzero().squeeze(1)
-        support_labels = labels[support_pos]
-        n_way = int(support_labels.max()) + 1
-        # positions of each class's supports, [N, S] (stable order within a class)
-        order = torch.sort(support_labels, stable=True).indices
-        per_class = torch.bincount(support_labels, minlength=n_way)
-        if bool((per_class != per_class[0]).any()):
-            raise ValueError(f"episode_references needs the same number of supports per class, got {per_class.tolist()}")
-        by_class = support_pos[order].view(n_way, int(per_class[0]))
-        prototypes = class_prototypes(embeddings[support_pos], support_labels, n_way)
-        logits = self.logits(embeddings[query_pos], prototypes)
-        prediction = logits.argmax(dim=1)
-        return {
-            "query_index": query_pos,
-            "query_maps": maps[0][query_pos],
-            "logits": logits,
-            "prediction": prediction,
-            "target": labels[query_pos],
-            "prototype": prototypes[prediction],
-            "supports": embeddings[by_class[prediction]],
-            "support_index": by_class[prediction],
-            "metric": self.hparams.metric,
-        }
-
-    @torch.no_grad()
-    def explanation_maps(self, batch: dict[str, Tensor]) -> dict[str, Any]:
-        """Raw Dist-CAM (vs the predicted prototype) and FAM (vs its supports) of every query, ``[Q, h, w]``.
-
-        Returns :meth:`episode_references` plus ``"dist_cam"`` and ``"fam"`` (feature resolution, no
-        ReLU / normalisation: apply ``cama.explain.postprocess``).
-        """
-        refs = self.episode_references(batch)
-        refs["dist_cam"] = dist_cam(refs["query_maps"], refs["prototype"])
-        refs["fam"] = fam(refs["query_maps"], refs["supports"], metric=refs["metric"])
-        return refs
+    # ------------------------------------------------------------------ explanations (cama.protocols.EpisodeTask)
+    def episode_references(self, batch: dict[str, Tensor], maps: list[Tensor]) -> EpisodeReferences:
+        """Every query of an episode batch with the prototype and supports that explain it
+        (:func:`cama.references.episode_references`); ``maps`` = ``self.feature_maps(batch["image"])``."""
+        return episode_references(
+            maps[0], self.embed_maps(maps), batch["episode_labels"], batch["is_query"], self.logits,
+            self.hparams.metric,
+        )
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:

@@ -29,15 +29,12 @@ AccuracyCalculator, every test image a query against the others).
 Explanations (``DESIGN.md``): the model offers ``feature_maps`` / ``embed_maps``, and
 :meth:`RetrievalModel.embedding_projection` gives the FC weight ``W`` ``[D, K]`` (``None`` without a
 projection) so that FAM maps embedding-dimension contributions back to channels (fam Eq. 16-18);
-:meth:`RetrievalModel.fam_maps` does it. Eq. 16-18 assume ``e = W GAP(Q)``: exact with the default
+:class:`cama.viz.Explainer` does it with ``embedding_projection()``. Eq. 16-18 assume ``e = W GAP(Q)``: exact with the default
 ``pooling="avg"`` and ``projection_bias=False``, an approximation otherwise.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from collections.abc import Mapping
 from typing import Any, Literal, Sequence
 
 import lightning.pytorch as pl
@@ -46,107 +43,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cama.backbones import RESNET_NAMES, build_resnet
-from cama.explain import fam
 from cama.metrics.retrieval import RECALL_KS, RetrievalMetric
 from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
+from cama.models.pml import PML_MODULES, build_pml_object
+from cama.metrics.ranking import EmbeddingSet
+from cama.protocols import EvaluationOutputs
+from cama.references import RetrievalReferences
 
 __all__ = ["PML_MODULES", "build_pml_object", "pool_maps", "RetrievalModel"]
-
-#: where a bare class name is looked up, by kind
-PML_MODULES = {
-    "loss": "pytorch_metric_learning.losses",
-    "miner": "pytorch_metric_learning.miners",
-    "distance": "pytorch_metric_learning.distances",
-    "reducer": "pytorch_metric_learning.reducers",
-    "regularizer": "pytorch_metric_learning.regularizers",
-}
-# arguments of a pytorch-metric-learning object that are themselves objects given by a spec
-_NESTED = {
-    "distance": "distance",
-    "reducer": "reducer",
-    "embedding_regularizer": "regularizer",
-    "weight_regularizer": "regularizer",
-    "loss": "loss",
-    "miner": "miner",
-}
-_SPEC_FORMS = "'Name', {name: Name, <arg>: <value>, ...} or {class_path: module.Name, init_args: {...}}"
-
-
-def _resolve_class(name: str, kind: str) -> type:
-    if "." in name:
-        module_name, _, attr = name.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr, None)
-        except ImportError as e:
-            raise ValueError(f"cannot import the {kind} {name!r}: {e}") from e
-    else:
-        module = importlib.import_module(PML_MODULES[kind])
-        cls = getattr(module, name, None)
-        if cls is None:
-            known = sorted(n for n in dir(module) if n[:1].isupper() and not n.startswith("Base"))
-            raise ValueError(
-                f"unknown {kind} {name!r}: {PML_MODULES[kind]} has none; choose one of {', '.join(known)}"
-            )
-    if not isinstance(cls, type):
-        raise ValueError(f"the {kind} {name!r} is not a class")
-    return cls
-
-
-def build_pml_object(spec: str | Mapping[str, Any], kind: str, **automatic: Any) -> Any:
-    """Build a pytorch-metric-learning object (loss, miner, distance, reducer, regularizer) from a spec.
-
-    Args:
-        spec: ``"Name"`` (a class of ``PML_MODULES[kind]``, or a dotted path), ``{"name": Name, **kwargs}``
-            or ``{"class_path": Name, "init_args": kwargs}``. Arguments named ``distance``, ``reducer``,
-            ``*_regularizer``, ``loss`` or ``miner`` may be specs themselves.
-        kind: ``"loss"``, ``"miner"``, ``"distance"``, ``"reducer"`` or ``"regularizer"``.
-        automatic: values for constructor arguments such as ``num_classes`` and ``embedding_size``;
-            each is passed when the constructor *requires* it and the spec does not give it, or when
-            the spec gives the string ``"auto"`` (e.g. ``MarginLoss(learn_beta=True, num_classes=auto)``).
-    """
-    if kind not in PML_MODULES:
-        raise ValueError(f"kind must be one of {list(PML_MODULES)}, got {kind!r}")
-    if isinstance(spec, str):
-        name, kwargs = spec, {}
-    elif isinstance(spec, Mapping):
-        rest = dict(spec)
-        if "class_path" in rest:
-            name = rest.pop("class_path")
-            kwargs = dict(rest.pop("init_args", None) or {})
-            if rest:
-                raise ValueError(
-                    f"the {kind} spec {dict(spec)} has unexpected keys {sorted(rest)}; expected {_SPEC_FORMS}"
-                )
-        elif "name" in rest:
-            name = rest.pop("name")
-            kwargs = rest
-        else:
-            raise ValueError(f"the {kind} spec {dict(spec)} names no class; expected {_SPEC_FORMS}")
-    else:
-        raise TypeError(
-            f"a {kind} spec must be a string or a mapping ({_SPEC_FORMS}), got {type(spec).__name__}"
-        )
-    if not isinstance(name, str):
-        raise TypeError(f"the {kind} class must be given by name, got {name!r}")
-    cls = _resolve_class(name, kind)
-    nested = {k for k, v in kwargs.items() if k in _NESTED and isinstance(v, (str, Mapping))}
-    for k in nested:
-        kwargs[k] = build_pml_object(kwargs[k], _NESTED[k], **automatic)
-    for pname, param in inspect.signature(cls.__init__).parameters.items():
-        if pname not in automatic:
-            continue
-        variadic = param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL)
-        required = param.default is inspect.Parameter.empty and not variadic
-        if (required and pname not in kwargs) or kwargs.get(pname) == "auto":
-            if automatic[pname] is None:
-                raise ValueError(f"{cls.__name__} needs {pname}, which is not known here: give it in the spec")
-            kwargs[pname] = automatic[pname]
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"cannot build the {kind} {cls.__name__} with {kwargs}: {e}") from e
-
 
 def pool_maps(
     maps: Tensor, mode: Literal["avg", "max", "gem"] = "avg", p: Tensor | float = 3.0, eps: float = 1e-6
@@ -299,11 +204,14 @@ class RetrievalModel(pl.LightningModule):
         """The FC projection weight ``W`` ``[D, K]`` (``e = W g``) for FAM's Eq. 16-18, or ``None``."""
         return None if self.projection is None else self.projection.weight.detach()
 
-    @torch.no_grad()
-    def fam_maps(self, maps: Tensor, references: Tensor) -> Tensor:
-        """Raw FAM (cosine, fam Eq. 11-13 and 16-18) of query maps ``[B, K, h, w]`` against reference
-        embeddings ``[B, D]`` (e.g. each query's top-1 retrieved image) or ``[B, N, D]``; ``[B, h, w]``."""
-        return fam(maps, references, metric="cosine", projection=self.embedding_projection())
+    # ------------------------------------------------------------------ the task (cama.protocols.RankingTask)
+    def evaluation_embeddings(self) -> EmbeddingSet:
+        """This validation epoch's embeddings (a collective when distributed)."""
+        return self.val_metric.embedding_set()
+
+    def reference_provider(self, dataset: Any) -> RetrievalReferences:
+        """Every image is a probe; its reference is its nearest other image."""
+        return RetrievalReferences.from_dataset(dataset)
 
     # ------------------------------------------------------------------ training
     def train(self, mode: bool = True) -> "RetrievalModel":
@@ -343,8 +251,10 @@ class RetrievalModel(pl.LightningModule):
         for name, value in (results or {}).items():
             self.log(f"{prefix}/{name}", value, prog_bar=name in ("recall@1", "map@r"), sync_dist=False)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.val_metric.update(self(batch["image"]), batch["label"], batch["index"])
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> EvaluationOutputs:
+        maps = self.feature_maps(batch["image"])
+        self.val_metric.update(self.embed_maps(maps), batch["label"], batch["index"])
+        return {"feature_maps": [m.detach() for m in maps]}
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric(self.val_metric, "val")

@@ -1,4 +1,4 @@
-"""Pictures of explanations (probe grids, ranking lists) and where they go (TensorBoard or PNG).
+"""Pictures of explanations: probe grids and ranking lists, ``uint8`` tensors ready for a PNG.
 
 Every picture is a ``uint8`` ``[3, H', W']`` tensor built with :func:`cama.explain.overlay` and
 :func:`cama.explain.grid`:
@@ -10,26 +10,19 @@ Every picture is a ``uint8`` ``[3, H', W']`` tensor built with :func:`cama.expla
   (framed green / red) on the first row, then one row per branch and one for the summed map, the
   query's own map (RAM ``R_q^q``) first and each gallery image's map (``R_g^q``) after it.
 
-:class:`ImageSink` sends them to every ``TensorBoardLogger`` of the trainer (``add_image``) or, when
-there is none (CSV logger, no logger) or ``save_png`` is set, writes
-``<log_dir>/explanations/epoch_XXX/<name>.png``.
+Where they go (TensorBoard, PNG files) is the caller's business (``callbacks.image_sink``).
 """
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
-from torchvision.io import decode_png, encode_png
 
-from cama.explain import grid, overlay
+from cama.explain import draw_boxes, grid, overlay
+from cama.protocols import ShowsImages
 
 __all__ = [
     "GREEN",
@@ -40,8 +33,6 @@ __all__ = [
     "heat_overlays",
     "probe_grid",
     "ranking_figure",
-    "logging_step",
-    "ImageSink",
 ]
 
 GREEN: tuple[int, int, int] = (0, 200, 0)
@@ -52,14 +43,13 @@ Color = tuple[int, int, int]
 def to_uint8(images: Tensor, datamodule: Any = None) -> Tensor:
     """Network inputs ``[B, 3, H, W]`` -> displayable ``uint8`` (undoing the data module's normalisation).
 
-    Uses ``datamodule.denormalize(images, as_uint8=True)`` when it exists, else its ``mean``/``std``,
+    Uses ``datamodule.denormalize(images, as_uint8=True)`` (:class:`~cama.protocols.ShowsImages`), else its ``mean``/``std``,
     else takes the images as ``[0, 1]`` pictures.
     """
     if images.dtype == torch.uint8:
         return images
-    denormalize = getattr(datamodule, "denormalize", None)
-    if callable(denormalize):
-        return denormalize(images.float(), as_uint8=True)
+    if isinstance(datamodule, ShowsImages):
+        return datamodule.denormalize(images.float(), as_uint8=True)
     mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
     unit = images.float()
     if mean is not None and std is not None:
@@ -82,23 +72,6 @@ def frame(images: Tensor, colors: Sequence[Color | None], width: int = 3) -> Ten
         image[:, :, :width] = value
         image[:, :, -width:] = value
     return out
-
-
-def draw_boxes(images: Tensor, boxes: Tensor, color: Color = (255, 255, 255), width: int = 1) -> Tensor:
-    """Outline one ``(x1, y1, x2, y2)`` box per ``uint8`` image, vectorised (empty boxes are skipped)."""
-    height, width_px = images.shape[-2:]
-    boxes = boxes.to(images.device).float().round().long()
-    x1, y1 = boxes[:, 0, None], boxes[:, 1, None]
-    x2, y2 = boxes[:, 2, None] - 1, boxes[:, 3, None] - 1  # last covered column / row
-    ys = torch.arange(height, device=images.device)[None]
-    xs = torch.arange(width_px, device=images.device)[None]
-    in_y, in_x = (ys >= y1) & (ys <= y2), (xs >= x1) & (xs <= x2)  # [B, H], [B, W]
-    edge_y = in_y & ((ys - y1 < width) | (y2 - ys < width))
-    edge_x = in_x & ((xs - x1 < width) | (x2 - xs < width))
-    outline = (edge_y[:, :, None] & in_x[:, None, :]) | (in_y[:, :, None] & edge_x[:, None, :])
-    outline &= ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[:, None, None]
-    value = torch.tensor(color, dtype=images.dtype, device=images.device)[None, :, None, None]
-    return torch.where(outline[:, None], value, images)
 
 
 def heat_overlays(
@@ -190,87 +163,3 @@ def ranking_figure(
     repeated = pictures[None].expand(num_maps, -1, -1, -1, -1).flatten(0, 1)
     overlays = heat_overlays(repeated, maps.flatten(0, 1).to(pictures.device), alpha, colormap).cpu()
     return grid(torch.cat([header, overlays]), nrow=count + 1)
-
-
-def logging_step(trainer: pl.Trainer) -> int:
-    """The step Lightning logs this epoch's scalars at, so that images and scalars line up.
-
-    Lightning logs epoch-end metrics at its count of optimizer steps taken so far
-    (``fit_loop.epoch_loop._batches_that_stepped``, one less than ``global_step`` during the
-    validation that ends a training epoch); ``global_step`` when that counter is not there.
-    """
-    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    return int(getattr(loop, "_batches_that_stepped", trainer.global_step))
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+\-]", "_", name)
-
-
-def _encode_png(image: Tensor) -> bytes:
-    """``uint8`` ``[3, H, W]`` -> PNG bytes at zlib level 1 (about 2.5x faster than level 6)."""
-    return encode_png(image.contiguous(), compression_level=1).numpy().tobytes()
-
-
-def _tensorboard_image(
-    logger: TensorBoardLogger, tag: str, png: bytes, shape: Sequence[int], step: int
-) -> None:
-    """Add an already encoded PNG to a TensorBoard logger.
-
-    ``SummaryWriter.add_image`` would encode the picture again with PIL at zlib level 6 (~0.1 s
-    for a 500x500 grid, 4x our level-1 encoding), so the summary is written directly through the
-    writer's file writer; ``add_image`` is the fallback when that writer API is not there.
-    """
-    writer = logger.experiment
-    get_file_writer = getattr(writer, "_get_file_writer", None)
-    if get_file_writer is None:
-        writer.add_image(
-            tag, decode_png(torch.frombuffer(bytearray(png), dtype=torch.uint8)), global_step=step
-        )
-        return
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    height, width = int(shape[-2]), int(shape[-1])
-    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
-    get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
-
-
-class ImageSink:
-    """Where the pictures of one evaluation epoch go.
-
-    Build it with :meth:`from_trainer` on **every** process (``trainer.log_dir`` is a broadcast);
-    call :meth:`write` on rank zero only. Each picture is encoded once (PNG, zlib level 1) for
-    TensorBoard and the files alike.
-    """
-
-    def __init__(self, loggers: list[TensorBoardLogger], directory: Path | None) -> None:
-        self.loggers = loggers
-        self.directory = directory
-
-    @classmethod
-    def from_trainer(
-        cls, trainer: pl.Trainer, save_png: bool = False, folder: str = "explanations"
-    ) -> ImageSink:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        directory = None
-        if save_png or not loggers:
-            log_dir = trainer.log_dir or trainer.default_root_dir  # collective: every rank
-            directory = Path(log_dir) / folder
-        return cls(loggers, directory)
-
-    def write(
-        self, name: str, image: Tensor, step: int, epoch: int, prefix: str = "explanations"
-    ) -> list[str]:
-        """Log ``image`` (``uint8`` ``[3, H, W]``) as ``<prefix>/<name>``; returns the PNG paths written."""
-        image = image.detach().cpu()
-        png = _encode_png(image)
-        for logger in self.loggers:
-            _tensorboard_image(logger, f"{prefix}/{name}", png, image.shape, step)
-        written = []
-        if self.directory is not None:
-            parts = [_safe_name(p) for p in name.split("/") if p]
-            path = self.directory.joinpath(f"epoch_{epoch:03d}", *parts[:-1], f"{parts[-1]}.png")
-            os.makedirs(path.parent, exist_ok=True)
-            path.write_bytes(png)
-            written.append(str(path))
-        return written

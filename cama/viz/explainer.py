@@ -1,6 +1,6 @@
-"""Explanation maps of any model that offers the callback protocol, per branch and summed.
+"""Explanation maps of any :class:`cama.protocols.EmbeddingModel`, per branch and summed.
 
-The protocol (``DESIGN.md``): ``feature_maps(images) -> [F^1, ..., F^N]`` (``[B, K_i, h, w]``, the
+The protocol: ``feature_maps(images) -> [F^1, ..., F^N]`` (``[B, K_i, h, w]``, the
 maps pooled into the embedding) and ``embed_maps(maps) -> [B, D]`` (the embedding that ranks).
 :class:`Explainer` turns it into maps with ``cama.explain``:
 
@@ -14,7 +14,7 @@ against a reference they use the reference's slice of the same embedding.
 **Methods** (``target`` is a ``[B, D]`` embedding: the reference's, or the sample's own):
 
 * ``cam`` (dist-cam Eq. 3, cama-ram Eq. 4): ``sum_k w_{c,k} F^i_k`` with branch ``i``'s classifier
-  (``model.classifier_weights()``) and the class it predicts (the top logit). Re-ID test
+  (``model.classifier_weights()``, :class:`~cama.protocols.HasClassifier`) and the class it predicts (the top logit). Re-ID test
   identities are unseen in training, so this is the CAM of the most similar *training* identity;
   ``target`` is not used.
 * ``dist_cam`` (Eq. 4-6): ``dist_cam(M^i, t^i)``, the channel weights from ``|t^i - e^i|``.
@@ -28,7 +28,7 @@ against a reference they use the reference's slice of the same embedding.
 * ``gradcam``, ``gradcam++``, ``layercam``, ``fullgrad`` (ltgrad-cam Eq. 2-11):
   :func:`cama.explain.gradient_cam` of the cosine similarity between the sample's embedding and
   ``target``; branch ``i`` uses the similarity of the slices ``e^i, t^i`` and, by default, the
-  branch's last block (``backbone.branches.i``, else the model's last convolution) as its layer;
+  branch's layers (``model.explanation_layers()``, :class:`~cama.protocols.HasBranchLayers`; else the model's last convolution) as its layer;
   the summed map uses the full embedding and every branch's layer (layerization, Eq. 8).
   ``layers`` replaces the default layers of every map; ``truncation`` is Eq. 9-11's delta.
 
@@ -41,13 +41,10 @@ bilinear upsampling, per-map min-max to ``[0, 1]``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from cama.explain import (
@@ -61,10 +58,9 @@ from cama.explain import (
     similarity_score,
 )
 from cama.explain.precision import at_least_float32
+from cama.protocols import EmbeddingModel, HasBranchLayers, HasClassifier, HasProjection
 
 __all__ = [
-    "WarnOnceCallback",
-    "cpu_threads",
     "FORWARD_METHODS",
     "GRADIENT_METHODS",
     "METHODS",
@@ -78,35 +74,6 @@ FORWARD_METHODS: tuple[str, ...] = ("cam", "dist_cam", "ram", "fam")
 GRADIENT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "fullgrad")
 METHODS: tuple[str, ...] = FORWARD_METHODS + GRADIENT_METHODS
 
-
-
-class WarnOnceCallback(Callback):
-    """A callback that says each kind of problem once (rank zero), prefixed with its class name."""
-
-    def _warn_once(self, key: str, message: str) -> None:
-        warned: set[str] = self.__dict__.setdefault("_warned", set())
-        if key not in warned:
-            warned.add(key)
-            rank_zero_warn(f"{type(self).__name__}: {message}")
-
-
-@contextmanager
-def cpu_threads(count: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Run the block with ``count`` intra-op CPU threads (``None`` or a non-CPU device: unchanged).
-
-    The callbacks' own work is small batches and small tensors, which run faster on one thread
-    than on several (no hand-offs; on a busy 2-core machine a batch of 4 images took 13x longer on
-    2 threads than on 1); the model's own validation loop is not affected.
-    """
-    previous = torch.get_num_threads()
-    change = count is not None and torch.device(device).type == "cpu" and count != previous
-    if change:
-        torch.set_num_threads(int(count))
-    try:
-        yield
-    finally:
-        if change:
-            torch.set_num_threads(previous)
 
 
 def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
@@ -128,10 +95,10 @@ def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
 
 
 def default_gradient_layers(model: nn.Module) -> list[list[str]]:
-    """Default layers per branch: ``backbone.branches.i`` when the model has them, else its last conv."""
-    branches = getattr(getattr(model, "backbone", None), "branches", None)
-    if isinstance(branches, nn.ModuleList) and len(branches) > 0:
-        return [[f"backbone.branches.{i}"] for i in range(len(branches))]
+    """Default layers per branch: the model's ``explanation_layers()`` (:class:`HasBranchLayers`),
+    else its last convolution."""
+    if isinstance(model, HasBranchLayers):
+        return model.explanation_layers()
     convolutions = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
     if not convolutions:
         raise ValueError("the model has no Conv2d layer: give the gradient methods their layers")
@@ -219,11 +186,11 @@ class Explainer:
         truncation: float | None = None,
         truncation_per_channel: bool = False,
     ) -> None:
-        for name in ("feature_maps", "embed_maps"):
-            if not callable(getattr(model, name, None)):
-                raise TypeError(
-                    f"{type(model).__name__} does not offer `{name}` (the callback protocol, DESIGN.md)"
-                )
+        if not isinstance(model, EmbeddingModel):
+            raise TypeError(
+                f"{type(model).__name__} does not offer `feature_maps` and `embed_maps` "
+                "(cama.protocols.EmbeddingModel)"
+            )
         self.model = model
         self.gradient_layers = list(gradient_layers) if gradient_layers else None
         self.truncation = truncation
@@ -257,11 +224,12 @@ class Explainer:
     def raw_maps(self, method: str, features: Features, target: Tensor) -> Tensor:
         """The raw per-branch maps ``[B, N, h, w]`` of a forward-only method (feature resolution)."""
         if method == "cam":
-            weights_fn = getattr(self.model, "classifier_weights", None)
-            if not callable(weights_fn):
-                raise ValueError(f"cam needs `classifier_weights()` on {type(self.model).__name__}")
+            if not isinstance(self.model, HasClassifier):
+                raise ValueError(
+                    f"cam needs `classifier_weights()` on {type(self.model).__name__} (cama.protocols.HasClassifier)"
+                )
             out = []
-            for maps, weight in zip(features.maps, weights_fn()):
+            for maps, weight in zip(features.maps, self.model.classifier_weights()):
                 weight = weight.detach()
                 pooled = global_average_pool(maps)  # at least float32, whatever the maps' dtype
                 predicted = (pooled @ weight.T.to(pooled.dtype)).argmax(dim=1)
@@ -284,8 +252,7 @@ class Explainer:
     def _projection(self) -> Tensor | None:
         """The model's FC projection ``W`` ``[D, K]`` (``model.embedding_projection()``) of a
         single-branch model, or None."""
-        projection = getattr(self.model, "embedding_projection", None)
-        weight = projection() if callable(projection) else None
+        weight = self.model.embedding_projection() if isinstance(self.model, HasProjection) else None
         return None if weight is None else weight.detach()
 
     # ------------------------------------------------------------------ gradient maps

@@ -1,0 +1,36 @@
+"""Explanations of whole models, as maps and pictures: used by the callbacks and ``explain.py``.
+
+* :mod:`cama.viz.explainer` -- :class:`Explainer`: every method's maps (per branch and summed) of any
+  :class:`cama.protocols.EmbeddingModel` against a target embedding.
+* :mod:`cama.viz.pictures` -- probe grids and ranking lists (cama-ram Fig. 4 / Fig. 8) as ``uint8``.
+
+No Lightning here: plain modules and tensors in, tensors out.
+"""
+
+from cama.viz.explainer import (
+    FORWARD_METHODS,
+    GRADIENT_METHODS,
+    METHODS,
+    Explainer,
+    Features,
+    check_methods,
+    default_gradient_layers,
+)
+from cama.viz.pictures import GREEN, RED, frame, heat_overlays, probe_grid, ranking_figure, to_uint8
+
+__all__ = [
+    "FORWARD_METHODS",
+    "GRADIENT_METHODS",
+    "METHODS",
+    "Explainer",
+    "Features",
+    "check_methods",
+    "default_gradient_layers",
+    "GREEN",
+    "RED",
+    "frame",
+    "heat_overlays",
+    "probe_grid",
+    "ranking_figure",
+    "to_uint8",
+]
