@@ -37,6 +37,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.embedding_writer import EmbeddingWriter
 from callbacks.interrupt_checkpoint import InterruptCheckpoint
 from cama.errors import exit_on_input_error
 from cama.models.checkpoints import check_ckpt_path
@@ -134,7 +135,10 @@ def main(args: list[str] | None = None, interrupt: InterruptCheckpoint | None = 
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"default_root_dir": "runs", "callbacks": [interrupt or InterruptCheckpoint()]},
+        trainer_defaults={
+            "default_root_dir": "runs",
+            "callbacks": [interrupt or InterruptCheckpoint(), EmbeddingWriter()],
+        },
         args=args,
     )
 

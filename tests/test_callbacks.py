@@ -324,3 +324,24 @@ def test_every_n_epochs_skips_validation_epochs(model, datamodule, tmp_path):
     metrics.last_results = {}
     validate(model, datamodule, [metrics], tmp_path)
     assert metrics.last_results == {} and metrics.validation_epochs == 2
+
+
+def test_predict_writes_every_embedding_once(model, datamodule, tmp_path):
+    from callbacks.embedding_writer import EmbeddingWriter
+
+    writer = EmbeddingWriter()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, callbacks=[writer], default_root_dir=tmp_path,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.predict(model, datamodule=datamodule, return_predictions=False)
+    table = torch.load(writer.last_path)
+    assert writer.last_path == tmp_path / "predictions" / "rank_0.pt"
+    dataset = datamodule.eval_dataset
+    order = table["index"].argsort()
+    assert table["index"][order].tolist() == list(range(len(dataset)))
+    rows = [0, len(dataset) // 2, len(dataset) - 1]
+    with torch.no_grad():  # an independent forward of three items
+        expected = model(torch.stack([dataset[i]["image"] for i in rows]))
+    torch.testing.assert_close(table["embedding"][order][rows], expected, rtol=1e-4, atol=1e-5)
+    assert table["pid"][order].tolist() == [int(p) for p in dataset.pids]

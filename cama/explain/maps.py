@@ -86,7 +86,7 @@ def class_activation_map(maps: Tensor, weight: Tensor, classes: Tensor | Sequenc
 
     Returns:
         The raw map ``[B, h, w]`` of each sample's class (no ReLU, no normalisation), float32
-        (float64 for float64 maps).
+        (float64 for float64 maps). Differentiable: the OAP (cama-ram Eq. 5) trains through it.
     """
     check_maps(maps)
     if weight.ndim != 2 or weight.shape[1] != maps.shape[1]:
@@ -94,7 +94,8 @@ def class_activation_map(maps: Tensor, weight: Tensor, classes: Tensor | Sequenc
     classes_t = torch.as_tensor(classes, device=weight.device, dtype=torch.long)
     classes_t = classes_t.expand(maps.shape[0]) if classes_t.ndim == 0 else classes_t
     with full_precision(maps, weight[classes_t]) as (maps, class_weights):
-        return combine(class_weights, maps)
+        # maps first: the contraction (and its backward) the OAP's training has always used
+        return torch.einsum("bkhw,bk->bhw", maps, class_weights)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cama.explain import class_activation_map
 from cama.explain.precision import work_dtype
 
 __all__ = ["PooledBatchNorm2d", "CAMHead"]
@@ -71,8 +72,9 @@ class CAMHead(nn.Module):
         return self.classifier(maps.mean(dim=(2, 3)))
 
     def target_cam(self, maps: Tensor, classes: Tensor) -> Tensor:
-        """``M_t(x, y) = sum_k W_{t,k} F_k(x, y)`` for class ``classes[b]`` of each sample: ``[B, h, w]``."""
-        return torch.einsum("bkhw,bk->bhw", maps, self.classifier.weight[classes])
+        """``M_t(x, y) = sum_k W_{t,k} F_k(x, y)`` for class ``classes[b]`` of each sample: ``[B, h, w]``
+        (:func:`cama.explain.class_activation_map`, the one CAM of the project)."""
+        return class_activation_map(maps, self.classifier.weight, classes)
 
 
 def l2_normalized_gap(maps: Tensor) -> Tensor:
