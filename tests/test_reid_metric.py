@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import cama.metrics.reid as reid
+import cama.metrics.match_ranks as match_ranks
 from cama.metrics import ReIDRankMetric, evaluate_rank
 from cama.metrics.reid import pairwise_distance
 
@@ -118,7 +118,7 @@ def test_extreme_values_and_dtypes(make):
 def test_few_bins_still_exact(monkeypatch, num_bins):
     """Few bins put many gallery entries and several thresholds in the same bin: the one-by-one
     comparison path carries the work and must still be exact, ties included."""
-    monkeypatch.setattr(reid, "_NUM_BINS", num_bins)
+    monkeypatch.setattr(match_ranks, "_NUM_BINS", num_bins)
     rng = np.random.default_rng(num_bins)
     for dist in ("float", "ties"):
         problem = random_problem(rng, nq=30, ng=400, nid=5, ncam=3, dist=dist)
