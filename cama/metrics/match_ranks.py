@@ -209,8 +209,8 @@ def locate_thresholds(thr: Thresholds, bins: RowBins) -> ThresholdBins:
     c, mmax = thr.values.shape
     device = thr.values.device
     nb = bins.nb
-    tb = bins(thr.values, torch.empty(c, mmax, device=device), torch.empty(c, mmax, dtype=torch.int32, device=device))
-    tb = tb.long()
+    scratch = torch.empty(c, mmax, device=device)
+    tb = bins(thr.values, scratch, torch.empty(c, mmax, dtype=torch.int32, device=device)).long()
     valid_bins = tb[thr.valid]
     count = torch.bincount(valid_bins, minlength=c * nb)
     row_start = (torch.arange(c, device=device) * nb)[:, None]

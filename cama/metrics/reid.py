@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from cama.explain.precision import at_least_float32
 from cama.metrics.distances import pairwise_distance
@@ -333,11 +334,10 @@ class ReIDRankMetric(Metric):
         return tuple(names)
 
     def _gathered(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731
         if isinstance(self.indices, list) and not self.indices:
             raise ValueError("ReIDRankMetric.compute() called before any update()")
-        emb, pids, cams = cat(self.embeddings), cat(self.pids), cat(self.camids)
-        isq, idx = cat(self.is_query), cat(self.indices)
+        states = (self.embeddings, self.pids, self.camids, self.is_query, self.indices)
+        emb, pids, cams, isq, idx = (dim_zero_cat(x) for x in states)
         # query and gallery may number their samples independently (two dataloaders)
         first = first_per_index(idx, isq)
         return emb[first], pids[first], cams[first], isq[first].bool(), idx[first]

@@ -29,6 +29,7 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from cama.explain.precision import at_least_float32
 from cama.metrics.distances import overflow_safe_float32
@@ -200,10 +201,9 @@ class RetrievalMetric(Metric):
         return (*(f"recall@{k}" for k in self.recall_ks), "map@r")
 
     def _gathered(self) -> tuple[Tensor, Tensor, Tensor]:
-        cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731
         if isinstance(self.indices, list) and not self.indices:
             raise ValueError("RetrievalMetric.compute() called before any update()")
-        emb, labels, idx = cat(self.embeddings), cat(self.labels), cat(self.indices)
+        emb, labels, idx = (dim_zero_cat(x) for x in (self.embeddings, self.labels, self.indices))
         first = first_per_index(idx)  # ordered by index
         return emb[first], labels[first], idx[first]
 
