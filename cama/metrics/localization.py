@@ -28,6 +28,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from cama.losses import resolve_topk
+from cama.metrics import boxes as _boxes
+from cama.metrics import segmentation as _segmentation
 from cama.metrics.boxes import (
     DEFAULT_TAUS,
     box_area,
@@ -53,26 +55,11 @@ from cama.metrics.segmentation import (
     segmentation_scores,
     topk_masks,
 )
+from cama.metrics.states import add_sum_states
 
 __all__ = [
-    "DEFAULT_TAUS",
-    "largest_connected_component",
-    "mask_to_box",
-    "boxes_from_maps",
-    "box_from_map",
-    "box_area",
-    "box_iou",
-    "box_localization_iou",
-    "max_box_accuracy",
-    "top1_localization_error",
-    "energy_pointing_game",
-    "otsu_threshold",
-    "otsu_segmentation",
-    "segmentation_counts",
-    "segmentation_scores",
-    "topk_masks",
-    "branch_overlap_iou",
-    "centered_boxes",
+    *_boxes.__all__,
+    *_segmentation.__all__,
     "BoxLocalization",
     "EnergyPointingGame",
     "OtsuSegmentation",
@@ -118,10 +105,8 @@ class BoxLocalization(Metric):
         self.taus = tuple(float(t) for t in taus)
         self.iou_threshold = float(iou_threshold)
         sweep = len(self.taus) + 1  # the sweep, then tau itself
-        self.add_state("iou_sum", default=torch.zeros(sweep, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("hits", default=torch.zeros(sweep, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("correct_hits", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        add_sum_states(self, "iou_sum", "hits", shape=(sweep,))
+        add_sum_states(self, "correct_hits", "total")
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -182,8 +167,7 @@ class EnergyPointingGame(Metric):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.add_state("proportion_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        add_sum_states(self, "proportion_sum", "total")
 
     def update(self, maps: Tensor, gt_boxes: Tensor) -> None:
         check_maps(maps)
@@ -215,7 +199,7 @@ class OtsuSegmentation(Metric):
     def __init__(self, bins: int = 256, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.bins = int(bins)
-        self.add_state("counts", default=torch.zeros(4, dtype=torch.float64), dist_reduce_fx="sum")
+        add_sum_states(self, "counts", shape=(4,))
 
     def update(self, maps: Tensor, masks: Tensor) -> None:
         check_maps(maps)
@@ -248,8 +232,7 @@ class BranchOverlap(Metric):
         super().__init__(**kwargs)
         resolve_topk(topk, 1)  # validates
         self.topk = topk
-        self.add_state("iou_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        add_sum_states(self, "iou_sum", "total")
 
     def update(self, maps: Tensor) -> None:
         if maps.ndim != 4 or maps.shape[1] < 2:

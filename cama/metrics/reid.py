@@ -26,13 +26,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from cama.explain.precision import at_least_float32
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.match_ranks import Gallery, Workspace, match_ranks, max_chunk_rows
 from cama.metrics.ranking import EmbeddingSet, first_per_index, is_junk
+from cama.metrics.states import CollectedSamples
 
 __all__ = ["evaluate_rank", "pairwise_distance", "ReIDRankMetric"]
 
@@ -248,7 +247,7 @@ def _branch_key(i: int) -> str:
     return "mAP_branches_1" if i == 1 else f"mAP_branches_1-{i}"
 
 
-class ReIDRankMetric(Metric):
+class ReIDRankMetric(CollectedSamples):
     """CMC / mAP / mINP of re-ID embeddings, Market-1501 single-query protocol (see ``evaluate_rank``).
 
     ``update(embeddings [B, D], pids [B], camids [B], is_query [B] bool, indices [B] long)`` collects
@@ -267,10 +266,6 @@ class ReIDRankMetric(Metric):
     Call ``update`` per batch and ``compute`` once per epoch: ``forward`` would rank each batch
     alone, which usually has no valid query (``compute`` raises ``ValueError`` then).
     """
-
-    full_state_update = False
-    higher_is_better = True
-    is_differentiable = False
 
     embeddings: list[Tensor]
     pids: list[Tensor]
@@ -306,8 +301,7 @@ class ReIDRankMetric(Metric):
         self.distance = distance
         self.chunk_bytes = int(chunk_bytes)
         self.chunk_size = chunk_size  # queries per distance chunk; None = from chunk_bytes
-        for name in ("embeddings", "pids", "camids", "is_query", "indices"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._add_cat_states("embeddings", "pids", "camids", "is_query", "indices")
 
     def update(
         self, embeddings: Tensor, pids: Tensor, camids: Tensor, is_query: Tensor, indices: Tensor
@@ -334,10 +328,10 @@ class ReIDRankMetric(Metric):
         return tuple(names)
 
     def _gathered(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        if isinstance(self.indices, list) and not self.indices:
+        collected = self._collected()
+        if collected is None:
             raise ValueError("ReIDRankMetric.compute() called before any update()")
-        states = (self.embeddings, self.pids, self.camids, self.is_query, self.indices)
-        emb, pids, cams, isq, idx = (dim_zero_cat(x) for x in states)
+        emb, pids, cams, isq, idx = collected
         # query and gallery may number their samples independently (two dataloaders)
         first = first_per_index(idx, isq)
         return emb[first], pids[first], cams[first], isq[first].bool(), idx[first]
@@ -348,7 +342,7 @@ class ReIDRankMetric(Metric):
         A collective when distributed (the states are gathered): call it on every process.
         """
         with self.sync_context(should_sync=True, should_unsync=True):
-            if isinstance(self.indices, list) and not self.indices:
+            if self._collected() is None:
                 empty = torch.zeros(0, dtype=torch.long, device=self.device)
                 return EmbeddingSet(torch.zeros(0, 0, device=self.device), empty, empty, empty,
                                     empty.bool(), self.distance)

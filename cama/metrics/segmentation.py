@@ -26,7 +26,6 @@ __all__ = [
     "segmentation_scores",
     "topk_masks",
     "branch_overlap_iou",
-    "ratio",
 ]
 
 
