@@ -30,7 +30,7 @@ from torchmetrics.utilities import dim_zero_cat
 from cama.losses import resolve_topk
 from cama.metrics import boxes as _boxes
 from cama.metrics import segmentation as _segmentation
-from cama.metrics.boxes import (
+from cama.metrics.boxes import (  # noqa: F401 (re-exported: cama.metrics.localization.X)
     DEFAULT_TAUS,
     box_area,
     box_from_map,
@@ -45,7 +45,7 @@ from cama.metrics.boxes import (
     max_box_accuracy,
     top1_localization_error,
 )
-from cama.metrics.segmentation import (
+from cama.metrics.segmentation import (  # noqa: F401 (re-exported)
     branch_overlap_iou,
     energy_pointing_game,
     otsu_segmentation,
