@@ -42,6 +42,9 @@ def test_metric_matches_functional_form_and_merges_like_ddp():
     preds = torch.where(torch.rand(40, 15, generator=g) < 0.7, target, torch.randint(0, 5, (40, 15), generator=g))
     per_episode = (preds == target).double().mean(1)
     mean, ci = few_shot_accuracy_ci(per_episode)
+    # independent of the shared formula: numpy's population std
+    assert float(mean) == pytest.approx(float(np.mean(per_episode.numpy())), abs=1e-12)
+    assert float(ci) == pytest.approx(1.96 * float(np.std(per_episode.numpy())) / math.sqrt(40), abs=1e-12)
 
     metric = FewShotAccuracy()
     for e in range(40):

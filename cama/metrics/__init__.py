@@ -50,3 +50,6 @@ __all__ += ["episode_accuracies", "few_shot_accuracy_ci", "FewShotAccuracy"]
 from cama.metrics.retrieval import RetrievalMetric, retrieval_metrics
 
 __all__ += ["RetrievalMetric", "retrieval_metrics"]
+from cama.metrics.map_scores import MapScores
+
+__all__ += ["MapScores"]

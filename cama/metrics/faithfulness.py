@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from cama.metrics.states import add_sum_states
+
 __all__ = ["mask_images", "average_drop", "increase_in_confidence", "AverageDropIncrease"]
 
 
@@ -124,10 +126,7 @@ class AverageDropIncrease(Metric):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.add_state("drop_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("drop_count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("increase_count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        add_sum_states(self, "drop_sum", "drop_count", "increase_count", "total")
 
     def update(self, scores: Tensor, masked_scores: Tensor) -> None:
         drop, defined = _drops(scores, masked_scores)

@@ -43,7 +43,9 @@ def episode_accuracies(preds: Tensor, target: Tensor) -> Tensor:
     return (preds == target).to(torch.float64).mean(dim=1)
 
 
-def _mean_ci(total: Tensor, total_sq: Tensor, n: Tensor, z: float, unbiased: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _mean_ci(
+    total: Tensor, total_sq: Tensor, n: Tensor, z: float, unbiased: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     n_f = n.to(torch.float64)
     mean = total / n_f
     var = (total_sq / n_f - mean * mean).clamp_min(0.0)  # population variance

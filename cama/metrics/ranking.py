@@ -5,7 +5,8 @@
   occurrence; ``DistributedSampler`` repeats samples to pad the last batch), ordered by index, the
   queries and the gallery numbered independently when ``is_query`` is given.
 * :func:`reid_excluded` -- the gallery images a query never ranks (``DESIGN.md`` "Re-ID ranking"):
-  same identity *and* same camera, or junk (pid ``-1``).
+  same identity *and* same camera, or junk (pid ``-1``); :func:`excluded_pairs` is the same rule
+  element-wise (the one definition), :func:`is_junk` its junk part.
 * :func:`top_k` -- the ``k`` nearest gallery rows of each query outside an exclusion mask, ties
   broken by gallery row (a stable sort), ``-1`` where fewer than ``k`` rows are rankable.
 * :class:`EmbeddingSet` -- the embeddings of one evaluation epoch with their labels, as the
@@ -21,7 +22,10 @@ from torch import Tensor
 
 from cama.metrics.distances import pairwise_distance
 
-__all__ = ["EmbeddingSet", "first_per_index", "reid_excluded", "top_k"]
+__all__ = ["EmbeddingSet", "excluded_pairs", "first_per_index", "is_junk", "reid_excluded", "top_k"]
+
+#: The gallery pid of a junk image (never ranked); pid 0 (a distractor) is ranked as a false match.
+JUNK_PID = -1
 
 
 def first_per_index(indices: Tensor, is_query: Tensor | None = None) -> Tensor:
@@ -40,10 +44,20 @@ def first_per_index(indices: Tensor, is_query: Tensor | None = None) -> Tensor:
     return first
 
 
+def is_junk(g_pids: Tensor) -> Tensor:
+    """Bool: the gallery images that are junk (pid ``-1``), never ranked by any query."""
+    return g_pids == JUNK_PID
+
+
+def excluded_pairs(q_pids: Tensor, q_camids: Tensor, g_pids: Tensor, g_camids: Tensor) -> Tensor:
+    """The Market-1501 exclusion rule element-wise (shapes broadcast): query ``(q_pids, q_camids)``
+    never ranks gallery image ``(g_pids, g_camids)`` of the same pid and camera, or junk."""
+    return ((q_pids == g_pids) & (q_camids == g_camids)) | is_junk(g_pids)
+
+
 def reid_excluded(q_pids: Tensor, q_camids: Tensor, g_pids: Tensor, g_camids: Tensor) -> Tensor:
     """``[Q, G]`` bool: gallery images query ``q`` never ranks (same pid and camera, or junk pid -1)."""
-    same_id = q_pids[:, None] == g_pids[None, :]
-    return (same_id & (q_camids[:, None] == g_camids[None, :])) | (g_pids[None, :] == -1)
+    return excluded_pairs(q_pids[:, None], q_camids[:, None], g_pids[None, :], g_camids[None, :])
 
 
 def top_k(

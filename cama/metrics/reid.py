@@ -16,16 +16,8 @@ of the query's row: among equal distances the gallery image with the smaller gal
 first (torchreid uses numpy's default quicksort, whose order of equal distances is unspecified;
 Zheng's MATLAB code uses a stable sort).
 
-How it is fast without sorting rows: the rank of a true match is 1 + the number of kept gallery
-images ordered before it, so only the few true matches of each query (their distances are the
-"thresholds") need sorting.  Every distance of the row is mapped by a monotone function (an affine
-map of the value clamped to ``_NUM_BINS`` uniform bins spanning the query's thresholds) to a bin,
-and a ``bincount`` per row counts the images per bin.  A bin that holds no threshold lies strictly
-between two consecutive thresholds, so its images are ordered exactly; the few images falling in a
-bin that holds a threshold (the true matches themselves among them) are compared one by one with
-the thresholds of their bin, ties by gallery index.  Same-camera images of the query's identity are
-then subtracted, and a cumulative sum gives the rank of every match.  Cost: a few passes over each
-row (no sort), in chunks of queries whose temporaries stay within ``chunk_bytes``.
+The ranks of the true matches come from :func:`cama.metrics.match_ranks.match_ranks` (a few
+passes over each row, no sort), in chunks of queries whose temporaries stay within ``chunk_bytes``.
 """
 from __future__ import annotations
 
@@ -34,19 +26,15 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from cama.explain.precision import at_least_float32
 from cama.metrics.distances import pairwise_distance
-from cama.metrics.ranking import EmbeddingSet, first_per_index
+from cama.metrics.match_ranks import Gallery, Workspace, match_ranks, max_chunk_rows
+from cama.metrics.ranking import EmbeddingSet, first_per_index, is_junk
+from cama.metrics.states import CollectedSamples
 
 __all__ = ["evaluate_rank", "pairwise_distance", "ReIDRankMetric"]
 
-# Bins per query row of the monotone histogram (see the module docstring), a power of two.  More
-# bins leave fewer images to compare one by one but cost more per row; 1024 is the sweet spot for
-# Market-sized galleries.  Rows x bins must stay within 2**23 (exact float32 bin offsets).
-_NUM_BINS = 1024
-_MAX_BIN_SLOTS = 1 << 23
 # Default memory budget for the temporaries of one chunk of queries.
 _CHUNK_BYTES = 256 * 1024 * 1024
 
@@ -87,72 +75,21 @@ def _summary(t: Tensor, limit: int = 8) -> str:
     return str(u) if len(u) <= limit else f"{u[:limit]}... ({len(u)} values)"
 
 
-class _Gallery:
-    """Gallery-side index: images grouped by identity and by (identity, camera); junk columns."""
-
-    def __init__(self, g_pids: Tensor, g_camids: Tensor, q_camids: Tensor):
-        self.pids, self.cams = g_pids, g_camids
-        self.size = int(g_pids.numel())
-        junk = g_pids == -1
-        self.junk_cols: Tensor | None = junk.nonzero().squeeze(1) if bool(junk.any()) else None
-        # identity groups; stable order => gallery index ascending inside a group
-        self.order = torch.argsort(g_pids, stable=True)
-        self.sorted_pids = g_pids[self.order]
-        # (identity, camera) groups, to count the same-camera images of the query's identity
-        cams_all = torch.cat([g_camids, q_camids])
-        self.cam_min = int(cams_all.min()) if cams_all.numel() else 0
-        self.cam_span = (int(cams_all.max()) - self.cam_min + 1) if cams_all.numel() else 1
-        self.sorted_keys = torch.sort(self._key(g_pids, g_camids)).values
-
-    def _key(self, pids: Tensor, cams: Tensor) -> Tensor:
-        return pids * self.cam_span + (cams - self.cam_min)
-
-    def same_id_range(self, q_pids: Tensor) -> tuple[Tensor, Tensor]:
-        start = torch.searchsorted(self.sorted_pids, q_pids)
-        end = torch.searchsorted(self.sorted_pids, q_pids, right=True)
-        return start, end - start
-
-    def num_matches(self, q_pids: Tensor, q_camids: Tensor) -> tuple[Tensor, Tensor]:
-        """Per query: (number of true matches, number of same-identity gallery images)."""
-        _, n_same = self.same_id_range(q_pids)
-        keys = self._key(q_pids, q_camids)
-        n_same_cam = torch.searchsorted(self.sorted_keys, keys, right=True)
-        n_same_cam -= torch.searchsorted(self.sorted_keys, keys)
-        # a junk query (pid -1) never has a true match
-        n_match = torch.where(q_pids == -1, torch.zeros_like(n_same), n_same - n_same_cam)
-        return n_match, n_same
-
-
-class _Workspace:
-    """Flat buffers reused from chunk to chunk: fresh large allocations cost page faults."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[str, Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        n = shape[0] * shape[1]
-        buf = self._bufs.get(name)
-        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
-            buf = torch.empty(n, dtype=dtype, device=device)
-            self._bufs[name] = buf
-        return buf[:n].view(shape)
-
-
 class _RankAccumulator:
     """Accumulates CMC counts, AP and INP sums over chunks of queries against one gallery."""
 
-    def __init__(self, gallery: _Gallery, max_rank: int, device: torch.device):
+    def __init__(self, gallery: Gallery, max_rank: int, device: torch.device):
         self.gallery = gallery
         self.max_rank = max_rank
         self.cmc_counts = torch.zeros(max_rank, dtype=torch.long, device=device)
         self.ap_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.inp_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.num_valid = 0
-        self.workspace = _Workspace()
+        self.workspace = Workspace()
 
     def add(self, dist: Tensor, q_pids: Tensor, q_camids: Tensor, max_bytes: int) -> None:
         """``dist`` [C, G]; every query of the chunk must have at least one true match."""
-        ranks, num_m = _match_ranks(dist, q_pids, q_camids, self.gallery, self.workspace, max_bytes)
+        ranks, num_m = match_ranks(dist, q_pids, q_camids, self.gallery, self.workspace, max_bytes)
         c, mmax = ranks.shape
         first = ranks[:, 0].clamp(max=self.max_rank + 1)
         hist = torch.bincount(first, minlength=self.max_rank + 2)[1 : self.max_rank + 1]
@@ -172,160 +109,6 @@ class _RankAccumulator:
         return cmc, self.ap_sum / n, self.inp_sum / n
 
 
-def _check_no_nan(dist: Tensor) -> None:
-    if not dist.is_floating_point():
-        return
-    sums = dist.sum(1)  # one fast pass; NaN rows (and rows with both +inf and -inf) give NaN
-    suspects = torch.isnan(sums).nonzero().squeeze(1)
-    if suspects.numel() and bool(torch.isnan(dist.index_select(0, suspects)).any()):
-        raise ValueError("distmat contains NaN")
-
-
-def _match_ranks(
-    dist: Tensor, q_pids: Tensor, q_camids: Tensor, gal: _Gallery, ws: _Workspace, max_bytes: int
-) -> tuple[Tensor, Tensor]:
-    """1-based ranks (among kept gallery images) of every true match of each query, ascending.
-
-    Returns ``ranks`` [C, Mmax] (entries ``j >= num_matches[i]`` are padding) and ``num_matches`` [C].
-    """
-    device = dist.device
-    c, g = dist.shape
-    nb = _NUM_BINS
-    if c * nb > _MAX_BIN_SLOTS:
-        raise ValueError(f"chunk of {c} queries too large (max {_MAX_BIN_SLOTS // nb})")
-    _check_no_nan(dist)
-
-    # -- candidates: gallery images of the query's identity (gallery index ascending) -----------
-    start, n_same = gal.same_id_range(q_pids)
-    nmax = int(n_same.max())
-    ar = torch.arange(nmax, device=device)
-    in_group = ar < n_same[:, None]
-    gidx = gal.order[(start[:, None] + ar).clamp_(max=gal.size - 1)]
-    same_cam = gal.cams[gidx] == q_camids[:, None]
-    is_match = in_group & ~same_cam
-    removed = in_group & same_cam
-    num_m = is_match.sum(1)
-    mmax = int(num_m.max())
-    vals = dist.gather(1, gidx)
-
-    # -- thresholds: the true matches sorted by (distance, gallery index), matches first --------
-    perm = torch.sort(vals, dim=1, stable=True).indices
-    not_match = (~is_match.gather(1, perm)).to(torch.uint8)
-    perm = perm.gather(1, torch.sort(not_match, dim=1, stable=True).indices)[:, :mmax]
-    thr = vals.gather(1, perm)  # [C, Mmax]
-    thr_idx = gidx.gather(1, perm)
-    jvalid = torch.arange(mmax, device=device) < num_m[:, None]
-
-    # -- per-row monotone binning: bins span [first, last] threshold ----------------------------
-    tf = thr.float()
-    fin = jvalid & torch.isfinite(tf)
-    inf = torch.tensor(float("inf"), device=device)
-    lo = torch.where(fin, tf, inf).amin(1)
-    hi = torch.where(fin, tf, -inf).amax(1)
-    degenerate = ~(hi > lo)
-    if bool(degenerate.any()):  # a single distinct threshold: span up to the row maximum instead
-        rows = degenerate.nonzero().squeeze(1)
-        hi = hi.clone()
-        hi[rows] = dist.index_select(0, rows).float().amax(1)
-    inv = (nb - 4) / (hi - lo)
-    bias = 1.5 - lo * inv
-    # still degenerate (or out of float32 range): one bin for the whole row
-    bad = ~(torch.isfinite(inv) & (inv > 0) & torch.isfinite(bias))
-    inv = torch.where(bad, torch.zeros_like(inv), inv)[:, None]
-    bias = torch.where(bad, torch.full_like(bias, 1.5), bias)[:, None]
-    off = (torch.arange(c, device=device, dtype=torch.float32) * nb)[:, None]
-    any_bad = bool(bad.any())
-
-    def binf(x: Tensor, u: Tensor, out: Tensor) -> Tensor:
-        """Global bin (row * nb + bin) of every entry of x [C, n]: monotone non-decreasing in x
-        within a row, the same ops for gallery entries and thresholds."""
-        if x.dtype == torch.float32:
-            torch.mul(x, inv, out=u)
-        else:
-            u.copy_(x).mul_(inv)
-        u.add_(bias)
-        if any_bad:  # inv == 0 rows: inf * 0 = nan -> the row's single bin
-            u.nan_to_num_(nan=1.5)
-        u.clamp_(0, nb - 1).add_(off)
-        return out.copy_(u)
-
-    tb_u = torch.empty(c, mmax, device=device)
-    tb = binf(thr, tb_u, torch.empty(c, mmax, dtype=torch.int32, device=device))
-    tb = tb.long()
-    tb_valid = tb[jvalid]  # global bins (row * nb + bin) of the real thresholds
-    cnt_bin = torch.bincount(tb_valid, minlength=c * nb)  # thresholds per bin
-    amb = cnt_bin > 0  # bins holding a threshold: their entries are compared one by one
-    lower = cnt_bin.cumsum(0).sub_(cnt_bin)  # thresholds in lower bins, earlier rows included
-    row_first = num_m.cumsum(0).sub_(num_m)  # thresholds of earlier rows
-    row_start = (torch.arange(c, device=device) * nb)[:, None]
-    tb_safe = torch.where(jvalid, tb, row_start)
-    shift = nb.bit_length() - 1  # nb is a power of two
-    kmax = int(cnt_bin.max())
-    karange = torch.arange(kmax, device=device)
-    # rank of threshold j - 1 = entries of bins without thresholds below its bin (`before`)
-    #                         + entries of bins with thresholds ordered before it (cumsum of `hist_p`)
-    before = torch.zeros(c, mmax, dtype=torch.long, device=device)
-    hist_p = torch.zeros(c, mmax + 1, dtype=torch.long, device=device)
-    hist_flat = hist_p.view(-1)
-
-    def add_positions(x: Tensor, cols: Tensor | None, sign: int) -> None:
-        """Counts (with ``sign``) the entries of x [C, n] ordered before each threshold of their row."""
-        n = x.shape[1]
-        u = ws.get("u", (c, n), torch.float32, device)
-        idx = binf(x, u, ws.get("idx", (c, n), torch.int32, device)).view(-1)
-        per_bin = torch.bincount(idx, minlength=c * nb).index_fill_(0, tb_valid, 0)
-        cum = torch.cat([per_bin.new_zeros(1), per_bin.cumsum(0)])  # cum[k] = entries in bins < k
-        before.add_(cum[tb_safe] - cum[row_start], alpha=sign)
-        # entries in a bin holding thresholds: p = thresholds of the row ordered before-or-at the
-        # entry (by distance, then gallery index); the entry precedes threshold j iff p <= j
-        mask = torch.index_select(amb, 0, idx, out=ws.get("mask", (c, n), torch.bool, device).view(-1))
-        pos = mask.nonzero().squeeze(1)
-        if not pos.numel():
-            return
-        flat = x.reshape(-1)
-        thr_flat, thr_idx_flat = thr.view(-1), thr_idx.view(-1)
-        step = max(1, max_bytes // (64 * kmax))
-        for s0 in range(0, pos.numel(), step):
-            p = pos[s0 : s0 + step]
-            gbin = idx.index_select(0, p).long()  # row * nb + bin
-            r = gbin >> shift
-            col = p - r * n
-            if cols is not None:
-                col = cols.index_select(0, col)
-            v = flat.index_select(0, p)
-            # thresholds of the row in lower bins, and in this bin
-            base = lower.index_select(0, gbin) - row_first.index_select(0, r)
-            cnt = cnt_bin.index_select(0, gbin)
-            if kmax == 1:
-                t = r * mmax + base.clamp(max=mmax - 1)
-                tv, ti = thr_flat.index_select(0, t), thr_idx_flat.index_select(0, t)
-                le = ((tv < v) | ((tv == v) & (ti <= col))) & (cnt > 0)
-                after = base + le
-            else:
-                t = ((r * mmax)[:, None] + (base[:, None] + karange).clamp_(max=mmax - 1)).view(-1)
-                tv = thr_flat.index_select(0, t).view(-1, kmax)
-                ti = thr_idx_flat.index_select(0, t).view(-1, kmax)
-                v, col = v[:, None], col[:, None]
-                le = ((tv < v) | ((tv == v) & (ti <= col))) & (karange < cnt[:, None])
-                after = base + le.sum(1)
-            hist_flat.add_(torch.bincount(r * (mmax + 1) + after, minlength=hist_flat.numel()), alpha=sign)
-
-    add_positions(dist, None, 1)
-    if gal.junk_cols is not None:  # junk images are not ranked
-        add_positions(dist.index_select(1, gal.junk_cols), gal.junk_cols, -1)
-
-    # -- same identity, same camera: not ranked either (few: exact comparisons) -----------------
-    rr, cc = removed.nonzero(as_tuple=True)
-    if rr.numel():
-        rv = vals[rr, cc][:, None]
-        tv = thr[rr]
-        le = ((tv < rv) | ((tv == rv) & (thr_idx[rr] <= gidx[rr, cc][:, None]))) & jvalid[rr]
-        hist_flat.index_add_(0, rr * (mmax + 1) + le.sum(1), torch.full_like(rr, -1))
-
-    ranks = hist_p.cumsum(1)[:, :mmax].add_(before).add_(1)
-    return ranks, num_m
-
-
 # ----------------------------------------------------------------------------------------------
 # chunked driver shared by the functional form and the Metric
 # ----------------------------------------------------------------------------------------------
@@ -333,7 +116,7 @@ def _match_ranks(
 
 def _no_valid_query_error(q_pids: Tensor, g_pids: Tensor, q_camids: Tensor, g_camids: Tensor) -> ValueError:
     qid = torch.unique(q_pids)
-    shared = int(torch.isin(qid, g_pids[g_pids != -1]).sum())
+    shared = int(torch.isin(qid, g_pids[~is_junk(g_pids)]).sum())
     return ValueError(
         _NO_VALID_QUERY_MSG.format(
             nq=q_pids.numel(),
@@ -351,7 +134,7 @@ def _query_chunks(
 ) -> Iterator[Tensor]:
     """Consecutive runs of the valid query indices, each within the memory budget."""
     n = valid.numel()
-    max_rows = _MAX_BIN_SLOTS // _NUM_BINS
+    max_rows = max_chunk_rows()
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -373,21 +156,13 @@ def _query_chunks(
 
 
 def _evaluate(
-    block_fn,
-    q_pids: Tensor,
-    g_pids: Tensor,
-    q_camids: Tensor,
-    g_camids: Tensor,
-    max_rank: int,
-    bytes_per_row: int,
-    chunk_size: int | None,
-    chunk_bytes: int,
-    device: torch.device,
+    block_fn, q_pids: Tensor, g_pids: Tensor, q_camids: Tensor, g_camids: Tensor, max_rank: int,
+    bytes_per_row: int, chunk_size: int | None, chunk_bytes: int, device: torch.device,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``block_fn(rows)`` returns the ``[len(rows), G]`` distances of queries ``rows`` to the gallery."""
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    gal = _Gallery(g_pids, g_camids, q_camids)
+    gal = Gallery(g_pids, g_camids)
     num_m, n_same = gal.num_matches(q_pids, q_camids)
     valid = (num_m > 0).nonzero().squeeze(1)
     if valid.numel() == 0:
@@ -448,7 +223,7 @@ def evaluate_rank(
     # temporaries per query row: float32 + int32 + bool per gallery entry, a copy of the row when
     # the chunk's rows are not contiguous, the junk columns
     esize = d.element_size()
-    bytes_per_row = ng * (9 + esize) + int((gp == -1).sum()) * esize
+    bytes_per_row = ng * (9 + esize) + int(is_junk(gp).sum()) * esize
 
     def block(rows: Tensor) -> Tensor:
         r0, n = int(rows[0]), rows.numel()
@@ -472,7 +247,7 @@ def _branch_key(i: int) -> str:
     return "mAP_branches_1" if i == 1 else f"mAP_branches_1-{i}"
 
 
-class ReIDRankMetric(Metric):
+class ReIDRankMetric(CollectedSamples):
     """CMC / mAP / mINP of re-ID embeddings, Market-1501 single-query protocol (see ``evaluate_rank``).
 
     ``update(embeddings [B, D], pids [B], camids [B], is_query [B] bool, indices [B] long)`` collects
@@ -491,10 +266,6 @@ class ReIDRankMetric(Metric):
     Call ``update`` per batch and ``compute`` once per epoch: ``forward`` would rank each batch
     alone, which usually has no valid query (``compute`` raises ``ValueError`` then).
     """
-
-    full_state_update = False
-    higher_is_better = True
-    is_differentiable = False
 
     embeddings: list[Tensor]
     pids: list[Tensor]
@@ -530,8 +301,7 @@ class ReIDRankMetric(Metric):
         self.distance = distance
         self.chunk_bytes = int(chunk_bytes)
         self.chunk_size = chunk_size  # queries per distance chunk; None = from chunk_bytes
-        for name in ("embeddings", "pids", "camids", "is_query", "indices"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._add_cat_states("embeddings", "pids", "camids", "is_query", "indices")
 
     def update(
         self, embeddings: Tensor, pids: Tensor, camids: Tensor, is_query: Tensor, indices: Tensor
@@ -558,11 +328,10 @@ class ReIDRankMetric(Metric):
         return tuple(names)
 
     def _gathered(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731
-        if isinstance(self.indices, list) and not self.indices:
+        collected = self._collected()
+        if collected is None:
             raise ValueError("ReIDRankMetric.compute() called before any update()")
-        emb, pids, cams = cat(self.embeddings), cat(self.pids), cat(self.camids)
-        isq, idx = cat(self.is_query), cat(self.indices)
+        emb, pids, cams, isq, idx = collected
         # query and gallery may number their samples independently (two dataloaders)
         first = first_per_index(idx, isq)
         return emb[first], pids[first], cams[first], isq[first].bool(), idx[first]
@@ -573,7 +342,7 @@ class ReIDRankMetric(Metric):
         A collective when distributed (the states are gathered): call it on every process.
         """
         with self.sync_context(should_sync=True, should_unsync=True):
-            if isinstance(self.indices, list) and not self.indices:
+            if self._collected() is None:
                 empty = torch.zeros(0, dtype=torch.long, device=self.device)
                 return EmbeddingSet(torch.zeros(0, 0, device=self.device), empty, empty, empty,
                                     empty.bool(), self.distance)
@@ -581,7 +350,7 @@ class ReIDRankMetric(Metric):
         return EmbeddingSet(emb, pids, idx, cams, isq, self.distance)
 
     def _rank_features(self, qf: Tensor, gf: Tensor, qp: Tensor, gp: Tensor, qc: Tensor, gc: Tensor):
-        keep = gp != -1  # junk gallery samples are never ranked: drop them before computing distances
+        keep = ~is_junk(gp)  # junk gallery samples are never ranked: drop them before computing distances
         if not bool(keep.all()):
             gf, gp, gc = gf[keep], gp[keep], gc[keep]
 

@@ -28,11 +28,11 @@ from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator, try_getting_not_lone_labels
 from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN
 from torch import Tensor
-from torchmetrics import Metric
 
 from cama.explain.precision import at_least_float32
 from cama.metrics.distances import overflow_safe_float32
 from cama.metrics.ranking import EmbeddingSet, first_per_index
+from cama.metrics.states import CollectedSamples
 
 __all__ = ["RECALL_KS", "faiss_available", "retrieval_knn", "retrieval_metrics", "RetrievalMetric"]
 
@@ -145,7 +145,7 @@ def retrieval_metrics(
     return {key: torch.tensor(float(v), dtype=torch.float32, device=device) for key, v in out.items()}
 
 
-class RetrievalMetric(Metric):
+class RetrievalMetric(CollectedSamples):
     """Recall@K and MAP@R of the embeddings of a whole split (:func:`retrieval_metrics`).
 
     ``update(embeddings [B, D], labels [B], indices [B])`` collects samples; ``indices`` are the
@@ -156,10 +156,6 @@ class RetrievalMetric(Metric):
 
     Call ``update`` per batch and ``compute`` once per epoch (``forward`` would rank each batch alone).
     """
-
-    full_state_update = False
-    higher_is_better = True
-    is_differentiable = False
 
     embeddings: list[Tensor]
     labels: list[Tensor]
@@ -178,8 +174,7 @@ class RetrievalMetric(Metric):
         retrieval_knn(knn)  # fail early on a bad or unavailable backend
         self.recall_ks = recall_ks
         self.knn = knn
-        for name in ("embeddings", "labels", "indices"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._add_cat_states("embeddings", "labels", "indices")
 
     def update(self, embeddings: Tensor, labels: Tensor, indices: Tensor) -> None:
         if embeddings.dim() != 2:
@@ -200,17 +195,17 @@ class RetrievalMetric(Metric):
         return (*(f"recall@{k}" for k in self.recall_ks), "map@r")
 
     def _gathered(self) -> tuple[Tensor, Tensor, Tensor]:
-        cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731
-        if isinstance(self.indices, list) and not self.indices:
+        collected = self._collected()
+        if collected is None:
             raise ValueError("RetrievalMetric.compute() called before any update()")
-        emb, labels, idx = cat(self.embeddings), cat(self.labels), cat(self.indices)
+        emb, labels, idx = collected
         first = first_per_index(idx)  # ordered by index
         return emb[first], labels[first], idx[first]
 
     def embedding_set(self) -> EmbeddingSet:
         """This epoch's embeddings of every process, one per dataset index (a collective)."""
         with self.sync_context(should_sync=True, should_unsync=True):
-            if isinstance(self.indices, list) and not self.indices:
+            if self._collected() is None:
                 empty = torch.zeros(0, dtype=torch.long, device=self.device)
                 return EmbeddingSet(torch.zeros(0, 0, device=self.device), empty, empty)
             emb, labels, idx = self._gathered()

@@ -1,0 +1,178 @@
+"""The scores of explanation maps, one group of Metrics per map (a method, or one of its branches),
+plus the baselines a map has to beat -- what the localization and few-shot explanation callbacks log.
+
+:class:`MapScores` holds, for every map name, a :class:`~torchmetrics.MetricCollection` of
+
+* ``"box"`` :class:`~cama.metrics.localization.BoxLocalization`, ``"energy"``
+  :class:`~cama.metrics.localization.EnergyPointingGame` and ``"center"``
+  :class:`~cama.metrics.localization.CenteredBoxBaseline` (a centred box of the mean size of the
+  map's boxes) when the data has boxes;
+* ``"otsu"`` :class:`~cama.metrics.localization.OtsuSegmentation` when it has person masks;
+* ``"faith"`` :class:`~cama.metrics.faithfulness.AverageDropIncrease` for the names scored with AD/IC;
+
+and the groups ``"center_baseline"`` (a centred box of the mean ground-truth size) and
+``"uniform_baseline"`` (the pointing game of a uniform map) with boxes, ``"branch_overlap"``
+(:class:`~cama.metrics.localization.BranchOverlap`) when asked for.  :meth:`MapScores.compute_named`
+gives the logged names (:func:`score_names`), e.g. ``val/loc/ram/box_iou``,
+``val/loc/fam/otsu_miou``, ``val/loc/ram/center_box_iou``, ``val/loc/center_baseline/box_iou``,
+``val/loc/uniform_baseline/energy``, ``val/loc/branch_overlap_iou``, ``val/loc/dist_cam/ad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
+
+from cama.metrics.boxes import DEFAULT_TAUS, boxes_from_maps
+from cama.metrics.faithfulness import AverageDropIncrease
+from cama.metrics.localization import (
+    BoxLocalization,
+    BranchOverlap,
+    CenteredBoxBaseline,
+    EnergyPointingGame,
+    OtsuSegmentation,
+)
+
+__all__ = ["MapScores", "score_names"]
+
+# the order of the metrics inside a group (MetricCollection sorts its keys)
+_KEY_ORDER = ("box", "energy", "center", "otsu", "faith", "overlap")
+
+
+def score_names(prefix: str, name: str, key: str, value: Any) -> dict[str, Tensor]:
+    """Logged names of the result ``value`` of the metric ``key`` of the group ``name`` (a map, or a
+    baseline): ``<prefix>/<name>/<score>``, e.g. ``val/loc/ram/box_iou``, ``val/loc/fam/otsu_miou``."""
+    p = prefix
+    if key == "overlap":
+        return {f"{p}/branch_overlap_iou": value}
+    if key == "center" and name == "center_baseline":
+        return {f"{p}/center_baseline/{k}": v for k, v in value.items()}
+    if key == "center":
+        return {f"{p}/{name}/center_{k}": v for k, v in value.items()}
+    if key == "energy":
+        return {f"{p}/{name}/energy": value}
+    if key == "otsu":
+        return {f"{p}/{name}/otsu_{k}": v for k, v in value.items()}
+    return {f"{p}/{name}/{k}": v for k, v in value.items()}  # box, faith
+
+
+class MapScores(nn.Module):
+    """Per-map score groups and baselines (module docstring); move it with ``.to(device)``.
+
+    Args:
+        names: the maps scored, in logging order (methods, ``<method>_branch<i>``, ...).
+        image_size: ``(H, W)`` of the images (the centred boxes).
+        has_box: the data has ground-truth boxes (box, energy and centre scores, the baselines).
+        has_mask: the data has person masks (Otsu segmentation).
+        faithfulness_names: the names also scored with AD/IC.
+        tau, taus, iou_threshold: of :class:`BoxLocalization` (and the centred boxes' accuracy).
+        branch_overlap_topk: the ``topk`` of :class:`BranchOverlap`; None: no branch overlap.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        image_size: Sequence[int],
+        has_box: bool,
+        has_mask: bool,
+        faithfulness_names: Collection[str] = (),
+        tau: float = 0.2,
+        taus: Sequence[float] = DEFAULT_TAUS,
+        iou_threshold: float = 0.5,
+        branch_overlap_topk: float | int | None = None,
+    ) -> None:
+        super().__init__()
+        image_size = tuple(int(s) for s in image_size[-2:])
+        groups: dict[str, dict[str, Metric]] = {}
+        for name in names:
+            group: dict[str, Metric] = {}
+            if has_box:
+                group["box"] = BoxLocalization(tau, taus, iou_threshold)
+                group["energy"] = EnergyPointingGame()
+                group["center"] = CenteredBoxBaseline(
+                    image_size, size_from="predicted", iou_threshold=iou_threshold
+                )
+            if has_mask:
+                group["otsu"] = OtsuSegmentation()
+            if name in faithfulness_names:
+                group["faith"] = AverageDropIncrease()
+            groups[name] = group
+        if has_box:
+            groups["center_baseline"] = {"center": CenteredBoxBaseline(image_size, "gt", iou_threshold)}
+            groups["uniform_baseline"] = {"energy": EnergyPointingGame()}
+        if branch_overlap_topk is not None:
+            groups["branch_overlap"] = {"overlap": BranchOverlap(branch_overlap_topk)}
+        self.groups = nn.ModuleDict(
+            {name: MetricCollection(group, compute_groups=False) for name, group in groups.items()}
+        )
+        self.image_size = image_size
+
+    def _group(self, name: str) -> MetricCollection:
+        return self.groups[name]
+
+    def metrics(self) -> list[tuple[str, str, Metric]]:
+        """``(group, key, metric)`` in logging order: the groups as built, inside a group box,
+        energy, center, otsu, faith (overlap)."""
+        out = []
+        for name, group in self.groups.items():
+            out += [(name, key, group[key]) for key in _KEY_ORDER if key in group]
+        return out
+
+    def has_faithfulness(self, name: str) -> bool:
+        """Whether the map ``name`` is scored with AD/IC."""
+        return name in self.groups and "faith" in self._group(name)
+
+    def update_maps(
+        self, name: str, maps: Tensor, boxes: Tensor | None, person_masks: Tensor | None, correct: Tensor
+    ) -> None:
+        """Score the maps ``[B, H, W]`` of ``name`` against the boxes ``[B, 4]`` and the person masks
+        ``[B, H, W]`` (each None when the data has none); ``correct`` ``[B]`` bool: recognised."""
+        group = self._group(name)
+        if boxes is not None:
+            predicted = boxes_from_maps(maps, group["box"].thresholds)  # one labelling pass, every tau
+            group["box"].update(maps, boxes, correct, boxes=predicted)
+            group["energy"].update(maps, boxes)
+            group["center"].update(boxes, predicted[:, -1])  # the box at tau
+        if person_masks is not None:
+            group["otsu"].update(maps, person_masks)
+
+    def update_baselines(self, boxes: Tensor, image_size: Sequence[int]) -> None:
+        """The baselines of a batch with ground-truth boxes ``[B, 4]``: the centred box of the mean
+        ground-truth size, and a uniform map (ones) of ``image_size`` ``(H, W)``."""
+        self._group("center_baseline")["center"].update(boxes)
+        uniform = torch.ones(boxes.shape[0], *image_size, device=boxes.device)
+        self._group("uniform_baseline")["energy"].update(uniform, boxes)
+
+    def update_faithfulness(self, name: str, scores: Tensor, masked_scores: Tensor) -> None:
+        """AD / IC of ``name``: the scores ``[B]`` on the images and on the images masked by the maps."""
+        self._group(name)["faith"].update(scores, masked_scores)
+
+    def update_overlap(self, raw_maps: Tensor) -> None:
+        """The branch overlap of the branches' maps ``[B, N >= 2, h, w]``."""
+        self._group("branch_overlap")["overlap"].update(raw_maps)
+
+    def prepare(self) -> None:
+        """An empty update of every centred-box metric: their ``"cat"`` states must hold a tensor on
+        every process before the synchronising ``compute`` (:meth:`compute_named` calls it)."""
+        for _, key, metric in self.metrics():
+            if key == "center":
+                empty = torch.zeros(0, 4, device=metric.device)
+                metric.update(empty, empty)
+
+    def compute_named(self, prefix: str) -> dict[str, Tensor]:
+        """Every score under its logged name (:func:`score_names`), in :meth:`metrics` order (the
+        same on every process: each ``compute`` synchronises)."""
+        self.prepare()
+        results: dict[str, Tensor] = {}
+        for name, key, metric in self.metrics():
+            results.update(score_names(prefix, name, key, metric.compute()))
+        return results
+
+    def reset(self) -> None:
+        """Reset every metric (after :meth:`compute_named`, for the next epoch)."""
+        for _, _, metric in self.metrics():
+            metric.reset()

@@ -1,0 +1,37 @@
+"""Metric states shared by the Metrics of :mod:`cama.metrics`: float64 sums (exact under DDP) and
+per-sample tensors concatenated over the epoch (``"cat"``, gathered from every process)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+__all__ = ["CollectedSamples", "add_sum_states"]
+
+
+def add_sum_states(metric: Metric, *names: str, shape: tuple[int, ...] = ()) -> None:
+    """Add float64 zero states ``names`` of ``shape`` to ``metric``, reduced by ``sum``."""
+    for name in names:
+        metric.add_state(name, default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+
+
+class CollectedSamples(Metric):
+    """A Metric that collects per-sample tensors in ``"cat"`` states and ranks them once per epoch."""
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def _add_cat_states(self, *names: str) -> None:
+        self._sample_states = names
+        for name in names:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def _collected(self) -> tuple[Tensor, ...] | None:
+        """Every sample state concatenated (in the order added), None before any update."""
+        states = [getattr(self, name) for name in self._sample_states]
+        if isinstance(states[-1], list) and not states[-1]:
+            return None
+        return tuple(dim_zero_cat(x) for x in states)
