@@ -314,7 +314,7 @@ class LocalizationMetrics(ExplanationCallback):
 
         if boxes is not None:
             scores.update_baselines(boxes, tuple(features.images.shape[-2:]))
-        if scores.has_overlap():
+        if self.branch_overlap and features.num_branches > 1:
             scores.update_overlap(explainer.raw_maps("ram", features, features.embedding))
 
         faithful = (position < self.num_faithfulness_samples).nonzero().squeeze(1)
