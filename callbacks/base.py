@@ -27,6 +27,7 @@ from cama.references import choose_probes
 __all__ = [
     "ExplanationCallback",
     "ProbeCapture",
+    "RankingCallback",
     "RankingProbes",
     "cpu_threads",
     "evaluation_dataset",
@@ -197,3 +198,46 @@ class RankingProbes:
             warn("the stored probes are not queries of this data set; choosing new ones")
         self.indices = choose_probes(candidates, self.count, self.seed)
         return self.indices
+
+
+class RankingCallback(ExplanationCallback):
+    """Base of the callbacks that explain probes of a ranking task (re-ID, retrieval) against the
+    references of :mod:`cama.references`: keeps the probes' maps from the validation steps'
+    ``outputs`` and hands the epoch's provider and gallery embeddings to the subclass."""
+
+    _capture: ProbeCapture | None = None
+
+    def start_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: RankingProbes) -> None:
+        """Keep the maps of ``probes`` from this epoch's validation steps (when the model ranks)."""
+        provider = probes.provider(trainer, pl_module)
+        self._capture = ProbeCapture(probes.choose(provider, self.warn_once)) if provider is not None else None
+
+    def stop_capture(self) -> dict[int, dict[str, Any]]:
+        """The maps kept this epoch (dataset index -> item), and stop keeping them."""
+        capture, self._capture = self._capture, None
+        return capture.captured if capture is not None else {}
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if self._capture is not None:
+            self._capture.add(outputs, batch)
+
+    def epoch_inputs(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: RankingProbes
+    ) -> tuple[Any, Any] | None:
+        """``(provider, gallery)`` of this validation epoch, or None (said once). A collective:
+        the gallery embeddings are gathered from every process, so call it on every rank."""
+        provider = probes.provider(trainer, pl_module)
+        if provider is None:
+            self.warn_once(
+                "needs a ranking model (cama.protocols.RankingTask: re-ID or retrieval) and an evaluation "
+                "set; nothing is logged (for a few-shot model use callbacks.fewshot_explanations.FewShotExplanations)"
+            )
+            return None
+        gallery = pl_module.evaluation_embeddings().gallery()  # type: ignore[attr-defined]
+        if len(gallery) == 0:
+            self.warn_once("no gallery embedding in this validation epoch; nothing is logged")
+            return None
+        return provider, gallery

@@ -34,7 +34,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from callbacks.base import ExplanationCallback, ProbeCapture, RankingProbes, load_items, stack_captured
+from callbacks.base import RankingCallback, RankingProbes, load_items, stack_captured
 from callbacks.image_sink import ImageSink, logging_step
 from cama.metrics.ranking import EmbeddingSet
 from cama.viz import Explainer, check_methods, probe_grid, ranking_figure, to_uint8
@@ -42,7 +42,7 @@ from cama.viz import Explainer, check_methods, probe_grid, ranking_figure, to_ui
 __all__ = ["ExplanationImages"]
 
 
-class ExplanationImages(ExplanationCallback):
+class ExplanationImages(RankingCallback):
     """Log explanation maps of fixed probes (and ranking lists) every validation epoch.
 
     Args:
@@ -106,7 +106,6 @@ class ExplanationImages(ExplanationCallback):
         self.tag_prefix = tag_prefix
         self.probes = RankingProbes(self.num_probes, self.seed)
         self.last_written: list[str] = []  # PNG paths of the last epoch (rank zero)
-        self._capture: ProbeCapture | None = None
 
     # ------------------------------------------------------------------ state (resume: same probes)
     @property
@@ -127,40 +126,24 @@ class ExplanationImages(ExplanationCallback):
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._capture = None
-        provider = self.probes.provider(trainer, pl_module) if self.due(trainer) else None
-        if provider is not None and trainer.is_global_zero:  # the probes' maps, from the model's own step
-            self._capture = ProbeCapture(self.probes.choose(provider, self.warn_once))
-
-    def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
-    ) -> None:
-        if self._capture is not None:
-            self._capture.add(outputs, batch)
+        if self.due(trainer) and trainer.is_global_zero:  # the probes' maps, from the model's own step
+            self.start_capture(trainer, pl_module, self.probes)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        capture, self._capture = self._capture, None
+        captured = self.stop_capture()
         run = self.due(trainer)
         self.validation_epochs += 1
         if not run:
             return
-        provider = self.probes.provider(trainer, pl_module)
-        if provider is None:
-            self.warn_once(
-                "needs a ranking model (cama.protocols.RankingTask: re-ID or retrieval) and an evaluation "
-                "set; nothing is logged (for a few-shot model use callbacks.fewshot_explanations.FewShotExplanations)"
-            )
+        inputs = self.epoch_inputs(trainer, pl_module, self.probes)  # collective: every rank
+        if inputs is None:
             return
-        gallery = pl_module.evaluation_embeddings()  # collective: every rank
+        provider, gallery = inputs
         sink = ImageSink.from_trainer(trainer, save_png=self.save_png, folder=self.tag_prefix)  # may broadcast
-        if len(gallery.gallery()) == 0:
-            self.warn_once("no gallery embedding in this validation epoch; nothing is logged")
-            return
         probes = self.probes.choose(provider, self.warn_once)
         if trainer.is_global_zero and probes:
-            captured = capture.captured if capture is not None else {}
             with self.threads(pl_module):
                 self.last_written = self._render(trainer, pl_module, provider, gallery, sink, probes, captured)
 
@@ -188,7 +171,7 @@ class ExplanationImages(ExplanationCallback):
             probe_features = explainer.features(batch["image"])
         list_length = self.top_k if self.num_ranking_queries else 1
         references, matches = provider.rank(
-            gallery.gallery().to(device), probe_features.embedding, torch.tensor(probes, device=device), list_length
+            gallery.to(device), probe_features.embedding, torch.tensor(probes, device=device), list_length
         )
         keep = (references[:, 0] >= 0).nonzero().squeeze(1)
         if keep.numel() == 0:

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.base import ExplanationCallback, ProbeCapture, RankingProbes, load_items, stack_captured
+from callbacks.base import RankingCallback, RankingProbes, load_items, stack_captured
 from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
@@ -59,7 +59,7 @@ from cama.viz import GRADIENT_METHODS, Explainer, Features, check_methods
 __all__ = ["LocalizationMetrics"]
 
 
-class LocalizationMetrics(ExplanationCallback):
+class LocalizationMetrics(RankingCallback):
     """Localization and faithfulness scores of explanation maps, logged every validation epoch.
 
     Args:
@@ -127,7 +127,6 @@ class LocalizationMetrics(ExplanationCallback):
         self.samples = RankingProbes(self.num_samples, self.seed)
         self.last_results: dict[str, float] = {}
         self._active = False
-        self._capture: ProbeCapture | None = None
         self._scores: tuple[Any, MapScores] | None = None
 
     # ------------------------------------------------------------------ state
@@ -149,41 +148,26 @@ class LocalizationMetrics(ExplanationCallback):
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._active, self._capture = self.due(trainer), None
-        provider = self.samples.provider(trainer, pl_module) if self._active and self.reuse_features else None
-        if provider is not None:
-            self._capture = ProbeCapture(self.samples.choose(provider, self.warn_once))
-
-    def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
-    ) -> None:
-        if self._capture is not None:
-            self._capture.add(outputs, batch)
+        if self._active and self.reuse_features:
+            self.start_capture(trainer, pl_module, self.samples)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         self.validation_epochs += 1
-        active, capture = self._active, self._capture
-        self._active, self._capture = False, None
+        active, self._active = self._active, False
+        captured = self.stop_capture()
         if not active:
             return
-        provider = self.samples.provider(trainer, pl_module)
-        if provider is None:
-            self.warn_once(
-                "needs a ranking model (cama.protocols.RankingTask: re-ID or retrieval) and an evaluation "
-                "set; nothing is logged (for a few-shot model use callbacks.fewshot_explanations.FewShotExplanations)"
-            )
-            return
-        gallery = pl_module.evaluation_embeddings()  # collective: every rank
-        if len(gallery.gallery()) == 0:
-            self.warn_once("no gallery embedding in this validation epoch; nothing is logged")
+        inputs = self.epoch_inputs(trainer, pl_module, self.samples)  # collective: every rank
+        if inputs is None:
             return
         with self.threads(pl_module):
-            results = self._score(trainer, pl_module, provider, gallery, capture.captured if capture else {})
+            results = self._score(trainer, pl_module, *inputs, captured)
         self.last_results = {k: float(v) for k, v in results.items()}
         for name, value in results.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+
     # ------------------------------------------------------------------ scoring
     def _owned_positions(
         self, trainer: pl.Trainer, samples: list[int], captured: dict[int, Any], device: torch.device
@@ -255,7 +239,7 @@ class LocalizationMetrics(ExplanationCallback):
         captured: dict[int, Any],
     ) -> dict[str, Tensor]:
         device = pl_module.device
-        gallery = gallery.gallery().to(device)  # once: the providers rank against the gallery rows
+        gallery = gallery.to(device)
         samples = self.samples.choose(provider, self.warn_once)
         if not samples:
             self.warn_once("no query has a true match in the gallery; nothing is logged")
