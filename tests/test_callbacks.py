@@ -165,8 +165,11 @@ def test_explainer_maps_per_branch_and_summed(model, datamodule):
     ).embedding
     for method in ("cam", "dist_cam", "ram", "fam"):
         maps = explainer.explain(method, features, reference)
-        assert maps.shape == (3, 3, 64, 32) and maps.min() >= 0 and maps.max() <= 1
-        assert explainer.explain(method, features, reference, branches=False).shape == (3, 1, 64, 32)
+        raw = explainer.raw_maps(method, features, reference)  # [B, 2, h, w]
+        # branches: each branch's raw map post-processed; summed: the post-processed sum of the raw maps
+        torch.testing.assert_close(maps[:, :2], postprocess(raw, (64, 32)))
+        torch.testing.assert_close(maps[:, 2:], postprocess(raw.sum(1, keepdim=True), (64, 32)))
+        torch.testing.assert_close(explainer.explain(method, features, reference, branches=False), maps[:, 2:])
     # RAM of the branches sums to the RAM of the concatenated, normalised embedding (cama-ram Sec. 3.3)
     own = explainer.raw_maps("ram", features, features.embedding)
     unit = [torch.nn.functional.normalize(m.mean((2, 3)), dim=1) for m in features.maps]
@@ -187,7 +190,10 @@ def test_gradient_maps_per_branch_leave_the_model_untouched(model, datamodule):
     assert default_gradient_layers(model) == [["backbone.branches.0"], ["backbone.branches.1"]]
     for method in ("gradcam", "layercam"):
         maps = explainer.explain(method, features, features.embedding.flip(0))
-        assert maps.shape == (2, 3, 64, 32) and 0 <= maps.min() and maps.max() <= 1
+        assert maps.shape == (2, 3, 64, 32)
+        # the summed map is the map of the full-embedding similarity over every branch's layer (Eq. 8)
+        summed = explainer.explain(method, features, features.embedding.flip(0), branches=False)
+        torch.testing.assert_close(summed[:, 0], maps[:, 2])
     truncated = Explainer(model, gradient_layers=["backbone.branches.1"], truncation=20.0)
     assert truncated.explain("gradcam++", features, features.embedding.flip(0), branches=False).shape == (
         2,
