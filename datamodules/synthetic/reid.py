@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..seeding import mix_seed, single_thread
-from .canvas import Camera, Canvas, make_camera
+from .canvas import Canvas, make_camera
 from .common import target_item, with_overrides
 from .people import PART_NAMES, Identity, _sample_part, _sample_parts, draw_clutter, draw_occluder, draw_person
 
