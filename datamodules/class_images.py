@@ -16,7 +16,18 @@ from .images import SeededTransformDataset, colour_jitter, flip, load_image, res
 from .samplers import split_item
 from .synthetic import SyntheticClasses, SyntheticClassesConfig
 
-__all__ = ["FewShotImageDataset", "FewShotTransformDataset", "ClassImagesDataModule"]
+__all__ = ["FewShotImageDataset", "FewShotTransformDataset", "ClassImagesDataModule", "synthetic_config"]
+
+
+def synthetic_config(
+    dataset: str, num_classes: int, images_per_class: int, size: int, splits: Sequence[int] | None = None
+) -> SyntheticClassesConfig | None:
+    """The synthetic classes of a data module's ``synthetic_*`` options (``None`` unless ``dataset`` is
+    ``"synthetic"``): ``num_classes`` of ``images_per_class`` square ``size`` images, few-shot ``splits``."""
+    if dataset != "synthetic":
+        return None
+    return SyntheticClassesConfig(num_classes=num_classes, images_per_class=images_per_class, height=size,
+                                  width=size, few_shot_splits=tuple(splits) if splits else None)
 
 
 class FewShotImageDataset(Dataset):

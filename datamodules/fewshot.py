@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 from torch.utils.data import DataLoader, Dataset
 
-from .class_images import ClassImagesDataModule, FewShotImageDataset, FewShotTransformDataset
+from .class_images import ClassImagesDataModule, FewShotImageDataset, FewShotTransformDataset, synthetic_config
 from .class_scan import (
     SPLITS,
     FewShotRecord,
@@ -62,7 +62,6 @@ from .episodes import EpisodeCollate, EpisodeSampler
 from .errors import DatasetLayoutError, UnreadableImageError
 from .images import NormalizeImage
 from .seeding import mix_seed
-from .synthetic import SyntheticClassesConfig
 
 __all__ = [
     "ClassImagesDataModule",
@@ -153,18 +152,10 @@ class FewShotDataModule(ClassImagesDataModule):
     ) -> None:
         if dataset not in FEW_SHOT_DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}, expected one of {FEW_SHOT_DATASETS}")
-        super().__init__(
-            dataset, root, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
-            SyntheticClassesConfig(
-                num_classes=synthetic_num_classes,
-                images_per_class=synthetic_images_per_class,
-                height=synthetic_size,
-                width=synthetic_size,
-                few_shot_splits=tuple(synthetic_splits) if synthetic_splits else None,
-            ) if dataset == "synthetic" else None,
-            synthetic_seed,
-            check_images,
-        )
+        synthetic = synthetic_config(dataset, synthetic_num_classes, synthetic_images_per_class, synthetic_size,
+                                     synthetic_splits)
+        super().__init__(dataset, root, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
+                         synthetic, synthetic_seed, check_images)
         self.save_hyperparameters()
         self.split_folders = tuple(split_folders) if split_folders else None
         self.train_episode = (int(train_way), int(train_shot), int(train_query))

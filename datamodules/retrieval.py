@@ -47,13 +47,12 @@ from typing import Any, Literal
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .class_images import ClassImagesDataModule, FewShotImageDataset
+from .class_images import ClassImagesDataModule, FewShotImageDataset, synthetic_config
 from .class_scan import RETRIEVAL_SPLITS, scan_cub_retrieval, scan_retrieval_folders
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
 from .images import colour_jitter, flip
 from .samplers import MPerClassBatchSampler
-from .synthetic import SyntheticClassesConfig
 
 __all__ = [
     "DatasetLayoutError",
@@ -136,17 +135,9 @@ class RetrievalDataModule(ClassImagesDataModule):
             raise ValueError(
                 f"batch_size={batch_size} must be a positive multiple of m_per_class={m_per_class}"
             )
-        super().__init__(
-            dataset, root, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
-            SyntheticClassesConfig(
-                num_classes=synthetic_num_classes,
-                images_per_class=synthetic_images_per_class,
-                height=synthetic_size,
-                width=synthetic_size,
-            ) if dataset == "synthetic" else None,
-            synthetic_seed,
-            check_images,
-        )
+        synthetic = synthetic_config(dataset, synthetic_num_classes, synthetic_images_per_class, synthetic_size)
+        super().__init__(dataset, root, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
+                         synthetic, synthetic_seed, check_images)
         self.save_hyperparameters()
         self.resize_size = int(resize_size) if resize_size else None
         self.crop_scale = tuple(float(s) for s in crop_scale) if crop_scale is not None else None

@@ -33,36 +33,9 @@ The code lives in :mod:`datamodules.synthetic` (``object_shapes``, ``objects``, 
 this module keeps the import path ``datamodules.synthetic_classes``.
 """
 
-from .synthetic.class_layouts import (
-    CLASS_LAYOUTS,
-    write_class_folders,
-    write_classes_layout,
-    write_cub_layout,
-    write_miniimagenet_layout,
-)
-from .synthetic.object_shapes import COLOURS, SHAPES, TEXTURES
-from .synthetic.objects import (
-    FEW_SHOT_SPLITS,
-    ClassSpec,
-    RenderedObject,
-    SyntheticClasses,
-    SyntheticClassesConfig,
-    SyntheticClassesDataset,
-)
+from .synthetic import class_layouts, object_shapes, objects
+from .synthetic.class_layouts import *  # noqa: F401,F403 - the names of __all__
+from .synthetic.object_shapes import *  # noqa: F401,F403
+from .synthetic.objects import *  # noqa: F401,F403
 
-__all__ = [
-    "SHAPES",
-    "TEXTURES",
-    "COLOURS",
-    "FEW_SHOT_SPLITS",
-    "CLASS_LAYOUTS",
-    "ClassSpec",
-    "RenderedObject",
-    "SyntheticClassesConfig",
-    "SyntheticClasses",
-    "SyntheticClassesDataset",
-    "write_classes_layout",
-    "write_cub_layout",
-    "write_miniimagenet_layout",
-    "write_class_folders",
-]
+__all__ = [*object_shapes.__all__, *objects.__all__, *class_layouts.__all__]

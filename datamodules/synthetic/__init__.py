@@ -41,23 +41,11 @@ The package also holds the object classes of the few-shot and retrieval data
 The speed benchmark of both generators is ``bench/synthetic_data.py``.
 """
 
+from . import class_layouts, object_shapes, objects
 from .canvas import Camera
-from .class_layouts import (
-    CLASS_LAYOUTS,
-    write_class_folders,
-    write_classes_layout,
-    write_cub_layout,
-    write_miniimagenet_layout,
-)
-from .object_shapes import COLOURS, SHAPES, TEXTURES
-from .objects import (
-    FEW_SHOT_SPLITS,
-    ClassSpec,
-    RenderedObject,
-    SyntheticClasses,
-    SyntheticClassesConfig,
-    SyntheticClassesDataset,
-)
+from .class_layouts import *  # noqa: F401,F403 - the object classes, listed in __all__ below
+from .object_shapes import *  # noqa: F401,F403
+from .objects import *  # noqa: F401,F403
 from .people import (
     ACCESSORIES,
     ACCESSORY_COLOURS,
@@ -103,18 +91,7 @@ __all__ = [
     "SHOE_COLOURS",
     "ACCESSORIES",
     "ACCESSORY_COLOURS",
-    "SHAPES",
-    "TEXTURES",
-    "COLOURS",
-    "FEW_SHOT_SPLITS",
-    "CLASS_LAYOUTS",
-    "ClassSpec",
-    "RenderedObject",
-    "SyntheticClassesConfig",
-    "SyntheticClasses",
-    "SyntheticClassesDataset",
-    "write_classes_layout",
-    "write_cub_layout",
-    "write_miniimagenet_layout",
-    "write_class_folders",
+    *object_shapes.__all__,
+    *objects.__all__,
+    *class_layouts.__all__,
 ]

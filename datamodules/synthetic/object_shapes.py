@@ -17,14 +17,10 @@ SHAPES: tuple[str, ...] = (
 )
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "checker", "dots", "rings", "two_tone")
 COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.86, 0.13, 0.12),
-    "orange": (0.97, 0.56, 0.10),
-    "yellow": (0.95, 0.88, 0.20),
-    "green": (0.18, 0.68, 0.22),
-    "cyan": (0.15, 0.78, 0.84),
-    "blue": (0.16, 0.30, 0.90),
-    "purple": (0.56, 0.20, 0.72),
-    "pink": (0.97, 0.55, 0.76),
+    "red": (0.86, 0.13, 0.12), "orange": (0.97, 0.56, 0.10),
+    "yellow": (0.95, 0.88, 0.20), "green": (0.18, 0.68, 0.22),
+    "cyan": (0.15, 0.78, 0.84), "blue": (0.16, 0.30, 0.90),
+    "purple": (0.56, 0.20, 0.72), "pink": (0.97, 0.55, 0.76),
 }
 
 # second colour of the textured classes: a dark shade of the first one

@@ -54,17 +54,12 @@ PALETTE: dict[str, tuple[float, float, float]] = {
     "light_blue": (0.56, 0.72, 0.92),
 }
 SKIN_TONES: dict[str, tuple[float, float, float]] = {
-    "light": (0.96, 0.80, 0.68),
-    "tan": (0.84, 0.64, 0.46),
-    "brown": (0.60, 0.42, 0.28),
-    "dark": (0.36, 0.24, 0.16),
+    "light": (0.96, 0.80, 0.68), "tan": (0.84, 0.64, 0.46),
+    "brown": (0.60, 0.42, 0.28), "dark": (0.36, 0.24, 0.16),
 }
 HAIR_COLOURS: dict[str, tuple[float, float, float]] = {
-    "black": (0.06, 0.05, 0.05),
-    "brown": (0.36, 0.22, 0.10),
-    "blond": (0.88, 0.74, 0.38),
-    "grey": (0.72, 0.72, 0.72),
-    "auburn": (0.62, 0.24, 0.10),
+    "black": (0.06, 0.05, 0.05), "brown": (0.36, 0.22, 0.10), "blond": (0.88, 0.74, 0.38),
+    "grey": (0.72, 0.72, 0.72), "auburn": (0.62, 0.24, 0.10),
 }
 HAIR_STYLES = ("short", "long", "bald")
 UPPER_COLOURS = tuple(PALETTE)
