@@ -17,27 +17,23 @@ Real layouts are read from file names (``0002_c1s1_000451_03.jpg``, ``0001_c2_f0
 :class:`DatasetLayoutError` naming the path.
 """
 
+
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
+from .base import ImageDataModule
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
-from .image_check import check_split_images
-from .samplers import PKSampler, run_seeded, split_item
-from .seeding import single_thread
+from .images import IMAGENET_MEAN, IMAGENET_STD, SeededTransformDataset, flip, load_image, resize_pad_crop
+from .reid_scan import REID_LAYOUTS, ReIDLayout, ReIDRecord, resolve_reid_root, scan_reid_folder
+from .samplers import PKSampler, split_item
 from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig
 
 __all__ = [
@@ -56,137 +52,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-@dataclass(frozen=True)
-class ReIDRecord:
-    path: str
-    pid: int
-    camid: int  # 0-based
-
-
-@dataclass(frozen=True)
-class ReIDLayout:
-    name: str
-    pattern: str  # regex on the file name: group 1 = pid, group 2 = camera (1-based)
-    example: str
-    train: str = "bounding_box_train"
-    query: str = "query"
-    gallery: str = "bounding_box_test"
-
-    @property
-    def folders(self) -> tuple[str, str, str]:
-        return (self.train, self.query, self.gallery)
-
-
-REID_LAYOUTS: dict[str, ReIDLayout] = {
-    "market1501": ReIDLayout("market1501", r"^(-?\d+)_c(\d+)", "0002_c1s1_000451_03.jpg"),
-    "dukemtmc": ReIDLayout("dukemtmc", r"^(-?\d+)_c(\d+)", "0001_c2_f0046182.jpg"),
-    "cuhk03": ReIDLayout("cuhk03", r"^(\d+)_c(\d+)", "0001_c1_1.png"),
-}
-
-
-def _list_dirs(path: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in path.iterdir() if p.is_dir())
-    except OSError:
-        return []
-
-
-def resolve_reid_root(dataset: str, root: str | Path | None, cuhk03_variant: str = "labeled") -> Path:
-    """The folder that holds ``bounding_box_train/``, ``query/`` and ``bounding_box_test/``.
-
-    ``root`` may be that folder or its parent (e.g. the folder holding ``Market-1501-v15.09.15``);
-    for CUHK03-NP it may be the ``cuhk03-np`` folder (holding ``labeled/`` and ``detected/``), its
-    parent, or the variant folder itself.
-    """
-    layout = REID_LAYOUTS[dataset]
-    if root is None:
-        raise DatasetLayoutError(f"dataset={dataset!r} needs a root folder (root=None)")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetLayoutError(f"{dataset} root {root} does not exist or is not a folder")
-    expected = layout.folders
-
-    def score(path: Path) -> int:
-        return sum((path / f).is_dir() for f in expected)
-
-    direct = [root]
-    if dataset == "cuhk03":
-        direct = [root / cuhk03_variant, root / "cuhk03-np" / cuhk03_variant,
-                  root / "cuhk03_np" / cuhk03_variant, root]
-    for path in direct:
-        if score(path) == len(expected):
-            return path
-    children = [root / d for d in _list_dirs(root)]
-    if dataset == "cuhk03":
-        children = [c / cuhk03_variant for c in children]
-    complete = [c for c in children if score(c) == len(expected)]
-    if len(complete) > 1:  # e.g. a data/ folder holding several data sets: pick by name
-        hint = {"market1501": "market", "dukemtmc": "duke", "cuhk03": "cuhk"}[dataset]
-        named = [c for c in complete if hint in str(c.relative_to(root)).lower()]
-        if len(named) != 1:
-            raise DatasetLayoutError(
-                f"{dataset} root {root} holds several candidate folders {[str(c) for c in complete]}; "
-                "pass the one to use as root"
-            )
-        complete = named
-    if complete:
-        return complete[0]
-    best = max(direct + children, key=score)
-    if score(best) > 0:
-        missing = [str(best / f) for f in expected if not (best / f).is_dir()]
-        raise DatasetLayoutError(
-            f"{dataset} folder {best} is missing the sub-folder(s) {missing}; "
-            f"expected {list(expected)}, found {_list_dirs(best)}"
-        )
-    where = f"{list(expected)}" if dataset != "cuhk03" else (
-        f"cuhk03-np/{cuhk03_variant}/{{{', '.join(expected)}}} (or {cuhk03_variant}/... under root)")
-    raise DatasetLayoutError(
-        f"{dataset} root {root} does not hold the expected sub-folders {where}; "
-        f"found: {_list_dirs(root) or 'nothing'}"
-    )
-
-
-def scan_reid_folder(folder: str | Path, layout: ReIDLayout | str) -> list[ReIDRecord]:
-    """Records of the images of one folder, sorted by file name; non-image files are skipped."""
-    layout = REID_LAYOUTS[layout] if isinstance(layout, str) else layout
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetLayoutError(f"missing {layout.name} sub-folder {folder}")
-    regex = re.compile(layout.pattern)
-    records = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        m = regex.match(path.name)
-        if m is None:
-            raise DatasetLayoutError(
-                f"cannot parse {layout.name} file name {path}: expected the pattern {layout.pattern!r} "
-                f"(pid, camera), e.g. {layout.example}"
-            )
-        pid, cam = int(m.group(1)), int(m.group(2))
-        if cam < 1:
-            raise DatasetLayoutError(f"camera numbers start at 1 in {layout.name} file names: {path}")
-        records.append(ReIDRecord(str(path), pid, cam - 1))
-    return records
-
-
-def load_image(path: str) -> torch.Tensor:
-    """Decode an image file to uint8 RGB [3, H, W]; :class:`UnreadableImageError` names the file."""
-    try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
-    except Exception as e:  # noqa: BLE001 - torchvision raises RuntimeError / ValueError / OSError
-        try:  # formats torchvision cannot decode (e.g. some BMP variants)
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB")).copy()
-            return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-        except Exception:  # noqa: BLE001
-            raise UnreadableImageError(f"cannot read image {path}: {e}") from e
 
 
 class ReIDImageDataset(Dataset):
@@ -216,60 +81,32 @@ def _pids(ds: Dataset) -> list[int]:
     return list(ds.pids)  # type: ignore[attr-defined]
 
 
-class ReIDTransformDataset(Dataset):
-    """Applies a (random) transform to the items of a base re-ID dataset.
+class ReIDTransformDataset(SeededTransformDataset):
+    """Applies a (random) transform to the items of a base re-ID dataset (:class:`SeededTransformDataset`).
 
-    ``__getitem__`` accepts an index or ``(index, sample_seed)``; with a seed the transform runs under
-    a forked torch RNG seeded with it, so the output depends on the seed only. ``pid_map`` relabels
-    pids; ``targets`` keeps the ``box`` / ``mask`` ground truth (transformed with the image).
+    ``pid_map`` relabels pids; ``targets`` keeps the ``box`` / ``mask`` ground truth (transformed with
+    the image). Items ``{"pid", "camid", "index", "image"}`` (plus ``"box"``, ``"mask"``).
     """
 
-    def __init__(
-        self,
-        base: Dataset,
-        transform: Callable,
-        pid_map: dict[int, int] | None = None,
-        targets: bool = False,
-    ) -> None:
-        self.base = base
-        self.transform = transform
-        self.pid_map = pid_map
-        self.targets = targets
+    label_key = "pid"
+    extra_keys = ("camid",)
 
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
+    def __init__(
+        self, base: Dataset, transform: Callable, pid_map: dict[int, int] | None = None, targets: bool = False
+    ) -> None:
+        super().__init__(base, transform, label_map=pid_map, targets=targets)
+
+    @property
+    def pid_map(self) -> dict[int, int] | None:
+        return self.label_map
 
     @property
     def pids(self) -> list[int]:
-        pids = _pids(self.base)
-        return [self.pid_map[p] for p in pids] if self.pid_map is not None else pids
+        return self.labels
 
     @property
     def camids(self) -> list[int]:
         return list(self.base.camids)  # type: ignore[attr-defined]
-
-    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        with single_thread():
-            return self._get(item)
-
-    def _get(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        index, seed = split_item(item)
-        sample = self.base[index]
-        pid = sample["pid"]
-        out: dict[str, Any] = {
-            "pid": torch.tensor(self.pid_map[pid] if self.pid_map is not None else pid, dtype=torch.long),
-            "camid": torch.tensor(sample["camid"], dtype=torch.long),
-            "index": torch.tensor(index, dtype=torch.long),
-        }
-        if self.targets and "box" in sample:
-            image, box, mask = run_seeded(
-                self.transform, sample["image"], sample["box"], sample["mask"], seed=seed)
-            out["box"] = box.as_subclass(torch.Tensor).reshape(4).float()
-            out["mask"] = mask.as_subclass(torch.Tensor).bool()
-        else:
-            image = run_seeded(self.transform, sample["image"], seed=seed)
-        out["image"] = image.as_subclass(torch.Tensor)
-        return out
 
 
 class QueryGalleryDataset(Dataset):
@@ -302,17 +139,7 @@ class QueryGalleryDataset(Dataset):
 
 
 
-def denormalize_images(
-    images: torch.Tensor, mean: Sequence[float], std: Sequence[float], as_uint8: bool = False
-) -> torch.Tensor:
-    """Undo ``(x - mean) / std`` on ``[..., 3, H, W]`` images: float in [0, 1], or uint8 with ``as_uint8``."""
-    shape = (3, 1, 1)
-    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(shape)
-    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(shape)
-    out = (images * std_t + mean_t).clamp(0.0, 1.0)
-    return (out * 255.0 + 0.5).to(torch.uint8) if as_uint8 else out
-
-class ReIDDataModule(LightningDataModule):
+class ReIDDataModule(ImageDataModule):
     """Person re-ID data: Market-1501, DukeMTMC-reID, CUHK03-NP or the embedded synthetic set.
 
     Args:
@@ -375,20 +202,17 @@ class ReIDDataModule(LightningDataModule):
         synthetic_seed: int = 0,
         check_images: bool = True,
     ) -> None:
-        super().__init__()
         if dataset not in ("synthetic", *REID_LAYOUTS):
             raise ValueError(
                 f"unknown dataset {dataset!r}, expected 'synthetic' or one of {list(REID_LAYOUTS)}")
         if cuhk03_variant not in ("labeled", "detected"):
             raise ValueError(f"cuhk03_variant must be 'labeled' or 'detected', got {cuhk03_variant!r}")
+        super().__init__(dataset, root, num_workers, check_images)
         self.save_hyperparameters()
-        self.dataset = dataset
-        self.root = root
         self.cuhk03_variant = cuhk03_variant
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.p, self.k = int(p), int(k)
         self.eval_batch_size = int(eval_batch_size)
-        self.num_workers = int(num_workers)
         self.padding = int(padding)
         self.flip_prob = float(flip_prob)
         self.random_erasing = float(random_erasing)
@@ -406,14 +230,8 @@ class ReIDDataModule(LightningDataModule):
             placement=synthetic_placement,
         ) if dataset == "synthetic" else None
         self.synthetic_seed = int(synthetic_seed)
-        self.check_images = bool(check_images)
-        self._images_checked: set[str] = set()
-        self.mean = IMAGENET_MEAN
-        self.std = IMAGENET_STD
         #: names of the part masks (``batch["mask"][:, i]`` is part ``part_names[i]``); empty for real data
         self.part_names: tuple[str, ...] = PART_NAMES if dataset == "synthetic" else ()
-        self._generator: SyntheticReID | None = None
-        self._raw: dict[str, Dataset] | None = None
         self.train_dataset: ReIDTransformDataset | None = None
         self.query_dataset: ReIDTransformDataset | None = None
         self.gallery_dataset: ReIDTransformDataset | None = None
@@ -422,12 +240,8 @@ class ReIDDataModule(LightningDataModule):
 
     # -- raw data ------------------------------------------------------------------------------
 
-    @property
-    def generator(self) -> SyntheticReID | None:
-        """The synthetic generator (``None`` for real data)."""
-        if self.dataset == "synthetic" and self._generator is None:
-            self._generator = SyntheticReID(seed=self.synthetic_seed, config=self.synthetic_config)
-        return self._generator
+    def _make_generator(self) -> SyntheticReID:
+        return SyntheticReID(seed=self.synthetic_seed, config=self.synthetic_config)
 
     @property
     def data_root(self) -> Path | None:
@@ -475,11 +289,7 @@ class ReIDDataModule(LightningDataModule):
     # -- transforms -------------------------------------------------------------------------------
 
     def train_transform(self) -> v2.Compose:
-        t: list[Any] = [v2.Resize(self.image_size, antialias=True)]
-        if self.padding > 0:
-            t += [v2.Pad(self.padding), v2.RandomCrop(self.image_size)]
-        if self.flip_prob > 0:
-            t.append(v2.RandomHorizontalFlip(self.flip_prob))
+        t = resize_pad_crop(self.image_size, self.padding) + flip(self.flip_prob)
         t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
         if self.random_erasing > 0:
             t.append(v2.RandomErasing(p=self.random_erasing))
@@ -492,17 +302,10 @@ class ReIDDataModule(LightningDataModule):
             v2.Normalize(self.mean, self.std),
         ])
 
-    def denormalize(self, images: torch.Tensor, as_uint8: bool = False) -> torch.Tensor:
-        """Undo the normalisation: float images in [0, 1] (or uint8 with ``as_uint8``), same shape."""
-        return denormalize_images(images, self.mean, self.std, as_uint8)
-
     # -- Lightning hooks ------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        if self.check_images and self.dataset != "synthetic":
-            splits = ("train", "query", "gallery") if stage in (None, "fit") else ("query", "gallery")
-            source = f"{self.dataset} at {self.root}"
-            check_split_images(self._raw_datasets(), splits, self._images_checked, source)
+        self._check_image_files(("train", "query", "gallery") if stage in (None, "fit") else ("query", "gallery"))
         if self.train_dataset is not None:
             return
         raw = self._raw_datasets()
@@ -512,13 +315,6 @@ class ReIDDataModule(LightningDataModule):
         self.query_dataset = ReIDTransformDataset(raw["query"], self.eval_transform(), targets=targets)
         self.gallery_dataset = ReIDTransformDataset(raw["gallery"], self.eval_transform(), targets=targets)
         self.eval_dataset = QueryGalleryDataset(self.query_dataset, self.gallery_dataset)
-
-    def _loader_kwargs(self) -> dict[str, Any]:
-        return {
-            "num_workers": self.num_workers,
-            "persistent_workers": self.num_workers > 0,
-            "pin_memory": torch.cuda.is_available(),
-        }
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -537,12 +333,3 @@ class ReIDDataModule(LightningDataModule):
         sampler = SpreadSampler(groups) if spread else None
         return DataLoader(self.eval_dataset, batch_size=self.eval_batch_size, sampler=sampler,
                           shuffle=False, **self._loader_kwargs())
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(spread=False)

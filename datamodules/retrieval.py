@@ -3,9 +3,9 @@
 :class:`RetrievalDataModule` gives
 
 * a training loader of class-balanced batches, ``m_per_class`` images of each of
-  ``batch_size / m_per_class`` classes (pytorch-metric-learning's ``MPerClassSampler`` inside
-  :class:`MPerClassBatchSampler`, which makes it deterministic per ``(seed, epoch)`` and splits whole
-  batches between DDP processes), with augmentation; batches ``{"image": float [B,3,H,W]
+  ``batch_size / m_per_class`` classes (:class:`~datamodules.samplers.MPerClassBatchSampler`: the
+  draw of pytorch-metric-learning's ``MPerClassSampler`` on its own generator, deterministic per
+  ``(seed, epoch)``, whole batches split between DDP processes), with augmentation; batches ``{"image": float [B,3,H,W]
   (ImageNet-normalised), "label": long [B] (training class, 0..C-1), "index": long [B]}``;
 * one evaluation loader (validation, test and predict alike: the retrieval protocol has no separate
   validation split) over the whole test split, in a fixed order, ``{"image", "label" (test class,
@@ -28,39 +28,31 @@ Layouts (``dataset``):
   ``root`` (``root/<class>/<image>``), when the classes sorted by name are split in two: the first
   half (rounded down) trains, the second half is the test split (the CUB convention). A class is any
   folder holding images directly (nested class folders keep their relative path as the name);
-* ``"synthetic"``: :class:`~datamodules.synthetic_classes.SyntheticClasses` drawn on the fly
+* ``"synthetic"``: :class:`~datamodules.synthetic.SyntheticClasses` drawn on the fly
   (shape x texture x colour on clutter, with box and mask): the first half of the classes trains,
   the second half is the test split.
 
 A missing root or file, a broken annotation line, a class id that ``classes.txt`` does not list, an
 empty split and an unreadable image stop the run with :class:`DatasetLayoutError`
 (:class:`UnreadableImageError` for images) naming the file and the layout expected.
+
+The layouts are read by :mod:`datamodules.class_scan` (:func:`scan_cub_retrieval`,
+:func:`scan_retrieval_folders`, re-exported here).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
-import numpy as np
-from pytorch_metric_learning.samplers import MPerClassSampler
-from pytorch_metric_learning.utils import common_functions as pml_common
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .fewshot import (
-    ClassImagesDataModule,
-    FewShotImageDataset,
-    FewShotRecord,
-    _read_table,
-    resolve_cub_root,
-    scan_class_folders,
-)
+from .class_images import ClassImagesDataModule, FewShotImageDataset, synthetic_config
+from .class_scan import RETRIEVAL_SPLITS, scan_cub_retrieval, scan_retrieval_folders
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
-from .samplers import PKSampler
-from .seeding import mix_seed
-from .synthetic_classes import SyntheticClassesConfig
+from .images import colour_jitter, flip
+from .samplers import MPerClassBatchSampler
 
 __all__ = [
     "DatasetLayoutError",
@@ -73,171 +65,6 @@ __all__ = [
 ]
 
 RETRIEVAL_DATASETS = ("synthetic", "cub200", "folders")
-RETRIEVAL_SPLITS = ("train", "test")
-
-
-# -- scanning the layouts ------------------------------------------------------------------------
-
-
-def scan_cub_retrieval(
-    root: str | Path | None, num_train_classes: int | None = None
-) -> dict[str, list[FewShotRecord]]:
-    """Records of the retrieval split of CUB-200-2011: class ids ``1..n`` train, the rest test.
-
-    The classes are ordered by their id in ``classes.txt``; the first ``num_train_classes`` (default:
-    half of them, 100 of CUB's 200) are the training classes. Every record carries its box from
-    ``bounding_boxes.txt`` as ``(x1, y1, x2, y2) = (x, y, x + width, y + height)`` in pixels of the
-    file, when that file exists.
-    """
-    base = resolve_cub_root(root)
-    layout = "expected: images.txt, image_class_labels.txt, classes.txt, bounding_boxes.txt, images/"
-    images = _read_table(base / "images.txt", 2)
-    labels = _read_table(base / "image_class_labels.txt", 2)
-    classes = _read_table(base / "classes.txt", 2)
-    boxes = _read_table(base / "bounding_boxes.txt", 5) if (base / "bounding_boxes.txt").is_file() else {}
-    if not images:
-        raise DatasetLayoutError(f"{base / 'images.txt'} lists no images ({layout})")
-    class_ids = sorted(classes)
-    n_train = len(class_ids) // 2 if num_train_classes is None else int(num_train_classes)
-    if not 1 <= n_train < len(class_ids):
-        raise DatasetLayoutError(
-            f"cub_train_classes={n_train} must leave training and test classes among the "
-            f"{len(class_ids)} classes of {base / 'classes.txt'}"
-        )
-    train_ids = set(class_ids[:n_train])
-    out: dict[str, list[FewShotRecord]] = {s: [] for s in RETRIEVAL_SPLITS}
-    for image_id, (rel, *_) in sorted(images.items()):
-        if image_id not in labels:
-            raise DatasetLayoutError(
-                f"image {image_id} ({rel}) has no class in {base / 'image_class_labels.txt'}"
-            )
-        if not labels[image_id][0].isdigit():
-            raise DatasetLayoutError(
-                f"{base / 'image_class_labels.txt'}: image {image_id} has class {labels[image_id][0]!r}, "
-                f"expected an integer class id of {base / 'classes.txt'}"
-            )
-        cid = int(labels[image_id][0])
-        if cid not in classes:
-            raise DatasetLayoutError(
-                f"class id {cid} of image {image_id} ({rel}) is out of range: {base / 'classes.txt'} lists "
-                f"the ids {class_ids[0]}..{class_ids[-1]} ({len(class_ids)} classes)"
-            )
-        box = None
-        if image_id in boxes:
-            try:
-                x, y, w, h = (float(v) for v in boxes[image_id][:4])
-            except ValueError:
-                raise DatasetLayoutError(
-                    f"{base / 'bounding_boxes.txt'}: image {image_id} has the box {boxes[image_id]}, "
-                    "expected '<image_id> <x> <y> <width> <height>' in pixels"
-                ) from None
-            box = (x, y, x + w, y + h)
-        split = "train" if cid in train_ids else "test"
-        out[split].append(FewShotRecord(str(base / "images" / rel), classes[cid][0], box))
-    if boxes and any(r.box is None for s in out.values() for r in s):
-        missing = next(r.path for s in out.values() for r in s if r.box is None)
-        raise DatasetLayoutError(f"{base / 'bounding_boxes.txt'} has no box for the image {missing}")
-    return out
-
-
-def scan_retrieval_folders(root: str | Path | None) -> dict[str, list[FewShotRecord]]:
-    """Records of a one-folder-per-class layout: ``root/{train,test}/<class>/`` or ``root/<class>/``.
-
-    With split folders (``train`` or ``base``, and ``test`` or ``novel``) each split is read as it is;
-    without, the classes under ``root`` sorted by name are halved: first half train, second half test.
-    """
-    if root is None:
-        raise DatasetLayoutError("dataset='folders' needs a root folder (root=None)")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetLayoutError(f"folders root {root} does not exist or is not a folder")
-    train_dirs = [root / n for n in ("train", "base") if (root / n).is_dir()]
-    test_dirs = [root / n for n in ("test", "novel") if (root / n).is_dir()]
-    if train_dirs and test_dirs:
-        return {s: scan_class_folders(root, s) for s in RETRIEVAL_SPLITS}
-    if train_dirs or test_dirs:
-        if train_dirs:
-            found, missing = train_dirs[0], "test/ (or novel/)"
-        else:
-            found, missing = test_dirs[0], "train/ (or base/)"
-        raise DatasetLayoutError(
-            f"folders root {root} has the split folder {found} but no {missing}: expected "
-            f"root/train/<class>/<image> and root/test/<class>/<image>, or root/<class>/<image> "
-            f"(classes halved by sorted name)"
-        )
-    # a flat root/<class>/<image> tree: the root itself is the "split folder" of scan_class_folders
-    records = scan_class_folders(root.parent, "train", (root.name, root.name, root.name))
-    names = sorted({r.class_name for r in records})
-    if len(names) < 2:
-        raise DatasetLayoutError(
-            f"folders root {root} holds {len(names)} class folder(s) with images; splitting classes in two "
-            f"(first half train, second half test) needs at least 2, or use root/train/ and root/test/"
-        )
-    train_names = set(names[: len(names) // 2])
-    return {
-        "train": [r for r in records if r.class_name in train_names],
-        "test": [r for r in records if r.class_name not in train_names],
-    }
-
-
-# -- sampling ------------------------------------------------------------------------------------
-
-
-class MPerClassBatchSampler(PKSampler):
-    """Batches of ``batch_size / m`` classes x ``m`` images, drawn by pytorch-metric-learning's
-    ``MPerClassSampler``, as ``(index, sample_seed)`` pairs.
-
-    ``MPerClassSampler`` draws from NumPy's global generator; here every epoch's index list is drawn
-    with a generator seeded by ``(seed, epoch)`` (the global one is left alone), so the batches, and
-    the augmentations seeded per item, depend only on the seed and the epoch. An epoch has
-    ``batches_per_epoch`` global batches (default ``len(labels) // batch_size``), and under DDP rank
-    ``r`` gets whole batches ``r, r + R, ...`` (the machinery of
-    :class:`~datamodules.samplers.PKSampler`), so every process sees ``m`` images per class.
-
-    Args:
-        labels: the class of each dataset index.
-        m: images per class in a batch (a class with fewer images is sampled with replacement).
-        batch_size: images per batch, a multiple of ``m``; at most ``m`` x the number of classes.
-        seed, num_replicas, rank, batches_per_epoch, sampler, drop_last: as for ``PKSampler``.
-    """
-
-    def __init__(
-        self,
-        labels: Sequence[int],
-        m: int,
-        batch_size: int,
-        seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        batches_per_epoch: int | None = None,
-        sampler: Sampler | None = None,
-        drop_last: bool = True,
-    ) -> None:
-        m, batch_size = int(m), int(batch_size)
-        if m < 1 or batch_size < 1 or batch_size % m:
-            raise ValueError(f"batch_size={batch_size} must be a positive multiple of m_per_class={m}")
-        num_labels = len(set(int(x) for x in labels))
-        if batch_size // m > num_labels:
-            raise ValueError(
-                f"a batch of {batch_size} images with m_per_class={m} needs {batch_size // m} classes, "
-                f"the training split has {num_labels}"
-            )
-        super().__init__(labels, batch_size // m, m, seed=seed, num_replicas=num_replicas, rank=rank,
-                         batches_per_epoch=batches_per_epoch, sampler=sampler, drop_last=drop_last)
-        self.m = m
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """All global batches (index lists, every rank's) of an epoch."""
-        total = self.batches_per_rank * self.num_replicas
-        sampler = MPerClassSampler(self.labels, self.m, batch_size=self.batch_size,
-                                   length_before_new_iter=total * self.batch_size)
-        saved = pml_common.NUMPY_RANDOM
-        pml_common.NUMPY_RANDOM = np.random.RandomState(mix_seed(self.seed, epoch) % (2**32))
-        try:
-            order = [int(i) for i in sampler]
-        finally:
-            pml_common.NUMPY_RANDOM = saved
-        return [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(total)]
 
 
 # -- the data module -----------------------------------------------------------------------------
@@ -300,7 +127,6 @@ class RetrievalDataModule(ClassImagesDataModule):
         synthetic_seed: int = 0,
         check_images: bool = True,
     ) -> None:
-        super().__init__()
         if dataset not in RETRIEVAL_DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}, expected one of {RETRIEVAL_DATASETS}")
         if crop_scale is not None and not 0 < crop_scale[0] <= crop_scale[1] <= 1:
@@ -309,33 +135,18 @@ class RetrievalDataModule(ClassImagesDataModule):
             raise ValueError(
                 f"batch_size={batch_size} must be a positive multiple of m_per_class={m_per_class}"
             )
+        synthetic = synthetic_config(dataset, synthetic_num_classes, synthetic_images_per_class, synthetic_size)
+        super().__init__(dataset, root, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
+                         synthetic, synthetic_seed, check_images)
         self.save_hyperparameters()
-        self.dataset = dataset
-        self.root = root
-        self.image_size = (int(image_size[0]), int(image_size[1]))
         self.resize_size = int(resize_size) if resize_size else None
         self.crop_scale = tuple(float(s) for s in crop_scale) if crop_scale is not None else None
-        self.padding = int(padding)
-        self.flip_prob = float(flip_prob)
-        self.color_jitter = float(color_jitter)
         self.m_per_class = int(m_per_class)
         self.batch_size = int(batch_size)
         self.batches_per_epoch = int(batches_per_epoch) if batches_per_epoch else None
         self.eval_batch_size = int(eval_batch_size)
-        self.num_workers = int(num_workers)
-        self.eval_cache = bool(eval_cache)
         self.seed = int(seed)
         self.cub_train_classes = cub_train_classes
-        self._init_images(
-            SyntheticClassesConfig(
-                num_classes=synthetic_num_classes,
-                images_per_class=synthetic_images_per_class,
-                height=synthetic_size,
-                width=synthetic_size,
-            ) if dataset == "synthetic" else None,
-            synthetic_seed,
-            check_images,
-        )
 
     # -- raw data --------------------------------------------------------------------------------
 
@@ -371,12 +182,7 @@ class RetrievalDataModule(ClassImagesDataModule):
             return super().train_transform()
         t: list[Any] = [v2.Resize(self.resize_size, antialias=True)] if self.resize_size else []
         t.append(v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True))
-        if self.flip_prob > 0:
-            t.append(v2.RandomHorizontalFlip(self.flip_prob))
-        if self.color_jitter > 0:
-            j = self.color_jitter
-            t.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
-        return v2.Compose(t)
+        return v2.Compose(t + flip(self.flip_prob) + colour_jitter(self.color_jitter))
 
     def eval_transform(self) -> v2.Compose:
         if self.resize_size:
@@ -413,12 +219,3 @@ class RetrievalDataModule(ClassImagesDataModule):
         sampler = SpreadSampler(dataset.labels) if spread else None
         return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, shuffle=False,
                           **self._loader_kwargs())
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader(spread=False)

@@ -14,13 +14,14 @@ import random
 from collections import defaultdict
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .seeding import mix_seed
 
-__all__ = ["PKSampler", "resolve_replicas", "run_seeded", "split_item"]
+__all__ = ["PKSampler", "MPerClassBatchSampler", "resolve_replicas", "run_seeded", "split_item"]
 
 T = TypeVar("T")
 
@@ -200,3 +201,58 @@ class PKSampler(BatchSampler):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+
+
+class MPerClassBatchSampler(PKSampler):
+    """Batches of ``batch_size / m`` classes x ``m`` images, as ``(index, sample_seed)`` pairs: the
+    draw of pytorch-metric-learning's ``MPerClassSampler``, on a generator of its own.
+
+    Every epoch's index list is drawn by the algorithm of ``MPerClassSampler`` (per batch: shuffle the
+    class list, take its first ``batch_size / m`` classes, ``m`` images of each without replacement, or
+    with replacement for a class with fewer than ``m`` images) with a NumPy ``RandomState`` seeded by
+    ``(seed, epoch)``, so the batches, and the augmentations seeded per item, depend only on the seed
+    and the epoch; no global generator (NumPy's or pytorch-metric-learning's) is read or changed. The
+    order is the one ``MPerClassSampler`` gives when its generator is that ``RandomState``. An epoch
+    has ``batches_per_epoch`` global batches (default ``len(labels) // batch_size``), and under DDP
+    rank ``r`` gets whole batches ``r, r + R, ...`` (the machinery of :class:`PKSampler`), so every
+    process sees ``m`` images per class.
+
+    Args:
+        labels: the class of each dataset index.
+        m: images per class in a batch (a class with fewer images is sampled with replacement).
+        batch_size: images per batch, a multiple of ``m``; at most ``m`` x the number of classes.
+        seed, num_replicas, rank, batches_per_epoch, sampler, drop_last: as for :class:`PKSampler`.
+    """
+
+    def __init__(
+        self, labels: Sequence[int], m: int, batch_size: int, seed: int = 0, num_replicas: int | None = None,
+        rank: int | None = None, batches_per_epoch: int | None = None, sampler: Sampler | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        m, batch_size = int(m), int(batch_size)
+        if m < 1 or batch_size < 1 or batch_size % m:
+            raise ValueError(f"batch_size={batch_size} must be a positive multiple of m_per_class={m}")
+        num_labels = len(set(int(x) for x in labels))
+        if batch_size // m > num_labels:
+            raise ValueError(
+                f"a batch of {batch_size} images with m_per_class={m} needs {batch_size // m} classes, "
+                f"the training split has {num_labels}"
+            )
+        super().__init__(labels, batch_size // m, m, seed=seed, num_replicas=num_replicas, rank=rank,
+                         batches_per_epoch=batches_per_epoch, sampler=sampler, drop_last=drop_last)
+        self.m = m
+        # classes in order of first appearance, as MPerClassSampler lists them
+        self._class_indices = {label: np.array(self._by_label[label], dtype=int) for label in dict.fromkeys(self.labels)}
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """All global batches (index lists, every rank's) of an epoch."""
+        total = self.batches_per_rank * self.num_replicas
+        rng = np.random.RandomState(mix_seed(self.seed, epoch) % (2**32))
+        classes = list(self._class_indices)
+        order: list[int] = []
+        for _ in range(total):
+            rng.shuffle(classes)
+            for label in classes[: self.batch_size // self.m]:
+                indices = self._class_indices[label]
+                order.extend(int(i) for i in rng.choice(indices, size=self.m, replace=len(indices) < self.m))
+        return [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(total)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -104,7 +105,8 @@ def test_real_loaders_batches(trees, gen):
     recs = dm.train_dataset.base.records
     for pid, idx, cam in zip(batch["pid"].tolist(), batch["index"].tolist(), batch["camid"].tolist()):
         assert train_pids[pid] == recs[idx].pid and recs[idx].camid == cam
-    assert set(batch["pid"].tolist()) <= set(range(len(train_pids)))
+    # the relabelling is the rank of the pid among the generator's training identities
+    assert dm.pid_map == {p: i for i, p in enumerate(gen.train_pids)} and dm.num_classes == len(gen.train_pids)
     batches = list(dm.val_dataloader())
     assert batches[0]["image"].shape[1:] == (3, 64, 32)
     is_query = torch.cat([b["is_query"] for b in batches])
@@ -130,7 +132,9 @@ def test_train_set_drops_junk_and_distractors(trees, tmp_path):
     (root / "query" / "readme.txt").write_text("not an image")
     dm = ReIDDataModule(dataset="market1501", root=str(root), num_workers=0)
     raw = dm._raw_datasets()
-    assert all(p > 0 for p in raw["train"].pids)
+    # exactly the generator's training images: the added pid 0 / -1 files and the non-images are dropped
+    written = json.loads((trees["market1501"] / "synthetic_annotations.json").read_text())["images"]
+    assert raw["train"].pids == [a["pid"] for path, a in sorted(written.items()) if path.startswith("bounding_box_train/")]
     assert len(raw["train"]) == len(list((trees["market1501"] / "bounding_box_train").iterdir()))
     assert len(raw["query"]) == len(list((trees["market1501"] / "query").iterdir()))
 
@@ -225,7 +229,9 @@ def test_synthetic_relabel_and_sampler_batches():
     for batch in loader:
         pids = batch["pid"].view(4, 3)
         assert (pids == pids[:, :1]).all() and len(set(pids[:, 0].tolist())) == 4
-        assert set(batch["pid"].tolist()) <= set(range(dm.num_classes))
+        # each label is the rank of the item's pid among the generator's training pids
+        infos = dm.generator.samples("train")
+        assert batch["pid"].tolist() == [dm.generator.train_pids.index(infos[i].pid) for i in batch["index"].tolist()]
 
 
 def test_seeded_item_gives_identical_augmentation():

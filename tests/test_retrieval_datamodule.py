@@ -234,3 +234,26 @@ def test_m_per_class_batch_sampler():
     assert [[i for i, _ in b] for b in merged] == [[i for i, _ in b] for b in single]
     with pytest.raises(ValueError, match="multiple"):
         MPerClassBatchSampler(labels, 3, 10)
+
+
+@pytest.mark.parametrize("seed", [0, 5, 123])
+def test_m_per_class_order_is_that_of_pml_on_the_same_generator(seed, monkeypatch):
+    """The batches are pytorch-metric-learning's MPerClassSampler order with its generator seeded by
+    (seed, epoch), and pml's global generator is neither read nor replaced."""
+    from pytorch_metric_learning.samplers import MPerClassSampler
+    from pytorch_metric_learning.utils import common_functions as pml_common
+
+    from datamodules.seeding import mix_seed
+
+    labels = [(3 * i) % 8 for i in range(45)] + [9, 9]  # classes out of order, class 9 has fewer than m images
+    global_rng = pml_common.NUMPY_RANDOM
+    for m, batch_size, batches in ((3, 12, None), (2, 4, 1), (5, 15, 6)):
+        ours = MPerClassBatchSampler(labels, m, batch_size, seed=seed, batches_per_epoch=batches)
+        total = len(ours)
+        for epoch in (0, 1, 4):
+            got = ours.epoch_batches(epoch)
+            assert pml_common.NUMPY_RANDOM is global_rng
+            monkeypatch.setattr(pml_common, "NUMPY_RANDOM", np.random.RandomState(mix_seed(seed, epoch) % 2**32))
+            pml = [int(i) for i in MPerClassSampler(labels, m, batch_size, length_before_new_iter=total * batch_size)]
+            monkeypatch.setattr(pml_common, "NUMPY_RANDOM", global_rng)
+            assert got == [pml[b * batch_size : (b + 1) * batch_size] for b in range(total)]

@@ -1,0 +1,95 @@
+"""What the re-ID, few-shot and retrieval data modules share: state, image check, normalisation, loaders."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from .image_check import check_split_images
+from .images import IMAGENET_MEAN, IMAGENET_STD, NormalizeImage, denormalize_images
+
+__all__ = ["ImageDataModule"]
+
+
+class ImageDataModule(LightningDataModule):
+    """A data module over a synthetic generator or a data set on disk, with ImageNet normalisation.
+
+    A subclass passes its common options to ``__init__`` and implements ``_raw_datasets()`` (split
+    name -> untransformed dataset; on disk with ``records`` having a ``path``), ``_make_generator()``
+    (the synthetic generator) and ``_eval_loader(spread)``. This class gives the lazy generator, the
+    one check of the image files a stage needs (:meth:`_check_image_files`), the normalisation and its
+    inverse (:meth:`denormalize`), the loader options and the evaluation loaders.
+
+    Args:
+        dataset: the data set name; ``"synthetic"`` is drawn on the fly (no files to check).
+        root: the folder of a data set on disk.
+        num_workers: data-loader worker processes.
+        check_images: at ``setup``, check that every image file the stage needs can be read.
+    """
+
+    def __init__(self, dataset: str, root: str | None, num_workers: int, check_images: bool) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.root = root
+        self.num_workers = int(num_workers)
+        self.check_images = bool(check_images)
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+        self._images_checked: set[str] = set()
+        self._generator: Any = None
+        self._raw: dict[str, Dataset] | None = None
+
+    # -- raw data ------------------------------------------------------------------------------
+
+    def _make_generator(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def generator(self) -> Any:
+        """The synthetic generator (``None`` for real data), built on first use."""
+        if self.dataset == "synthetic" and self._generator is None:
+            self._generator = self._make_generator()
+        return self._generator
+
+    def _raw_datasets(self) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+    def _check_image_files(self, splits: Sequence[str]) -> None:
+        """At ``setup``: check the image files of ``splits`` once (:mod:`datamodules.image_check`)."""
+        if self.check_images and self.dataset != "synthetic":
+            source = f"{self.dataset} at {self.root}"
+            check_split_images(self._raw_datasets(), splits, self._images_checked, source)
+
+    # -- normalisation ---------------------------------------------------------------------------
+
+    def normalize(self) -> NormalizeImage:
+        """uint8 image -> normalised float network input."""
+        return NormalizeImage(self.mean, self.std)
+
+    def denormalize(self, images: torch.Tensor, as_uint8: bool = False) -> torch.Tensor:
+        """Undo the normalisation: float images in [0, 1] (or uint8 with ``as_uint8``), same shape."""
+        return denormalize_images(images, self.mean, self.std, as_uint8)
+
+    # -- loaders ---------------------------------------------------------------------------------
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }
+
+    def _eval_loader(self, spread: bool = True) -> DataLoader:
+        raise NotImplementedError
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(spread=False)

@@ -1,0 +1,181 @@
+"""Labelled class images as network inputs: the datasets and the data module that few-shot and
+retrieval share (:class:`ClassImagesDataModule`)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from .base import ImageDataModule
+from .class_scan import FewShotRecord
+from .images import SeededTransformDataset, colour_jitter, flip, load_image, resize_pad_crop
+from .samplers import split_item
+from .synthetic import SyntheticClasses, SyntheticClassesConfig
+
+__all__ = ["FewShotImageDataset", "FewShotTransformDataset", "ClassImagesDataModule", "synthetic_config"]
+
+
+def synthetic_config(
+    dataset: str, num_classes: int, images_per_class: int, size: int, splits: Sequence[int] | None = None
+) -> SyntheticClassesConfig | None:
+    """The synthetic classes of a data module's ``synthetic_*`` options (``None`` unless ``dataset`` is
+    ``"synthetic"``): ``num_classes`` of ``images_per_class`` square ``size`` images, few-shot ``splits``."""
+    if dataset != "synthetic":
+        return None
+    return SyntheticClassesConfig(num_classes=num_classes, images_per_class=images_per_class, height=size,
+                                  width=size, few_shot_splits=tuple(splits) if splits else None)
+
+
+class FewShotImageDataset(Dataset):
+    """Images listed by :class:`FewShotRecord` s; classes numbered by sorted class name.
+
+    Items ``{"image": tv_tensors.Image uint8, "label": int}`` plus ``"box"`` (``BoundingBoxes``
+    XYXY) when every record has one.
+    """
+
+    def __init__(self, records: Sequence[FewShotRecord]) -> None:
+        self.records = list(records)
+        names = sorted({r.class_name for r in self.records})
+        self._label = {n: i for i, n in enumerate(names)}
+        self.names = names
+        self.has_boxes = bool(self.records) and all(r.box is not None for r in self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> list[int]:
+        return [self._label[r.class_name] for r in self.records]
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        return dict(enumerate(self.names))
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        index, _ = split_item(item)
+        r = self.records[index]
+        image = load_image(r.path)
+        out: dict[str, Any] = {"image": tv_tensors.Image(image), "label": self._label[r.class_name]}
+        if self.has_boxes:
+            H, W = image.shape[-2:]
+            out["box"] = tv_tensors.BoundingBoxes(torch.tensor([r.box], dtype=torch.float32), format="XYXY",
+                                                  canvas_size=(H, W))
+        return out
+
+
+class FewShotTransformDataset(SeededTransformDataset):
+    """Applies a transform to the items of a base few-shot dataset and relabels the classes
+    (:class:`~datamodules.images.SeededTransformDataset`).
+
+    ``post`` turns the image output of ``transform`` into the network input (e.g.
+    :class:`~datamodules.images.NormalizeImage`). With ``cache`` (a deterministic ``transform`` only)
+    the output of ``transform`` is kept in memory, per process, and only ``post`` runs again:
+    evaluation episodes reuse the same images many times.
+
+    Items: ``{"image": float [3,H,W], "label": long, "index": long}`` plus ``"box": float [4]`` and
+    ``"mask": bool [1,H,W]`` when ``targets`` and the base dataset has them.
+    """
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        names = self.base.class_names  # type: ignore[attr-defined]
+        if self.label_map is None:
+            return dict(names)
+        return {self.label_map[k]: v for k, v in names.items()}
+
+
+class ClassImagesDataModule(ImageDataModule):
+    """What the data modules over labelled class images share (few-shot and retrieval).
+
+    A subclass passes the options below to ``__init__`` and implements ``_raw_datasets()`` (split name
+    -> untransformed dataset with ``labels``). This class gives (besides :class:`ImageDataModule`'s
+    generator, image check and normalisation) the number of training classes, the default
+    augmentation and the wrapping of a raw split into network inputs.
+
+    Args:
+        dataset, root, num_workers, check_images: as for :class:`~datamodules.base.ImageDataModule`.
+        image_size: (height, width) of the network input.
+        padding: zero padding before the random crop back to ``image_size`` (0: no crop).
+        flip_prob: probability of a horizontal flip.
+        color_jitter: strength of brightness / contrast / saturation jitter (0 disables it).
+        eval_cache: keep the transformed evaluation images in memory (per worker process).
+        synthetic_config: the synthetic classes (used for ``dataset="synthetic"`` only).
+        synthetic_seed: seed of the synthetic data.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        root: str | None,
+        image_size: Sequence[int],
+        padding: int,
+        flip_prob: float,
+        color_jitter: float,
+        num_workers: int,
+        eval_cache: bool,
+        synthetic_config: SyntheticClassesConfig | None,
+        synthetic_seed: int,
+        check_images: bool,
+    ) -> None:
+        super().__init__(dataset, root, num_workers, check_images)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.padding = int(padding)
+        self.flip_prob = float(flip_prob)
+        self.color_jitter = float(color_jitter)
+        self.eval_cache = bool(eval_cache)
+        self.synthetic_config = synthetic_config if dataset == "synthetic" else None
+        self.synthetic_seed = int(synthetic_seed)
+        #: names of the masks (``batch["mask"][:, i]`` is ``mask_names[i]``); empty without masks
+        self.mask_names: tuple[str, ...] = SyntheticClasses.mask_names if dataset == "synthetic" else ()
+        #: split -> network inputs, filled by ``setup``
+        self.datasets: dict[str, FewShotTransformDataset] = {}
+
+    def _make_generator(self) -> SyntheticClasses:
+        return SyntheticClasses(seed=self.synthetic_seed, config=self.synthetic_config)
+
+    def _setup_split(self, split: str) -> None:
+        """``setup`` for the stage that reads ``split`` (only its images are checked)."""
+        self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of training (base) classes (reads the training split on first use, before ``setup``);
+        ``train.py`` links it to the model (classifiers, proxy and classification losses)."""
+        return len(set(self._raw_datasets()["train"].labels))  # type: ignore[attr-defined]
+
+    def class_names(self, split: str) -> dict[int, str]:
+        """Name of each class (by its label within the split, as in ``batch["label"]``)."""
+        self._setup_split(split)
+        return self.datasets[split].class_names
+
+    @property
+    def has_boxes(self) -> bool:
+        """Whether evaluation batches carry ``box`` (synthetic and CUB)."""
+        raw = self._raw_datasets()["test"]
+        return self.dataset == "synthetic" or bool(getattr(raw, "has_boxes", False))
+
+    # -- transforms ------------------------------------------------------------------------------
+
+    def train_transform(self) -> v2.Compose:
+        """Resize to ``image_size``, pad + random crop back, flip, optional colour jitter."""
+        return v2.Compose(resize_pad_crop(self.image_size, self.padding) + flip(self.flip_prob)
+                          + colour_jitter(self.color_jitter))
+
+    def eval_transform(self) -> v2.Compose:
+        return v2.Compose([v2.Resize(self.image_size, antialias=True)])
+
+    def _transformed(self, raw: Dataset, train: bool) -> FewShotTransformDataset:
+        """A raw split as network inputs, its labels remapped to 0..C-1 in sorted order."""
+        labels = sorted(set(raw.labels))  # type: ignore[attr-defined]
+        return FewShotTransformDataset(
+            raw,
+            self.train_transform() if train else self.eval_transform(),
+            post=self.normalize(),
+            label_map={label: i for i, label in enumerate(labels)},
+            targets=not train,
+            cache=self.eval_cache and not train,
+        )
