@@ -44,13 +44,12 @@ from tqdm import tqdm
 from cama.metrics.ranking import reid_excluded, top_k
 from cama.references import ReIDReferences, choose_probes
 from cama.viz import METHODS, Explainer, check_methods, ranking_figure, to_uint8
+from datamodules.images import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, denormalize_images, load_image
 
 __all__ = ["main", "import_class", "load_config", "build_datamodule", "build_model_from_config"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ExplainError(SystemExit):
@@ -149,9 +148,7 @@ class _FileSet:
     """Image files as an evaluation set: ``[query files..., gallery files...]``."""
 
     def __init__(self, queries: list[Path], gallery: list[Path], image_size: tuple[int, int]) -> None:
-        from datamodules.reid import load_image  # the project's decoder (clear error per file)
-
-        self.load_image = load_image
+        self.load_image = load_image  # the project's decoder (clear error per file)
         self.files = queries + gallery
         self.num_query = len(queries)
         ids = [_identity(p) for p in self.files]
@@ -165,6 +162,10 @@ class _FileSet:
                 v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
             ]
         )
+
+    def denormalize(self, images: Tensor, as_uint8: bool = False) -> Tensor:
+        """The pictures of network inputs (:class:`cama.protocols.ShowsImages`)."""
+        return denormalize_images(images, IMAGENET_MEAN, IMAGENET_STD, as_uint8)
 
     def load(self, indices: Sequence[int], device: torch.device) -> dict[str, Tensor]:
         images = torch.stack([self.transform(self.load_image(str(self.files[i]))) for i in indices])
@@ -347,8 +348,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         listed_indices = [gallery_indices[r] for r in listed_rows.tolist()]
         listed = explainer.features(data.load(listed_indices, device)["image"])
         reference = listed.embedding[:1]
-        query_picture = to_uint8(query.images, datamodule)[0]
-        listed_pictures = to_uint8(listed.images, datamodule)
+        shows = datamodule if datamodule is not None else data  # files: ImageNet statistics
+        query_picture = to_uint8(query.images, shows)[0]
+        listed_pictures = to_uint8(listed.images, shows)
         flags = matches[0][valid] if data.known else None
         name = data.name(index)
         rankings[name] = [
