@@ -41,23 +41,16 @@ Color = tuple[int, int, int]
 
 
 def to_uint8(images: Tensor, datamodule: Any = None) -> Tensor:
-    """Network inputs ``[B, 3, H, W]`` -> displayable ``uint8`` (undoing the data module's normalisation).
+    """Network inputs ``[B, 3, H, W]`` -> displayable ``uint8``.
 
-    Uses ``datamodule.denormalize(images, as_uint8=True)`` (:class:`~cama.protocols.ShowsImages`), else its ``mean``/``std``,
-    else takes the images as ``[0, 1]`` pictures.
+    A data module that offers ``denormalize`` (:class:`~cama.protocols.ShowsImages`) undoes its own
+    normalisation; without one the images are taken as ``[0, 1]`` pictures.
     """
     if images.dtype == torch.uint8:
         return images
     if isinstance(datamodule, ShowsImages):
         return datamodule.denormalize(images.float(), as_uint8=True)
-    mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-    unit = images.float()
-    if mean is not None and std is not None:
-        shape = (1, -1, 1, 1)
-        unit = unit * torch.as_tensor(std, device=unit.device).view(shape) + torch.as_tensor(
-            mean, device=unit.device
-        ).view(shape)
-    return unit.clamp(0, 1).mul(255).round().to(torch.uint8)
+    return images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
 def frame(images: Tensor, colors: Sequence[Color | None], width: int = 3) -> Tensor:
