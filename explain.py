@@ -320,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             queries = choose_probes(data.references.probe_candidates(), args.num_queries, args.seed)
 
     gallery_indices = list(range(data.num_query, len(data.pids)))
+    if not gallery_indices:
+        raise ExplainError("the evaluation set has no gallery image to rank the queries against")
     embeddings = _embed(explainer, data, gallery_indices, args.batch_size, device, progress)
     gallery_pids = data.pids[gallery_indices].to(device)
     gallery_camids = data.camids[gallery_indices].to(device)

@@ -181,7 +181,11 @@ class RankingProbes:
         if dataset is None or not isinstance(pl_module, RankingTask):
             return None
         if dataset is not self._dataset:
-            self._dataset, self._provider = dataset, pl_module.reference_provider(dataset)
+            try:
+                provider = pl_module.reference_provider(dataset)
+            except AttributeError:  # the set lacks the labels this task ranks by (e.g. re-ID data, retrieval model)
+                provider = None
+            self._dataset, self._provider = dataset, provider
         return self._provider
 
     @property

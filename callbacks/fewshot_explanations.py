@@ -48,7 +48,7 @@ from cama.explain import dist_cam, fam, postprocess, ram
 from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
-from cama.protocols import EpisodeTask
+from cama.protocols import EpisodeTask, ShowsImages
 from cama.references import EpisodeReferences
 from cama.viz import GRADIENT_METHODS, Explainer, check_methods, probe_grid, to_uint8
 
@@ -229,7 +229,7 @@ class FewShotExplanations(ExplanationCallback):
             scores.update_baselines(boxes, size)
         explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
         datamodule = trainer.datamodule
-        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
         probes = self._probe_rows(refs.target) if keep_pictures and self.num_probes else None
         pictures: dict[str, Tensor] = {}
         predicted = refs.prediction[:, None]

@@ -27,6 +27,9 @@ def logging_step(trainer: pl.Trainer) -> int:
     Lightning logs epoch-end scalars at the number of training batches that stepped the optimizer
     *before* the current one; during ``fit`` the validation that ends a training epoch runs after
     that batch's optimizer step, so it is ``global_step - 1`` there, and ``global_step`` otherwise.
+    Exact with one optimizer step per stepping batch (automatic optimization); with
+    ``accumulate_grad_batches > 1`` and a mid-epoch validation on a batch that does not step, the
+    images land one step before the scalars.
     """
     step = trainer.global_step
     if trainer.state.fn == TrainerFn.FITTING and step > 0:

@@ -53,7 +53,7 @@ from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
 from cama.metrics.ranking import EmbeddingSet
-from cama.protocols import HasOverlapPenalty
+from cama.protocols import HasOverlapPenalty, ShowsImages
 from cama.viz import GRADIENT_METHODS, Explainer, Features, check_methods
 
 __all__ = ["LocalizationMetrics"]
@@ -255,7 +255,7 @@ class LocalizationMetrics(RankingCallback):
         topk = pl_module.overlap_topk() if isinstance(pl_module, HasOverlapPenalty) else 0.2  # the OAP's k (Eq. 5)
         scores = self._map_scores(image_size, has_box, has_mask, branches, topk, device)
         datamodule = trainer.datamodule
-        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
 
         positions = self._owned_positions(trainer, samples, captured, device)  # collective
         for start in range(0, len(positions), self.batch_size):

@@ -28,6 +28,7 @@ The data side: a data module that can show its images offers :class:`ShowsImages
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from torch import Tensor
@@ -143,7 +144,10 @@ class EvaluationOutputs(TypedDict, total=False):
 
 @runtime_checkable
 class ShowsImages(Protocol):
-    """A data module that can turn its network inputs back into pictures."""
+    """A data module that can turn its network inputs back into pictures (and mask them, fam Eq. 21)."""
+
+    mean: Sequence[float]  # the per-channel normalisation of the inputs: (x - mean) / std
+    std: Sequence[float]
 
     def denormalize(self, images: Tensor, as_uint8: bool = False) -> Tensor:
         """Undo the input normalisation: ``[0, 1]`` floats, or ``uint8`` with ``as_uint8``."""

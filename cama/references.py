@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
+from cama.metrics.ranking import EmbeddingSet, is_junk, reid_excluded, top_k
 
 __all__ = [
     "ReIDReferences",
@@ -121,12 +121,17 @@ class RetrievalReferences(_GalleryReferences):
         return cls(torch.as_tensor(list(dataset.labels), dtype=torch.long))
 
     def probe_candidates(self) -> Tensor:
-        """The images whose class has at least one other image (ascending)."""
-        counts = torch.bincount(self.labels - self.labels.min()) if self.labels.numel() else self.labels
-        return (counts[self.labels - self.labels.min()] > 1).nonzero().squeeze(1)
+        """The images whose class has at least one other image (ascending); label -1 is junk."""
+        labels = self.labels
+        if labels.numel() == 0:
+            return labels.new_zeros(0)
+        shifted = labels - labels.min()
+        shared = torch.bincount(shifted)[shifted] > 1  # the class has another image
+        return (shared & ~is_junk(labels)).nonzero().squeeze(1)
 
     def excluded(self, probes: Tensor, gallery: EmbeddingSet) -> Tensor:
-        return probes[:, None] == gallery.indices[None, :]  # an image is never its own neighbour
+        # an image is never its own neighbour; junk (label -1) is never ranked, as in re-ID
+        return (probes[:, None] == gallery.indices[None, :]) | is_junk(gallery.labels)[None, :]
 
 
 def class_prototypes(supports: Tensor, labels: Tensor, n_way: int | None = None) -> Tensor:

@@ -351,3 +351,13 @@ def test_predict_writes_every_embedding_once(model, datamodule, tmp_path):
         expected = model(torch.stack([dataset[i]["image"] for i in rows]))
     torch.testing.assert_close(table["embedding"][order][rows], expected, rtol=1e-4, atol=1e-5)
     assert table["pid"][order].tolist() == [int(p) for p in dataset.pids]
+
+
+def test_retrieval_references_treat_label_minus_one_as_junk_and_accept_an_empty_set():
+    labels = torch.tensor([3, -1, 3, -1, 5])
+    references = RetrievalReferences(labels)
+    assert references.probe_candidates().tolist() == [0, 2]  # -1 never a probe; class 5 alone
+    gallery = EmbeddingSet(torch.tensor([[0.0], [0.1], [1.0], [0.2], [0.3]]), labels, torch.arange(5))
+    found, _ = references.rank(gallery, gallery.embeddings[:1], torch.tensor([0]), k=4)
+    assert found.tolist() == [[4, 2, -1, -1]]  # not itself, not the junk images 1 and 3
+    assert RetrievalReferences(torch.zeros(0, dtype=torch.long)).probe_candidates().numel() == 0
