@@ -361,3 +361,15 @@ def test_retrieval_references_treat_label_minus_one_as_junk_and_accept_an_empty_
     found, _ = references.rank(gallery, gallery.embeddings[:1], torch.tensor([0]), k=4)
     assert found.tolist() == [[4, 2, -1, -1]]  # not itself, not the junk images 1 and 3
     assert RetrievalReferences(torch.zeros(0, dtype=torch.long)).probe_candidates().numel() == 0
+
+
+def test_embedding_set_is_gathered_once_until_the_next_update():
+    metric = ReIDRankMetric()
+    metric.update(torch.ones(2, 3), torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([True, False]),
+                  torch.tensor([0, 1]))
+    first = metric.embedding_set()
+    assert metric.embedding_set() is first  # the second callback of the epoch reuses the gather
+    metric.update(torch.zeros(1, 3), torch.tensor([3]), torch.tensor([1]), torch.tensor([False]), torch.tensor([2]))
+    assert len(metric.embedding_set()) == 3
+    metric.reset()
+    assert len(metric.embedding_set()) == 0

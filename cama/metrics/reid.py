@@ -341,6 +341,9 @@ class ReIDRankMetric(CollectedSamples):
 
         A collective when distributed (the states are gathered): call it on every process.
         """
+        return self._once_per_epoch(self._synced_embedding_set)
+
+    def _synced_embedding_set(self) -> EmbeddingSet:
         with self.sync_context(should_sync=True, should_unsync=True):
             if self._collected() is None:
                 empty = torch.zeros(0, dtype=torch.long, device=self.device)

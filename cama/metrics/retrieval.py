@@ -204,6 +204,9 @@ class RetrievalMetric(CollectedSamples):
 
     def embedding_set(self) -> EmbeddingSet:
         """This epoch's embeddings of every process, one per dataset index (a collective)."""
+        return self._once_per_epoch(self._synced_embedding_set)
+
+    def _synced_embedding_set(self) -> EmbeddingSet:
         with self.sync_context(should_sync=True, should_unsync=True):
             if self._collected() is None:
                 empty = torch.zeros(0, dtype=torch.long, device=self.device)

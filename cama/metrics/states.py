@@ -3,6 +3,9 @@ per-sample tensors concatenated over the epoch (``"cat"``, gathered from every p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -24,10 +27,28 @@ class CollectedSamples(Metric):
     higher_is_better = True
     is_differentiable = False
 
+    _epoch_key: int | None = None
+    _epoch_value: Any = None
+
     def _add_cat_states(self, *names: str) -> None:
         self._sample_states = names
         for name in names:
             self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def _once_per_epoch(self, build: Callable[[], Any]) -> Any:
+        """``build()``, kept until the next ``update`` or ``reset``: several callbacks of one epoch
+        then gather the states once. Every process takes the same path (the same updates happened
+        on each), so a collective inside ``build`` runs on all of them or on none."""
+        key = self.update_count
+        if self._epoch_key == key and self._epoch_value is not None:
+            return self._epoch_value
+        value = build()
+        self._epoch_key, self._epoch_value = key, value
+        return value
+
+    def reset(self) -> None:
+        super().reset()
+        self._epoch_key, self._epoch_value = None, None
 
     def _collected(self) -> tuple[Tensor, ...] | None:
         """Every sample state concatenated (in the order added), None before any update."""
