@@ -375,7 +375,13 @@ def test_postprocess_keeps_leading_dims_and_half(gen: torch.Generator) -> None:
 @pytest.mark.parametrize("name", ["jet", "turbo"])
 def test_colormap_is_a_blue_to_red_table(name: str) -> None:
     table = colormap(name)
-    assert table.shape == (256, 3) and float(table.min()) >= 0.0 and float(table.max()) <= 1.0
+    assert table.shape == (256, 3)
+    # the ends: MATLAB's jet runs from (0, 0, 0.5) to (0.5, 0, 0); Google's turbo polynomial starts
+    # at its constant terms (0.13572138, 0.09140261, 0.1066733)
+    first = {"jet": [0.0, 0.0, 0.5], "turbo": [0.13572138, 0.09140261, 0.1066733]}[name]
+    torch.testing.assert_close(table[0], torch.tensor(first), atol=1e-4, rtol=0)
+    if name == "jet":
+        torch.testing.assert_close(table[-1], torch.tensor([0.5, 0.0, 0.0]), atol=1e-4, rtol=0)
     assert table[16, 2] > table[16, 0] and table[16, 2] > table[16, 1]  # low end is blue
     assert table[128, 1] > table[128, 0] and table[128, 1] > table[128, 2]  # middle is green
     assert table[-1, 0] > table[-1, 1] and table[-1, 0] > table[-1, 2]  # high end is red
