@@ -1,10 +1,15 @@
-"""``EmbeddingWriter``: what ``train.py predict`` computes, written to disk.
+"""``EmbeddingWriter``: what ``train.py predict`` computes, written to one file per run.
 
 Lightning's :class:`~lightning.pytorch.callbacks.BasePredictionWriter` with ``write_interval="epoch"``:
-after the predict loop, every process writes the dicts its ``predict_step`` returned (``embedding``
-and the batch's labels: ``pid``/``camid``/``is_query``/``index`` for re-ID, ``label``/``index``
-otherwise), concatenated key by key, as ``<log_dir>/predictions/rank_<r>.pt``. Load it with
-``torch.load(path)``; rows are in loader order (sort by ``index`` to merge processes).
+after the predict loop the dicts that ``predict_step`` returned (``embedding`` and the batch's
+labels: ``pid``/``camid``/``is_query``/``index`` for re-ID, ``label``/``index`` otherwise) are
+concatenated key by key and written to ``<log_dir>/predictions/predictions.pt``.
+
+The format (``torch.load`` it): a dict of tensors with one row per sample, one sample per
+(``is_query``, ``index``) -- the samples that ``DistributedSampler`` repeats to pad the last batch
+are dropped -- ordered by dataset index, plus ``"format": "cama-predictions-1"``. Under DDP every
+process writes its share, and rank zero merges the shares into the one file.
+``python evaluate.py <file>`` scores it without the model.
 """
 
 from __future__ import annotations
@@ -18,8 +23,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 
-__all__ = ["EmbeddingWriter"]
+from cama.metrics.ranking import first_per_index
+
+__all__ = ["EmbeddingWriter", "FORMAT", "merge_predictions"]
+
+FORMAT = "cama-predictions-1"
 
 
 def _flatten(predictions: Any) -> list[Mapping[str, Any]]:
@@ -32,8 +42,18 @@ def _flatten(predictions: Any) -> list[Mapping[str, Any]]:
     return out
 
 
+def merge_predictions(tables: Sequence[Mapping[str, Tensor]]) -> dict[str, Any]:
+    """Concatenate per-process tables; keep one row per (``is_query``, ``index``), ordered by index."""
+    keys = [k for k in tables[0] if all(k in t for t in tables)] if tables else []
+    merged = {k: torch.cat([torch.as_tensor(t[k]) for t in tables]) for k in keys}
+    if "index" in merged:
+        rows = first_per_index(merged["index"], merged.get("is_query"))
+        merged = {k: v[rows] for k, v in merged.items()}
+    return {**merged, "format": FORMAT}
+
+
 class EmbeddingWriter(BasePredictionWriter):
-    """Write the predict loop's outputs to ``<log_dir>/<folder>/rank_<r>.pt``.
+    """Write the predict loop's outputs to ``<log_dir>/<folder>/predictions.pt``.
 
     Args:
         folder: sub-folder of the trainer's log directory.
@@ -49,12 +69,22 @@ class EmbeddingWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
-        log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast: every rank asks
+        directory = Path(trainer.log_dir or trainer.default_root_dir) / self.folder  # a broadcast: every rank
         batches = _flatten(predictions)
         keys = [k for k in (batches[0] if batches else {}) if all(k in b for b in batches)]
         table = {k: torch.cat([torch.as_tensor(b[k]).detach().cpu() for b in batches]) for k in keys}
-        path = Path(log_dir) / self.folder / f"rank_{trainer.global_rank}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(table, path)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "predictions.pt"
+        if trainer.world_size > 1:  # each process writes its share; rank zero merges them
+            torch.save(table, directory / f"share_{trainer.global_rank}.pt")
+            trainer.strategy.barrier("predictions written")
+            if trainer.is_global_zero:
+                shares = [directory / f"share_{r}.pt" for r in range(trainer.world_size)]
+                torch.save(merge_predictions([torch.load(p) for p in shares]), path)
+                for share in shares:
+                    share.unlink()
+            trainer.strategy.barrier("predictions merged")
+        else:
+            torch.save(merge_predictions([table]), path)
         self.last_path = path
-        rank_zero_info(f"predictions ({', '.join(f'{k} {tuple(v.shape)}' for k, v in table.items())}) written to {path}")
+        rank_zero_info(f"predictions written to {path} (python evaluate.py {path} scores them)")

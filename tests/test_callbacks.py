@@ -332,8 +332,9 @@ def test_every_n_epochs_skips_validation_epochs(model, datamodule, tmp_path):
     assert metrics.last_results == {} and metrics.validation_epochs == 2
 
 
-def test_predict_writes_every_embedding_once(model, datamodule, tmp_path):
+def test_predict_file_scores_like_validate(model, datamodule, tmp_path):
     from callbacks.embedding_writer import EmbeddingWriter
+    from evaluate import evaluate_file
 
     writer = EmbeddingWriter()
     trainer = pl.Trainer(
@@ -341,17 +342,21 @@ def test_predict_writes_every_embedding_once(model, datamodule, tmp_path):
         enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.predict(model, datamodule=datamodule, return_predictions=False)
+    assert writer.last_path == tmp_path / "predictions" / "predictions.pt"
     table = torch.load(writer.last_path)
-    assert writer.last_path == tmp_path / "predictions" / "rank_0.pt"
     dataset = datamodule.eval_dataset
-    order = table["index"].argsort()
-    assert table["index"][order].tolist() == list(range(len(dataset)))
+    assert table["format"] == "cama-predictions-1"
+    assert table["index"].tolist() == list(range(len(dataset)))  # one row per item, in order
+    assert table["pid"].tolist() == [int(p) for p in dataset.pids]
     rows = [0, len(dataset) // 2, len(dataset) - 1]
     with torch.no_grad():  # an independent forward of three items
         expected = model(torch.stack([dataset[i]["image"] for i in rows]))
-    torch.testing.assert_close(table["embedding"][order][rows], expected, rtol=1e-4, atol=1e-5)
-    assert table["pid"][order].tolist() == [int(p) for p in dataset.pids]
-
+    torch.testing.assert_close(table["embedding"][rows], expected, rtol=1e-4, atol=1e-5)
+    # the file, scored without the model, gives the numbers validate logs
+    scored = evaluate_file(writer.last_path)
+    validated = validate(model, datamodule, [], tmp_path).callback_metrics
+    for name in ("mAP", "mINP", "rank1", "rank5"):
+        assert scored[name] == pytest.approx(float(validated[f"val/{name}"]), abs=1e-6), name
 
 def test_retrieval_references_treat_label_minus_one_as_junk_and_accept_an_empty_set():
     labels = torch.tensor([3, -1, 3, -1, 5])
@@ -373,3 +378,26 @@ def test_embedding_set_is_gathered_once_until_the_next_update():
     assert len(metric.embedding_set()) == 3
     metric.reset()
     assert len(metric.embedding_set()) == 0
+
+
+def test_merged_shares_keep_one_row_per_sample_in_index_order():
+    from callbacks.embedding_writer import merge_predictions
+
+    # two processes; DistributedSampler padded the second share with sample 0 again
+    first = {"embedding": torch.tensor([[0.0], [2.0]]), "index": torch.tensor([0, 2]), "is_query": torch.tensor([1, 0])}
+    second = {"embedding": torch.tensor([[1.0], [9.0]]), "index": torch.tensor([1, 0]), "is_query": torch.tensor([0, 1])}
+    merged = merge_predictions([first, second])
+    assert merged["index"].tolist() == [0, 1, 2]
+    assert merged["embedding"].flatten().tolist() == [0.0, 1.0, 2.0]  # the first copy of sample 0
+
+
+def test_evaluate_command_names_a_bad_file(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "p.pt"
+    torch.save({"embedding": torch.zeros(2, 3)}, bad)
+    result = subprocess.run([sys.executable, "evaluate.py", str(bad)], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "needs ['embedding', 'pid'" in result.stderr
