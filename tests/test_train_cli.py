@@ -34,10 +34,10 @@ TINY = [
 pytestmark = pytest.mark.slow
 
 
-def run_cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def run_cli(workdir: Path, *args: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
+        [*(launcher or (sys.executable,)), str(REPO / "train.py"), *args],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -92,19 +92,32 @@ def test_resume_from_last_matches_uninterrupted_run(uninterrupted, tmp_path):
     assert ckpt["optimizer_states"][0]["state"], "optimizer state is restored and saved again"
 
 
-def test_validate_same_metrics_with_one_and_two_processes(uninterrupted, tmp_path):
+def test_validate_same_metrics_with_one_process_lightning_ddp_and_torchrun(uninterrupted, tmp_path):
     workdir, _ = uninterrupted
     ckpt = str(workdir / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt")
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     results = {}
-    for devices, strategy in ((1, "auto"), (2, "ddp")):
-        run_dir = tmp_path / f"devices{devices}"
+    for name, devices, strategy, launcher in (
+        ("one", 1, "auto", ()), ("lightning", 2, "ddp", ()), ("torchrun", 2, "ddp", torchrun)
+    ):
+        run_dir = tmp_path / name
         run_dir.mkdir()
-        run_cli(run_dir, "validate", "--config", str(CONFIG), *TINY, "--ckpt_path", ckpt,
-                "--trainer.accelerator", "cpu", "--trainer.devices", str(devices), "--trainer.strategy", strategy)
-        results[devices] = read_metrics(run_dir, "validate")
-    assert results[1]["val/mAP"] > 0
+        run_cli(run_dir, "validate", "--config", str(CONFIG), *TINY, "--ckpt_path", ckpt, "--trainer.accelerator",
+                "cpu", "--trainer.devices", str(devices), "--trainer.strategy", strategy, launcher=launcher)
+        results[name] = read_metrics(run_dir, "validate")
     for key in ("val/mAP", "val/mINP", "val/rank1", "val/rank5", "val/mAP_branches_1"):
-        assert results[2][key] == pytest.approx(results[1][key], abs=1e-6), key
+        for name in ("lightning", "torchrun"):
+            assert results[name][key] == pytest.approx(results["one"][key], abs=1e-6), (name, key)
+    # predict under torchrun: the two processes' shares merged into one file that scores like validate
+    run_dir = tmp_path / "predict"
+    run_dir.mkdir()
+    run_cli(run_dir, "predict", "--config", str(CONFIG), *TINY, "--ckpt_path", ckpt, "--trainer.accelerator",
+            "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", launcher=torchrun)
+    from evaluate import evaluate_file
+
+    scored = evaluate_file(next((run_dir / "runs").rglob("predictions.pt")))
+    for key in ("mAP", "mINP", "rank1", "rank5"):
+        assert scored[key] == pytest.approx(results["one"][f"val/{key}"], abs=1e-6), key
 
 
 def test_fine_tune_from_checkpoint_with_other_number_of_identities(uninterrupted, tmp_path):
