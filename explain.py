@@ -46,7 +46,15 @@ from cama.references import ReIDReferences, choose_probes
 from cama.viz import METHODS, Explainer, check_methods, ranking_figure, to_uint8
 from datamodules.images import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, denormalize_images, load_image
 
-__all__ = ["main", "import_class", "load_config", "build_datamodule", "build_model_from_config"]
+__all__ = [
+    "main",
+    "import_class",
+    "load_config",
+    "load_model",
+    "checkpoint_image_size",
+    "build_datamodule",
+    "build_model_from_config",
+]
 
 
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
@@ -246,13 +254,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_model(args: argparse.Namespace, config: dict[str, Any] | None, device: torch.device) -> Any:
-    checkpoint = Path(args.checkpoint)
+def load_model(
+    checkpoint: str | Path, config: dict[str, Any] | None, device: torch.device, model_class: str | None = None
+) -> Any:
+    """The LightningModule of ``checkpoint`` in eval mode on ``device``: class ``model_class``, else the
+    config's ``model.class_path``, else ``cama.models.CAMA``."""
+    checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ExplainError(f"checkpoint not found: {checkpoint}")
-    class_path = (
-        args.model_class or ((config or {}).get("model") or {}).get("class_path") or "cama.models.CAMA"
-    )
+    class_path = model_class or ((config or {}).get("model") or {}).get("class_path") or "cama.models.CAMA"
     cls = import_class(class_path)
     try:
         model = cls.load_from_checkpoint(str(checkpoint), map_location=device)
@@ -261,12 +271,11 @@ def _load_model(args: argparse.Namespace, config: dict[str, Any] | None, device:
     return model.to(device).eval()
 
 
-def _image_size(args: argparse.Namespace) -> tuple[int, int]:
-    if args.image_size:
-        return tuple(args.image_size)  # type: ignore[return-value]
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    size = (checkpoint.get("datamodule_hyper_parameters") or {}).get("image_size")
-    return (int(size[0]), int(size[1])) if size else (256, 128)
+def checkpoint_image_size(checkpoint: str | Path, default: tuple[int, int] = (256, 128)) -> tuple[int, int]:
+    """The input size the checkpoint's data module used (its ``image_size``), else ``default``."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    size = (state.get("datamodule_hyper_parameters") or {}).get("image_size")
+    return (int(size[0]), int(size[1])) if size else default
 
 
 @torch.no_grad()
@@ -293,14 +302,15 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     config = load_config(args.config) if args.config else None
     if config is None and not (args.query and args.gallery):
         raise ExplainError("give --config (a data module) or both --query and --gallery (image files)")
-    model = _load_model(args, config, device)
+    model = load_model(args.checkpoint, config, device, args.model_class)
     explainer = Explainer(model, args.gradient_layers, args.truncation)
     progress = not args.no_progress
 
     datamodule = None
     if args.query and args.gallery:
         data: Any = _FileSet(
-            _image_files(args.query, "query"), _image_files(args.gallery, "gallery"), _image_size(args)
+            _image_files(args.query, "query"), _image_files(args.gallery, "gallery"),
+            tuple(args.image_size) if args.image_size else checkpoint_image_size(args.checkpoint)
         )
         queries = list(range(data.num_query))
     else:
