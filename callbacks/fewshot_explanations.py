@@ -44,17 +44,16 @@ from torch import Tensor
 
 from callbacks.base import ExplanationCallback
 from callbacks.image_sink import ImageSink, logging_step
-from cama.explain import dist_cam, fam, postprocess, ram
 from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
 from cama.protocols import EpisodeTask, ShowsImages
 from cama.references import EpisodeReferences
-from cama.viz import GRADIENT_METHODS, Explainer, check_methods, probe_grid, to_uint8
+from cama.viz import Explainer, check_methods, to_uint8
+from cama.viz.episodes import FEW_SHOT_METHODS, episode_grid, episode_maps, probe_rows, support_maps
 
 __all__ = ["FewShotExplanations"]
 
-FEW_SHOT_METHODS: tuple[str, ...] = ("dist_cam", "fam", "ram", *GRADIENT_METHODS)
 
 
 class FewShotExplanations(ExplanationCallback):
@@ -183,23 +182,6 @@ class FewShotExplanations(ExplanationCallback):
             self.last_written = self._render(trainer, sink, pictures)
 
     # ------------------------------------------------------------------ scoring
-    def _maps(
-        self, method: str, explainer: Explainer, images: Tensor, query_maps: Tensor, prototype: Tensor,
-        supports: Tensor, metric: str, size: tuple[int, int],
-    ) -> Tensor:
-        """Maps ``[Q, H, W]`` in ``[0, 1]`` of ``images`` (maps ``query_maps``) against ``prototype``
-        ``[Q, D]`` (FAM: against ``supports`` ``[Q, S, D]``, compared with ``metric``)."""
-        if method in GRADIENT_METHODS:  # the maps are upcast to float32 inside
-            features = explainer.features_from_maps(images, [query_maps])
-            return explainer.explain(method, features, prototype, size, branches=False)[:, 0]
-        if method == "dist_cam":
-            raw = dist_cam(query_maps, prototype)
-        elif method == "fam":
-            raw = fam(query_maps, supports, metric=metric)
-        else:
-            raw = ram(prototype, query_maps)
-        return postprocess(raw[:, None], size)[:, 0]
-
     @torch.no_grad()
     def _score_episode(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict[str, Tensor], keep_pictures: bool
@@ -230,14 +212,14 @@ class FewShotExplanations(ExplanationCallback):
         explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
         datamodule = trainer.datamodule
         mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
-        probes = self._probe_rows(refs.target) if keep_pictures and self.num_probes else None
+        probes = probe_rows(refs.target, self.num_probes) if keep_pictures and self.num_probes else None
         pictures: dict[str, Tensor] = {}
         predicted = refs.prediction[:, None]
         if any(scores.has_faithfulness(m) for m in self.methods):  # the score of fam Eq. 21-22
             query_embedding = pl_module.embed_maps([refs.query_maps])
             score = pl_module.logits(query_embedding, refs.prototypes).softmax(1).gather(1, predicted)[:, 0]
         for method in self.methods:
-            maps = self._maps(
+            maps = episode_maps(
                 method, explainer, query_images, refs.query_maps, refs.prototype, refs.supports, refs.metric, size
             )
             scores.update_maps(method, maps, boxes, person, correct)
@@ -246,11 +228,9 @@ class FewShotExplanations(ExplanationCallback):
                 masked_score = pl_module.logits(masked, refs.prototypes).softmax(1).gather(1, predicted)[:, 0]
                 scores.update_faithfulness(method, score, masked_score)
             if probes is not None:  # the support explained against the query (its single reference)
-                support = refs.support_index[probes, 0]
-                target = pl_module.embed_maps([refs.query_maps[probes]])
                 pictures[method] = maps[probes]
-                pictures[f"{method}/reference"] = self._maps(
-                    method, explainer, images[support], all_maps[0][support], target, target[:, None], refs.metric, size
+                pictures[f"{method}/reference"] = support_maps(
+                    method, explainer, pl_module, images, all_maps, refs, probes, size
                 )
         if probes is not None:
             support = refs.support_index[probes, 0]
@@ -262,34 +242,15 @@ class FewShotExplanations(ExplanationCallback):
                 pictures["reference_boxes"] = batch["box"][support].float()
             self._pictures = {k: v.detach().cpu() for k, v in pictures.items()}
 
-    def _probe_rows(self, target: Tensor) -> Tensor:
-        """Query rows of the pictures: the first query of each class in turn, then the second, ..."""
-        count = target.numel()
-        sorted_target, order = torch.sort(target, stable=True)
-        sizes = torch.bincount(sorted_target)
-        starts = sizes.cumsum(0) - sizes
-        rank_in_class = torch.empty_like(order)
-        rank_in_class[order] = torch.arange(count, device=target.device) - starts[sorted_target]
-        return torch.argsort(rank_in_class * count + target, stable=True)[: self.num_probes]
-
     # ------------------------------------------------------------------ rank-zero image work
     def _render(self, trainer: pl.Trainer, sink: ImageSink, pictures: dict[str, Tensor]) -> list[str]:
         datamodule = trainer.datamodule
         probes = to_uint8(pictures["probe_images"], datamodule)
         references = to_uint8(pictures["reference_images"], datamodule)
         step, epoch = logging_step(trainer), trainer.current_epoch
+        pictures = {**pictures, "probe_images": probes, "reference_images": references}
         written: list[str] = []
         for method in self.methods:
-            picture = probe_grid(
-                probes,
-                references,
-                pictures[method][:, None],
-                pictures[f"{method}/reference"][:, None],
-                pictures["matches"],
-                self.alpha,
-                self.colormap,
-                pictures.get("probe_boxes"),
-                pictures.get("reference_boxes"),
-            )
+            picture = episode_grid(pictures, method, self.alpha, self.colormap)
             written += sink.write(method, picture, step, epoch, prefix=self.tag_prefix)
         return written

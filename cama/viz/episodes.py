@@ -1,0 +1,83 @@
+"""Few-shot explanations: a query against its predicted class, the support against the query.
+
+Shared by :class:`callbacks.fewshot_explanations.FewShotExplanations` and ``explain.py``. The
+references come from the model (:class:`cama.protocols.EpisodeTask`, built by
+:func:`cama.references.episode_references`): ``prototype`` of the predicted class (dist-cam Eq. 7),
+its ``supports``, the ``metric`` the logits compare with.
+
+* ``dist_cam`` (dist-cam Eq. 4-7): channel weights from ``|p - q|``;
+* ``fam`` (fam Eq. 11-13): contributions averaged over the class's supports, with the model's metric;
+* ``ram`` (cama-ram Eq. 10, the prototype as the reference): ``<p, Q(x, y)> / ||p||``;
+* the gradient CAMs: of the cosine similarity to the prototype (:class:`~cama.viz.Explainer`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cama.explain import dist_cam, fam, postprocess, ram
+from cama.viz.explainer import GRADIENT_METHODS, Explainer
+from cama.viz.pictures import probe_grid
+
+__all__ = ["FEW_SHOT_METHODS", "episode_maps", "support_maps", "probe_rows", "episode_grid"]
+
+FEW_SHOT_METHODS: tuple[str, ...] = ("dist_cam", "fam", "ram", *GRADIENT_METHODS)
+
+
+def episode_maps(
+    method: str, explainer: Explainer, images: Tensor, query_maps: Tensor, prototype: Tensor,
+    supports: Tensor, metric: str, size: tuple[int, int],
+) -> Tensor:
+    """Maps ``[Q, H, W]`` in ``[0, 1]`` of ``images`` (feature maps ``query_maps``) against
+    ``prototype`` ``[Q, D]`` (FAM: against ``supports`` ``[Q, S, D]``, compared with ``metric``)."""
+    if method in GRADIENT_METHODS:  # the maps are upcast to float32 inside
+        features = explainer.features_from_maps(images, [query_maps])
+        return explainer.explain(method, features, prototype, size, branches=False)[:, 0]
+    if method == "dist_cam":
+        raw = dist_cam(query_maps, prototype)
+    elif method == "fam":
+        raw = fam(query_maps, supports, metric=metric)
+    else:
+        raw = ram(prototype, query_maps)
+    return postprocess(raw[:, None], size)[:, 0]
+
+
+def support_maps(
+    method: str, explainer: Explainer, model: nn.Module, images: Tensor, all_maps: list[Tensor],
+    refs: Any, probes: Tensor, size: tuple[int, int],
+) -> Tensor:
+    """Maps ``[P, H, W]`` of the first support of each probe query's predicted class, explained
+    against that query (its single reference)."""
+    support = refs.support_index[probes, 0]
+    target = model.embed_maps([refs.query_maps[probes]])
+    return episode_maps(method, explainer, images[support], all_maps[0][support], target, target[:, None],
+                        refs.metric, size)
+
+
+def probe_rows(target: Tensor, count: int) -> Tensor:
+    """``count`` query rows: the first query of each class in turn, then the second, ..."""
+    total = target.numel()
+    sorted_target, order = torch.sort(target, stable=True)
+    sizes = torch.bincount(sorted_target)
+    starts = sizes.cumsum(0) - sizes
+    rank_in_class = torch.empty_like(order)
+    rank_in_class[order] = torch.arange(total, device=target.device) - starts[sorted_target]
+    return torch.argsort(rank_in_class * total + target, stable=True)[:count]
+
+
+def episode_grid(pictures: dict[str, Tensor], method: str, alpha: float = 0.5, colormap: str = "jet") -> Tensor:
+    """The picture of one method: per probe, query | first support of the predicted class (green:
+    right class, red: wrong) | the map on the query | the map on that support.
+
+    ``pictures`` holds ``probe_images`` / ``reference_images`` (``uint8``), ``matches``, the maps
+    ``<method>`` and ``<method>/reference`` ``[P, H, W]``, and optionally ``probe_boxes`` /
+    ``reference_boxes``.
+    """
+    return probe_grid(
+        pictures["probe_images"], pictures["reference_images"], pictures[method][:, None],
+        pictures[f"{method}/reference"][:, None], pictures.get("matches"), alpha, colormap,
+        pictures.get("probe_boxes"), pictures.get("reference_boxes"),
+    )
