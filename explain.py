@@ -1,6 +1,6 @@
-"""Explain a trained re-ID model outside training: ranking lists with maps per branch, as PNGs.
+"""Explain a trained model outside training: where it looks, as PNGs, for all three tasks.
 
-Two ways to give the data::
+Re-ID and retrieval (a model with ``evaluation_embeddings`` / ``reference_provider``)::
 
     # the evaluation set of a config's data module (the synthetic set needs no files)
     python explain.py --checkpoint runs/cama_synthetic/checkpoints/last.ckpt \\
@@ -9,12 +9,19 @@ Two ways to give the data::
     # image files / folders (Market-1501 file names give identities and cameras: green/red frames)
     python explain.py --checkpoint PATH --query q1.jpg q2.jpg --gallery bounding_box_test/ --output out
 
-For every query and method it writes ``<output>/<query>_<method>.png``: the query and its ``top_k``
-gallery images (framed green for a true match, red for a false one when identities are known), then
-one row of maps per branch and one for the summed map (cama-ram Fig. 4 / Fig. 8). The maps are those
-of the training callbacks (:mod:`cama.viz.explainer`): on the query, RAM is its own
-``R_q^q`` and every other method is against the top-1 gallery image; on each gallery image the map
-is against the query (RAM ``R_g^q``). ``<output>/rankings.json`` lists the ranking of each query.
+For every query and method: ``<output>/<query>_<method>.png``, the query and its ``top_k`` ranked
+images (green / red frames when identities or classes are known), one row of maps per branch and
+one for the summed map (cama-ram Fig. 4 / Fig. 8), and ``rankings.json``.
+
+Few-shot (a model with ``episode_references``, e.g. ProtoNet)::
+
+    python explain.py --checkpoint PATH --config configs/protonet_synthetic.yaml --methods dist_cam fam --episodes 4
+    python explain.py --checkpoint PATH --support supports/ --query q1.jpg queries/ --output out
+
+For every episode and method: ``<output>/<episode>_<method>.png``, as the training callback draws it
+(query | first support of the predicted class | map on the query | map on the support), and
+``predictions.json``. The maps, references and pictures are the callbacks' (:mod:`cama.viz`,
+:mod:`cama.references`).
 
 The model class comes from ``--model_class``, else the config's ``model.class_path``, else
 ``cama.models.CAMA``, and is loaded with its ``load_from_checkpoint``. With ``--config`` the data
@@ -26,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,16 +40,13 @@ from typing import Any
 
 import torch
 import yaml
-from torch import Tensor
-from torch.utils.data import default_collate
-from torchvision.io import write_png
-from torchvision.transforms import v2
-from tqdm import tqdm
 
-from cama.metrics.ranking import reid_excluded, top_k
-from cama.references import ReIDReferences, choose_probes
-from cama.viz import METHODS, Explainer, check_methods, ranking_figure, to_uint8
-from datamodules.images import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, denormalize_images, load_image
+from cama.protocols import EpisodeTask, RankingTask
+from cama.references import choose_probes
+from cama.viz import METHODS, Explainer, check_methods
+from explaining.common import ExplainError, image_files
+from explaining.episodes import datamodule_episodes, explain_episodes, folder_episode
+from explaining.ranking import DatasetRanking, FileRanking, explain_rankings
 
 __all__ = [
     "main",
@@ -57,14 +59,6 @@ __all__ = [
 ]
 
 
-MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
-
-
-class ExplainError(SystemExit):
-    """A user error: the message is printed and the command exits with status 2."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"explain.py: error: {message}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,86 +121,6 @@ def build_model_from_config(
 
 
 # --------------------------------------------------------------------------------------------------
-# image folders
-# --------------------------------------------------------------------------------------------------
-def _image_files(paths: Sequence[str], what: str) -> list[Path]:
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                raise ExplainError(f"{what} folder {path} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ExplainError(f"{what} path not found: {path}")
-    if not files:
-        raise ExplainError(f"no {what} image given")
-    return files
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    match = MARKET_NAME.match(path.name)
-    return (int(match.group(1)), int(match.group(2)) - 1) if match else None
-
-
-class _FileSet:
-    """Image files as an evaluation set: ``[query files..., gallery files...]``."""
-
-    def __init__(self, queries: list[Path], gallery: list[Path], image_size: tuple[int, int]) -> None:
-        self.load_image = load_image  # the project's decoder (clear error per file)
-        self.files = queries + gallery
-        self.num_query = len(queries)
-        ids = [_identity(p) for p in self.files]
-        self.known = all(i is not None for i in ids)
-        self.pids = torch.tensor([i[0] if i else -2 for i in ids])
-        self.camids = torch.tensor([i[1] if i else -1 for i in ids])
-        self.transform = v2.Compose(
-            [
-                v2.Resize(image_size, antialias=True),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ]
-        )
-
-    def denormalize(self, images: Tensor, as_uint8: bool = False) -> Tensor:
-        """The pictures of network inputs (:class:`cama.protocols.ShowsImages`)."""
-        return denormalize_images(images, IMAGENET_MEAN, IMAGENET_STD, as_uint8)
-
-    def load(self, indices: Sequence[int], device: torch.device) -> dict[str, Tensor]:
-        images = torch.stack([self.transform(self.load_image(str(self.files[i]))) for i in indices])
-        return {
-            "image": images.to(device),
-            "pid": self.pids[list(indices)].to(device),
-            "camid": self.camids[list(indices)].to(device),
-        }
-
-    def name(self, index: int) -> str:
-        return self.files[index].stem
-
-
-class _DataModuleSet:
-    """A data module's evaluation set (queries then gallery)."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-        self.references = ReIDReferences.from_dataset(dataset)
-        self.num_query = self.references.num_query
-        self.pids, self.camids = self.references.pids, self.references.camids
-        self.known = True
-
-    def load(self, indices: Sequence[int], device: torch.device) -> dict[str, Tensor]:
-        batch = default_collate([self.dataset[int(i)] for i in indices])
-        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-
-    def name(self, index: int) -> str:
-        kind = "query" if index < self.num_query else "gallery"
-        return f"{kind}{index:05d}_pid{int(self.pids[index])}_cam{int(self.camids[index])}"
-
-
-# --------------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
@@ -225,12 +139,14 @@ def _parser() -> argparse.ArgumentParser:
         help="override init arguments of the config's data module (YAML values)",
     )
     parser.add_argument("--query", nargs="+", help="query image files or folders (instead of --config)")
-    parser.add_argument("--gallery", nargs="+", help="gallery folders or files (with --query)")
+    parser.add_argument("--gallery", nargs="+", help="gallery folders or files (with --query; re-ID, retrieval)")
+    parser.add_argument("--support", help="few-shot: a folder with one sub-folder of support images per class")
+    parser.add_argument("--episodes", type=int, default=2, help="few-shot: test episodes explained (with --config)")
     parser.add_argument(
         "--methods", nargs="+", default=["ram", "dist_cam", "fam"], help=f"any of {list(METHODS)}"
     )
     parser.add_argument("--top_k", type=int, default=10, help="gallery images per ranking list")
-    parser.add_argument("--num_queries", type=int, default=8, help="queries explained (with --config)")
+    parser.add_argument("--num_queries", type=int, default=8, help="queries explained (few-shot: per episode)")
     parser.add_argument("--query_indices", type=int, nargs="+", help="query indices (with --config)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the query choice (with --config)")
     parser.add_argument("--output", default="explanations", help="folder for the PNGs")
@@ -278,15 +194,15 @@ def checkpoint_image_size(checkpoint: str | Path, default: tuple[int, int] = (25
     return (int(size[0]), int(size[1])) if size else default
 
 
-@torch.no_grad()
-def _embed(
-    explainer: Explainer, data: Any, indices: list[int], batch_size: int, device: torch.device, progress: bool
-) -> Tensor:
-    chunks = []
-    for start in tqdm(range(0, len(indices), batch_size), desc="gallery", disable=not progress, unit="batch"):
-        batch = data.load(indices[start : start + batch_size], device)
-        chunks.append(explainer.features(batch["image"]).embedding.float())
-    return torch.cat(chunks) if chunks else torch.zeros(0, 0, device=device)
+def _ranking_queries(args: argparse.Namespace, data: DatasetRanking) -> list[int]:
+    candidates = data.provider.probe_candidates()
+    if not args.query_indices:
+        return choose_probes(candidates, args.num_queries, args.seed)
+    allowed = set(candidates.tolist()) | set(range(int(getattr(data.dataset, "num_query", len(data.dataset)))))
+    bad = [i for i in args.query_indices if i not in allowed]
+    if bad:
+        raise ExplainError(f"--query_indices {bad} are not queries of the evaluation set (0..{max(allowed)})")
+    return list(args.query_indices)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
@@ -300,87 +216,45 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         raise ExplainError("--top_k must be >= 1")
     device = torch.device(args.device)
     config = load_config(args.config) if args.config else None
-    if config is None and not (args.query and args.gallery):
-        raise ExplainError("give --config (a data module) or both --query and --gallery (image files)")
+    files = bool(args.query and (args.gallery or args.support))
+    if config is None and not files:
+        raise ExplainError("give --config (a data module), or --query with --gallery (ranking) or --support (few-shot)")
     model = load_model(args.checkpoint, config, device, args.model_class)
-    explainer = Explainer(model, args.gradient_layers, args.truncation)
-    progress = not args.no_progress
-
-    datamodule = None
-    if args.query and args.gallery:
-        data: Any = _FileSet(
-            _image_files(args.query, "query"), _image_files(args.gallery, "gallery"),
-            tuple(args.image_size) if args.image_size else checkpoint_image_size(args.checkpoint)
-        )
-        queries = list(range(data.num_query))
-    else:
-        assert config is not None
-        datamodule = build_datamodule(config, _parse_overrides(args.data))
-        datamodule.setup("test")
-        dataset = getattr(datamodule, "eval_dataset", None)
-        if dataset is None or not all(hasattr(dataset, a) for a in ("num_query", "pids", "camids")):
-            raise ExplainError(f"{type(datamodule).__name__} has no re-ID evaluation set (eval_dataset)")
-        data = _DataModuleSet(dataset)
-        if args.query_indices:
-            bad = [i for i in args.query_indices if not 0 <= i < data.num_query]
-            if bad:
-                raise ExplainError(f"--query_indices {bad} are not query indices (0..{data.num_query - 1})")
-            queries = list(args.query_indices)
-        else:
-            queries = choose_probes(data.references.probe_candidates(), args.num_queries, args.seed)
-
-    gallery_indices = list(range(data.num_query, len(data.pids)))
-    if not gallery_indices:
-        raise ExplainError("the evaluation set has no gallery image to rank the queries against")
-    embeddings = _embed(explainer, data, gallery_indices, args.batch_size, device, progress)
-    gallery_pids = data.pids[gallery_indices].to(device)
-    gallery_camids = data.camids[gallery_indices].to(device)
+    image_size = tuple(args.image_size) if args.image_size else None
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    rankings: dict[str, Any] = {}
-    for index in tqdm(queries, desc="queries", disable=not progress, unit="query"):
-        batch = data.load([index], device)
-        query = explainer.features(batch["image"])
-        if data.known:  # the Market-1501 protocol
-            pid, camid = batch["pid"], batch["camid"]
-            exclude = reid_excluded(pid, camid, gallery_pids, gallery_camids)
-        else:  # unknown identities: rank everything (no protocol), frames left out
-            pid = torch.full((1,), -4, device=device)
-            exclude = (gallery_pids == -1)[None].clone()  # junk files still never ranked
-        if isinstance(data, _FileSet):  # the query file itself is never its own match
-            exclude |= torch.tensor([[data.files[index] == data.files[g] for g in gallery_indices]], device=device)
-        rows = top_k(query.embedding, embeddings, args.top_k, exclude=exclude)
-        matches = (rows >= 0) & (gallery_pids[rows.clamp_min(0)] == pid[:, None])
-        valid = rows[0] >= 0
-        listed_rows = rows[0][valid]
-        if listed_rows.numel() == 0:
-            tqdm.write(f"query {data.name(index)}: no rankable gallery image, skipped")
-            continue
-        listed_indices = [gallery_indices[r] for r in listed_rows.tolist()]
-        listed = explainer.features(data.load(listed_indices, device)["image"])
-        reference = listed.embedding[:1]
-        shows = datamodule if datamodule is not None else data  # files: ImageNet statistics
-        query_picture = to_uint8(query.images, shows)[0]
-        listed_pictures = to_uint8(listed.images, shows)
-        flags = matches[0][valid] if data.known else None
-        name = data.name(index)
-        rankings[name] = [
-            {"gallery": data.name(g), "match": bool(flags[j]) if flags is not None else None}
-            for j, g in enumerate(listed_indices)
-        ]
-        for method in methods:
-            target = query.embedding if method == "ram" else reference
-            query_maps = explainer.explain(method, query, target)[0]
-            listed_maps = explainer.explain(method, listed, query.embedding.expand(len(listed_indices), -1))
-            picture = ranking_figure(
-                query_picture, listed_pictures, flags, query_maps, listed_maps, args.alpha, args.colormap
-            )
-            path = output / f"{name}_{method.replace('+', 'p')}.png"
-            write_png(picture.cpu(), str(path))
-            written.append(path)
-    with open(output / "rankings.json", "w") as f:
-        json.dump(rankings, f, indent=2)
+    progress = not args.no_progress
+    drawing = dict(device=device, progress=progress, alpha=args.alpha, colormap=args.colormap)
+    datamodule = None if files else build_datamodule(config or {}, _parse_overrides(args.data))
+
+    if isinstance(model, EpisodeTask):  # few-shot: episodes of a data module, or support folders
+        if files:
+            size = image_size or checkpoint_image_size(args.checkpoint, (84, 84))
+            batch, shows, _ = folder_episode(args.support or "", args.query, size)
+            episodes: Any = [("files", batch)]
+        else:
+            episodes, shows = datamodule_episodes(datamodule, args.episodes), datamodule
+        written = explain_episodes(model, episodes, shows, methods, output, args.num_queries, **drawing)
+    elif files:  # re-ID / retrieval on image files
+        size = image_size or checkpoint_image_size(args.checkpoint)
+        data: Any = FileRanking(image_files(args.query, "query"), image_files(args.gallery or [], "gallery"), size)
+        explainer = Explainer(model, args.gradient_layers, args.truncation)
+        written = explain_rankings(data, list(range(len(data.files) - len(data.gallery))), explainer, methods,
+                                   output, args.top_k, args.batch_size, **drawing)
+    else:
+        if not isinstance(model, RankingTask):
+            raise ExplainError(f"{type(model).__name__} neither ranks (re-ID, retrieval) nor classifies episodes")
+        datamodule.setup("test")
+        dataset = datamodule.test_dataloader().dataset
+        try:
+            data = DatasetRanking(dataset, model.reference_provider(dataset), datamodule)
+        except AttributeError as err:
+            raise ExplainError(f"{type(datamodule).__name__}'s evaluation set does not fit {type(model).__name__}: {err}")
+        if not data.gallery:
+            raise ExplainError("the evaluation set has no gallery image to rank the queries against")
+        explainer = Explainer(model, args.gradient_layers, args.truncation)
+        written = explain_rankings(data, _ranking_queries(args, data), explainer, methods, output, args.top_k,
+                                   args.batch_size, **drawing)
     print(f"explain.py: wrote {len(written)} PNGs to {output}")
     return written
 

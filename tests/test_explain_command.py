@@ -171,3 +171,74 @@ def test_clear_errors(checkpoint, tmp_path, args, message):
 def test_unknown_method_is_rejected(checkpoint):
     with pytest.raises(SystemExit, match="unknown explanation method"):
         explain.main(["--checkpoint", str(checkpoint), "--config", str(CONFIG), "--methods", "scorecam"])
+
+
+def _save(model, path: Path, image_size) -> Path:
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "datamodule_hyper_parameters": {"image_size": image_size},
+                "pytorch-lightning_version": lightning.__version__}, path)
+    return path
+
+
+def test_few_shot_checkpoint_episodes_from_a_config_and_from_support_folders(tmp_path):
+    from cama.models import ProtoNet
+
+    torch.manual_seed(0)
+    model = ProtoNet(num_classes=5)
+    checkpoint = _save(model, tmp_path / "protonet.ckpt", (32, 32))
+    out = tmp_path / "config"
+    written = explain.main([
+        "--checkpoint", str(checkpoint), "--config", str(REPO / "configs" / "protonet_synthetic.yaml"),
+        "--model_class", "cama.models.ProtoNet", "--data", "image_size=[32, 32]", "synthetic_size=32",
+        "synthetic_num_classes=15", "synthetic_splits=[5, 5, 5]", "synthetic_images_per_class=6", "eval_query=2",
+        "num_workers=0", "--methods", "dist_cam", "fam", "--episodes", "2", "--num_queries", "3",
+        "--output", str(out), "--no_progress",
+    ])
+    assert sorted(p.name for p in written) == [
+        "episode000_dist_cam.png", "episode000_fam.png", "episode001_dist_cam.png", "episode001_fam.png"
+    ]
+    # 3 probe rows of 4 tiles (query | support | map on the query | map on the support), 32 px + 2 padding
+    assert png_size(written[0]) == (3 * 34 + 2, 4 * 34 + 2)
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert len(predictions["episode000"]) == 5 * 2  # 5-way, 2 queries a class
+    # files: two classes of two supports, one query in a folder named like a class (its truth)
+    support = tmp_path / "support"
+    for c, name in enumerate(("cat", "dog")):
+        (support / name).mkdir(parents=True)
+        for i in range(2):
+            write_png(torch.full((3, 40, 40), 60 * c + 20 * i, dtype=torch.uint8), str(support / name / f"{i}.png"))
+    (tmp_path / "q" / "dog").mkdir(parents=True)
+    write_png(torch.full((3, 40, 40), 70, dtype=torch.uint8), str(tmp_path / "q" / "dog" / "x.png"))
+    files = explain.main([
+        "--checkpoint", str(checkpoint), "--model_class", "cama.models.ProtoNet", "--support", str(support),
+        "--query", str(tmp_path / "q" / "dog"), "--methods", "fam", "--output", str(tmp_path / "files"),
+        "--no_progress",
+    ])
+    assert [p.name for p in files] == ["files_fam.png"]
+    (truth,) = json.loads((tmp_path / "files" / "predictions.json").read_text())["files"]
+    assert truth["truth"] == 1 and truth["query"] == 4  # after the 4 supports
+    with pytest.raises(SystemExit, match="same number of images"):
+        (support / "dog" / "1.png").unlink()
+        explain.main(["--checkpoint", str(checkpoint), "--model_class", "cama.models.ProtoNet", "--support",
+                      str(support), "--query", str(tmp_path / "q" / "dog"), "--output", str(tmp_path / "bad")])
+
+
+def test_retrieval_checkpoint_ranks_every_other_image_with_fam(tmp_path):
+    from cama.models import RetrievalModel
+
+    torch.manual_seed(0)
+    model = RetrievalModel(num_classes=5, backbone="resnet10", embedding_size=16)
+    checkpoint = _save(model, tmp_path / "retrieval.ckpt", (32, 32))
+    out = tmp_path / "out"
+    written = explain.main([
+        "--checkpoint", str(checkpoint), "--config", str(REPO / "configs" / "retrieval_synthetic.yaml"),
+        "--model_class", "cama.models.RetrievalModel", "--data", "image_size=[32, 32]", "resize_size=36",
+        "synthetic_size=36", "synthetic_num_classes=10", "synthetic_images_per_class=4", "num_workers=0",
+        "--methods", "fam", "--num_queries", "2", "--top_k", "3", "--output", str(out), "--no_progress",
+    ])
+    assert len(written) == 2
+    rankings = json.loads((out / "rankings.json").read_text())
+    for query, listed in rankings.items():
+        assert len(listed) == 3 and all(item["gallery"] != query for item in listed)  # never itself
+        label = query.split("_class")[1]
+        assert [item["match"] for item in listed] == [item["gallery"].split("_class")[1] == label for item in listed]

@@ -1,0 +1,110 @@
+"""Few-shot in ``explain.py``: queries explained against the prototype of their predicted class.
+
+The same maps and pictures as :class:`callbacks.fewshot_explanations.FewShotExplanations`
+(:mod:`cama.viz.episodes`): per probe query, the query | the first support of its predicted class
+(green: right class, red: wrong; no frame when the query's class is unknown) | the map on the query
+| the map on that support against the query. Two sources of episodes:
+
+* the test episodes of a config's data module (:func:`datamodule_episodes`);
+* a folder of supports, one sub-folder per class with the same number of images each, and query
+  image files (:func:`folder_episode`); a query whose parent folder is named like a support class
+  has that class as its truth.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from cama.viz import Explainer, to_uint8
+from cama.viz.episodes import FEW_SHOT_METHODS, episode_grid, episode_maps, probe_rows, support_maps
+from explaining.common import ExplainError, FileImages, image_files, write_picture
+
+__all__ = ["datamodule_episodes", "folder_episode", "explain_episodes"]
+
+
+def datamodule_episodes(datamodule: Any, count: int) -> Iterable[tuple[str, dict[str, Tensor]]]:
+    """The first ``count`` test episodes of a few-shot data module, named ``episode<e>``."""
+    datamodule.setup("test")
+    for e, batch in enumerate(itertools.islice(datamodule.test_dataloader(), count)):
+        yield f"episode{e:03d}", batch
+
+
+def folder_episode(support_root: str, queries: Sequence[str], image_size: Sequence[int]) -> tuple[dict[str, Tensor], FileImages, list[str]]:
+    """One episode from files: ``support_root/<class>/*`` and the query files (see the module doc).
+
+    Returns the batch (``image``, ``episode_labels``, ``is_query``, ``target``: the queries' class or
+    -1), the images (to show them) and the class names.
+    """
+    root = Path(support_root)
+    classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if len(classes) < 2:
+        raise ExplainError(f"--support {root} must hold one folder per class (at least 2), each with its support images")
+    supports = [image_files([str(c)], f"support class {c.name}") for c in classes]
+    shots = {len(s) for s in supports}
+    if len(shots) != 1:
+        raise ExplainError(
+            f"every support class needs the same number of images, got "
+            f"{ {c.name: len(s) for c, s in zip(classes, supports)} } in {root}"
+        )
+    query_files = image_files(queries, "query")
+    names = [c.name for c in classes]
+    files = [f for s in supports for f in s] + query_files
+    images = FileImages(files, image_size)
+    labels = [i for i, s in enumerate(supports) for _ in s]
+    targets = [names.index(f.parent.name) if f.parent.name in names else -1 for f in query_files]
+    batch = {
+        "image": images.images(range(len(files)), torch.device("cpu")),
+        "episode_labels": torch.tensor(labels + [max(t, 0) for t in targets]),
+        "is_query": torch.tensor([False] * len(labels) + [True] * len(query_files)),
+        "target": torch.tensor(targets),
+    }
+    return batch, images, names
+
+
+@torch.no_grad()
+def explain_episodes(
+    model: Any, episodes: Iterable[tuple[str, dict[str, Tensor]]], shows: Any, methods: Sequence[str],
+    output: Path, num_queries: int, device: torch.device, progress: bool, alpha: float, colormap: str,
+) -> list[Path]:
+    """Write ``<output>/<episode>_<method>.png`` per episode and method, and ``predictions.json``."""
+    unsupported = [m for m in methods if m not in FEW_SHOT_METHODS]
+    if unsupported:
+        raise ExplainError(f"few-shot explanations support {list(FEW_SHOT_METHODS)}, got {unsupported}")
+    explainer = Explainer(model)
+    written: list[Path] = []
+    predictions: dict[str, Any] = {}
+    for name, batch in tqdm(list(episodes), desc="episodes", disable=not progress, unit="episode"):
+        images = batch["image"].to(device)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        all_maps = model.feature_maps(images)
+        refs = model.episode_references(batch, all_maps)
+        target = batch["target"].to(device) if "target" in batch else refs.target
+        known = target >= 0
+        probes = probe_rows(refs.prediction if not bool(known.all()) else target, num_queries)
+        pictures: dict[str, Tensor] = {
+            "probe_images": to_uint8(images[refs.query_index[probes]], shows),
+            "reference_images": to_uint8(images[refs.support_index[probes, 0]], shows),
+        }
+        if bool(known.all()):
+            pictures["matches"] = (refs.prediction == target)[probes]
+        for method in methods:
+            query_images = images[refs.query_index[probes]]
+            pictures[method] = episode_maps(method, explainer, query_images, refs.query_maps[probes],
+                                            refs.prototype[probes], refs.supports[probes], refs.metric, size)
+            pictures[f"{method}/reference"] = support_maps(method, explainer, model, images, all_maps, refs, probes, size)
+            written.append(write_picture(episode_grid(pictures, method, alpha, colormap), output, name, method))
+        predictions[name] = [
+            {"query": int(q), "predicted": int(p), "truth": int(t) if t >= 0 else None}
+            for q, p, t in zip(refs.query_index.tolist(), refs.prediction.tolist(), target.tolist())
+        ]
+    with open(output / "predictions.json", "w") as f:
+        json.dump(predictions, f, indent=2)
+    return written

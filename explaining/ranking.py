@@ -1,0 +1,139 @@
+"""Re-ID and retrieval in ``explain.py``: each query, its top-k ranked images and their maps.
+
+A query is explained as the callbacks explain their probes (cama-ram Fig. 4 / Fig. 8): on the query,
+RAM is its own ``R_q^q`` and every other method is against the top-1 image; on each ranked image
+the map is against the query (RAM ``R_g^q``). Two sources of images:
+
+* :class:`DatasetRanking` -- a data module's evaluation set, ranked by the task's reference provider
+  (:mod:`cama.references`: the Market-1501 protocol for re-ID, every other image for retrieval);
+* :class:`FileRanking` -- query and gallery files; Market-1501 file names (``0002_c1...``) give
+  identities and cameras (the re-ID protocol, green/red frames), other names none (everything but
+  the query's own file is ranked, no frames).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import default_collate
+from tqdm import tqdm
+
+from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
+from cama.viz import Explainer, ranking_figure, to_uint8
+from explaining.common import MARKET_NAME, FileImages, write_picture
+
+__all__ = ["DatasetRanking", "FileRanking", "explain_rankings"]
+
+
+class DatasetRanking:
+    """A data module's evaluation set, ranked by the task's reference ``provider``."""
+
+    def __init__(self, dataset: Any, provider: Any, shows: Any) -> None:
+        self.dataset, self.provider, self.shows = dataset, provider, shows
+        self.reid = hasattr(dataset, "num_query")
+        size = len(dataset)
+        self.gallery = list(range(int(dataset.num_query), size) if self.reid else range(size))
+        self.labels = provider.labels
+
+    def load(self, indices: Sequence[int], device: torch.device) -> Tensor:
+        batch = default_collate([self.dataset[int(i)] for i in indices])
+        return batch["image"].to(device)
+
+    def rank(self, embeddings: Tensor, query: Tensor, index: int, k: int) -> tuple[list[int], list[bool] | None]:
+        """The dataset indices of the ``k`` images ``query`` (``[1, D]``, item ``index``) ranks first
+        among the gallery ``embeddings``, and whether each is a true match."""
+        gallery = EmbeddingSet(embeddings, self.labels[self.gallery].to(embeddings.device),
+                               torch.tensor(self.gallery, device=embeddings.device))
+        found, matches = self.provider.rank(gallery, query, torch.tensor([index], device=query.device), k)
+        keep = found[0] >= 0
+        return found[0][keep].tolist(), matches[0][keep].tolist()
+
+    def name(self, index: int) -> str:
+        label = int(self.labels[index])
+        if not self.reid:
+            return f"image{index:05d}_class{label}"
+        kind = "query" if index < int(self.dataset.num_query) else "gallery"
+        return f"{kind}{index:05d}_pid{label}_cam{int(self.provider.camids[index])}"
+
+
+class FileRanking:
+    """Query files then gallery files, as one indexed set."""
+
+    def __init__(self, queries: list[Path], gallery: list[Path], image_size: Sequence[int]) -> None:
+        self.shows = FileImages(queries + gallery, image_size)
+        self.files = self.shows.files
+        self.gallery = list(range(len(queries), len(self.files)))
+        ids = [MARKET_NAME.match(p.name) for p in self.files]
+        self.known = all(ids)
+        self.labels = torch.tensor([int(m.group(1)) if m else -2 for m in ids])
+        self.cameras = torch.tensor([int(m.group(2)) - 1 if m else -1 for m in ids])
+
+    def load(self, indices: Sequence[int], device: torch.device) -> Tensor:
+        return self.shows.images(indices, device)
+
+    def rank(self, embeddings: Tensor, query: Tensor, index: int, k: int) -> tuple[list[int], list[bool] | None]:
+        """As :meth:`DatasetRanking.rank`; ``None`` flags when the file names give no identities."""
+        device = embeddings.device
+        g_labels = self.labels[self.gallery].to(device)
+        if self.known:  # the Market-1501 protocol
+            exclude = reid_excluded(self.labels[index : index + 1].to(device), self.cameras[index : index + 1].to(device),
+                                    g_labels, self.cameras[self.gallery].to(device))
+        else:  # unknown identities: rank everything, junk files (pid -1) excepted
+            exclude = (g_labels == -1)[None].clone()
+        exclude |= torch.tensor([[self.files[index] == self.files[g] for g in self.gallery]], device=device)
+        rows = top_k(query, embeddings, k, exclude=exclude)[0]
+        rows = rows[rows >= 0]
+        found = [self.gallery[r] for r in rows.tolist()]
+        flags = (g_labels[rows] == self.labels[index]).tolist() if self.known else None
+        return found, flags
+
+    def name(self, index: int) -> str:
+        return self.files[index].stem
+
+
+@torch.no_grad()
+def _embed(explainer: Explainer, data: Any, indices: list[int], batch_size: int, device: torch.device,
+           progress: bool) -> Tensor:
+    chunks = []
+    for start in tqdm(range(0, len(indices), batch_size), desc="gallery", disable=not progress, unit="batch"):
+        chunks.append(explainer.features(data.load(indices[start : start + batch_size], device)).embedding.float())
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0, device=device)
+
+
+def explain_rankings(
+    data: DatasetRanking | FileRanking, queries: list[int], explainer: Explainer, methods: Sequence[str],
+    output: Path, top: int, batch_size: int, device: torch.device, progress: bool, alpha: float, colormap: str,
+) -> list[Path]:
+    """Write ``<output>/<query>_<method>.png`` for every query and method, and ``rankings.json``."""
+    embeddings = _embed(explainer, data, data.gallery, batch_size, device, progress)
+    written: list[Path] = []
+    rankings: dict[str, Any] = {}
+    for index in tqdm(queries, desc="queries", disable=not progress, unit="query"):
+        query = explainer.features(data.load([index], device))
+        found, flags = data.rank(embeddings, query.embedding, index, top)
+        if not found:
+            tqdm.write(f"query {data.name(index)}: no rankable gallery image, skipped")
+            continue
+        listed = explainer.features(data.load(found, device))
+        query_picture = to_uint8(query.images, data.shows)[0]
+        listed_pictures = to_uint8(listed.images, data.shows)
+        name = data.name(index)
+        rankings[name] = [
+            {"gallery": data.name(g), "match": bool(flags[j]) if flags is not None else None}
+            for j, g in enumerate(found)
+        ]
+        frames = torch.tensor(flags) if flags is not None else None
+        for method in methods:
+            target = query.embedding if method == "ram" else listed.embedding[:1]
+            query_maps = explainer.explain(method, query, target)[0]
+            listed_maps = explainer.explain(method, listed, query.embedding.expand(len(found), -1))
+            picture = ranking_figure(query_picture, listed_pictures, frames, query_maps, listed_maps, alpha, colormap)
+            written.append(write_picture(picture, output, name, method))
+    with open(output / "rankings.json", "w") as f:
+        json.dump(rankings, f, indent=2)
+    return written
