@@ -87,11 +87,12 @@ def _normalised_distances(q_g: Tensor, q_q: Tensor, g_g: Tensor) -> Tensor:
     rows = max(1, _CHUNK_BYTES // (4 * n))
     for s in _chunks(n, rows):
         blk = d[s]
-        if not bool(torch.isfinite(blk).all()):
-            raise ValueError("re_ranking: the distances must be finite (got NaN or inf)")
         blk.square_()
-        # column max of orig = row max of orig^T
-        blk.div_(blk.amax(1, keepdim=True))
+        # column max of orig = row max of orig^T; NaN and inf propagate into it
+        top = blk.amax(1, keepdim=True)
+        if not bool(torch.isfinite(top).all()):
+            raise ValueError("re_ranking: the distances must be finite (got NaN or inf)")
+        blk.div_(top)
     return d
 
 
