@@ -148,3 +148,71 @@ def test_float32_input_and_bad_input():
         re_ranking(qg, qq, gg, k1=0)
     with pytest.raises(ValueError, match="lambda"):
         re_ranking(qg, qq, gg, lambda_value=1.5)
+
+
+# ---------------------------------------------------------------------------------------------- the metric
+
+
+def _embeddings(seed=0, n=150, dim=16, nid=10, ncam=3):
+    g = torch.Generator().manual_seed(seed)
+    pids = torch.randint(1, nid + 1, (n,), generator=g)
+    emb = torch.randn(nid + 1, dim, generator=g)[pids] + 1.5 * torch.randn(n, dim, generator=g)
+    camids = torch.randint(0, ncam, (n,), generator=g)
+    is_query = torch.rand(n, generator=g) < 0.25
+    gal = (~is_query).nonzero().squeeze(1)
+    pids[gal[:8]] = 0  # distractors
+    pids[gal[8:14]] = -1  # junk
+    indices = torch.randperm(n, generator=g)
+    return emb, pids, camids, is_query, indices
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_metric_rerank_equals_evaluate_rank_of_re_ranking(distance):
+    from cama.metrics.distances import pairwise_distance
+    from cama.metrics.reid import ReIDRankMetric, evaluate_rank
+
+    emb, pids, camids, is_query, indices = _embeddings(1)
+    metric = ReIDRankMetric(distance=distance, rerank=True, k1=8, k2=3, lambda_value=0.4)
+    for s in range(0, emb.shape[0], 32):
+        metric.update(emb[s : s + 32], pids[s : s + 32], camids[s : s + 32], is_query[s : s + 32], indices[s : s + 32])
+    out = metric.compute()
+    assert tuple(out) == metric.result_names
+    assert metric.result_names[-5:] == ("mAP_rerank", "mINP_rerank", "rank1_rerank", "rank5_rerank", "rank10_rerank")
+
+    # by hand: dataset-index order, junk dropped from the gallery, the three distance blocks
+    order = indices.argsort()
+    emb, pids, camids, is_query = emb[order], pids[order], camids[order], is_query[order]
+    q, g = is_query, ~is_query & (pids != -1)
+    qf, gf = emb[q], emb[g]
+    dist = re_ranking(pairwise_distance(qf, gf, distance), pairwise_distance(qf, qf, distance),
+                      pairwise_distance(gf, gf, distance), k1=8, k2=3, lambda_value=0.4)
+    cmc, m_ap, m_inp = evaluate_rank(dist, pids[q], pids[g], camids[q], camids[g], return_minp=True)
+    assert out["mAP_rerank"].item() == pytest.approx(m_ap, abs=1e-6)
+    assert out["mINP_rerank"].item() == pytest.approx(m_inp, abs=1e-6)
+    for k in (1, 5, 10):
+        assert out[f"rank{k}_rerank"].item() == pytest.approx(cmc[k - 1].item(), abs=1e-6)
+    # the plain numbers are untouched, and re-ranking did change the distances
+    plain = ReIDRankMetric(distance=distance)
+    plain.update(emb, pids, camids, is_query, indices[order])
+    base = plain.compute()
+    assert all(out[k].item() == pytest.approx(v.item(), abs=1e-6) for k, v in base.items())
+    ref = reference_re_ranking(*(pairwise_distance(a, b, distance).numpy() for a, b in ((qf, gf), (qf, qf), (gf, gf))),
+                               k1=8, k2=3, lambda_value=0.4)
+    np.testing.assert_allclose(dist.numpy(), ref, rtol=1e-5, atol=2e-6)
+
+
+def test_metric_without_rerank_has_no_rerank_keys():
+    from cama.metrics.reid import ReIDRankMetric
+
+    assert not any("rerank" in name for name in ReIDRankMetric().result_names)
+    with pytest.raises(ValueError, match="re-ranking"):
+        ReIDRankMetric(rerank=True, k1=0)
+
+
+def test_cama_passes_rerank_to_both_metrics():
+    from cama.models import CAMA
+
+    model = CAMA(num_classes=5, backbone="resnet10", num_branches=2, rerank=True)
+    assert model.val_metric.rerank and model.test_metric.rerank
+    assert "mAP_rerank" in model.val_metric.result_names
+    assert not CAMA(num_classes=5, backbone="resnet10", num_branches=2).val_metric.rerank
