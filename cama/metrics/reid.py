@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,49 +30,14 @@ from cama.explain.precision import at_least_float32
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.match_ranks import Gallery, Workspace, match_ranks, max_chunk_rows
 from cama.metrics.ranking import EmbeddingSet, first_per_index, is_junk
+from cama.metrics.reid_inputs import as_ids, as_tensor, no_valid_query_error
+from cama.metrics.rerank import re_ranking
 from cama.metrics.states import CollectedSamples
 
 __all__ = ["evaluate_rank", "pairwise_distance", "ReIDRankMetric"]
 
 # Default memory budget for the temporaries of one chunk of queries.
 _CHUNK_BYTES = 256 * 1024 * 1024
-
-_NO_VALID_QUERY_MSG = (
-    "Re-ID evaluation: no query has a valid true match in the gallery (every query would be "
-    "skipped), so CMC/mAP are undefined. Likely causes: (1) all query and gallery images come from "
-    "the same camera, so every true match is removed as a same-identity same-camera image; "
-    "(2) the query identities are missing from the gallery (wrong split, or the gallery holds only "
-    "distractors pid 0 / junk pid -1); (3) pids and camids were swapped or wrongly parsed from the "
-    "file names (e.g. all parsed as -1 or 0). Got {nq} queries, {ng} gallery images, "
-    "{nqid} query identities of which {nshared} appear in the gallery, "
-    "query cameras {qcams}, gallery cameras {gcams}."
-)
-
-
-def _as_tensor(x: Any, name: str) -> Tensor:
-    if isinstance(x, Tensor):
-        return x
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x))
-    try:
-        return torch.as_tensor(x)
-    except Exception as err:  # pragma: no cover - message only
-        raise TypeError(f"{name} must be a tensor, a numpy array or a sequence, got {type(x)}") from err
-
-
-def _as_ids(x: Any, name: str, n: int, device: torch.device) -> Tensor:
-    t = _as_tensor(x, name)
-    if t.dim() != 1 or t.numel() != n:
-        raise ValueError(f"{name} must be 1-D with {n} entries, got shape {tuple(t.shape)}")
-    if t.is_floating_point() or t.is_complex():
-        raise ValueError(f"{name} must hold integers, got dtype {t.dtype}")
-    return t.to(device=device, dtype=torch.long)
-
-
-def _summary(t: Tensor, limit: int = 8) -> str:
-    u = torch.unique(t).tolist()
-    return str(u) if len(u) <= limit else f"{u[:limit]}... ({len(u)} values)"
-
 
 class _RankAccumulator:
     """Accumulates CMC counts, AP and INP sums over chunks of queries against one gallery."""
@@ -114,21 +78,6 @@ class _RankAccumulator:
 # ----------------------------------------------------------------------------------------------
 
 
-def _no_valid_query_error(q_pids: Tensor, g_pids: Tensor, q_camids: Tensor, g_camids: Tensor) -> ValueError:
-    qid = torch.unique(q_pids)
-    shared = int(torch.isin(qid, g_pids[~is_junk(g_pids)]).sum())
-    return ValueError(
-        _NO_VALID_QUERY_MSG.format(
-            nq=q_pids.numel(),
-            ng=g_pids.numel(),
-            nqid=qid.numel(),
-            nshared=shared,
-            qcams=_summary(q_camids),
-            gcams=_summary(g_camids),
-        )
-    )
-
-
 def _query_chunks(
     valid: Tensor, n_same: Tensor, bytes_per_row: int, chunk_size: int | None, chunk_bytes: int
 ) -> Iterator[Tensor]:
@@ -166,7 +115,7 @@ def _evaluate(
     num_m, n_same = gal.num_matches(q_pids, q_camids)
     valid = (num_m > 0).nonzero().squeeze(1)
     if valid.numel() == 0:
-        raise _no_valid_query_error(q_pids, g_pids, q_camids, g_camids)
+        raise no_valid_query_error(q_pids, g_pids, q_camids, g_camids)
     acc = _RankAccumulator(gal, max_rank, device)
     for rows in _query_chunks(valid, n_same[valid], bytes_per_row, chunk_size, chunk_bytes):
         acc.add(block_fn(rows), q_pids[rows], q_camids[rows], chunk_bytes)
@@ -206,7 +155,7 @@ def evaluate_rank(
     Ties between equal distances are broken as a stable argsort of the row does (smaller gallery
     index first).  Raises ``ValueError`` (naming the likely causes) when no query has a true match.
     """
-    d = _as_tensor(distmat, "distmat")
+    d = as_tensor(distmat, "distmat")
     if d.dim() != 2:
         raise ValueError(f"distmat must be [num_query, num_gallery], got shape {tuple(d.shape)}")
     if d.is_complex():
@@ -215,10 +164,10 @@ def evaluate_rank(
         d = d.to(torch.uint8)
     nq, ng = d.shape
     device = d.device
-    qp = _as_ids(q_pids, "q_pids", nq, device)
-    gp = _as_ids(g_pids, "g_pids", ng, device)
-    qc = _as_ids(q_camids, "q_camids", nq, device)
-    gc = _as_ids(g_camids, "g_camids", ng, device)
+    qp = as_ids(q_pids, "q_pids", nq, device)
+    gp = as_ids(g_pids, "g_pids", ng, device)
+    qc = as_ids(q_camids, "q_camids", nq, device)
+    gc = as_ids(g_camids, "g_camids", ng, device)
 
     # temporaries per query row: float32 + int32 + bool per gallery entry, a copy of the row when
     # the chunk's rows are not contiguous, the junk columns
@@ -263,6 +212,12 @@ class ReIDRankMetric(CollectedSamples):
     ``1 - cos``) are computed in chunks of queries (``chunk_bytes`` of temporaries, or ``chunk_size``
     queries), never as a whole matrix; gallery samples with pid ``-1`` (junk) are dropped first.
 
+    With ``rerank=True`` it also returns ``"mAP_rerank"``, ``"mINP_rerank"`` and ``"rank{k}_rerank"``:
+    the same protocol (:func:`evaluate_rank`) on the k-reciprocal re-ranked distances
+    (:func:`cama.metrics.rerank.re_ranking` with ``k1``, ``k2``, ``lambda_value``) of the junk-free
+    query and gallery sets.  Re-ranking needs the whole ``[Q + G, Q + G]`` distance matrix
+    (float32, 1.5 GB for Market-1501) and takes seconds to minutes on a CPU (``bench/rerank.py``).
+
     Call ``update`` per batch and ``compute`` once per epoch: ``forward`` would rank each batch
     alone, which usually has no valid query (``compute`` raises ``ValueError`` then).
     """
@@ -281,6 +236,10 @@ class ReIDRankMetric(CollectedSamples):
         distance: str = "euclidean",
         chunk_bytes: int = _CHUNK_BYTES,
         chunk_size: int | None = None,
+        rerank: bool = False,
+        k1: int = 20,
+        k2: int = 6,
+        lambda_value: float = 0.3,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -301,6 +260,10 @@ class ReIDRankMetric(CollectedSamples):
         self.distance = distance
         self.chunk_bytes = int(chunk_bytes)
         self.chunk_size = chunk_size  # queries per distance chunk; None = from chunk_bytes
+        if rerank and (int(k1) < 1 or int(k2) < 1 or not 0.0 <= float(lambda_value) <= 1.0):
+            raise ValueError(f"re-ranking needs k1, k2 >= 1 and lambda_value in [0, 1], got {k1}, {k2}, {lambda_value}")
+        self.rerank = bool(rerank)
+        self.k1, self.k2, self.lambda_value = int(k1), int(k2), float(lambda_value)
         self._add_cat_states("embeddings", "pids", "camids", "is_query", "indices")
 
     def update(
@@ -325,6 +288,8 @@ class ReIDRankMetric(CollectedSamples):
         """The keys of ``compute()``."""
         names = ["mAP", "mINP", *(f"rank{k}" for k in self.ranks)]
         names += [_branch_key(i) for i in range(1, len(self.prefix_dims or ()) + 1)]
+        if self.rerank:
+            names += ["mAP_rerank", "mINP_rerank", *(f"rank{k}_rerank" for k in self.ranks)]
         return tuple(names)
 
     def _gathered(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -365,6 +330,18 @@ class ReIDRankMetric(CollectedSamples):
             block, qp, gp, qc, gc, self.max_rank, bytes_per_row, self.chunk_size, self.chunk_bytes, qf.device
         )
 
+    def _rerank_features(self, qf: Tensor, gf: Tensor, qp: Tensor, gp: Tensor, qc: Tensor, gc: Tensor):
+        keep = ~is_junk(gp)
+        if not bool(keep.all()):
+            gf, gp, gc = gf[keep], gp[keep], gc[keep]
+        q_g = pairwise_distance(qf, gf, self.distance)
+        q_q = pairwise_distance(qf, qf, self.distance)
+        g_g = pairwise_distance(gf, gf, self.distance)
+        dist = re_ranking(q_g, q_q, g_g, self.k1, self.k2, self.lambda_value)
+        del q_g, q_q, g_g
+        return evaluate_rank(dist, qp, gp, qc, gc, self.max_rank, return_minp=True,
+                             chunk_size=self.chunk_size, chunk_bytes=self.chunk_bytes)
+
     def compute(self) -> dict[str, Tensor]:
         emb, pids, cams, isq, _ = self._gathered()
         q, g = isq, ~isq
@@ -388,4 +365,11 @@ class ReIDRankMetric(CollectedSamples):
                     out[_branch_key(i)] = out["mAP"].clone()
                 else:
                     out[_branch_key(i)] = self._rank_features(qf[:, :d], gf[:, :d], *args)[1].float()
+        if self.rerank:
+            cmc, m_ap, m_inp = self._rerank_features(qf, gf, *args)
+            dev = out["mAP"].device
+            out["mAP_rerank"] = torch.tensor(m_ap, dtype=torch.float32, device=dev)
+            out["mINP_rerank"] = torch.tensor(m_inp, dtype=torch.float32, device=dev)
+            for k in self.ranks:
+                out[f"rank{k}_rerank"] = cmc[k - 1].to(dev)
         return out

@@ -50,6 +50,10 @@ class CAMA(pl.LightningModule):
         lr_step: after the warm-up, multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs.
         lr_gamma: the decay factor (0.1).
         max_rank: CMC length for evaluation.
+        rerank: also report the metrics after k-reciprocal re-ranking (Zhong et al., CVPR 2017;
+            k1=20, k2=6, lambda=0.3) as ``val/mAP_rerank``, ``val/rank1_rerank``, ... (and ``test/``);
+            it needs the whole (Q+G)^2 distance matrix (1.5 GB for Market-1501) and seconds to
+            minutes per evaluation on a CPU (``bench/rerank.py``).
         init_from: a checkpoint (Lightning or plain state dict) whose matching weights initialise a
             fresh run (fine-tuning); layers whose shapes differ, e.g. a classifier for another number
             of identities, keep their fresh initialisation and are listed in the log.
@@ -74,6 +78,7 @@ class CAMA(pl.LightningModule):
         lr_step: int = 20,
         lr_gamma: float = 0.1,
         max_rank: int = 50,
+        rerank: bool = False,
         init_from: str | None = None,
         init_from_min_match: float = 0.5,
     ) -> None:
@@ -86,8 +91,8 @@ class CAMA(pl.LightningModule):
         self.heads = nn.ModuleList([CAMHead(channels, num_classes) for _ in range(num_branches)])
         # Table 5 of the paper: the mAP of the first i branches; the full model is val/mAP itself.
         prefix_dims = [channels * i for i in range(1, num_branches)] or None
-        self.val_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims)
-        self.test_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims)
+        self.val_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims, rerank=rerank)
+        self.test_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims, rerank=rerank)
         self.evaluation = EpochEvaluation(self.val_metric.result_names)
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
