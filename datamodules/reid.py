@@ -318,8 +318,9 @@ class ReIDDataModule(ImageDataModule):
         """At ``setup``: check the image files of ``splits`` once, naming the data set each split is from."""
         if not self.check_images or self.dataset == "synthetic":
             return
-        groups = [(("train",), self.dataset, self.root), (("query", "gallery"), self.test_dataset, self.test_root)]
-        for names, dataset, root in groups if self.cross_domain else [(tuple(splits), self.dataset, self.root)]:
+        groups = [(("train",), self.dataset, self.root),
+                  (("query", "gallery"), self.test_dataset, self.test_root)]
+        for names, dataset, root in groups if self.cross_domain else [(splits, self.dataset, self.root)]:
             todo = [s for s in splits if s in names]
             check_split_images(self._raw_datasets(), todo, self._images_checked, f"{dataset} at {root}")
 

@@ -27,7 +27,8 @@ from .errors import DatasetLayoutError
 from .images import IMAGE_EXTENSIONS
 from .reid_scan import ReIDRecord
 
-__all__ = ["FOLDER_SPLITS", "SPECIAL_FOLDERS", "CAMERAS_CSV", "EXPECTED_FOLDERS", "ReIDFolders", "scan_reid_folders"]
+__all__ = ["FOLDER_SPLITS", "SPECIAL_FOLDERS", "CAMERAS_CSV", "EXPECTED_FOLDERS", "ReIDFolders",
+           "scan_reid_folders"]
 
 FOLDER_SPLITS = ("train", "query", "gallery")
 SPECIAL_FOLDERS = {"_distractors": 0, "_junk": -1}
@@ -100,24 +101,28 @@ def _camera_ids(root: Path, files: dict[str, list[Path]], pattern: str | None) -
     csv_path = root / CAMERAS_CSV
     if pattern is not None:
         if csv_path.is_file():
-            raise DatasetLayoutError(f"both camera_pattern={pattern!r} and {csv_path} give the cameras: "
+            raise DatasetLayoutError(f"both camera_pattern '{pattern}' and {csv_path} give the cameras: "
                                      "remove the file or the option")
-        regex = re.compile(pattern)
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise DatasetLayoutError(f"camera_pattern '{pattern}' is not a regular expression: {e}") from None
         cams = {}
         for path in (p for paths in files.values() for p in paths):
             m = regex.search(path.name)
             if m is None or not m.groups() or not (m.group(1) or "").isdigit():
-                raise DatasetLayoutError(f"camera_pattern {pattern!r} finds no camera number (group 1) in "
+                raise DatasetLayoutError(f"camera_pattern '{pattern}' finds no camera number (group 1) in "
                                          f"the file name of {path}")
             cams[path] = int(m.group(1))
         return cams, "pattern"
     if csv_path.is_file():
         listed = _read_cameras_csv(csv_path, root)
-        cams = {p: listed.get(p.relative_to(root).as_posix(), None) for paths in files.values() for p in paths}
+        cams = {p: listed.get(p.relative_to(root).as_posix()) for paths in files.values() for p in paths}
         unlisted = [str(p.relative_to(root)) for p, c in cams.items() if c is None]
         if unlisted:
-            raise DatasetLayoutError(f"{len(unlisted)} image(s) have no row in {csv_path}: {_listing(unlisted)}; "
-                                     "every image needs a row 'path,camid' (path relative to the root)")
+            raise DatasetLayoutError(f"{len(unlisted)} image(s) have no row in {csv_path}: "
+                                     f"{_listing(unlisted)}; every image needs a row 'path,camid' (path "
+                                     "relative to the root)")
         missing = sorted(set(listed) - {p.relative_to(root).as_posix() for p in cams})
         if missing:
             raise DatasetLayoutError(f"{len(missing)} row(s) of {csv_path} name no image file of the tree: "
@@ -155,7 +160,8 @@ def scan_reid_folders(
     if min_train_images is None:
         single = sorted(name for name, files in train.items() if len(files) < 2)
         if single:
-            raise DatasetLayoutError(f"{len(single)} training identities of {root / 'train'} have a single image: "
+            raise DatasetLayoutError(f"{len(single)} training identities of {root / 'train'} have a single "
+                                     "image: "
                                      f"{_listing(single)}; add images, or drop them with min_train_images: 2")
     dropped = {n for n, f in train.items() if min_train_images is not None and len(f) < int(min_train_images)}
     if len(dropped) == len(train):
