@@ -21,19 +21,6 @@ SMALL = dict(num_train_ids=6, num_test_ids=4, num_cameras=4, cameras_per_id=(2, 
 PATTERN = r"_c(\d+)"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def gen() -> SyntheticReID:
-    return SyntheticReID(seed=5, **SMALL)
-
-
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory, gen) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("reid_folders")
@@ -44,6 +31,11 @@ def trees(tmp_path_factory, gen) -> dict[str, Path]:
 def _module(root: Path, **kwargs) -> ReIDDataModule:
     return ReIDDataModule(dataset="folders", root=str(root), num_workers=0, eval_batch_size=8, p=4, k=2,
                           image_size=(32, 16), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def gen() -> SyntheticReID:
+    return SyntheticReID(seed=5, **SMALL)
 
 
 def _copy(trees, mode: str, tmp_path: Path) -> Path:

@@ -134,7 +134,7 @@ def write_reid_folders(
     ``_distractors`` and ``_junk``) of JPEG files ``<index>.jpg``.
 
     ``cameras``: ``"csv"`` writes ``cameras.csv`` (``path,camid``, the generator's 0-based camera);
-    ``"pattern"`` names the files ``<index>_c<camid>.jpg`` (read with ``camera_pattern: "_c(\\d+)"``);
+    ``"pattern"`` names the files ``<index>_c<camid>.jpg`` (read with ``camera_pattern: '_c(\\d+)'``);
     ``"none"`` records no camera. Without a ``generator`` one is built from ``seed`` and ``config``
     (fields of :class:`SyntheticReIDConfig`). Returns ``root``.
     """
