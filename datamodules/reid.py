@@ -238,7 +238,7 @@ class ReIDDataModule(ImageDataModule):
         self.test_root = test_root if self.cross_domain else root
         self.camera_pattern = camera_pattern
         self.min_train_images = min_train_images
-        #: ``folders``: pid -> identity folder name of the evaluation set (and of training, same root)
+        #: ``folders``: pid -> identity folder name of the query + gallery (and of training, same root)
         self.identity_names: dict[int, str] | None = None
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.p, self.k = int(p), int(k)
@@ -310,6 +310,8 @@ class ReIDDataModule(ImageDataModule):
                 self._raw = {s: gen.dataset(s) for s in ("train", "query", "gallery")}
             else:
                 source = self._scan(self.dataset, self.root)
+                if self.cross_domain:  # the names are the query + gallery's (none for market1501, ...)
+                    self.identity_names = None
                 target = self._scan(self.test_dataset, self.test_root) if self.cross_domain else source
                 self._raw = {"train": source["train"], "query": target["query"], "gallery": target["gallery"]}
         return self._raw

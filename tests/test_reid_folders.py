@@ -199,6 +199,11 @@ def test_cross_domain_options(domains, trees, gen):
                         test_root=str(trees["csv"]), num_workers=0)
     expected = Counter((folder_name(s.pid), s.camid) for s in gen.samples("query"))
     assert _named(dm, dm._raw_datasets()["query"]) == expected
+    reverse = ReIDDataModule(dataset="folders", root=str(trees["csv"]), test_dataset="market1501",
+                             test_root=str(market))
+    assert reverse.num_classes == gen.config.num_train_ids
+    assert reverse.num_query == len(domains["market1501"][1].samples("query"))
+    assert reverse.identity_names is None  # the names are the training folders', not the market pids'
     with pytest.raises(ValueError, match="two data sets on disk"):
         ReIDDataModule(dataset="synthetic", test_dataset="market1501", test_root=str(market))
     with pytest.raises(ValueError, match="unknown dataset 'msmt17'"):
