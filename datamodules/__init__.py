@@ -2,7 +2,7 @@
 
 from .reid import DatasetLayoutError, ReIDDataModule, UnreadableImageError
 from .samplers import PKSampler
-from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig, write_reid_layout
+from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig, write_reid_folders, write_reid_layout
 
 __all__ = [
     "DatasetLayoutError",
@@ -13,6 +13,7 @@ __all__ = [
     "SyntheticReID",
     "SyntheticReIDConfig",
     "write_reid_layout",
+    "write_reid_folders",
 ]
 from .episodes import EpisodeCollate, EpisodeSampler, episode_layout
 from .fewshot import FewShotDataModule

@@ -13,8 +13,10 @@
   ``"mask": bool [B,P,H,W]`` (visible pixels of each part, :attr:`ReIDDataModule.part_names`).
 
 Real layouts are read from file names (``0002_c1s1_000451_03.jpg``, ``0001_c2_f0046182.jpg``,
-``0001_c1_1.png``); wrong roots, missing folders, unparsable names and unreadable images raise
-:class:`DatasetLayoutError` naming the path.
+``0001_c1_1.png``), your own data (``dataset="folders"``) from one folder per identity
+(:mod:`datamodules.reid_folders`); wrong roots, missing folders, unparsable names and unreadable
+images raise :class:`DatasetLayoutError` naming the path. With ``test_dataset`` / ``test_root`` the
+model trains on one data set and is validated and tested on another's query + gallery (cross-domain).
 """
 
 
@@ -31,7 +33,9 @@ from torchvision.transforms import v2
 from .base import ImageDataModule
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
+from .image_check import check_split_images
 from .images import IMAGENET_MEAN, IMAGENET_STD, SeededTransformDataset, flip, load_image, resize_pad_crop
+from .reid_folders import scan_reid_folders
 from .reid_scan import REID_LAYOUTS, ReIDLayout, ReIDRecord, resolve_reid_root, scan_reid_folder
 from .samplers import PKSampler, split_item
 from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig
@@ -140,14 +144,25 @@ class QueryGalleryDataset(Dataset):
 
 
 class ReIDDataModule(ImageDataModule):
-    """Person re-ID data: Market-1501, DukeMTMC-reID, CUHK03-NP or the embedded synthetic set.
+    """Person re-ID data: Market-1501, DukeMTMC-reID, CUHK03-NP, your own folders or the synthetic set.
 
     Args:
-        dataset: which data set; ``"synthetic"`` is generated on the fly and needs no ``root``.
+        dataset: which data set; ``"synthetic"`` is generated on the fly and needs no ``root``;
+            ``"folders"`` is ``root/{train,query,gallery}/<identity>/<image>``
+            (:mod:`datamodules.reid_folders`).
         root: folder holding ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` (or its
             parent); for ``cuhk03`` the ``cuhk03-np`` folder (holding ``labeled/`` and ``detected/``)
-            or its parent.
+            or its parent; for ``folders`` the folder holding ``train/``, ``query/``, ``gallery/``.
+        test_dataset: cross-domain evaluation: validate and test on this data set's query + gallery
+            (training and ``num_classes`` stay ``dataset``'s); ``None``: ``dataset`` (or, with a
+            ``test_root``, the same kind of data set at that root).
+        test_root: the root of ``test_dataset``.
         cuhk03_variant: CUHK03-NP boxes: hand-labelled or detected.
+        camera_pattern: ``folders``: a regex searched in each file name, group 1 the camera number
+            (e.g. ``"c(\\d+)"``); without it the cameras come from ``root/cameras.csv`` if present,
+            else query images are camera 0 and gallery images camera 1.
+        min_train_images: ``folders``: ``None`` makes a training identity with one image an error;
+            a number drops the training identities with fewer images.
         image_size: (height, width) of the network input.
         p: identities per training batch.
         k: images per identity in a training batch (batch size ``p * k``).
@@ -177,9 +192,13 @@ class ReIDDataModule(ImageDataModule):
 
     def __init__(
         self,
-        dataset: Literal["synthetic", "market1501", "dukemtmc", "cuhk03"] = "synthetic",
+        dataset: Literal["synthetic", "market1501", "dukemtmc", "cuhk03", "folders"] = "synthetic",
         root: str | None = None,
+        test_dataset: Literal["market1501", "dukemtmc", "cuhk03", "folders"] | None = None,
+        test_root: str | None = None,
         cuhk03_variant: Literal["labeled", "detected"] = "labeled",
+        camera_pattern: str | None = None,
+        min_train_images: int | None = None,
         image_size: tuple[int, int] = (256, 128),
         p: int = 8,
         k: int = 4,
@@ -202,14 +221,25 @@ class ReIDDataModule(ImageDataModule):
         synthetic_seed: int = 0,
         check_images: bool = True,
     ) -> None:
-        if dataset not in ("synthetic", *REID_LAYOUTS):
-            raise ValueError(
-                f"unknown dataset {dataset!r}, expected 'synthetic' or one of {list(REID_LAYOUTS)}")
+        for name in (dataset, test_dataset):
+            if name not in (None, "synthetic", "folders", *REID_LAYOUTS):
+                raise ValueError(f"unknown dataset {name!r}, expected one of "
+                                 f"{['synthetic', 'folders', *REID_LAYOUTS]}")
+        if (test_dataset is not None or test_root is not None) and "synthetic" in (dataset, test_dataset):
+            raise ValueError("cross-domain evaluation (test_dataset / test_root) needs two data sets on disk")
         if cuhk03_variant not in ("labeled", "detected"):
             raise ValueError(f"cuhk03_variant must be 'labeled' or 'detected', got {cuhk03_variant!r}")
         super().__init__(dataset, root, num_workers, check_images)
         self.save_hyperparameters()
         self.cuhk03_variant = cuhk03_variant
+        self.cross_domain = test_dataset is not None or test_root is not None
+        #: the data set and root of the query + gallery (``dataset`` / ``root`` unless cross-domain)
+        self.test_dataset: str = test_dataset or dataset
+        self.test_root = test_root if self.cross_domain else root
+        self.camera_pattern = camera_pattern
+        self.min_train_images = min_train_images
+        #: ``folders``: pid -> identity folder name of the query + gallery (and of training, same root)
+        self.identity_names: dict[int, str] | None = None
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.p, self.k = int(p), int(k)
         self.eval_batch_size = int(eval_batch_size)
@@ -243,12 +273,33 @@ class ReIDDataModule(ImageDataModule):
     def _make_generator(self) -> SyntheticReID:
         return SyntheticReID(seed=self.synthetic_seed, config=self.synthetic_config)
 
+    def _root_of(self, dataset: str, root: str | None) -> Path | None:
+        if dataset == "synthetic":
+            return None
+        if dataset == "folders":
+            return Path(root).expanduser() if root is not None else None
+        return resolve_reid_root(dataset, root, self.cuhk03_variant)
+
     @property
     def data_root(self) -> Path | None:
         """The folder that holds the three sub-folders (``None`` for the synthetic set)."""
-        if self.dataset == "synthetic":
-            return None
-        return resolve_reid_root(self.dataset, self.root, self.cuhk03_variant)
+        return self._root_of(self.dataset, self.root)
+
+    def _scan(self, dataset: str, root: str | None) -> dict[str, ReIDImageDataset]:
+        """Train / query / gallery of an on-disk data set (training without distractors and junk)."""
+        if dataset == "folders":
+            tree = scan_reid_folders(root, self.camera_pattern, self.min_train_images)
+            self.identity_names = tree.names
+            return {split: ReIDImageDataset(records) for split, records in tree.records.items()}
+        base = self._root_of(dataset, root)
+        assert base is not None
+        layout = REID_LAYOUTS[dataset]
+        train = [r for r in scan_reid_folder(base / layout.train, layout) if r.pid > 0]
+        if not train:
+            raise DatasetLayoutError(f"no training images with pid > 0 in {base / layout.train}")
+        return {"train": ReIDImageDataset(train),
+                "query": ReIDImageDataset(scan_reid_folder(base / layout.query, layout)),
+                "gallery": ReIDImageDataset(scan_reid_folder(base / layout.gallery, layout))}
 
     def _raw_datasets(self) -> dict[str, Dataset]:
         """Untransformed train / query / gallery datasets (scanned once, cached)."""
@@ -258,18 +309,22 @@ class ReIDDataModule(ImageDataModule):
                 assert gen is not None
                 self._raw = {s: gen.dataset(s) for s in ("train", "query", "gallery")}
             else:
-                base = self.data_root
-                assert base is not None
-                layout = REID_LAYOUTS[self.dataset]
-                train = [r for r in scan_reid_folder(base / layout.train, layout) if r.pid > 0]
-                if not train:
-                    raise DatasetLayoutError(f"no training images with pid > 0 in {base / layout.train}")
-                self._raw = {
-                    "train": ReIDImageDataset(train),
-                    "query": ReIDImageDataset(scan_reid_folder(base / layout.query, layout)),
-                    "gallery": ReIDImageDataset(scan_reid_folder(base / layout.gallery, layout)),
-                }
+                source = self._scan(self.dataset, self.root)
+                if self.cross_domain:  # the names are the query + gallery's (none for market1501, ...)
+                    self.identity_names = None
+                target = self._scan(self.test_dataset, self.test_root) if self.cross_domain else source
+                self._raw = {"train": source["train"], "query": target["query"], "gallery": target["gallery"]}
         return self._raw
+
+    def _check_image_files(self, splits: Sequence[str]) -> None:
+        """At ``setup``: check the image files of ``splits`` once, naming the data set each split is from."""
+        if not self.check_images or self.dataset == "synthetic":
+            return
+        groups = [(("train",), self.dataset, self.root),
+                  (("query", "gallery"), self.test_dataset, self.test_root)]
+        for names, dataset, root in groups if self.cross_domain else [(splits, self.dataset, self.root)]:
+            todo = [s for s in splits if s in names]
+            check_split_images(self._raw_datasets(), todo, self._images_checked, f"{dataset} at {root}")
 
     @property
     def train_pids(self) -> list[int]:

@@ -64,7 +64,7 @@ from .people import (
     differing_parts,
 )
 from .reid import SPLITS, RenderedSample, SampleInfo, SyntheticReID, SyntheticReIDConfig, SyntheticReIDDataset
-from .reid_layouts import LAYOUTS, write_reid_layout
+from .reid_layouts import LAYOUTS, write_reid_folders, write_reid_layout
 
 __all__ = [
     "PART_NAMES",
@@ -77,6 +77,7 @@ __all__ = [
     "RenderedSample",
     "differing_parts",
     "write_reid_layout",
+    "write_reid_folders",
     "LAYOUTS",
     "Camera",
     "PALETTE",

@@ -1,4 +1,5 @@
-"""Writing the synthetic re-ID set to disk in the Market-1501, DukeMTMC-reID or CUHK03-NP layout."""
+"""Writing the synthetic re-ID set to disk in the Market-1501, DukeMTMC-reID or CUHK03-NP layout, or
+in the ``folders`` layout of your own data (one folder per identity)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from .common import rounded_box
 from .people import PART_NAMES
 from .reid import SPLITS, SampleInfo, SyntheticReID
 
-__all__ = ["LAYOUTS", "write_reid_layout"]
+__all__ = ["LAYOUTS", "write_reid_layout", "write_reid_folders", "folder_name"]
 
 _FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 LAYOUTS = ("market1501", "dukemtmc", "cuhk03")
@@ -111,3 +112,49 @@ def write_reid_layout(
         (root / "synthetic_annotations.json").write_text(json.dumps(meta))
     return root
 
+
+
+def folder_name(pid: int) -> str:
+    """The identity folder of a pid in :func:`write_reid_folders` (0: distractors, -1: junk)."""
+    return {0: "_distractors", -1: "_junk"}.get(pid, f"person{pid:04d}")
+
+
+def write_reid_folders(
+    root: str | Path,
+    generator: SyntheticReID | None = None,
+    *,
+    cameras: Literal["csv", "pattern", "none"] = "csv",
+    seed: int = 0,
+    progress: bool = True,
+    jpeg_quality: int = 92,
+    **config: Any,
+) -> Path:
+    """Write the synthetic re-ID data to ``root`` in the ``folders`` layout (:mod:`datamodules.reid_folders`):
+    ``train/``, ``query/``, ``gallery/``, each with one folder per identity (``person0007``, gallery
+    ``_distractors`` and ``_junk``) of JPEG files ``<index>.jpg``.
+
+    ``cameras``: ``"csv"`` writes ``cameras.csv`` (``path,camid``, the generator's 0-based camera);
+    ``"pattern"`` names the files ``<index>_c<camid>.jpg`` (read with ``camera_pattern: '_c(\\d+)'``);
+    ``"none"`` records no camera. Without a ``generator`` one is built from ``seed`` and ``config``
+    (fields of :class:`SyntheticReIDConfig`). Returns ``root``.
+    """
+    if cameras not in ("csv", "pattern", "none"):
+        raise ValueError(f"cameras must be 'csv', 'pattern' or 'none', got {cameras!r}")
+    if generator is None:
+        generator = SyntheticReID(seed=seed, **config)
+    elif config:
+        raise TypeError("pass either a generator or config fields, not both")
+    root = Path(root)
+    jobs, rows = [], ["path,camid"]
+    for split in SPLITS:
+        for i, info in enumerate(generator.samples(split)):
+            suffix = f"_c{info.camid}" if cameras == "pattern" else ""
+            path = f"{split}/{folder_name(info.pid)}/{i:05d}{suffix}.jpg"
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            jobs.append(ImageJob(path, (split, i, "labeled"), "jpeg"))
+            rows.append(f"{path},{info.camid}")
+    write_images(root, type(generator).render, generator, jobs, jpeg_quality=jpeg_quality,
+                 progress=progress, desc="writing synthetic re-ID folders")
+    if cameras == "csv":
+        (root / "cameras.csv").write_text("\n".join(rows) + "\n")
+    return root
