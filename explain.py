@@ -146,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
         "--methods", nargs="+", default=["ram", "dist_cam", "fam"], help=f"any of {list(METHODS)}"
     )
     parser.add_argument("--top_k", type=int, default=10, help="gallery images per ranking list")
+    parser.add_argument("--rerank", action="store_true",
+                        help="re-ID / retrieval: rank by k-reciprocal re-ranked distances (the explained queries as the probe pool)")
     parser.add_argument("--num_queries", type=int, default=8, help="queries explained (few-shot: per episode)")
     parser.add_argument("--query_indices", type=int, nargs="+", help="query indices (with --config)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the query choice (with --config)")
@@ -240,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         data: Any = FileRanking(image_files(args.query, "query"), image_files(args.gallery or [], "gallery"), size)
         explainer = Explainer(model, args.gradient_layers, args.truncation)
         written = explain_rankings(data, list(range(len(data.files) - len(data.gallery))), explainer, methods,
-                                   output, args.top_k, args.batch_size, **drawing)
+                                   output, args.top_k, args.batch_size, rerank=args.rerank, **drawing)
     else:
         if not isinstance(model, RankingTask):
             raise ExplainError(f"{type(model).__name__} neither ranks (re-ID, retrieval) nor classifies episodes")
@@ -254,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             raise ExplainError("the evaluation set has no gallery image to rank the queries against")
         explainer = Explainer(model, args.gradient_layers, args.truncation)
         written = explain_rankings(data, _ranking_queries(args, data), explainer, methods, output, args.top_k,
-                                   args.batch_size, **drawing)
+                                   args.batch_size, rerank=args.rerank, **drawing)
     print(f"explain.py: wrote {len(written)} PNGs to {output}")
     return written
 

@@ -104,7 +104,9 @@ class ReferenceProvider(Protocol):
         """Dataset indices that can be probes (ascending): they have a true match to find."""
         ...
 
-    def rank(self, gallery: Any, embeddings: Tensor, probes: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    def rank(
+        self, gallery: Any, embeddings: Tensor, probes: Tensor, k: int, distances: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(references [P, k], matches [P, k])``: dataset indices (-1: none) and true-match flags."""
         ...
 

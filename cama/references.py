@@ -52,7 +52,9 @@ class _GalleryReferences:
     def excluded(self, probes: Tensor, gallery: EmbeddingSet) -> Tensor:
         raise NotImplementedError
 
-    def rank(self, gallery: EmbeddingSet, embeddings: Tensor, probes: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    def rank(
+        self, gallery: EmbeddingSet, embeddings: Tensor, probes: Tensor, k: int, distances: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(references, matches)`` ``[P, k]``: the dataset indices of each probe's ``k`` nearest
         rankable gallery images (``-1`` past the end) and whether each is a true match.
 
@@ -61,10 +63,12 @@ class _GalleryReferences:
             embeddings: ``[P, D]`` the probes' embeddings.
             probes: ``[P]`` the probes' dataset indices.
             k: list length.
+            distances: optional ``[P, G]`` distances to the gallery rows to rank by instead of the
+                embeddings' (e.g. re-ranked ones).
         """
         gallery = gallery.gallery().to(embeddings.device)
         probes = probes.to(embeddings.device).long()
-        rows = top_k(embeddings, gallery.embeddings, k, gallery.distance, self.excluded(probes, gallery))
+        rows = top_k(embeddings, gallery.embeddings, k, gallery.distance, self.excluded(probes, gallery), distances)
         valid = rows >= 0
         safe = rows.clamp_min(0)
         labels = self.labels.to(embeddings.device)[probes]

@@ -23,7 +23,9 @@ from torch import Tensor
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
+from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
+from cama.metrics.rerank import re_ranking
 from cama.viz import Explainer, ranking_figure, to_uint8
 from explaining.common import MARKET_NAME, FileImages, write_picture
 
@@ -44,12 +46,14 @@ class DatasetRanking:
         batch = default_collate([self.dataset[int(i)] for i in indices])
         return batch["image"].to(device)
 
-    def rank(self, embeddings: Tensor, query: Tensor, index: int, k: int) -> tuple[list[int], list[bool] | None]:
+    def rank(
+        self, embeddings: Tensor, query: Tensor, index: int, k: int, distances: Tensor | None = None
+    ) -> tuple[list[int], list[bool] | None]:
         """The dataset indices of the ``k`` images ``query`` (``[1, D]``, item ``index``) ranks first
-        among the gallery ``embeddings``, and whether each is a true match."""
+        among the gallery ``embeddings`` (or by ``distances`` ``[1, G]``), and whether each is a true match."""
         gallery = EmbeddingSet(embeddings, self.labels[self.gallery].to(embeddings.device),
                                torch.tensor(self.gallery, device=embeddings.device))
-        found, matches = self.provider.rank(gallery, query, torch.tensor([index], device=query.device), k)
+        found, matches = self.provider.rank(gallery, query, torch.tensor([index], device=query.device), k, distances)
         keep = found[0] >= 0
         return found[0][keep].tolist(), matches[0][keep].tolist()
 
@@ -76,7 +80,9 @@ class FileRanking:
     def load(self, indices: Sequence[int], device: torch.device) -> Tensor:
         return self.shows.images(indices, device)
 
-    def rank(self, embeddings: Tensor, query: Tensor, index: int, k: int) -> tuple[list[int], list[bool] | None]:
+    def rank(
+        self, embeddings: Tensor, query: Tensor, index: int, k: int, distances: Tensor | None = None
+    ) -> tuple[list[int], list[bool] | None]:
         """As :meth:`DatasetRanking.rank`; ``None`` flags when the file names give no identities."""
         device = embeddings.device
         g_labels = self.labels[self.gallery].to(device)
@@ -86,7 +92,7 @@ class FileRanking:
         else:  # unknown identities: rank everything, junk files (pid -1) excepted
             exclude = (g_labels == -1)[None].clone()
         exclude |= torch.tensor([[self.files[index] == self.files[g] for g in self.gallery]], device=device)
-        rows = top_k(query, embeddings, k, exclude=exclude)[0]
+        rows = top_k(query, embeddings, k, exclude=exclude, distances=distances)[0]
         rows = rows[rows >= 0]
         found = [self.gallery[r] for r in rows.tolist()]
         flags = (g_labels[rows] == self.labels[index]).tolist() if self.known else None
@@ -105,17 +111,29 @@ def _embed(explainer: Explainer, data: Any, indices: list[int], batch_size: int,
     return torch.cat(chunks) if chunks else torch.zeros(0, 0, device=device)
 
 
+def _reranked(explainer: Explainer, data: Any, queries: list[int], gallery: Tensor, batch_size: int,
+              device: torch.device, progress: bool) -> Tensor:
+    """k-reciprocal re-ranked distances ``[Q, G]`` of the explained queries (their pool: each other)."""
+    probes = _embed(explainer, data, queries, batch_size, device, progress)
+    return re_ranking(pairwise_distance(probes, gallery), pairwise_distance(probes, probes),
+                      pairwise_distance(gallery, gallery))
+
+
 def explain_rankings(
     data: DatasetRanking | FileRanking, queries: list[int], explainer: Explainer, methods: Sequence[str],
     output: Path, top: int, batch_size: int, device: torch.device, progress: bool, alpha: float, colormap: str,
+    rerank: bool = False,
 ) -> list[Path]:
-    """Write ``<output>/<query>_<method>.png`` for every query and method, and ``rankings.json``."""
+    """Write ``<output>/<query>_<method>.png`` for every query and method, and ``rankings.json``;
+    ``rerank`` ranks by k-reciprocal re-ranked distances (:func:`cama.metrics.rerank.re_ranking`)."""
     embeddings = _embed(explainer, data, data.gallery, batch_size, device, progress)
+    reranked = _reranked(explainer, data, queries, embeddings, batch_size, device, progress) if rerank else None
     written: list[Path] = []
     rankings: dict[str, Any] = {}
-    for index in tqdm(queries, desc="queries", disable=not progress, unit="query"):
+    for row, index in enumerate(tqdm(queries, desc="queries", disable=not progress, unit="query")):
         query = explainer.features(data.load([index], device))
-        found, flags = data.rank(embeddings, query.embedding, index, top)
+        distances = reranked[row : row + 1] if reranked is not None else None
+        found, flags = data.rank(embeddings, query.embedding, index, top, distances)
         if not found:
             tqdm.write(f"query {data.name(index)}: no rankable gallery image, skipped")
             continue

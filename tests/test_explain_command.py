@@ -242,3 +242,34 @@ def test_retrieval_checkpoint_ranks_every_other_image_with_fam(tmp_path):
         assert len(listed) == 3 and all(item["gallery"] != query for item in listed)  # never itself
         label = query.split("_class")[1]
         assert [item["match"] for item in listed] == [item["gallery"].split("_class")[1] == label for item in listed]
+
+
+def test_rerank_orders_each_list_by_the_re_ranked_distances(checkpoint, tmp_path):
+    from cama.metrics.distances import pairwise_distance
+    from cama.metrics.ranking import reid_excluded
+    from cama.metrics.rerank import re_ranking
+
+    root = write_reid_layout(tmp_path / "market", "market1501", seed=1, progress=False, num_train_ids=2,
+                             num_test_ids=4, num_distractors=2, num_junk=0)
+    queries = sorted((root / "query").iterdir())[:3]
+    gallery = sorted((root / "bounding_box_test").iterdir())
+    out = tmp_path / "out"
+    explain.main(["--checkpoint", str(checkpoint), "--query", *map(str, queries), "--gallery",
+                  str(root / "bounding_box_test"), "--methods", "ram", "--top_k", "5", "--rerank",
+                  "--output", str(out), "--no_progress", "--image_size", "64", "32"])
+    listed = json.loads((out / "rankings.json").read_text())
+    # independently: embed, re-rank with the explained queries as the pool, protocol, stable order
+    from explaining.common import FileImages
+
+    model = explain.load_model(checkpoint, None, torch.device("cpu"))
+    images = FileImages(queries + gallery, (64, 32))
+    with torch.no_grad():
+        q = model(images.images(range(3), torch.device("cpu")))
+        g = model(images.images(range(3, 3 + len(gallery)), torch.device("cpu")))
+    distances = re_ranking(pairwise_distance(q, g), pairwise_distance(q, q), pairwise_distance(g, g))
+    ids = [tuple(int(x) for x in p.stem.split("_c")[0:1]) + (int(p.stem.split("_c")[1][0]) - 1,) for p in queries + gallery]
+    pids, cams = torch.tensor([i[0] for i in ids]), torch.tensor([i[1] for i in ids])
+    excluded = reid_excluded(pids[:3], cams[:3], pids[3:], cams[3:])
+    for row, query in enumerate(queries):
+        order = torch.sort(distances[row].masked_fill(excluded[row], float("inf")), stable=True).indices[:5]
+        assert [e["gallery"] for e in listed[query.stem]] == [gallery[int(i)].stem for i in order]

@@ -61,7 +61,8 @@ def reid_excluded(q_pids: Tensor, q_camids: Tensor, g_pids: Tensor, g_camids: Te
 
 
 def top_k(
-    queries: Tensor, gallery: Tensor, k: int, distance: str = "euclidean", exclude: Tensor | None = None
+    queries: Tensor, gallery: Tensor, k: int, distance: str = "euclidean", exclude: Tensor | None = None,
+    distances: Tensor | None = None,
 ) -> Tensor:
     """The ``k`` nearest gallery rows ``[Q, k]`` of each query (``-1`` where none is left).
 
@@ -71,12 +72,16 @@ def top_k(
         k: list length.
         distance: ``"euclidean"`` (squared; same order) or ``"cosine"`` (:func:`pairwise_distance`).
         exclude: optional ``[Q, G]`` bool, gallery rows a query must not rank.
+        distances: optional ``[Q, G]`` distances to rank by instead of the embeddings' (e.g.
+            :func:`cama.metrics.rerank.re_ranking`'s).
     """
     k = max(1, int(k))
     count, size = queries.shape[0], gallery.shape[0]
     if size == 0 or count == 0:
         return torch.full((count, k), -1, dtype=torch.long, device=gallery.device)
-    distances = pairwise_distance(queries.to(gallery.device), gallery, distance)
+    if distances is None:
+        distances = pairwise_distance(queries.to(gallery.device), gallery, distance)
+    distances = distances.to(gallery.device)
     if exclude is not None:
         distances = distances.masked_fill(exclude.to(device=distances.device, dtype=torch.bool), float("inf"))
     order = torch.sort(distances, dim=1, stable=True).indices[:, :k]
