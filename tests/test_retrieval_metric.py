@@ -191,3 +191,29 @@ def test_two_process_gloo():
     assert got.keys() == expected.keys()
     for key in expected:
         assert got[key] == pytest.approx(expected[key], abs=1e-7), key
+
+
+def test_rerank_scores_the_re_ranked_neighbours():
+    from cama.metrics.distances import pairwise_distance
+    from cama.metrics.rerank import re_ranking
+
+    generator = torch.Generator().manual_seed(5)
+    labels = torch.arange(6).repeat_interleave(4)
+    embeddings = torch.randn(6, 8, generator=generator)[labels] + 0.9 * torch.randn(24, 8, generator=generator)
+    metric = RetrievalMetric(recall_ks=(1, 2, 4), knn="torch", rerank=True)
+    metric.update(embeddings, labels, torch.arange(24))
+    out = metric.compute()
+    assert set(out) == set(metric.result_names) and "map@r_rerank" in out
+    # independently: the re-ranked matrix, self excluded, stable order; Recall@K and MAP@R written out
+    d = pairwise_distance(embeddings, embeddings)
+    ranked = torch.sort(re_ranking(d, d, d).fill_diagonal_(float("inf")), dim=1, stable=True).indices[:, :-1]
+    hits = labels[ranked] == labels[:, None]
+    for k in (1, 2, 4):
+        assert float(out[f"recall@{k}_rerank"]) == pytest.approx(float(hits[:, :k].any(1).double().mean()), abs=1e-6)
+    r = 3  # other images of the class
+    precision = hits[:, :r].double().cumsum(1) / torch.arange(1, r + 1)
+    map_at_r = float((precision * hits[:, :r]).sum(1).div(r).mean())
+    assert float(out["map@r_rerank"]) == pytest.approx(map_at_r, abs=1e-6)
+    plain = RetrievalMetric(recall_ks=(1, 2, 4), knn="torch")
+    plain.update(embeddings, labels, torch.arange(24))
+    assert {k: float(v) for k, v in plain.compute().items()} == {k: float(out[k]) for k in plain.result_names}

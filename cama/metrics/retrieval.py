@@ -26,12 +26,13 @@ from typing import Any, Literal, Sequence
 import torch
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator, try_getting_not_lone_labels
-from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN
+from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN, return_results
 from torch import Tensor
 
 from cama.explain.precision import at_least_float32
-from cama.metrics.distances import overflow_safe_float32
+from cama.metrics.distances import overflow_safe_float32, pairwise_distance
 from cama.metrics.ranking import EmbeddingSet, first_per_index
+from cama.metrics.rerank import re_ranking
 from cama.metrics.states import CollectedSamples
 
 __all__ = ["RECALL_KS", "faiss_available", "retrieval_knn", "retrieval_metrics", "RetrievalMetric"]
@@ -81,6 +82,22 @@ class _RecallAccuracyCalculator(AccuracyCalculator):
         return [hits[:, :k].any(dim=1).double().mean().item() for k in self.recall_ks]
 
 
+class PrecomputedKNN:
+    """A ``knn_func`` for ``AccuracyCalculator`` that reads neighbours off a distance matrix ``[N, N]``
+    of the split against itself (e.g. k-reciprocal re-ranked distances), ties in index order."""
+
+    def __init__(self, distances: Tensor) -> None:
+        self.distances = distances
+
+    def __call__(self, query: Tensor, k: int, reference: Tensor, ref_includes_query: bool = False):
+        distances = self.distances.to(query.device).float().clone()
+        if ref_includes_query:  # each query first in its own list; pml drops that first column
+            k = k + 1
+            distances.fill_diagonal_(float("-inf"))
+        values, indices = torch.sort(distances, dim=1, stable=True)
+        return return_results(values[:, :k], indices[:, :k], ref_includes_query)
+
+
 def _check_inputs(embeddings: Tensor, labels: Tensor) -> None:
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must be [N, D], got shape {tuple(embeddings.shape)}")
@@ -101,6 +118,7 @@ def retrieval_metrics(
     labels: Tensor,
     recall_ks: Sequence[int] = RECALL_KS,
     knn: Literal["auto", "faiss", "torch"] = "auto",
+    distances: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Recall@K and MAP@R of a split against itself, the query excluded (module docstring).
 
@@ -109,6 +127,7 @@ def retrieval_metrics(
         labels: ``[N]`` integer classes.
         recall_ks: the K of Recall@K (each >= 1).
         knn: ``"auto"`` (faiss when installed, else torch), ``"faiss"`` or ``"torch"``.
+        distances: optional ``[N, N]`` distances to rank by instead of the embeddings' (re-ranked ones).
 
     Returns:
         ``{"recall@K": ..., "map@r": ...}``, 0-d float tensors in [0, 1] (NaN when no query has
@@ -134,7 +153,7 @@ def retrieval_metrics(
         include=("precision_at_1", "mean_average_precision_at_r", "recall_at_ks"),
         k=k,
         device=embeddings.device,
-        knn_func=retrieval_knn(knn),
+        knn_func=retrieval_knn(knn) if distances is None else PrecomputedKNN(distances),
     )
     raw = calculator.get_accuracy(embeddings, labels)  # reference omitted: query = reference, self excluded
     out = {f"recall@{kk}": raw["recall_at_ks"][i] for i, kk in enumerate(recall_ks)}
@@ -152,7 +171,10 @@ class RetrievalMetric(CollectedSamples):
     samples' dataset indices. ``compute()`` (after torchmetrics has all-gathered the ``"cat"`` states
     of every process) keeps one sample per index, the first, ordered by index, so the samples that
     ``DistributedSampler`` repeats to pad the last batch are dropped and 1 and N processes give the
-    same numbers. It returns ``{"recall@1", "recall@2", ..., "map@r"}`` (0-d float tensors).
+    same numbers. It returns ``{"recall@1", "recall@2", ..., "map@r"}`` (0-d float tensors), and
+    with ``rerank`` the same names with ``_rerank``, ranked by k-reciprocal re-ranked distances
+    (:func:`cama.metrics.rerank.re_ranking` with ``k1``, ``k2``, ``lambda_value``; the split is the
+    probe and the gallery set at once).
 
     Call ``update`` per batch and ``compute`` once per epoch (``forward`` would rank each batch alone).
     """
@@ -165,9 +187,14 @@ class RetrievalMetric(CollectedSamples):
         self,
         recall_ks: Sequence[int] = RECALL_KS,
         knn: Literal["auto", "faiss", "torch"] = "auto",
+        rerank: bool = False,
+        k1: int = 20,
+        k2: int = 6,
+        lambda_value: float = 0.3,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.rerank, self.rerank_args = bool(rerank), dict(k1=k1, k2=k2, lambda_value=lambda_value)
         recall_ks = tuple(int(k) for k in recall_ks)
         if not recall_ks or min(recall_ks) < 1:
             raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
@@ -192,7 +219,8 @@ class RetrievalMetric(CollectedSamples):
     @property
     def result_names(self) -> tuple[str, ...]:
         """The keys of ``compute()``."""
-        return (*(f"recall@{k}" for k in self.recall_ks), "map@r")
+        names = (*(f"recall@{k}" for k in self.recall_ks), "map@r")
+        return names + tuple(f"{n}_rerank" for n in names) if self.rerank else names
 
     def _gathered(self) -> tuple[Tensor, Tensor, Tensor]:
         collected = self._collected()
@@ -216,4 +244,11 @@ class RetrievalMetric(CollectedSamples):
 
     def compute(self) -> dict[str, Tensor]:
         embeddings, labels, _ = self._gathered()
-        return retrieval_metrics(embeddings, labels, self.recall_ks, self.knn)
+        out = retrieval_metrics(embeddings, labels, self.recall_ks, self.knn)
+        if self.rerank:  # every image a query against the others: q-g, q-q and g-g are one matrix
+            (safe,) = overflow_safe_float32(embeddings)
+            distances = pairwise_distance(safe, safe)
+            reranked = re_ranking(distances, distances, distances, **self.rerank_args)
+            out.update({f"{k}_rerank": v for k, v in retrieval_metrics(
+                embeddings, labels, self.recall_ks, self.knn, distances=reranked).items()})
+        return out

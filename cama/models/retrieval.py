@@ -109,6 +109,8 @@ class RetrievalModel(pl.LightningModule):
         lr_interval: ``"epoch"`` or ``"step"`` (the MS-loss code decays at iterations 1200 and 2400).
         recall_ks: the K of the logged Recall@K.
         knn: the evaluation's neighbour search: ``"auto"`` (faiss if installed), ``"faiss"``, ``"torch"``.
+        rerank: also log ``recall@K_rerank`` and ``map@r_rerank``, ranked by k-reciprocal re-ranked
+            distances (Zhong et al. 2017, :func:`cama.metrics.rerank.re_ranking`).
         channels_last: run the backbone in the channels-last memory format (faster on CPU).
         init_from: a checkpoint whose matching weights initialise a fresh run (fine-tuning).
         init_from_min_match: the least fraction of the model's values ``init_from`` must match (0: any).
@@ -138,6 +140,7 @@ class RetrievalModel(pl.LightningModule):
         lr_interval: Literal["epoch", "step"] = "epoch",
         recall_ks: Sequence[int] = RECALL_KS,
         knn: Literal["auto", "faiss", "torch"] = "auto",
+        rerank: bool = False,
         channels_last: bool = False,
         init_from: str | None = None,
         init_from_min_match: float = 0.5,
@@ -175,8 +178,8 @@ class RetrievalModel(pl.LightningModule):
         automatic = {"num_classes": num_classes, "embedding_size": self.embedding_dim}
         self.loss_fn = build_pml_object(loss, "loss", **automatic)
         self.miner = build_pml_object(miner, "miner", **automatic) if miner else None
-        self.val_metric = RetrievalMetric(recall_ks, knn)
-        self.test_metric = RetrievalMetric(recall_ks, knn)
+        self.val_metric = RetrievalMetric(recall_ks, knn, rerank=rerank)
+        self.test_metric = RetrievalMetric(recall_ks, knn, rerank=rerank)
         self.evaluation = EpochEvaluation(self.val_metric.result_names)
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
