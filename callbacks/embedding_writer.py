@@ -3,7 +3,9 @@
 Lightning's :class:`~lightning.pytorch.callbacks.BasePredictionWriter` with ``write_interval="epoch"``:
 after the predict loop the dicts that ``predict_step`` returned (``embedding`` and the batch's
 labels: ``pid``/``camid``/``is_query``/``index`` for re-ID, ``label``/``index`` otherwise) are
-concatenated key by key and written to ``<log_dir>/predictions/predictions.pt``.
+concatenated key by key and written to ``<log_dir>/predictions/predictions.pt``, with ``path``: the
+image file of every row when the predict set has files (its dataset's ``paths``; absent for the
+generated data).
 
 The format (``torch.load`` it): a dict of tensors with one row per sample, one sample per
 (``is_query``, ``index``) -- the samples that ``DistributedSampler`` repeats to pad the last batch
@@ -66,6 +68,16 @@ class EmbeddingWriter(BasePredictionWriter):
         self.folder = folder
         self.last_path: Path | None = None
 
+    @staticmethod
+    def _with_paths(table: dict[str, Any], trainer: pl.Trainer) -> dict[str, Any]:
+        """Add the image file of each row, from the predict dataset's ``paths`` when it has them."""
+        loaders = trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        paths = getattr(getattr(loader, "dataset", None), "paths", None)
+        if paths is not None and "index" in table:
+            table["path"] = [str(paths[i]) for i in table["index"].tolist()]
+        return table
+
     def write_on_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
@@ -80,11 +92,11 @@ class EmbeddingWriter(BasePredictionWriter):
             trainer.strategy.barrier("predictions written")
             if trainer.is_global_zero:
                 shares = [directory / f"share_{r}.pt" for r in range(trainer.world_size)]
-                torch.save(merge_predictions([torch.load(p) for p in shares]), path)
+                torch.save(self._with_paths(merge_predictions([torch.load(p) for p in shares]), trainer), path)
                 for share in shares:
                     share.unlink()
             trainer.strategy.barrier("predictions merged")
         else:
-            torch.save(merge_predictions([table]), path)
+            torch.save(self._with_paths(merge_predictions([table]), trainer), path)
         self.last_path = path
         rank_zero_info(f"predictions written to {path} (python evaluate.py {path} scores them)")

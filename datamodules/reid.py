@@ -75,14 +75,14 @@ class ReIDImageDataset(Dataset):
     def camids(self) -> list[int]:
         return [r.camid for r in self.records]
 
+    @property
+    def paths(self) -> list[str]:
+        return [r.path for r in self.records]
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, _ = split_item(item)
         r = self.records[index]
         return {"image": tv_tensors.Image(load_image(r.path)), "pid": r.pid, "camid": r.camid}
-
-
-def _pids(ds: Dataset) -> list[int]:
-    return list(ds.pids)  # type: ignore[attr-defined]
 
 
 class ReIDTransformDataset(SeededTransformDataset):
@@ -112,6 +112,11 @@ class ReIDTransformDataset(SeededTransformDataset):
     def camids(self) -> list[int]:
         return list(self.base.camids)  # type: ignore[attr-defined]
 
+    @property
+    def paths(self) -> list[str] | None:
+        """The image files (None for the generated data)."""
+        return self.base.paths if isinstance(self.base, ReIDImageDataset) else None
+
 
 class QueryGalleryDataset(Dataset):
     """Query items followed by gallery items; ``index`` is the position in the concatenation."""
@@ -125,11 +130,17 @@ class QueryGalleryDataset(Dataset):
 
     @property
     def pids(self) -> list[int]:
-        return _pids(self.query) + _pids(self.gallery)
+        return list(self.query.pids) + list(self.gallery.pids)  # type: ignore[attr-defined]
 
     @property
     def camids(self) -> list[int]:
         return list(self.query.camids) + list(self.gallery.camids)  # type: ignore[attr-defined]
+
+    @property
+    def paths(self) -> list[str] | None:
+        """The image file of every item (None for the generated data)."""
+        query, gallery = self.query.paths, self.gallery.paths  # type: ignore[attr-defined]
+        return None if query is None or gallery is None else list(query) + list(gallery)
 
     def __getitem__(self, item: int) -> dict[str, Any]:
         index, _ = split_item(item)
@@ -140,7 +151,6 @@ class QueryGalleryDataset(Dataset):
         out["index"] = torch.tensor(index, dtype=torch.long)
         out["is_query"] = torch.tensor(index < self.num_query)
         return out
-
 
 
 class ReIDDataModule(ImageDataModule):
@@ -329,7 +339,7 @@ class ReIDDataModule(ImageDataModule):
     @property
     def train_pids(self) -> list[int]:
         """Sorted original pids of the training identities."""
-        return sorted(set(_pids(self._raw_datasets()["train"])))
+        return sorted(set(self._raw_datasets()["train"].pids))  # type: ignore[attr-defined]
 
     @property
     def num_classes(self) -> int:

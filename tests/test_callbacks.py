@@ -401,3 +401,27 @@ def test_evaluate_command_names_a_bad_file(tmp_path):
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 2
     assert str(bad) in result.stderr and "needs ['embedding', 'pid'" in result.stderr
+
+
+def test_predictions_of_files_name_each_row_s_image(model, tmp_path):
+    from callbacks.embedding_writer import EmbeddingWriter
+    from datamodules import write_reid_layout
+    from evaluate import evaluate_file
+
+    root = write_reid_layout(tmp_path / "market", "market1501", seed=2, progress=False, num_train_ids=3,
+                             num_test_ids=4, num_distractors=2, num_junk=1)
+    data = ReIDDataModule(dataset="market1501", root=str(root), image_size=(64, 32), num_workers=0)
+    writer = EmbeddingWriter()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[writer], default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.predict(model, datamodule=data, return_predictions=False)
+    table = torch.load(writer.last_path)
+    names = [Path(p).name for p in table["path"]]
+    on_disk = {p.name for d in ("query", "bounding_box_test") for p in (root / d).glob("*.jpg")}
+    assert len(names) == len(table["pid"]) and set(names) <= on_disk
+    for name, pid, is_query in zip(names, table["pid"].tolist(), table["is_query"].tolist()):
+        assert int(name.split("_")[0]) == pid  # each row carries its own file (Market names hold the pid)
+        assert (root / ("query" if is_query else "bounding_box_test") / name).is_file()
+    assert set(evaluate_file(writer.last_path)) >= {"mAP", "rank1"}  # the file still scores
