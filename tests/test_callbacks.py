@@ -357,6 +357,8 @@ def test_predict_file_scores_like_validate(model, datamodule, tmp_path):
     validated = validate(model, datamodule, [], tmp_path).callback_metrics
     for name in ("mAP", "mINP", "rank1", "rank5"):
         assert scored[name] == pytest.approx(float(validated[f"val/{name}"]), abs=1e-6), name
+    reranked = evaluate_file(writer.last_path, rerank=True)  # the plain numbers stay, *_rerank join them
+    assert reranked["mAP"] == scored["mAP"] and "mAP_rerank" in reranked
 
 def test_retrieval_references_treat_label_minus_one_as_junk_and_accept_an_empty_set():
     labels = torch.tensor([3, -1, 3, -1, 5])
