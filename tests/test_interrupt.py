@@ -50,8 +50,11 @@ class SignalAtStep(Callback):
 
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # train.py starts with SIGINT's default disposition whatever the runner's (a process started with
+    # SIGINT ignored passes that on, and Python then never raises KeyboardInterrupt)
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def last_line(result: subprocess.CompletedProcess) -> str:
