@@ -1,0 +1,176 @@
+"""Training throughput of the three synthetic jobs: where the time of a training step goes.
+
+    python bench/train_throughput.py [--configs cama_synthetic protonet_synthetic retrieval_synthetic]
+        [--steps 6] [--loop-steps 12] [--compile]
+
+For each config, built from its YAML (data module and model, random weights), printed in one table:
+
+* **bare step**: images/s of the model's own ``training_step`` + backward + optimizer step on one
+  batch held in memory (no data loading, no logging, no callbacks), the FLOPs of that step counted
+  by ``torch.utils.flop_counter.FlopCounterMode`` and the GFLOP/s it achieves, next to a 2048x2048
+  float32 matmul measured in the same run; for each variant tried: default, ``channels_last``,
+  bf16 autocast (where the CPU runs it), one thread instead of all, and ``torch.compile`` with
+  ``--compile`` (slow to compile);
+* **training loop**: images/s of ``Trainer.fit`` over ``--loop-steps`` batches (validation off) and
+  the share of its time spent waiting for data (between one batch's end and the next one's start),
+  in the rest of the loop (logging, hooks) and in the steps themselves.
+
+The validation epoch with and without the explanation callbacks is ``bench/callback_overhead.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from explain import build_datamodule, build_model_from_config, load_config  # noqa: E402
+
+CONFIGS = ("cama_synthetic", "protonet_synthetic", "retrieval_synthetic")
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _optimizer(model: pl.LightningModule) -> torch.optim.Optimizer:
+    config = model.configure_optimizers()
+    if isinstance(config, dict):
+        return config["optimizer"]
+    return config[0][0] if isinstance(config, (list, tuple)) and isinstance(config[0], list) else config
+
+
+def _build(name: str) -> tuple[Any, pl.LightningModule, dict[str, Any]]:
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    pl.seed_everything(int(config.get("seed_everything", 0)), verbose=False)
+    datamodule = build_datamodule(config)
+    datamodule.setup("fit")
+    model = build_model_from_config(config, datamodule.num_classes)
+    return datamodule, model, config
+
+
+def bare_step(model: pl.LightningModule, batch: dict[str, Any], steps: int, variant: str) -> dict[str, float]:
+    """Images/s and GFLOP/s of training_step + backward + optimizer step on one batch in memory."""
+    model.train()
+    optimizer = _optimizer(model)
+    if variant == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if variant == "bf16" else contextlib.nullcontext()
+    forward = torch.compile(model.training_step) if variant == "compile" else model.training_step
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = forward(batch, 0)
+        loss.backward()
+        optimizer.step()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        step()  # warm-up (and compilation)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        seconds = min(_timed(step) for _ in range(steps))
+    images = int(batch["image"].shape[0])
+    return {"images/s": images / seconds, "step s": seconds, "GFLOP": counter.get_total_flops() / 1e9,
+            "GFLOP/s": counter.get_total_flops() / seconds / 1e9}
+
+
+class LoopClock(pl.Callback):
+    """Time inside training steps, waiting for data, and in total, over a fit."""
+
+    def __init__(self) -> None:
+        self.step = self.wait = 0.0
+        self.images = 0
+        self._start = self._end = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._end is not None:
+            self.wait += now - self._end
+        self._start = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._end = time.perf_counter()
+        self.step += self._end - self._start
+        self.images += int(batch["image"].shape[0])
+
+
+def training_loop(name: str, steps: int) -> dict[str, float]:
+    datamodule, model, config = _build(name)
+    clock = LoopClock()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[clock], num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule)
+        total = time.perf_counter() - start
+    rest = max(0.0, total - clock.step - clock.wait)
+    return {"images/s": clock.images / total, "data wait %": 100 * clock.wait / total,
+            "steps %": 100 * clock.step / total, "other %": 100 * rest / total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=6, help="timed bare steps per variant (the best is kept)")
+    parser.add_argument("--loop-steps", type=int, default=12, help="batches of the timed training loop")
+    parser.add_argument("--compile", action="store_true", help="also try torch.compile (minutes to compile)")
+    args = parser.parse_args()
+    threads = torch.get_num_threads()
+    print(f"host: {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads; 2048x2048 float32 matmul "
+          f"{matmul_gflops():.1f} GFLOP/s ({threads} threads)")
+    variants = ["default", "channels_last", "bf16", "1 thread"] + (["compile"] if args.compile else [])
+    print("| config | variant | batch | images/s | step (s) | GFLOP/step | GFLOP/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in args.configs:
+        for variant in variants:
+            datamodule, model, _ = _build(name)
+            batch = next(iter(datamodule.train_dataloader()))
+            previous = torch.get_num_threads()
+            if variant == "1 thread":
+                torch.set_num_threads(1)
+            try:
+                result = bare_step(model, batch, args.steps, variant)
+            except Exception as err:  # noqa: BLE001 - a variant this CPU or model cannot run is reported
+                print(f"| {name} | {variant} | - | failed: {type(err).__name__}: {str(err)[:60]} | | | |")
+                continue
+            finally:
+                torch.set_num_threads(previous)
+            print(f"| {name} | {variant} | {int(batch['image'].shape[0])} | {result['images/s']:.1f} | "
+                  f"{result['step s']:.3f} | {result['GFLOP']:.1f} | {result['GFLOP/s']:.1f} |", flush=True)
+    print("\n| config | loop images/s | data wait % | steps % | other % |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in args.configs:
+        loop = training_loop(name, args.loop_steps)
+        print(f"| {name} | {loop['images/s']:.1f} | {loop['data wait %']:.1f} | {loop['steps %']:.1f} | "
+              f"{loop['other %']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
