@@ -49,6 +49,18 @@ def choose_probes(candidates: Tensor, count: int, seed: int) -> list[int]:
 class _GalleryReferences:
     """Shared by the two ranking tasks: the ranking of probes against an :class:`EmbeddingSet`."""
 
+    _candidates: Tensor | None = None
+
+    def probe_candidates(self) -> Tensor:
+        """Dataset indices that can be probes (ascending): computed once, the labels do not change
+        (a Market-1501-sized set takes ~0.15 s, and the callbacks ask several times an epoch)."""
+        if self._candidates is None:
+            self._candidates = self._find_candidates()
+        return self._candidates
+
+    def _find_candidates(self) -> Tensor:
+        raise NotImplementedError
+
     def excluded(self, probes: Tensor, gallery: EmbeddingSet) -> Tensor:
         raise NotImplementedError
 
@@ -100,7 +112,7 @@ class ReIDReferences(_GalleryReferences):
     def labels(self) -> Tensor:
         return self.pids
 
-    def probe_candidates(self) -> Tensor:
+    def _find_candidates(self) -> Tensor:
         """The queries with at least one true match in the gallery (ascending)."""
         q = self.num_query
         excluded = reid_excluded(self.pids[:q], self.camids[:q], self.pids[q:], self.camids[q:])
@@ -124,7 +136,7 @@ class RetrievalReferences(_GalleryReferences):
         """From an evaluation set with ``labels``."""
         return cls(torch.as_tensor(list(dataset.labels), dtype=torch.long))
 
-    def probe_candidates(self) -> Tensor:
+    def _find_candidates(self) -> Tensor:
         """The images whose class has at least one other image (ascending); label -1 is junk."""
         labels = self.labels
         if labels.numel() == 0:
