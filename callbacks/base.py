@@ -145,6 +145,14 @@ class ExplanationCallback(Callback):
         """Whether this validation epoch is one the callback works in."""
         return not trainer.sanity_checking and self.validation_epochs % self.every_n_epochs == 0
 
+    def end_epoch(self, trainer: pl.Trainer) -> bool:
+        """Count a finished validation epoch (not the sanity check); whether it was one to work in."""
+        if trainer.sanity_checking:
+            return False
+        due = self.due(trainer)
+        self.validation_epochs += 1
+        return due
+
     def threads(self, pl_module: pl.LightningModule) -> Any:
         """The context of the callback's own work (:func:`cpu_threads`)."""
         return cpu_threads(self.cpu_threads, pl_module.device)

@@ -130,12 +130,8 @@ class ExplanationImages(RankingCallback):
             self.start_capture(trainer, pl_module, self.probes)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
         captured = self.stop_capture()
-        run = self.due(trainer)
-        self.validation_epochs += 1
-        if not run:
+        if not self.end_epoch(trainer):
             return
         inputs = self.epoch_inputs(trainer, pl_module, self.probes)  # collective: every rank
         if inputs is None:

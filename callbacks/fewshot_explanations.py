@@ -163,11 +163,8 @@ class FewShotExplanations(ExplanationCallback):
             self._score_episode(trainer, pl_module, batch, keep_pictures=batch_idx == 0 and trainer.is_global_zero)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
         active, self._active = self._active, False
-        self.validation_epochs += 1
-        if not active:
+        if not self.end_epoch(trainer) or not active:
             return
         sink = ImageSink.from_trainer(trainer, save_png=self.save_png, folder=self.tag_prefix)  # may broadcast
         results: dict[str, Tensor] = {}

@@ -126,7 +126,6 @@ class LocalizationMetrics(RankingCallback):
         self.reuse_features = reuse_features
         self.samples = RankingProbes(self.num_samples, self.seed)
         self.last_results: dict[str, float] = {}
-        self._active = False
         self._scores: tuple[Any, MapScores] | None = None
 
     # ------------------------------------------------------------------ state
@@ -147,17 +146,13 @@ class LocalizationMetrics(RankingCallback):
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._active, self._capture = self.due(trainer), None
-        if self._active and self.reuse_features:
+        self._capture = None
+        if self.due(trainer) and self.reuse_features:
             self.start_capture(trainer, pl_module, self.samples)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.validation_epochs += 1
-        active, self._active = self._active, False
         captured = self.stop_capture()
-        if not active:
+        if not self.end_epoch(trainer):
             return
         inputs = self.epoch_inputs(trainer, pl_module, self.samples)  # collective: every rank
         if inputs is None:
