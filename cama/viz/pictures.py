@@ -55,16 +55,13 @@ def to_uint8(images: Tensor, datamodule: Any = None) -> Tensor:
 
 def frame(images: Tensor, colors: Sequence[Color | None], width: int = 3) -> Tensor:
     """Draw a coloured frame of ``width`` pixels inside each ``uint8`` image (None: no frame)."""
-    out = images.clone()
-    for image, color in zip(out, colors):
-        if color is None:
-            continue
-        value = torch.tensor(color, dtype=torch.uint8, device=image.device)[:, None, None]
-        image[:, :width, :] = value
-        image[:, -width:, :] = value
-        image[:, :, :width] = value
-        image[:, :, -width:] = value
-    return out
+    height, width_px = images.shape[-2:]
+    rows = torch.arange(height, device=images.device)
+    cols = torch.arange(width_px, device=images.device)
+    border = ((rows < width) | (rows >= height - width))[:, None] | ((cols < width) | (cols >= width_px - width))[None]
+    framed = torch.tensor([c is not None for c in colors], dtype=torch.bool, device=images.device)
+    values = torch.tensor([c or (0, 0, 0) for c in colors], dtype=images.dtype, device=images.device).reshape(-1, 3)
+    return torch.where(border & framed[:, None, None, None], values[:, :, None, None], images)
 
 
 def heat_overlays(
