@@ -23,9 +23,8 @@ from torch import Tensor
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
-from cama.metrics.rerank import re_ranking
+from cama.metrics.rerank import re_ranked_distances
 from cama.viz import Explainer, ranking_figure, to_uint8
 from explaining.common import MARKET_NAME, FileImages, write_picture
 
@@ -114,9 +113,7 @@ def _embed(explainer: Explainer, data: Any, indices: list[int], batch_size: int,
 def _reranked(explainer: Explainer, data: Any, queries: list[int], gallery: Tensor, batch_size: int,
               device: torch.device, progress: bool) -> Tensor:
     """k-reciprocal re-ranked distances ``[Q, G]`` of the explained queries (their pool: each other)."""
-    probes = _embed(explainer, data, queries, batch_size, device, progress)
-    return re_ranking(pairwise_distance(probes, gallery), pairwise_distance(probes, probes),
-                      pairwise_distance(gallery, gallery))
+    return re_ranked_distances(_embed(explainer, data, queries, batch_size, device, progress), gallery)
 
 
 def explain_rankings(

@@ -31,7 +31,7 @@ from cama.metrics.distances import pairwise_distance
 from cama.metrics.match_ranks import Gallery, Workspace, match_ranks, max_chunk_rows
 from cama.metrics.ranking import EmbeddingSet, first_per_index, is_junk
 from cama.metrics.reid_inputs import as_ids, as_tensor, no_valid_query_error
-from cama.metrics.rerank import re_ranking
+from cama.metrics.rerank import check_rerank_options, re_ranked_distances
 from cama.metrics.states import CollectedSamples
 
 __all__ = ["evaluate_rank", "pairwise_distance", "ReIDRankMetric"]
@@ -260,8 +260,8 @@ class ReIDRankMetric(CollectedSamples):
         self.distance = distance
         self.chunk_bytes = int(chunk_bytes)
         self.chunk_size = chunk_size  # queries per distance chunk; None = from chunk_bytes
-        if rerank and (int(k1) < 1 or int(k2) < 1 or not 0.0 <= float(lambda_value) <= 1.0):
-            raise ValueError(f"re-ranking needs k1, k2 >= 1 and lambda_value in [0, 1], got {k1}, {k2}, {lambda_value}")
+        if rerank:
+            check_rerank_options(k1, k2, lambda_value)
         self.rerank = bool(rerank)
         self.k1, self.k2, self.lambda_value = int(k1), int(k2), float(lambda_value)
         self._add_cat_states("embeddings", "pids", "camids", "is_query", "indices")
@@ -334,11 +334,7 @@ class ReIDRankMetric(CollectedSamples):
         keep = ~is_junk(gp)
         if not bool(keep.all()):
             gf, gp, gc = gf[keep], gp[keep], gc[keep]
-        q_g = pairwise_distance(qf, gf, self.distance)
-        q_q = pairwise_distance(qf, qf, self.distance)
-        g_g = pairwise_distance(gf, gf, self.distance)
-        dist = re_ranking(q_g, q_q, g_g, self.k1, self.k2, self.lambda_value)
-        del q_g, q_q, g_g
+        dist = re_ranked_distances(qf, gf, self.distance, self.k1, self.k2, self.lambda_value)
         return evaluate_rank(dist, qp, gp, qc, gc, self.max_rank, return_minp=True,
                              chunk_size=self.chunk_size, chunk_bytes=self.chunk_bytes)
 

@@ -41,7 +41,9 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["re_ranking"]
+from cama.metrics.distances import pairwise_distance
+
+__all__ = ["re_ranking", "re_ranked_distances", "check_rerank_options"]
 
 # budget of the temporaries of one chunk (bytes) and of one chunk of the Jaccard join (pairs)
 _CHUNK_BYTES = 256 * 1024 * 1024
@@ -68,10 +70,16 @@ def _check(q_g: Tensor, q_q: Tensor, g_g: Tensor, k1: int, k2: int, lambda_value
         )
     if nq < 1 or ng < 1:
         raise ValueError(f"need at least one query and one gallery sample, got Q={nq}, G={ng}")
+    check_rerank_options(k1, k2, lambda_value)
+
+
+def check_rerank_options(k1: int, k2: int, lambda_value: float) -> None:
+    """Raise ``ValueError`` unless ``k1, k2 >= 1`` and ``0 <= lambda_value <= 1`` (the metrics check
+    their options with it when they are built, before any epoch)."""
     if int(k1) < 1 or int(k2) < 1:
-        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
+        raise ValueError(f"re-ranking: k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
     if not 0.0 <= float(lambda_value) <= 1.0:
-        raise ValueError(f"lambda_value must lie in [0, 1], got {lambda_value}")
+        raise ValueError(f"re-ranking: lambda_value must lie in [0, 1], got {lambda_value}")
 
 
 def _normalised_distances(q_g: Tensor, q_q: Tensor, g_g: Tensor) -> Tensor:
@@ -273,3 +281,18 @@ def re_ranking(
     t = _overlap(rows, cols, vals, nq, n)
     jaccard = 1 - t / (2.0 - t)
     return jaccard.mul_(1 - lam).add_(original.mul_(lam))
+
+
+def re_ranked_distances(
+    queries: Tensor, gallery: Tensor | None = None, distance: str = "euclidean",
+    k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+) -> Tensor:
+    """:func:`re_ranking` of embeddings: ``[Q, G]`` re-ranked distances of ``queries`` ``[Q, D]`` to
+    ``gallery`` ``[G, D]`` (:func:`~cama.metrics.distances.pairwise_distance`, squared Euclidean by
+    default, as torchreid passes them); ``gallery=None`` ranks the set against itself, one distance
+    matrix serving as the three blocks."""
+    if gallery is None:
+        same = pairwise_distance(queries, queries, distance)
+        return re_ranking(same, same, same, k1, k2, lambda_value)
+    return re_ranking(pairwise_distance(queries, gallery, distance), pairwise_distance(queries, queries, distance),
+                      pairwise_distance(gallery, gallery, distance), k1, k2, lambda_value)

@@ -30,9 +30,9 @@ from pytorch_metric_learning.utils.inference import CustomKNN, FaissKNN, return_
 from torch import Tensor
 
 from cama.explain.precision import at_least_float32
-from cama.metrics.distances import overflow_safe_float32, pairwise_distance
+from cama.metrics.distances import overflow_safe_float32
 from cama.metrics.ranking import EmbeddingSet, first_per_index
-from cama.metrics.rerank import re_ranking
+from cama.metrics.rerank import check_rerank_options, re_ranked_distances
 from cama.metrics.states import CollectedSamples
 
 __all__ = ["RECALL_KS", "faiss_available", "retrieval_knn", "retrieval_metrics", "RetrievalMetric"]
@@ -194,6 +194,8 @@ class RetrievalMetric(CollectedSamples):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if rerank:
+            check_rerank_options(k1, k2, lambda_value)
         self.rerank, self.rerank_args = bool(rerank), dict(k1=k1, k2=k2, lambda_value=lambda_value)
         recall_ks = tuple(int(k) for k in recall_ks)
         if not recall_ks or min(recall_ks) < 1:
@@ -247,8 +249,7 @@ class RetrievalMetric(CollectedSamples):
         out = retrieval_metrics(embeddings, labels, self.recall_ks, self.knn)
         if self.rerank:  # every image a query against the others: q-g, q-q and g-g are one matrix
             (safe,) = overflow_safe_float32(embeddings)
-            distances = pairwise_distance(safe, safe)
-            reranked = re_ranking(distances, distances, distances, **self.rerank_args)
+            reranked = re_ranked_distances(safe, **self.rerank_args)
             out.update({f"{k}_rerank": v for k, v in retrieval_metrics(
                 embeddings, labels, self.recall_ks, self.knn, distances=reranked).items()})
         return out
