@@ -25,6 +25,8 @@ from .samplers import run_seeded, split_item
 from .seeding import single_thread
 
 __all__ = [
+    "normalized",
+    "resized_and_normalized",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
@@ -172,6 +174,18 @@ def resize_pad_crop(image_size: tuple[int, int], padding: int) -> list[Any]:
     if padding > 0:
         steps += [v2.Pad(padding), v2.RandomCrop(image_size)]
     return steps
+
+
+def normalized(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> list[Any]:
+    """uint8 image -> float in [0, 1] -> ``(x - mean) / std``, as transform steps."""
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+
+
+def resized_and_normalized(
+    image_size: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> v2.Compose:
+    """The evaluation input of an image file: resized to ``image_size``, then :func:`normalized`."""
+    return v2.Compose([v2.Resize(tuple(image_size), antialias=True), *normalized(mean, std)])
 
 
 def flip(flip_prob: float) -> list[Any]:

@@ -34,7 +34,10 @@ from .base import ImageDataModule
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
 from .image_check import check_split_images
-from .images import IMAGENET_MEAN, IMAGENET_STD, SeededTransformDataset, flip, load_image, resize_pad_crop
+from .images import (
+    IMAGENET_MEAN, IMAGENET_STD, SeededTransformDataset, flip, load_image, normalized, resize_pad_crop,
+    resized_and_normalized,
+)
 from .reid_folders import scan_reid_folders
 from .reid_scan import REID_LAYOUTS, ReIDLayout, ReIDRecord, resolve_reid_root, scan_reid_folder
 from .samplers import PKSampler, split_item
@@ -355,17 +358,13 @@ class ReIDDataModule(ImageDataModule):
 
     def train_transform(self) -> v2.Compose:
         t = resize_pad_crop(self.image_size, self.padding) + flip(self.flip_prob)
-        t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        t += normalized(self.mean, self.std)
         if self.random_erasing > 0:
             t.append(v2.RandomErasing(p=self.random_erasing))
         return v2.Compose(t)
 
     def eval_transform(self) -> v2.Compose:
-        return v2.Compose([
-            v2.Resize(self.image_size, antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(self.mean, self.std),
-        ])
+        return resized_and_normalized(self.image_size, self.mean, self.std)
 
     # -- Lightning hooks ------------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torchvision.io import write_png
-from torchvision.transforms import v2
 
-from datamodules.images import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, denormalize_images, load_image
+from datamodules.images import (
+    IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, denormalize_images, load_image, resized_and_normalized,
+)
 
 __all__ = ["ExplainError", "MARKET_NAME", "image_files", "FileImages", "write_picture"]
 
@@ -54,11 +55,7 @@ class FileImages:
 
     def __init__(self, files: Sequence[Path], image_size: Sequence[int]) -> None:
         self.files = list(files)
-        self.transform = v2.Compose([
-            v2.Resize(tuple(image_size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ])
+        self.transform = resized_and_normalized(image_size)
 
     def images(self, indices: Sequence[int], device: torch.device) -> Tensor:
         return torch.stack([self.transform(load_image(str(self.files[i]))) for i in indices]).to(device)
