@@ -197,13 +197,12 @@ def checkpoint_image_size(checkpoint: str | Path, default: tuple[int, int] = (25
 
 
 def _ranking_queries(args: argparse.Namespace, data: DatasetRanking) -> list[int]:
-    candidates = data.provider.probe_candidates()
     if not args.query_indices:
-        return choose_probes(candidates, args.num_queries, args.seed)
-    allowed = set(candidates.tolist()) | set(range(int(getattr(data.dataset, "num_query", len(data.dataset)))))
-    bad = [i for i in args.query_indices if i not in allowed]
+        return choose_probes(data.provider.probe_candidates(), args.num_queries, args.seed)
+    count = int(data.dataset.num_query) if data.reid else len(data.dataset)  # re-ID: the queries; retrieval: all
+    bad = [i for i in args.query_indices if not 0 <= i < count]
     if bad:
-        raise ExplainError(f"--query_indices {bad} are not queries of the evaluation set (0..{max(allowed)})")
+        raise ExplainError(f"--query_indices {bad} are not queries of the evaluation set (0..{count - 1})")
     return list(args.query_indices)
 
 
