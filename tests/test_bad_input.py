@@ -32,12 +32,7 @@ REID = dict(num_train_ids=4, num_test_ids=3, num_cameras=2, cameras_per_id=(2, 2
             query_cameras=1, num_distractors=2, num_junk=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _trainer(**kwargs) -> pl.Trainer:

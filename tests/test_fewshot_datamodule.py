@@ -20,12 +20,7 @@ TINY = dict(image_size=(SIZE, SIZE), train_way=3, train_shot=1, train_query=2, e
             train_episodes=2, val_episodes=3, test_episodes=4, num_workers=0, padding=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

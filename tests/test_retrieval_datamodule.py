@@ -22,12 +22,7 @@ GEN = dict(num_classes=8, images_per_class=5, height=H, width=W)
 FAST = dict(image_size=(SIZE, SIZE), m_per_class=2, batch_size=6, eval_batch_size=7, num_workers=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
