@@ -1,7 +1,7 @@
 """Training throughput of the three synthetic jobs: where the time of a training step goes.
 
     python bench/train_throughput.py [--configs cama_synthetic protonet_synthetic retrieval_synthetic]
-        [--steps 6] [--loop-steps 12] [--compile]
+        [--steps 6] [--loop-steps 12] [--compile] [--workers 0 1 2] [--job-epochs N]
 
 For each config, built from its YAML (data module and model, random weights), printed in one table:
 
@@ -13,9 +13,16 @@ For each config, built from its YAML (data module and model, random weights), pr
   ``--compile`` (slow to compile);
 * **training loop**: images/s of ``Trainer.fit`` over ``--loop-steps`` batches (validation off) and
   the share of its time spent waiting for data (between one batch's end and the next one's start),
-  in the rest of the loop (logging, hooks) and in the steps themselves.
+  in the rest of the loop (logging, hooks) and in the steps themselves, with 0, 1 and 2 data-loader
+  workers;
+* **the whole job**: ``train.py fit --config configs/<config>.yaml`` as ``make train`` runs it
+  (``--job-epochs N`` shortens it), under Lightning's ``SimpleProfiler``: its wall time from the
+  start of the process, split into training steps, waiting for data, validation and test steps,
+  the explanation callbacks, the model's end-of-epoch evaluation (ranking, metrics), checkpoints,
+  and the rest (start-up, logging, progress bar); and the test metrics it reached.
 
-The validation epoch with and without the explanation callbacks is ``bench/callback_overhead.py``.
+The validation epoch with and without the explanation callbacks in detail is
+``bench/callback_overhead.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +39,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.profilers import SimpleProfiler
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,8 +128,10 @@ class LoopClock(pl.Callback):
         self.images += int(batch["image"].shape[0])
 
 
-def training_loop(name: str, steps: int) -> dict[str, float]:
+def training_loop(name: str, steps: int, workers: int | None = None) -> dict[str, float]:
     datamodule, model, config = _build(name)
+    if workers is not None:
+        datamodule.num_workers = workers
     clock = LoopClock()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=steps, limit_val_batches=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -135,12 +146,64 @@ def training_loop(name: str, steps: int) -> dict[str, float]:
             "steps %": 100 * clock.step / total, "other %": 100 * rest / total}
 
 
+# SimpleProfiler actions -> the phases of a job (an action counted in one phase only)
+PHASES = {
+    "training steps": lambda a: a == "run_training_batch",
+    "data wait": lambda a: a.endswith("_dataloader_next") or a.endswith("].val_next") or a.endswith("].test_next"),
+    "validation steps": lambda a: a.endswith(".validation_step"),
+    "test steps": lambda a: a.endswith(".test_step"),
+    "explanation callbacks": lambda a: a.startswith("[Callback]") and a[len("[Callback]"):].startswith(
+        ("ExplanationImages", "LocalizationMetrics", "FewShotExplanations", "EmbeddingWriter")),
+    "evaluation (epoch end)": lambda a: a.startswith("[LightningModule]") and a.endswith(
+        ("on_validation_epoch_end", "on_test_epoch_end")),
+    "checkpoints": lambda a: a == "save_checkpoint",
+}
+
+
+def whole_job(name: str, epochs: int | None) -> dict[str, float]:
+    """``train.py fit`` of the config under ``SimpleProfiler``: seconds per phase, and the test metric."""
+    import train  # the repository's train.py (REPO is on sys.path)
+
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["fit", "--config", str(REPO / "configs" / f"{name}.yaml"), "--trainer.profiler", "simple",
+                "--trainer.enable_progress_bar", "false"]
+        if epochs:
+            args += ["--trainer.max_epochs", str(epochs)]
+        os.chdir(tmp)  # the config's relative runs/ folder (logs, checkpoints) goes there
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cli = train.main(args)
+        finally:
+            os.chdir(here)
+        total = time.perf_counter() - start
+        profile = cli.trainer.profiler
+        assert isinstance(profile, SimpleProfiler)
+        seconds = {phase: 0.0 for phase in PHASES}
+        for action, durations in profile.recorded_durations.items():
+            for phase, matches in PHASES.items():
+                if matches(action):
+                    seconds[phase] += sum(durations)
+                    break
+        seconds["other"] = max(0.0, total - sum(seconds.values()))
+        seconds["total"] = total
+        metrics = cli.trainer.callback_metrics
+        monitor = next(m for m in ("test/mAP", "test/acc", "test/recall@1") if m in metrics)
+        seconds[monitor] = float(metrics[monitor])
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=6, help="timed bare steps per variant (the best is kept)")
     parser.add_argument("--loop-steps", type=int, default=12, help="batches of the timed training loop")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile (minutes to compile)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="data-loader workers of the loop")
+    parser.add_argument("--job-epochs", type=int, default=None,
+                        help="epochs of the whole-job profile (default: the config's; 0: skip it)")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     print(f"host: {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads; 2048x2048 float32 matmul "
@@ -164,13 +227,23 @@ def main() -> None:
                 torch.set_num_threads(previous)
             print(f"| {name} | {variant} | {int(batch['image'].shape[0])} | {result['images/s']:.1f} | "
                   f"{result['step s']:.3f} | {result['GFLOP']:.1f} | {result['GFLOP/s']:.1f} |", flush=True)
-    print("\n| config | loop images/s | data wait % | steps % | other % |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| config | workers | loop images/s | data wait % | steps % | other % |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name in args.configs:
-        loop = training_loop(name, args.loop_steps)
-        print(f"| {name} | {loop['images/s']:.1f} | {loop['data wait %']:.1f} | {loop['steps %']:.1f} | "
-              f"{loop['other %']:.1f} |", flush=True)
-
+        for workers in args.workers:
+            loop = training_loop(name, args.loop_steps, workers)
+            print(f"| {name} | {workers} | {loop['images/s']:.1f} | {loop['data wait %']:.1f} | "
+                  f"{loop['steps %']:.1f} | {loop['other %']:.1f} |", flush=True)
+    if args.job_epochs == 0:
+        return
+    phases = [*PHASES, "other"]
+    print("\n| config | wall (s) | " + " | ".join(f"{p} %" for p in phases) + " | test metric |")
+    print("| --- " * (len(phases) + 3) + "|")
+    for name in args.configs:
+        job = whole_job(name, args.job_epochs)
+        metric = next(k for k in job if k.startswith("test/"))
+        print(f"| {name} | {job['total']:.1f} | " + " | ".join(f"{100 * job[p] / job['total']:.1f}" for p in phases)
+              + f" | {metric} {job[metric]:.4f} |", flush=True)
 
 if __name__ == "__main__":
     main()

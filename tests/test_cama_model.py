@@ -160,3 +160,37 @@ def test_two_phase_schedule():
     assert head(29) == pytest.approx(1.0) and head(30) == pytest.approx(0.1) and head(50) == pytest.approx(0.01)
     head, backbone = two_phase_lambdas(3e-4, 2, 3e-6, 20, 0.1, False)
     assert backbone(0) == head(0) > 0
+
+
+def test_cosine_schedule_hand_worked():
+    # warm-up of 1 epoch, then a half cosine over epochs 1..4 of a 5-epoch run
+    head, backbone = two_phase_lambdas(1e-3, 1, 1e-4, 7, 0.1, False, cosine_epochs=5)
+    assert [head(e) for e in range(5)] == pytest.approx([1.0, 1.0, (1 + 2**-0.5) / 2, 0.5, (1 - 2**-0.5) / 2])
+    assert backbone(3) == head(3)
+    with pytest.raises(ValueError, match="more epochs"):
+        two_phase_lambdas(1e-3, 3, 1e-4, 7, 0.1, False, cosine_epochs=3)
+
+
+@pytest.mark.parametrize("name", ["resnet10", "resnet50"])
+def test_narrow_backbone_scales_every_channel_of_torchvision_layout(name):
+    """width=32: every parameter has torchvision's shape with each channel count halved (the
+    image's 3 input channels and the classifier's 1000 outputs excepted)."""
+    wide, narrow = build_resnet(name).state_dict(), build_resnet(name, width=32).state_dict()
+    assert list(wide) == list(narrow)
+    for key, value in wide.items():
+        if value.ndim == 0:  # num_batches_tracked
+            continue
+        expected = list(value.shape)
+        if key == "fc.weight":
+            expected[1] //= 2
+        elif key != "fc.bias":
+            expected[0] //= 2
+            if value.ndim == 4 and key != "conv1.weight":
+                expected[1] //= 2
+        assert list(narrow[key].shape) == expected, key
+    net = MultiBranchResNet(name, num_branches=2, last_stride=1, width=32)
+    assert net(torch.randn(1, 3, 64, 32))[0].shape == (1, net.out_channels, 4, 2)
+    assert net.out_channels == build_resnet(name).fc.in_features // 2
+    conv = build_resnet(name, width=32).layer3[0].conv1.weight  # Kaiming normal, fan-out
+    fan_out = conv.shape[0] * conv.shape[2] * conv.shape[3]
+    assert conv.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)

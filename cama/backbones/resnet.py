@@ -33,6 +33,15 @@ def _resnet10(**kwargs) -> tv_resnet.ResNet:
     return tv_resnet.ResNet(tv_resnet.BasicBlock, [1, 1, 1, 1], **kwargs)
 
 
+# (block, blocks per stage) of each name, for the narrower nets of ``build_resnet(width=...)``.
+_LAYOUTS = {
+    "resnet10": (tv_resnet.BasicBlock, (1, 1, 1, 1)),
+    "resnet18": (tv_resnet.BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (tv_resnet.BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (tv_resnet.Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (tv_resnet.Bottleneck, (3, 4, 23, 3)),
+}
+
 _BUILDERS = {
     "resnet10": (_resnet10, None),
     "resnet18": (tv_resnet.resnet18, tv_resnet.ResNet18_Weights.IMAGENET1K_V1),
@@ -41,6 +50,42 @@ _BUILDERS = {
     "resnet101": (tv_resnet.resnet101, tv_resnet.ResNet101_Weights.IMAGENET1K_V1),
 }
 RESNET_NAMES = tuple(_BUILDERS)
+
+
+def _stage(block: type[nn.Module], inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    """One ResNet stage of ``blocks`` blocks (the first one strided, with a 1x1 projection)."""
+    out = planes * block.expansion
+    downsample = None
+    if stride != 1 or inplanes != out:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+    layers = [block(inplanes, planes, stride, downsample)]
+    layers += [block(out, planes) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def _narrow(net: tv_resnet.ResNet, name: str, width: int) -> tv_resnet.ResNet:
+    """``net`` rebuilt with ``width`` channels after the stem instead of 64 (stages: w, 2w, 4w, 8w).
+
+    Same modules, names and initialisation as torchvision's ResNet (Kaiming normal fan-out for the
+    convolutions, BatchNorm at 1/0), so everything that reads ``conv1 .. layer4`` and
+    ``fc.in_features`` works unchanged; the FLOPs scale with about ``(width / 64) ** 2``.
+    """
+    block, blocks = _LAYOUTS[name]
+    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    inplanes = width
+    for i, count in enumerate(blocks):
+        planes = width * 2**i
+        setattr(net, f"layer{i + 1}", _stage(block, inplanes, planes, count, 1 if i == 0 else 2))
+        inplanes = planes * block.expansion
+    net.fc = nn.Linear(inplanes, net.fc.out_features)
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return net
 
 
 def _imagenet_state_dict(name: str) -> dict[str, Tensor]:
@@ -72,17 +117,26 @@ def _file_state_dict(path: str) -> dict[str, Tensor]:
     return state
 
 
-def build_resnet(name: str = "resnet50", pretrained: str | None = None, last_stride: int = 1) -> tv_resnet.ResNet:
+def build_resnet(
+    name: str = "resnet50", pretrained: str | None = None, last_stride: int = 1, width: int = 64
+) -> tv_resnet.ResNet:
     """A torchvision ResNet whose ``layer4`` (conv5) has stride ``last_stride``.
 
     Args:
         name: one of :data:`RESNET_NAMES`.
         pretrained: ``None``, ``"imagenet"`` (hub cache only) or a path to a state dict.
         last_stride: stride of the first block of ``layer4``; 1 as in PCB / CAMA.
+        width: channels of the first stage (64 in every torchvision ResNet; the stages have
+            ``width * (1, 2, 4, 8)``). A narrower net costs about ``(width / 64) ** 2`` of the
+            FLOPs; weights of another width do not load into it.
     """
     if name not in _BUILDERS:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {', '.join(RESNET_NAMES)}.")
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
     net = _BUILDERS[name][0]()
+    if width != 64:
+        net = _narrow(net, name, width)
     if pretrained:
         state = _imagenet_state_dict(name) if pretrained == "imagenet" else _file_state_dict(pretrained)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -114,11 +168,12 @@ class MultiBranchResNet(nn.Module):
         num_branches: int = 2,
         pretrained: str | None = None,
         last_stride: int = 1,
+        width: int = 64,
     ) -> None:
         super().__init__()
         if num_branches < 1:
             raise ValueError(f"num_branches must be >= 1, got {num_branches}")
-        net = build_resnet(name, pretrained, last_stride)
+        net = build_resnet(name, pretrained, last_stride, width)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
         # Every branch starts from the same (possibly pretrained) conv5 weights.
         self.branches = nn.ModuleList([copy.deepcopy(net.layer4) for _ in range(num_branches)])

@@ -37,6 +37,8 @@ class CAMA(pl.LightningModule):
         backbone: torchvision ResNet name (``resnet10`` is a small one for CPU runs).
         num_branches: N, the number of ordered branches.
         pretrained: ``None``, ``"imagenet"`` (torch hub cache, never downloaded) or a weights file.
+        width: channels of the backbone's first stage (64: the torchvision ResNet; 32 costs about a
+            quarter of the FLOPs, for CPU runs from scratch).
         last_stride: stride of conv5; 1 as in the paper (Sec. 4.2).
         oap_weight: alpha of Eq. 8 (1.0 in the paper; 0 disables the penalty).
         oap_topk: k of Eq. 5 as a fraction of the feature grid (0.2 ~ the paper's 26/128) or a count.
@@ -49,6 +51,8 @@ class CAMA(pl.LightningModule):
             "fine-tunes the classifier weights" first); the backbone's learning rate is then 0.
         lr_step: after the warm-up, multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs.
         lr_gamma: the decay factor (0.1).
+        lr_schedule: ``"step"`` (the paper's: ``lr_step`` / ``lr_gamma``) or ``"cosine"``: after the
+            warm-up a half cosine from ``lr`` towards 0 at the end of ``max_epochs`` (for short runs).
         max_rank: CMC length for evaluation.
         rerank: also report the metrics after k-reciprocal re-ranking (Zhong et al., CVPR 2017;
             k1=20, k2=6, lambda=0.3) as ``val/mAP_rerank``, ``val/rank1_rerank``, ... (and ``test/``);
@@ -59,6 +63,8 @@ class CAMA(pl.LightningModule):
             of identities, keep their fresh initialisation and are listed in the log.
         init_from_min_match: stop when less than this fraction of the model's values (parameters and
             buffers, by element count) match ``init_from`` by name and shape; 0 loads whatever matches.
+        channels_last: run the backbone in the channels-last memory format (faster convolutions on
+            CPU; the results do not change beyond float rounding).
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class CAMA(pl.LightningModule):
         num_branches: int = 2,
         pretrained: str | None = None,
         last_stride: int = 1,
+        width: int = 64,
         oap_weight: float = 1.0,
         oap_topk: float = 0.2,
         lr: float = 3e-4,
@@ -77,16 +84,22 @@ class CAMA(pl.LightningModule):
         freeze_backbone_during_warmup: bool = True,
         lr_step: int = 20,
         lr_gamma: float = 0.1,
+        lr_schedule: str = "step",
         max_rank: int = 50,
         rerank: bool = False,
         init_from: str | None = None,
         init_from_min_match: float = 0.5,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (training identities), got {num_classes}")
+        if lr_schedule not in ("step", "cosine"):
+            raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {lr_schedule!r}")
         self.save_hyperparameters()
-        self.backbone = MultiBranchResNet(backbone, num_branches, pretrained, last_stride)
+        self.backbone = MultiBranchResNet(backbone, num_branches, pretrained, last_stride, width)
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
         channels = self.backbone.out_channels
         self.heads = nn.ModuleList([CAMHead(channels, num_classes) for _ in range(num_branches)])
         # Table 5 of the paper: the mAP of the first i branches; the full model is val/mAP itself.
@@ -98,6 +111,8 @@ class CAMA(pl.LightningModule):
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
         """``F^i = BN(T^i)`` of each branch, ``[B, K, h, w]`` -- the maps pooled into the embedding."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return [head.features(maps) for head, maps in zip(self.heads, self.backbone(images))]
 
     def embed_maps(self, maps: list[Tensor]) -> Tensor:
@@ -200,6 +215,7 @@ class CAMA(pl.LightningModule):
             step=hp.lr_step,
             gamma=hp.lr_gamma,
             freeze_backbone_during_warmup=hp.freeze_backbone_during_warmup,
+            cosine_epochs=self.trainer.max_epochs if hp.lr_schedule == "cosine" else None,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone_lambda, head_lambda])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -86,6 +86,8 @@ class RetrievalModel(pl.LightningModule):
         backbone: a torchvision ResNet of :data:`cama.backbones.RESNET_NAMES` (up to ``layer4``).
         pretrained: ``None``, ``"imagenet"`` (torch hub cache, never downloaded) or a weights file.
         last_stride: stride of ``layer4`` (2 as in torchvision; 1 doubles the resolution of the maps).
+        width: channels of the backbone's first stage (64: the torchvision ResNet; narrower nets for
+            CPU runs from scratch, :func:`cama.backbones.build_resnet`).
         pooling: ``"avg"`` (GAP, as in the MS-loss code), ``"max"`` or ``"gem"``.
         gem_p: initial GeM exponent (learned).
         embedding_size: output size of the FC projection (512 in the MS-loss paper); ``None`` or 0:
@@ -122,6 +124,7 @@ class RetrievalModel(pl.LightningModule):
         backbone: str = "resnet50",
         pretrained: str | None = None,
         last_stride: int = 2,
+        width: int = 64,
         pooling: Literal["avg", "max", "gem"] = "avg",
         gem_p: float = 3.0,
         embedding_size: int | None = 512,
@@ -157,7 +160,7 @@ class RetrievalModel(pl.LightningModule):
         if embedding_size is not None and embedding_size < 0:
             raise ValueError(f"embedding_size must be positive, 0 or None, got {embedding_size}")
         self.save_hyperparameters()
-        net = build_resnet(backbone, pretrained, last_stride)
+        net = build_resnet(backbone, pretrained, last_stride, width)
         self.backbone = nn.Sequential(
             net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
         )

@@ -53,7 +53,8 @@ def target_item(image: torch.Tensor, box: torch.Tensor, masks: torch.Tensor, **l
         "image": tv_tensors.Image(image),
         **labels,
         "box": tv_tensors.BoundingBoxes(box.view(1, 4), format="XYXY", canvas_size=(H, W)),
-        "mask": tv_tensors.Mask(masks.to(torch.uint8)),
+        # a bool mask is reinterpreted, not converted (a conversion costs milliseconds per image)
+        "mask": tv_tensors.Mask(masks.view(torch.uint8) if masks.dtype == torch.bool else masks.to(torch.uint8)),
     }
 
 
