@@ -1,17 +1,25 @@
 """The pictures explain themselves: headers, captions, a colour bar, frames that survive TensorBoard's
-0.4x card view, a gap after the query, the epoch in the title."""
+0.4x card view, a gap after the query, the epoch in the title, one README text per run."""
 
 from __future__ import annotations
 
+import warnings
+
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchvision.io import decode_png, read_file
 
+from callbacks.explanation_images import ExplanationImages
 from cama.explain import colorize
 from cama.viz import GREEN, RED, picture_title, probe_grid, ranking_figure
 from cama.viz.labels import colorbar, load_font, text_band
 from cama.viz.layout import display_scale, sheet
 from cama.viz.pictures import heat_overlays
+
 
 
 def constant(count: int, color: tuple[int, int, int], height: int = 64, width: int = 32) -> torch.Tensor:
@@ -147,3 +155,45 @@ def test_text_fits_its_span():
     font = load_font(14)
     band = text_band([(0, 40, "a very long label that cannot fit")], 100, 20, font)
     assert (band[:, :, 40:] == 255).all() and (band[:, :, :40] < 128).any()
+
+
+# --------------------------------------------------------------------------------------------------
+# the README text, once per run, TensorBoard only
+# --------------------------------------------------------------------------------------------------
+def run_validations(model, datamodule, callback, logger, tmp_path, times: int) -> None:
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=logger, callbacks=[callback], default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(times):
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+
+
+def test_readme_is_written_once_per_run_to_tensorboard_and_pngs_match_the_images(tmp_path):
+    from tests.test_callbacks import TINY_DATA
+    from cama.models import CAMA
+    from datamodules import ReIDDataModule
+
+    datamodule = ReIDDataModule(**TINY_DATA)
+    datamodule.setup("fit")
+    torch.manual_seed(0)
+    model = CAMA(num_classes=datamodule.num_classes, backbone="resnet10", num_branches=2).eval()
+    callback = ExplanationImages(methods=["ram"], num_probes=2, num_ranking_queries=1, top_k=3, save_png=True)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    run_validations(model, datamodule, callback, logger, tmp_path, times=2)
+    logger.experiment.flush()
+    accumulator = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0})
+    accumulator.Reload()
+    assert len(accumulator.Images("explanations/ram")) == 2
+    readme = [t for t in accumulator.Tags()["tensors"] if t.startswith("explanations/README")]
+    assert len(readme) == 1 and len(accumulator.Tensors(readme[0])) == 1
+    text = accumulator.Tensors(readme[0])[0].tensor_proto.string_val[0].decode()
+    assert "explanations/ranking/query_<j>" in text and "branch" in text
+    png = decode_png(read_file(callback.last_written[0]))  # the PNG of the last epoch is the logged picture
+    logged = decode_png(torch.frombuffer(bytearray(accumulator.Images("explanations/ram")[-1].encoded_image_string),
+                                         dtype=torch.uint8))
+    assert torch.equal(png, logged)
+
+    csv = ExplanationImages(methods=["ram"], num_probes=2, num_ranking_queries=0)
+    run_validations(model, datamodule, csv, CSVLogger(tmp_path, name="csv"), tmp_path, times=1)
+    assert csv.last_written and all(p.endswith(".png") for p in csv.last_written)
