@@ -229,13 +229,16 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     datamodule = None if files else build_datamodule(config or {}, _parse_overrides(args.data))
 
     if isinstance(model, EpisodeTask):  # few-shot: episodes of a data module, or support folders
+        class_names = None
         if files:
             size = image_size or checkpoint_image_size(args.checkpoint, (84, 84))
-            batch, shows, _ = folder_episode(args.support or "", args.query, size)
+            batch, shows, class_names = folder_episode(args.support or "", args.query, size)
             episodes: Any = [("files", batch)]
         else:
             episodes, shows = datamodule_episodes(datamodule, args.episodes), datamodule
-        written = explain_episodes(model, episodes, shows, methods, output, args.num_queries, **drawing)
+        written = explain_episodes(
+            model, episodes, shows, methods, output, args.num_queries, **drawing, class_names=class_names
+        )
     elif files:  # re-ID / retrieval on image files
         size = image_size or checkpoint_image_size(args.checkpoint)
         data: Any = FileRanking(image_files(args.query, "query"), image_files(args.gallery or [], "gallery"), size)

@@ -2,8 +2,8 @@
 
 :class:`ExplanationCallback` runs its work on every ``every_n_epochs``-th validation epoch (the first
 one always; never in the sanity check), counts the epochs in its ``state_dict`` (a resumed run keeps
-the rhythm), says each problem once (rank zero) and runs its own small-tensor work on
-``cpu_threads`` threads. :class:`ProbeCapture` keeps the feature maps that the model's
+the rhythm), says each problem once (rank zero), logs its README (what each image tag shows)
+once per run and runs its own small-tensor work on ``cpu_threads`` threads. :class:`ProbeCapture` keeps the feature maps that the model's
 ``validation_step`` returned in its ``outputs`` (:class:`cama.protocols.EvaluationOutputs`) for the
 probes, so a callback does not forward them again.
 """
@@ -21,6 +21,7 @@ from lightning_utilities.core.rank_zero import WarningCache
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from callbacks.image_sink import ImageSink
 from cama.protocols import RankingTask
 from cama.references import choose_probes
 
@@ -136,10 +137,19 @@ class ExplanationCallback(Callback):
         self.cpu_threads = cpu_threads
         self.validation_epochs = 0
         self._warnings = WarningCache()
+        self._readme_logged = False
 
     def warn_once(self, message: str) -> None:
         """Say ``message`` once (rank zero), prefixed with the callback's class name."""
         self._warnings.warn(f"{type(self).__name__}: {message}")
+
+    def log_readme(self, sink: ImageSink, text: str, step: int, prefix: str) -> None:
+        """Log ``text`` as ``<prefix>/README`` to the TensorBoard loggers, once per run: call it on
+        rank zero in each epoch that draws; only the first call writes. Not kept in the
+        ``state_dict``: a resumed run, often in a new log version, writes it again."""
+        if not self._readme_logged:
+            sink.write_text("README", text, step, prefix)
+            self._readme_logged = True
 
     def due(self, trainer: pl.Trainer) -> bool:
         """Whether this validation epoch is one the callback works in."""

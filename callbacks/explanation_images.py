@@ -10,7 +10,10 @@ one row per probe -- probe | reference (green frame: true match, red: false) | t
 the probe (each branch, then summed) | its maps on the reference (the same). And for the first
 ``num_ranking_queries`` probes a ranking list (``explanations/ranking/query_<j>``, cama-ram Fig. 4 /
 Fig. 8): the query and its ``top_k`` gallery images framed green/red, then a row per branch and one
-for the summed map with the query's own RAM ``R_q^q`` and each gallery image's ``R_g^q``.
+for the summed map with the query's own RAM ``R_q^q`` and each gallery image's ``R_g^q``. Every
+picture explains itself (:mod:`cama.viz.pictures`): a title ``epoch <e> · val · <method>``, column
+headers, the identity (re-ID) or class (retrieval) and the distance under the images, a colour bar;
+once per run ``explanations/README`` (TensorBoard text) says what each tag shows.
 
 What each map is against its reference (per branch and summed) is documented in
 :mod:`cama.viz.explainer`: Dist-CAM of the probe against the reference's embedding, RAM
@@ -36,8 +39,12 @@ import torch
 
 from callbacks.base import RankingCallback, RankingProbes, load_items, stack_captured
 from callbacks.image_sink import ImageSink, logging_step
+from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet
-from cama.viz import Explainer, check_methods, probe_grid, ranking_figure, to_uint8
+from cama.references import ReIDReferences
+from cama.viz import (
+    Explainer, check_methods, picture_title, probe_grid, probe_grid_legend, ranking_figure, ranking_legend, to_uint8,
+)
 
 __all__ = ["ExplanationImages"]
 
@@ -194,6 +201,18 @@ class ExplanationImages(RankingCallback):
         gallery_pictures = to_uint8(gallery_features.images, datamodule)
         reference_pictures = gallery_pictures[reference_positions]
         step, epoch = logging_step(trainer), trainer.current_epoch
+        self.log_readme(sink, self.readme(provider), step, self.tag_prefix)
+        kind = "id" if isinstance(provider, ReIDReferences) else "class"
+        labels = provider.labels.to(device)
+
+        def label_texts(indices: Any) -> list[str]:
+            return [f"{kind} {int(c)}" for c in labels[torch.as_tensor(indices, device=device)].tolist()]
+
+        probe_labels = label_texts([probes[i] for i in keep.tolist()])
+        reference_labels = label_texts(references[:, 0])
+        distances = pairwise_distance(
+            probe_features.embedding, reference_features.embedding, gallery.distance
+        ).diagonal()
         written: list[str] = []
         for method in self.methods:
             own = method == "ram"  # R_q^q on the probe; every other map is against the reference
@@ -210,6 +229,10 @@ class ExplanationImages(RankingCallback):
                 self.colormap,
                 probe_boxes,
                 reference_boxes,
+                title=picture_title(method, epoch),
+                probe_labels=probe_labels,
+                reference_labels=reference_labels,
+                distances=distances,
             )
             written += sink.write(method, picture, step, epoch, prefix=self.tag_prefix)
 
@@ -234,6 +257,28 @@ class ExplanationImages(RankingCallback):
                 listed_maps,
                 self.alpha,
                 self.colormap,
+                title=picture_title(method, epoch, subject=f"query {j}"),
+                query_label=probe_labels[j],
+                gallery_labels=label_texts(references[j][valid]),
+                distances=pairwise_distance(query_features.embedding, listed_features.embedding, gallery.distance)[0],
             )
             written += sink.write(f"ranking/query_{j}", picture, step, epoch, prefix=self.tag_prefix)
         return written
+
+    def readme(self, provider: Any) -> str:
+        """The TensorBoard text of the run: what each image tag shows (Markdown)."""
+        reid = isinstance(provider, ReIDReferences)
+        reference = "its top-ranked gallery image" if reid else "its nearest other image"
+        text = [
+            f"**{self.tag_prefix}/<method>** ({', '.join(self.methods)}): "
+            + probe_grid_legend(reference=reference),
+        ]
+        if self.num_ranking_queries:
+            text.append(
+                f"**{self.tag_prefix}/ranking/query_<j>** (the first {self.num_ranking_queries} probes, "
+                f"maps: {self.ranking_method}): " + ranking_legend()
+            )
+        text.append(
+            "Each picture's title gives the epoch; its step is the step of the epoch's scalars (`val/*`)."
+        )
+        return "\n\n".join(text)

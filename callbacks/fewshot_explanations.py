@@ -26,7 +26,10 @@ the episode's prototypes, on the query and on the query multiplied by its map). 
 
 Pictures (``<tag_prefix>/<method>``), one row per probe query of the first episode: query |
 first support of the predicted class (green frame: right class, red: wrong) | the map on the query |
-the map on that support against the query. Pictures go to every TensorBoard logger or, without
+the map on that support against the query; a title ``epoch <e> · val · <method>``, headers, the
+query's true and the support's (predicted) episode class under them, a colour bar
+(:func:`cama.viz.episodes.episode_grid`); once per run ``<tag_prefix>/README`` (TensorBoard text)
+says what the tags show. Pictures go to every TensorBoard logger or, without
 one, to ``<log_dir>/<tag_prefix>/epoch_XXX/*.png``; image work runs on rank zero only. The metrics
 are torchmetrics Metrics; under DDP each process scores the first ``ceil(num_episodes / world)``
 episodes of its share. The sanity-check epoch is skipped.
@@ -49,7 +52,7 @@ from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
 from cama.protocols import EpisodeTask, ShowsImages
 from cama.references import EpisodeReferences
-from cama.viz import Explainer, check_methods, to_uint8
+from cama.viz import Explainer, check_methods, picture_title, probe_grid_legend, to_uint8
 from cama.viz.episodes import FEW_SHOT_METHODS, episode_grid, episode_maps, probe_rows, support_maps
 
 __all__ = ["FewShotExplanations"]
@@ -234,6 +237,8 @@ class FewShotExplanations(ExplanationCallback):
             pictures["probe_images"] = query_images[probes]
             pictures["reference_images"] = images[support]
             pictures["matches"] = correct[probes]
+            pictures["probe_classes"] = refs.target[probes]
+            pictures["reference_classes"] = refs.prediction[probes]
             if boxes is not None and self.draw_boxes:
                 pictures["probe_boxes"] = boxes[probes]
                 pictures["reference_boxes"] = batch["box"][support].float()
@@ -245,9 +250,22 @@ class FewShotExplanations(ExplanationCallback):
         probes = to_uint8(pictures["probe_images"], datamodule)
         references = to_uint8(pictures["reference_images"], datamodule)
         step, epoch = logging_step(trainer), trainer.current_epoch
+        self.log_readme(sink, self.readme(), step, self.tag_prefix)
         pictures = {**pictures, "probe_images": probes, "reference_images": references}
         written: list[str] = []
         for method in self.methods:
-            picture = episode_grid(pictures, method, self.alpha, self.colormap)
+            picture = episode_grid(pictures, method, self.alpha, self.colormap, picture_title(method, epoch))
             written += sink.write(method, picture, step, epoch, prefix=self.tag_prefix)
         return written
+
+    def readme(self) -> str:
+        """The TensorBoard text of the run: what each image tag shows (Markdown)."""
+        return (
+            f"**{self.tag_prefix}/<method>** ({', '.join(self.methods)}), the queries of the first validation "
+            "episode: " + probe_grid_legend(
+                ("query", "support"), "the first support of the predicted class", branches=False
+            )
+            + " Classes are the episode's (0 .. N-1); the map on the query is against the predicted class's "
+            "prototype, the map on the support against the query. Each picture's title gives the epoch; its "
+            "step is the step of the epoch's scalars."
+        )

@@ -2,8 +2,13 @@
 
 :class:`ImageSink` sends a ``uint8`` picture to every ``TensorBoardLogger`` of the trainer
 (``SummaryWriter.add_image``) or, when there is none (CSV logger, no logger) or ``save_png`` is
-set, writes ``<log_dir>/<folder>/epoch_XXX/<name>.png``. :func:`logging_step` is the step the
-epoch's scalars are logged at, so images and scalars line up.
+set, writes ``<log_dir>/<folder>/epoch_XXX/<name>.png``: the same pictures either way.
+:meth:`ImageSink.write_text` logs Markdown to the TensorBoard loggers only (PNG folders get none).
+
+The images' step is :func:`logging_step`, the step the epoch's scalars are logged at, and not the
+epoch: TensorBoard's image slider then moves over the same axis as the scalar charts, so the
+picture behind a point of a curve is at that point's step. The epoch is written on each picture
+instead (its title line, :func:`cama.viz.picture_title`) and in the PNG folder name.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ class ImageSink:
         image = image.detach().cpu()
         for logger in self.loggers:
             logger.experiment.add_image(f"{prefix}/{name}", image, global_step=step)
-        written = []
+        written: list[str] = []
         if self.directory is not None:
             parts = [_safe_name(p) for p in name.split("/") if p]
             path = self.directory.joinpath(f"epoch_{epoch:03d}", *parts[:-1], f"{parts[-1]}.png")
@@ -75,3 +80,9 @@ class ImageSink:
             path.write_bytes(encode_png(image.contiguous(), compression_level=1).numpy().tobytes())
             written.append(str(path))
         return written
+
+    def write_text(self, name: str, text: str, step: int, prefix: str = "explanations") -> bool:
+        """Log Markdown ``text`` as ``<prefix>/<name>`` to every TensorBoard logger; whether there was one."""
+        for logger in self.loggers:
+            logger.experiment.add_text(f"{prefix}/{name}", text, global_step=step)
+        return bool(self.loggers)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from cama.viz import Explainer, to_uint8
+from cama.viz import Explainer, picture_title, to_uint8
 from cama.viz.episodes import FEW_SHOT_METHODS, episode_grid, episode_maps, probe_rows, support_maps
 from explaining.common import ExplainError, FileImages, image_files, write_picture
 
@@ -73,8 +73,10 @@ def folder_episode(support_root: str, queries: Sequence[str], image_size: Sequen
 def explain_episodes(
     model: Any, episodes: Iterable[tuple[str, dict[str, Tensor]]], shows: Any, methods: Sequence[str],
     output: Path, num_queries: int, device: torch.device, progress: bool, alpha: float, colormap: str,
+    class_names: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write ``<output>/<episode>_<method>.png`` per episode and method, and ``predictions.json``."""
+    """Write ``<output>/<episode>_<method>.png`` per episode and method, and ``predictions.json``;
+    ``class_names`` (a folder episode's) are drawn under the images instead of ``class <c>``."""
     unsupported = [m for m in methods if m not in FEW_SHOT_METHODS]
     if unsupported:
         raise ExplainError(f"few-shot explanations support {list(FEW_SHOT_METHODS)}, got {unsupported}")
@@ -95,12 +97,15 @@ def explain_episodes(
         }
         if bool(known.all()):
             pictures["matches"] = (refs.prediction == target)[probes]
+        pictures["probe_classes"] = target[probes]
+        pictures["reference_classes"] = refs.prediction[probes]
         for method in methods:
             query_images = images[refs.query_index[probes]]
             pictures[method] = episode_maps(method, explainer, query_images, refs.query_maps[probes],
                                             refs.prototype[probes], refs.supports[probes], refs.metric, size)
             pictures[f"{method}/reference"] = support_maps(method, explainer, model, images, all_maps, refs, probes, size)
-            written.append(write_picture(episode_grid(pictures, method, alpha, colormap), output, name, method))
+            picture = episode_grid(pictures, method, alpha, colormap, picture_title(method, subject=name), class_names)
+            written.append(write_picture(picture, output, name, method))
         predictions[name] = [
             {"query": int(q), "predicted": int(p), "truth": int(t) if t >= 0 else None}
             for q, p, t in zip(refs.query_index.tolist(), refs.prediction.tolist(), target.tolist())

@@ -23,9 +23,10 @@ from torch import Tensor
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
+from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
 from cama.metrics.rerank import re_ranked_distances
-from cama.viz import Explainer, ranking_figure, to_uint8
+from cama.viz import Explainer, picture_title, ranking_figure, to_uint8
 from explaining.common import MARKET_NAME, FileImages, write_picture
 
 __all__ = ["DatasetRanking", "FileRanking", "explain_rankings"]
@@ -55,6 +56,10 @@ class DatasetRanking:
         found, matches = self.provider.rank(gallery, query, torch.tensor([index], device=query.device), k, distances)
         keep = found[0] >= 0
         return found[0][keep].tolist(), matches[0][keep].tolist()
+
+    def label_text(self, index: int) -> str:
+        """The identity (re-ID) or class (retrieval) of item ``index``, as drawn under its image."""
+        return f"{'id' if self.reid else 'class'} {int(self.labels[index])}"
 
     def name(self, index: int) -> str:
         label = int(self.labels[index])
@@ -96,6 +101,10 @@ class FileRanking:
         found = [self.gallery[r] for r in rows.tolist()]
         flags = (g_labels[rows] == self.labels[index]).tolist() if self.known else None
         return found, flags
+
+    def label_text(self, index: int) -> str:
+        """The identity of a Market-1501 file name; '' when the names give none."""
+        return f"id {int(self.labels[index])}" if self.known else ""
 
     def name(self, index: int) -> str:
         return self.files[index].stem
@@ -143,11 +152,20 @@ def explain_rankings(
             for j, g in enumerate(found)
         ]
         frames = torch.tensor(flags) if flags is not None else None
+        if distances is not None:  # the re-ranked distances the list is ordered by
+            listed_distances = distances[0, [data.gallery.index(g) for g in found]]
+        else:
+            listed_distances = pairwise_distance(query.embedding, listed.embedding)[0]
+        gallery_labels = [data.label_text(g) for g in found]
         for method in methods:
             target = query.embedding if method == "ram" else listed.embedding[:1]
             query_maps = explainer.explain(method, query, target)[0]
             listed_maps = explainer.explain(method, listed, query.embedding.expand(len(found), -1))
-            picture = ranking_figure(query_picture, listed_pictures, frames, query_maps, listed_maps, alpha, colormap)
+            picture = ranking_figure(
+                query_picture, listed_pictures, frames, query_maps, listed_maps, alpha, colormap,
+                title=picture_title(method, subject=name), query_label=data.label_text(index),
+                gallery_labels=gallery_labels, distances=listed_distances,
+            )
             written.append(write_picture(picture, output, name, method))
     with open(output / "rankings.json", "w") as f:
         json.dump(rankings, f, indent=2)

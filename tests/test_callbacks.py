@@ -18,7 +18,7 @@ from cama.explain import dist_cam, draw_boxes, postprocess, ram_per_branch
 from cama.metrics import ReIDRankMetric
 from cama.metrics.ranking import EmbeddingSet
 from cama.references import ReIDReferences, RetrievalReferences, choose_probes
-from cama.viz import GREEN, RED, Explainer, check_methods, default_gradient_layers, frame, probe_grid, ranking_figure
+from cama.viz import GREEN, Explainer, check_methods, default_gradient_layers, frame
 from cama.models import CAMA
 from datamodules import ReIDDataModule
 
@@ -208,18 +208,11 @@ def test_gradient_maps_per_branch_leave_the_model_untouched(model, datamodule):
 # --------------------------------------------------------------------------------------------------
 # pictures
 # --------------------------------------------------------------------------------------------------
-def test_frames_grids_and_ranking_figures():
+def test_frames_and_boxes():  # the layout of the pictures: tests/test_pictures.py
     images = torch.zeros(2, 3, 16, 8, dtype=torch.uint8)
     framed = frame(images, [GREEN, None], width=2)
     assert framed[0, :, 0, 0].tolist() == list(GREEN) and framed[0, :, 8, 4].tolist() == [0, 0, 0]
     assert framed[1].sum() == 0
-    maps = torch.rand(2, 3, 16, 8)
-    picture = probe_grid(images, images, maps, maps, torch.tensor([True, False]))
-    assert picture.dtype == torch.uint8 and picture.shape == (3, 2 * 18 + 2, 8 * 10 + 2)
-    assert picture[:, 2, 10 + 2].tolist() == list(GREEN)  # the first reference frame
-    assert picture[:, 20, 10 + 2].tolist() == list(RED)
-    figure = ranking_figure(images[0], images, torch.tensor([False, True]), maps[0], maps)
-    assert figure.shape == (3, 4 * 18 + 2, 3 * 10 + 2)
     boxed = draw_boxes(images, torch.tensor([[1.0, 2.0, 5.0, 9.0], [0.0, 0.0, 0.0, 0.0]]))
     outline = boxed[0, 0] > 0
     assert outline[2, 1:5].all() and outline[8, 1:5].all() and outline[2:9, 1].all() and outline[2:9, 4].all()

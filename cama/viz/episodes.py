@@ -13,6 +13,7 @@ its ``supports``, the ``metric`` the logits compare with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from cama.explain import dist_cam, fam, postprocess, ram
 from cama.viz.explainer import GRADIENT_METHODS, Explainer
 from cama.viz.pictures import probe_grid
 
-__all__ = ["FEW_SHOT_METHODS", "episode_maps", "support_maps", "probe_rows", "episode_grid"]
+__all__ = ["FEW_SHOT_METHODS", "episode_maps", "support_maps", "probe_rows", "class_labels", "episode_grid"]
 
 FEW_SHOT_METHODS: tuple[str, ...] = ("dist_cam", "fam", "ram", *GRADIENT_METHODS)
 
@@ -68,16 +69,31 @@ def probe_rows(target: Tensor, count: int) -> Tensor:
     return torch.argsort(rank_in_class * total + target, stable=True)[:count]
 
 
-def episode_grid(pictures: dict[str, Tensor], method: str, alpha: float = 0.5, colormap: str = "jet") -> Tensor:
+def class_labels(classes: Tensor | None, names: Sequence[str] | None = None) -> list[str] | None:
+    """``class <c>`` (or ``names[c]``) for each entry, ``class ?`` for an unknown class (``-1``);
+    None stays None."""
+    if classes is None:
+        return None
+    return [("class ?" if c < 0 else names[c] if names is not None else f"class {c}") for c in classes.tolist()]
+
+
+def episode_grid(
+    pictures: dict[str, Tensor], method: str, alpha: float = 0.5, colormap: str = "jet", title: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Tensor:
     """The picture of one method: per probe, query | first support of the predicted class (green:
-    right class, red: wrong) | the map on the query | the map on that support.
+    right class, red: wrong) | the map on the query | the map on that support, with the query's
+    true class and the support's (predicted) class under them (:func:`cama.viz.probe_grid`).
 
     ``pictures`` holds ``probe_images`` / ``reference_images`` (``uint8``), ``matches``, the maps
     ``<method>`` and ``<method>/reference`` ``[P, H, W]``, and optionally ``probe_boxes`` /
-    ``reference_boxes``.
+    ``reference_boxes`` and the episode classes ``probe_classes`` (truth, -1: unknown) /
+    ``reference_classes`` (predicted), drawn as ``class_names`` when given.
     """
     return probe_grid(
         pictures["probe_images"], pictures["reference_images"], pictures[method][:, None],
         pictures[f"{method}/reference"][:, None], pictures.get("matches"), alpha, colormap,
-        pictures.get("probe_boxes"), pictures.get("reference_boxes"),
+        pictures.get("probe_boxes"), pictures.get("reference_boxes"), title=title, names=("query", "support"),
+        probe_labels=class_labels(pictures.get("probe_classes"), class_names),
+        reference_labels=class_labels(pictures.get("reference_classes"), class_names),
     )

@@ -1,13 +1,17 @@
 """Pictures of explanations: probe grids and ranking lists, ``uint8`` tensors ready for a PNG.
 
-Every picture is a ``uint8`` ``[3, H', W']`` tensor built with :func:`cama.explain.overlay` and
-:func:`cama.explain.grid`:
+Every picture is a ``uint8`` ``[3, H', W']`` tensor laid out by :func:`cama.viz.layout.sheet`: the
+images upscaled to tiles at least 128 pixels high (:func:`cama.viz.layout.display_scale`), frames
+and ground-truth boxes as wide as the tile size asks, a title line (e.g. the epoch), column headers,
+captions under the tiles and a colour bar of the overlays' colour map (0 to 1) at the bottom:
 
 * :func:`probe_grid` -- one row per probe: the probe, its reference (framed green for a true
-  match, red for a false one), the maps on the probe (each branch, then summed), the maps on the
-  reference (the same);
-* :func:`ranking_figure` -- cama-ram Fig. 4 / Fig. 8: the query and its top-k gallery images
-  (framed green / red) on the first row, then one row per branch and one for the summed map, the
+  match, red for a false one), then -- after a gap -- the maps on the probe (each branch, then
+  summed), then the maps on the reference (the same). Captions: the probe's identity, the
+  reference's distance and identity.
+* :func:`ranking_figure` -- cama-ram Fig. 4 / Fig. 8: the query, a gap, and its top-k gallery
+  images (``rank 1`` ... headers, framed green / red, distance and identity under each) on the
+  first row, then one row per branch and one for the summed map (labelled on the left), the
   query's own map (RAM ``R_q^q``) first and each gallery image's map (``R_g^q``) after it.
 
 Where they go (TensorBoard, PNG files) is the caller's business (``callbacks.image_sink``).
@@ -21,8 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cama.explain import draw_boxes, grid, overlay
+from cama.explain import draw_boxes, overlay
 from cama.protocols import ShowsImages
+from cama.viz.layout import Scale, display_scale, sheet, upscale
 
 __all__ = [
     "GREEN",
@@ -31,10 +36,13 @@ __all__ = [
     "frame",
     "draw_boxes",
     "heat_overlays",
+    "map_labels",
+    "picture_title",
     "probe_grid",
+    "probe_grid_legend",
     "ranking_figure",
+    "ranking_legend",
 ]
-
 GREEN: tuple[int, int, int] = (0, 200, 0)
 RED: tuple[int, int, int] = (230, 0, 0)
 Color = tuple[int, int, int]
@@ -70,17 +78,40 @@ def heat_overlays(
     alpha: float = 0.5,
     colormap: str = "jet",
     boxes: Tensor | None = None,
+    scale: Scale | None = None,
 ) -> Tensor:
     """``uint8`` overlays of maps in ``[0, 1]`` ``[B, H, W]`` on ``uint8`` images ``[B, 3, H, W]``,
-    with an optional white ground-truth box ``[B, 4]`` per image."""
+    with an optional white ground-truth box ``[B, 4]`` per image.
+
+    With a ``scale`` the overlays are upscaled by ``scale.factor`` (nearest) and the boxes drawn on
+    the upscaled tiles with lines ``scale.box`` wide; without one, at the images' size, 1 pixel wide.
+    """
     out = overlay(images, maps, alpha=alpha, colormap_name=colormap, normalize=False)  # type: ignore
-    return out if boxes is None else draw_boxes(out, boxes)
+    factor, width = (scale.factor, scale.box) if scale is not None else (1, 1)
+    out = upscale(out, factor)
+    return out if boxes is None else draw_boxes(out, boxes.float() * factor, width=width)
 
 
 def _match_colors(matches: Tensor | None, count: int) -> list[Color | None]:
     if matches is None:
         return [None] * count
     return [GREEN if bool(m) else RED for m in matches]
+
+
+def map_labels(count: int) -> list[str]:
+    """Headers of ``count`` map columns: ``branch 1 .. branch N`` then ``sum`` (one map: ``map``)."""
+    return ["map"] if count == 1 else [f"branch {i + 1}" for i in range(count - 1)] + ["sum"]
+
+
+def picture_title(method: str, epoch: int | None = None, stage: str = "val", subject: str = "") -> str:
+    """The title line: ``epoch 7 · val · ram`` (and `` · subject``); without an epoch, ``ram · subject``."""
+    parts = ([f"epoch {epoch}", stage] if epoch is not None else []) + [method] + ([subject] if subject else [])
+    return " · ".join(parts)
+
+
+def _distance_caption(distance: Tensor | None, label: str) -> str:
+    text = f"d {float(distance):.3g}" if distance is not None else ""
+    return "\n".join(t for t in (text, label) if t)
 
 
 def probe_grid(
@@ -93,6 +124,12 @@ def probe_grid(
     colormap: str = "jet",
     probe_boxes: Tensor | None = None,
     reference_boxes: Tensor | None = None,
+    *,
+    title: str | None = None,
+    names: tuple[str, str] = ("probe", "reference"),
+    probe_labels: Sequence[str] | None = None,
+    reference_labels: Sequence[str] | None = None,
+    distances: Tensor | None = None,
 ) -> Tensor:
     """One row per probe: probe | reference (framed) | maps on the probe | maps on the reference.
 
@@ -101,28 +138,53 @@ def probe_grid(
         probe_maps, reference_maps: ``[P, M, H, W]`` in ``[0, 1]`` (M maps: branches then summed).
         matches: ``[P]`` bool, whether each reference is a true match (green / red frame).
         probe_boxes, reference_boxes: optional ground-truth boxes ``[P, 4]`` drawn on the overlays.
+        title: the first line (e.g. :func:`picture_title`).
+        names: what the two image columns are (headers, and group headers ``maps on the <name>``; with
+            one map each, the map columns are headed ``<name> map``).
+        probe_labels, reference_labels: ``[P]`` identity / class texts under the images.
+        distances: ``[P]`` probe-to-reference distances, under the reference.
 
     Returns:
         ``uint8`` ``[3, H', W']``.
     """
     count, num_maps = probe_maps.shape[:2]
+    scale = display_scale(*probes.shape[-2:])
 
-    def overlays(pictures: Tensor, maps: Tensor, boxes: Tensor | None) -> Tensor:  # [P, M, 3, H, W], one call
+    def overlays(pictures: Tensor, maps: Tensor, boxes: Tensor | None) -> Tensor:  # [P, M, 3, h, w], one call
         repeated = pictures[:, None].expand(-1, num_maps, -1, -1, -1).flatten(0, 1)
         box_rows = None if boxes is None else boxes[:, None].expand(-1, num_maps, -1).flatten(0, 1)
-        out = heat_overlays(repeated, maps.flatten(0, 1), alpha, colormap, box_rows)
+        out = heat_overlays(repeated, maps.flatten(0, 1), alpha, colormap, box_rows, scale)
         return out.reshape(count, num_maps, *out.shape[1:]).cpu()
 
-    rows = torch.cat(
+    framed = frame(upscale(references, scale.factor), _match_colors(matches, count), scale.frame)
+    tiles = torch.cat(
         [
-            probes[:, None].cpu(),
-            frame(references, _match_colors(matches, count))[:, None].cpu(),
+            upscale(probes, scale.factor)[:, None].cpu(),
+            framed[:, None].cpu(),
             overlays(probes, probe_maps, probe_boxes),
             overlays(references, reference_maps, reference_boxes),
         ],
         dim=1,
-    )  # [P, 2 + 2M, 3, H, W]
-    return grid(rows.flatten(0, 1), nrow=rows.shape[1])
+    )  # [P, 2 + 2M, 3, h, w]
+    labels = map_labels(num_maps)
+    captions = [
+        [
+            probe_labels[i] if probe_labels is not None else "",
+            _distance_caption(distances[i] if distances is not None else None,
+                              reference_labels[i] if reference_labels is not None else ""),
+            *[""] * (2 * num_maps),
+        ]
+        for i in range(count)
+    ]
+    if num_maps == 1:  # one map each: "<name> map" headers, no group headers
+        headers, groups = [*names, *(f"{name} map" for name in names)], []
+    else:
+        headers = [*names, *labels, *labels]
+        groups = [(2 + i * num_maps, 2 + (i + 1) * num_maps, f"maps on the {name}") for i, name in enumerate(names)]
+    return sheet(
+        tiles, scale, headers=headers, groups=groups, captions=captions, title=title,
+        gaps_after=[1, 1 + num_maps], colormap=colormap,
+    )
 
 
 def ranking_figure(
@@ -133,6 +195,11 @@ def ranking_figure(
     gallery_maps: Tensor,
     alpha: float = 0.5,
     colormap: str = "jet",
+    *,
+    title: str | None = None,
+    query_label: str = "",
+    gallery_labels: Sequence[str] | None = None,
+    distances: Tensor | None = None,
 ) -> Tensor:
     """A ranking list with a row of maps per branch (cama-ram Fig. 4 and Fig. 8).
 
@@ -142,14 +209,58 @@ def ranking_figure(
         matches: ``[k]`` bool, true / false matches (green / red frames); None draws no frames.
         query_maps: ``[M, H, W]`` in ``[0, 1]``: the query's maps (branches, then summed).
         gallery_maps: ``[k, M, H, W]`` in ``[0, 1]``.
+        title: the first line (e.g. :func:`picture_title`).
+        query_label, gallery_labels: identity / class texts under the query and each gallery image.
+        distances: ``[k]`` query-to-gallery distances, under each gallery image.
 
     Returns:
-        ``uint8`` ``[3, H', W']``: ``M + 1`` rows of ``k + 1`` images.
+        ``uint8`` ``[3, H', W']``: a title, ``rank`` headers, ``M + 1`` labelled rows of ``k + 1``
+        tiles (a gap after the query), the captions under the first row, a colour bar.
     """
     count, num_maps = gallery.shape[0], query_maps.shape[0]
-    header = torch.cat([query[None].cpu(), frame(gallery, _match_colors(matches, count)).cpu()])
-    pictures = torch.cat([query[None], gallery])  # [k + 1, 3, H, W]
-    maps = torch.cat([query_maps[None], gallery_maps]).transpose(0, 1)  # [M, k + 1, H, W]
+    scale = display_scale(*query.shape[-2:])
+    pictures = torch.cat([query[None], gallery.to(query.device)])  # [k + 1, 3, H, W]
+    images = upscale(pictures, scale.factor).cpu()
+    images = torch.cat([images[:1], frame(images[1:], _match_colors(matches, count), scale.frame)])
+    maps = torch.cat([query_maps[None], gallery_maps.to(query_maps.device)]).transpose(0, 1)  # [M, k + 1, H, W]
     repeated = pictures[None].expand(num_maps, -1, -1, -1, -1).flatten(0, 1)
-    overlays = heat_overlays(repeated, maps.flatten(0, 1).to(pictures.device), alpha, colormap).cpu()
-    return grid(torch.cat([header, overlays]), nrow=count + 1)
+    overlays = heat_overlays(repeated, maps.flatten(0, 1).to(pictures.device), alpha, colormap, scale=scale).cpu()
+    tiles = torch.cat([images[None], overlays.reshape(num_maps, count + 1, *overlays.shape[1:])])
+    captions = [query_label] + [
+        _distance_caption(distances[j] if distances is not None else None,
+                          gallery_labels[j] if gallery_labels is not None else "")
+        for j in range(count)
+    ]
+    return sheet(
+        tiles, scale, headers=["query", *[f"rank {j + 1}" for j in range(count)]],
+        captions=[captions] + [[""] * (count + 1)] * num_maps, row_labels=["images", *map_labels(num_maps)],
+        title=title, gaps_after=[0], colormap=colormap,
+    )
+
+
+def probe_grid_legend(names: tuple[str, str] = ("probe", "reference"), reference: str = "", branches: bool = True) -> str:
+    """What a :func:`probe_grid` shows, in Markdown (the TensorBoard text of the callbacks);
+    ``branches=False``: one map per image, no branches."""
+    probe, ref = names
+    maps = (
+        f"*maps on the {probe}*: one per branch (`branch i`), then their `sum` | *maps on the {ref}*: the same"
+        if branches else f"`{probe} map`: the map on the {probe} | `{ref} map`: the map on the {ref}"
+    )
+    return (
+        f"One row per {probe}. Columns: **{probe}** | **{ref}**{f' ({reference})' if reference else ''}, framed "
+        f"green when it is a true match, red when not | {maps}. Under the images: the identity or class "
+        f"(`id`, `class`) and the {probe}-to-{ref} distance (`d`) where known. White boxes: the ground "
+        "truth. The bar at the bottom: the colours of the map values 0 (low) to 1 (high), each map "
+        "min-max normalised on its own."
+    )
+
+
+def ranking_legend() -> str:
+    """What a :func:`ranking_figure` shows, in Markdown."""
+    return (
+        "A ranking list (cama-ram Fig. 4 / 8). First row: the **query**, then its gallery images by "
+        "rank (`rank 1` = nearest), framed green for a true match, red for a false one, with the "
+        "distance `d` and the identity / class under each. Then one row per branch (`branch i`) and "
+        "one for the `sum`: the query's own map first, each gallery image's map against the query "
+        "after it. The bar at the bottom: the colours of the map values 0 to 1."
+    )
