@@ -12,6 +12,8 @@ data module class (``datamodules.ReIDDataModule``, ...). Beyond Lightning's own 
   ``last-interrupted.ckpt`` next to the run's checkpoints
   (:class:`~callbacks.interrupt_checkpoint.InterruptCheckpoint`), exits with a non-zero status
   (143, 130, 1) and says in its last line how to resume;
+* every command gets :class:`~callbacks.tensorboard_summary.TensorBoardSummary` (``hp_metric`` = the
+  best monitored value, the hyperparameters, a custom-scalars layout);
 * ``trainer.default_root_dir`` defaults to ``runs/``: without a logger (``--trainer.logger false``)
   or under ``--trainer.fast_dev_run`` the metrics, the saved config and the callbacks' pictures go
   there, never loose into the working directory;
@@ -39,6 +41,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.embedding_writer import EmbeddingWriter
 from callbacks.interrupt_checkpoint import InterruptCheckpoint
+from callbacks.tensorboard_summary import TensorBoardSummary
 from cama.errors import exit_on_input_error
 from cama.models.checkpoints import check_ckpt_path
 
@@ -137,7 +140,7 @@ def main(args: list[str] | None = None, interrupt: InterruptCheckpoint | None = 
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "default_root_dir": "runs",
-            "callbacks": [interrupt or InterruptCheckpoint(), EmbeddingWriter()],
+            "callbacks": [interrupt or InterruptCheckpoint(), EmbeddingWriter(), TensorBoardSummary()],
         },
         args=args,
     )

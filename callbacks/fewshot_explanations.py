@@ -20,9 +20,11 @@ Scalars (``<prefix>/<method>/<name>``, the names of :class:`~callbacks.Localizat
 ``max_box_acc``, ``max_box_acc_tau``, ``energy``, ``center_box_iou`` / ``center_box_acc`` (a
 centred box of the mean size of the method's boxes), ``otsu_*`` against the object mask, and
 ``ad`` / ``ic`` (fam Eq. 21-22, the score being the softmax probability of the predicted class over
-the episode's prototypes, on the query and on the query multiplied by its map). Once per epoch:
-``<prefix>/center_baseline/box_iou``, ``box_acc`` (centred box of the mean ground-truth size) and
-``<prefix>/uniform_baseline/energy``.
+the episode's prototypes, on the query and on the query multiplied by its map; every method's masked
+queries go through the model in one forward). The baselines ``<prefix>/center_baseline/box_iou``,
+``box_acc`` (centred box of the mean ground-truth size), ``<prefix>/uniform_baseline/energy`` and the
+thresholds ``max_box_acc_tau`` are constants: they go to ``trainer.callback_metrics`` and, as text,
+to TensorBoard (:class:`~callbacks.score_logging.ScoreLogger`), not as scalar curves.
 
 Pictures (``<tag_prefix>/<method>``), one row per probe query of the first episode: query |
 first support of the predicted class (green frame: right class, red: wrong) | the map on the query |
@@ -47,6 +49,7 @@ from torch import Tensor
 
 from callbacks.base import ExplanationCallback
 from callbacks.image_sink import ImageSink, logging_step
+from callbacks.score_logging import ScoreLogger
 from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
@@ -93,7 +96,7 @@ class FewShotExplanations(ExplanationCallback):
         colormap: str = "jet",
         draw_boxes: bool = True,
         save_png: bool = False,
-        prefix: str = "val/loc",
+        prefix: str = "loc",
         tag_prefix: str = "explanations",
         gradient_layers: list[str] | None = None,
         truncation: float | None = None,
@@ -123,6 +126,7 @@ class FewShotExplanations(ExplanationCallback):
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
         self.last_results: dict[str, float] = {}
+        self.score_logger = ScoreLogger(self.prefix)
         self.last_written: list[str] = []
         self._active = False
         self._scores: tuple[Any, MapScores] | None = None
@@ -175,8 +179,7 @@ class FewShotExplanations(ExplanationCallback):
             results = self._scores[1].compute_named(self.prefix)
             self._scores[1].reset()
         self.last_results = {k: float(v) for k, v in results.items()}
-        for name, value in results.items():
-            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+        self.score_logger.log(trainer, pl_module, results)
         pictures, self._pictures = self._pictures, None
         if trainer.is_global_zero and pictures is not None:
             self.last_written = self._render(trainer, sink, pictures)
@@ -218,20 +221,25 @@ class FewShotExplanations(ExplanationCallback):
         if any(scores.has_faithfulness(m) for m in self.methods):  # the score of fam Eq. 21-22
             query_embedding = pl_module.embed_maps([refs.query_maps])
             score = pl_module.logits(query_embedding, refs.prototypes).softmax(1).gather(1, predicted)[:, 0]
+        masked_images: dict[str, Tensor] = {}  # the queries times each method's maps
         for method in self.methods:
             maps = episode_maps(
                 method, explainer, query_images, refs.query_maps, refs.prototype, refs.supports, refs.metric, size
             )
             scores.update_maps(method, maps, boxes, person, correct)
-            if scores.has_faithfulness(method):  # probability of the predicted class on the query times its map
-                masked = pl_module.embed_maps(pl_module.feature_maps(mask_images(query_images, maps, mean, std)))
-                masked_score = pl_module.logits(masked, refs.prototypes).softmax(1).gather(1, predicted)[:, 0]
-                scores.update_faithfulness(method, score, masked_score)
+            if scores.has_faithfulness(method):
+                masked_images[method] = mask_images(query_images, maps, mean, std)
             if probes is not None:  # the support explained against the query (its single reference)
                 pictures[method] = maps[probes]
                 pictures[f"{method}/reference"] = support_maps(
                     method, explainer, pl_module, images, all_maps, refs, probes, size
                 )
+        if masked_images:  # probability of the predicted class on the masked queries: one forward
+            masked = pl_module.embed_maps(pl_module.feature_maps(torch.cat(list(masked_images.values()))))
+            probabilities = pl_module.logits(masked, refs.prototypes).softmax(1)
+            masked_scores = probabilities.gather(1, predicted.repeat(len(masked_images), 1))[:, 0]
+            for method, chunk in zip(masked_images, masked_scores.split(len(query_images))):
+                scores.update_faithfulness(method, score, chunk)
         if probes is not None:
             support = refs.support_index[probes, 0]
             pictures["probe_images"] = query_images[probes]

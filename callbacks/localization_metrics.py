@@ -10,7 +10,7 @@ image for retrieval), ranked with the embeddings the model computed in its valid
 scores each method's summed map on the query image (:mod:`cama.viz.explainer`: Dist-CAM against the reference's embedding, the query's own
 RAM ``R_q^q``, FAM with the reference as the single support, the gradient CAMs of the similarity
 to the reference, CAM of the predicted training identity) against the ground truth the data set
-provides. Logged as ``<prefix>/<method>/<name>`` (``prefix="val/loc"``):
+provides. Logged as ``<prefix>/<method>/<name>`` (``prefix="loc"``):
 
 * with boxes (:class:`~cama.metrics.BoxLocalization`, :class:`~cama.metrics.EnergyPointingGame`):
   ``box_iou``, ``box_acc`` (IoU >= 0.5 at ``tau``), ``top1_loc_err`` (for re-ID "correct" = the
@@ -23,12 +23,14 @@ provides. Logged as ``<prefix>/<method>/<name>`` (``prefix="val/loc"``):
   ``ad`` and ``ic`` (fam Eq. 21-22) with the cosine similarity to the reference as the score and the
   query masked by the map (:func:`cama.metrics.mask_images`).
 
-And once per epoch: ``<prefix>/center_baseline/box_iou`` and ``box_acc`` (a centred box of the
-mean ground-truth size), ``<prefix>/uniform_baseline/energy`` (the pointing-game score of a
-constant map: the box's share of the image) and, for a multi-branch model,
-``<prefix>/branch_overlap_iou``: the mean
-pairwise IoU between the branches' top-k masks of their RAMs ``R_q^q`` with ``k`` the OAP's
-(the model's ``overlap_topk()``, :class:`cama.protocols.HasOverlapPenalty`, cama-ram Eq. 5) -- what the Overlapped Activation
+And: ``<prefix>/center_baseline/box_iou`` and ``box_acc`` (a centred box of the mean ground-truth
+size), ``<prefix>/uniform_baseline/energy`` (the pointing-game score of a constant map: the box's
+share of the image) -- these baselines and the thresholds ``max_box_acc_tau`` go to
+``trainer.callback_metrics`` and, as text, to TensorBoard, not as scalar curves
+(:class:`~callbacks.score_logging.ScoreLogger`) -- and, for a multi-branch model,
+``<prefix>/branch_overlap_iou``: the mean pairwise IoU between the branches' top-k masks of their
+RAMs ``R_q^q`` with ``k`` the OAP's (the model's ``overlap_topk()``,
+:class:`cama.protocols.HasOverlapPenalty`, cama-ram Eq. 5) -- what the Overlapped Activation
 Penalty exists to lower. With ``per_branch=True`` every method's per-branch maps are scored too
 (``<prefix>/<method>_branch<i>/<name>``).
 
@@ -49,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from callbacks.base import RankingCallback, RankingProbes, load_items, stack_captured
+from callbacks.score_logging import ScoreLogger
 from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
@@ -101,7 +104,7 @@ class LocalizationMetrics(RankingCallback):
         gradient_layers: list[str] | None = None,
         truncation: float | None = None,
         truncation_per_channel: bool = False,
-        prefix: str = "val/loc",
+        prefix: str = "loc",
         reuse_features: bool = True,
         cpu_threads: int | None = 1,
     ) -> None:
@@ -126,6 +129,7 @@ class LocalizationMetrics(RankingCallback):
         self.reuse_features = reuse_features
         self.samples = RankingProbes(self.num_samples, self.seed)
         self.last_results: dict[str, float] = {}
+        self.score_logger = ScoreLogger(self.prefix)
         self._scores: tuple[Any, MapScores] | None = None
 
     # ------------------------------------------------------------------ state
@@ -160,8 +164,7 @@ class LocalizationMetrics(RankingCallback):
         with self.threads(pl_module):
             results = self._score(trainer, pl_module, *inputs, captured)
         self.last_results = {k: float(v) for k, v in results.items()}
-        for name, value in results.items():
-            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+        self.score_logger.log(trainer, pl_module, results)
 
     # ------------------------------------------------------------------ scoring
     def _owned_positions(

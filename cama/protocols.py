@@ -42,6 +42,7 @@ __all__ = [
     "ReferenceProvider",
     "RankingTask",
     "EpisodeTask",
+    "HasHeadlineMetrics",
     "EvaluationOutputs",
     "ShowsImages",
 ]
@@ -134,6 +135,15 @@ class EpisodeTask(Protocol):
 
     def logits(self, queries: Tensor, prototypes: Tensor) -> Tensor:
         """``[Q, N]`` class scores of query embeddings against prototypes (the softmax of AD/IC)."""
+        ...
+
+
+@runtime_checkable
+class HasHeadlineMetrics(Protocol):
+    """A model that names the few validation metrics a researcher looks at first."""
+
+    def headline_metrics(self) -> list[str]:
+        """Their logged names (e.g. ``["Val/mAP", "Val/rank1", "Val/mINP"]``)."""
         ...
 
 

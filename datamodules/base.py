@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
@@ -11,7 +12,18 @@ from torch.utils.data import DataLoader, Dataset
 from .image_check import check_split_images
 from .images import IMAGENET_MEAN, IMAGENET_STD, NormalizeImage, denormalize_images
 
-__all__ = ["ImageDataModule"]
+__all__ = ["ImageDataModule", "DATASET_OPTIONS", "REAL_DATA_OPTIONS"]
+
+#: options that apply only to a data set on disk (``synthetic_*`` apply only to ``"synthetic"``)
+REAL_DATA_OPTIONS = ("root", "test_dataset", "test_root", "check_images")
+#: options that apply only to some data sets
+DATASET_OPTIONS = {
+    "cuhk03_variant": ("cuhk03",),
+    "camera_pattern": ("folders",),
+    "min_train_images": ("folders",),
+    "split_folders": ("folders",),
+    "cub_train_classes": ("cub200",),
+}
 
 
 class ImageDataModule(LightningDataModule):
@@ -41,6 +53,24 @@ class ImageDataModule(LightningDataModule):
         self._images_checked: set[str] = set()
         self._generator: Any = None
         self._raw: dict[str, Dataset] | None = None
+
+    def inapplicable_options(self, *datasets: str | None) -> list[str]:
+        """The ``__init__`` options that do not apply to ``self.dataset`` (nor to ``datasets``, e.g. a
+        cross-domain ``test_dataset``): left out of ``save_hyperparameters``, so the logged
+        hyperparameters (TensorBoard's HPARAMS, ``hparams.yaml``) are the run's own."""
+        used = {self.dataset, *(d for d in datasets if d)}
+        real = bool(used - {"synthetic"})
+        out = []
+        for name in inspect.signature(type(self).__init__).parameters:
+            if name.startswith("synthetic_"):
+                applies = "synthetic" in used
+            elif name in REAL_DATA_OPTIONS:
+                applies = real
+            else:
+                applies = name not in DATASET_OPTIONS or bool(used & set(DATASET_OPTIONS[name]))
+            if not applies:
+                out.append(name)
+        return out
 
     # -- raw data ------------------------------------------------------------------------------
 

@@ -156,7 +156,7 @@ class FewShotDataModule(ClassImagesDataModule):
                                      synthetic_splits)
         super().__init__(dataset, root, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
                          synthetic, synthetic_seed, check_images)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=self.inapplicable_options())
         self.split_folders = tuple(split_folders) if split_folders else None
         self.train_episode = (int(train_way), int(train_shot), int(train_query))
         self.eval_episode = (int(eval_way), int(eval_shot), int(eval_query))

@@ -243,7 +243,7 @@ class ReIDDataModule(ImageDataModule):
         if cuhk03_variant not in ("labeled", "detected"):
             raise ValueError(f"cuhk03_variant must be 'labeled' or 'detected', got {cuhk03_variant!r}")
         super().__init__(dataset, root, num_workers, check_images)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=self.inapplicable_options(test_dataset))
         self.cuhk03_variant = cuhk03_variant
         self.cross_domain = test_dataset is not None or test_root is not None
         #: the data set and root of the query + gallery (``dataset`` / ``root`` unless cross-domain)

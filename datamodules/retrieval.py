@@ -138,7 +138,7 @@ class RetrievalDataModule(ClassImagesDataModule):
         synthetic = synthetic_config(dataset, synthetic_num_classes, synthetic_images_per_class, synthetic_size)
         super().__init__(dataset, root, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
                          synthetic, synthetic_seed, check_images)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=self.inapplicable_options())
         self.resize_size = int(resize_size) if resize_size else None
         self.crop_scale = tuple(float(s) for s in crop_scale) if crop_scale is not None else None
         self.m_per_class = int(m_per_class)

@@ -252,11 +252,11 @@ def test_localization_reuses_the_validation_features(model, datamodule, tmp_path
             "ad",
             "ic",
         ):
-            assert f"val/loc/{method}/{name}" in results, name
+            assert f"loc/{method}/{name}" in results, name
     for name in (
-        "val/loc/center_baseline/box_acc",
-        "val/loc/uniform_baseline/energy",
-        "val/loc/branch_overlap_iou",
+        "loc/center_baseline/box_acc",
+        "loc/uniform_baseline/energy",
+        "loc/branch_overlap_iou",
     ):
         assert name in results
     assert results.keys() == recomputed.last_results.keys()
@@ -319,7 +319,7 @@ def test_every_n_epochs_skips_validation_epochs(model, datamodule, tmp_path):
     )
     validate(model, datamodule, [metrics], tmp_path)
     assert metrics.last_results and metrics.validation_epochs == 1
-    assert {"val/loc/gradcam/box_acc", "val/loc/gradcam/ad", "val/loc/ram/ic"} <= metrics.last_results.keys()
+    assert {"loc/gradcam/box_acc", "loc/gradcam/ad", "loc/ram/ic"} <= metrics.last_results.keys()
     metrics.last_results = {}
     validate(model, datamodule, [metrics], tmp_path)
     assert metrics.last_results == {} and metrics.validation_epochs == 2
@@ -348,8 +348,8 @@ def test_predict_file_scores_like_validate(model, datamodule, tmp_path):
     # the file, scored without the model, gives the numbers validate logs
     scored = evaluate_file(writer.last_path)
     validated = validate(model, datamodule, [], tmp_path).callback_metrics
-    for name in ("mAP", "mINP", "rank1", "rank5"):
-        assert scored[name] == pytest.approx(float(validated[f"val/{name}"]), abs=1e-6), name
+    for name, logged in (("mAP", "Val/mAP"), ("mINP", "Val/mINP"), ("rank1", "Val/rank1"), ("rank5", "val/rank5")):
+        assert scored[name] == pytest.approx(float(validated[logged]), abs=1e-6), name
     reranked = evaluate_file(writer.last_path, rerank=True)  # the plain numbers stay, *_rerank join them
     assert reranked["mAP"] == scored["mAP"] and "mAP_rerank" in reranked
 

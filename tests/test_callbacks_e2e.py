@@ -1,8 +1,10 @@
 """The main job's explanation callbacks end to end: ``train.py fit`` on a tiny synthetic set.
 
 The run's TensorBoard event file, read back with TensorBoard's own reader, holds an image per
-enabled method (and the ranking lists) and the ``val/loc/...`` scalars for every validation epoch;
-two processes give the localization numbers of one. Subprocesses as in ``test_train_cli.py``.
+enabled method (and the ranking lists) and the ``loc/...`` scalars for every validation epoch, the
+baselines and thresholds as text (not as scalar curves), ``hp_metric`` = the best monitored value, the
+hyperparameters of this data set only and a custom-scalars layout that names logged tags; two
+processes give the localization numbers of one. Subprocesses as in ``test_train_cli.py``.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def test_event_file_holds_images_and_localization_scalars_of_every_validation_ep
     accumulator = EventAccumulator(str(events[0]), size_guidance={"images": 0, "scalars": 0})
     accumulator.Reload()
     tags = accumulator.Tags()
-    validation_steps = [event.step for event in accumulator.Scalars("val/mAP")]
+    validation_steps = [event.step for event in accumulator.Scalars("Val/mAP")]
     assert len(validation_steps) == EPOCHS  # the sanity check logs nothing
     expected_images = [f"explanations/{m}" for m in METHODS] + [
         "explanations/ranking/query_0",
@@ -129,11 +131,7 @@ def test_event_file_holds_images_and_localization_scalars_of_every_validation_ep
         "ic",
         "center_box_acc",
     ]
-    expected_scalars = [f"val/loc/{m}/{n}" for m in METHODS for n in names] + [
-        "val/loc/center_baseline/box_acc",
-        "val/loc/uniform_baseline/energy",
-        "val/loc/branch_overlap_iou",
-    ]
+    expected_scalars = [f"loc/{m}/{n}" for m in METHODS for n in names] + ["loc/branch_overlap_iou"]
     for tag in expected_scalars:
         assert tag in tags["scalars"], f"{tag} missing"
         values = accumulator.Scalars(tag)
@@ -142,7 +140,7 @@ def test_event_file_holds_images_and_localization_scalars_of_every_validation_ep
 
 
 def test_two_processes_give_the_localization_numbers_of_one(fitted, tmp_path):
-    expected = {k: v for k, v in metrics_json(fitted, "fit").items() if k.startswith("val/loc/")}
+    expected = {k: v for k, v in metrics_json(fitted, "fit").items() if k.startswith("loc/")}
     assert len(expected) > 40
     checkpoint = fitted / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt"
     run_cli(
@@ -163,3 +161,76 @@ def test_two_processes_give_the_localization_numbers_of_one(fitted, tmp_path):
     got = metrics_json(tmp_path, "validate")
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-4), key
+
+
+def accumulator_of(workdir: Path) -> EventAccumulator:
+    events = sorted((workdir / "runs" / "cama_synthetic").rglob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events[0]), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_baselines_and_thresholds_are_text_not_curves(fitted):
+    accumulator = accumulator_of(fitted)
+    scalars = accumulator.Tags()["scalars"]
+    constants = [t for t in scalars if "baseline" in t or t.endswith("max_box_acc_tau")]
+    assert constants == []
+    baselines = accumulator.Tensors("loc/baselines/text_summary")  # add_text appends /text_summary
+    assert len(baselines) == 1  # once, although the run validated EPOCHS times
+    text = baselines[0].tensor_proto.string_val[0].decode()
+    fit = metrics_json(fitted, "fit")  # ... and still in the metrics code reads
+    for name in ("loc/center_baseline/box_iou", "loc/center_baseline/box_acc", "loc/uniform_baseline/energy"):
+        assert f"`{name}` | {fit[name]:.4f}" in text, name
+    thresholds = accumulator.Tensors("loc/thresholds/text_summary")
+    assert len(thresholds) == EPOCHS
+    last = thresholds[-1].tensor_proto.string_val[0].decode()
+    for method in METHODS:
+        assert f"`loc/{method}/max_box_acc_tau` | {fit[f'loc/{method}/max_box_acc_tau']:.4f}" in last
+
+
+def test_hp_metric_is_the_monitored_value_of_the_best_epoch(fitted):
+    accumulator = accumulator_of(fitted)
+    monitored = [event.value for event in accumulator.Scalars("Val/mAP")]
+    hp_metric = accumulator.Scalars("hp_metric")
+    assert -1.0 not in [event.value for event in hp_metric]  # no default_hp_metric
+    assert hp_metric[-1].value == pytest.approx(max(monitored), abs=1e-6)
+    best = sorted((fitted / "runs" / "cama_synthetic" / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1 and f"mAP{max(monitored):.4f}" in best[0].name
+
+
+def hparams_session(workdir: Path):
+    from tensorboard.plugins.hparams import metadata
+
+    accumulator = accumulator_of(workdir)
+    content = accumulator.PluginTagToContent(metadata.PLUGIN_NAME)
+    return metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG]), content
+
+
+def test_hparams_are_the_runs_own(fitted):
+    session, content = hparams_session(fitted)
+    names = set(session.hparams)
+    assert {"dataset", "synthetic_train_ids", "num_branches", "oap_weight"} <= names
+    assert session.hparams["dataset"].string_value == "synthetic"
+    # options of the data sets on disk (ReIDDataModule's signature) are not this run's
+    assert not names & {"root", "test_dataset", "test_root", "cuhk03_variant", "camera_pattern",
+                        "min_train_images", "check_images"}
+    assert not any(name.startswith("_") for name in names)
+
+
+def test_custom_scalars_layout_names_logged_tags(fitted):
+    import re
+
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    accumulator = accumulator_of(fitted)
+    (event,) = accumulator.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    scalars = accumulator.Tags()["scalars"]
+    (category,) = layout.category
+    charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
+    assert {"Val/mAP", "Val/rank1", "Val/mINP"} <= charts.keys()
+    for title, patterns in charts.items():
+        matched = [t for t in scalars if any(re.search(p, t) for p in patterns)]
+        assert matched, f"chart {title} matches no logged tag"
+    energy = [t for t in scalars if any(re.search(p, t) for p in charts["loc/*/energy"])]
+    assert sorted(energy) == sorted(f"loc/{m}/energy" for m in METHODS)  # each method's main score

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from callbacks.fewshot_explanations import FewShotExplanations
 from cama.explain import postprocess
+from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import energy_pointing_game
 from cama.models import ProtoNet
 from datamodules import FewShotDataModule
@@ -62,9 +63,10 @@ def validate(model, datamodule, callback, tmp_path: Path) -> pl.Trainer:
     return trainer
 
 
-def naive_dist_cam_energy(model: ProtoNet, batches: list[dict]) -> float:
-    """Dist-CAM of each query against the prototype of the class it is nearest to, written out."""
-    scores = []
+def naive_dist_cam_scores(model: ProtoNet, batches: list[dict], mean, std) -> tuple[float, float, float]:
+    """Dist-CAM of each query against the prototype of the class it is nearest to, written out:
+    its energy, and AD / IC (fam Eq. 21-22) with one forward per masked query."""
+    scores, drops, rises = [], [], []
     with torch.no_grad():
         for batch in batches:
             maps = model.backbone(batch["image"])
@@ -81,7 +83,13 @@ def naive_dist_cam_energy(model: ProtoNet, batches: list[dict]) -> float:
                 raw = (weights[:, None, None] * maps[q]).sum(0)
                 cam = postprocess(raw[None, None], batch["image"].shape[-2:])[0]
                 scores.append(energy_pointing_game(cam, batch["box"][q][None].float()))
-    return float(torch.cat(scores).mean())
+                masked = mask_images(batch["image"][q][None], cam, mean, std)
+                logits = model.logits(torch.stack([pooled[q], model.backbone(masked).mean(dim=(2, 3))[0]]), prototypes)
+                y, o = logits.softmax(1)[:, predicted].tolist()
+                drops.append(max(0.0, y - max(o, 0.0)) / y)
+                rises.append(float(o > y))
+    n = len(drops)
+    return float(torch.cat(scores).mean()), 100 * sum(drops) / n, 100 * sum(rises) / n
 
 
 def test_scores_and_pictures_of_queries_against_their_predicted_class(model, datamodule, tmp_path):
@@ -91,15 +99,19 @@ def test_scores_and_pictures_of_queries_against_their_predicted_class(model, dat
     for method in ("dist_cam", "fam", "gradcam"):
         for name in ("box_iou", "box_acc", "top1_loc_err", "max_box_acc", "energy", "center_box_iou",
                      "otsu_miou", "ad", "ic"):
-            assert f"val/loc/{method}/{name}" in results, (method, name)
-    assert {"val/loc/center_baseline/box_iou", "val/loc/uniform_baseline/energy"} <= results.keys()
+            assert f"loc/{method}/{name}" in results, (method, name)
+    assert {"loc/center_baseline/box_iou", "loc/uniform_baseline/energy"} <= results.keys()
     # the logged energy equals the naive computation over the same first episodes
     batches = [b for _, b in zip(range(EPISODES), datamodule.val_dataloader())]
-    assert results["val/loc/dist_cam/energy"] == pytest.approx(naive_dist_cam_energy(model, batches), abs=1e-4)
+    energy, ad, ic = naive_dist_cam_scores(model, batches, datamodule.mean, datamodule.std)
+    assert results["loc/dist_cam/energy"] == pytest.approx(energy, abs=1e-4)
+    # AD / IC of the one batched forward of every method's masked queries = one query at a time
+    assert results["loc/dist_cam/ad"] == pytest.approx(ad, abs=1e-3)
+    assert results["loc/dist_cam/ic"] == pytest.approx(ic, abs=1e-4)
     # the uniform map's energy is the boxes' share of the image
     queries = torch.cat([b["box"][b["is_query"]] for b in batches]).float()
     share = ((queries[:, 2] - queries[:, 0]) * (queries[:, 3] - queries[:, 1]) / (32 * 32)).mean()
-    assert results["val/loc/uniform_baseline/energy"] == pytest.approx(float(share), abs=0.05)
+    assert results["loc/uniform_baseline/energy"] == pytest.approx(float(share), abs=0.05)
     folder = Path(trainer.log_dir) / "explanations" / "epoch_000"
     assert sorted(p.name for p in folder.glob("*.png")) == ["dist_cam.png", "fam.png", "gradcam.png"]
     assert callback.state_dict() == {"validation_epochs": 1}

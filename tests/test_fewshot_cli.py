@@ -48,11 +48,11 @@ def test_fit_logs_episode_accuracy_with_interval_then_tests_best_checkpoint(tmp_
     runs = tmp_path / "runs" / "protonet_synthetic"
     fit = json.loads(next(runs.rglob("fit_metrics.json")).read_text())
     test = json.loads(next(runs.rglob("test_metrics.json")).read_text())
-    for key in ("val/acc", "val/acc_ci95", "val/loss", "train/loss", "train/episode_loss", "train/class_loss"):
+    for key in ("Val/acc", "Val/acc_ci95", "val/loss", "train/loss", "train/episode_loss", "train/class_loss"):
         assert key in fit, f"{key} missing from {sorted(fit)}"
     assert fit["val/episodes"] == 4 and test["test/episodes"] == 6
     # 5-way episodes of 3 queries per class: the accuracy is a count of right answers over 15 * E
-    for acc, episodes in ((fit["val/acc"], 4), (test["test/acc"], 6)):
+    for acc, episodes in ((fit["Val/acc"], 4), (test["test/acc"], 6)):
         right = acc * 15 * episodes
         assert right == pytest.approx(round(right), abs=1e-3) and 0 <= round(right) <= 15 * episodes
     checkpoints = runs / "checkpoints"

@@ -130,21 +130,21 @@ def test_same_numbers_names_and_order_as_the_hand_built_dict(has_box, has_mask, 
                     scores, masked = torch.rand(4, generator=g), torch.rand(4, generator=g) - 0.2
                     old[name]["faith"].update(scores, masked)
                     new.update_faithfulness(name, scores, masked)
-        expected = old_compute(old, "val/loc")
-        got = new.compute_named("val/loc")
+        expected = old_compute(old, "loc")
+        got = new.compute_named("loc")
         new.reset()
         assert list(got) == list(expected)
         for key in expected:
             assert torch.equal(got[key], expected[key]), key
     if has_box:
-        assert {"val/loc/ram/box_iou", "val/loc/ram/center_box_iou", "val/loc/center_baseline/box_iou",
-                "val/loc/uniform_baseline/energy"} <= set(got)
-        assert got["val/loc/uniform_baseline/energy"] > 0
+        assert {"loc/ram/box_iou", "loc/ram/center_box_iou", "loc/center_baseline/box_iou",
+                "loc/uniform_baseline/energy"} <= set(got)
+        assert got["loc/uniform_baseline/energy"] > 0
     if has_mask:
-        assert "val/loc/fam/otsu_miou" in got
+        assert "loc/fam/otsu_miou" in got
     if faith:
-        assert "val/loc/ram/ad" in got and "val/loc/ram_branch1/ad" not in got
-    assert ("val/loc/branch_overlap_iou" in got) == (topk is not None)
+        assert "loc/ram/ad" in got and "loc/ram_branch1/ad" not in got
+    assert ("loc/branch_overlap_iou" in got) == (topk is not None)
 
 
 def test_moves_with_the_module_and_resets():

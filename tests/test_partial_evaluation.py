@@ -59,7 +59,7 @@ def fit_tiny(tmp_path, data: ReIDDataModule, limit_val_batches, seen: SeenIndice
     trainer = pl.Trainer(
         max_epochs=1, limit_train_batches=1, limit_val_batches=limit_val_batches, num_sanity_val_steps=2,
         logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
-        callbacks=[seen, ModelCheckpoint(dirpath=tmp_path, monitor="val/mAP", mode="max")],
+        callbacks=[seen, ModelCheckpoint(dirpath=tmp_path, monitor="Val/mAP", mode="max")],
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=data)
@@ -92,8 +92,8 @@ def test_more_queries_than_the_sanity_check_sees_and_a_limited_epoch_ranks_what_
     dist = pairwise_distance(emb[isq], emb[keep])
     cmc, m_ap, _ = evaluate_rank(dist, pids[isq], pids[keep], cams[isq], cams[keep], max_rank=50,
                                  return_minp=True)
-    assert float(trainer.callback_metrics["val/mAP"]) == pytest.approx(m_ap, abs=1e-6)
-    assert float(trainer.callback_metrics["val/rank1"]) == pytest.approx(float(cmc[0]), abs=1e-6)
+    assert float(trainer.callback_metrics["Val/mAP"]) == pytest.approx(m_ap, abs=1e-6)
+    assert float(trainer.callback_metrics["Val/rank1"]) == pytest.approx(float(cmc[0]), abs=1e-6)
 
 
 def test_a_part_with_nothing_to_rank_logs_nan_and_the_run_goes_on(tmp_path):
@@ -102,5 +102,5 @@ def test_a_part_with_nothing_to_rank_logs_nan_and_the_run_goes_on(tmp_path):
     with pytest.warns(UserWarning, match="logged as NaN"):
         trainer, _ = fit_tiny(tmp_path, data, 1, seen)
     assert all(i >= data.eval_dataset.num_query for i in seen.indices)
-    assert math.isnan(float(trainer.callback_metrics["val/mAP"]))
+    assert math.isnan(float(trainer.callback_metrics["Val/mAP"]))
     assert trainer.state.finished and list(tmp_path.glob("*.ckpt"))  # ModelCheckpoint saved anyway

@@ -104,7 +104,7 @@ def test_rehearsal_with_sanity_check_on_more_queries_than_it_sees(tmp_path):
     assert opts.sanity_steps is None  # Lightning's default sanity check (2 batches) stays on
     run = run_config("cama_market1501", tree, tmp_path / "out", opts)
     assert run.returncode == 0, f"{run.error}\n{run.log.read_text()[-3000:]}"
-    assert {"val/mAP", "val/rank1", "val/mINP"} <= set(run.fit_metrics)
+    assert {"Val/mAP", "Val/rank1", "Val/mINP"} <= set(run.fit_metrics)
     assert {"test/mAP", "test/rank1"} <= set(run.test_metrics)
     calls, _ = run.profile["[LightningModule]CAMA.on_validation_epoch_end"]
     assert calls == 2  # the sanity check's and the full validation's

@@ -70,8 +70,8 @@ def test_logged_recall_at_1_equals_brute_force_nearest_neighbour(dm):
         labels = torch.cat([b["label"] for b in batches])
     recall1, map_r = brute_force_recall_at_1_and_map_at_r(emb, labels)
     assert 0.0 < recall1 < 1.0, recall1  # neither degenerate (e.g. the query as its own neighbour) nor perfect
-    assert logged["val/recall@1"] == pytest.approx(recall1, abs=1e-6)
-    assert logged["val/map@r"] == pytest.approx(map_r, abs=1e-6)
+    assert logged["Val/recall@1"] == pytest.approx(recall1, abs=1e-6)
+    assert logged["Val/map@r"] == pytest.approx(map_r, abs=1e-6)
     assert {"val/recall@2", "val/recall@4", "val/recall@8", "train/loss", "train/mined_tuples"} <= set(logged)
     t.test(model, datamodule=dm)
     assert float(t.callback_metrics["test/recall@1"]) == pytest.approx(recall1, abs=1e-6)

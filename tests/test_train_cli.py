@@ -68,12 +68,12 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, dict[str, float]]:
 
 def test_fit_logs_ranking_metrics_and_checkpoints(uninterrupted):
     workdir, metrics = uninterrupted
-    for key in ("val/mAP", "val/rank1", "val/rank5", "val/rank10", "val/mAP_branches_1", "train/loss"):
+    for key in ("Val/mAP", "Val/rank1", "val/rank5", "val/rank10", "val/mAP_branches_1", "train/loss"):
         assert key in metrics, f"{key} missing from {sorted(metrics)}"
     # a query's AP is the mean precision at its matches, at least the precision at its last match (INP)
     # and at least 1/rank of its first match: mINP <= mAP, and CMC never falls with the list length
-    assert metrics["val/mINP"] <= metrics["val/mAP"] + 1e-6
-    assert metrics["val/rank1"] <= metrics["val/rank5"] <= metrics["val/rank10"]
+    assert metrics["Val/mINP"] <= metrics["Val/mAP"] + 1e-6
+    assert metrics["Val/rank1"] <= metrics["val/rank5"] <= metrics["val/rank10"]
     checkpoints = workdir / "runs" / "cama_synthetic" / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file()
     assert any(p.name.startswith("best-epoch") for p in checkpoints.iterdir())
@@ -85,7 +85,7 @@ def test_resume_from_last_matches_uninterrupted_run(uninterrupted, tmp_path):
     _, expected = uninterrupted
     fit(tmp_path, 1)
     resumed = fit(tmp_path, 2, "--ckpt_path", "last")
-    for key in ("val/mAP", "val/rank1", "train/loss", "val/mAP_branches_1"):
+    for key in ("Val/mAP", "Val/rank1", "train/loss", "val/mAP_branches_1"):
         assert resumed[key] == pytest.approx(expected[key], abs=1e-5), key
     ckpt = torch.load(tmp_path / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2 * 3 and ckpt["lr_schedulers"][0]["last_epoch"] == 2
@@ -105,7 +105,7 @@ def test_validate_same_metrics_with_one_process_lightning_ddp_and_torchrun(unint
         run_cli(run_dir, "validate", "--config", str(CONFIG), *TINY, "--ckpt_path", ckpt, "--trainer.accelerator",
                 "cpu", "--trainer.devices", str(devices), "--trainer.strategy", strategy, launcher=launcher)
         results[name] = read_metrics(run_dir, "validate")
-    for key in ("val/mAP", "val/mINP", "val/rank1", "val/rank5", "val/mAP_branches_1"):
+    for key in ("Val/mAP", "Val/mINP", "Val/rank1", "val/rank5", "val/mAP_branches_1"):
         for name in ("lightning", "torchrun"):
             assert results[name][key] == pytest.approx(results["one"][key], abs=1e-6), (name, key)
     # predict under torchrun: the two processes' shares merged into one file that scores like validate
@@ -116,8 +116,8 @@ def test_validate_same_metrics_with_one_process_lightning_ddp_and_torchrun(unint
     from evaluate import evaluate_file
 
     scored = evaluate_file(next((run_dir / "runs").rglob("predictions.pt")))
-    for key in ("mAP", "mINP", "rank1", "rank5"):
-        assert scored[key] == pytest.approx(results["one"][f"val/{key}"], abs=1e-6), key
+    for key, logged in (("mAP", "Val/mAP"), ("mINP", "Val/mINP"), ("rank1", "Val/rank1"), ("rank5", "val/rank5")):
+        assert scored[key] == pytest.approx(results["one"][logged], abs=1e-6), key
 
 
 def test_fine_tune_from_checkpoint_with_other_number_of_identities(uninterrupted, tmp_path):

@@ -13,9 +13,9 @@ plus the baselines a map has to beat -- what the localization and few-shot expla
 and the groups ``"center_baseline"`` (a centred box of the mean ground-truth size) and
 ``"uniform_baseline"`` (the pointing game of a uniform map) with boxes, ``"branch_overlap"``
 (:class:`~cama.metrics.localization.BranchOverlap`) when asked for.  :meth:`MapScores.compute_named`
-gives the logged names (:func:`score_names`), e.g. ``val/loc/ram/box_iou``,
-``val/loc/fam/otsu_miou``, ``val/loc/ram/center_box_iou``, ``val/loc/center_baseline/box_iou``,
-``val/loc/uniform_baseline/energy``, ``val/loc/branch_overlap_iou``, ``val/loc/dist_cam/ad``.
+gives the logged names (:func:`score_names`), e.g. ``loc/ram/box_iou``,
+``loc/fam/otsu_miou``, ``loc/ram/center_box_iou``, ``loc/center_baseline/box_iou``,
+``loc/uniform_baseline/energy``, ``loc/branch_overlap_iou``, ``loc/dist_cam/ad``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ _KEY_ORDER = ("box", "energy", "center", "otsu", "faith", "overlap")
 
 def score_names(prefix: str, name: str, key: str, value: Any) -> dict[str, Tensor]:
     """Logged names of the result ``value`` of the metric ``key`` of the group ``name`` (a map, or a
-    baseline): ``<prefix>/<name>/<score>``, e.g. ``val/loc/ram/box_iou``, ``val/loc/fam/otsu_miou``."""
+    baseline): ``<prefix>/<name>/<score>``, e.g. ``loc/ram/box_iou``, ``loc/fam/otsu_miou``."""
     p = prefix
     if key == "overlap":
         return {f"{p}/branch_overlap_iou": value}

@@ -106,7 +106,7 @@ class CAMA(pl.LightningModule):
         prefix_dims = [channels * i for i in range(1, num_branches)] or None
         self.val_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims, rerank=rerank)
         self.test_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims, rerank=rerank)
-        self.evaluation = EpochEvaluation(self.val_metric.result_names)
+        self.evaluation = EpochEvaluation(self.val_metric.result_names, headline=("mAP", "rank1", "mINP"))
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
@@ -180,9 +180,14 @@ class CAMA(pl.LightningModule):
         if results is None:  # the sanity check
             return
         # compute() already gathered every process's samples: the values are the same on each rank.
-        shown = {f"{prefix}/mAP": results.pop("mAP"), f"{prefix}/rank1": results.pop("rank1")}
+        tag = self.evaluation.tag
+        shown = {tag(prefix, "mAP"): results.pop("mAP"), tag(prefix, "rank1"): results.pop("rank1")}
         self.log_dict(shown, prog_bar=True, sync_dist=False)
-        self.log_dict({f"{prefix}/{name}": value for name, value in results.items()}, sync_dist=False)
+        self.log_dict({tag(prefix, name): value for name, value in results.items()}, sync_dist=False)
+
+    def headline_metrics(self) -> list[str]:
+        """The logged names of the validation headline metrics (:class:`cama.protocols.HasHeadlineMetrics`)."""
+        return self.evaluation.headline_tags()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> EvaluationOutputs:
         return self._update_metric(self.val_metric, batch)

@@ -12,6 +12,12 @@ An evaluation loop can see part of its evaluation set:
   callback that monitors them goes on, treating NaN as the worst value) and a warning says why.
 
 A ``DistributedSampler`` share needs nothing: the metrics gather every process's samples.
+
+**Tags.** A model logs its results as ``<stage>/<name>``, except its validation *headline* metrics
+(re-ID mAP, rank-1, mINP; few-shot accuracy; retrieval Recall@1, MAP@R), which go to the group
+:data:`HEADLINE_GROUP` (``Val/mAP``, ...): TensorBoard's default tab (Time Series) sorts its groups
+by name, upper case before lower case, and opens only the first two, so ``Val`` is the first group
+a researcher sees, before Lightning's ``epoch``, the pictures and every lower-case group.
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ from lightning_utilities.core.rank_zero import WarningCache
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["EpochEvaluation"]
+__all__ = ["EpochEvaluation", "HEADLINE_GROUP"]
+
+#: the TensorBoard group of the validation headline metrics (module docstring)
+HEADLINE_GROUP = "Val"
 
 
 def _first(loaders: object) -> object:
@@ -40,11 +49,24 @@ class EpochEvaluation:
     Args:
         result_names: the keys the metric's ``compute()`` returns, logged as NaN when a partial
             epoch holds nothing the metric can score.
+        headline: the result names logged as ``Val/<name>`` in validation (:meth:`tag`).
     """
 
-    def __init__(self, result_names: Sequence[str]) -> None:
+    def __init__(self, result_names: Sequence[str], headline: Sequence[str] = ()) -> None:
         self.result_names = tuple(result_names)
+        self.headline = tuple(headline)
         self.notes = WarningCache()
+
+    def tag(self, stage: str, name: str) -> str:
+        """The logged name of the result ``name`` of ``stage``: ``Val/<name>`` for a validation
+        headline metric, else ``<stage>/<name>`` (``val/rank5``, ``test/mAP``)."""
+        if stage == "val" and name in self.headline:
+            return f"{HEADLINE_GROUP}/{name}"
+        return f"{stage}/{name}"
+
+    def headline_tags(self) -> list[str]:
+        """The logged names of the validation headline metrics, in their order."""
+        return [self.tag("val", name) for name in self.headline]
 
     @staticmethod
     def coverage(trainer: pl.Trainer, stage: str) -> tuple[int, int] | None:

@@ -180,7 +180,7 @@ class ProtoNet(pl.LightningModule):
         self.classifier = nn.Linear(self.out_channels, num_classes) if uses_classifier else None
         self.val_metric = FewShotAccuracy()
         self.test_metric = FewShotAccuracy()
-        self.evaluation = EpochEvaluation(self.val_metric.result_names)
+        self.evaluation = EpochEvaluation(self.val_metric.result_names, headline=("acc", "acc_ci95"))
         self._embedding_cache: dict[int, Tensor] = {}
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
@@ -289,9 +289,14 @@ class ProtoNet(pl.LightningModule):
         if results is None:  # the sanity check
             return
         # compute() already summed every process's episodes: the values are the same on each rank.
-        self.log(f"{prefix}/acc", results["acc"].float(), prog_bar=True, sync_dist=False)
-        self.log(f"{prefix}/acc_ci95", results["acc_ci95"].float(), prog_bar=True, sync_dist=False)
-        self.log(f"{prefix}/episodes", results["episodes"].float(), sync_dist=False)
+        tag = self.evaluation.tag
+        self.log(tag(prefix, "acc"), results["acc"].float(), prog_bar=True, sync_dist=False)
+        self.log(tag(prefix, "acc_ci95"), results["acc_ci95"].float(), prog_bar=True, sync_dist=False)
+        self.log(tag(prefix, "episodes"), results["episodes"].float(), sync_dist=False)
+
+    def headline_metrics(self) -> list[str]:
+        """The logged names of the validation headline metrics (:class:`cama.protocols.HasHeadlineMetrics`)."""
+        return self.evaluation.headline_tags()
 
     def on_validation_epoch_start(self) -> None:
         self._embedding_cache.clear()

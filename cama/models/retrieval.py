@@ -183,7 +183,7 @@ class RetrievalModel(pl.LightningModule):
         self.miner = build_pml_object(miner, "miner", **automatic) if miner else None
         self.val_metric = RetrievalMetric(recall_ks, knn, rerank=rerank)
         self.test_metric = RetrievalMetric(recall_ks, knn, rerank=rerank)
-        self.evaluation = EpochEvaluation(self.val_metric.result_names)
+        self.evaluation = EpochEvaluation(self.val_metric.result_names, headline=("recall@1", "map@r"))
 
     # ------------------------------------------------------------------ the model protocol (DESIGN.md)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
@@ -255,7 +255,12 @@ class RetrievalModel(pl.LightningModule):
         results = self.evaluation.finish(self, metric, prefix)  # None in the sanity check
         # compute() already gathered every process's samples: the values are the same on each rank.
         for name, value in (results or {}).items():
-            self.log(f"{prefix}/{name}", value, prog_bar=name in ("recall@1", "map@r"), sync_dist=False)
+            self.log(self.evaluation.tag(prefix, name), value, prog_bar=name in self.evaluation.headline,
+                     sync_dist=False)
+
+    def headline_metrics(self) -> list[str]:
+        """The logged names of the validation headline metrics (:class:`cama.protocols.HasHeadlineMetrics`)."""
+        return self.evaluation.headline_tags()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> EvaluationOutputs:
         maps = self.feature_maps(batch["image"])
