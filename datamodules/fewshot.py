@@ -180,7 +180,7 @@ class FewShotDataModule(ClassImagesDataModule):
             if self.dataset == "synthetic":
                 gen = self.generator
                 assert gen is not None
-                self._raw = {s: gen.dataset(s) for s in SPLITS}
+                self._raw = {s: gen.dataset(s, cache=True) for s in SPLITS}
             elif self.dataset == "miniimagenet":
                 if self.root is None:
                     raise DatasetLayoutError("dataset='miniimagenet' needs a root folder (root=None)")

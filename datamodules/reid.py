@@ -320,7 +320,7 @@ class ReIDDataModule(ImageDataModule):
             if self.dataset == "synthetic":
                 gen = self.generator
                 assert gen is not None
-                self._raw = {s: gen.dataset(s) for s in ("train", "query", "gallery")}
+                self._raw = {s: gen.dataset(s, cache=True) for s in ("train", "query", "gallery")}
             else:
                 source = self._scan(self.dataset, self.root)
                 if self.cross_domain:  # the names are the query + gallery's (none for market1501, ...)

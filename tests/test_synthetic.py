@@ -53,6 +53,16 @@ def test_same_seed_split_index_gives_identical_sample(gen):
             assert (a.pid, a.camid) == (b.pid, b.camid)
 
 
+def test_cached_dataset_renders_each_image_once_and_gives_the_same_items(gen):
+    cached, fresh = gen.dataset("train", cache=True), gen.dataset("train")
+    first, again = cached[(4, 1)], cached[(4, 2)]
+    assert first["image"].data_ptr() == again["image"].data_ptr()  # kept, not drawn again
+    assert fresh[4]["image"].data_ptr() != fresh[4]["image"].data_ptr()
+    for key in ("image", "mask", "box"):
+        assert torch.equal(first[key], fresh[4][key])
+    assert (first["pid"], first["camid"]) == (fresh[4]["pid"], fresh[4]["camid"])
+
+
 def test_rendering_does_not_depend_on_order_or_global_rng(gen):
     ref = gen.render("train", 3).image
     torch.manual_seed(123)

@@ -239,8 +239,8 @@ class SyntheticReID:
     def test_pids(self) -> list[int]:
         return sorted(self.identities[i].pid for i in self.test_identities)
 
-    def dataset(self, split: str, variant: str = "labeled") -> "SyntheticReIDDataset":
-        return SyntheticReIDDataset(self, split, variant)
+    def dataset(self, split: str, variant: str = "labeled", cache: bool = False) -> "SyntheticReIDDataset":
+        return SyntheticReIDDataset(self, split, variant, cache=cache)
 
     # -- rendering ------------------------------------------------------------------------------
 
@@ -317,13 +317,16 @@ class SyntheticReIDDataset(Dataset):
     Items are dicts ``{"image": tv_tensors.Image uint8 [3,H,W], "pid": int, "camid": int (0-based),
     "box": tv_tensors.BoundingBoxes [1,4] XYXY, "mask": tv_tensors.Mask uint8 [P,H,W]}``. An item
     may also be requested as ``(index, sample_seed)`` (what :class:`~datamodules.samplers.PKSampler`
-    yields); the image itself does not depend on the sample seed.
+    yields); the image itself does not depend on the sample seed. With ``cache`` rendered images are
+    kept in memory (per process: a persistent data-loader worker renders each image once per run).
     """
 
-    def __init__(self, generator: SyntheticReID, split: str, variant: str = "labeled") -> None:
+    def __init__(self, generator: SyntheticReID, split: str, variant: str = "labeled", cache: bool = False) -> None:
         self.generator = generator
         self.split = split
         self.variant = variant
+        self.cache = cache
+        self._cache: dict[int, RenderedSample] = {}
         self.infos = generator.samples(split)
         self.part_names = generator.part_names
 
@@ -339,7 +342,10 @@ class SyntheticReIDDataset(Dataset):
         return [s.camid for s in self.infos]
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        index = item[0] if isinstance(item, tuple) else item
-        with single_thread():
-            s = self.generator.render(self.split, int(index), self.variant)
+        index = int(item[0] if isinstance(item, tuple) else item)
+        s = self._cache.get(index) if self.cache else None
+        if s is None:
+            s = self.generator.render(self.split, index, self.variant)
+            if self.cache:
+                self._cache[index] = s
         return target_item(s.image, s.box, s.masks, pid=s.pid, camid=s.camid)
