@@ -55,6 +55,16 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def precision_for_device(precision: str | int | None, accelerator: str | None) -> str | int | None:
+    """The precision a run can use: float16 mixed precision (``16-mixed``, ``16``), which the real
+    configs ask for on GPUs, becomes ``32-true`` where the run will be on the CPU (Lightning has no
+    float16 autocast there); every other value is kept."""
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+    if on_cpu and str(precision) in ("16-mixed", "16"):
+        return "32-true"
+    return precision
+
+
 class CLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -85,6 +95,11 @@ class CLI(LightningCLI):
         command = self.config.get("subcommand")
         if command:
             check_ckpt_path(self.config[command].get("ckpt_path"), command)
+            trainer = self.config[command]["trainer"]
+            precision = precision_for_device(trainer.get("precision"), trainer.get("accelerator"))
+            if precision != trainer.get("precision"):
+                _say(f"train.py: precision {trainer.get('precision')} needs a GPU; this run uses {precision} on the CPU")
+                trainer["precision"] = precision
 
     def _write_metrics(self, command: str) -> None:
         metrics: dict[str, float | str] = {

@@ -104,6 +104,8 @@ def test_rehearsal_with_sanity_check_on_more_queries_than_it_sees(tmp_path):
     assert opts.sanity_steps is None  # Lightning's default sanity check (2 batches) stays on
     run = run_config("cama_market1501", tree, tmp_path / "out", opts)
     assert run.returncode == 0, f"{run.error}\n{run.log.read_text()[-3000:]}"
+    # the real config asks for float16 autocast (GPUs); on this CPU the run says it uses float32
+    assert "precision 16-mixed needs a GPU; this run uses 32-true on the CPU" in run.log.read_text()
     assert {"Val/mAP", "Val/rank1", "Val/mINP"} <= set(run.fit_metrics)
     assert {"test/mAP", "test/rank1"} <= set(run.test_metrics)
     calls, _ = run.profile["[LightningModule]CAMA.on_validation_epoch_end"]

@@ -145,3 +145,15 @@ def test_fit_with_two_cpu_processes_then_tests_best_checkpoint(tmp_path):
     tested = read_metrics(tmp_path, "test")
     assert tested["test/mINP"] <= tested["test/mAP"] + 1e-6
     assert tested["test/rank1"] <= tested["test/rank5"] <= tested["test/rank10"]
+
+
+def test_float16_mixed_precision_falls_back_to_float32_on_the_cpu_only():
+    from train import precision_for_device
+
+    assert precision_for_device("16-mixed", "cpu") == "32-true"
+    assert precision_for_device("16", "cpu") == "32-true"
+    assert precision_for_device("16-mixed", "gpu") == "16-mixed"
+    assert precision_for_device("bf16-mixed", "cpu") == "bf16-mixed"  # Lightning autocasts bf16 on CPUs
+    assert precision_for_device(None, "cpu") is None
+    expected = "16-mixed" if torch.cuda.is_available() else "32-true"
+    assert precision_for_device("16-mixed", "auto") == expected
