@@ -162,3 +162,22 @@ def test_backbones_give_the_usual_shapes():
         build_fewshot_backbone("vgg16")
     with pytest.raises(ValueError):
         build_fewshot_backbone("conv4", pretrained="imagenet")
+
+
+def test_cosine_schedule_follows_the_half_cosine_of_the_run():
+    import math
+
+    import lightning.pytorch as pl
+
+    model = ProtoNet(num_classes=4, lr=2e-3, lr_schedule="cosine")
+    model.trainer = pl.Trainer(max_epochs=4, logger=False, enable_checkpointing=False)
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([2e-3 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        ProtoNet(num_classes=4, lr_schedule="linear")

@@ -123,6 +123,8 @@ class ProtoNet(pl.LightningModule):
         weight_decay: weight decay.
         lr_step: multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs (StepLR).
         lr_gamma: the decay factor.
+        lr_schedule: ``"step"`` (StepLR with ``lr_step`` / ``lr_gamma``) or ``"cosine"``: a half cosine
+            from ``lr`` towards 0 at the end of ``max_epochs`` (for short runs).
         pretrain_epochs: epochs of standard classification over the base classes (the classifier on
             the embedding, cross-entropy on ``batch["label"]`` of every image) before episodic training.
         classifier_weight: weight of that classification as an auxiliary loss during episodic
@@ -150,6 +152,7 @@ class ProtoNet(pl.LightningModule):
         weight_decay: float = 0.0,
         lr_step: int = 20,
         lr_gamma: float = 0.5,
+        lr_schedule: str = "step",
         pretrain_epochs: int = 0,
         classifier_weight: float = 0.0,
         eval_cache: bool = True,
@@ -162,6 +165,8 @@ class ProtoNet(pl.LightningModule):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        if lr_schedule not in ("step", "cosine"):
+            raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {lr_schedule!r}")
         if pretrain_epochs < 0 or classifier_weight < 0:
             raise ValueError("pretrain_epochs and classifier_weight must be >= 0")
         uses_classifier = pretrain_epochs > 0 or classifier_weight > 0
@@ -336,5 +341,8 @@ class ProtoNet(pl.LightningModule):
         else:
             optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True,
                                         weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, hp.lr_step), gamma=hp.lr_gamma)
+        if hp.lr_schedule == "cosine":
+            scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_epochs))
+        else:
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, hp.lr_step), gamma=hp.lr_gamma)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
