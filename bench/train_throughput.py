@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py [--configs cama_synthetic protonet_synthetic retrieval_synthetic]
         [--steps 6] [--loop-steps 12] [--compile] [--workers 0 1 2] [--job-epochs N]
+        [--parts bare loop job] [--job-args ARG ...]
 
 For each config, built from its YAML (data module and model, random weights), printed in one table:
 
@@ -63,8 +64,12 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
-def _optimizer(model: pl.LightningModule) -> torch.optim.Optimizer:
+def _optimizer(model: pl.LightningModule, max_epochs: int) -> torch.optim.Optimizer:
+    # a schedule may read the run's length (cosine to the last epoch): attach an idle Trainer of that length
+    model.trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False,
+                               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     config = model.configure_optimizers()
+    model.trainer = None  # detached again: the timed steps log nowhere
     if isinstance(config, dict):
         return config["optimizer"]
     return config[0][0] if isinstance(config, (list, tuple)) and isinstance(config[0], list) else config
@@ -79,10 +84,11 @@ def _build(name: str) -> tuple[Any, pl.LightningModule, dict[str, Any]]:
     return datamodule, model, config
 
 
-def bare_step(model: pl.LightningModule, batch: dict[str, Any], steps: int, variant: str) -> dict[str, float]:
+def bare_step(model: pl.LightningModule, batch: dict[str, Any], steps: int, variant: str,
+              max_epochs: int) -> dict[str, float]:
     """Images/s and GFLOP/s of training_step + backward + optimizer step on one batch in memory."""
     model.train()
-    optimizer = _optimizer(model)
+    optimizer = _optimizer(model, max_epochs)
     if variant == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         batch = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
@@ -160,16 +166,19 @@ PHASES = {
 }
 
 
-def whole_job(name: str, epochs: int | None) -> dict[str, float]:
+def whole_job(name: str, epochs: int | None, extra: list[str] = ()) -> dict[str, float]:
     """``train.py fit`` of the config under ``SimpleProfiler``: seconds per phase, and the test metric."""
     import train  # the repository's train.py (REPO is on sys.path)
 
     here = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["fit", "--config", str(REPO / "configs" / f"{name}.yaml"), "--trainer.profiler", "simple",
+        # the profiler's table goes to a file in the run's folder, not over this script's own table
+        profiler = '{"class_path": "lightning.pytorch.profilers.SimpleProfiler", "init_args": {"filename": "profile"}}'
+        args = ["fit", "--config", str(REPO / "configs" / f"{name}.yaml"), "--trainer.profiler", profiler,
                 "--trainer.enable_progress_bar", "false"]
         if epochs:
             args += ["--trainer.max_epochs", str(epochs)]
+        args += list(extra)
         os.chdir(tmp)  # the config's relative runs/ folder (logs, checkpoints) goes there
         start = time.perf_counter()
         try:
@@ -204,22 +213,30 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="data-loader workers of the loop")
     parser.add_argument("--job-epochs", type=int, default=None,
                         help="epochs of the whole-job profile (default: the config's; 0: skip it)")
+    parser.add_argument("--parts", nargs="+", choices=("bare", "loop", "job"), default=["bare", "loop", "job"],
+                        help="which of the three tables to measure")
+    parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
+                        help="the rest of the line goes to train.py fit of the whole job, e.g. "
+                             "--job-args --data.init_args.num_workers 0")
     args = parser.parse_args()
     threads = torch.get_num_threads()
     print(f"host: {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads; 2048x2048 float32 matmul "
           f"{matmul_gflops():.1f} GFLOP/s ({threads} threads)")
     variants = ["default", "channels_last", "bf16", "1 thread"] + (["compile"] if args.compile else [])
-    print("| config | variant | batch | images/s | step (s) | GFLOP/step | GFLOP/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    if "bare" not in args.parts:
+        variants = []
+    else:
+        print("| config | variant | batch | images/s | step (s) | GFLOP/step | GFLOP/s |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.configs:
         for variant in variants:
-            datamodule, model, _ = _build(name)
+            datamodule, model, config = _build(name)
             batch = next(iter(datamodule.train_dataloader()))
             previous = torch.get_num_threads()
             if variant == "1 thread":
                 torch.set_num_threads(1)
             try:
-                result = bare_step(model, batch, args.steps, variant)
+                result = bare_step(model, batch, args.steps, variant, int(config["trainer"].get("max_epochs", 1)))
             except Exception as err:  # noqa: BLE001 - a variant this CPU or model cannot run is reported
                 print(f"| {name} | {variant} | - | failed: {type(err).__name__}: {str(err)[:60]} | | | |")
                 continue
@@ -227,20 +244,21 @@ def main() -> None:
                 torch.set_num_threads(previous)
             print(f"| {name} | {variant} | {int(batch['image'].shape[0])} | {result['images/s']:.1f} | "
                   f"{result['step s']:.3f} | {result['GFLOP']:.1f} | {result['GFLOP/s']:.1f} |", flush=True)
-    print("\n| config | workers | loop images/s | data wait % | steps % | other % |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name in args.configs:
+    if "loop" in args.parts:
+        print("\n| config | workers | loop images/s | data wait % | steps % | other % |")
+        print("| --- | --- | --- | --- | --- | --- |")
+    for name in args.configs if "loop" in args.parts else []:
         for workers in args.workers:
             loop = training_loop(name, args.loop_steps, workers)
             print(f"| {name} | {workers} | {loop['images/s']:.1f} | {loop['data wait %']:.1f} | "
                   f"{loop['steps %']:.1f} | {loop['other %']:.1f} |", flush=True)
-    if args.job_epochs == 0:
+    if args.job_epochs == 0 or "job" not in args.parts:
         return
     phases = [*PHASES, "other"]
     print("\n| config | wall (s) | " + " | ".join(f"{p} %" for p in phases) + " | test metric |")
     print("| --- " * (len(phases) + 3) + "|")
     for name in args.configs:
-        job = whole_job(name, args.job_epochs)
+        job = whole_job(name, args.job_epochs, args.job_args)
         metric = next(k for k in job if k.startswith("test/"))
         print(f"| {name} | {job['total']:.1f} | " + " | ".join(f"{100 * job[p] / job['total']:.1f}" for p in phases)
               + f" | {metric} {job[metric]:.4f} |", flush=True)

@@ -25,12 +25,11 @@ def two_phase_lambdas(
     Phase 2: every parameter at ``base_lr * gamma ** ((epoch - warmup_epochs) // step)``, or, with
     ``cosine_epochs`` (the run's last epoch + 1), on a half cosine from ``base_lr`` towards 0 over
     the epochs after the warm-up: ``0.5 * (1 + cos(pi * (epoch - warmup_epochs) / (cosine_epochs -
-    warmup_epochs)))`` (SGDR without restarts; ``step`` and ``gamma`` are then unused).
+    warmup_epochs)))`` (SGDR without restarts; ``step`` and ``gamma`` are then unused). A run no
+    longer than its warm-up (``--trainer.max_epochs 1`` of a quick try) is all warm-up.
     """
     if warmup_epochs < 0 or step < 1:
         raise ValueError(f"warmup_epochs must be >= 0 and lr_step >= 1, got {warmup_epochs} and {step}")
-    if cosine_epochs is not None and cosine_epochs <= warmup_epochs:
-        raise ValueError(f"the cosine schedule needs more epochs ({cosine_epochs}) than the warm-up ({warmup_epochs})")
     start = warmup_start_lr / base_lr
 
     def head(epoch: int) -> float:
@@ -39,7 +38,8 @@ def two_phase_lambdas(
                 return 1.0
             return start + (1.0 - start) * epoch / (warmup_epochs - 1)
         if cosine_epochs is not None:
-            return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (cosine_epochs - warmup_epochs)))
+            progress = min(1.0, (epoch - warmup_epochs) / max(1, cosine_epochs - warmup_epochs))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
         return gamma ** ((epoch - warmup_epochs) // step)
 
     def backbone(epoch: int) -> float:
