@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,8 @@ def test_fine_tune_from_checkpoint_with_other_number_of_identities(uninterrupted
                      "--data.init_args.synthetic_train_ids", "12",
                      "--model.init_args.init_from", str(ckpt))
     log = result.stdout + result.stderr
-    assert "init_from" in log and "heads.0.classifier.weight (10, 512) -> (12, 512)" in log
+    # 10 identities -> 12; the embedding width (the config's backbone width x 8) stays
+    assert "init_from" in log and re.search(r"heads\.0\.classifier\.weight \(10, (\d+)\) -> \(12, \1\)", log)
 
 
 def test_print_config_lists_model_and_data_options(tmp_path):
