@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,7 @@ PHASES = {
 }
 
 
-def whole_job(name: str, epochs: int | None, extra: list[str] = ()) -> dict[str, float]:
+def whole_job(name: str, epochs: int | None, extra: Sequence[str] = ()) -> dict[str, float]:
     """``train.py fit`` of the config under ``SimpleProfiler``: seconds per phase, and the test metric."""
     import train  # the repository's train.py (REPO is on sys.path)
 
@@ -222,13 +223,19 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"host: {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads; 2048x2048 float32 matmul "
           f"{matmul_gflops():.1f} GFLOP/s ({threads} threads)")
-    variants = ["default", "channels_last", "bf16", "1 thread"] + (["compile"] if args.compile else [])
-    if "bare" not in args.parts:
-        variants = []
-    else:
-        print("| config | variant | batch | images/s | step (s) | GFLOP/step | GFLOP/s |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name in args.configs:
+    if "bare" in args.parts:
+        print_bare_steps(args.configs, args.steps, args.compile)
+    if "loop" in args.parts:
+        print_loops(args.configs, args.loop_steps, args.workers)
+    if "job" in args.parts and args.job_epochs != 0:
+        print_jobs(args.configs, args.job_epochs, args.job_args)
+
+
+def print_bare_steps(configs: Sequence[str], steps: int, compile_: bool) -> None:
+    variants = ["default", "channels_last", "bf16", "1 thread"] + (["compile"] if compile_ else [])
+    print("| config | variant | batch | images/s | step (s) | GFLOP/step | GFLOP/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in configs:
         for variant in variants:
             datamodule, model, config = _build(name)
             batch = next(iter(datamodule.train_dataloader()))
@@ -236,7 +243,7 @@ def main() -> None:
             if variant == "1 thread":
                 torch.set_num_threads(1)
             try:
-                result = bare_step(model, batch, args.steps, variant, int(config["trainer"].get("max_epochs", 1)))
+                result = bare_step(model, batch, steps, variant, int(config["trainer"].get("max_epochs", 1)))
             except Exception as err:  # noqa: BLE001 - a variant this CPU or model cannot run is reported
                 print(f"| {name} | {variant} | - | failed: {type(err).__name__}: {str(err)[:60]} | | | |")
                 continue
@@ -244,24 +251,28 @@ def main() -> None:
                 torch.set_num_threads(previous)
             print(f"| {name} | {variant} | {int(batch['image'].shape[0])} | {result['images/s']:.1f} | "
                   f"{result['step s']:.3f} | {result['GFLOP']:.1f} | {result['GFLOP/s']:.1f} |", flush=True)
-    if "loop" in args.parts:
-        print("\n| config | workers | loop images/s | data wait % | steps % | other % |")
-        print("| --- | --- | --- | --- | --- | --- |")
-    for name in args.configs if "loop" in args.parts else []:
-        for workers in args.workers:
-            loop = training_loop(name, args.loop_steps, workers)
-            print(f"| {name} | {workers} | {loop['images/s']:.1f} | {loop['data wait %']:.1f} | "
+
+
+def print_loops(configs: Sequence[str], steps: int, workers: Sequence[int]) -> None:
+    print("\n| config | workers | loop images/s | data wait % | steps % | other % |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in configs:
+        for count in workers:
+            loop = training_loop(name, steps, count)
+            print(f"| {name} | {count} | {loop['images/s']:.1f} | {loop['data wait %']:.1f} | "
                   f"{loop['steps %']:.1f} | {loop['other %']:.1f} |", flush=True)
-    if args.job_epochs == 0 or "job" not in args.parts:
-        return
+
+
+def print_jobs(configs: Sequence[str], epochs: int | None, extra: Sequence[str]) -> None:
     phases = [*PHASES, "other"]
     print("\n| config | wall (s) | " + " | ".join(f"{p} %" for p in phases) + " | test metric |")
     print("| --- " * (len(phases) + 3) + "|")
-    for name in args.configs:
-        job = whole_job(name, args.job_epochs, args.job_args)
+    for name in configs:
+        job = whole_job(name, epochs, extra)
         metric = next(k for k in job if k.startswith("test/"))
         print(f"| {name} | {job['total']:.1f} | " + " | ".join(f"{100 * job[p] / job['total']:.1f}" for p in phases)
               + f" | {metric} {job[metric]:.4f} |", flush=True)
+
 
 if __name__ == "__main__":
     main()
