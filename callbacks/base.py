@@ -83,7 +83,9 @@ class ProbeCapture:
     ``limit_val_batches``) is missing from :attr:`captured`: the caller recomputes it.
     """
 
-    keys: tuple[str, ...] = ("image", "pid", "camid", "label", "index", "box", "mask")
+    keys: tuple[str, ...] = (
+        "image", "pid", "camid", "label", "index", "box", "mask", "evidence", "evidence_required",
+    )
 
     def __init__(self, wanted: Sequence[int]) -> None:
         self.wanted = {int(i) for i in wanted}

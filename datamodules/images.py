@@ -102,12 +102,14 @@ class SeededTransformDataset(Dataset):
     the output of ``transform`` is kept in memory, per process, and only ``post`` runs again.
 
     Items: ``{label_key: long, *extra_keys: long, "index": long, "image": float [3,H,W]}`` plus
-    ``"box": float [4]`` and ``"mask": bool [P,H,W]`` when ``targets``. The base dataset lists its
-    labels as ``<label_key>s`` (``labels``, ``pids``).
+    ``"box": float [4]`` and ``"mask": bool [P,H,W]`` when ``targets``, and the ``vector_keys`` the
+    base item has (per-item ground truth that does not move with the image, copied unchanged).
+    The base dataset lists its labels as ``<label_key>s`` (``labels``, ``pids``).
     """
 
     label_key = "label"
     extra_keys: tuple[str, ...] = ()
+    vector_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -164,6 +166,7 @@ class SeededTransformDataset(Dataset):
         for key, value in zip(keys, extras):
             value = value.as_subclass(torch.Tensor)
             out[key] = value.reshape(4).float() if key == "box" else value.bool()
+        out.update({key: torch.as_tensor(sample[key]) for key in self.vector_keys if self.targets and key in sample})
         out["image"] = image.as_subclass(torch.Tensor)
         return out
 

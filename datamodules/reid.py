@@ -9,8 +9,9 @@
 * one evaluation loader (validation, test and predict alike: re-ID has no separate validation
   split) over the query set followed by the gallery ``{"image", "pid" (original: 0 distractor,
   -1 junk), "camid", "index" (position in query + gallery), "is_query": bool [B]}``, plus, for the
-  synthetic set, ``"box": float [B,4]`` (x1, y1, x2, y2 in pixels of the transformed image) and
-  ``"mask": bool [B,P,H,W]`` (visible pixels of each part, :attr:`ReIDDataModule.part_names`).
+  synthetic set, ``"box": float [B,4]`` (x1, y1, x2, y2 in pixels of the transformed image),
+  ``"mask": bool [B,P,H,W]`` (visible pixels of each part, :attr:`ReIDDataModule.part_names`) and
+  ``"evidence"``, ``"evidence_required"``: bool [B,P] (the parts that tell it from look-alikes).
 
 Real layouts are read from file names (``0002_c1s1_000451_03.jpg``, ``0001_c2_f0046182.jpg``,
 ``0001_c1_1.png``), your own data (``dataset="folders"``) from one folder per identity
@@ -18,7 +19,6 @@ Real layouts are read from file names (``0002_c1s1_000451_03.jpg``, ``0001_c2_f0
 images raise :class:`DatasetLayoutError` naming the path. With ``test_dataset`` / ``test_root`` the
 model trains on one data set and is validated and tested on another's query + gallery (cross-domain).
 """
-
 
 from __future__ import annotations
 
@@ -91,12 +91,13 @@ class ReIDImageDataset(Dataset):
 class ReIDTransformDataset(SeededTransformDataset):
     """Applies a (random) transform to the items of a base re-ID dataset (:class:`SeededTransformDataset`).
 
-    ``pid_map`` relabels pids; ``targets`` keeps the ``box`` / ``mask`` ground truth (transformed with
-    the image). Items ``{"pid", "camid", "index", "image"}`` (plus ``"box"``, ``"mask"``).
+    ``pid_map`` relabels pids; ``targets`` keeps the ``box`` / ``mask`` (transformed with the image) and
+    ``evidence*`` ground truth: items ``{"pid", "camid", "index", "image"}`` plus those.
     """
 
     label_key = "pid"
     extra_keys = ("camid",)
+    vector_keys = ("evidence", "evidence_required")
 
     def __init__(
         self, base: Dataset, transform: Callable, pid_map: dict[int, int] | None = None, targets: bool = False
@@ -161,8 +162,7 @@ class ReIDDataModule(ImageDataModule):
 
     Args:
         dataset: which data set; ``"synthetic"`` is generated on the fly and needs no ``root``;
-            ``"folders"`` is ``root/{train,query,gallery}/<identity>/<image>``
-            (:mod:`datamodules.reid_folders`).
+            ``"folders"`` is ``root/{train,query,gallery}/<identity>/<image>`` (:mod:`datamodules.reid_folders`).
         root: folder holding ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` (or its
             parent); for ``cuhk03`` the ``cuhk03-np`` folder (holding ``labeled/`` and ``detected/``)
             or its parent; for ``folders`` the folder holding ``train/``, ``query/``, ``gallery/``.

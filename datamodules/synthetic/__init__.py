@@ -62,6 +62,7 @@ from .people import (
     UPPER_PATTERNS,
     Identity,
     differing_parts,
+    discriminative_parts,
 )
 from .reid import SPLITS, RenderedSample, SampleInfo, SyntheticReID, SyntheticReIDConfig, SyntheticReIDDataset
 from .reid_layouts import LAYOUTS, write_reid_folders, write_reid_layout
@@ -76,6 +77,7 @@ __all__ = [
     "SyntheticReIDDataset",
     "RenderedSample",
     "differing_parts",
+    "discriminative_parts",
     "write_reid_layout",
     "write_reid_folders",
     "LAYOUTS",

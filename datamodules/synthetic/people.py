@@ -8,8 +8,11 @@ appends rows to a shape table (one row per ellipse or trapezoid, see
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import torch
 
 if TYPE_CHECKING:
     from .canvas import Camera
@@ -18,6 +21,7 @@ __all__ = [
     "PART_NAMES",
     "Identity",
     "differing_parts",
+    "discriminative_parts",
     "draw_clutter",
     "draw_occluder",
     "draw_person",
@@ -92,6 +96,44 @@ class Identity:
 def differing_parts(a: Identity, b: Identity) -> tuple[str, ...]:
     """Names of the parts whose attributes differ between two identities."""
     return tuple(name for name, pa, pb in zip(PART_NAMES, a.parts(), b.parts()) if pa != pb)
+
+
+def discriminative_parts(identities: Sequence[Identity], sole: bool = False) -> torch.Tensor:
+    """The parts that tell each identity from its siblings: bool ``[len(identities), P]``.
+
+    Siblings are the other identities of the same ``family`` in ``identities``. With ``sole=False``
+    part ``p`` of identity ``i`` is set when ``i`` differs in ``p`` from at least one sibling (the
+    union of :func:`differing_parts` over the siblings); with ``sole=True`` only when ``p`` is the
+    *only* part in which ``i`` differs from some sibling, i.e. a part without which ``i`` cannot be
+    told from that sibling. An identity without siblings has no part set.
+
+    The attribute tuples are coded as integers once (one dictionary per part); the comparison is
+    then one tensor op over ``[families, members, members, P]``.
+    """
+    count, num_parts = len(identities), len(PART_NAMES)
+    if count == 0:
+        return torch.zeros(0, num_parts, dtype=torch.bool)
+    tables: list[dict[tuple, int]] = [{} for _ in range(num_parts)]
+    codes = torch.tensor([[table.setdefault(attrs, len(table)) for table, attrs in zip(tables, ident.parts())]
+                          for ident in identities])  # [n, P]
+    _, family, sizes = torch.unique(torch.tensor([ident.family for ident in identities]),
+                                    return_inverse=True, return_counts=True)
+    order = torch.argsort(family, stable=True)
+    group = family[order]
+    slot = torch.arange(count) - (sizes.cumsum(0) - sizes)[group]  # position within the family
+    members = int(sizes.max())
+    grid = torch.zeros(len(sizes), members, num_parts, dtype=torch.long)
+    present = torch.zeros(len(sizes), members, dtype=torch.bool)
+    grid[group, slot] = codes[order]
+    present[group, slot] = True
+    differ = grid[:, :, None] != grid[:, None, :]  # [F, S, S, P]
+    pairs = present[:, :, None] & present[:, None, :] & ~torch.eye(members, dtype=torch.bool)
+    if sole:
+        differ &= differ.sum(-1, keepdim=True) == 1
+    found = (differ & pairs[..., None]).any(2)  # [F, S, P]
+    out = torch.empty(count, num_parts, dtype=torch.bool)
+    out[order] = found[group, slot]
+    return out
 
 
 def _sample_part(rng: random.Random, part: int) -> tuple:

@@ -17,7 +17,9 @@ from torch.utils.data import Dataset
 from ..seeding import mix_seed, single_thread
 from .canvas import Canvas, make_camera
 from .common import target_item, with_overrides
-from .people import PART_NAMES, Identity, _sample_part, _sample_parts, draw_clutter, draw_occluder, draw_person
+from .people import (
+    PART_NAMES, Identity, _sample_part, _sample_parts, discriminative_parts, draw_clutter, draw_occluder, draw_person,
+)
 
 __all__ = ["SPLITS", "SampleInfo", "RenderedSample", "SyntheticReIDConfig", "SyntheticReID", "SyntheticReIDDataset"]
 
@@ -116,6 +118,18 @@ class SyntheticReID:
     Args:
         seed: the data seed; every image is a function of ``(seed, split, index)`` (and the config).
         config: a :class:`SyntheticReIDConfig`; keyword arguments override its fields.
+
+    Attributes:
+        evidence: bool ``[len(identities), P]``, the parts in which each identity differs from at
+            least one sibling (:func:`~datamodules.synthetic.people.discriminative_parts`).
+            Families never mix training and test identities, and every test identity has both
+            query and gallery images, so a query's evidence is what separates it from the gallery
+            identities of its family.
+        evidence_required: the same with ``sole=True``: the parts that are the *only* difference
+            to some sibling (a model has to see each of them to tell the identity from every
+            sibling). In a full family (``family_size`` 5) every member differs from some sibling in
+            the same 4 parts (``evidence``), while a sibling's required part is the one it changed
+            and the base identity's are the siblings' changed parts.
     """
 
     part_names: tuple[str, ...] = PART_NAMES
@@ -177,6 +191,8 @@ class SyntheticReID:
             self.identities.append(Identity(pids[i], fam, *attrs))
         self.train_identities = list(range(cfg.num_train_ids))
         self.test_identities = list(range(cfg.num_train_ids, n))
+        self.evidence = discriminative_parts(self.identities)
+        self.evidence_required = discriminative_parts(self.identities, sole=True)
 
     def _build_metadata(self) -> None:
         cfg = self.config
@@ -315,10 +331,13 @@ class SyntheticReIDDataset(Dataset):
     """One split of a :class:`SyntheticReID` as a map-style Dataset.
 
     Items are dicts ``{"image": tv_tensors.Image uint8 [3,H,W], "pid": int, "camid": int (0-based),
-    "box": tv_tensors.BoundingBoxes [1,4] XYXY, "mask": tv_tensors.Mask uint8 [P,H,W]}``. An item
-    may also be requested as ``(index, sample_seed)`` (what :class:`~datamodules.samplers.PKSampler`
-    yields); the image itself does not depend on the sample seed. With ``cache`` rendered images are
-    kept in memory (per process: a persistent data-loader worker renders each image once per run).
+    "evidence": bool [P], "evidence_required": bool [P], "box": tv_tensors.BoundingBoxes [1,4] XYXY,
+    "mask": tv_tensors.Mask uint8 [P,H,W]}``: the evidence vectors are those of the identity drawn
+    (:attr:`SyntheticReID.evidence`, one row per item in :attr:`evidence` / :attr:`evidence_required`;
+    junk is a cut image of a test identity, a distractor has none set). An item may also be
+    requested as ``(index, sample_seed)`` (what :class:`~datamodules.samplers.PKSampler` yields); the
+    image itself does not depend on the sample seed. With ``cache`` rendered images are kept in
+    memory (per process: a persistent data-loader worker renders each image once per run).
     """
 
     def __init__(self, generator: SyntheticReID, split: str, variant: str = "labeled", cache: bool = False) -> None:
@@ -329,6 +348,10 @@ class SyntheticReIDDataset(Dataset):
         self._cache: dict[int, RenderedSample] = {}
         self.infos = generator.samples(split)
         self.part_names = generator.part_names
+        identity = torch.tensor([s.identity for s in self.infos], dtype=torch.long).view(-1, 1)
+        drawn = identity >= 0  # [n, 1]; -1: a random figure (distractor)
+        self.evidence = generator.evidence[identity.clamp_min(0).view(-1)] & drawn
+        self.evidence_required = generator.evidence_required[identity.clamp_min(0).view(-1)] & drawn
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -348,4 +371,5 @@ class SyntheticReIDDataset(Dataset):
             s = self.generator.render(self.split, index, self.variant)
             if self.cache:
                 self._cache[index] = s
-        return target_item(s.image, s.box, s.masks, pid=s.pid, camid=s.camid)
+        return target_item(s.image, s.box, s.masks, pid=s.pid, camid=s.camid, evidence=self.evidence[index].clone(),
+                           evidence_required=self.evidence_required[index].clone())
