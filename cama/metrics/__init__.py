@@ -53,3 +53,6 @@ __all__ += ["RetrievalMetric", "retrieval_metrics"]
 from cama.metrics.map_scores import MapScores
 
 __all__ += ["MapScores"]
+from cama.metrics.parts import PartEvidence, branch_parts, part_energy_share, parts_covered
+
+__all__ += ["PartEvidence", "branch_parts", "part_energy_share", "parts_covered"]
