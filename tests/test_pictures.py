@@ -193,6 +193,8 @@ def test_readme_is_written_once_per_run_to_tensorboard_and_pngs_match_the_images
     logged = decode_png(torch.frombuffer(bytearray(accumulator.Images("explanations/ram")[-1].encoded_image_string),
                                          dtype=torch.uint8))
     assert torch.equal(png, logged)
+    event = accumulator.Images("explanations/ram")[-1]
+    assert (event.height, event.width) == tuple(png.shape[1:])  # the summary's size is the picture's
 
     csv = ExplanationImages(methods=["ram"], num_probes=2, num_ranking_queries=0)
     run_validations(model, datamodule, csv, CSVLogger(tmp_path, name="csv"), tmp_path, times=1)
