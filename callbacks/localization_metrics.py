@@ -19,6 +19,11 @@ provides. Logged as ``<prefix>/<method>/<name>`` (``prefix="loc"``):
   size of the method's boxes centred in the image;
 * with part masks (their union is the person; :class:`~cama.metrics.OtsuSegmentation`):
   ``otsu_miou``, ``otsu_iou``, ``otsu_precision``, ``otsu_recall``, ``otsu_micro_f1``;
+* with the part evidence of the synthetic re-ID set (``evidence_required``: the parts that alone
+  tell the identity from one of its look-alikes, :mod:`cama.metrics.parts`): ``evidence_energy``,
+  ``evidence_area``, ``evidence_ratio`` (the summed map's energy share on those parts over their
+  share of the person; above 1: the map prefers the evidence) and ``parts_covered`` (parts touched
+  by the map's top-k region, k the OAP's);
 * always, on the first ``num_faithfulness_samples`` (:class:`~cama.metrics.AverageDropIncrease`):
   ``ad`` and ``ic`` (fam Eq. 21-22) with the cosine similarity to the reference as the score and the
   query masked by the map (:func:`cama.metrics.mask_images`).
@@ -50,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.base import RankingCallback, RankingProbes, load_items, stack_captured
+from callbacks.base import RankingCallback, RankingProbes, cpu_threads, load_items, stack_captured
 from callbacks.score_logging import ScoreLogger
 from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import DEFAULT_TAUS
@@ -60,6 +65,8 @@ from cama.protocols import HasOverlapPenalty, ShowsImages
 from cama.viz import GRADIENT_METHODS, Explainer, Features, check_methods
 
 __all__ = ["LocalizationMetrics"]
+
+EVIDENCE = "evidence_required"  # the synthetic re-ID items' discriminative parts (cama.metrics.parts)
 
 
 class LocalizationMetrics(RankingCallback):
@@ -161,8 +168,9 @@ class LocalizationMetrics(RankingCallback):
         inputs = self.epoch_inputs(trainer, pl_module, self.samples)  # collective: every rank
         if inputs is None:
             return
+        forward_threads = torch.get_num_threads()  # the masked queries' forward is a large batch
         with self.threads(pl_module):
-            results = self._score(trainer, pl_module, *inputs, captured)
+            results = self._score(trainer, pl_module, *inputs, captured, forward_threads)
         self.last_results = {k: float(v) for k, v in results.items()}
         self.score_logger.log(trainer, pl_module, results)
 
@@ -210,10 +218,17 @@ class LocalizationMetrics(RankingCallback):
         return features, batch, have + missing
 
     def _map_scores(
-        self, image_size: tuple[int, int], has_box: bool, has_mask: bool, branches: int, topk: Any, device: torch.device
+        self,
+        image_size: tuple[int, int],
+        has_box: bool,
+        has_mask: bool,
+        has_evidence: bool,
+        branches: int,
+        topk: Any,
+        device: torch.device,
     ) -> MapScores:
         """The score group of every map (built once, reset after every epoch)."""
-        key = (image_size, has_box, has_mask, branches, topk, str(device))
+        key = (image_size, has_box, has_mask, has_evidence, branches, topk, str(device))
         if self._scores is None or self._scores[0] != key:
             names = list(self.methods)
             if self.per_branch and branches > 1:
@@ -223,6 +238,7 @@ class LocalizationMetrics(RankingCallback):
                 faithfulness_names=self.methods if self.num_faithfulness_samples else (),
                 tau=self.tau, taus=self.taus, iou_threshold=self.iou_threshold,
                 branch_overlap_topk=topk if self.branch_overlap and branches > 1 else None,
+                evidence_topk=topk if has_evidence else None,
             )
             self._scores = (key, scores.to(device))
         return self._scores[1]
@@ -235,6 +251,7 @@ class LocalizationMetrics(RankingCallback):
         provider: Any,
         gallery: EmbeddingSet,
         captured: dict[int, Any],
+        forward_threads: int | None = None,
     ) -> dict[str, Tensor]:
         device = pl_module.device
         gallery = gallery.to(device)
@@ -244,6 +261,7 @@ class LocalizationMetrics(RankingCallback):
             return {}
         first = self.samples.dataset[samples[0]]
         has_box, has_mask = "box" in first, "mask" in first
+        has_evidence = has_mask and EVIDENCE in first
         image_size = tuple(first["image"].shape[-2:])
         explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
         if captured:
@@ -251,7 +269,7 @@ class LocalizationMetrics(RankingCallback):
         else:
             branches = len(explainer.features(first["image"][None].to(device)).maps)
         topk = pl_module.overlap_topk() if isinstance(pl_module, HasOverlapPenalty) else 0.2  # the OAP's k (Eq. 5)
-        scores = self._map_scores(image_size, has_box, has_mask, branches, topk, device)
+        scores = self._map_scores(image_size, has_box, has_mask, has_evidence, branches, topk, device)
         datamodule = trainer.datamodule
         mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
 
@@ -261,7 +279,9 @@ class LocalizationMetrics(RankingCallback):
             position_of = {samples[p]: p for p in chunk}
             features, batch, order = self._features(explainer, [samples[p] for p in chunk], captured, device)
             ordered = [position_of[i] for i in order]
-            self._score_chunk(explainer, provider, features, batch, gallery, order, ordered, scores, mean, std)
+            self._score_chunk(
+                explainer, provider, features, batch, gallery, order, ordered, scores, mean, std, forward_threads
+            )
         results = scores.compute_named(self.prefix)  # the same order on every rank: compute() syncs
         scores.reset()
         return results
@@ -278,6 +298,7 @@ class LocalizationMetrics(RankingCallback):
         scores: MapScores,
         mean: Sequence[float] | None,
         std: Sequence[float] | None,
+        forward_threads: int | None = None,
     ) -> None:
         """Score the samples ``indices`` (dataset indices; positions ``chunk`` of the subset), the
         rows of ``features`` / ``batch``."""
@@ -292,7 +313,9 @@ class LocalizationMetrics(RankingCallback):
         reference_embeddings = gallery.embeddings[rows].to(features.embedding.dtype)
         correct = matches[rankable, 0]
         boxes = batch["box"][rankable].float() if "box" in batch else None
-        person = batch["mask"][rankable].any(dim=1) if "mask" in batch else None
+        parts = batch["mask"][rankable].bool() if "mask" in batch else None
+        person = parts.any(dim=1) if parts is not None else None
+        evidence = batch[EVIDENCE][rankable].bool() if parts is not None and EVIDENCE in batch else None
 
         if boxes is not None:
             scores.update_baselines(boxes, tuple(features.images.shape[-2:]))
@@ -314,6 +337,8 @@ class LocalizationMetrics(RankingCallback):
             summed = maps[:, -1]
             box, mask = (None if t is None else t[rows_used] for t in (boxes, person))
             scores.update_maps(method, summed, box, mask, correct[rows_used])
+            if evidence is not None:
+                scores.update_parts(method, summed, parts[rows_used], evidence[rows_used])
             if self.per_branch and maps.shape[1] > 1:
                 for i in range(maps.shape[1] - 1):
                     scores.update_maps(f"{method}_branch{i + 1}", maps[:, i], box, mask, correct[rows_used])
@@ -324,7 +349,8 @@ class LocalizationMetrics(RankingCallback):
                     masked_rows.append((method, rows_used[keep]))
 
         if masked_images:  # fam Eq. 21-22: one forward for every method's masked queries
-            masked = explainer.features(torch.cat(masked_images)).embedding
+            with cpu_threads(forward_threads, device):
+                masked = explainer.features(torch.cat(masked_images)).embedding
             offset = 0
             for method, rows_used in masked_rows:
                 count = rows_used.numel()

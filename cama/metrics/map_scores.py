@@ -9,13 +9,18 @@ plus the baselines a map has to beat -- what the localization and few-shot expla
   map's boxes) when the data has boxes;
 * ``"otsu"`` :class:`~cama.metrics.localization.OtsuSegmentation` when it has person masks;
 * ``"faith"`` :class:`~cama.metrics.faithfulness.AverageDropIncrease` for the names scored with AD/IC;
+* ``"parts"`` :class:`~cama.metrics.parts.PartEvidence` when the data marks the parts that tell an
+  identity from its look-alikes (the synthetic re-ID set's ``evidence_required``): the map's energy
+  share on them against their share of the person (``evidence_ratio`` above 1: the map prefers
+  them) and the parts its top-k region covers;
 
 and the groups ``"center_baseline"`` (a centred box of the mean ground-truth size) and
 ``"uniform_baseline"`` (the pointing game of a uniform map) with boxes, ``"branch_overlap"``
 (:class:`~cama.metrics.localization.BranchOverlap`) when asked for.  :meth:`MapScores.compute_named`
 gives the logged names (:func:`score_names`), e.g. ``loc/ram/box_iou``,
 ``loc/fam/otsu_miou``, ``loc/ram/center_box_iou``, ``loc/center_baseline/box_iou``,
-``loc/uniform_baseline/energy``, ``loc/branch_overlap_iou``, ``loc/dist_cam/ad``.
+``loc/uniform_baseline/energy``, ``loc/branch_overlap_iou``, ``loc/dist_cam/ad``,
+``loc/ram/evidence_ratio``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torchmetrics import Metric, MetricCollection
 
 from cama.metrics.boxes import DEFAULT_TAUS, boxes_from_maps
 from cama.metrics.faithfulness import AverageDropIncrease
+from cama.metrics.parts import PartEvidence
 from cama.metrics.localization import (
     BoxLocalization,
     BranchOverlap,
@@ -40,7 +46,7 @@ from cama.metrics.localization import (
 __all__ = ["MapScores", "score_names"]
 
 # the order of the metrics inside a group (MetricCollection sorts its keys)
-_KEY_ORDER = ("box", "energy", "center", "otsu", "faith", "overlap")
+_KEY_ORDER = ("box", "energy", "center", "otsu", "parts", "faith", "overlap")
 
 
 def score_names(prefix: str, name: str, key: str, value: Any) -> dict[str, Tensor]:
@@ -71,6 +77,8 @@ class MapScores(nn.Module):
         faithfulness_names: the names also scored with AD/IC.
         tau, taus, iou_threshold: of :class:`BoxLocalization` (and the centred boxes' accuracy).
         branch_overlap_topk: the ``topk`` of :class:`BranchOverlap`; None: no branch overlap.
+        evidence_topk: the ``topk`` of :class:`PartEvidence` (its parts covered); None: the data
+            has no part evidence.
     """
 
     def __init__(
@@ -84,6 +92,7 @@ class MapScores(nn.Module):
         taus: Sequence[float] = DEFAULT_TAUS,
         iou_threshold: float = 0.5,
         branch_overlap_topk: float | int | None = None,
+        evidence_topk: float | int | None = None,
     ) -> None:
         super().__init__()
         image_size = tuple(int(s) for s in image_size[-2:])
@@ -98,6 +107,8 @@ class MapScores(nn.Module):
                 )
             if has_mask:
                 group["otsu"] = OtsuSegmentation()
+            if evidence_topk is not None:
+                group["parts"] = PartEvidence(evidence_topk)
             if name in faithfulness_names:
                 group["faith"] = AverageDropIncrease()
             groups[name] = group
@@ -139,6 +150,11 @@ class MapScores(nn.Module):
             group["center"].update(boxes, predicted[:, -1])  # the box at tau
         if person_masks is not None:
             group["otsu"].update(maps, person_masks)
+
+    def update_parts(self, name: str, maps: Tensor, part_masks: Tensor, evidence: Tensor) -> None:
+        """Part evidence of the maps ``[B, H, W]`` of ``name``: part masks ``[B, P, H, W]``, the
+        discriminative parts ``[B, P]`` bool."""
+        self._group(name)["parts"].update(maps, part_masks, evidence)
 
     def update_baselines(self, boxes: Tensor, image_size: Sequence[int]) -> None:
         """The baselines of a batch with ground-truth boxes ``[B, 4]``: the centred box of the mean
