@@ -12,6 +12,7 @@ protocol                  what the model offers                    who uses it
 :class:`HasProjection`    ``embedding_projection()`` (FC ``W``)    FAM Eq. 16-18
 :class:`HasBranchLayers`  ``explanation_layers()`` per branch      the gradient CAMs' default layers
 :class:`HasOverlapPenalty` ``overlap_topk()`` (OAP's k, Eq. 5)     the branch-overlap score
+:class:`HasRandomizationBlocks` ``randomization_blocks()``         the sanity checks (Adebayo et al.)
 :class:`RankingTask`      ``evaluation_embeddings()``,             re-ID / retrieval callbacks
                           ``reference_provider(dataset)``
 :class:`EpisodeTask`      ``episode_references(batch, maps)``,     few-shot callbacks
@@ -31,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "EmbeddingModel",
@@ -39,6 +40,7 @@ __all__ = [
     "HasProjection",
     "HasBranchLayers",
     "HasOverlapPenalty",
+    "HasRandomizationBlocks",
     "ReferenceProvider",
     "RankingTask",
     "EpisodeTask",
@@ -94,6 +96,17 @@ class HasOverlapPenalty(Protocol):
 
     def overlap_topk(self) -> float | int:
         """The penalty's k (a fraction of the feature grid, or a count): the top-k masks it compares."""
+        ...
+
+
+@runtime_checkable
+class HasRandomizationBlocks(Protocol):
+    """A model that lists its blocks for the cascading randomization of Adebayo et al. 2018
+    ("Sanity Checks for Saliency Maps", Sec. 3; :mod:`cama.explain.sanity`)."""
+
+    def randomization_blocks(self) -> list[tuple[str, nn.Module]]:
+        """``(name, block)`` pairs, top (output) first, covering every layer that computes the
+        feature maps and the embedding (e.g. ``[("head", ...), ("conv5", ...), ..., ("conv1", ...)]``)."""
         ...
 
 

@@ -66,5 +66,10 @@ class Conv4(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def stages_top_down(self) -> list[tuple[str, nn.Module]]:
+        """``block<n>`` .. ``block1``: the blocks of the cascading randomization (Adebayo et al. 2018,
+        :mod:`cama.explain.sanity`), top first."""
+        return [(f"block{i + 1}", block) for i, block in enumerate(self.blocks)][::-1]
+
     def forward(self, images: Tensor) -> Tensor:
         return self.blocks(images)

@@ -20,7 +20,7 @@ from torchvision.models import resnet as tv_resnet
 
 from cama.errors import InputError
 
-__all__ = ["RESNET_NAMES", "build_resnet", "MultiBranchResNet", "PretrainedWeightsNotFound"]
+__all__ = ["RESNET_NAMES", "build_resnet", "MultiBranchResNet", "PretrainedWeightsNotFound", "ResNetBody"]
 
 
 class PretrainedWeightsNotFound(InputError, FileNotFoundError):
@@ -156,6 +156,28 @@ def build_resnet(
     return net
 
 
+def _stem_stages(conv1: nn.Module, bn1: nn.Module, layers: list[nn.Module]) -> list[tuple[str, nn.Module]]:
+    """``conv2`` .. ``conv<n+1>`` (``layer1 ..``) top first, then ``conv1`` with its BatchNorm."""
+    stages = [(f"conv{i + 2}", layer) for i, layer in enumerate(layers)][::-1]
+    return stages + [("conv1", nn.ModuleList([conv1, bn1]))]
+
+
+class ResNetBody(nn.Sequential):
+    """A torchvision ResNet's ``conv1 .. layer4`` as one ``nn.Sequential`` (no pooling, no ``fc``):
+    ``[B, 3, H, W] -> [B, C, h, w]``. Its state dict is that of the plain ``nn.Sequential``
+    (``0.weight`` = ``conv1.weight``, ..., ``7.*`` = ``layer4.*``)."""
+
+    def __init__(self, net: tv_resnet.ResNet) -> None:
+        super().__init__(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
+
+    def stages_top_down(self) -> list[tuple[str, nn.Module]]:
+        """``conv5`` (``layer4``) .. ``conv2`` (``layer1``), ``conv1`` (with ``bn1``): the blocks of
+        the cascading randomization (Adebayo et al. 2018, :mod:`cama.explain.sanity`), top first."""
+        return _stem_stages(self[0], self[1], [self[4], self[5], self[6], self[7]])
+
+
 class MultiBranchResNet(nn.Module):
     """Shared ``conv1``-``conv4`` and one ``conv5`` copy per branch (cama-ram Fig. 2, Sec. 4.2).
 
@@ -178,6 +200,12 @@ class MultiBranchResNet(nn.Module):
         # Every branch starts from the same (possibly pretrained) conv5 weights.
         self.branches = nn.ModuleList([copy.deepcopy(net.layer4) for _ in range(num_branches)])
         self.out_channels = net.fc.in_features
+
+    def stages_top_down(self) -> list[tuple[str, nn.Module]]:
+        """``conv5`` (every branch's copy) .. ``conv2``, ``conv1`` (with its BatchNorm): the blocks of
+        the cascading randomization (Adebayo et al. 2018, :mod:`cama.explain.sanity`), top first."""
+        stem = self.stem
+        return [("conv5", self.branches), *_stem_stages(stem[0], stem[1], [stem[4], stem[5], stem[6]])]
 
     def forward(self, images: Tensor) -> list[Tensor]:
         shared = self.stem(images)

@@ -12,7 +12,10 @@ float64), so low-precision maps equal the float32 maps of the same values:
 * :func:`gradient_cam`: Grad-CAM, Grad-CAM++, Layer-CAM, FullGrad with the layerization and
   truncation tricks (ltgrad-cam Eq. 2-11), in ``[0, 1]`` at image size;
 * rendering: :func:`postprocess` (ReLU -> bilinear upsampling -> per-map min-max),
-  :func:`overlay` (uint8 RGB heat-map overlays), :func:`grid`.
+  :func:`overlay` (uint8 RGB heat-map overlays), :func:`grid`;
+* sanity checks (Adebayo et al. 2018, :mod:`.sanity`): :func:`sanity_check` and
+  :func:`cascading_randomization` (cascading model-parameter randomization),
+  :func:`spearman_correlation`, :func:`ssim`, :func:`resnet_blocks_top_down`.
 
 This package imports nothing from ``cama.models``, ``callbacks`` or ``datamodules``.
 """
@@ -37,8 +40,18 @@ from .maps import (
     ram_self,
 )
 from .render import colorize, colormap, draw_boxes, grid, minmax_normalize, overlay, postprocess
+from .sanity import (
+    SanityCheckResult,
+    cascading_randomization,
+    resnet_blocks_top_down,
+    sanity_check,
+    spearman_correlation,
+    ssim,
+)
 
 __all__ = [
+    "SanityCheckResult",
+    "cascading_randomization",
     "class_activation_map",
     "class_prototype",
     "colorize",
@@ -61,6 +74,10 @@ __all__ = [
     "ram",
     "ram_per_branch",
     "ram_self",
+    "resnet_blocks_top_down",
+    "sanity_check",
     "similarity_score",
+    "spearman_correlation",
+    "ssim",
     "truncate_gradients",
 ]

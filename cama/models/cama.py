@@ -130,6 +130,11 @@ class CAMA(pl.LightningModule):
         """Each branch's last block (conv5 copy), the default layer of its gradient CAMs."""
         return [[f"backbone.branches.{i}"] for i in range(len(self.backbone.branches))]
 
+    def randomization_blocks(self) -> list[tuple[str, nn.Module]]:
+        """``head`` (every branch's BN and classifier), ``conv5`` (every branch) .. ``conv1``: the
+        cascading randomization's blocks, top first (:class:`cama.protocols.HasRandomizationBlocks`)."""
+        return [("head", self.heads), *self.backbone.stages_top_down()]
+
     def overlap_topk(self) -> float | int:
         """The OAP's k (Eq. 5): what the branch-overlap score of the explanations compares."""
         return self.hparams.oap_topk

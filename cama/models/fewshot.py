@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cama.backbones import RESNET_NAMES, Conv4, ResNet12, build_resnet
+from cama.backbones import RESNET_NAMES, Conv4, ResNet12, ResNetBody, build_resnet
 from cama.explain.precision import work_dtype
 from cama.metrics import FewShotAccuracy
 from cama.models.checkpoints import init_from_checkpoint
@@ -82,7 +82,7 @@ def build_fewshot_backbone(
         return net, net.out_channels
     if name in RESNET_NAMES:
         tv = build_resnet(name, pretrained, last_stride)
-        body = nn.Sequential(tv.conv1, tv.bn1, tv.relu, tv.maxpool, tv.layer1, tv.layer2, tv.layer3, tv.layer4)
+        body = ResNetBody(tv)
         return body, tv.fc.in_features
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(FEW_SHOT_BACKBONES)}")
 
@@ -201,6 +201,11 @@ class ProtoNet(pl.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.embed_maps(self.feature_maps(images))
+
+    def randomization_blocks(self) -> list[tuple[str, nn.Module]]:
+        """The backbone's stages, top first (:class:`cama.protocols.HasRandomizationBlocks`); the
+        base-class classifier of the pre-training builds no embedding and is left out."""
+        return self.backbone.stages_top_down()
 
     # ------------------------------------------------------------------ episodes
     def logits(self, queries: Tensor, prototypes: Tensor) -> Tensor:

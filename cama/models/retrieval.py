@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cama.backbones import RESNET_NAMES, build_resnet
+from cama.backbones import RESNET_NAMES, ResNetBody, build_resnet
 from cama.metrics.retrieval import RECALL_KS, RetrievalMetric
 from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
@@ -161,9 +161,7 @@ class RetrievalModel(pl.LightningModule):
             raise ValueError(f"embedding_size must be positive, 0 or None, got {embedding_size}")
         self.save_hyperparameters()
         net = build_resnet(backbone, pretrained, last_stride, width)
-        self.backbone = nn.Sequential(
-            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
-        )
+        self.backbone = ResNetBody(net)
         self.out_channels = net.fc.in_features
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
@@ -209,6 +207,13 @@ class RetrievalModel(pl.LightningModule):
     def embedding_projection(self) -> Tensor | None:
         """The FC projection weight ``W`` ``[D, K]`` (``e = W g``) for FAM's Eq. 16-18, or ``None``."""
         return None if self.projection is None else self.projection.weight.detach()
+
+    def randomization_blocks(self) -> list[tuple[str, nn.Module]]:
+        """``projection`` (when there is one), then the backbone's ``conv5`` .. ``conv1``: the cascading
+        randomization's blocks, top first (:class:`cama.protocols.HasRandomizationBlocks`). A learned
+        GeM exponent is pooling, not a layer, and stays as trained."""
+        head = [("projection", self.projection)] if self.projection is not None else []
+        return [*head, *self.backbone.stages_top_down()]
 
     # ------------------------------------------------------------------ the task (cama.protocols.RankingTask)
     def evaluation_embeddings(self) -> EmbeddingSet:

@@ -1,0 +1,194 @@
+"""``SanityChecks``: do the maps depend on the trained weights? Adebayo et al.'s test during validation.
+
+Adebayo et al. 2018, "Sanity Checks for Saliency Maps" (NeurIPS), Sec. 3: the cascading
+model-parameter randomization test. On the chosen validation epochs the callback takes a fixed,
+seeded set of validation queries (``num_samples``, chosen once among the probes of the task's
+reference provider and kept in ``state_dict``, as :class:`~callbacks.LocalizationMetrics` does), finds
+each one's reference with the provider (:mod:`cama.references`: the top-ranked gallery image under
+the re-ID protocol, the nearest other image for retrieval) ranked with the embeddings of the
+model's own validation loop, and runs :func:`cama.explain.sanity_check`: the model's blocks
+(``randomization_blocks()``, :class:`cama.protocols.HasRandomizationBlocks`, top first: e.g.
+``head``, ``conv5`` .. ``conv1``) are re-initialised cumulatively, and after each step every method's
+map of every query is compared with the trained model's map. Afterwards the model is exactly the
+trained one again (every parameter and buffer, every train/eval flag).
+
+The maps compared (:func:`sanity_maps`) are the summed map over the branches on the query image, at
+image size: for the forward-only methods the **raw, signed** map (bilinearly upsampled, no ReLU, no
+min-max), so the signed and the absolute Spearman correlation differ as in the paper; for the
+gradient methods their ``[0, 1]`` maps. The references are the trained model's; their embeddings are
+recomputed by the randomized model at every step (Dist-CAM, FAM and the gradient methods are
+explained against the reference, RAM is the query's own ``R_q^q``).
+
+Logged (``prefix="sanity"``, :class:`~callbacks.score_logging.ScoreLogger`), per method and per
+step (named by the lowest block randomized so far):
+``sanity/<method>/spearman_<block>`` (signed maps), ``sanity/<method>/spearman_abs_<block>`` and
+``sanity/<method>/ssim_<block>`` (absolute maps). A method passes when these fall towards 0 as more
+blocks are randomized; one that stays near 1 does not explain the model.
+
+Cost per run: one forward of the queries and their references before and after each of the
+blocks' steps, and every method's maps each time: off by default (``every_n_epochs=0``). Every
+process runs the same check on the same queries (no collective but the gallery gathering). The
+sanity-check epoch of the trainer is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from callbacks.base import RankingCallback, RankingProbes, load_items
+from callbacks.score_logging import ScoreLogger
+from cama.explain import SanityCheckResult, sanity_check
+from cama.protocols import HasRandomizationBlocks
+from cama.viz import GRADIENT_METHODS, Explainer, check_methods
+
+__all__ = ["SanityChecks", "sanity_maps"]
+
+
+def sanity_maps(
+    model: nn.Module,
+    images: Tensor,
+    references: Tensor,
+    methods: Sequence[str],
+    gradient_layers: Sequence[str] | None = None,
+    truncation: float | None = None,
+    truncation_per_channel: bool = False,
+) -> dict[str, Tensor]:
+    """Each method's summed map ``[B, H, W]`` of ``images`` against ``references`` (one per image),
+    both forwarded through ``model`` as it is now (module docstring: raw signed maps for the
+    forward-only methods, ``[0, 1]`` maps for the gradient methods)."""
+    explainer = Explainer(model, gradient_layers, truncation, truncation_per_channel)
+    count = images.shape[0]
+    features = explainer.features(torch.cat([images, references.to(images.dtype)]))
+    queries = features.select(range(count))
+    reference_embeddings = features.embedding[count:]
+    size = tuple(images.shape[-2:])
+    maps: dict[str, Tensor] = {}
+    for method in methods:
+        target = queries.embedding if method == "ram" else reference_embeddings
+        if method in GRADIENT_METHODS:
+            maps[method] = explainer.explain(method, queries, target, branches=False)[:, 0]
+            continue
+        raw = explainer.raw_maps(method, queries, target).sum(dim=1, keepdim=True)
+        maps[method] = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)[:, 0]
+    return maps
+
+
+class SanityChecks(RankingCallback):
+    """Cascading model-parameter randomization of the explanation maps (module docstring).
+
+    Args:
+        methods: explanation methods to check (:mod:`cama.viz.explainer`).
+        every_n_epochs: run on every n-th validation epoch (the first one included); 0 (the
+            default) never runs.
+        num_samples: queries checked (a fixed subset).
+        seed: seed of the subset (a private generator) and of the re-initialisation.
+        gradient_layers, truncation, truncation_per_channel: the gradient methods' options.
+        prefix: logged names start with it.
+        cpu_threads: intra-op threads for the callback's own work on CPU; ``None`` keeps torch's.
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[str] = ("dist_cam", "ram", "fam"),
+        every_n_epochs: int = 0,
+        num_samples: int = 16,
+        seed: int = 0,
+        gradient_layers: list[str] | None = None,
+        truncation: float | None = None,
+        truncation_per_channel: bool = False,
+        prefix: str = "sanity",
+        cpu_threads: int | None = 1,
+    ) -> None:
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs must be >= 0 (0: off), got {every_n_epochs}")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        super().__init__(max(1, int(every_n_epochs)), cpu_threads)
+        self.every_n_epochs = int(every_n_epochs)
+        self.methods = check_methods(methods)
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.gradient_layers = gradient_layers
+        self.truncation = truncation
+        self.truncation_per_channel = truncation_per_channel
+        self.prefix = prefix.rstrip("/")
+        self.samples = RankingProbes(self.num_samples, self.seed)
+        self.score_logger = ScoreLogger(self.prefix)
+        self.last_result: SanityCheckResult | None = None
+        self.last_results: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix)
+
+    @property
+    def sample_indices(self) -> list[int]:
+        return self.samples.indices
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "sample_indices": list(self.samples.indices)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.samples.indices = [int(i) for i in state_dict.get("sample_indices", [])]
+
+    # ------------------------------------------------------------------ hooks
+    def due(self, trainer: pl.Trainer) -> bool:
+        return self.every_n_epochs > 0 and super().due(trainer)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.end_epoch(trainer):
+            return
+        if not isinstance(pl_module, HasRandomizationBlocks):
+            self.warn_once(
+                f"{type(pl_module).__name__} does not list its blocks (`randomization_blocks()`, "
+                "cama.protocols.HasRandomizationBlocks); nothing is logged"
+            )
+            return
+        inputs = self.epoch_inputs(trainer, pl_module, self.samples)  # collective: every rank
+        if inputs is None:
+            return
+        with self.threads(pl_module):
+            result = self.check(pl_module, *inputs)
+        if result is None:
+            return
+        self.last_result = result
+        self.last_results = result.scalars(self.prefix)
+        device = pl_module.device
+        scores = {name: torch.tensor(value, device=device) for name, value in self.last_results.items()}
+        self.score_logger.log(trainer, pl_module, scores)
+
+    # ------------------------------------------------------------------ the check
+    def check(self, pl_module: pl.LightningModule, provider: Any, gallery: Any) -> SanityCheckResult | None:
+        """The test on this epoch's queries (``provider`` and ``gallery`` from :meth:`epoch_inputs`);
+        None when no query has a reference. ``pl_module`` is exactly as before afterwards."""
+        device = pl_module.device
+        samples = self.samples.choose(provider, self.warn_once)
+        if not samples:
+            self.warn_once("no query has a true match in the gallery; nothing is logged")
+            return None
+        dataset = self.samples.dataset
+        images = load_items(dataset, samples, device)["image"]
+        embeddings = Explainer(pl_module).features(images).embedding
+        references, _ = provider.rank(gallery.to(device), embeddings, torch.tensor(samples, device=device), 1)
+        found = references[:, 0] >= 0
+        if not bool(found.any()):
+            self.warn_once("no query has a reference in this epoch's gallery; nothing is logged")
+            return None
+        reference_images = load_items(dataset, references[found, 0].tolist(), device)["image"]
+        names, blocks = zip(*pl_module.randomization_blocks())
+
+        def explain(model: nn.Module, queries: Tensor) -> dict[str, Tensor]:
+            return sanity_maps(
+                model, queries, reference_images, self.methods,
+                self.gradient_layers, self.truncation, self.truncation_per_channel,
+            )
+
+        return sanity_check(explain, pl_module, list(blocks), list(names), images[found], seed=self.seed)
