@@ -439,5 +439,5 @@ def test_explain_imports_no_models_callbacks_or_datamodules() -> None:
                 continue
             for name in names:
                 root = name.split(".")[0]
-                assert name.startswith(".") or root in {"__future__", "collections", "contextlib", "typing",
+                assert name.startswith(".") or root in {"__future__", "collections", "contextlib", "dataclasses", "typing",
                                                         "math", "torch", "torchvision"}, (source.name, name)
