@@ -10,7 +10,9 @@ float64), so low-precision maps equal the float32 maps of the same values:
   :func:`ram` / :func:`ram_self` / :func:`ram_per_branch` (RAM, cama-ram Eq. 10, Fig. 8),
   :func:`fam` (FAM, fam Sec. IV, Eq. 11-18; in :mod:`.feature_activation`);
 * :func:`gradient_cam`: Grad-CAM, Grad-CAM++, Layer-CAM, FullGrad with the layerization and
-  truncation tricks (ltgrad-cam Eq. 2-11), in ``[0, 1]`` at image size;
+  truncation tricks (ltgrad-cam Eq. 2-11), in ``[0, 1]`` at image size; its two halves
+  :func:`record_gradients` (one forward and backward) and :func:`gradient_layer_maps` (the
+  per-layer terms of Eq. 8) sweep layers and truncations on one pass;
 * rendering: :func:`postprocess` (ReLU -> bilinear upsampling -> per-map min-max),
   :func:`overlay` (uint8 RGB heat-map overlays), :func:`grid`.
 
@@ -18,10 +20,13 @@ This package imports nothing from ``cama.models``, ``callbacks`` or ``datamodule
 """
 
 from .gradient import (
+    GradientRecord,
     fullgrad_layers,
     gradient_cam,
     gradient_cam_layer_map,
+    gradient_layer_maps,
     logit_score,
+    record_gradients,
     similarity_score,
     truncate_gradients,
 )
@@ -39,6 +44,7 @@ from .maps import (
 from .render import colorize, colormap, draw_boxes, grid, minmax_normalize, overlay, postprocess
 
 __all__ = [
+    "GradientRecord",
     "class_activation_map",
     "class_prototype",
     "colorize",
@@ -53,6 +59,7 @@ __all__ = [
     "global_average_pool",
     "gradient_cam",
     "gradient_cam_layer_map",
+    "gradient_layer_maps",
     "grid",
     "logit_score",
     "minmax_normalize",
@@ -61,6 +68,7 @@ __all__ = [
     "ram",
     "ram_per_branch",
     "ram_self",
+    "record_gradients",
     "similarity_score",
     "truncate_gradients",
 ]
