@@ -29,8 +29,8 @@ sets the weights, the batches and the synthetic data), and its maps are scored o
     as many training images (``results/claims/ltgrad_delta.png``), and ``delta`` chosen on the
     training images, scored on the test images.
 
-Every figure is a mean over seeds with its 95% t-interval (``mean ± half-width (n=seeds)``); ``holds`` follows
-the rules of ``bench/claims_rules.py``. Writes ``results/claims/classifier.json`` (the rows, every
+Every figure is a mean over seeds with its 95% t-interval (``mean ± half-width (n=seeds)``); ``holds``
+follows the rules of ``bench/claims_rules.py``. Writes ``results/claims/classifier.json`` (the rows, every
 per-seed number, the whole grid) and ``results/claims/ltgrad_delta.png``.
 
     python bench/claims_classifier.py                    # 3 seeds, the config's 20 epochs
@@ -52,9 +52,12 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from claims_common import DEFAULT_SEEDS, REPO, RESULTS, mean_ci, pick_device, row, train_config, write_rows  # noqa: E402
+from claims_common import (  # noqa: E402
+    DEFAULT_SEEDS, REPO, RESULTS, mean_ci, pick_device, row, train_config, write_rows,
+)
 from claims_rules import combine, differences, direction, no_change, pm, share, with_seeds  # noqa: E402
 
+from callbacks.base import cpu_threads  # noqa: E402
 from cama.explain import (  # noqa: E402
     class_activation_map,
     dist_cam,
@@ -65,7 +68,9 @@ from cama.explain import (  # noqa: E402
     record_gradients,
 )
 from cama.metrics.boxes import max_box_accuracy, top1_localization_error  # noqa: E402
-from cama.metrics.segmentation import otsu_segmentation, segmentation_counts, segmentation_scores  # noqa: E402
+from cama.metrics.segmentation import (  # noqa: E402
+    otsu_segmentation, segmentation_counts, segmentation_scores,
+)
 from cama.references import class_prototypes  # noqa: E402
 
 CONFIG = REPO / "configs" / "classifier_synthetic.yaml"
@@ -75,7 +80,7 @@ TAU = 0.2
 DELTAS: tuple[float | None, ...] = (None, *range(0, 100, 10))
 METHODS = ("gradcam", "layercam", "fullgrad")
 LABELS = {"gradcam": "Grad-CAM", "layercam": "Layer-CAM", "fullgrad": "FullGrad"}
-SCORES = ("miou", "precision", "recall", "micro_f1")
+SCORES = {"miou": "mIoU", "precision": "precision", "recall": "recall", "micro_f1": "micro-F1"}
 #: what the plot draws, in ltgrad-cam Fig. 4's colours (blue, orange, green)
 COLOURS = {"gradcam": (31, 119, 180), "fullgrad": (255, 127, 14), "layercam": (44, 160, 44)}
 
@@ -202,7 +207,8 @@ def ltgrad_grid(model: Any, data: dict[str, Tensor], batch_size: int) -> dict[tu
         images = data["image"][start:start + batch_size]
         masks = data["mask"][start:start + batch_size]
         labels = data["label"][start:start + batch_size]
-        # one forward and backward pass: the stages (Grad-CAM, Layer-CAM), every batch norm and the input (FullGrad)
+        # one forward and backward pass: the stages (Grad-CAM, Layer-CAM), every batch norm and the
+        # input (FullGrad)
         record = record_gradients(model, images, logit_score(labels), stages + norms, inputs=True)
         stage_record = record.select(range(depth))
         norm_record = record.select(range(depth, depth + len(norms)))
@@ -214,7 +220,8 @@ def ltgrad_grid(model: Any, data: dict[str, Tensor], batch_size: int) -> dict[tu
                 if method == "gradcam" and delta is None:
                     for i in range(depth):
                         add_counts(table, ("gradcam", f"S{i + 1}"), maps[i], masks)
-            maps = gradient_layer_maps(norm_record, "fullgrad", truncation=delta)  # norms, then the input term
+            # the batch norms, then the input term
+            maps = gradient_layer_maps(norm_record, "fullgrad", truncation=delta)
             for l in range(1, depth + 1):
                 chosen = [maps[position[n]] for n in norms_per_l[l]] + [maps[-1]]
                 add_counts(table, ("fullgrad", l, delta), layerized(chosen), masks)
@@ -224,19 +231,30 @@ def ltgrad_grid(model: Any, data: dict[str, Tensor], batch_size: int) -> dict[tu
 # --------------------------------------------------------------------------------------------------
 # one seed
 # --------------------------------------------------------------------------------------------------
-def run_seed(seed: int, epochs: int | None, smoke: bool, images: int | None, batch_size: int) -> dict[str, Any]:
+def run_seed(seed: int, epochs: int | None, smoke: bool, images: int | None, batch_size: int,
+             threads: int | None) -> dict[str, Any]:
     start = time.perf_counter()
     model, datamodule, metrics = train_config(CONFIG, seed, data_overrides=data_overrides(seed, smoke),
                                               max_epochs=epochs)
     device = pick_device()
     model.to(device).eval()
     trained = time.perf_counter()
+    with cpu_threads(threads, device):
+        out = measure(model, datamodule, metrics, seed, images, batch_size, device)
+    out["train_seconds"] = trained - start
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def measure(model: Any, datamodule: Any, metrics: dict[str, float], seed: int, images: int | None,
+            batch_size: int, device: torch.device) -> dict[str, Any]:
+    """Items 3 and 4 on a trained classifier (module docstring)."""
     train = collect(model, datamodule.eval_dataloader("train"), device)
     test = collect(model, datamodule.eval_dataloader("test"), device, images)
-    out: dict[str, Any] = {"seed": seed, "test_acc": metrics.get("test/acc"), "train_seconds": trained - start,
+    out: dict[str, Any] = {"seed": seed, "test_acc": metrics.get("test/acc"),
                            "test_images": int(test["label"].numel())}
     out.update(dist_cam_table(model, train, test))
-    print(f"  seed {seed}: trained in {trained - start:.0f} s, test accuracy {out['test_acc']:.3f}; "
+    print(f"  seed {seed}: trained in {metrics['train_seconds']:.0f} s, test accuracy {out['test_acc']:.3f}; "
           f"top-1 loc. error CAM {out['cam_top1_loc_err']:.3f}, Dist-CAM {out['dist_cam_top1_loc_err']:.3f}",
           flush=True)
     # as many training images as test images, spread over the classes (the eval loader's order)
@@ -248,7 +266,6 @@ def run_seed(seed: int, epochs: int | None, smoke: bool, images: int | None, bat
         print(f"  seed {seed}: ltgrad grid on {data['label'].numel()} {split} images in "
               f"{time.perf_counter() - t:.0f} s", flush=True)
     out["grid"] = {split: {encode(k): v for k, v in g.items()} for split, g in grids.items()}
-    out["seconds"] = time.perf_counter() - start
     return out
 
 
@@ -280,26 +297,29 @@ def fmt_difference(a: Sequence[float], b: Sequence[float], scale: float = 100.0,
 
 def dist_cam_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
     get = lambda name: [run[name] for run in runs]  # noqa: E731
-    note = (f"classification accuracy: FC {pct(get('cam_cls_acc'))}, nearest prototype {pct(get('dist_cam_cls_acc'))}; "
-            f"ResNet-10 (width 32, 4x4 maps) on {runs[0]['test_images']} unseen test images of the training classes")
+    note = (f"classification accuracy: FC {pct(get('cam_cls_acc'))}, nearest prototype "
+            f"{pct(get('dist_cam_cls_acc'))}; ResNet-10 (width 32, 4x4 maps) on {runs[0]['test_images']} "
+            "unseen test images of the training classes")
     rows = []
     for key, protocol, extra in (
-        ("top1_loc_err", f"box at tau = {TAU} of the map's maximum (CAM's protocol)", ""),
+        ("top1_loc_err", f"box at tau = {TAU} of the map's maximum (CAM's protocol)",
+         "; a 4x4 map upsampled to 64x64 keeps most of the image at tau = 0.2 (see the next row)"),
         ("top1_loc_err_train_tau", "box at each map's best tau on the training images",
          f"; tau: CAM {pm(get('cam_train_tau'), 1, 2)}, Dist-CAM {pm(get('dist_cam_train_tau'), 1, 2)}"),
     ):
         cam, dcam = get(f"cam_{key}"), get(f"dist_cam_{key}")
         rows.append(row(
-            "3", f"dist-cam Table 1: Dist-CAM (class prototypes, Eq. 7) has a lower top-1 localization error than "
-                 f"CAM on a softmax classifier ({protocol})",
-            "ResNet-18: CAM 59.5, Dist-CAM 56.7; over 6 backbones Dist-CAM lower by 1.5-5.9 points (ILSVRC val)",
+            "3", "dist-cam Table 1: Dist-CAM (class prototypes, Eq. 7) has a lower top-1 localization error "
+                 f"than CAM on a softmax classifier ({protocol})",
+            "ResNet-18: CAM 59.5, Dist-CAM 56.7; over 6 backbones Dist-CAM lower by 1.5-5.9 points "
+            "(ILSVRC val)",
             f"CAM {pct(cam)}, Dist-CAM {pct(dcam)}; Dist-CAM - CAM {fmt_difference(dcam, cam, 100, 1)}",
             direction(differences(dcam, cam), sign=-1), note + extra))
     cam_acc, dcam_acc = get("cam_max_box_acc"), get("dist_cam_max_box_acc")
     rows.append(row(
         "3", "Dist-CAM's boxes localize at least as well as CAM's (MaxBoxAcc over tau = 0.05 ... 0.95)",
         "not reported (Table 1 gives the top-1 error only)",
-        f"CAM {pct(cam_acc)}, Dist-CAM {pct(dcam_acc)}; Dist-CAM - CAM {fmt_difference(dcam_acc, cam_acc, 100, 1)}",
+        f"CAM {pct(cam_acc)}, Dist-CAM {pct(dcam_acc)}; Dist-CAM - CAM {fmt_difference(dcam_acc, cam_acc)}",
         direction(differences(dcam_acc, cam_acc)),
         f"best tau on the test images: CAM {pm(get('cam_max_box_acc_tau'), 1, 2)}, "
         f"Dist-CAM {pm(get('dist_cam_max_box_acc_tau'), 1, 2)}"))
@@ -316,9 +336,11 @@ def ltgrad_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
                     "VGG16 on VOC: S1-S4 10.13-14.03, S5 25.31",
                     f"{stages_text}; S4 - best of S1-S3 {fmt_difference(stage[4], shallow, 100, 1)}",
                     direction(differences(stage[4], shallow)), "Otsu mIoU against the object masks"))
-    rows.append(row("4", "ltgrad-cam Table 1: fusing every stage (layerization) is worse than the deepest stage alone",
+    rows.append(row("4", "ltgrad-cam Table 1: fusing every stage (layerization) is worse than the deepest "
+                         "stage alone",
                     "S1+...+S5 21.57 < S5 25.31 (S3+S4+S5 22.84)",
-                    f"S1+...+S4 {pct(fused[4])}, S2+S3+S4 {pct(fused[3])}, S3+S4 {pct(fused[2])}, S4 {pct(stage[4])}; "
+                    f"S1+...+S4 {pct(fused[4])}, S2+S3+S4 {pct(fused[3])}, S3+S4 {pct(fused[2])}, "
+                    f"S4 {pct(stage[4])}; "
                     f"S4 - (S1+...+S4) {fmt_difference(stage[4], fused[4], 100, 1)}",
                     direction(differences(stage[4], fused[4]))))
     rows.append(row("4", "ltgrad-cam Table 1: fusing every stage beats the shallow stages alone",
@@ -333,24 +355,28 @@ def ltgrad_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
     for name in ("miou", "micro_f1"):
         truncated, plain = pair(("gradcam", 1, 0), ("gradcam", 1, None), name)
         parts.append(direction(differences(truncated, plain)))
-        texts.append(f"{name}: {pct(plain)} -> {pct(truncated)} ({fmt_difference(truncated, plain, 100, 1)})")
+        texts.append(f"{SCORES[name]}: {pct(plain)} -> {pct(truncated)} ({fmt_difference(truncated, plain)})")
     rows.append(row("4", "ltgrad-cam Table 2: truncation (delta = 0) improves Grad-CAM of the last stage "
                          "(LTGrad-CAM l = 1)",
                     "mIoU 25.31 -> 26.23, micro-F1 39.5 -> 40.59",
                     "; ".join(texts), combine(parts)))
     truncated, plain = pair(("fullgrad", 4, 0), ("fullgrad", 4, None), "miou")
-    rows.append(row("4", "ltgrad-cam Table 2: truncation (delta = 0) leaves FullGrad about the same (|change| < 1 mIoU point)",
+    rows.append(row("4", "ltgrad-cam Table 2: truncation (delta = 0) leaves FullGrad about the same "
+                         "(|change| < 1 mIoU point)",
                     "mIoU 28.2 -> 28.11",
                     f"mIoU {pct(plain)} -> {pct(truncated)} ({fmt_difference(truncated, plain, 100, 1)})",
-                    no_change(differences(truncated, plain), 0.01), "FullGrad over every batch norm and the input"))
+                    no_change(differences(truncated, plain), 0.01),
+                    "FullGrad over every batch norm and the input"))
     parts, texts = [], []
     for name in ("miou", "micro_f1"):
         lt, plain = pair(("gradcam", 4, 20), ("gradcam", 1, None), name)
         parts.append(direction(differences(lt, plain)))
-        texts.append(f"{name}: Grad-CAM {pct(plain)}, LTGrad-CAM(l=4, delta=20) {pct(lt)} "
+        texts.append(f"{SCORES[name]}: Grad-CAM {pct(plain)}, LTGrad-CAM(l=4, delta=20) {pct(lt)} "
                      f"({fmt_difference(lt, plain, 100, 1)})")
-    rows.append(row("4", "ltgrad-cam Tables 3-4: LTGrad-CAM (l = all stages, delta = 20) beats Grad-CAM in mIoU and micro-F1",
-                    "VOC: mIoU 25.31 -> 28.34, F1 39.5 -> 43.06; KSDD2: mIoU 25.73 -> 35.37, F1 40.93 -> 52.26",
+    rows.append(row("4", "ltgrad-cam Tables 3-4: LTGrad-CAM (l = all stages, delta = 20) beats Grad-CAM in "
+                         "mIoU and micro-F1",
+                    "VOC: mIoU 25.31 -> 28.34, F1 39.5 -> 43.06; "
+                    "KSDD2: mIoU 25.73 -> 35.37, F1 40.93 -> 52.26",
                     "; ".join(texts), combine(parts)))
     lt, full = pair(("gradcam", 4, 20), ("fullgrad", 4, None), "miou")
     rows.append(row("4", "ltgrad-cam Tables 3-4: LTGrad-CAM (l = all, delta = 20) reaches FullGrad (mIoU)",
@@ -358,10 +384,12 @@ def ltgrad_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
                     f"LTGrad-CAM {pct(lt)}, FullGrad {pct(full)} ({fmt_difference(lt, full, 100, 1)})",
                     direction(differences(lt, full))))
     fused_lc, last_lc = pair(("layercam", 4, 0), ("layercam", 1, 0), "miou")
-    rows.append(row("4", "ltgrad-cam Tables 3-4: Layer-CAM over all stages beats Layer-CAM of the last stage (mIoU)",
+    rows.append(row("4", "ltgrad-cam Tables 3-4: Layer-CAM over all stages beats Layer-CAM of the last stage "
+                         "(mIoU)",
                     "VOC: l=5 30.83 vs l=1 26.14; KSDD2: 28.92 vs 20.50",
                     f"l=1 {pct(last_lc)}, l=4 {pct(fused_lc)} ({fmt_difference(fused_lc, last_lc, 100, 1)})",
-                    direction(differences(fused_lc, last_lc)), "Layer-CAM's ReLU of the gradients is delta = 0"))
+                    direction(differences(fused_lc, last_lc)),
+                    "Layer-CAM's ReLU of the gradients is delta = 0"))
 
     # Fig. 4: the delta curves (l = 4) on the test images
     low = [d for d in DELTAS if d is not None and d <= 40]
@@ -372,8 +400,10 @@ def ltgrad_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
         mean_low = [sum(values) / len(values) for values in zip(*curve)]
         parts.append(direction(differences(mean_low, plain)))
         texts.append(f"{LABELS[method]} {fmt_difference(mean_low, plain, 100, 1)}")
-    rows.append(row("4", "ltgrad-cam Fig. 4: truncation with delta in 0-40 improves the mIoU over no truncation (l = all)",
-                    "KSDD2: 'generally improved when the quantile lies between 0 and 40' (Grad-CAM, Layer-CAM, FullGrad)",
+    rows.append(row("4", "ltgrad-cam Fig. 4: truncation with delta in 0-40 improves the mIoU over no "
+                         "truncation (l = all)",
+                    "KSDD2: 'generally improved when the quantile lies between 0 and 40' "
+                    "(Grad-CAM, Layer-CAM, FullGrad)",
                     "mean mIoU over delta 0-40 minus untruncated: " + "; ".join(texts), combine(parts),
                     f"curves in {PLOT.relative_to(REPO)}"))
     deltas = [d for d in DELTAS if d is not None]
@@ -385,7 +415,8 @@ def ltgrad_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
             best.append(deltas[max(range(len(curve)), key=curve.__getitem__)])
         flags += [deltas[0] < b < deltas[-1] for b in best]
         peaks.append(f"{LABELS[method]} {best}")
-    rows.append(row("4", "ltgrad-cam Fig. 4: the mIoU first rises, then falls with delta (its peak lies inside 10-80)",
+    rows.append(row("4", "ltgrad-cam Fig. 4: the mIoU first rises, then falls with delta (its peak lies "
+                         "inside 10-80)",
                     "all three curves rise, then fall (KSDD2 test set)",
                     "best delta per seed: " + "; ".join(peaks), share(flags),
                     "'yes' when every method's curve of every seed peaks strictly inside (0, 90)"))
@@ -402,9 +433,12 @@ def ltgrad_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
         parts.append(direction(differences(chosen, plain)))
         texts.append(f"{LABELS[method]} {fmt_difference(chosen, plain, 100, 1)} (oracle gap "
                      f"{fmt_difference(oracle, chosen, 100, 1)})")
-    rows.append(row("4", "ltgrad-cam Fig. 5: delta chosen on the training images improves the test mIoU over no truncation",
-                    "the training curves follow the test curves: 'a suitable delta can be found on the training set'",
-                    "test mIoU at the training-best delta minus untruncated: " + "; ".join(texts), combine(parts)))
+    rows.append(row("4", "ltgrad-cam Fig. 5: delta chosen on the training images improves the test mIoU over "
+                         "no truncation",
+                    "the training curves follow the test curves: 'a suitable delta can be found on the "
+                    "training set'",
+                    "test mIoU at the training-best delta minus untruncated: " + "; ".join(texts),
+                    combine(parts)))
     return rows
 
 
@@ -426,8 +460,8 @@ def plot_delta_curves(runs: list[dict[str, Any]], path: Path) -> Path:
             points = [mean_ci([100 * v for v in score(runs, (method, 4, d), split=split)]) for d in deltas]
             series[method] = (points, mean_ci([100 * v for v in score(runs, (method, 4, None), split=split)]))
         panels.append((f"{split} images", series))
-    values = [m + s * h for _, series in panels for points, base in series.values() for m, h in [*points, base]
-              for s in (-1, 1)]
+    values = [m + s * h for _, series in panels for points, base in series.values()
+              for m, h in [*points, base] for s in (-1, 1)]
     low, high = min(values), max(values)
     pad = max(0.5, 0.08 * (high - low))
     low, high = low - pad, high + pad
@@ -435,9 +469,10 @@ def plot_delta_curves(runs: list[dict[str, Any]], path: Path) -> Path:
     width, height, left, right, top, bottom = 560, 400, 64, 16, 40, 56
     canvas = Image.new("RGB", (2 * width, height + 40), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((10, height + 10), f"ltgrad-cam Fig. 4 / 5 on the synthetic classifier: Otsu mIoU (%) vs truncation "
-              f"delta, layerization over all 4 stages; mean and 95% interval over {len(runs)} seed(s); "
-              "dashed: no truncation", fill="black", font=small)
+    caption = ("ltgrad-cam Fig. 4 / 5 on the synthetic classifier: Otsu mIoU (%) vs truncation delta, "
+               f"layerization over all 4 stages; mean and 95% interval over {len(runs)} seed(s); "
+               "dashed: no truncation")
+    draw.text((10, height + 10), caption, fill="black", font=small)
     for p, (title, series) in enumerate(panels):
         x0, x1 = p * width + left, (p + 1) * width - right
         y0, y1 = top, height - bottom
@@ -481,6 +516,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
     parser.add_argument("--images", type=int, default=None, help="test images scored (default: all)")
     parser.add_argument("--batch-size", type=int, default=100, help="images per gradient pass")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of the measurements (training keeps torch's): small tensors run "
+                             "faster on one, and on a busy 2-core machine several threads wait on each other "
+                             "(0: torch's)")
     parser.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch, 6 classes: a quick check")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -489,14 +528,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = []
     for seed in args.seeds:
         print(f"classifier claims: seed {seed} ...", flush=True)
-        runs.append(run_seed(seed, args.epochs, args.smoke, args.images, args.batch_size))
+        runs.append(run_seed(seed, args.epochs, args.smoke, args.images, args.batch_size,
+                             args.threads or None))
     rows = with_seeds(dist_cam_rows(runs) + ltgrad_rows(runs), len(runs))
     plot = plot_delta_curves(runs, PLOT)
-    path = write_rows(NAME, rows, {"runs": runs, "seeds": args.seeds, "epochs": args.epochs, "smoke": args.smoke,
-                                   "plot": str(plot.relative_to(REPO)), "seconds": time.perf_counter() - start})
+    extra = {"runs": runs, "seeds": args.seeds, "epochs": args.epochs, "smoke": args.smoke,
+             "plot": str(plot.relative_to(REPO)), "seconds": time.perf_counter() - start}
+    path = write_rows(NAME, rows, extra)
     for r in rows:
         print(f"[{r['holds']:>6}] {r['claim']}\n         paper: {r['paper']}\n         ours:  {r['ours']}")
-    print(f"wrote {path.relative_to(REPO)} and {plot.relative_to(REPO)} in {time.perf_counter() - start:.0f} s")
+    seconds = time.perf_counter() - start
+    print(f"wrote {path.relative_to(REPO)} and {plot.relative_to(REPO)} in {seconds:.0f} s")
 
 
 if __name__ == "__main__":

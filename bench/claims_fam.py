@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claims_common import DEFAULT_SEEDS, REPO, pick_device, row, train_config, write_rows  # noqa: E402
 from claims_rules import combine, differences, direction, pm, with_seeds  # noqa: E402
 
+from callbacks.base import cpu_threads  # noqa: E402
 from cama.explain import dist_cam, postprocess  # noqa: E402
 from cama.metrics.boxes import (  # noqa: E402
     box_iou,
@@ -141,7 +142,8 @@ def protonet_overrides(seed: int, smoke: bool) -> dict[str, Any]:
 
 @torch.no_grad()
 def protonet_queries(model: Any, datamodule: Any, episodes: int, device: torch.device) -> dict[str, Tensor]:
-    """The queries of the first ``episodes`` test episodes with what explains them (one forward an episode)."""
+    """The queries of the first ``episodes`` test episodes with what explains them (one forward an
+    episode)."""
     parts: dict[str, list[Tensor]] = {}
     for e, batch in enumerate(datamodule.test_dataloader()):
         if e >= episodes:
@@ -151,24 +153,38 @@ def protonet_queries(model: Any, datamodule: Any, episodes: int, device: torch.d
         refs = model.episode_references(batch, maps)
         q = refs.query_index
         item = {"image": batch["image"][q], "box": batch["box"][q].float(), "maps": refs.query_maps.float(),
-                "prototype": refs.prototype, "supports": refs.supports, "correct": refs.prediction == refs.target,
-                "embedding": model.embed_maps([refs.query_maps])}
+                "prototype": refs.prototype, "supports": refs.supports,
+                "correct": refs.prediction == refs.target, "embedding": model.embed_maps([refs.query_maps])}
         for k, v in item.items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def run_protonet(seed: int, epochs: int | None, smoke: bool, episodes: int, chunk: int) -> dict[str, Any]:
+def run_protonet(seed: int, epochs: int | None, smoke: bool, episodes: int, chunk: int,
+                 threads: int | None) -> dict[str, Any]:
     start = time.perf_counter()
     model, dm, metrics = train_config(PROTONET, seed, data_overrides=protonet_overrides(seed, smoke),
                                       max_epochs=epochs)
     device = pick_device()
     model.to(device).eval()
     trained = time.perf_counter()
+    with cpu_threads(threads, device):
+        out = measure_protonet(model, dm, metrics, seed, episodes, chunk, device)
+    out["train_seconds"], out["seconds"] = trained - start, time.perf_counter() - start
+    print(f"  seed {seed}: ProtoNet trained in {trained - start:.0f} s, test accuracy {out['test_acc']:.3f}; "
+          f"{out['correct']} of {out['queries']} queries correct; "
+          f"FAM energy {out['scores']['fam']['energy']:.3f}, "
+          f"Dist-CAM MaxBoxAcc {out['dist_cam_max_box_acc']:.3f} ({out['seconds']:.0f} s)", flush=True)
+    return out
+
+
+def measure_protonet(model: Any, dm: Any, metrics: dict[str, float], seed: int, episodes: int, chunk: int,
+                     device: torch.device) -> dict[str, Any]:
+    """Item 5 (and item 3's Dist-CAM) on a trained ProtoNet (module docstring)."""
     q = protonet_queries(model, dm, episodes, device)
     size = tuple(q["image"].shape[-2:])
     metric = model.hparams.metric
-    out: dict[str, Any] = {"seed": seed, "test_acc": metrics.get("test/acc"), "train_seconds": trained - start,
+    out: dict[str, Any] = {"seed": seed, "test_acc": metrics.get("test/acc"),
                            "queries": int(q["correct"].numel()), "correct": int(q["correct"].sum())}
     # item 3: Dist-CAM of every query against its predicted class's prototype (forward only)
     dcam = postprocess(dist_cam(q["maps"], q["prototype"])[:, None], size)[:, 0]
@@ -198,10 +214,6 @@ def run_protonet(seed: int, epochs: int | None, smoke: bool, episodes: int, chun
         return F.cosine_similarity(model(masked), c["prototype"][rows], dim=1)
 
     out["scores"] = score_maps(maps, c["image"], c["box"], similarity, scores, dm.mean, dm.std, chunk)
-    out["seconds"] = time.perf_counter() - start
-    print(f"  seed {seed}: ProtoNet trained in {trained - start:.0f} s, test accuracy {out['test_acc']:.3f}; "
-          f"{out['correct']} of {out['queries']} queries correct; FAM energy {out['scores']['fam']['energy']:.3f}, "
-          f"Dist-CAM MaxBoxAcc {out['dist_cam_max_box_acc']:.3f} ({out['seconds']:.0f} s)", flush=True)
     return out
 
 
@@ -215,16 +227,30 @@ def retrieval_overrides(seed: int, smoke: bool) -> dict[str, Any]:
     return out
 
 
-@torch.no_grad()
-def run_retrieval(seed: int, epochs: int | None, smoke: bool, queries: int, chunk: int) -> dict[str, Any]:
+def run_retrieval(seed: int, epochs: int | None, smoke: bool, queries: int, chunk: int,
+                  threads: int | None) -> dict[str, Any]:
     start = time.perf_counter()
     model, dm, metrics = train_config(RETRIEVAL, seed, data_overrides=retrieval_overrides(seed, smoke),
                                       max_epochs=epochs)
     device = pick_device()
     model.to(device).eval()
     trained = time.perf_counter()
+    with cpu_threads(threads, device):
+        out = measure_retrieval(model, dm, metrics, seed, queries, chunk, device)
+    out["train_seconds"], out["seconds"] = trained - start, time.perf_counter() - start
+    print(f"  seed {seed}: retrieval trained in {trained - start:.0f} s, Recall@1 {out['recall_at_1']:.3f}; "
+          f"{out['correct']} of {out['queries']} queries correct; "
+          f"FAM energy {out['scores']['fam']['energy']:.3f} ({out['seconds']:.0f} s)", flush=True)
+    return out
+
+
+@torch.no_grad()
+def measure_retrieval(model: Any, dm: Any, metrics: dict[str, float], seed: int, queries: int, chunk: int,
+                      device: torch.device) -> dict[str, Any]:
+    """Item 5 on a trained retrieval model (module docstring)."""
     parts: dict[str, list[Tensor]] = {}
-    for batch in dm.test_dataloader():  # every test image is a reference candidate; the first `queries` probes
+    # every test image is a reference candidate; the first `queries` (classes interleaved) are explained
+    for batch in dm.test_dataloader():
         maps = model.feature_maps(batch["image"].to(device))
         item = {"embedding": model.embed_maps(maps), "pooled": model.pooled(maps).float(),
                 "label": batch["label"].to(device), "index": batch["index"].to(device)}
@@ -253,7 +279,8 @@ def run_retrieval(seed: int, epochs: int | None, smoke: bool, queries: int, chun
     for s in range(0, len(keep), chunk):
         features = explainer.features_from_maps(images[s:s + chunk], [query_maps[s:s + chunk]])
         for method in ("fam", "gradcam"):  # FAM through the projection (Eq. 16-18); Grad-CAM of the cosine
-            maps[method].append(explainer.explain(method, features, target[s:s + chunk], size, branches=False)[:, 0])
+            explained = explainer.explain(method, features, target[s:s + chunk], size, branches=False)
+            maps[method].append(explained[:, 0])
         raw = dist_cam(query_maps[s:s + chunk], reference_pooled[s:s + chunk])  # the conv channels, Eq. 4-6
         maps["dist_cam"].append(postprocess(raw[:, None], size)[:, 0])
     joined = {k: torch.cat(v) for k, v in maps.items()}
@@ -262,13 +289,9 @@ def run_retrieval(seed: int, epochs: int | None, smoke: bool, queries: int, chun
     def similarity(masked: Tensor, rows_: slice) -> Tensor:
         return F.cosine_similarity(model(masked), target[rows_], dim=1)
 
-    out: dict[str, Any] = {"seed": seed, "recall_at_1": metrics.get("test/recall@1"), "train_seconds": trained - start,
-                           "queries": n, "correct": int(keep.numel())}
+    out: dict[str, Any] = {"seed": seed, "recall_at_1": metrics.get("test/recall@1"), "queries": n,
+                           "correct": int(keep.numel())}
     out["scores"] = score_maps(joined, images, boxes, similarity, scores, dm.mean, dm.std, chunk)
-    out["seconds"] = time.perf_counter() - start
-    print(f"  seed {seed}: retrieval trained in {trained - start:.0f} s, Recall@1 {out['recall_at_1']:.3f}; "
-          f"{out['correct']} of {n} queries correct; FAM energy {out['scores']['fam']['energy']:.3f} "
-          f"({out['seconds']:.0f} s)", flush=True)
     return out
 
 
@@ -276,7 +299,8 @@ def run_retrieval(seed: int, epochs: int | None, smoke: bool, queries: int, chun
 # rows
 # --------------------------------------------------------------------------------------------------
 PAPER = {
-    ("protonet", "energy"): "Conv4Net 38.48 (5 backbones: 36.00-44.75), CUB 5-way 1-shot; no baseline reported",
+    ("protonet", "energy"): "Conv4Net 38.48 (5 backbones: 36.00-44.75), CUB 5-way 1-shot; "
+                            "no baseline reported",
     ("protonet", "iou"): "Conv4Net 43.45 (5 backbones: 43.45-49.72); no baseline reported",
     ("protonet", "ad"): "Conv4Net 14.36 (5 backbones: 7.97-14.67); no baseline reported",
     ("protonet", "ic"): "Conv4Net 44.59 (5 backbones: 39.79-45.13); no baseline reported",
@@ -295,7 +319,8 @@ def fam_rows(runs: list[dict[str, Any]], model: str, what: str, note: str) -> li
         for baseline in BASELINES:
             diffs = differences(values["fam"], values[baseline])
             parts.append(direction(diffs, sign))
-            texts.append(f"{LABELS[baseline]} {pm(values[baseline], scale, 1)} (FAM - it {pm(diffs, scale, 1)})")
+            texts.append(f"{LABELS[baseline]} {pm(values[baseline], scale, 1)} "
+                         f"(FAM - it {pm(diffs, scale, 1)})")
         faithfulness = key in ("ad", "ic")
         if model == "protonet":
             table, paper = ("Table II" if faithfulness else "Table I"), PAPER[(model, key)]
@@ -303,8 +328,8 @@ def fam_rows(runs: list[dict[str, Any]], model: str, what: str, note: str) -> li
             table = "Table II's metric" if faithfulness else "Table IV"
             paper = RETRIEVAL_FAITHFULNESS if faithfulness else RETRIEVAL_PAPER
         rows.append(row(
-            "5", f"fam {table}: FAM's {name} on the {what} beats Dist-CAM, Grad-CAM, a centred box and a constant map "
-                 f"({'lower' if sign < 0 else 'higher'} is better)",
+            "5", f"fam {table}: FAM's {name} on the {what} beats Dist-CAM, Grad-CAM, a centred box and a "
+                 f"constant map ({'lower' if sign < 0 else 'higher'} is better)",
             paper,
             f"FAM {pm(values['fam'], scale, 1)}; " + "; ".join(texts),
             combine(parts), note))
@@ -317,15 +342,16 @@ def protonet_dist_cam_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
     acc, centre_acc = get("dist_cam_max_box_acc"), get("center_box_acc")
     parts = [direction(differences(err, centre_err), -1), direction(differences(acc, centre_acc))]
     return [row(
-        "3", "dist-cam Sec. 4.1: Dist-CAM localizes the object a ProtoNet matches (few-shot queries against their "
-             "predicted class's prototype): lower top-1 loc. error and higher MaxBoxAcc than a centred box",
+        "3", "dist-cam Sec. 4.1: Dist-CAM localizes the object a ProtoNet matches (few-shot queries "
+             "against their predicted class's prototype): lower top-1 loc. error and higher MaxBoxAcc "
+             "than a centred box",
         "qualitative only (Fig. 4a: miniImageNet, ResNet-12); no localization number",
-        f"top-1 loc. error Dist-CAM {pm(err, 100, 1)}, centred box {pm(centre_err, 100, 1)}; MaxBoxAcc Dist-CAM "
-        f"{pm(acc, 100, 1)}, centred box {pm(centre_acc, 100, 1)} (box accuracy)",
+        f"top-1 loc. error Dist-CAM {pm(err, 100, 1)}, centred box {pm(centre_err, 100, 1)}; "
+        f"MaxBoxAcc Dist-CAM {pm(acc, 100, 1)}, centred box {pm(centre_acc, 100, 1)} (box accuracy)",
         combine(parts),
         f"all queries of the first test episodes ({runs[0]['queries']} per seed); few-shot accuracy "
-        f"{pm(get('test_acc'), 100, 1)}; Dist-CAM's box at tau = {TAU}, MaxBoxAcc's best tau {pm(get('dist_cam_max_box_acc_tau'), 1, 2)}; "
-        "centred box of the mean ground-truth size")]
+        f"{pm(get('test_acc'), 100, 1)}; Dist-CAM's box at tau = {TAU}, MaxBoxAcc's best tau "
+        f"{pm(get('dist_cam_max_box_acc_tau'), 1, 2)}; centred box of the mean ground-truth size")]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,10 +360,16 @@ def protonet_dist_cam_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs of both models (default: the configs')")
-    parser.add_argument("--episodes", type=int, default=20, help="ProtoNet test episodes explained (75 queries each)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs of both models (default: the configs')")
+    parser.add_argument("--episodes", type=int, default=20,
+                        help="ProtoNet test episodes explained (75 queries each)")
     parser.add_argument("--queries", type=int, default=600, help="retrieval test images explained")
     parser.add_argument("--chunk", type=int, default=200, help="images per explanation batch")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of the measurements (training keeps torch's): small tensors run "
+                             "faster on one, and on a busy 2-core machine several threads wait on each other "
+                             "(0: torch's)")
     parser.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch, small data: a quick check")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -347,15 +379,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     protonet, retrieval = [], []
     for seed in args.seeds:
         print(f"fam claims: seed {seed} ...", flush=True)
-        protonet.append(run_protonet(seed, args.epochs, args.smoke, args.episodes, args.chunk))
-        retrieval.append(run_retrieval(seed, args.epochs, args.smoke, args.queries, args.chunk))
+        threads = args.threads or None
+        protonet.append(run_protonet(seed, args.epochs, args.smoke, args.episodes, args.chunk, threads))
+        retrieval.append(run_retrieval(seed, args.epochs, args.smoke, args.queries, args.chunk, threads))
     get = lambda runs, name: [run[name] for run in runs]  # noqa: E731
-    proto_note = (f"Conv4 ProtoNet (cosine), correctly classified queries of {args.episodes} 5-way 1-shot test episodes "
-                  f"({pm(get(protonet, 'correct'), 1, 0)} per seed), few-shot accuracy {pm(get(protonet, 'test_acc'), 100, 1)}; "
-                  "AD / IC of the cosine similarity to the predicted prototype, in percent")
-    retrieval_note = (f"ResNet-10 MS-loss model with FC projection, the first {args.queries} test images whose nearest "
-                      f"other image is of their class ({pm(get(retrieval, 'correct'), 1, 0)} per seed), Recall@1 "
-                      f"{pm(get(retrieval, 'recall_at_1'), 100, 1)}; AD / IC of the cosine similarity to that image, in percent")
+    proto_note = (f"Conv4 ProtoNet (cosine), correctly classified queries of {args.episodes} 5-way 1-shot "
+                  f"test episodes ({pm(get(protonet, 'correct'), 1, 0)} per seed), few-shot accuracy "
+                  f"{pm(get(protonet, 'test_acc'), 100, 1)}; AD / IC of the cosine similarity to the "
+                  "predicted prototype, in percent")
+    retrieval_note = (f"ResNet-10 MS-loss model with FC projection, the first {args.queries} test images "
+                      "whose nearest other image is of their class "
+                      f"({pm(get(retrieval, 'correct'), 1, 0)} per seed), "
+                      f"Recall@1 {pm(get(retrieval, 'recall_at_1'), 100, 1)}; "
+                      "AD / IC of the cosine similarity to that image, in percent")
     rows = with_seeds(
         protonet_dist_cam_rows(protonet)
         + fam_rows(protonet, "protonet", "ProtoNet's few-shot queries", proto_note)

@@ -107,15 +107,19 @@ class ClassificationDataModule(ClassImagesDataModule):
         synthetic_seed: int = 0,
     ) -> None:
         if dataset != "synthetic":
-            raise ValueError(f"ClassificationDataModule draws the synthetic classes only, got dataset={dataset!r}")
+            raise ValueError(
+                f"ClassificationDataModule draws the synthetic classes only, got dataset={dataset!r}")
         if int(batch_size) % int(m_per_class) or int(m_per_class) < 1:
-            raise ValueError(f"batch_size={batch_size} must be a positive multiple of m_per_class={m_per_class}")
+            raise ValueError(
+                f"batch_size={batch_size} must be a positive multiple of m_per_class={m_per_class}")
         if not 1 <= int(train_images_per_class) < int(synthetic_images_per_class):
             raise ValueError(
-                f"train_images_per_class must be in [1, synthetic_images_per_class={synthetic_images_per_class}), "
+                f"train_images_per_class must be in [1, synthetic_images_per_class="
+                f"{synthetic_images_per_class}), "
                 f"got {train_images_per_class}: the test split needs images"
             )
-        synthetic = synthetic_config(dataset, synthetic_num_classes, synthetic_images_per_class, synthetic_size)
+        synthetic = synthetic_config(dataset, synthetic_num_classes, synthetic_images_per_class,
+                                     synthetic_size)
         super().__init__(dataset, None, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
                          synthetic, synthetic_seed, check_images=False)
         self.save_hyperparameters()

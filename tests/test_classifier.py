@@ -81,7 +81,7 @@ def test_loaders_give_boxes_and_masks_for_evaluation(dm) -> None:
 
 def test_protocols_and_cam_equals_the_weighted_sum_written_out() -> None:
     model = small_model()
-    assert isinstance(model, EmbeddingModel) and isinstance(model, HasClassifier) and isinstance(model, HasBranchLayers)
+    assert all(isinstance(model, p) for p in (EmbeddingModel, HasClassifier, HasBranchLayers))
     images = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         maps = model.feature_maps(images)[0]
@@ -105,9 +105,9 @@ def test_protocols_and_cam_equals_the_weighted_sum_written_out() -> None:
 
 def test_logged_accuracy_equals_a_hand_count(dm) -> None:
     model = small_model().train()
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2,
+                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=dm)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert {"Val/acc", "val/loss", "train/loss"} <= set(logged)
@@ -117,7 +117,8 @@ def test_logged_accuracy_equals_a_hand_count(dm) -> None:
         correct = torch.cat([model(b["image"]).argmax(1) == b["label"] for b in batches])
     assert logged["Val/acc"] == pytest.approx(correct.float().mean().item(), abs=1e-6)
     trainer.test(model, datamodule=dm, verbose=False)
-    assert float(trainer.callback_metrics["test/acc"]) == pytest.approx(correct.float().mean().item(), abs=1e-6)
+    accuracy = correct.float().mean().item()
+    assert float(trainer.callback_metrics["test/acc"]) == pytest.approx(accuracy, abs=1e-6)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "layercam", "fullgrad"])

@@ -338,7 +338,8 @@ def gradient_layer_maps(
         with full_precision(activation, gradient) as (activation, gradient):
             if truncation is not None:
                 gradient = truncate_gradients(gradient, truncation, per_channel=truncation_per_channel)
-            layer_map = gradient_cam_layer_map(activation, gradient, method, bias=bias if method == "fullgrad" else None)
+            bias = bias if method == "fullgrad" else None
+            layer_map = gradient_cam_layer_map(activation, gradient, method, bias=bias)
             maps.append(postprocess(layer_map, size))
     return maps
 
@@ -391,7 +392,8 @@ def gradient_cam(
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    record = record_gradients(model, images, score_fn, layers, inputs=method == "fullgrad", eval_mode=eval_mode)
+    record = record_gradients(model, images, score_fn, layers, inputs=method == "fullgrad",
+                              eval_mode=eval_mode)
     total: Tensor | None = None
     for layer_map in gradient_layer_maps(record, method, truncation, truncation_per_channel):
         total = layer_map if total is None else total + layer_map

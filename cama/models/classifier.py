@@ -164,11 +164,12 @@ class ImageClassifier(pl.LightningModule):
             return
         for name, metric in (("acc", acc), ("loss", loss)):
             # MeanMetric syncs every process's sums in compute(): the value is the same on each rank
-            self.log(self.evaluation.tag(stage, name), metric.compute(), prog_bar=name == "acc", sync_dist=False)
+            self.log(self.evaluation.tag(stage, name), metric.compute(), prog_bar=name == "acc",
+                     sync_dist=False)
             metric.reset()
 
     def headline_metrics(self) -> list[str]:
-        """The logged names of the validation headline metrics (:class:`cama.protocols.HasHeadlineMetrics`)."""
+        """The logged names of the validation headline metrics (``HasHeadlineMetrics``)."""
         return self.evaluation.headline_tags()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -201,7 +202,8 @@ class ImageClassifier(pl.LightningModule):
         if hp.lr_schedule == "constant":
             return optimizer
         if hp.lr_schedule == "cosine":
-            scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_epochs))
+            scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(1, self.trainer.max_epochs))
         else:
             scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.lr_milestones),
                                                              gamma=hp.lr_gamma)
