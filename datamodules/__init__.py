@@ -31,3 +31,6 @@ __all__ += [
 from .retrieval import MPerClassBatchSampler, RetrievalDataModule
 
 __all__ += ["MPerClassBatchSampler", "RetrievalDataModule"]
+from .classification import ClassificationDataModule
+
+__all__ += ["ClassificationDataModule"]

@@ -10,7 +10,9 @@ float64), so low-precision maps equal the float32 maps of the same values:
   :func:`ram` / :func:`ram_self` / :func:`ram_per_branch` (RAM, cama-ram Eq. 10, Fig. 8),
   :func:`fam` (FAM, fam Sec. IV, Eq. 11-18; in :mod:`.feature_activation`);
 * :func:`gradient_cam`: Grad-CAM, Grad-CAM++, Layer-CAM, FullGrad with the layerization and
-  truncation tricks (ltgrad-cam Eq. 2-11), in ``[0, 1]`` at image size;
+  truncation tricks (ltgrad-cam Eq. 2-11), in ``[0, 1]`` at image size; its two halves
+  :func:`record_gradients` (one forward and backward) and :func:`gradient_layer_maps` (the
+  per-layer terms of Eq. 8) sweep layers and truncations on one pass;
 * rendering: :func:`postprocess` (ReLU -> bilinear upsampling -> per-map min-max),
   :func:`overlay` (uint8 RGB heat-map overlays), :func:`grid`;
 * sanity checks (Adebayo et al. 2018, :mod:`.sanity`): :func:`sanity_check` and
@@ -21,10 +23,13 @@ This package imports nothing from ``cama.models``, ``callbacks`` or ``datamodule
 """
 
 from .gradient import (
+    GradientRecord,
     fullgrad_layers,
     gradient_cam,
     gradient_cam_layer_map,
+    gradient_layer_maps,
     logit_score,
+    record_gradients,
     similarity_score,
     truncate_gradients,
 )
@@ -52,6 +57,7 @@ from .sanity import (
 __all__ = [
     "SanityCheckResult",
     "cascading_randomization",
+    "GradientRecord",
     "class_activation_map",
     "class_prototype",
     "colorize",
@@ -66,6 +72,7 @@ __all__ = [
     "global_average_pool",
     "gradient_cam",
     "gradient_cam_layer_map",
+    "gradient_layer_maps",
     "grid",
     "logit_score",
     "minmax_normalize",
@@ -76,6 +83,7 @@ __all__ = [
     "ram_self",
     "resnet_blocks_top_down",
     "sanity_check",
+    "record_gradients",
     "similarity_score",
     "spearman_correlation",
     "ssim",

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -59,8 +60,11 @@ from .render import minmax_normalize, postprocess
 
 __all__ = [
     "Method",
+    "GradientRecord",
     "truncate_gradients",
     "gradient_cam_layer_map",
+    "record_gradients",
+    "gradient_layer_maps",
     "gradient_cam",
     "fullgrad_layers",
     "logit_score",
@@ -212,6 +216,134 @@ def _model_state_guard(model: nn.Module, eval_mode: bool) -> Iterator[None]:
                 parameter.grad = grad
 
 
+@dataclass(frozen=True)
+class GradientRecord:
+    """What one forward and one backward pass of a scalar score per sample leave (:func:`record_gradients`).
+
+    Attributes:
+        activations: the hooked layers' outputs ``A^l`` ``[B, K_l, h_l, w_l]``, in the order given (detached).
+        gradients: ``dy/dA^l``, same shapes (zeros for a layer the score does not depend on).
+        biases: each layer's per-channel effective bias as the forward saw it (FullGrad's ``b^l``), or None.
+        size: the images' ``(H, W)``, the size every layer map is upsampled to.
+        inputs, input_gradients: the images and ``dy/dx`` (FullGrad's input term), when recorded.
+    """
+
+    activations: tuple[Tensor, ...]
+    gradients: tuple[Tensor, ...]
+    biases: tuple[Tensor | None, ...]
+    size: tuple[int, int]
+    inputs: Tensor | None = None
+    input_gradients: Tensor | None = None
+
+    def select(self, layers: Sequence[int]) -> "GradientRecord":
+        """The record of some of its layers (positions in :attr:`activations`); the input term is kept."""
+        index = [int(i) for i in layers]
+        return replace(
+            self,
+            activations=tuple(self.activations[i] for i in index),
+            gradients=tuple(self.gradients[i] for i in index),
+            biases=tuple(self.biases[i] for i in index),
+        )
+
+
+def record_gradients(
+    model: nn.Module,
+    images: Tensor,
+    score_fn: Callable[[Any], Tensor],
+    layers: LayerSpec | Sequence[LayerSpec],
+    inputs: bool = False,
+    eval_mode: bool = True,
+) -> GradientRecord:
+    """One forward (hooks record the ``layers``' outputs) and one backward pass of ``score_fn`` for the
+    whole batch: the activations and gradients every gradient CAM is made of (:func:`gradient_cam`).
+
+    ``inputs=True`` also records the images and their gradient (FullGrad's input term). The
+    safety guarantees and the requirements on ``layers`` are :func:`gradient_cam`'s.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
+    modules = _resolve_layers(model, layers)
+    records: list[list[Tensor]] = [[] for _ in modules]
+
+    def make_hook(index: int) -> Callable[[nn.Module, Any, Any], Tensor]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Tensor:
+            if not isinstance(output, Tensor) or not output.is_floating_point():
+                raise TypeError(f"layer {module.__class__.__name__} must return a floating tensor")
+            records[index].append(output)
+            return output.clone()  # later in-place ops act on the clone, not on the record
+
+        return hook
+
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    with torch.inference_mode(False), torch.enable_grad(), _model_state_guard(model, eval_mode):
+        try:
+            handles = [module.register_forward_hook(make_hook(i)) for i, module in enumerate(modules)]
+            leaf = images.detach().clone().requires_grad_(True)
+            scores = score_fn(model(leaf))
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not isinstance(scores, Tensor) or scores.shape != (images.shape[0],):
+            got = getattr(scores, "shape", scores)
+            raise ValueError(f"score_fn must return one score per sample [B], got {got}")
+        for module, record in zip(modules, records):
+            if len(record) != 1:
+                name = module.__class__.__name__
+                raise RuntimeError(f"layer {name} ran {len(record)} times in one forward")
+        activations = [record[0] for record in records]
+        for activation in activations:
+            if activation.ndim != 4:
+                raise ValueError(f"layer outputs must be [B, K, h, w], got {tuple(activation.shape)}")
+        targets = activations + ([leaf] if inputs else [])
+        gradients = torch.autograd.grad(scores.sum(), targets, allow_unused=True)
+        with torch.no_grad():  # biases as the forward saw them (eval-mode batch norm)
+            biases = [_effective_bias(module) for module in modules]
+            biases = [None if bias is None else bias.detach().clone() for bias in biases]
+    gradients = [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(targets, gradients)]
+    return GradientRecord(
+        activations=tuple(a.detach() for a in activations),
+        gradients=tuple(gradients[: len(modules)]),
+        biases=tuple(biases),
+        size=(int(images.shape[-2]), int(images.shape[-1])),
+        inputs=leaf.detach() if inputs else None,
+        input_gradients=gradients[-1] if inputs else None,
+    )
+
+
+def gradient_layer_maps(
+    record: GradientRecord,
+    method: Method = "gradcam",
+    truncation: float | None = None,
+    truncation_per_channel: bool = False,
+) -> list[Tensor]:
+    """The per-layer maps of a record, each through :func:`postprocess` to the images' size (the terms
+    of the layerization sum, Eq. 8), the gradients truncated first with ``truncation`` (Eq. 9-11).
+
+    One ``[B, H, W]`` map in ``[0, 1]`` per recorded layer; for ``"fullgrad"`` the input term
+    ``dy/dx * x`` comes last (the record must hold the inputs). :func:`gradient_cam` is the min-max
+    normalised sum of these maps, so a layerized map over any subset of the layers is the
+    normalised sum of the subset (:func:`cama.explain.minmax_normalize`).
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    pairs = list(zip(record.activations, record.gradients, record.biases))
+    if method == "fullgrad":
+        if record.inputs is None or record.input_gradients is None:
+            raise ValueError("FullGrad's input term needs the inputs: record_gradients(..., inputs=True)")
+        pairs.append((record.inputs, record.input_gradients, None))  # the input term has no bias
+    size = record.size
+    maps = []
+    for activation, gradient, bias in pairs:
+        # half / bf16 under autocast: the layer maps and their sum are computed in float32
+        with full_precision(activation, gradient) as (activation, gradient):
+            if truncation is not None:
+                gradient = truncate_gradients(gradient, truncation, per_channel=truncation_per_channel)
+            bias = bias if method == "fullgrad" else None
+            layer_map = gradient_cam_layer_map(activation, gradient, method, bias=bias)
+            maps.append(postprocess(layer_map, size))
+    return maps
+
+
 def gradient_cam(
     model: nn.Module,
     images: Tensor,
@@ -226,11 +358,11 @@ def gradient_cam(
 
     One forward pass (forward hooks record the ``layers``' outputs) and one backward pass
     (``torch.autograd.grad`` of the summed scores with respect to those outputs -- and to the
-    images for FullGrad) for the whole batch; parameters' ``.grad`` are never written. The
-    per-layer maps (Eq. 3 / 5 / 6, :func:`gradient_cam_layer_map`) go through
-    :func:`postprocess` to the image size and are summed (layerization, Eq. 8); the sum is
-    min-max normalised per sample. With ``truncation=delta`` the gradients are first truncated
-    (Eq. 9-11, :func:`truncate_gradients`).
+    images for FullGrad) for the whole batch; parameters' ``.grad`` are never written
+    (:func:`record_gradients`). The per-layer maps (Eq. 3 / 5 / 6, :func:`gradient_cam_layer_map`)
+    go through :func:`postprocess` to the image size and are summed (layerization, Eq. 8,
+    :func:`gradient_layer_maps`); the sum is min-max normalised per sample. With
+    ``truncation=delta`` the gradients are first truncated (Eq. 9-11, :func:`truncate_gradients`).
 
     Safe inside a Lightning validation loop: gradients are enabled locally (leaving
     ``torch.inference_mode`` / ``torch.no_grad``), the images are cloned into normal tensors,
@@ -260,59 +392,11 @@ def gradient_cam(
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    if images.ndim != 4:
-        raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
-    modules = _resolve_layers(model, layers)
-    records: list[list[Tensor]] = [[] for _ in modules]
-
-    def make_hook(index: int) -> Callable[[nn.Module, Any, Any], Tensor]:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> Tensor:
-            if not isinstance(output, Tensor) or not output.is_floating_point():
-                raise TypeError(f"layer {module.__class__.__name__} must return a floating tensor")
-            records[index].append(output)
-            return output.clone()  # later in-place ops act on the clone, not on the record
-
-        return hook
-
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-    with torch.inference_mode(False), torch.enable_grad(), _model_state_guard(model, eval_mode):
-        try:
-            handles = [module.register_forward_hook(make_hook(i)) for i, module in enumerate(modules)]
-            inputs = images.detach().clone().requires_grad_(True)
-            scores = score_fn(model(inputs))
-        finally:
-            for handle in handles:
-                handle.remove()
-        if not isinstance(scores, Tensor) or scores.shape != (images.shape[0],):
-            got = getattr(scores, "shape", scores)
-            raise ValueError(f"score_fn must return one score per sample [B], got {got}")
-        for module, record in zip(modules, records):
-            if len(record) != 1:
-                name = module.__class__.__name__
-                raise RuntimeError(f"layer {name} ran {len(record)} times in one forward")
-        activations = [record[0] for record in records]
-        for activation in activations:
-            if activation.ndim != 4:
-                raise ValueError(f"layer outputs must be [B, K, h, w], got {tuple(activation.shape)}")
-        targets = activations + ([inputs] if method == "fullgrad" else [])
-        gradients = torch.autograd.grad(scores.sum(), targets, allow_unused=True)
-        with torch.no_grad():  # biases as the forward saw them (eval-mode batch norm)
-            biases = [_effective_bias(module) if method == "fullgrad" else None for module in modules]
-            biases = [None if bias is None else bias.detach().clone() for bias in biases]
-
-    size = tuple(images.shape[-2:])
+    record = record_gradients(model, images, score_fn, layers, inputs=method == "fullgrad",
+                              eval_mode=eval_mode)
     total: Tensor | None = None
-    pairs = list(zip(targets, gradients))
-    for index, (activation, gradient) in enumerate(pairs):
-        # half / bf16 under autocast: the layer maps and their sum are computed in float32
-        gradient = torch.zeros_like(activation) if gradient is None else gradient
-        with full_precision(activation.detach(), gradient.detach()) as (activation, gradient):
-            if truncation is not None:
-                gradient = truncate_gradients(gradient, truncation, per_channel=truncation_per_channel)
-            bias = biases[index] if index < len(modules) else None  # FullGrad's input term has none
-            layer_map = gradient_cam_layer_map(activation, gradient, method, bias=bias)
-            upsampled = postprocess(layer_map, size)
-            total = upsampled if total is None else total + upsampled
+    for layer_map in gradient_layer_maps(record, method, truncation, truncation_per_channel):
+        total = layer_map if total is None else total + layer_map
     assert total is not None
     return minmax_normalize(total)
 

@@ -7,3 +7,6 @@ __all__ += ["ProtoNet"]
 from cama.models.retrieval import RetrievalModel
 
 __all__ += ["RetrievalModel"]
+from cama.models.classifier import ImageClassifier
+
+__all__ += ["ImageClassifier"]

@@ -1,0 +1,180 @@
+"""Image classification data: training and held-out test images of the *same* classes (synthetic).
+
+The few-shot and retrieval modules test on classes never seen in training; a softmax classifier (the
+network of dist-cam Table 1 and of ltgrad-cam's experiments) is tested on new images of its own
+classes. :class:`ClassificationDataModule` draws ``synthetic_num_classes`` classes of the embedded
+generator (:class:`~datamodules.synthetic.SyntheticClasses`: an object of a shape x texture x colour
+class at a random place on clutter, with box and mask) and, since every image is a function of
+``(seed, class, index)``, splits each class by image index:
+
+* ``train``: images ``0 .. train_images_per_class - 1`` of every class, in class-balanced batches of
+  ``m_per_class`` images of ``batch_size / m_per_class`` classes
+  (:class:`~datamodules.samplers.MPerClassBatchSampler`: deterministic per ``(seed, epoch)``), with
+  augmentation (resize, pad + random crop, flip, optional colour jitter); batches ``{"image": float
+  [B,3,H,W] (ImageNet-normalised), "label": long [B], "index": long [B]}``;
+* ``test``: the other ``synthetic_images_per_class - train_images_per_class`` images of every class,
+  never seen in training; the evaluation loader (validation, test and predict alike: there is no
+  separate validation split) yields them in a fixed order with the classes interleaved, with
+  ``"box": float [B,4]`` (x1, y1, x2, y2 in pixels) and ``"mask": bool [B,1,H,W]`` (the object).
+
+:meth:`ClassificationDataModule.eval_dataloader` also gives the *training* images without
+augmentation and with their boxes and masks (class prototypes, dist-cam Eq. 7; scores on the
+training images, ltgrad-cam Fig. 5). ``index`` is the position within the split.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+from torch.utils.data import DataLoader, Dataset
+
+from .class_images import ClassImagesDataModule, synthetic_config
+from .errors import DatasetLayoutError
+from .eval_order import SpreadSampler
+from .samplers import MPerClassBatchSampler, split_item
+
+__all__ = ["CLASSIFICATION_SPLITS", "ImageSubset", "ClassificationDataModule"]
+
+CLASSIFICATION_SPLITS = ("train", "test")
+
+
+class ImageSubset(Dataset):
+    """The items ``positions`` of a labelled base dataset (with ``labels`` and ``class_names``)."""
+
+    def __init__(self, base: Dataset, positions: Sequence[int]) -> None:
+        self.base = base
+        self.positions = [int(p) for p in positions]
+        base_labels = base.labels  # type: ignore[attr-defined]
+        self._labels = [int(base_labels[p]) for p in self.positions]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def labels(self) -> list[int]:
+        return list(self._labels)
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        return self.base.class_names  # type: ignore[attr-defined]
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        index, _ = split_item(item)  # the base images do not depend on the sample seed
+        return self.base[self.positions[index]]
+
+
+class ClassificationDataModule(ClassImagesDataModule):
+    """Train / held-out test images of the same synthetic classes (module docstring).
+
+    Args:
+        dataset: ``"synthetic"`` (the only layout).
+        image_size: (height, width) of the network input.
+        padding: zero padding before the random crop back to ``image_size`` (0: no crop).
+        flip_prob: probability of a horizontal flip.
+        color_jitter: strength of brightness / contrast / saturation jitter (0 disables it).
+        m_per_class: images per class in a training batch.
+        batch_size: training batch size, a multiple of ``m_per_class``.
+        batches_per_epoch: training batches per epoch (default: training images // batch_size).
+        eval_batch_size: batch size of the evaluation loaders.
+        num_workers: data-loader worker processes.
+        eval_cache: keep the transformed evaluation images in memory (per worker process).
+        seed: seed of the training batches and augmentation (a function of seed and epoch only).
+        train_images_per_class: the first images of each class that train; the others are the test split.
+        synthetic_num_classes: number of classes.
+        synthetic_images_per_class: images of each class (train + test).
+        synthetic_size: native size of the synthetic images (square).
+        synthetic_seed: seed of the synthetic data (which classes, which images).
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["synthetic"] = "synthetic",
+        image_size: tuple[int, int] = (64, 64),
+        padding: int = 6,
+        flip_prob: float = 0.5,
+        color_jitter: float = 0.0,
+        m_per_class: int = 4,
+        batch_size: int = 64,
+        batches_per_epoch: int | None = None,
+        eval_batch_size: int = 250,
+        num_workers: int = 0,
+        eval_cache: bool = True,
+        seed: int = 0,
+        train_images_per_class: int = 40,
+        synthetic_num_classes: int = 30,
+        synthetic_images_per_class: int = 60,
+        synthetic_size: int = 64,
+        synthetic_seed: int = 0,
+    ) -> None:
+        if dataset != "synthetic":
+            raise ValueError(
+                f"ClassificationDataModule draws the synthetic classes only, got dataset={dataset!r}")
+        if int(batch_size) % int(m_per_class) or int(m_per_class) < 1:
+            raise ValueError(
+                f"batch_size={batch_size} must be a positive multiple of m_per_class={m_per_class}")
+        if not 1 <= int(train_images_per_class) < int(synthetic_images_per_class):
+            raise ValueError(
+                f"train_images_per_class must be in [1, synthetic_images_per_class="
+                f"{synthetic_images_per_class}), "
+                f"got {train_images_per_class}: the test split needs images"
+            )
+        synthetic = synthetic_config(dataset, synthetic_num_classes, synthetic_images_per_class,
+                                     synthetic_size)
+        super().__init__(dataset, None, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
+                         synthetic, synthetic_seed, check_images=False)
+        self.save_hyperparameters()
+        self.m_per_class = int(m_per_class)
+        self.batch_size = int(batch_size)
+        self.batches_per_epoch = int(batches_per_epoch) if batches_per_epoch else None
+        self.eval_batch_size = int(eval_batch_size)
+        self.seed = int(seed)
+        self.train_images_per_class = int(train_images_per_class)
+
+    # -- raw data --------------------------------------------------------------------------------
+
+    def _raw_datasets(self) -> dict[str, Dataset]:
+        """Untransformed train / test subsets of every class's images (built once)."""
+        if self._raw is None:
+            gen = self.generator
+            assert gen is not None
+            everything = gen.dataset(None, cache=True)  # item j: image j % per_class of class j // per_class
+            per_class, cut = gen.images_per_class, self.train_images_per_class
+            positions = range(len(everything))
+            self._raw = {
+                "train": ImageSubset(everything, [p for p in positions if p % per_class < cut]),
+                "test": ImageSubset(everything, [p for p in positions if p % per_class >= cut]),
+            }
+        return self._raw
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        raw = self._raw_datasets()
+        self.datasets["train"] = self._transformed(raw["train"], train=True)
+        self.datasets["test"] = self._transformed(raw["test"], train=False)
+        self.datasets["train_eval"] = self._transformed(raw["train"], train=False)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        try:
+            sampler = MPerClassBatchSampler(self.datasets["train"].labels, self.m_per_class, self.batch_size,
+                                            seed=self.seed, batches_per_epoch=self.batches_per_epoch)
+        except ValueError as e:
+            raise DatasetLayoutError(f"the training split of {self.dataset}: {e}") from e
+        return DataLoader(self.datasets["train"], batch_sampler=sampler, **self._loader_kwargs())
+
+    def eval_dataloader(self, split: str = "test", spread: bool = True) -> DataLoader:
+        """The images of ``split`` (``"train"`` or ``"test"``) without augmentation, with box and mask;
+        ``spread``: the classes interleaved so that any prefix holds every class in proportion."""
+        if split not in CLASSIFICATION_SPLITS:
+            raise ValueError(f"split must be one of {CLASSIFICATION_SPLITS}, got {split!r}")
+        self.setup("test")
+        dataset = self.datasets["test" if split == "test" else "train_eval"]
+        sampler = SpreadSampler(dataset.labels) if spread else None
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, shuffle=False,
+                          **self._loader_kwargs())
+
+    def _eval_loader(self, spread: bool = True) -> DataLoader:
+        return self.eval_dataloader("test", spread)
