@@ -89,10 +89,15 @@ def train_config(
     return model, datamodule, metrics
 
 
-def row(item: str, claim: str, paper: str, ours: str, holds: str, note: str = "") -> dict[str, str]:
+def row(
+    item: str, claim: str, paper: str, ours: str, holds: str, note: str = "", methods: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One claim. ``methods``: the explanation methods its numbers rest on (the table's sanity
+    column shows how each fared in the cascading randomization test)."""
     if holds not in ("yes", "no", "partly"):
         raise ValueError(f"holds must be yes, no or partly, not {holds!r}")
-    return {"item": item, "claim": claim, "paper": paper, "ours": ours, "holds": holds, "note": note}
+    return {"item": item, "claim": claim, "paper": paper, "ours": ours, "holds": holds, "note": note,
+            "methods": list(methods)}
 
 
 def write_rows(name: str, rows: list[dict[str, str]], extra: dict[str, Any] | None = None) -> Path:
@@ -105,3 +110,64 @@ def write_rows(name: str, rows: list[dict[str, str]], extra: dict[str, Any] | No
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def line_plot(
+    series: dict[str, Sequence[float]],
+    x_labels: Sequence[str],
+    path: str | Path,
+    title: str,
+    y_label: str,
+    y_range: tuple[float, float] = (0.0, 1.0),
+    errors: dict[str, Sequence[float]] | None = None,
+    size: tuple[int, int] = (720, 420),
+) -> Path:
+    """A PNG line chart (Pillow only: no plotting library is a dependency): one line per series
+    over the categorical ``x_labels``, optional error bars (``errors``: half-widths), a legend."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = size
+    left, right, top, bottom = 64, 170, 36, 56
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=13)
+    lo, hi = y_range
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        x = left + (width - left - right) * (i / max(len(x_labels) - 1, 1))
+        y = top + (height - top - bottom) * (1 - (min(max(v, lo), hi) - lo) / (hi - lo))
+        return x, y
+
+    draw.text((left, 8), title, fill="black", font=font)
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    for t in range(6):
+        v = lo + (hi - lo) * t / 5
+        _, y = xy(0, v)
+        draw.line([left - 4, y, left, y], fill="black")
+        draw.line([left + 1, y, width - right - 1, y], fill=(225, 225, 225))
+        draw.text((8, y - 7), f"{v:.2f}", fill="black", font=font)
+    for i, label in enumerate(x_labels):
+        x, _ = xy(i, lo)
+        draw.text((x - 3 * len(label), height - bottom + 6), label, fill="black", font=font)
+    draw.text((left, height - 22), y_label, fill="black", font=font)
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+               (140, 86, 75), (227, 119, 194), (127, 127, 127)]
+    for n, (name, values) in enumerate(series.items()):
+        colour = colours[n % len(colours)]
+        points = [xy(i, v) for i, v in enumerate(values) if v == v]  # NaN left out
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for i, (x, y) in enumerate(points):
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+            if errors and name in errors:
+                half = errors[name][i]
+                _, y_hi = xy(i, values[i] + half)
+                _, y_lo = xy(i, values[i] - half)
+                draw.line([x, y_lo, x, y_hi], fill=colour)
+        ly = top + 6 + 18 * n
+        draw.line([width - right + 10, ly + 7, width - right + 30, ly + 7], fill=colour, width=3)
+        draw.text((width - right + 36, ly), name, fill="black", font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
