@@ -35,12 +35,12 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from claims_common import REPO, RESULTS, build_datamodule, build_model_from_config, fmt, load_config, row
+from claims_common import REPO, RESULTS, build_datamodule, build_model_from_config, fmt, load_config, mean_ci, row
 from claims_common import train_config, write_rows
 from claims_rules import combine, differences, direction, no_change
 from claims_sanity import as_lists, reid_probes, reid_sanity, sanity_plot, sanity_rows
 from callbacks.base import load_items
-from cama.explain import dist_cam_weights, global_average_pool
+from cama.explain import dist_cam, dist_cam_weights, global_average_pool, postprocess
 from cama.metrics import BranchOverlap
 from cama.metrics.parts import PartEvidence, part_energy_share, parts_covered
 from cama.viz import Explainer
@@ -121,12 +121,53 @@ def reference_diagnostics(model: torch.nn.Module, datamodule: Any, count: int = 
         names = [f"branch{i + 1}" for i in range(maps.shape[1] - 1)] + ["sum"] if maps.shape[1] > 1 else ["sum"]
         for i, name in enumerate(names):
             out[f"{method}/{name}/person_energy"] = float(part_energy_share(maps[:, i], person, everything)[0].nanmean())
+        out[f"{method}/sum/border_energy"] = float(border_share(maps[:, -1]).mean())
     slices = features.slices or [(0, features.embedding.shape[1])]
     for i, (maps, (a, b)) in enumerate(zip(features.scaled_maps(), slices)):
         weights = dist_cam_weights(global_average_pool(maps), reference[:, a:b])
         out[f"dist_cam/branch{i + 1}/effective_channels"] = float((1 / weights.square().sum(dim=1)).mean())
         out[f"dist_cam/branch{i + 1}/top_channel_weight"] = float(weights.amax(dim=1).mean())
         out[f"dist_cam/branch{i + 1}/channels"] = float(b - a)
+    out.update(pre_bn_dist_cam(model, batch["image"], load_items(dataset, references, model.device)["image"], person))
+    # without any map: how much of the similarity to the match does the person alone (background set
+    # to the mean colour, 0 after normalisation) or the background alone keep?
+    on = person.any(dim=1, keepdim=True)
+    for name, kept in (("original", batch["image"]), ("person_only", batch["image"] * on),
+                       ("background_only", batch["image"] * ~on)):
+        similarity = torch.nn.functional.cosine_similarity(explainer.features(kept).embedding, reference, dim=1)
+        out[f"similarity/{name}"] = float(similarity.mean())
+    # a blank image (the mean colour): where do its own maps lie? Only the zero padding tells a
+    # border from the middle there
+    blank = explainer.features(torch.zeros_like(batch["image"][:1]))
+    out["ram/blank/border_energy"] = float(border_share(explainer.explain("ram", blank, blank.embedding)[:, -1]).mean())
+    out["constant/border_energy"] = float(border_share(torch.ones_like(person[:1, 0], dtype=torch.float)).mean())
+    return out
+
+
+def border_share(maps: torch.Tensor, band: float = 1 / 16) -> torch.Tensor:
+    """Share of each map's energy ``[B, H, W]`` in the band of ``band`` of the height (and as many
+    pixels of the width) along the image's edges."""
+    height, width = maps.shape[-2:]
+    edge = max(1, round(height * band))
+    inner = torch.zeros(height, width, dtype=torch.bool, device=maps.device)
+    inner[edge:-edge, edge:-edge] = True
+    total = maps.flatten(1).sum(dim=1).clamp_min(1e-12)
+    return maps[:, ~inner].sum(dim=1) / total
+
+
+@torch.no_grad()
+def pre_bn_dist_cam(model: Any, images: torch.Tensor, reference_images: torch.Tensor, person: torch.Tensor) -> dict[str, float]:
+    """Dist-CAM as the paper applies it, on non-negative conv features: CAMA's conv5 output ``T``
+    before the heads' BatchNorm (``F = BN(T)`` can be negative, and a channel whose BN weight is
+    negative is inverted: positive Dist-CAM weights then paint where that channel is low). A bench
+    diagnostic, so it reads the model's ``backbone`` and ``heads`` directly."""
+    queries, references = model.backbone(images), model.backbone(reference_images)
+    maps = [dist_cam(q.float(), global_average_pool(r)) for q, r in zip(queries, references)]
+    summed = postprocess(torch.stack(maps, dim=1).sum(dim=1, keepdim=True), tuple(images.shape[-2:]))[:, 0]
+    everything = torch.ones(person.shape[:2], dtype=torch.bool, device=person.device)
+    out = {"dist_cam_pre_bn/sum/person_energy": float(part_energy_share(summed, person, everything)[0].nanmean())}
+    for i, head in enumerate(model.heads):
+        out[f"bn/branch{i + 1}/negative_weight_share"] = float((head.bn.weight < 0).float().mean())
     return out
 
 
@@ -224,16 +265,73 @@ def rows(results: dict[str, dict[str, list[float]]]) -> list[dict[str, str]]:
         " / ".join(fmt(r["CAMA-3"][k], 100, 1) for k in keys),
         combine([direction(g) for g in gains]),
     ))
-    for measure, text in (("sum/evidence_ratio", "the summed RAM puts more of its energy (per area) on the discriminative parts"),
-                          ("parts_covered", "the branches' top-k regions cover more distinct parts")):
+    for measure, text in (
+        ("sum/evidence_within_ratio", "of the summed RAM's energy on the person, the share on the parts that "
+                                      "tell the identity from a look-alike, over their share of the person's area"),
+        ("parts_covered", "the distinct parts the branches' top-k regions cover"),
+    ):
         diff = paired(r, "CAMA-3", "IDE+BN", measure)
         out.append(row(
             "2. cama-ram Fig. 1, 5, 8", f"CAMA looks at more of the evidence than IDE+BN: {text}",
             "(qualitative in the paper)",
-            f"IDE+BN {fmt(r['IDE+BN'][measure], 1, 2)}, CAMA-3 {fmt(r['CAMA-3'][measure], 1, 2)}, "
-            f"CAMA-2 {fmt(r['CAMA-2'][measure], 1, 2)}",
+            f"IDE+BN {fmt(r['IDE+BN'][measure], 1, 2)}, MltB-3 {fmt(r['MltB-3 + L_id'][measure], 1, 2)}, "
+            f"CAMA-3 {fmt(r['CAMA-3'][measure], 1, 2)}, CAMA-2 {fmt(r['CAMA-2'][measure], 1, 2)}",
             direction(diff), methods=("ram",),
         ))
+    return out + diagnostic_rows(r)
+
+
+def diagnostic_rows(r: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
+    """Model or maps? (The issue: Dist-CAM and FAM light the image borders on the trained CAMA.)"""
+    mltb, cama = r["MltB-2 + L_id"], r["CAMA-2"]
+    item, question = "2. model or maps", "(the issue's question: maps lighting the image borders)"
+    each = lambda v, key, d=2: fmt(v[key], 1, d)  # noqa: E731
+    before_bn = differences(cama["dist_cam_pre_bn/sum/person_energy"], cama["dist_cam/sum/person_energy"])
+    inverted = max(cama["bn/branch1/negative_weight_share"]) > 0
+    bn_holds = "yes" if not inverted and mean_ci(before_bn)[0] < 0.05 else "no"
+    out = [row(
+        item, "With the OAP, the maps put less of their energy on the person (sum of the branches)",
+        question,
+        "; ".join(f"{m}: MltB-2 {each(mltb, f'{m}/sum/person_energy')}, CAMA-2 {each(cama, f'{m}/sum/person_energy')}"
+                  for m in ("ram", "fam", "dist_cam")) + f"; a constant map {each(cama, 'constant/person_energy')}",
+        combine([direction(paired(r, "MltB-2 + L_id", "CAMA-2", f"{m}/sum/person_energy")) for m in ("fam", "dist_cam")]),
+        methods=("ram", "fam", "dist_cam"),
+    ), row(
+        item, "... and more of it in the outer 8 pixels of the image (the borders)",
+        question,
+        "; ".join(f"{m}: MltB-2 {each(mltb, f'{m}/sum/border_energy')}, CAMA-2 {each(cama, f'{m}/sum/border_energy')}"
+                  for m in ("ram", "fam", "dist_cam")) + f"; a constant map {each(cama, 'constant/border_energy')}",
+        combine([direction(paired(r, "CAMA-2", "MltB-2 + L_id", f"{m}/sum/border_energy")) for m in ("fam", "dist_cam")]),
+        methods=("ram", "fam", "dist_cam"),
+    ), row(
+        item, "... yet the match does not rest on the background: with the background set to the mean colour "
+              "the query keeps its similarity to its match (the person alone carries it)",
+        "(a test without maps)",
+        f"cosine similarity to the match, original / person only / background only: MltB-2 "
+        f"{each(mltb, 'similarity/original')} / {each(mltb, 'similarity/person_only')} / "
+        f"{each(mltb, 'similarity/background_only')}; CAMA-2 {each(cama, 'similarity/original')} / "
+        f"{each(cama, 'similarity/person_only')} / {each(cama, 'similarity/background_only')}",
+        no_change(differences(cama["similarity/person_only"], cama["similarity/original"]), 0.03),
+        "'yes': the person-only similarity within 0.03 of the original",
+    ), row(
+        item, "Dist-CAM's inverse-distance weights (dist-cam Eq. 5) rest on a few channels: those equal in query "
+              "and match, content-independent ones included",
+        "(the paper's definition)",
+        f"channels in use (1 / sum W^2) of {int(cama['dist_cam/branch1/channels'][0])}: MltB-2 "
+        f"{each(mltb, 'dist_cam/branch1/effective_channels', 1)}, CAMA-2 {each(cama, 'dist_cam/branch1/effective_channels', 1)} "
+        f"(branch 1); top channel's weight CAMA-2 {each(cama, 'dist_cam/branch1/top_channel_weight')}",
+        "yes" if max(cama["dist_cam/branch1/effective_channels"]) < 0.25 * cama["dist_cam/branch1/channels"][0] else "no",
+        "'yes': fewer than a quarter of the channels in use", methods=("dist_cam",),
+    ), row(
+        item, "Not the BatchNorm before the embedding: no channel is inverted, and Dist-CAM on the features before "
+              "it (non-negative, as in the paper) is no better on the person",
+        "(the issue's hypothesis)",
+        f"BN weights < 0: CAMA-2 {each(cama, 'bn/branch1/negative_weight_share')} (branch 1); Dist-CAM on the "
+        f"person, after / before BN: MltB-2 {each(mltb, 'dist_cam/sum/person_energy')} / "
+        f"{each(mltb, 'dist_cam_pre_bn/sum/person_energy')}, CAMA-2 {each(cama, 'dist_cam/sum/person_energy')} / "
+        f"{each(cama, 'dist_cam_pre_bn/sum/person_energy')}",
+        bn_holds, "'yes': no inverted channel and Dist-CAM before BN within 0.05 of after", methods=("dist_cam",),
+    )]
     return out
 
 
