@@ -53,14 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from claims_common import (  # noqa: E402
-    DEFAULT_SEEDS, REPO, pick_device, train_config, write_rows,
+    DEFAULT_SEEDS, REPO, train_and_measure, write_rows,
 )
 from claims_rules import with_seeds  # noqa: E402
 from claims_classifier_rows import (  # noqa: E402
     DELTAS, PLOT, TAU, dist_cam_rows, encode, ltgrad_rows, plot_delta_curves,
 )
 
-from callbacks.base import cpu_threads  # noqa: E402
 from cama.explain import (  # noqa: E402
     class_activation_map,
     dist_cam,
@@ -229,17 +228,10 @@ def ltgrad_grid(model: Any, data: dict[str, Tensor], batch_size: int) -> dict[tu
 # --------------------------------------------------------------------------------------------------
 def run_seed(seed: int, epochs: int | None, smoke: bool, images: int | None, batch_size: int,
              threads: int | None) -> dict[str, Any]:
-    start = time.perf_counter()
-    model, datamodule, metrics = train_config(CONFIG, seed, data_overrides=data_overrides(seed, smoke),
-                                              max_epochs=epochs)
-    device = pick_device()
-    model.to(device).eval()
-    trained = time.perf_counter()
-    with cpu_threads(threads, device):
-        out = measure(model, datamodule, metrics, seed, images, batch_size, device)
-    out["train_seconds"] = trained - start
-    out["seconds"] = time.perf_counter() - start
-    return out
+    return train_and_measure(
+        CONFIG, seed, data_overrides(seed, smoke), epochs, threads,
+        lambda model, dm, metrics, device: measure(model, dm, metrics, seed, images, batch_size, device),
+    )
 
 
 def measure(model: Any, datamodule: Any, metrics: dict[str, float], seed: int, images: int | None,

@@ -89,6 +89,30 @@ def train_config(
     return model, datamodule, metrics
 
 
+def train_and_measure(
+    config_path: str | Path,
+    seed: int,
+    data_overrides: dict[str, Any] | None,
+    max_epochs: int | None,
+    threads: int | None,
+    measure: Any,
+) -> dict[str, Any]:
+    """:func:`train_config`, then ``measure(model, datamodule, metrics, device)`` on ``threads`` CPU
+    threads (the callbacks' :func:`~callbacks.base.cpu_threads`; training keeps torch's), timed:
+    the returned dict gets ``train_seconds`` and ``seconds``."""
+    from callbacks.base import cpu_threads
+
+    start = time.perf_counter()
+    model, datamodule, metrics = train_config(config_path, seed, data_overrides=data_overrides, max_epochs=max_epochs)
+    device = pick_device()
+    model.to(device).eval()
+    trained = time.perf_counter()
+    with cpu_threads(threads, device):
+        out = measure(model, datamodule, metrics, device)
+    out["train_seconds"], out["seconds"] = trained - start, time.perf_counter() - start
+    return out
+
+
 def row(
     item: str, claim: str, paper: str, ours: str, holds: str, note: str = "", methods: Sequence[str] = ()
 ) -> dict[str, Any]:

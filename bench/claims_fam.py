@@ -56,12 +56,12 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from claims_common import DEFAULT_SEEDS, REPO, RESULTS, pick_device, train_config, write_rows  # noqa: E402
+from claims_common import DEFAULT_SEEDS, REPO, RESULTS, train_and_measure, write_rows  # noqa: E402
 from claims_fam_rows import MAPS, TAU, fam_rows, protonet_dist_cam_rows  # noqa: E402
 from claims_rules import pm, with_seeds  # noqa: E402
 from claims_sanity import as_lists, sanity_plot, sanity_rows  # noqa: E402
 
-from callbacks.base import cpu_threads, load_items  # noqa: E402
+from callbacks.base import load_items  # noqa: E402
 from callbacks.sanity_checks import sanity_maps  # noqa: E402
 from cama.explain import dist_cam, postprocess, sanity_check  # noqa: E402
 from cama.metrics.boxes import (  # noqa: E402
@@ -158,16 +158,11 @@ def protonet_queries(model: Any, datamodule: Any, episodes: int, device: torch.d
 
 def run_protonet(seed: int, epochs: int | None, smoke: bool, episodes: int, chunk: int,
                  threads: int | None) -> dict[str, Any]:
-    start = time.perf_counter()
-    model, dm, metrics = train_config(PROTONET, seed, data_overrides=protonet_overrides(seed, smoke),
-                                      max_epochs=epochs)
-    device = pick_device()
-    model.to(device).eval()
-    trained = time.perf_counter()
-    with cpu_threads(threads, device):
-        out = measure_protonet(model, dm, metrics, seed, episodes, chunk, device)
-    out["train_seconds"], out["seconds"] = trained - start, time.perf_counter() - start
-    print(f"  seed {seed}: ProtoNet trained in {trained - start:.0f} s, test accuracy {out['test_acc']:.3f}; "
+    out = train_and_measure(
+        PROTONET, seed, protonet_overrides(seed, smoke), epochs, threads,
+        lambda model, dm, metrics, device: measure_protonet(model, dm, metrics, seed, episodes, chunk, device),
+    )
+    print(f"  seed {seed}: ProtoNet trained in {out['train_seconds']:.0f} s, test accuracy {out['test_acc']:.3f}; "
           f"{out['correct']} of {out['queries']} queries correct; "
           f"FAM energy {out['scores']['fam']['energy']:.3f}, "
           f"Dist-CAM MaxBoxAcc {out['dist_cam_max_box_acc']:.3f} ({out['seconds']:.0f} s)", flush=True)
@@ -225,16 +220,11 @@ def retrieval_overrides(seed: int, smoke: bool) -> dict[str, Any]:
 
 def run_retrieval(seed: int, epochs: int | None, smoke: bool, queries: int, chunk: int,
                   threads: int | None) -> dict[str, Any]:
-    start = time.perf_counter()
-    model, dm, metrics = train_config(RETRIEVAL, seed, data_overrides=retrieval_overrides(seed, smoke),
-                                      max_epochs=epochs)
-    device = pick_device()
-    model.to(device).eval()
-    trained = time.perf_counter()
-    with cpu_threads(threads, device):
-        out = measure_retrieval(model, dm, metrics, seed, queries, chunk, device)
-    out["train_seconds"], out["seconds"] = trained - start, time.perf_counter() - start
-    print(f"  seed {seed}: retrieval trained in {trained - start:.0f} s, Recall@1 {out['recall_at_1']:.3f}; "
+    out = train_and_measure(
+        RETRIEVAL, seed, retrieval_overrides(seed, smoke), epochs, threads,
+        lambda model, dm, metrics, device: measure_retrieval(model, dm, metrics, seed, queries, chunk, device),
+    )
+    print(f"  seed {seed}: retrieval trained in {out['train_seconds']:.0f} s, Recall@1 {out['recall_at_1']:.3f}; "
           f"{out['correct']} of {out['queries']} queries correct; "
           f"FAM energy {out['scores']['fam']['energy']:.3f} ({out['seconds']:.0f} s)", flush=True)
     return out
