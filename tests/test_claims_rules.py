@@ -7,6 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+import pytest
+
+from claims_common import mean_ci  # noqa: E402
 from claims_rules import combine, direction, no_change, pm, share, with_seeds  # noqa: E402
 
 
@@ -31,3 +34,11 @@ def test_formatting_says_the_seed_count_once() -> None:
     assert pm([0.5, 0.5, 0.5], 100.0, 1) == "50.0 ± 0.0"
     rows = with_seeds([{"ours": "a 1.0 ± 0.1, b 2.0 ± 0.2"}], 3)
     assert rows[0]["ours"] == "a 1.0 ± 0.1, b 2.0 ± 0.2 (n=3)"
+
+
+def test_mean_ci_is_the_t_interval_of_a_t_table() -> None:
+    # 1, 2, 3: mean 2, sample sd 1; t(0.975, 2 d.f.) = 4.303 from a printed t-table
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert half == pytest.approx(4.303 / 3 ** 0.5, abs=1e-3)
+    assert mean_ci([5.0]) == (5.0, 0.0)  # one seed: no interval
