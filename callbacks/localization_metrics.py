@@ -20,10 +20,11 @@ provides. Logged as ``<prefix>/<method>/<name>`` (``prefix="loc"``):
 * with part masks (their union is the person; :class:`~cama.metrics.OtsuSegmentation`):
   ``otsu_miou``, ``otsu_iou``, ``otsu_precision``, ``otsu_recall``, ``otsu_micro_f1``;
 * with the part evidence of the synthetic re-ID set (``evidence_required``: the parts that alone
-  tell the identity from one of its look-alikes, :mod:`cama.metrics.parts`): ``evidence_energy``,
-  ``evidence_area``, ``evidence_ratio`` (the summed map's energy share on those parts over their
-  share of the person; above 1: the map prefers the evidence) and ``parts_covered`` (parts touched
-  by the map's top-k region, k the OAP's);
+  tell the identity from one of its look-alikes, :mod:`cama.metrics.parts`): ``person_energy``
+  (the summed map's energy share on the person), ``evidence_energy``, ``evidence_area``,
+  ``evidence_ratio`` (of the energy on the person, the share on those parts, over their share of
+  the person; above 1: the map prefers the evidence) and ``parts_covered`` (parts touched by the
+  union of the branches' top-k regions, k the OAP's);
 * always, on the first ``num_faithfulness_samples`` (:class:`~cama.metrics.AverageDropIncrease`):
   ``ad`` and ``ic`` (fam Eq. 21-22) with the cosine similarity to the reference as the score and the
   query masked by the map (:func:`cama.metrics.mask_images`).
@@ -222,13 +223,13 @@ class LocalizationMetrics(RankingCallback):
         image_size: tuple[int, int],
         has_box: bool,
         has_mask: bool,
-        has_evidence: bool,
+        evidence_topk: float | None,
         branches: int,
         topk: Any,
         device: torch.device,
     ) -> MapScores:
         """The score group of every map (built once, reset after every epoch)."""
-        key = (image_size, has_box, has_mask, has_evidence, branches, topk, str(device))
+        key = (image_size, has_box, has_mask, evidence_topk, branches, topk, str(device))
         if self._scores is None or self._scores[0] != key:
             names = list(self.methods)
             if self.per_branch and branches > 1:
@@ -238,7 +239,8 @@ class LocalizationMetrics(RankingCallback):
                 faithfulness_names=self.methods if self.num_faithfulness_samples else (),
                 tau=self.tau, taus=self.taus, iou_threshold=self.iou_threshold,
                 branch_overlap_topk=topk if self.branch_overlap and branches > 1 else None,
-                evidence_topk=topk if has_evidence else None,
+                evidence_topk=evidence_topk,
+                evidence_names=self.methods,
             )
             self._scores = (key, scores.to(device))
         return self._scores[1]
@@ -265,11 +267,14 @@ class LocalizationMetrics(RankingCallback):
         image_size = tuple(first["image"].shape[-2:])
         explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
         if captured:
-            branches = len(next(iter(captured.values()))["maps"])
+            grid = [tuple(m.shape[-2:]) for m in next(iter(captured.values()))["maps"]]
         else:
-            branches = len(explainer.features(first["image"][None].to(device)).maps)
+            grid = [tuple(m.shape[-2:]) for m in explainer.features(first["image"][None].to(device)).maps]
+        branches = len(grid)
         topk = pl_module.overlap_topk() if isinstance(pl_module, HasOverlapPenalty) else 0.2  # the OAP's k (Eq. 5)
-        scores = self._map_scores(image_size, has_box, has_mask, has_evidence, branches, topk, device)
+        # the OAP's k as a share of the feature grid: the part scores take it on image-size maps
+        evidence_topk = (topk if isinstance(topk, float) else topk / (grid[0][0] * grid[0][1])) if has_evidence else None
+        scores = self._map_scores(image_size, has_box, has_mask, evidence_topk, branches, topk, device)
         datamodule = trainer.datamodule
         mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
 
@@ -333,13 +338,15 @@ class LocalizationMetrics(RankingCallback):
                     continue
             used = features.select(rows_used) if rows_used.numel() < position.numel() else features
             target = used.embedding if method == "ram" else reference_embeddings[rows_used]
-            maps = explainer.explain(method, used, target, branches=self.per_branch)  # branches then summed
+            # branches then summed; the part scores need the branches' regions
+            maps = explainer.explain(method, used, target, branches=self.per_branch or evidence is not None)
             summed = maps[:, -1]
             box, mask = (None if t is None else t[rows_used] for t in (boxes, person))
             scores.update_maps(method, summed, box, mask, correct[rows_used])
             if evidence is not None:
-                scores.update_parts(method, summed, parts[rows_used], evidence[rows_used])
-            if self.per_branch and maps.shape[1] > 1:
+                branch_maps = maps[:, :-1] if maps.shape[1] > 1 else maps
+                scores.update_parts(method, summed, parts[rows_used], evidence[rows_used], branch_maps)
+            if self.per_branch and maps.shape[1] > 1:  # (their scores, without the part evidence)
                 for i in range(maps.shape[1] - 1):
                     scores.update_maps(f"{method}_branch{i + 1}", maps[:, i], box, mask, correct[rows_used])
             if scores.has_faithfulness(method):

@@ -11,11 +11,11 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 import callbacks.localization_metrics as localization_module
-from callbacks.base import ProbeCapture
+from callbacks.base import ProbeCapture, load_items
 from callbacks.explanation_images import ExplanationImages
 from callbacks.localization_metrics import LocalizationMetrics
 from cama.explain import dist_cam, draw_boxes, postprocess, ram_per_branch
-from cama.metrics import ReIDRankMetric
+from cama.metrics import PartEvidence, ReIDRankMetric, parts_covered
 from cama.metrics.ranking import EmbeddingSet
 from cama.references import ReIDReferences, RetrievalReferences, choose_probes
 from cama.viz import GREEN, Explainer, check_methods, default_gradient_layers, frame
@@ -420,3 +420,24 @@ def test_predictions_of_files_name_each_row_s_image(model, tmp_path):
         assert int(name.split("_")[0]) == pid  # each row carries its own file (Market names hold the pid)
         assert (root / ("query" if is_query else "bounding_box_test") / name).is_file()
     assert set(evaluate_file(writer.last_path)) >= {"mAP", "rank1"}  # the file still scores
+
+
+def test_part_evidence_scores_the_probes_summed_ram_and_its_branches_regions(model, datamodule, tmp_path):
+    """The logged part scores are those of the chosen queries' maps, recomputed here outside the
+    callback: the summed RAM R_q^q for the energy shares, the union of the branches' top regions
+    (k the OAP's) for the parts covered."""
+    callback = LocalizationMetrics(methods=["ram"], num_samples=12, num_faithfulness_samples=0)
+    validate(model, datamodule, [callback], tmp_path)
+    batch = load_items(datamodule.eval_dataset, callback.sample_indices)
+    explainer = Explainer(model)
+    with torch.no_grad():
+        features = explainer.features(batch["image"])
+        maps = explainer.explain("ram", features, features.embedding, branches=True)  # [B, 3, H, W]
+    parts, evidence = batch["mask"].bool(), batch["evidence_required"].bool()
+    expected = PartEvidence(topk=model.overlap_topk())
+    expected.update(maps[:, -1], parts, evidence, branch_maps=maps[:, :-1])
+    for name, value in expected.compute().items():
+        assert callback.last_results[f"loc/ram/{name}"] == pytest.approx(float(value), abs=1e-5), name
+    # the branches' union covers at least what the first branch alone does
+    alone = parts_covered(maps[:, :1], parts, model.overlap_topk()).float().mean()
+    assert callback.last_results["loc/ram/parts_covered"] >= float(alone) - 1e-6

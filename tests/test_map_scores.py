@@ -158,20 +158,23 @@ def test_moves_with_the_module_and_resets():
 
 
 def test_part_evidence_is_the_energy_share_over_the_area_share_of_the_discriminative_parts():
-    """Two 2x2 maps, two parts each, written out by hand: the logged ratio is the summed energy
-    share on the selected parts over their summed share of the person."""
-    maps = torch.tensor([[[3.0, 1.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    """Two 2x2 maps, two parts each, written out by hand: of the energy on the person, the share on
+    the selected parts, over their share of the person's area; the branches' regions cover the parts."""
+    maps = torch.tensor([[[3.0, 1.0], [0.0, 0.0]], [[1.0, 1.0], [2.0, 4.0]]])
     parts = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
     parts[:, 0, 0, :] = True  # part 0: the top row
-    parts[:, 1, 1, 0] = True  # part 1: the bottom-left pixel
+    parts[:, 1, 1, 0] = True  # part 1: the bottom-left pixel; the bottom-right one is background
     selected = torch.tensor([[True, False], [False, True]])
-    scores = MapScores(["ram"], (2, 2), has_box=False, has_mask=True, evidence_topk=1)
-    scores.update_parts("ram", maps, parts, selected)
+    branches = torch.stack([maps, maps.flip(-1)], dim=1)  # map 1's second branch peaks at bottom-left
+    scores = MapScores(["ram"], (2, 2), has_box=False, has_mask=True, evidence_topk=1, evidence_names=["ram"])
+    scores.update_parts("ram", maps, parts, selected, branches)
     results = scores.compute_named("loc")
-    # map 0: 4 of its 4 energy on the top row, which is 2 of the 3 person pixels
-    # map 1: 1 of its 4 energy on the bottom-left pixel, 1 of the 3 person pixels
-    assert results["loc/ram/evidence_energy"] == pytest.approx((1.0 + 0.25) / 2)
+    # map 0: 4 of its 4 energy on the person, all of it on the top row (2 of the 3 person pixels)
+    # map 1: 4 of its 8 on the person, 2 of those 4 on the bottom-left pixel (1 of the 3)
+    assert results["loc/ram/person_energy"] == pytest.approx((1.0 + 0.5) / 2)
+    assert results["loc/ram/evidence_energy"] == pytest.approx((1.0 + 0.5) / 2)
     assert results["loc/ram/evidence_area"] == pytest.approx((2 / 3 + 1 / 3) / 2)
-    assert results["loc/ram/evidence_ratio"] == pytest.approx(1.25 / 1.0)
-    # the top-1 pixel of map 0 is in part 0; map 1's is the first of four ties (part 0)
+    assert results["loc/ram/evidence_ratio"] == pytest.approx(1.5 / 1.0)
+    # top pixels: map 0's branches (0, 0) and (0, 1), both in part 0; map 1's (1, 1) (background)
+    # and, flipped, (1, 0): part 1. One part each.
     assert results["loc/ram/parts_covered"] == pytest.approx(1.0)

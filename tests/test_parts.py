@@ -137,29 +137,32 @@ def test_metric_sums_are_the_means_of_two_updates_and_merge_by_sum():
     first, second = _random_inputs(3), _random_inputs(4, batch=5)
     metric = PartEvidence(topk=0.2)
     for maps, parts, selected in (first, second):
-        metric.update(maps, parts, selected)
-    energy, area, covered, person = [], [], [], []
+        metric.update(maps.sum(1), parts, selected, branch_maps=maps)
+    energy, area, covered, person, on_person = [], [], [], [], []
     for maps, parts, selected in (first, second):
-        e, a = part_energy_share(maps.sum(1), parts, selected)
+        e, a = part_energy_share(maps.sum(1), parts, selected, within_person=True)
         energy.append(e)
         area.append(a)
+        everything = torch.ones_like(selected, dtype=torch.bool)
+        on_person.append(part_energy_share(maps.sum(1), parts, everything)[0])
         covered.append(parts_covered(maps, parts, 0.2).float())
         person.append(parts.flatten(1).any(1))
-    energy, area, covered, person = (torch.cat(x) for x in (energy, area, covered, person))
+    energy, area, covered, person, on_person = (torch.cat(x) for x in (energy, area, covered, person, on_person))
     valid = ~energy.isnan()
     out = metric.compute()
     assert out["evidence_energy"].item() == pytest.approx(energy[valid].mean().item(), rel=1e-6)
     assert out["evidence_area"].item() == pytest.approx(area[valid].mean().item(), rel=1e-6)
     assert out["evidence_ratio"].item() == pytest.approx((energy[valid].sum() / area[valid].sum()).item(), rel=1e-6)
     assert out["parts_covered"].item() == pytest.approx(covered[person].mean().item(), rel=1e-6)
+    assert out["person_energy"].item() == pytest.approx(on_person[~on_person.isnan()].mean().item(), rel=1e-6)
     # two processes' states summed (what dist_reduce_fx="sum" does) give the same numbers
     one, other = PartEvidence(topk=0.2), PartEvidence(topk=0.2)
-    one.update(*first)
-    other.update(*second)
+    one.update(first[0].sum(1), first[1], first[2], branch_maps=first[0])
+    other.update(second[0].sum(1), second[1], second[2], branch_maps=second[0])
     one.merge_state(other)
     for key, value in one.compute().items():
         assert value.item() == pytest.approx(out[key].item(), rel=1e-6)
-    # a single map [B, H, W] is one branch
+    # without branch maps, the map's own top region is the one region
     single = PartEvidence(topk=0.2)
     single.update(first[0][:, 0], first[1], first[2])
     assert single.compute()["parts_covered"].item() == pytest.approx(
@@ -171,7 +174,7 @@ def test_metric_rejects_bad_shapes():
         PartEvidence(min_share=0.0)
     maps, parts, selected = _random_inputs(0)
     with pytest.raises(ValueError):
-        PartEvidence().update(maps[:, :, :-1], parts, selected)
+        PartEvidence().update(maps[:, 0, :-1], parts, selected)
     with pytest.raises(ValueError):
         part_energy_share(maps[:, 0], parts, selected[:, :-1])
 

@@ -192,13 +192,13 @@ def test_resnet_blocks_and_the_models_blocks_cover_every_parameter():
     net = build_resnet("resnet10", width=4)
     names = [n for n, _ in resnet_blocks_top_down(net)]
     assert names == ["fc", "layer4", "layer3", "layer2", "layer1", "conv1"]
-    for model in (
-        CAMA(num_classes=3, backbone="resnet10", num_branches=2, width=4),
-        RetrievalModel(num_classes=3, backbone="resnet10", width=4, embedding_size=8, miner=None),
+    for model, top in (
+        (CAMA(num_classes=3, backbone="resnet10", num_branches=2, width=4), ["head"]),
+        (RetrievalModel(num_classes=3, backbone="resnet10", width=4, embedding_size=8, miner=None), ["projection"]),
     ):
         assert isinstance(model, HasRandomizationBlocks)
         named = model.randomization_blocks()
-        assert [n for n, _ in named][-4:] == ["conv5", "conv4", "conv3", "conv2", "conv1"][-4:]
+        assert [n for n, _ in named] == [*top, "conv5", "conv4", "conv3", "conv2", "conv1"]
         covered = {id(p) for _, block in named for p in block.parameters()}
         assert covered == {id(p) for p in model.parameters()}
 

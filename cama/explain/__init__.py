@@ -28,11 +28,10 @@ from .gradient import (
     gradient_cam,
     gradient_cam_layer_map,
     gradient_layer_maps,
-    logit_score,
     record_gradients,
-    similarity_score,
     truncate_gradients,
 )
+from .gradient_scores import logit_score, similarity_score
 from .feature_activation import fam, fam_channel_contributions, fam_importance
 from .maps import (
     class_activation_map,

@@ -160,7 +160,7 @@ def cascading_randomization(
     is ordered top / output first) have been re-initialised, cumulatively, and the blocks below
     are the trained ones. Re-initialisation uses each module's ``reset_parameters()`` (for
     BatchNorm this resets the running statistics too), else a normal init of the module's own
-    parameters; step ``s`` runs under ``torch.manual_seed(seed + s)`` in a forked RNG, so it is
+    parameters; step ``s`` runs with the CPU generator (and the blocks' GPUs') seeded ``seed + s`` in a forked RNG, so it is
     reproducible and the caller's RNG state is untouched.
 
     On leaving the context -- after the last step, a ``break`` or an exception -- every parameter
@@ -180,12 +180,20 @@ def cascading_randomization(
     with torch.no_grad():
         saved = [(t, t.detach().clone()) for t in (*model.parameters(), *model.buffers())]
     modes = [(module, module.training) for module in model.modules()]
+    owned = {id(t) for t in (*model.parameters(), *model.buffers())}
+    if any(id(t) not in owned for b in blocks for t in (*b.parameters(), *b.buffers())):
+        raise ValueError("every block must be a part of `model` (only the model's tensors are restored)")
     cuda = sorted({p.device.index or 0 for b in blocks for p in b.parameters() if p.device.type == "cuda"})
 
     def steps() -> Iterator[tuple[str, int]]:
         for step, (name, block) in enumerate(zip(names, blocks)):
             with torch.random.fork_rng(devices=cuda), torch.no_grad():
-                torch.manual_seed(seed + step)
+                # the generators the blocks draw from, and no other (torch.manual_seed would seed
+                # every GPU, and queue it on one not yet initialised: the caller's states change)
+                torch.default_generator.manual_seed(seed + step)
+                for index in cuda:
+                    with torch.cuda.device(index):
+                        torch.cuda.manual_seed(seed + step)
                 _reinitialise(block)
             yield name, step
 

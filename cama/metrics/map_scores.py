@@ -77,8 +77,10 @@ class MapScores(nn.Module):
         faithfulness_names: the names also scored with AD/IC.
         tau, taus, iou_threshold: of :class:`BoxLocalization` (and the centred boxes' accuracy).
         branch_overlap_topk: the ``topk`` of :class:`BranchOverlap`; None: no branch overlap.
-        evidence_topk: the ``topk`` of :class:`PartEvidence` (its parts covered); None: the data
-            has no part evidence.
+        evidence_topk: the ``topk`` of :class:`PartEvidence` (its parts covered, a fraction of the
+            map); None: the data has no part evidence.
+        evidence_names: the names scored with :class:`PartEvidence` (the summed maps; their
+            branches are its ``branch_maps``).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class MapScores(nn.Module):
         iou_threshold: float = 0.5,
         branch_overlap_topk: float | int | None = None,
         evidence_topk: float | int | None = None,
+        evidence_names: Collection[str] = (),
     ) -> None:
         super().__init__()
         image_size = tuple(int(s) for s in image_size[-2:])
@@ -107,7 +110,7 @@ class MapScores(nn.Module):
                 )
             if has_mask:
                 group["otsu"] = OtsuSegmentation()
-            if evidence_topk is not None:
+            if evidence_topk is not None and name in evidence_names:
                 group["parts"] = PartEvidence(evidence_topk)
             if name in faithfulness_names:
                 group["faith"] = AverageDropIncrease()
@@ -151,10 +154,13 @@ class MapScores(nn.Module):
         if person_masks is not None:
             group["otsu"].update(maps, person_masks)
 
-    def update_parts(self, name: str, maps: Tensor, part_masks: Tensor, evidence: Tensor) -> None:
-        """Part evidence of the maps ``[B, H, W]`` of ``name``: part masks ``[B, P, H, W]``, the
+    def update_parts(
+        self, name: str, maps: Tensor, part_masks: Tensor, evidence: Tensor, branch_maps: Tensor | None = None
+    ) -> None:
+        """Part evidence of the maps ``[B, H, W]`` of ``name`` (and of its branches' maps
+        ``[B, N, H, W]``, whose top regions cover the parts): part masks ``[B, P, H, W]``, the
         discriminative parts ``[B, P]`` bool."""
-        self._group(name)["parts"].update(maps, part_masks, evidence)
+        self._group(name)["parts"].update(maps, part_masks, evidence, branch_maps)
 
     def update_baselines(self, boxes: Tensor, image_size: Sequence[int]) -> None:
         """The baselines of a batch with ground-truth boxes ``[B, 4]``: the centred box of the mean

@@ -45,11 +45,15 @@ def _check_branches(maps: Tensor) -> None:
         raise ValueError(f"maps must be [B, N, H, W] (N branches), got shape {tuple(maps.shape)}")
 
 
-def part_energy_share(maps: Tensor, part_masks: Tensor, selected: Tensor) -> tuple[Tensor, Tensor]:
+def part_energy_share(
+    maps: Tensor, part_masks: Tensor, selected: Tensor, within_person: bool = False
+) -> tuple[Tensor, Tensor]:
     """The share of each map's energy on the selected parts, and their share of the person's area.
 
     ``energy_share = sum_{x in S} L(x) / sum_x L(x)`` over the whole map (energy off the person
-    counts in the denominator, as in the energy pointing game, fam Eq. 19) and
+    counts in the denominator, as in the energy pointing game, fam Eq. 19), or with
+    ``within_person`` over the person only (``sum_{x in person} L(x)``: which parts of the person
+    the map prefers, whatever it puts on the background), and
     ``area_share = |S| / |person|``, where ``S`` is the union of the selected parts' masks (a pixel
     in two selected parts counts once) and the person is the union of all parts. A map spread evenly
     over the person, and nowhere else, has ``energy_share == area_share``.
@@ -58,11 +62,13 @@ def part_energy_share(maps: Tensor, part_masks: Tensor, selected: Tensor) -> tup
         maps: ``[B, H, W]`` non-negative maps, used as they are.
         part_masks: ``[B, P, H, W]`` bool (or 0/1) masks of the parts.
         selected: ``[B, P]`` bool, the parts to score (e.g. the item's ``evidence``).
+        within_person: the energy share of the person's energy instead of the whole map's.
 
     Returns:
         ``(energy_share [B], area_share [B])`` float32; both NaN in a row where no selected part is
         visible (none selected, or all of them absent / occluded in that image) or the map has no
-        positive total energy: such rows say nothing and a caller leaves them out.
+        positive energy (on the person, with ``within_person``): such rows say nothing and a caller
+        leaves them out.
     """
     check_maps(maps)
     _check_parts(part_masks, maps.shape[0], tuple(maps.shape[-2:]))
@@ -71,7 +77,7 @@ def part_energy_share(maps: Tensor, part_masks: Tensor, selected: Tensor) -> tup
     parts = part_masks.to(maps.device).bool()
     chosen = (parts & selected.to(maps.device).bool()[:, :, None, None]).any(1)  # [B, H, W]
     energy = maps.double()
-    total = energy.sum((-2, -1))
+    total = (energy * parts.any(1)).sum((-2, -1)) if within_person else energy.sum((-2, -1))
     on_chosen = (energy * chosen).sum((-2, -1))
     area = chosen.sum((-2, -1)).double()
     person = parts.any(1).sum((-2, -1)).double()
@@ -87,7 +93,7 @@ def _part_hits(maps: Tensor, part_masks: Tensor, topk: float | int) -> tuple[Ten
     _check_branches(maps)
     _check_parts(part_masks, maps.shape[0], tuple(maps.shape[-2:]))
     k = resolve_topk(topk, maps.shape[-2] * maps.shape[-1])
-    top = topk_masks(maps, k).flatten(2)
+    top = topk_masks(maps, k).flatten(2) & (maps > 0).flatten(2)  # ties at zero are not looked at
     return top, part_masks.to(maps.device).bool().flatten(2)
 
 
@@ -96,7 +102,8 @@ def parts_covered(maps: Tensor, part_masks: Tensor, topk: float | int = 0.2, min
 
     Each branch's top region is its ``k`` highest pixels (``topk``: a fraction of the ``H * W``
     pixels or a count, :func:`cama.losses.resolve_topk`, as for the OAP and
-    :class:`~cama.metrics.localization.BranchOverlap`; ties broken by ``torch.topk``). A part is
+    :class:`~cama.metrics.localization.BranchOverlap`; ties broken by ``torch.topk``) that are
+    positive (a map with fewer positive pixels has a smaller region). A part is
     covered when at least ``min_share`` of its own visible pixels lie in the union of the regions
     (a share of the part, not of the region: a small part such as the shoes counts as readily as a
     large one, and a region on the background covers nothing). A part without visible pixels is never
@@ -135,22 +142,24 @@ def branch_parts(maps: Tensor, part_masks: Tensor, topk: float | int = 0.2) -> T
 class PartEvidence(Metric):
     """The energy a map puts on the discriminative parts, and how many parts its branches cover.
 
-    ``update(maps, part_masks [B, P, H, W], selected [B, P])`` with ``maps`` ``[B, H, W]`` (one map)
-    or ``[B, N, H, W]`` (the branches of a multi-branch model). The energy and area shares
-    (:func:`part_energy_share`) are those of the branches' sum (each branch weighs by its own
-    energy: normalise the branches first to weigh them equally) and count the rows where they are
-    defined; :func:`parts_covered` counts the branches' union over the rows with a visible person.
+    ``update(maps [B, H, W], part_masks [B, P, H, W], selected [B, P], branch_maps=None)``: the
+    energy shares are those of ``maps`` (the summed map of a multi-branch model); the parts covered
+    are those of the union of ``branch_maps`` ``[B, N, H, W]`` (its branches' maps) when given, else
+    of ``maps``' own top region. Rows where the shares are undefined (:func:`part_energy_share`) are
+    left out of them; rows without a visible person are left out of the coverage.
 
     ``compute()`` returns 0-d float32 tensors (0 when nothing was counted):
 
-    * ``evidence_energy``: mean energy share on the selected parts;
+    * ``person_energy``: mean share of the map's energy on the person (the rest is background);
+    * ``evidence_energy``: mean share of the energy *on the person* that lies on the selected parts;
     * ``evidence_area``: mean area share of those parts in the person, over the same rows;
     * ``evidence_ratio``: ``evidence_energy / evidence_area`` (a ratio of means); above 1, the maps
-      prefer the selected parts to the rest of the person;
+      prefer the selected parts to the rest of the person, whatever they put on the background;
     * ``parts_covered``: mean number of distinct parts covered.
 
     Args:
-        topk: pixels of each branch's top region (:func:`parts_covered`).
+        topk: pixels of each branch's top region (:func:`parts_covered`), as a fraction of the map
+            or a count of its pixels.
         min_share: share of a part's pixels the union must hold for the part to be covered.
     """
 
@@ -165,25 +174,33 @@ class PartEvidence(Metric):
             raise ValueError(f"min_share must be in (0, 1], got {min_share}")
         self.topk = topk
         self.min_share = float(min_share)
-        add_sum_states(self, "energy_sum", "area_sum", "evidence_total", "covered_sum", "covered_total")
+        add_sum_states(
+            self, "person_sum", "person_total", "energy_sum", "area_sum", "evidence_total", "covered_sum", "covered_total"
+        )
 
-    def update(self, maps: Tensor, part_masks: Tensor, selected: Tensor) -> None:
-        if maps.ndim not in (3, 4):
-            raise ValueError(f"maps must be [B, H, W] or [B, N, H, W], got shape {tuple(maps.shape)}")
-        branches = maps if maps.ndim == 4 else maps[:, None]
-        energy, area = part_energy_share(branches.sum(1), part_masks, selected)
-        valid = ~energy.isnan()  # no host sync: the sums take the masked values
-        self.energy_sum += energy.double().nan_to_num(0.0).sum().to(self.energy_sum.device)
-        self.area_sum += area.double().nan_to_num(0.0).sum().to(self.area_sum.device)
+    def update(self, maps: Tensor, part_masks: Tensor, selected: Tensor, branch_maps: Tensor | None = None) -> None:
+        if maps.ndim != 3:
+            raise ValueError(f"maps must be [B, H, W], got shape {tuple(maps.shape)}")
+        everything = torch.ones(part_masks.shape[:2], dtype=torch.bool, device=maps.device)
+        on_person, _ = part_energy_share(maps, part_masks, everything)
+        shown = ~on_person.isnan()
+        self.person_sum += on_person.double().nan_to_num(0.0).sum().to(self.person_sum.device)
+        self.person_total += shown.sum().to(self.person_total)
+        energy, area = part_energy_share(maps, part_masks, selected, within_person=True)
+        valid = ~energy.isnan() & ~area.isnan()  # no host sync: the sums take the masked values
+        self.energy_sum += torch.where(valid, energy.double(), 0.0).sum().to(self.energy_sum.device)
+        self.area_sum += torch.where(valid, area.double(), 0.0).sum().to(self.area_sum.device)
         self.evidence_total += valid.sum().to(self.evidence_total)
         # a row without a visible person covers nothing (0) and is not counted
-        covered = parts_covered(branches, part_masks, self.topk, self.min_share)
+        regions = branch_maps if branch_maps is not None else maps[:, None]
+        covered = parts_covered(regions, part_masks, self.topk, self.min_share)
         person = part_masks.to(maps.device).bool().flatten(1).any(1)
         self.covered_sum += covered.sum().to(self.covered_sum)
         self.covered_total += person.sum().to(self.covered_total)
 
     def compute(self) -> dict[str, Tensor]:
         return {
+            "person_energy": ratio(self.person_sum, self.person_total).float(),
             "evidence_energy": ratio(self.energy_sum, self.evidence_total).float(),
             "evidence_area": ratio(self.area_sum, self.evidence_total).float(),
             "evidence_ratio": ratio(self.energy_sum, self.area_sum).float(),
