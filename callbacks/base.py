@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import default_collate
 
 from callbacks.image_sink import ImageSink
+from callbacks.score_logging import ScoreLogger
 from cama.protocols import RankingTask
 from cama.references import choose_probes
 
@@ -265,3 +266,40 @@ class RankingCallback(ExplanationCallback):
             self.warn_once("no gallery embedding in this validation epoch; nothing is logged")
             return None
         return provider, gallery
+
+
+class ScoredRankingCallback(RankingCallback):
+    """A :class:`RankingCallback` that scores a fixed, seeded subset of queries every due epoch and
+    logs the scores under ``prefix`` (:class:`~callbacks.score_logging.ScoreLogger`): the subset
+    is chosen once and kept in the callback's ``state_dict``, so a resumed run scores the same
+    queries, and the state key carries the prefix (two instances with other prefixes coexist).
+
+    Args:
+        every_n_epochs, cpu_threads: of :class:`ExplanationCallback`.
+        num_samples: queries in the subset.
+        seed: seed of the subset (a private generator).
+        prefix: logged names start with it.
+    """
+
+    def __init__(self, every_n_epochs: int, cpu_threads: int | None, num_samples: int, seed: int, prefix: str) -> None:
+        super().__init__(every_n_epochs, cpu_threads)
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.prefix = prefix.rstrip("/")
+        self.samples = RankingProbes(self.num_samples, self.seed)
+        self.score_logger = ScoreLogger(self.prefix)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix)
+
+    @property
+    def sample_indices(self) -> list[int]:
+        return self.samples.indices
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "sample_indices": list(self.samples.indices)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.samples.indices = [int(i) for i in state_dict.get("sample_indices", [])]

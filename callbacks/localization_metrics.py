@@ -56,8 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.base import RankingCallback, RankingProbes, cpu_threads, load_items, stack_captured
-from callbacks.score_logging import ScoreLogger
+from callbacks.base import ScoredRankingCallback, cpu_threads, load_items, stack_captured
 from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
@@ -70,7 +69,7 @@ __all__ = ["LocalizationMetrics"]
 EVIDENCE = "evidence_required"  # the synthetic re-ID items' discriminative parts (cama.metrics.parts)
 
 
-class LocalizationMetrics(RankingCallback):
+class LocalizationMetrics(ScoredRankingCallback):
     """Localization and faithfulness scores of explanation maps, logged every validation epoch.
 
     Args:
@@ -116,12 +115,10 @@ class LocalizationMetrics(RankingCallback):
         reuse_features: bool = True,
         cpu_threads: int | None = 1,
     ) -> None:
-        super().__init__(every_n_epochs, cpu_threads)
         if num_samples < 1 or batch_size < 1:
             raise ValueError("num_samples and batch_size must be >= 1")
+        super().__init__(every_n_epochs, cpu_threads, num_samples, seed, prefix)
         self.methods = check_methods(methods)
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
         self.tau = float(tau)
         self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
         self.iou_threshold = float(iou_threshold)
@@ -133,28 +130,9 @@ class LocalizationMetrics(RankingCallback):
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
-        self.prefix = prefix.rstrip("/")
         self.reuse_features = reuse_features
-        self.samples = RankingProbes(self.num_samples, self.seed)
         self.last_results: dict[str, float] = {}
-        self.score_logger = ScoreLogger(self.prefix)
         self._scores: tuple[Any, MapScores] | None = None
-
-    # ------------------------------------------------------------------ state
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix)
-
-    @property
-    def sample_indices(self) -> list[int]:
-        return self.samples.indices
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "sample_indices": list(self.samples.indices)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.samples.indices = [int(i) for i in state_dict.get("sample_indices", [])]
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

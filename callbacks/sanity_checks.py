@@ -41,8 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from callbacks.base import RankingCallback, RankingProbes, load_items
-from callbacks.score_logging import ScoreLogger
+from callbacks.base import ScoredRankingCallback, load_items
 from cama.explain import SanityCheckResult, sanity_check
 from cama.protocols import HasRandomizationBlocks
 from cama.viz import GRADIENT_METHODS, Explainer, check_methods
@@ -79,7 +78,7 @@ def sanity_maps(
     return maps
 
 
-class SanityChecks(RankingCallback):
+class SanityChecks(ScoredRankingCallback):
     """Cascading model-parameter randomization of the explanation maps (module docstring).
 
     Args:
@@ -109,36 +108,16 @@ class SanityChecks(RankingCallback):
             raise ValueError(f"every_n_epochs must be >= 0 (0: off), got {every_n_epochs}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        super().__init__(max(1, int(every_n_epochs)), cpu_threads)
+        super().__init__(max(1, int(every_n_epochs)), cpu_threads, num_samples, seed, prefix)
         self.every_n_epochs = int(every_n_epochs)
         self.methods = check_methods(methods)
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
-        self.prefix = prefix.rstrip("/")
-        self.samples = RankingProbes(self.num_samples, self.seed)
-        self.score_logger = ScoreLogger(self.prefix)
         self.last_result: SanityCheckResult | None = None
         self.last_results: dict[str, float] = {}
 
-    # ------------------------------------------------------------------ state
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix)
-
-    @property
-    def sample_indices(self) -> list[int]:
-        return self.samples.indices
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "sample_indices": list(self.samples.indices)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.samples.indices = [int(i) for i in state_dict.get("sample_indices", [])]
-
+    # ------------------------------------------------------------------ schedule
     # ------------------------------------------------------------------ hooks
     def due(self, trainer: pl.Trainer) -> bool:
         return self.every_n_epochs > 0 and super().due(trainer)
