@@ -347,3 +347,18 @@ def test_ddp_reduction_equals_single_process():
         assert results[rank].keys() == expected.keys()
         for key, value in expected.items():
             assert results[rank][key] == pytest.approx(value, abs=1e-6), (rank, key)
+
+
+def test_mask_to_box_is_torchvisions_masks_to_boxes_with_exclusive_ends():
+    from torchvision.ops import masks_to_boxes
+
+    torch.manual_seed(0)
+    masks = torch.rand(60, 17, 13) > 0.93
+    masks[5] = False  # empty: zeros
+    masks[6] = False
+    masks[6, 16, 12] = True  # one pixel in the corner
+    masks[7] = True  # full
+    expected = masks_to_boxes(masks)  # inclusive right/bottom, one mask at a time
+    expected[:, 2:] += masks.flatten(1).any(1)[:, None]
+    assert torch.equal(mask_to_box(masks), expected)
+    assert torch.equal(mask_to_box(masks.view(6, 10, 17, 13)), expected.view(6, 10, 4))

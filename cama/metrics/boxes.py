@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor
-from torchvision.ops import masks_to_boxes
 
 __all__ = [
     "DEFAULT_TAUS",
@@ -99,30 +98,15 @@ def largest_connected_component(masks: Tensor) -> Tensor:
 
 
 def _largest_component_boxes(masks: Tensor) -> Tensor:
-    """:func:`mask_to_box` of :func:`largest_connected_component`, without a loop over the masks.
-
-    The component's rows and columns are found with two ``any`` reductions of the whole stack; the
-    box spans the first and last of each (about twice as fast as ``scipy.ndimage.find_objects``).
-    """
-    labels, best = _label_largest(masks)
-    keep = torch.from_numpy(labels == best[:, None, None]) & torch.from_numpy(best > 0)[:, None, None]
-    return _span_boxes(keep.any(dim=2), keep.any(dim=1)).to(masks.device)
-
-
-def _span_boxes(rows: Tensor, cols: Tensor) -> Tensor:
-    """Boxes ``(x1, y1, x2, y2)`` (exclusive right/bottom) from ``[N, H]`` / ``[N, W]`` occupancy;
-    ``(0, 0, 0, 0)`` where nothing is occupied."""
-    height, width = rows.shape[1], cols.shape[1]
-    y1 = rows.byte().argmax(dim=1)
-    y2 = height - rows.flip(1).byte().argmax(dim=1)
-    x1 = cols.byte().argmax(dim=1)
-    x2 = width - cols.flip(1).byte().argmax(dim=1)
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
-    return boxes * rows.any(dim=1, keepdim=True)
+    """:func:`mask_to_box` of :func:`largest_connected_component` (one labelling pass for the stack)."""
+    return mask_to_box(largest_connected_component(masks))
 
 
 def mask_to_box(masks: Tensor) -> Tensor:
     """Bounding box ``(x1, y1, x2, y2)`` (exclusive right/bottom) of each binary map.
+
+    Two ``any`` reductions of the whole stack give each map's occupied rows and columns; the box
+    spans the first and last of each (torchvision's ``masks_to_boxes`` loops over the maps).
 
     Args:
         masks: ``[..., H, W]`` bool.
@@ -130,9 +114,14 @@ def mask_to_box(masks: Tensor) -> Tensor:
     Returns:
         ``[..., 4]`` float32; ``(0, 0, 0, 0)`` for an empty map.
     """
-    flat = masks.reshape(-1, *masks.shape[-2:])
-    boxes = masks_to_boxes(flat)  # inclusive right/bottom edges; zeros for an empty map
-    boxes[:, 2:] += flat.flatten(1).any(1)[:, None]
+    height, width = masks.shape[-2:]
+    flat = masks.reshape(-1, height, width).bool()
+    rows, cols = flat.any(dim=2), flat.any(dim=1)  # [N, H], [N, W]
+    y1 = rows.byte().argmax(dim=1)
+    y2 = height - rows.flip(1).byte().argmax(dim=1)
+    x1 = cols.byte().argmax(dim=1)
+    x2 = width - cols.flip(1).byte().argmax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).float() * rows.any(dim=1, keepdim=True)
     return boxes.reshape(*masks.shape[:-2], 4)
 
 
