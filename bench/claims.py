@@ -54,7 +54,7 @@ def sanity_column(rows: list[dict[str, Any]]) -> dict[str, str]:
             verdicts.setdefault(r["sanity_of"], []).append(
                 f"{mark} on {r['sanity_model']} (ρ {r['final_spearman']:.2f})"
             )
-    return {method: "; ".join(v) for method, v in verdicts.items()}
+    return {method: "; ".join(sorted(v)) for method, v in verdicts.items()}  # the same order every run
 
 
 def cell(text: str) -> str:
