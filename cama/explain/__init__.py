@@ -17,7 +17,7 @@ float64), so low-precision maps equal the float32 maps of the same values:
   :func:`overlay` (uint8 RGB heat-map overlays), :func:`grid`;
 * sanity checks (Adebayo et al. 2018, :mod:`.sanity`): :func:`sanity_check` and
   :func:`cascading_randomization` (cascading model-parameter randomization),
-  :func:`spearman_correlation`, :func:`ssim`, :func:`resnet_blocks_top_down`.
+  :func:`spearman_correlation`, :func:`ssim`.
 
 This package imports nothing from ``cama.models``, ``callbacks`` or ``datamodules``.
 """
@@ -47,7 +47,6 @@ from .render import colorize, colormap, draw_boxes, grid, minmax_normalize, over
 from .sanity import (
     SanityCheckResult,
     cascading_randomization,
-    resnet_blocks_top_down,
     sanity_check,
     spearman_correlation,
     ssim,
@@ -80,7 +79,6 @@ __all__ = [
     "ram",
     "ram_per_branch",
     "ram_self",
-    "resnet_blocks_top_down",
     "sanity_check",
     "record_gradients",
     "similarity_score",

@@ -16,8 +16,8 @@ paper's similarity measures, all computed per map here and averaged over the map
 
 :func:`cascading_randomization` does the randomization (and always gives the model back as it
 was), :func:`sanity_check` runs the whole test with any ``explain_fn(model, images)``.
-:func:`resnet_blocks_top_down` lists a torchvision ResNet's stages top first; the project's models
-list theirs with ``randomization_blocks()`` (:class:`cama.protocols.HasRandomizationBlocks`).
+The project's models list their blocks, top first, with ``randomization_blocks()``
+(:class:`cama.protocols.HasRandomizationBlocks`; the backbones' ``stages_top_down()``).
 
 Pure tensor functions, batched over the maps (no Python loop over images); nothing here knows a
 Lightning module.
@@ -39,7 +39,6 @@ from .render import minmax_normalize
 __all__ = [
     "SanityCheckResult",
     "cascading_randomization",
-    "resnet_blocks_top_down",
     "sanity_check",
     "spearman_correlation",
     "ssim",
@@ -205,15 +204,6 @@ def cascading_randomization(
                 tensor.copy_(value)
         for module, training in modes:
             module.train(training)
-
-
-def resnet_blocks_top_down(net: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The stages of a torchvision ``ResNet`` (public attributes), top first: ``fc`` (when it is a
-    layer), ``layer4`` .. ``layer1``, then ``conv1`` with ``bn1``; Adebayo et al.'s cascade for an
-    Inception network goes block by block the same way."""
-    blocks = [("fc", net.fc)] if any(True for _ in net.fc.parameters()) else []
-    blocks += [(f"layer{i}", getattr(net, f"layer{i}")) for i in (4, 3, 2, 1)]
-    return blocks + [("conv1", nn.ModuleList([net.conv1, net.bn1]))]
 
 
 # ---------------------------------------------------------------------------------------- the test
