@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from .batch_augment import BatchPadCropFlip, collate_augmented
 
 from .image_check import check_split_images
 from .images import IMAGENET_MEAN, IMAGENET_STD, NormalizeImage, denormalize_images
@@ -104,6 +107,18 @@ class ImageDataModule(LightningDataModule):
         return denormalize_images(images, self.mean, self.std, as_uint8)
 
     # -- loaders ---------------------------------------------------------------------------------
+
+    def batch_augmentation(self) -> BatchPadCropFlip | None:
+        """The training augmentation after the resize, on whole batches (:mod:`datamodules.batch_augment`:
+        the per-image steps' images), or None where it runs per image (the default)."""
+        return None
+
+    def train_collate(self, collate: Callable[[list[Any]], Any] | None = None) -> Callable[[list[Any]], Any] | None:
+        """The training loader's ``collate_fn``: ``collate`` (None: PyTorch's), then the batched augmentation."""
+        augment = self.batch_augmentation()
+        if augment is None:
+            return collate
+        return partial(collate_augmented, augment=augment, collate=collate or default_collate)
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return {

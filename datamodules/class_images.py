@@ -11,6 +11,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .base import ImageDataModule
+from .batch_augment import BatchPadCropFlip
 from .class_scan import FewShotRecord
 from .images import SeededTransformDataset, colour_jitter, flip, load_image, resize_pad_crop
 from .samplers import split_item
@@ -168,14 +169,25 @@ class ClassImagesDataModule(ImageDataModule):
     def eval_transform(self) -> v2.Compose:
         return v2.Compose([v2.Resize(self.image_size, antialias=True)])
 
+    def batch_augmentation(self) -> BatchPadCropFlip | None:
+        """:meth:`train_transform` after the resize, on whole batches; None with colour jitter."""
+        return None if self.color_jitter > 0 else BatchPadCropFlip(self.padding, self.flip_prob, self.normalize())
+
     def _transformed(self, raw: Dataset, train: bool) -> FewShotTransformDataset:
-        """A raw split as network inputs, its labels remapped to 0..C-1 in sorted order."""
+        """A raw split as network inputs, its labels remapped to 0..C-1 in sorted order. With the
+        batched augmentation the training items are only resized and keep their seeds."""
         labels = sorted(set(raw.labels))  # type: ignore[attr-defined]
+        batched = train and self.batch_augmentation() is not None
+        if batched:
+            transform: Any = v2.Compose([v2.Resize(self.image_size, antialias=True)])
+        else:
+            transform = self.train_transform() if train else self.eval_transform()
         return FewShotTransformDataset(
             raw,
-            self.train_transform() if train else self.eval_transform(),
-            post=self.normalize(),
+            transform,
+            post=None if batched else self.normalize(),
             label_map={label: i for i, label in enumerate(labels)},
             targets=not train,
-            cache=self.eval_cache and not train,
+            cache=(self.eval_cache and not train) or (batched and self.dataset == "synthetic"),
+            keep_seed=batched,
         )

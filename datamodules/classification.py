@@ -163,7 +163,8 @@ class ClassificationDataModule(ClassImagesDataModule):
                                             seed=self.seed, batches_per_epoch=self.batches_per_epoch)
         except ValueError as e:
             raise DatasetLayoutError(f"the training split of {self.dataset}: {e}") from e
-        return DataLoader(self.datasets["train"], batch_sampler=sampler, **self._loader_kwargs())
+        return DataLoader(self.datasets["train"], batch_sampler=sampler, collate_fn=self.train_collate(),
+                          **self._loader_kwargs())
 
     def eval_dataloader(self, split: str = "test", spread: bool = True) -> DataLoader:
         """The images of ``split`` (``"train"`` or ``"test"``) without augmentation, with box and mask;

@@ -238,6 +238,8 @@ class FewShotDataModule(ClassImagesDataModule):
     def _episode_loader(self, split: str) -> DataLoader:
         sampler = self.episode_sampler(split)
         collate = EpisodeCollate(sampler.n_way, sampler.k_shot, sampler.q_query)
+        if split == "train":  # the batched augmentation, if any, after the episode's collation
+            collate = self.train_collate(collate)
         return DataLoader(self.datasets[split], batch_sampler=sampler, collate_fn=collate, **self._loader_kwargs())
 
     def train_dataloader(self) -> DataLoader:

@@ -99,7 +99,9 @@ class SeededTransformDataset(Dataset):
     depends on the seed only. ``transform`` gets the uint8 image (with ``box`` / ``mask`` when
     ``targets`` and the base item has them) and ``post``, if given, turns its image output into the
     network input (e.g. :class:`NormalizeImage`). With ``cache`` (a deterministic ``transform`` only)
-    the output of ``transform`` is kept in memory, per process, and only ``post`` runs again.
+    the output of ``transform`` is kept in memory, per process, and only ``post`` runs again. With
+    ``keep_seed`` the item carries its seed (``"seed"``, -1 without one) for a random step that runs on
+    the whole batch (:mod:`datamodules.batch_augment`).
 
     Items: ``{label_key: long, *extra_keys: long, "index": long, "image": float [3,H,W]}`` plus
     ``"box": float [4]`` and ``"mask": bool [P,H,W]`` when ``targets``, and the ``vector_keys`` the
@@ -119,6 +121,7 @@ class SeededTransformDataset(Dataset):
         label_map: dict[int, int] | None = None,
         targets: bool = True,
         cache: bool = False,
+        keep_seed: bool = False,
     ) -> None:
         self.base = base
         self.transform = transform
@@ -126,6 +129,7 @@ class SeededTransformDataset(Dataset):
         self.label_map = label_map
         self.targets = targets
         self.cache = cache
+        self.keep_seed = keep_seed
         self._cache: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
@@ -147,6 +151,8 @@ class SeededTransformDataset(Dataset):
             out = dict(out)
             if self.post is not None:
                 out["image"] = self.post(out["image"])
+            if self.keep_seed:  # for a batched random step after the collation (-1: no seed)
+                out["seed"] = torch.tensor(-1 if seed is None else seed, dtype=torch.long)
             return out
 
     def _transformed(self, index: int, seed: int | None) -> dict[str, Any]:

@@ -31,12 +31,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .base import ImageDataModule
+from .batch_augment import BatchPadCropFlip
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
 from .image_check import check_split_images
 from .images import (
-    IMAGENET_MEAN, IMAGENET_STD, SeededTransformDataset, flip, load_image, normalized, resize_pad_crop,
-    resized_and_normalized,
+    IMAGENET_MEAN, IMAGENET_STD, NormalizeImage, SeededTransformDataset, flip, load_image, normalized,
+    resize_pad_crop,
 )
 from .reid_folders import scan_reid_folders
 from .reid_scan import REID_LAYOUTS, ReIDLayout, ReIDRecord, resolve_reid_root, scan_reid_folder
@@ -44,20 +45,9 @@ from .samplers import PKSampler, split_item
 from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig
 
 __all__ = [
-    "DatasetLayoutError",
-    "UnreadableImageError",
-    "ReIDRecord",
-    "ReIDLayout",
-    "REID_LAYOUTS",
-    "ReIDImageDataset",
-    "ReIDTransformDataset",
-    "QueryGalleryDataset",
-    "ReIDDataModule",
-    "resolve_reid_root",
-    "scan_reid_folder",
-    "load_image",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
+    "DatasetLayoutError", "UnreadableImageError", "ReIDRecord", "ReIDLayout", "REID_LAYOUTS", "ReIDImageDataset",
+    "ReIDTransformDataset", "QueryGalleryDataset", "ReIDDataModule", "resolve_reid_root", "scan_reid_folder",
+    "load_image", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 
@@ -91,18 +81,13 @@ class ReIDImageDataset(Dataset):
 class ReIDTransformDataset(SeededTransformDataset):
     """Applies a (random) transform to the items of a base re-ID dataset (:class:`SeededTransformDataset`).
 
-    ``pid_map`` relabels pids; ``targets`` keeps the ``box`` / ``mask`` (transformed with the image) and
+    ``label_map`` (:attr:`pid_map`) relabels pids; ``targets`` keeps the ``box`` / ``mask`` (transformed with the image) and
     ``evidence*`` ground truth: items ``{"pid", "camid", "index", "image"}`` plus those.
     """
 
     label_key = "pid"
     extra_keys = ("camid",)
     vector_keys = ("evidence", "evidence_required")
-
-    def __init__(
-        self, base: Dataset, transform: Callable, pid_map: dict[int, int] | None = None, targets: bool = False
-    ) -> None:
-        super().__init__(base, transform, label_map=pid_map, targets=targets)
 
     @property
     def pid_map(self) -> dict[int, int] | None:
@@ -364,7 +349,14 @@ class ReIDDataModule(ImageDataModule):
         return v2.Compose(t)
 
     def eval_transform(self) -> v2.Compose:
-        return resized_and_normalized(self.image_size, self.mean, self.std)
+        """Resize (with the box and masks); the normalisation is the datasets' ``post`` step."""
+        return v2.Compose([v2.Resize(self.image_size, antialias=True)])
+
+    def batch_augmentation(self) -> BatchPadCropFlip | None:
+        """:meth:`train_transform` after the resize, on whole batches; None with random erasing."""
+        if self.random_erasing > 0:
+            return None
+        return BatchPadCropFlip(self.padding, self.flip_prob, v2.Compose(normalized(self.mean, self.std)))
 
     # -- Lightning hooks ------------------------------------------------------------------------
 
@@ -375,16 +367,22 @@ class ReIDDataModule(ImageDataModule):
         raw = self._raw_datasets()
         self.pid_map = {pid: i for i, pid in enumerate(self.train_pids)}
         targets = self.dataset == "synthetic"
-        self.train_dataset = ReIDTransformDataset(raw["train"], self.train_transform(), self.pid_map)
-        self.query_dataset = ReIDTransformDataset(raw["query"], self.eval_transform(), targets=targets)
-        self.gallery_dataset = ReIDTransformDataset(raw["gallery"], self.eval_transform(), targets=targets)
+        batched = self.batch_augmentation() is not None  # then the items are resized only, with their seeds
+        self.train_dataset = ReIDTransformDataset(
+            raw["train"], self.eval_transform() if batched else self.train_transform(), label_map=self.pid_map,
+            targets=False, keep_seed=batched, cache=batched and targets)
+        # generated images are in memory already: keep their resized inputs too (only `post` runs again)
+        evaluation = dict(post=NormalizeImage(self.mean, self.std), targets=targets, cache=targets)
+        self.query_dataset = ReIDTransformDataset(raw["query"], self.eval_transform(), **evaluation)
+        self.gallery_dataset = ReIDTransformDataset(raw["gallery"], self.eval_transform(), **evaluation)
         self.eval_dataset = QueryGalleryDataset(self.query_dataset, self.gallery_dataset)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         assert self.train_dataset is not None
         sampler = PKSampler(self.train_dataset.pids, self.p, self.k, seed=self.seed)
-        return DataLoader(self.train_dataset, batch_sampler=sampler, **self._loader_kwargs())
+        return DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.train_collate(),
+                          **self._loader_kwargs())
 
     def _eval_loader(self, spread: bool = True) -> DataLoader:
         """Queries and gallery; ``spread``: interleaved so that any prefix holds both in proportion

@@ -47,6 +47,7 @@ from typing import Any, Literal
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from .batch_augment import BatchPadCropFlip
 from .class_images import ClassImagesDataModule, FewShotImageDataset, synthetic_config
 from .class_scan import RETRIEVAL_SPLITS, scan_cub_retrieval, scan_retrieval_folders
 from .errors import DatasetLayoutError, UnreadableImageError
@@ -184,6 +185,10 @@ class RetrievalDataModule(ClassImagesDataModule):
         t.append(v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True))
         return v2.Compose(t + flip(self.flip_prob) + colour_jitter(self.color_jitter))
 
+    def batch_augmentation(self) -> BatchPadCropFlip | None:
+        """None with random resized crops (they run per image), else the few-shot augmentation's."""
+        return None if self.crop_scale is not None else super().batch_augmentation()
+
     def eval_transform(self) -> v2.Compose:
         if self.resize_size:
             return v2.Compose([v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(self.image_size)])
@@ -209,7 +214,8 @@ class RetrievalDataModule(ClassImagesDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()
-        return DataLoader(self.datasets["train"], batch_sampler=sampler, **self._loader_kwargs())
+        return DataLoader(self.datasets["train"], batch_sampler=sampler, collate_fn=self.train_collate(),
+                          **self._loader_kwargs())
 
     def _eval_loader(self, spread: bool = True) -> DataLoader:
         """The test split; ``spread``: the classes interleaved so that any prefix (a sanity check,

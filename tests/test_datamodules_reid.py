@@ -213,6 +213,12 @@ def test_synthetic_eval_batch_has_transformed_ground_truth():
     item = dm_native.query_dataset[0]
     back = dm_native.denormalize(item["image"], as_uint8=True)
     assert (back.int() - g.render("query", 0).image.int()).abs().max() <= 1
+    # the input is (x / 255 - mean) / std of the rendered image, on every read (the second one from the cache)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (dm_native.mean, dm_native.std))
+    expected = (g.render("query", 0).image.float() / 255 - mean) / std
+    again = dm_native.query_dataset[0]
+    for read in (item, again):
+        assert torch.allclose(read["image"], expected, atol=1e-6) and torch.equal(read["mask"], again["mask"])
 
 
 def test_synthetic_relabel_and_sampler_batches():
