@@ -260,8 +260,9 @@ def test_localization_reuses_the_validation_features(model, datamodule, tmp_path
     ):
         assert name in results
     assert results.keys() == recomputed.last_results.keys()
-    for key, value in results.items():
-        assert recomputed.last_results[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key  # 1 vs 2 threads
+    for key, value in results.items():  # last-bit differences of the features (1 vs 2 threads, other
+        # batches) can move a pixel across Otsu's threshold: one pixel of one of 10 samples, ~1e-3
+        assert recomputed.last_results[key] == pytest.approx(value, rel=1e-3, abs=2e-3 if "otsu" in key else 1e-4), key
 
 
 def test_probe_capture_keeps_the_wanted_rows_of_the_step_outputs(model, datamodule):
