@@ -11,7 +11,6 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .batch_augment import BatchPadCropFlip, collate_augmented
-
 from .image_check import check_split_images
 from .images import IMAGENET_MEAN, IMAGENET_STD, NormalizeImage, denormalize_images
 

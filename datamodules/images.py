@@ -193,8 +193,9 @@ def normalized(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMA
 def resized_and_normalized(
     image_size: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> v2.Compose:
-    """The evaluation input of an image file: resized to ``image_size``, then :func:`normalized`."""
-    return v2.Compose([v2.Resize(tuple(image_size), antialias=True), *normalized(mean, std)])
+    """The evaluation input of an image file as the data modules' evaluation sets make it: resized to
+    ``image_size``, then :class:`NormalizeImage`."""
+    return v2.Compose([v2.Resize(tuple(image_size), antialias=True), NormalizeImage(mean, std)])
 
 
 def flip(flip_prob: float) -> list[Any]:

@@ -23,7 +23,7 @@ model trains on one data set and is validated and tested on another's query + ga
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
