@@ -11,6 +11,10 @@ instead), repeated ``--reps`` times after one warm-up run. Printed:
   that time to the rest of the *same* epoch: the overhead measured directly, far less sensitive to
   other processes on a shared machine than the difference of two epochs run minutes apart (the
   target is <= 10%).
+* with ``--limit_val_batches`` below 1 (a real-size set whose whole epoch takes too long): the whole
+  epoch estimated from the batches run (their time x all batches / batches run) and the hooks'
+  share of that estimate -- an upper bound of the share, since probes the few batches did not hold
+  are forwarded again by the callbacks.
 
 Usage::
 
@@ -96,6 +100,11 @@ def timed_hooks(callback: pl.Callback, record: list[float]) -> pl.Callback:
     return callback
 
 
+def per_epoch_hooks(hook_times: list[float], count: int) -> list[float]:
+    """The hooks' time of each epoch: ``count`` callbacks' entries summed."""
+    return [sum(hook_times[i : i + count]) for i in range(0, len(hook_times), count)]
+
+
 def explanation_callbacks(config: dict[str, Any], defaults: bool) -> list[pl.Callback]:
     specs = [
         c
@@ -150,6 +159,8 @@ def main() -> None:
         }
         print(f"  {type(cb).__name__}: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "taus"))
     epochs: dict[str, list[float]] = {"without": [], "with": []}
+    batch_times: list[float] = []  # the batches' time of each timed epoch without callbacks
+    batches_run = [0]
 
     with tempfile.TemporaryDirectory() as tmp:
 
@@ -170,6 +181,9 @@ def main() -> None:
             trainer.validate(model, datamodule=datamodule, verbose=False)
             if record:
                 epochs[kind].append(clock.times[-1])
+                if kind == "without":
+                    batch_times.append(clock.batches[-1])
+                    batches_run[0] = int(trainer.num_val_batches[0])
             else:
                 del hook_times[before:]
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -185,9 +199,14 @@ def main() -> None:
             validate("with", record=True)
             validate("without", record=True)
 
+    if args.limit_val_batches < 1:
+        total, run = len(datamodule.val_dataloader()), batches_run[0]
+        whole = statistics.median(batch_times) * total / run
+        share = 100 * statistics.median(per_epoch_hooks(hook_times, len(callbacks))) / whole
+        print(f"whole epoch estimated from {run} of {total} batches: {whole:.0f} s; hooks / it: {share:.2f}%")
     without = statistics.median(epochs["without"])
     with_cb = statistics.median(epochs["with"])
-    per_epoch = [sum(hook_times[i : i + len(callbacks)]) for i in range(0, len(hook_times), len(callbacks))]
+    per_epoch = per_epoch_hooks(hook_times, len(callbacks))
     inside = statistics.median(per_epoch)
     ratios = [100 * h / (e - h) for h, e in zip(per_epoch, epochs["with"])]
     print(f"validation epoch without callbacks: {without:.2f} s (median of {len(epochs['without'])})")
