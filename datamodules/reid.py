@@ -385,13 +385,15 @@ class ReIDDataModule(ImageDataModule):
                           **self._loader_kwargs())
 
     def _eval_loader(self, spread: bool = True) -> DataLoader:
-        """Queries and gallery; ``spread``: interleaved so that any prefix holds both in proportion
+        """Queries and gallery; ``spread``: interleaved so that any prefix holds them in proportion
         (a sanity check or ``limit_val_batches`` sees a small query + gallery set, see
         :mod:`datamodules.eval_order`), else queries first, then the gallery (``predict``)."""
         self.setup("test")
         assert self.eval_dataset is not None
         num_query = self.eval_dataset.num_query
-        groups = [1] * num_query + [0] * (len(self.eval_dataset) - num_query)
-        sampler = SpreadSampler(groups) if spread else None
+        # the gallery's identities, distractors (pid 0) and junk (-1) spread apart: a data set on disk
+        # stores the junk and distractors first, and a prefix of them alone has nothing to rank
+        gallery = (torch.as_tensor(self.eval_dataset.pids[num_query:]).sign() + 1).tolist()
+        sampler = SpreadSampler([3] * num_query + gallery) if spread else None
         return DataLoader(self.eval_dataset, batch_size=self.eval_batch_size, sampler=sampler,
                           shuffle=False, **self._loader_kwargs())

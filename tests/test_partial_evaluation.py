@@ -97,10 +97,29 @@ def test_more_queries_than_the_sanity_check_sees_and_a_limited_epoch_ranks_what_
 
 
 def test_a_part_with_nothing_to_rank_logs_nan_and_the_run_goes_on(tmp_path):
-    data = tiny_data(eval_batch_size=2)  # the first batch of the spread order holds gallery images only
+    data = tiny_data(eval_batch_size=1)  # the first batch of the spread order: one gallery image
     seen = SeenIndices()
     with pytest.warns(UserWarning, match="logged as NaN"):
         trainer, _ = fit_tiny(tmp_path, data, 1, seen)
     assert all(i >= data.eval_dataset.num_query for i in seen.indices)
     assert math.isnan(float(trainer.callback_metrics["Val/mAP"]))
     assert trainer.state.finished and list(tmp_path.glob("*.ckpt"))  # ModelCheckpoint saved anyway
+
+
+def test_a_real_layout_prefix_holds_gallery_identities_not_only_junk_and_distractors(tmp_path):
+    from datamodules import SyntheticReID, write_reid_layout
+
+    gen = SyntheticReID(seed=3, num_train_ids=4, num_test_ids=6, num_distractors=12, num_junk=12)
+    root = write_reid_layout(tmp_path / "Market-1501-v15.09.15", "market1501", gen, progress=False)
+    data = ReIDDataModule(dataset="market1501", root=str(root), image_size=(32, 16), eval_batch_size=8,
+                          num_workers=0)
+    data.setup("validate")
+    pids = data.eval_dataset.pids
+    num_query, gallery = data.eval_dataset.num_query, data.eval_dataset.pids[data.eval_dataset.num_query:]
+    assert gallery[: 24] == sorted(gallery[: 24]) and max(gallery[: 24]) <= 0  # on disk: junk, distractors first
+    order = list(data.val_dataloader().sampler)
+    for size in (8, 16, 32):  # each prefix: queries, and gallery images of identities, distractors and junk
+        prefix = [pids[i] for i in order[:size] if i >= num_query]
+        assert any(i < num_query for i in order[:size]) and any(p > 0 for p in prefix), size
+    first = [pids[i] for i in order[:40] if i >= num_query]
+    assert {-1, 0} <= set(first) and sum(p > 0 for p in first) > sum(p <= 0 for p in first)
