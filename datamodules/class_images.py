@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 from .base import ImageDataModule
 from .batch_augment import BatchPadCropFlip
 from .class_scan import FewShotRecord
-from .images import SeededTransformDataset, colour_jitter, flip, load_image, resize_pad_crop
+from .images import SeededTransformDataset, colour_jitter, flip, load_image, resize_pad_crop, resized
 from .samplers import split_item
 from .synthetic import SyntheticClasses, SyntheticClassesConfig
 
@@ -167,7 +167,7 @@ class ClassImagesDataModule(ImageDataModule):
                           + colour_jitter(self.color_jitter))
 
     def eval_transform(self) -> v2.Compose:
-        return v2.Compose([v2.Resize(self.image_size, antialias=True)])
+        return v2.Compose(resized(self.image_size))
 
     def batch_augmentation(self) -> BatchPadCropFlip | None:
         """:meth:`train_transform` after the resize, on whole batches; None with colour jitter."""
@@ -178,8 +178,8 @@ class ClassImagesDataModule(ImageDataModule):
         batched augmentation the training items are only resized and keep their seeds."""
         labels = sorted(set(raw.labels))  # type: ignore[attr-defined]
         batched = train and self.batch_augmentation() is not None
-        if batched:
-            transform: Any = v2.Compose([v2.Resize(self.image_size, antialias=True)])
+        if batched:  # not eval_transform(): retrieval's centre-crops
+            transform = v2.Compose(resized(self.image_size))
         else:
             transform = self.train_transform() if train else self.eval_transform()
         return FewShotTransformDataset(

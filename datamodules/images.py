@@ -35,6 +35,7 @@ __all__ = [
     "denormalize_images",
     "NormalizeImage",
     "SeededTransformDataset",
+    "resized",
     "resize_pad_crop",
     "flip",
     "colour_jitter",
@@ -177,9 +178,15 @@ class SeededTransformDataset(Dataset):
         return out
 
 
+def resized(image_size: Sequence[int]) -> list[Any]:
+    """Resize to ``image_size`` (antialiased), as transform steps: the deterministic first step of
+    every input, and all of the evaluation transform before the normalisation."""
+    return [v2.Resize(tuple(image_size), antialias=True)]
+
+
 def resize_pad_crop(image_size: tuple[int, int], padding: int) -> list[Any]:
     """Resize to ``image_size``; with ``padding`` > 0, zero-pad and crop back at random."""
-    steps: list[Any] = [v2.Resize(image_size, antialias=True)]
+    steps = resized(image_size)
     if padding > 0:
         steps += [v2.Pad(padding), v2.RandomCrop(image_size)]
     return steps
@@ -195,7 +202,7 @@ def resized_and_normalized(
 ) -> v2.Compose:
     """The evaluation input of an image file as the data modules' evaluation sets make it: resized to
     ``image_size``, then :class:`NormalizeImage`."""
-    return v2.Compose([v2.Resize(tuple(image_size), antialias=True), NormalizeImage(mean, std)])
+    return v2.Compose([*resized(image_size), NormalizeImage(mean, std)])
 
 
 def flip(flip_prob: float) -> list[Any]:

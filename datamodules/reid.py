@@ -37,7 +37,7 @@ from .eval_order import SpreadSampler
 from .image_check import check_split_images
 from .images import (
     IMAGENET_MEAN, IMAGENET_STD, NormalizeImage, SeededTransformDataset, flip, load_image, normalized,
-    resize_pad_crop,
+    resize_pad_crop, resized,
 )
 from .reid_folders import scan_reid_folders
 from .reid_scan import REID_LAYOUTS, ReIDLayout, ReIDRecord, resolve_reid_root, scan_reid_folder
@@ -350,7 +350,7 @@ class ReIDDataModule(ImageDataModule):
 
     def eval_transform(self) -> v2.Compose:
         """Resize (with the box and masks); the normalisation is the datasets' ``post`` step."""
-        return v2.Compose([v2.Resize(self.image_size, antialias=True)])
+        return v2.Compose(resized(self.image_size))
 
     def batch_augmentation(self) -> BatchPadCropFlip | None:
         """:meth:`train_transform` after the resize, on whole batches; None with random erasing."""

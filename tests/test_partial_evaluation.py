@@ -115,7 +115,8 @@ def test_a_real_layout_prefix_holds_gallery_identities_not_only_junk_and_distrac
                           num_workers=0)
     data.setup("validate")
     pids = data.eval_dataset.pids
-    num_query, gallery = data.eval_dataset.num_query, data.eval_dataset.pids[data.eval_dataset.num_query:]
+    num_query = data.eval_dataset.num_query
+    gallery = pids[num_query:]
     assert gallery[: 24] == sorted(gallery[: 24]) and max(gallery[: 24]) <= 0  # on disk: junk, distractors first
     order = list(data.val_dataloader().sampler)
     for size in (8, 16, 32):  # each prefix: queries, and gallery images of identities, distractors and junk
