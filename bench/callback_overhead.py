@@ -1,7 +1,8 @@
-"""Cost of the explanation callbacks on the main job's validation epoch (``configs/cama_synthetic.yaml``).
+"""Cost of the explanation callbacks on a validation epoch (by default the main job's,
+``configs/cama_synthetic.yaml``).
 
-Builds the main job's data module and model from the YAML (random weights, or ``--ckpt``), then
-runs ``trainer.validate`` on the full query + gallery set, interleaved: without callbacks, with the
+Builds the config's data module and model from the YAML (random weights, or ``--ckpt``), then
+runs ``trainer.validate`` on the whole validation set, interleaved: without callbacks, with the
 YAML's explanation callbacks (``callbacks.*`` entries; ``--defaults`` uses their class defaults
 instead), repeated ``--reps`` times after one warm-up run. Printed:
 
@@ -142,10 +143,13 @@ def main() -> None:
         state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
         model.load_state_dict(state.get("state_dict", state))
     datamodule.setup("validate")
+    if hasattr(datamodule, "num_query"):  # re-ID
+        evaluated = f"{datamodule.num_query} queries + {len(datamodule.gallery_dataset)} gallery images"
+    else:  # episodes, or a labelled evaluation set
+        loader = datamodule.val_dataloader()
+        evaluated = f"{len(loader)} validation batches over {len(loader.dataset)} images"
     print(
-        f"config {args.config}: {datamodule.num_query} queries + "
-        f"{len(datamodule.gallery_dataset)} gallery images, "
-        f"image size {datamodule.image_size}, eval batch {datamodule.eval_batch_size}, "
+        f"config {args.config}: {evaluated}, image size {datamodule.image_size}, "
         f"torch threads {torch.get_num_threads()}, cores {os.cpu_count()}"
     )
 

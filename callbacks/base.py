@@ -3,9 +3,10 @@
 :class:`ExplanationCallback` runs its work on every ``every_n_epochs``-th validation epoch (the first
 one always; never in the sanity check), counts the epochs in its ``state_dict`` (a resumed run keeps
 the rhythm), says each problem once (rank zero), logs its README (what each image tag shows)
-once per run and runs its own small-tensor work on ``cpu_threads`` threads. :class:`ProbeCapture` keeps the feature maps that the model's
-``validation_step`` returned in its ``outputs`` (:class:`cama.protocols.EvaluationOutputs`) for the
-probes, so a callback does not forward them again.
+once per run and runs its own small-tensor work on ``cpu_threads`` threads. :class:`ProbeCapture`
+(chosen probes) and :class:`MapsByIndex` (every image of the first batches) keep the feature maps
+that the model's ``validation_step`` returned in its ``outputs``
+(:class:`cama.protocols.EvaluationOutputs`), so a callback does not forward those images again.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from cama.references import choose_probes
 
 __all__ = [
     "ExplanationCallback",
+    "MapsByIndex",
     "ProbeCapture",
     "RankingCallback",
     "RankingProbes",
     "cpu_threads",
     "evaluation_dataset",
     "load_items",
+    "returned_maps",
     "stack_captured",
 ]
 
@@ -76,6 +79,17 @@ def load_items(dataset: Any, indices: Sequence[int], device: torch.device | str 
     return batch
 
 
+def returned_maps(outputs: Any, batch: Any) -> tuple[list[Tensor], list[int]] | None:
+    """The feature maps a ``validation_step`` returned (:class:`cama.protocols.EvaluationOutputs`) and
+    the dataset ``index`` of each of their rows (``map_index`` when the model forwarded part of the
+    batch, else the batch's own); ``None`` when it returned none or the batch has no ``index``."""
+    maps = outputs.get("feature_maps") if isinstance(outputs, Mapping) else None
+    if maps is None or not isinstance(batch, Mapping) or "index" not in batch:
+        return None
+    index = outputs.get("map_index", batch["index"])
+    return list(maps), [int(i) for i in index.tolist()]
+
+
 class ProbeCapture:
     """The feature maps (and batch entries) of chosen dataset indices, from the validation steps.
 
@@ -93,25 +107,69 @@ class ProbeCapture:
         self.captured: dict[int, dict[str, Any]] = {}
 
     def add(self, outputs: Any, batch: Any) -> None:
-        maps = outputs.get("feature_maps") if isinstance(outputs, Mapping) else None
-        if maps is None or not isinstance(batch, Mapping) or "index" not in batch:
+        returned = returned_maps(outputs, batch)
+        if returned is None:
             return
-        indices = batch["index"].tolist()
-        rows = [r for r, i in enumerate(indices) if i in self.wanted and i not in self.captured]
-        if not rows:
+        maps, map_index = returned
+        batch_row = {int(i): r for r, i in enumerate(batch["index"].tolist())}
+        pairs = [  # (row of the maps, row of the batch) of each wanted index not yet captured
+            (j, batch_row[i])
+            for j, i in enumerate(map_index)
+            if i in self.wanted and i not in self.captured and i in batch_row
+        ]
+        if not pairs:
             return
         # copies of the wanted rows only: no view keeps the whole batch alive
-        select = torch.tensor(rows, device=batch["index"].device)
+        rows = torch.tensor([r for _, r in pairs])
         kept = {
-            k: batch[k].index_select(0, select.to(batch[k].device))
+            k: batch[k].index_select(0, rows.to(batch[k].device))
             for k in self.keys
             if k in batch and isinstance(batch[k], Tensor)
         }
-        kept_maps = [m.detach().index_select(0, select.to(m.device)) for m in maps]
-        for j, r in enumerate(rows):
-            item = {k: v[j] for k, v in kept.items()}
-            item["maps"] = [m[j] for m in kept_maps]
-            self.captured[int(indices[r])] = item
+        map_rows = torch.tensor([j for j, _ in pairs])
+        kept_maps = [m.detach().index_select(0, map_rows.to(m.device)) for m in maps]
+        for n, (j, _) in enumerate(pairs):
+            item = {k: v[n] for k, v in kept.items()}
+            item["maps"] = [m[n] for m in kept_maps]
+            self.captured[map_index[j]] = item
+
+
+class MapsByIndex:
+    """Feature maps by dataset ``index``, from the validation steps' ``outputs`` (:func:`returned_maps`).
+
+    For a model that forwards each evaluation image once per epoch (an embedding cache: its step
+    returns the maps of the images new to the epoch, with ``map_index``): the maps of an image seen in
+    an earlier batch of the epoch come from that batch. :meth:`add` in ``on_validation_batch_end`` for
+    every batch from the epoch's first, :meth:`batch_maps` gives a batch's maps, computing the rows
+    never returned; :meth:`clear` at the epoch's end.
+    """
+
+    def __init__(self) -> None:
+        self.by_index: dict[int, list[Tensor]] = {}
+
+    def add(self, outputs: Any, batch: Any) -> None:
+        returned = returned_maps(outputs, batch)
+        if returned is not None:
+            maps, map_index = returned
+            for j, i in enumerate(map_index):
+                self.by_index[i] = [m[j].detach() for m in maps]
+
+    def batch_maps(self, batch: Mapping[str, Any], compute: Callable[[Tensor], list[Tensor]]) -> list[Tensor]:
+        """The maps of every row of ``batch`` in order, one ``[B, K_i, h, w]`` per branch; rows whose
+        maps never came are computed by ``compute(images)`` (and kept)."""
+        if "index" not in batch:
+            return compute(batch["image"])
+        index = [int(i) for i in batch["index"].tolist()]
+        missing = [r for r, i in enumerate(index) if i not in self.by_index]
+        if missing:
+            rows = torch.tensor(missing, device=batch["image"].device)
+            for r, *maps in zip(missing, *compute(batch["image"].index_select(0, rows))):
+                self.by_index[index[r]] = list(maps)
+        branches = len(self.by_index[index[0]])
+        return [torch.stack([self.by_index[i][b] for i in index]) for b in range(branches)]
+
+    def clear(self) -> None:
+        self.by_index.clear()
 
 
 def stack_captured(

@@ -20,8 +20,9 @@ Scalars (``<prefix>/<method>/<name>``, the names of :class:`~callbacks.Localizat
 ``max_box_acc``, ``max_box_acc_tau``, ``energy``, ``center_box_iou`` / ``center_box_acc`` (a
 centred box of the mean size of the method's boxes), ``otsu_*`` against the object mask, and
 ``ad`` / ``ic`` (fam Eq. 21-22, the score being the softmax probability of the predicted class over
-the episode's prototypes, on the query and on the query multiplied by its map; every method's masked
-queries go through the model in one forward). The baselines ``<prefix>/center_baseline/box_iou``,
+the episode's prototypes, on the query and on the query multiplied by its map; on the first
+``num_faithfulness_samples`` queries, every method's masked queries of an episode in one forward, on
+torch's thread count, not ``cpu_threads``). The baselines ``<prefix>/center_baseline/box_iou``,
 ``box_acc`` (centred box of the mean ground-truth size), ``<prefix>/uniform_baseline/energy`` and the
 thresholds ``max_box_acc_tau`` are constants: they go to ``trainer.callback_metrics`` and, as text,
 to TensorBoard (:class:`~callbacks.score_logging.ScoreLogger`), not as scalar curves.
@@ -47,7 +48,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from callbacks.base import ExplanationCallback
+from callbacks.base import ExplanationCallback, MapsByIndex, cpu_threads
 from callbacks.image_sink import ImageSink, logging_step
 from callbacks.score_logging import ScoreLogger
 from cama.metrics.faithfulness import mask_images
@@ -68,12 +69,16 @@ class FewShotExplanations(ExplanationCallback):
     Args:
         methods: any of ``dist_cam``, ``fam``, ``ram``, ``gradcam``, ``gradcam++``, ``layercam``,
             ``fullgrad``.
-        num_episodes: validation episodes scored per epoch (the first ones; the cost is one extra
-            forward of their images, plus a backward per gradient method).
+        num_episodes: validation episodes scored per epoch (the first ones). Their feature maps are
+            the validation step's (:class:`cama.protocols.EvaluationOutputs`; with the model's
+            evaluation cache, an image's maps come from the first episode that held it); images whose
+            maps a step did not return are forwarded again. Each gradient method adds a backward.
         num_probes: query rows of the pictures (spread over the classes of the first episode).
         every_n_epochs: run on every n-th validation epoch (the first one always runs).
         tau, taus, iou_threshold: the box protocol (``DESIGN.md`` "Box from a map").
-        faithfulness: score AD / IC (one extra forward of the masked queries per method).
+        num_faithfulness_samples: queries scored with AD / IC, the first ones of the scored episodes
+            (per process under DDP; 0: off). Each costs one forward of the masked query per method:
+            the default 150 (two 5-way 15-query episodes) puts AD's 95% interval at about +-5 points.
         alpha, colormap, draw_boxes: the overlays.
         save_png: also write PNGs when a TensorBoard logger is present.
         prefix: logged scalar names start with it.
@@ -91,7 +96,7 @@ class FewShotExplanations(ExplanationCallback):
         tau: float = 0.2,
         taus: Sequence[float] | None = None,
         iou_threshold: float = 0.5,
-        faithfulness: bool = True,
+        num_faithfulness_samples: int = 150,
         alpha: float = 0.5,
         colormap: str = "jet",
         draw_boxes: bool = True,
@@ -115,7 +120,10 @@ class FewShotExplanations(ExplanationCallback):
         self.tau = float(tau)
         self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
         self.iou_threshold = float(iou_threshold)
-        self.faithfulness = faithfulness
+        if num_faithfulness_samples < 0:
+            raise ValueError(f"num_faithfulness_samples must be >= 0, got {num_faithfulness_samples}")
+        self.num_faithfulness_samples = int(num_faithfulness_samples)
+        self._faithfulness_left = 0
         self.alpha = float(alpha)
         self.colormap = colormap
         self.draw_boxes = draw_boxes
@@ -131,6 +139,7 @@ class FewShotExplanations(ExplanationCallback):
         self._active = False
         self._scores: tuple[Any, MapScores] | None = None
         self._pictures: dict[str, Tensor] | None = None
+        self._maps = MapsByIndex()
 
     # ------------------------------------------------------------------ state
     @property
@@ -150,6 +159,7 @@ class FewShotExplanations(ExplanationCallback):
             self._active = False
         if self._active and self._scores is not None:
             self._scores[1].reset()
+        self._faithfulness_left = self.num_faithfulness_samples
 
     def on_validation_batch_end(
         self,
@@ -166,11 +176,16 @@ class FewShotExplanations(ExplanationCallback):
             self.warn_once("validation batches are not episodes (episode_labels, is_query); nothing is logged")
             self._active = False
             return
+        self._maps.add(outputs, batch)
+        forward_threads = torch.get_num_threads()  # the forwards below are batches of images
         with self.threads(pl_module):
-            self._score_episode(trainer, pl_module, batch, keep_pictures=batch_idx == 0 and trainer.is_global_zero)
+            self._score_episode(
+                trainer, pl_module, batch, batch_idx == 0 and trainer.is_global_zero, forward_threads
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         active, self._active = self._active, False
+        self._maps.clear()
         if not self.end_epoch(trainer) or not active:
             return
         sink = ImageSink.from_trainer(trainer, save_png=self.save_png, folder=self.tag_prefix)  # may broadcast
@@ -187,9 +202,19 @@ class FewShotExplanations(ExplanationCallback):
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
     def _score_episode(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict[str, Tensor], keep_pictures: bool
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: dict[str, Tensor],
+        keep_pictures: bool,
+        forward_threads: int | None = None,
     ) -> None:
         device = pl_module.device
+
+        def forward(images: Tensor) -> list[Tensor]:
+            with cpu_threads(forward_threads, device):
+                return pl_module.feature_maps(images)
+
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         images = batch["image"]
         size = (int(images.shape[-2]), int(images.shape[-1]))
@@ -198,13 +223,13 @@ class FewShotExplanations(ExplanationCallback):
         if self._scores is None or self._scores[0] != key:
             scores = MapScores(
                 self.methods, size, has_box, has_mask,
-                faithfulness_names=self.methods if self.faithfulness else (),
+                faithfulness_names=self.methods if self.num_faithfulness_samples else (),
                 tau=self.tau, taus=self.taus, iou_threshold=self.iou_threshold,
             )
             self._scores = (key, scores.to(device))
         scores = self._scores[1]
 
-        all_maps = pl_module.feature_maps(images)
+        all_maps = self._maps.batch_maps(batch, forward)  # the validation step's, where it returned them
         refs: EpisodeReferences = pl_module.episode_references(batch, all_maps)
         query_images = images[refs.query_index]
         correct = refs.prediction == refs.target
@@ -217,9 +242,11 @@ class FewShotExplanations(ExplanationCallback):
         mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
         probes = probe_rows(refs.target, self.num_probes) if keep_pictures and self.num_probes else None
         pictures: dict[str, Tensor] = {}
-        predicted = refs.prediction[:, None]
-        if any(scores.has_faithfulness(m) for m in self.methods):  # the score of fam Eq. 21-22
-            query_embedding = pl_module.embed_maps([refs.query_maps])
+        faithful = min(self._faithfulness_left, len(query_images))  # AD / IC on the first queries
+        self._faithfulness_left -= faithful
+        predicted = refs.prediction[:faithful, None]
+        if faithful:  # the score of fam Eq. 21-22
+            query_embedding = pl_module.embed_maps([refs.query_maps[:faithful]])
             score = pl_module.logits(query_embedding, refs.prototypes).softmax(1).gather(1, predicted)[:, 0]
         masked_images: dict[str, Tensor] = {}  # the queries times each method's maps
         for method in self.methods:
@@ -227,18 +254,18 @@ class FewShotExplanations(ExplanationCallback):
                 method, explainer, query_images, refs.query_maps, refs.prototype, refs.supports, refs.metric, size
             )
             scores.update_maps(method, maps, boxes, person, correct)
-            if scores.has_faithfulness(method):
-                masked_images[method] = mask_images(query_images, maps, mean, std)
+            if faithful and scores.has_faithfulness(method):
+                masked_images[method] = mask_images(query_images[:faithful], maps[:faithful], mean, std)
             if probes is not None:  # the support explained against the query (its single reference)
                 pictures[method] = maps[probes]
                 pictures[f"{method}/reference"] = support_maps(
                     method, explainer, pl_module, images, all_maps, refs, probes, size
                 )
         if masked_images:  # probability of the predicted class on the masked queries: one forward
-            masked = pl_module.embed_maps(pl_module.feature_maps(torch.cat(list(masked_images.values()))))
+            masked = pl_module.embed_maps(forward(torch.cat(list(masked_images.values()))))
             probabilities = pl_module.logits(masked, refs.prototypes).softmax(1)
             masked_scores = probabilities.gather(1, predicted.repeat(len(masked_images), 1))[:, 0]
-            for method, chunk in zip(masked_images, masked_scores.split(len(query_images))):
+            for method, chunk in zip(masked_images, masked_scores.split(faithful)):
                 scores.update_faithfulness(method, score, chunk)
         if probes is not None:
             support = refs.support_index[probes, 0]

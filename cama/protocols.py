@@ -165,6 +165,10 @@ class EvaluationOutputs(TypedDict, total=False):
     ``on_validation_batch_end`` as ``outputs``)."""
 
     feature_maps: list[Tensor]  # the batch's maps, one [B, K_i, h, w] per branch (detached)
+    # with feature_maps of part of the batch only (a model that embeds each evaluation image once per
+    # epoch forwards the images it has not seen yet): the ``index`` of each of their rows. Absent:
+    # feature_maps holds every row of the batch, in order.
+    map_index: Tensor
 
 
 @runtime_checkable

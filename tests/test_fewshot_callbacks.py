@@ -63,9 +63,12 @@ def validate(model, datamodule, callback, tmp_path: Path) -> pl.Trainer:
     return trainer
 
 
-def naive_dist_cam_scores(model: ProtoNet, batches: list[dict], mean, std) -> tuple[float, float, float]:
+def naive_dist_cam_scores(
+    model: ProtoNet, batches: list[dict], mean, std, faithful: int | None = None
+) -> tuple[float, float, float]:
     """Dist-CAM of each query against the prototype of the class it is nearest to, written out:
-    its energy, and AD / IC (fam Eq. 21-22) with one forward per masked query."""
+    its energy, and AD / IC (fam Eq. 21-22) with one forward per masked query, of the first
+    ``faithful`` queries (all: None)."""
     scores, drops, rises = [], [], []
     with torch.no_grad():
         for batch in batches:
@@ -88,6 +91,7 @@ def naive_dist_cam_scores(model: ProtoNet, batches: list[dict], mean, std) -> tu
                 y, o = logits.softmax(1)[:, predicted].tolist()
                 drops.append(max(0.0, y - max(o, 0.0)) / y)
                 rises.append(float(o > y))
+    drops, rises = drops[:faithful], rises[:faithful]
     n = len(drops)
     return float(torch.cat(scores).mean()), 100 * sum(drops) / n, 100 * sum(rises) / n
 
@@ -147,3 +151,73 @@ def test_bad_methods_and_models_without_episodes_are_reported(datamodule, tmp_pa
                              enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=1)
         trainer.validate(NotFewShot(), datamodule=datamodule, verbose=False)
     assert callback.last_results == {}
+
+
+@pytest.mark.parametrize("eval_cache, faithful", [(True, None), (False, None), (True, 8)])
+def test_episode_images_are_forwarded_once_the_masked_queries_once_more(
+    datamodule, tmp_path, eval_cache, faithful
+):
+    """The callback takes the episodes' maps from the validation steps (with the model's evaluation
+    cache: an image's maps from the first episode that held it); its own forwards are the masked
+    queries of AD / IC, once per method, ``num_faithfulness_samples`` of them (8: 6 queries of the
+    first episode, 2 of the second). Counted at the backbone, against the same validation without
+    the callback; the scores equal those of a model that returns every row's maps, and AD / IC those
+    written out over the same first queries."""
+    torch.manual_seed(0)
+    model = ProtoNet(num_classes=5, backbone="conv4", metric="cosine", eval_cache=eval_cache).eval()
+    forwarded: list[int] = []
+    model.backbone.register_forward_hook(lambda module, args, out: forwarded.append(len(args[0])))
+
+    def run(model, callbacks):  # no logger: model and data module both name an eval_cache
+        trainer = pl.Trainer(
+            accelerator="cpu", logger=False, callbacks=callbacks, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
+        )
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+
+    run(model, [])
+    plain, forwarded[:] = sum(forwarded), []
+    methods = ["dist_cam", "fam"]
+    samples = {} if faithful is None else {"num_faithfulness_samples": faithful}
+    callback = FewShotExplanations(methods=methods, num_episodes=EPISODES, num_probes=0, **samples)
+    run(model, [callback])
+    batches = [b for _, b in zip(range(EPISODES), datamodule.val_dataloader())]
+    queries = sum(int(b["is_query"].sum()) for b in batches)
+    assert faithful is None or faithful < queries
+    assert sum(forwarded) - plain == len(methods) * min(queries, faithful or queries)
+    other = ProtoNet(num_classes=5, backbone="conv4", metric="cosine", eval_cache=not eval_cache).eval()
+    other.load_state_dict(model.state_dict())
+    reference = FewShotExplanations(methods=methods, num_episodes=EPISODES, num_probes=0, **samples)
+    run(other, [reference])
+    assert callback.last_results == pytest.approx(reference.last_results, abs=1e-4)
+    _, ad, ic = naive_dist_cam_scores(model, batches, datamodule.mean, datamodule.std, faithful)
+    assert callback.last_results["loc/dist_cam/ad"] == pytest.approx(ad, abs=1e-3)
+    assert callback.last_results["loc/dist_cam/ic"] == pytest.approx(ic, abs=1e-4)
+
+
+def test_probe_capture_reads_maps_of_part_of_a_batch():
+    """ProbeCapture with a step that returned the maps of rows 1 and 3 only (``map_index``)."""
+    from callbacks.base import MapsByIndex, ProbeCapture
+
+    batch = {
+        "image": torch.arange(4.0)[:, None, None, None].expand(4, 3, 2, 2),
+        "index": torch.tensor([7, 8, 9, 10]),
+        "label": torch.tensor([0, 1, 2, 3]),
+    }
+    maps = torch.tensor([80.0, 100.0])[:, None, None, None].expand(2, 5, 1, 1)  # rows of indices 8 and 10
+    outputs = {"feature_maps": [maps], "map_index": torch.tensor([8, 10])}
+    capture = ProbeCapture(wanted=[7, 10])
+    capture.add(outputs, batch)
+    assert list(capture.captured) == [10]  # 7's maps did not come
+    assert int(capture.captured[10]["label"]) == 3 and float(capture.captured[10]["image"][0, 0, 0]) == 3.0
+    assert float(capture.captured[10]["maps"][0][0, 0, 0]) == 100.0
+    store = MapsByIndex()
+    store.add(outputs, batch)
+    computed: list[int] = []
+
+    def compute(images):
+        computed.append(len(images))
+        return [images[:, :1].mean(dim=(2, 3), keepdim=True).expand(-1, 5, 1, 1) * 10]
+
+    rows = store.batch_maps(batch, compute)[0][:, 0, 0, 0]
+    assert rows.tolist() == [0.0, 80.0, 20.0, 100.0] and computed == [2]  # rows 0 and 2 computed once

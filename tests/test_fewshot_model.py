@@ -90,13 +90,47 @@ def test_evaluation_cache_gives_the_same_embeddings():
     other = {k: v.flip(0) if k in ("image", "index") else v for k, v in batch.items()}
     with torch.no_grad():
         plain = model(batch["image"])
-        first = model._eval_embeddings(batch)
+        first, _ = model._eval_embeddings(batch)
         assert len(model._embedding_cache) == len(batch["index"])
-        second = model._eval_embeddings(other)
+        second, _ = model._eval_embeddings(other)
     torch.testing.assert_close(first, plain, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(second, plain.flip(0), rtol=1e-4, atol=1e-5)
     model.on_validation_epoch_start()
     assert not model._embedding_cache
+
+
+@pytest.mark.parametrize("eval_cache", [True, False])
+def test_validation_step_returns_the_maps_of_the_images_it_forwarded(eval_cache):
+    """cama.protocols.EvaluationOutputs: with the cache, the maps of the images new to the epoch and
+    their ``map_index``; without it, every row's maps."""
+    torch.manual_seed(0)
+    model = ProtoNet(num_classes=4, eval_cache=eval_cache).eval()
+    first = _episode_batch(seed=0)
+    fresh = _episode_batch(seed=1)
+    # the second episode: rows 0, 2, 4, ... are images of the first, the others new ones
+    shared = torch.arange(len(first["index"])) % 2 == 0
+    second = {
+        **fresh,
+        "image": torch.where(shared[:, None, None, None], first["image"], fresh["image"]),
+        "index": torch.where(shared, first["index"], fresh["index"] + 1000),
+    }
+    model.on_validation_epoch_start()
+    with torch.no_grad():
+        out_first = model.validation_step(first, 0)
+        out_second = model.validation_step(second, 1)
+        expected_first = model.backbone(first["image"])
+        expected_second = model.backbone(second["image"])
+    torch.testing.assert_close(out_first["feature_maps"][0], expected_first, rtol=1e-4, atol=1e-5)
+    if eval_cache:
+        assert out_first["map_index"].tolist() == first["index"].tolist()
+        new_rows = (~shared).nonzero().squeeze(1)
+        assert out_second["map_index"].tolist() == second["index"][new_rows].tolist()
+        torch.testing.assert_close(
+            out_second["feature_maps"][0], expected_second[new_rows], rtol=1e-4, atol=1e-5
+        )
+    else:
+        assert "map_index" not in out_second
+        torch.testing.assert_close(out_second["feature_maps"][0], expected_second, rtol=1e-4, atol=1e-5)
 
 
 def test_episode_references_explain_each_query_by_its_predicted_class():

@@ -39,6 +39,7 @@ from cama.explain.precision import work_dtype
 from cama.metrics import FewShotAccuracy
 from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
+from cama.protocols import EvaluationOutputs
 from cama.references import EpisodeReferences, class_prototypes, episode_references
 
 __all__ = [
@@ -273,25 +274,34 @@ class ProtoNet(pl.LightningModule):
         return losses["loss"]
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_embeddings(self, batch: dict[str, Tensor]) -> Tensor:
-        """Embeddings of an evaluation batch, each distinct ``index`` computed once per epoch."""
+    def _eval_embeddings(self, batch: dict[str, Tensor]) -> tuple[Tensor, EvaluationOutputs]:
+        """Embeddings of an evaluation batch, each distinct ``index`` computed once per epoch, and the
+        feature maps of the images it forwarded (:class:`cama.protocols.EvaluationOutputs`)."""
         if not self.hparams.eval_cache or "index" not in batch or self.training:
-            return self(batch["image"])
+            maps = self.feature_maps(batch["image"])
+            return self.embed_maps(maps), {"feature_maps": [m.detach() for m in maps]}
         keys = batch["index"].tolist()
         cache = self._embedding_cache
         missing = sorted({k for k in keys if k not in cache})
+        outputs: EvaluationOutputs = {}
         if missing:
             position = {k: i for i, k in enumerate(keys)}
             rows = torch.tensor([position[k] for k in missing], device=batch["image"].device)
-            for k, e in zip(missing, self(batch["image"][rows])):
+            maps = self.feature_maps(batch["image"][rows])
+            for k, e in zip(missing, self.embed_maps(maps)):
                 cache[k] = e
-        return torch.stack([cache[k] for k in keys])
+            outputs = {"feature_maps": [m.detach() for m in maps], "map_index": batch["index"][rows]}
+        return torch.stack([cache[k] for k in keys]), outputs
 
-    def _evaluate_episode(self, metric: FewShotAccuracy, batch: dict[str, Tensor], prefix: str) -> None:
-        logits, query_labels = self.episode_logits(self._eval_embeddings(batch), batch)
+    def _evaluate_episode(
+        self, metric: FewShotAccuracy, batch: dict[str, Tensor], prefix: str
+    ) -> EvaluationOutputs:
+        embeddings, outputs = self._eval_embeddings(batch)
+        logits, query_labels = self.episode_logits(embeddings, batch)
         metric.update(logits.argmax(dim=1), query_labels)
         self.log(f"{prefix}/loss", F.cross_entropy(logits, query_labels), on_step=False, on_epoch=True,
                  batch_size=1, sync_dist=True)
+        return outputs
 
     def _log_metric(self, metric: FewShotAccuracy, prefix: str) -> None:
         results = self.evaluation.finish(self, metric, prefix)
@@ -311,8 +321,8 @@ class ProtoNet(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._embedding_cache.clear()
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate_episode(self.val_metric, batch, "val")
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> EvaluationOutputs:
+        return self._evaluate_episode(self.val_metric, batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric(self.val_metric, "val")
