@@ -19,8 +19,10 @@ env: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py fit --config configs/cama_synthetic.yaml $(ARGS)
 
+# two workers, whole files each (a module's fixtures are built once): the end-to-end tests' processes
+# spend most of their time importing on one core
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/reid_eval.py

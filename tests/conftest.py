@@ -2,8 +2,9 @@ import os
 
 import pytest
 
-# Keep the suite predictable on the 2-core CI machine.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Keep the suite predictable on the 2-core CI machine: `make test` runs two pytest-xdist workers, one
+# core each (the end-to-end tests' processes run on one thread already); a plain `pytest` uses both.
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 
 @pytest.fixture(scope="module")
@@ -15,4 +16,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
