@@ -156,7 +156,10 @@ class FewShotDataModule(ClassImagesDataModule):
                                      synthetic_splits)
         super().__init__(dataset, root, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
                          synthetic, synthetic_seed, check_images)
-        self.save_hyperparameters(ignore=self.inapplicable_options())
+        # eval_cache (a memory option, no result depends on it) is not logged: ProtoNet has its own
+        # eval_cache (its embedding cache), and Lightning stops a run whose model and data module log
+        # two values under one name
+        self.save_hyperparameters(ignore=[*self.inapplicable_options(), "eval_cache"])
         self.split_folders = tuple(split_folders) if split_folders else None
         self.train_episode = (int(train_way), int(train_shot), int(train_query))
         self.eval_episode = (int(eval_way), int(eval_shot), int(eval_query))

@@ -168,7 +168,7 @@ def test_episode_images_are_forwarded_once_the_masked_queries_once_more(
     forwarded: list[int] = []
     model.backbone.register_forward_hook(lambda module, args, out: forwarded.append(len(args[0])))
 
-    def run(model, callbacks):  # no logger: model and data module both name an eval_cache
+    def run(model, callbacks):
         trainer = pl.Trainer(
             accelerator="cpu", logger=False, callbacks=callbacks, enable_progress_bar=False,
             enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
@@ -221,3 +221,15 @@ def test_probe_capture_reads_maps_of_part_of_a_batch():
 
     rows = store.batch_maps(batch, compute)[0][:, 0, 0, 0]
     assert rows.tolist() == [0.0, 80.0, 20.0, 100.0] and computed == [2]  # rows 0 and 2 computed once
+
+
+def test_model_and_data_module_eval_caches_may_differ_under_a_logger(datamodule, tmp_path):
+    """ProtoNet's eval_cache (embeddings) and the data module's (images) are separate options; a run
+    with a logger used to stop at its start when they differed (Lightning's hparams merge)."""
+    import yaml
+
+    model = ProtoNet(num_classes=5, backbone="conv4", metric="cosine", eval_cache=False).eval()
+    assert datamodule.eval_cache
+    trainer = validate(model, datamodule, FewShotExplanations(num_episodes=1, num_probes=0), tmp_path)
+    hparams = yaml.unsafe_load((Path(trainer.log_dir) / "hparams.yaml").read_text())  # tuples
+    assert hparams["eval_cache"] is False  # the model's
