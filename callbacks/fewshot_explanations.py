@@ -77,8 +77,9 @@ class FewShotExplanations(ExplanationCallback):
         every_n_epochs: run on every n-th validation epoch (the first one always runs).
         tau, taus, iou_threshold: the box protocol (``DESIGN.md`` "Box from a map").
         num_faithfulness_samples: queries scored with AD / IC, the first ones of the scored episodes
-            (per process under DDP; 0: off). Each costs one forward of the masked query per method:
-            the default 150 (two 5-way 15-query episodes) puts AD's 95% interval at about +-5 points.
+            (per process under DDP; 0: off; the default 150 is two 5-way 15-query episodes). Each
+            costs one forward of the masked query per method. AD is a mean over these queries and IC
+            a proportion: their 95% intervals shrink as 1 / sqrt(n).
         alpha, colormap, draw_boxes: the overlays.
         save_png: also write PNGs when a TensorBoard logger is present.
         prefix: logged scalar names start with it.
