@@ -246,16 +246,15 @@ class FewShotExplanations(ExplanationCallback):
         faithful = min(self._faithfulness_left, len(query_images))  # AD / IC on the first queries
         self._faithfulness_left -= faithful
         predicted = refs.prediction[:faithful, None]
-        if faithful:  # the score of fam Eq. 21-22
-            query_embedding = pl_module.embed_maps([refs.query_maps[:faithful]])
-            score = pl_module.logits(query_embedding, refs.prototypes).softmax(1).gather(1, predicted)[:, 0]
+        if faithful:  # the score of fam Eq. 21-22, from the logits the references already hold
+            score = refs.logits[:faithful].softmax(1).gather(1, predicted)[:, 0]
         masked_images: dict[str, Tensor] = {}  # the queries times each method's maps
         for method in self.methods:
             maps = episode_maps(
                 method, explainer, query_images, refs.query_maps, refs.prototype, refs.supports, refs.metric, size
             )
             scores.update_maps(method, maps, boxes, person, correct)
-            if faithful and scores.has_faithfulness(method):
+            if faithful:
                 masked_images[method] = mask_images(query_images[:faithful], maps[:faithful], mean, std)
             if probes is not None:  # the support explained against the query (its single reference)
                 pictures[method] = maps[probes]
