@@ -112,8 +112,11 @@ class ImageDataModule(LightningDataModule):
         the per-image steps' images), or None where it runs per image (the default)."""
         return None
 
-    def train_collate(self, collate: Callable[[list[Any]], Any] | None = None) -> Callable[[list[Any]], Any] | None:
-        """The training loader's ``collate_fn``: ``collate`` (None: PyTorch's), then the batched augmentation."""
+    def train_collate(
+        self, collate: Callable[[list[Any]], Any] | None = None
+    ) -> Callable[[list[Any]], Any] | None:
+        """The training loader's ``collate_fn``: ``collate`` (None: PyTorch's), then the batched
+        augmentation."""
         augment = self.batch_augmentation()
         if augment is None:
             return collate

@@ -3,8 +3,8 @@
 :class:`BatchPadCropFlip` gives the images the per-image torchvision v2 steps give
 (:func:`~datamodules.images.resize_pad_crop` + :func:`~datamodules.images.flip`, after the resize,
 then the module's normalisation: the v2 steps :func:`~datamodules.images.normalized` for re-ID,
-:class:`~datamodules.images.NormalizeImage` for the class-image modules) bit for bit: for each image it draws, in
-the same order and from a generator seeded with the same per-item seed
+:class:`~datamodules.images.NormalizeImage` for the class-image modules) bit for bit: for each image
+it draws, in the same order and from a generator seeded with the same per-item seed
 (:class:`~datamodules.samplers.PKSampler`), what those steps draw (``RandomCrop``'s top, then its
 left; ``RandomHorizontalFlip``'s coin), and does the image work as a few tensor ops on the stacked
 uint8 batch instead of six transforms and their dispatch per image (on the synthetic main job, most
@@ -81,7 +81,9 @@ class BatchPadCropFlip:
 
 
 def collate_augmented(
-    items: list[dict[str, Any]], augment: BatchPadCropFlip, collate: Callable[[list[Any]], Any] = default_collate
+    items: list[dict[str, Any]],
+    augment: BatchPadCropFlip,
+    collate: Callable[[list[Any]], Any] = default_collate,
 ) -> dict[str, Any]:
     """``collate`` of training items (uint8 images with their ``seed``), then ``augment`` of the images."""
     batch = collate(items)

@@ -171,7 +171,9 @@ class ClassImagesDataModule(ImageDataModule):
 
     def batch_augmentation(self) -> BatchPadCropFlip | None:
         """:meth:`train_transform` after the resize, on whole batches; None with colour jitter."""
-        return None if self.color_jitter > 0 else BatchPadCropFlip(self.padding, self.flip_prob, self.normalize())
+        if self.color_jitter > 0:
+            return None
+        return BatchPadCropFlip(self.padding, self.flip_prob, self.normalize())
 
     def _transformed(self, raw: Dataset, train: bool) -> FewShotTransformDataset:
         """A raw split as network inputs, its labels remapped to 0..C-1 in sorted order. With the

@@ -45,9 +45,9 @@ from .samplers import PKSampler, split_item
 from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig
 
 __all__ = [
-    "DatasetLayoutError", "UnreadableImageError", "ReIDRecord", "ReIDLayout", "REID_LAYOUTS", "ReIDImageDataset",
-    "ReIDTransformDataset", "QueryGalleryDataset", "ReIDDataModule", "resolve_reid_root", "scan_reid_folder",
-    "load_image", "IMAGENET_MEAN", "IMAGENET_STD",
+    "DatasetLayoutError", "UnreadableImageError", "ReIDRecord", "ReIDLayout", "REID_LAYOUTS",
+    "ReIDImageDataset", "ReIDTransformDataset", "QueryGalleryDataset", "ReIDDataModule",
+    "resolve_reid_root", "scan_reid_folder", "load_image", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 
@@ -81,8 +81,8 @@ class ReIDImageDataset(Dataset):
 class ReIDTransformDataset(SeededTransformDataset):
     """Applies a (random) transform to the items of a base re-ID dataset (:class:`SeededTransformDataset`).
 
-    ``label_map`` (:attr:`pid_map`) relabels pids; ``targets`` keeps the ``box`` / ``mask`` (transformed with the image) and
-    ``evidence*`` ground truth: items ``{"pid", "camid", "index", "image"}`` plus those.
+    ``label_map`` (:attr:`pid_map`) relabels pids; ``targets`` keeps the transformed ``box`` / ``mask``
+    and the ``evidence*`` ground truth: items ``{"pid", "camid", "index", "image"}`` plus those.
     """
 
     label_key = "pid"
@@ -369,8 +369,8 @@ class ReIDDataModule(ImageDataModule):
         targets = self.dataset == "synthetic"
         batched = self.batch_augmentation() is not None  # then the items are resized only, with their seeds
         self.train_dataset = ReIDTransformDataset(
-            raw["train"], self.eval_transform() if batched else self.train_transform(), label_map=self.pid_map,
-            targets=False, keep_seed=batched, cache=batched and targets)
+            raw["train"], self.eval_transform() if batched else self.train_transform(),
+            label_map=self.pid_map, targets=False, keep_seed=batched, cache=batched and targets)
         # generated images are in memory already: keep their resized inputs too (only `post` runs again)
         evaluation = dict(post=NormalizeImage(self.mean, self.std), targets=targets, cache=targets)
         self.query_dataset = ReIDTransformDataset(raw["query"], self.eval_transform(), **evaluation)
