@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import pytest
 import torch
 
@@ -24,6 +27,32 @@ def test_hand_worked_average_drop_and_increase():
     result = metric.compute()
     assert result["ad"].item() == pytest.approx(100 * 0.5 / 3)
     assert result["ic"].item() == pytest.approx(50.0)
+
+
+def test_intervals_normal_for_the_drops_agresti_coull_for_the_increases():
+    scores = torch.tensor([0.8, 0.5, 0.4, -0.2, 0.9])
+    masked = torch.tensor([0.4, 0.6, 0.1, 0.1, 0.0])
+    # the per-sample terms written out: drops of the samples with Y > 0, then the 0/1 increases
+    drops = [(0.8 - 0.4) / 0.8, 0.0, (0.4 - 0.1) / 0.4, (0.9 - 0.0) / 0.9]
+    increases = [0.0, 1.0, 0.0, 1.0, 0.0]
+    metric = AverageDropIncrease()
+    for i in range(5):  # one sample per update: the sums add up over batches
+        metric.update(scores[i : i + 1], masked[i : i + 1])
+    result = metric.compute()
+    assert result["ad"].item() == pytest.approx(100 * statistics.mean(drops), rel=1e-6)
+    ad_half_width = 1.96 * statistics.stdev(drops) / math.sqrt(4)
+    assert result["ad_ci95"].item() == pytest.approx(100 * ad_half_width, rel=1e-6)
+    assert result["ic"].item() == pytest.approx(40.0)
+    n, p = 5 + 1.96**2, (2 + 1.96**2 / 2) / (5 + 1.96**2)  # 2 increases in 5, shrunk towards 1/2
+    assert result["ic_ci95"].item() == pytest.approx(100 * 1.96 * math.sqrt(p * (1 - p) / n), rel=1e-6)
+    # no increase in 64 samples: IC is 0 but not known to +- 0 (the normal interval's claim)
+    none = AverageDropIncrease()
+    none.update(torch.ones(64), torch.full((64,), 0.5))
+    assert none.compute()["ic"].item() == 0.0
+    assert none.compute()["ic_ci95"].item() == pytest.approx(3.95, abs=0.01)  # 1.96 sqrt(.0283 .9717 / 67.84)
+    single = AverageDropIncrease()
+    single.update(scores[:1], masked[:1])
+    assert single.compute()["ad_ci95"].item() == 0.0  # one sample: no spread to measure
 
 
 def test_no_drop_when_the_mask_keeps_the_score():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 import warnings
 from pathlib import Path
 
@@ -65,10 +67,11 @@ def validate(model, datamodule, callback, tmp_path: Path) -> pl.Trainer:
 
 def naive_dist_cam_scores(
     model: ProtoNet, batches: list[dict], mean, std, faithful: int | None = None
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float, float]:
     """Dist-CAM of each query against the prototype of the class it is nearest to, written out:
     its energy, and AD / IC (fam Eq. 21-22) with one forward per masked query, of the first
-    ``faithful`` queries (all: None)."""
+    ``faithful`` queries (all: None), then the half-widths of AD's normal and IC's Agresti-Coull 95%
+    intervals."""
     scores, drops, rises = [], [], []
     with torch.no_grad():
         for batch in batches:
@@ -93,7 +96,11 @@ def naive_dist_cam_scores(
                 rises.append(float(o > y))
     drops, rises = drops[:faithful], rises[:faithful]
     n = len(drops)
-    return float(torch.cat(scores).mean()), 100 * sum(drops) / n, 100 * sum(rises) / n
+    ad_ci = 100 * 1.96 * statistics.stdev(drops) / math.sqrt(n)  # normal
+    shrunk_n = n + 1.96**2  # Agresti-Coull
+    shrunk = (sum(rises) + 1.96**2 / 2) / shrunk_n
+    ic_ci = 100 * 1.96 * math.sqrt(shrunk * (1 - shrunk) / shrunk_n)
+    return float(torch.cat(scores).mean()), 100 * sum(drops) / n, 100 * sum(rises) / n, ad_ci, ic_ci
 
 
 def test_scores_and_pictures_of_queries_against_their_predicted_class(model, datamodule, tmp_path):
@@ -107,11 +114,13 @@ def test_scores_and_pictures_of_queries_against_their_predicted_class(model, dat
     assert {"loc/center_baseline/box_iou", "loc/uniform_baseline/energy"} <= results.keys()
     # the logged energy equals the naive computation over the same first episodes
     batches = [b for _, b in zip(range(EPISODES), datamodule.val_dataloader())]
-    energy, ad, ic = naive_dist_cam_scores(model, batches, datamodule.mean, datamodule.std)
+    energy, ad, ic, ad_ci, ic_ci = naive_dist_cam_scores(model, batches, datamodule.mean, datamodule.std)
     assert results["loc/dist_cam/energy"] == pytest.approx(energy, abs=1e-4)
     # AD / IC of the one batched forward of every method's masked queries = one query at a time
     assert results["loc/dist_cam/ad"] == pytest.approx(ad, abs=1e-3)
     assert results["loc/dist_cam/ic"] == pytest.approx(ic, abs=1e-4)
+    assert results["loc/dist_cam/ad_ci95"] == pytest.approx(ad_ci, abs=1e-3)
+    assert results["loc/dist_cam/ic_ci95"] == pytest.approx(ic_ci, abs=1e-3)
     # the uniform map's energy is the boxes' share of the image
     queries = torch.cat([b["box"][b["is_query"]] for b in batches]).float()
     share = ((queries[:, 2] - queries[:, 0]) * (queries[:, 3] - queries[:, 1]) / (32 * 32)).mean()
@@ -190,7 +199,7 @@ def test_episode_images_are_forwarded_once_the_masked_queries_once_more(
     reference = FewShotExplanations(methods=methods, num_episodes=EPISODES, num_probes=0, **samples)
     run(other, [reference])
     assert callback.last_results == pytest.approx(reference.last_results, abs=1e-4)
-    _, ad, ic = naive_dist_cam_scores(model, batches, datamodule.mean, datamodule.std, faithful)
+    _, ad, ic, _, _ = naive_dist_cam_scores(model, batches, datamodule.mean, datamodule.std, faithful)
     assert callback.last_results["loc/dist_cam/ad"] == pytest.approx(ad, abs=1e-3)
     assert callback.last_results["loc/dist_cam/ic"] == pytest.approx(ic, abs=1e-4)
 

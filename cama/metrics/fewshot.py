@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from cama.metrics.states import mean_and_interval
+
 __all__ = ["episode_accuracies", "few_shot_accuracy_ci", "FewShotAccuracy"]
 
 
@@ -43,18 +45,6 @@ def episode_accuracies(preds: Tensor, target: Tensor) -> Tensor:
     return (preds == target).to(torch.float64).mean(dim=1)
 
 
-def _mean_ci(
-    total: Tensor, total_sq: Tensor, n: Tensor, z: float, unbiased: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    n_f = n.to(torch.float64)
-    mean = total / n_f
-    var = (total_sq / n_f - mean * mean).clamp_min(0.0)  # population variance
-    if unbiased:
-        var = var * n_f / (n_f - 1).clamp_min(1.0)
-    std = var.sqrt()
-    return mean, z * std / n_f.sqrt(), std
-
-
 def few_shot_accuracy_ci(
     per_episode_accuracies: Tensor | Any, z: float = 1.96, unbiased: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -67,7 +57,7 @@ def few_shot_accuracy_ci(
     if acc.numel() == 0:
         raise ValueError("few_shot_accuracy_ci needs at least one episode")
     n = torch.tensor(acc.numel())
-    mean, ci, _ = _mean_ci(acc.sum(), acc.square().sum(), n, z, unbiased)
+    mean, ci, _ = mean_and_interval(acc.sum(), acc.square().sum(), n, z, unbiased)
     return mean, ci
 
 
@@ -115,5 +105,7 @@ class FewShotAccuracy(Metric):
         if int(self.num_episodes) == 0:
             nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.sum_acc.device)
             return {"acc": nan, "acc_ci95": nan, "acc_std": nan, "episodes": self.num_episodes.clone()}
-        mean, ci, std = _mean_ci(self.sum_acc, self.sum_sq_acc, self.num_episodes, self.z, self.unbiased)
+        mean, ci, std = mean_and_interval(
+            self.sum_acc, self.sum_sq_acc, self.num_episodes, self.z, self.unbiased
+        )
         return {"acc": mean, "acc_ci95": ci, "acc_std": std, "episodes": self.num_episodes.clone()}

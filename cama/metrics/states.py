@@ -11,13 +11,28 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["CollectedSamples", "add_sum_states"]
+__all__ = ["CollectedSamples", "add_sum_states", "mean_and_interval"]
 
 
 def add_sum_states(metric: Metric, *names: str, shape: tuple[int, ...] = ()) -> None:
     """Add float64 zero states ``names`` of ``shape`` to ``metric``, reduced by ``sum``."""
     for name in names:
         metric.add_state(name, default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+
+
+def mean_and_interval(
+    total: Tensor, total_sq: Tensor, n: Tensor, z: float = 1.96, unbiased: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean, z * std / sqrt(n), std)`` of ``n`` samples known by their sum and sum of squares (the
+    sum states a Metric keeps, exact under DDP), in float64. ``std`` is the population standard
+    deviation, or the sample one (``ddof = 1``) when ``unbiased``; a single sample gives 0."""
+    n_f = torch.as_tensor(n).to(torch.float64)
+    mean = total / n_f
+    var = (total_sq / n_f - mean * mean).clamp_min(0.0)  # population variance
+    if unbiased:
+        var = var * n_f / (n_f - 1).clamp_min(1.0)
+    std = var.sqrt()
+    return mean, z * std / n_f.sqrt(), std
 
 
 class CollectedSamples(Metric):
