@@ -222,6 +222,8 @@ def main() -> None:
         f"time inside the callbacks' hooks:   {inside:.2f} s per epoch (median) = "
         f"{100 * inside / without:.1f}% of the median epoch without them"
     )
+    for i, cb in enumerate(callbacks):  # each callback's entry of every epoch (in callback order)
+        print(f"  of which {type(cb).__name__}: {statistics.median(hook_times[i :: len(callbacks)]):.2f} s")
     print(
         "hooks / rest of the same epoch:     "
         + ", ".join(f"{r:.1f}%" for r in ratios)

@@ -23,7 +23,8 @@ swapped (the probe is its reference). ``cam`` explains the training identity the
 predicts (re-ID test identities are unseen).
 
 The probes' feature maps are kept from the ``outputs`` of the model's own validation step
-(:class:`~callbacks.base.ProbeCapture`); only the gallery images shown are forwarded again.
+(:class:`~callbacks.base.ProbeCapture`); only the gallery images shown are forwarded again (one
+batch, on torch's thread count; the rest of the callback's work runs on ``cpu_threads``).
 Pictures go to every ``TensorBoardLogger`` (``add_image``), or, without one, to
 ``<log_dir>/explanations/epoch_XXX/*.png``. All image work runs on rank zero; the only collective
 (gathering the gallery embeddings) runs on every rank. The sanity-check epoch is skipped.
@@ -37,7 +38,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from callbacks.base import RankingCallback, RankingProbes, load_items, stack_captured
+from callbacks.base import RankingCallback, RankingProbes, cpu_threads, load_items, stack_captured
 from callbacks.image_sink import ImageSink, logging_step
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet
@@ -147,8 +148,11 @@ class ExplanationImages(RankingCallback):
         sink = ImageSink.from_trainer(trainer, save_png=self.save_png, folder=self.tag_prefix)  # may broadcast
         probes = self.probes.choose(provider, self.warn_once)
         if trainer.is_global_zero and probes:
+            forward_threads = torch.get_num_threads()  # the gallery images' forward is a batch of images
             with self.threads(pl_module):
-                self.last_written = self._render(trainer, pl_module, provider, gallery, sink, probes, captured)
+                self.last_written = self._render(
+                    trainer, pl_module, provider, gallery, sink, probes, captured, forward_threads
+                )
 
     # ------------------------------------------------------------------ rank-zero image work
     @torch.no_grad()
@@ -161,6 +165,7 @@ class ExplanationImages(RankingCallback):
         sink: ImageSink,
         probes: list[int],
         captured: dict[int, Any],
+        forward_threads: int | None = None,
     ) -> list[str]:
         device = pl_module.device
         dataset = self.probes.dataset
@@ -189,7 +194,8 @@ class ExplanationImages(RankingCallback):
             | {int(r) for r in references[: self.num_ranking_queries].flatten().tolist() if r >= 0}
         )
         gallery_batch = load_items(dataset, needed, device)
-        gallery_features = explainer.features(gallery_batch["image"])
+        with cpu_threads(forward_threads, device):
+            gallery_features = explainer.features(gallery_batch["image"])
         position = {index: j for j, index in enumerate(needed)}
         reference_positions = [position[int(r)] for r in references[:, 0].tolist()]
         reference_features = gallery_features.select(reference_positions)

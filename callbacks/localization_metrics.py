@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from callbacks.base import ScoredRankingCallback, cpu_threads, load_items, stack_captured
+from cama.metrics.boxes import any_along
 from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
@@ -297,7 +298,7 @@ class LocalizationMetrics(ScoredRankingCallback):
         correct = matches[rankable, 0]
         boxes = batch["box"][rankable].float() if "box" in batch else None
         parts = batch["mask"][rankable].bool() if "mask" in batch else None
-        person = parts.any(dim=1) if parts is not None else None
+        person = any_along(parts, 1) if parts is not None else None
         evidence = batch[EVIDENCE][rankable].bool() if parts is not None and EVIDENCE in batch else None
 
         if boxes is not None:

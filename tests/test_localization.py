@@ -30,6 +30,7 @@ from cama.metrics import (
     segmentation_scores,
     top1_localization_error,
 )
+from cama.metrics.boxes import any_along
 from cama.metrics.localization import centered_boxes, largest_connected_component, mask_to_box
 
 H, W = 40, 24
@@ -362,3 +363,17 @@ def test_mask_to_box_is_torchvisions_masks_to_boxes_with_exclusive_ends():
     expected[:, 2:] += masks.flatten(1).any(1)[:, None]
     assert torch.equal(mask_to_box(masks), expected)
     assert torch.equal(mask_to_box(masks.view(6, 10, 17, 13)), expected.view(6, 10, 4))
+
+
+@pytest.mark.parametrize(
+    "shape, dim", [((6, 5, 7, 3), 1), ((6, 5, 7, 3), 2), ((6, 5, 7, 3), (2, 3)), ((4, 0, 3), 1)]
+)
+def test_any_along_is_any(shape, dim):
+    """The uint8 route of ``any_along`` gives ``Tensor.any`` exactly, sparse and dense masks, a
+    strided (transposed) mask and an empty dimension included."""
+    gen = torch.Generator().manual_seed(1)
+    for density in (0.0, 0.02, 0.5, 1.0):
+        mask = torch.rand(shape, generator=gen) < density
+        assert torch.equal(any_along(mask, dim), mask.any(dim))
+        flipped = mask.transpose(0, -1)
+        assert torch.equal(any_along(flipped, dim), flipped.any(dim))

@@ -26,7 +26,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from cama.losses import resolve_topk
-from cama.metrics.boxes import check_maps
+from cama.metrics.boxes import any_along, check_maps
 from cama.metrics.segmentation import ratio, topk_masks
 from cama.metrics.states import add_sum_states
 
@@ -74,13 +74,25 @@ def part_energy_share(
     _check_parts(part_masks, maps.shape[0], tuple(maps.shape[-2:]))
     if selected.shape != part_masks.shape[:2]:
         raise ValueError(f"selected must be [B, P] = {tuple(part_masks.shape[:2])}, got {tuple(selected.shape)}")
-    parts = part_masks.to(maps.device).bool()
-    chosen = (parts & selected.to(maps.device).bool()[:, :, None, None]).any(1)  # [B, H, W]
-    energy = maps.double()
-    total = (energy * parts.any(1)).sum((-2, -1)) if within_person else energy.sum((-2, -1))
-    on_chosen = (energy * chosen).sum((-2, -1))
-    area = chosen.sum((-2, -1)).double()
-    person = parts.any(1).sum((-2, -1)).double()
+    sums = _energy_sums(maps, part_masks, selected)
+    return _shares(sums, within_person)
+
+
+def _energy_sums(maps: Tensor, part_masks: Tensor, selected: Tensor) -> Tensor:
+    """``[B, 5]`` float64: each map's energy on the whole image, on the person, on the union of the
+    selected parts, and the pixel counts of that union and of the person -- one pass over the maps."""
+    parts = part_masks.to(maps.device).bool().flatten(2)  # [B, P, H*W]
+    person = any_along(parts, 1)
+    chosen = any_along(parts & selected.to(maps.device).bool()[:, :, None], 1)
+    energy = maps.flatten(1).double()
+    sums = [energy.sum(1), (energy * person).sum(1), (energy * chosen).sum(1), chosen.sum(1), person.sum(1)]
+    return torch.stack([s.double() for s in sums], dim=1)
+
+
+def _shares(sums: Tensor, within_person: bool) -> tuple[Tensor, Tensor]:
+    """:func:`part_energy_share`'s result from :func:`_energy_sums`."""
+    whole, on_person, on_chosen, area, person = sums.unbind(1)
+    total = on_person if within_person else whole
     valid = (area > 0) & (total > 0)
     nan = torch.full_like(total, float("nan"))
     energy_share = torch.where(valid, on_chosen / total.clamp_min(1e-300), nan)
@@ -121,7 +133,7 @@ def parts_covered(maps: Tensor, part_masks: Tensor, topk: float | int = 0.2, min
     if not 0.0 < min_share <= 1.0:
         raise ValueError(f"min_share must be in (0, 1], got {min_share}")
     top, parts = _part_hits(maps, part_masks, topk)
-    union = top.any(1)  # [B, H*W]
+    union = any_along(top, 1)  # [B, H*W]
     inside = (parts & union[:, None]).sum(-1)  # [B, P]
     size = parts.sum(-1)
     return ((size > 0) & (inside >= min_share * size)).sum(1)
@@ -181,12 +193,16 @@ class PartEvidence(Metric):
     def update(self, maps: Tensor, part_masks: Tensor, selected: Tensor, branch_maps: Tensor | None = None) -> None:
         if maps.ndim != 3:
             raise ValueError(f"maps must be [B, H, W], got shape {tuple(maps.shape)}")
-        everything = torch.ones(part_masks.shape[:2], dtype=torch.bool, device=maps.device)
-        on_person, _ = part_energy_share(maps, part_masks, everything)
+        check_maps(maps)
+        _check_parts(part_masks, maps.shape[0], tuple(maps.shape[-2:]))
+        sums = _energy_sums(maps, part_masks, selected)  # one pass for both shares
+        whole_person = sums.clone()
+        whole_person[:, 2], whole_person[:, 3] = sums[:, 1], sums[:, 4]  # "selected": every part
+        on_person, _ = _shares(whole_person, within_person=False)
         shown = ~on_person.isnan()
         self.person_sum += on_person.double().nan_to_num(0.0).sum().to(self.person_sum.device)
         self.person_total += shown.sum().to(self.person_total)
-        energy, area = part_energy_share(maps, part_masks, selected, within_person=True)
+        energy, area = _shares(sums, within_person=True)
         valid = ~energy.isnan() & ~area.isnan()  # no host sync: the sums take the masked values
         self.energy_sum += torch.where(valid, energy.double(), 0.0).sum().to(self.energy_sum.device)
         self.area_sum += torch.where(valid, area.double(), 0.0).sum().to(self.area_sum.device)
@@ -194,7 +210,7 @@ class PartEvidence(Metric):
         # a row without a visible person covers nothing (0) and is not counted
         regions = branch_maps if branch_maps is not None else maps[:, None]
         covered = parts_covered(regions, part_masks, self.topk, self.min_share)
-        person = part_masks.to(maps.device).bool().flatten(1).any(1)
+        person = any_along(part_masks.to(maps.device).bool().flatten(1), 1)
         self.covered_sum += covered.sum().to(self.covered_sum)
         self.covered_total += person.sum().to(self.covered_total)
 

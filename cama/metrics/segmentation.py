@@ -179,7 +179,7 @@ def topk_masks(maps: Tensor, k: int) -> Tensor:
         raise ValueError(f"k must be >= 1, got {k}")
     flat = torch.nan_to_num(maps.float(), nan=float("-inf")).flatten(-2)
     k = min(k, flat.shape[-1])
-    indices = flat.topk(k, dim=-1).indices
+    indices = flat.topk(k, dim=-1, sorted=False).indices  # a set: unsorted is 2-3x faster on CPU
     mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, indices, True)
     return mask.reshape(maps.shape)
 
