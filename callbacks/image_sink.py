@@ -1,10 +1,14 @@
 """Where the pictures of an evaluation epoch go: TensorBoard, or PNG files.
 
-:class:`ImageSink` sends a ``uint8`` picture to every ``TensorBoardLogger`` of the trainer
-(as ``SummaryWriter.add_image`` would, but PNG-encoded at zlib level 1: about 4x faster than
-PIL's default on these pictures, the same pixels) or, when there is none (CSV logger, no logger) or ``save_png`` is
-set, writes ``<log_dir>/<folder>/epoch_XXX/<name>.png``: the same pictures either way.
-:meth:`ImageSink.write_text` logs Markdown to the TensorBoard loggers only (PNG folders get none).
+:class:`ImageSink` PNG-encodes a ``uint8`` picture once (zlib level 1: about 4x faster than PIL's
+default on these pictures, the same pixels) and sends it to every ``TensorBoardLogger`` of the
+trainer as the image summary ``SummaryWriter.add_image`` would write, but into the run folder
+``<logger.log_dir>/<folder>`` (e.g. ``runs/cama_synthetic/version_0/explanations``: in TensorBoard
+the run ``.../version_0/explanations``) through :class:`~callbacks.event_file.ImageEventFile`, whose
+checksums are computed in C instead of in the logger's writer thread in pure Python. When there is
+no TensorBoard logger (CSV logger, no logger), or ``save_png`` is set, it writes
+``<log_dir>/<folder>/epoch_XXX/<name>.png``: the same bytes either way. :meth:`ImageSink.write_text`
+logs Markdown to the TensorBoard loggers' own run (PNG folders get none).
 
 The images' step is :func:`logging_step`, the step the epoch's scalars are logged at, and not the
 epoch: TensorBoard's image slider then moves over the same axis as the scalar charts, so the
@@ -21,9 +25,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torchvision.io import encode_png
+
+from callbacks.event_file import ImageEventFile
 
 __all__ = ["ImageSink", "logging_step"]
 
@@ -48,17 +53,6 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+\-]", "_", name)
 
 
-def _add_png(logger: TensorBoardLogger, tag: str, image: Tensor, png: bytes, step: int) -> None:
-    """The image summary ``SummaryWriter.add_image`` writes, with the PNG already encoded."""
-    writer = logger.experiment  # a SummaryWriter; its FileWriter is None only after close()
-    if writer.file_writer is None:
-        writer.add_image(tag, image, global_step=step)  # reopens the writer
-        return
-    channels, height, width = image.shape
-    summary = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
-    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=summary)]), step)
-
-
 class ImageSink:
     """Where the pictures of one evaluation epoch go.
 
@@ -66,25 +60,34 @@ class ImageSink:
     call :meth:`write` on rank zero only.
     """
 
-    def __init__(self, loggers: list[TensorBoardLogger], directory: Path | None) -> None:
+    def __init__(
+        self, loggers: list[TensorBoardLogger], directory: Path | None, folder: str = "explanations"
+    ) -> None:
         self.loggers = loggers
         self.directory = directory
+        self.folder = folder  # the pictures' TensorBoard run: <logger.log_dir>/<folder>
+        self._event_files: dict[str, ImageEventFile] = {}
 
     @classmethod
-    def from_trainer(cls, trainer: pl.Trainer, save_png: bool = False, folder: str = "explanations") -> ImageSink:
+    def from_trainer(
+        cls, trainer: pl.Trainer, save_png: bool = False, folder: str = "explanations"
+    ) -> ImageSink:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         directory = None
         if save_png or not loggers:
             log_dir = trainer.log_dir or trainer.default_root_dir  # collective: every rank
             directory = Path(log_dir) / folder
-        return cls(loggers, directory)
+        return cls(loggers, directory, folder)
 
     def write(self, name: str, image: Tensor, step: int, epoch: int, prefix: str = "explanations") -> list[str]:
         """Log ``image`` (``uint8`` ``[3, H, W]``) as ``<prefix>/<name>``; returns the PNG paths written."""
         image = image.detach().cpu().contiguous()
         png = encode_png(image, compression_level=1).numpy().tobytes()  # zlib 1: fast, the same pixels
+        channels, height, width = image.shape
         for logger in self.loggers:
-            _add_png(logger, f"{prefix}/{name}", image, png, step)
+            run = Path(logger.log_dir) / self.folder
+            events = self._event_files.setdefault(str(run), ImageEventFile(run))
+            events.add_png(f"{prefix}/{name}", png, height, width, channels, step)
         written: list[str] = []
         if self.directory is not None:
             parts = [_safe_name(p) for p in name.split("/") if p]

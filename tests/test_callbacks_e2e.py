@@ -97,12 +97,18 @@ def fitted(tmp_path_factory) -> Path:
 
 
 def test_event_file_holds_images_and_localization_scalars_of_every_validation_epoch(fitted):
-    events = sorted((fitted / "runs" / "cama_synthetic").rglob("events.out.tfevents.*"))
-    assert len(events) == 1
-    accumulator = EventAccumulator(str(events[0]), size_guidance={"images": 0, "scalars": 0})
+    run = fitted / "runs" / "cama_synthetic" / "version_0"
+    # two runs: the scalars' (the logger's) and the pictures' (callbacks.event_file), one file each
+    assert sorted(p.relative_to(run).parent.as_posix() for p in run.rglob("events.out.tfevents.*")) == [
+        ".", "explanations"
+    ]
+    scalars = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    scalars.Reload()
+    validation_steps = [event.step for event in scalars.Scalars("Val/mAP")]
+    assert not scalars.Tags()["images"]
+    accumulator = EventAccumulator(str(run / "explanations"), size_guidance={"images": 0})
     accumulator.Reload()
     tags = accumulator.Tags()
-    validation_steps = [event.step for event in accumulator.Scalars("Val/mAP")]
     assert len(validation_steps) == EPOCHS  # the sanity check logs nothing
     expected_images = [f"explanations/{m}" for m in METHODS] + [
         "explanations/ranking/query_0",
@@ -133,8 +139,8 @@ def test_event_file_holds_images_and_localization_scalars_of_every_validation_ep
     ]
     expected_scalars = [f"loc/{m}/{n}" for m in METHODS for n in names] + ["loc/branch_overlap_iou"]
     for tag in expected_scalars:
-        assert tag in tags["scalars"], f"{tag} missing"
-        values = accumulator.Scalars(tag)
+        assert tag in scalars.Tags()["scalars"], f"{tag} missing"
+        values = scalars.Scalars(tag)
         assert [v.step for v in values] == validation_steps, tag
         assert all(v.value == v.value for v in values), f"{tag} is NaN"  # noqa: PLR0124
 
@@ -164,8 +170,9 @@ def test_two_processes_give_the_localization_numbers_of_one(fitted, tmp_path):
 
 
 def accumulator_of(workdir: Path) -> EventAccumulator:
-    events = sorted((workdir / "runs" / "cama_synthetic").rglob("events.out.tfevents.*"))
-    accumulator = EventAccumulator(str(events[0]), size_guidance={"scalars": 0, "tensors": 0})
+    """The logger's run (scalars and text; the pictures are in its ``explanations`` run)."""
+    run = workdir / "runs" / "cama_synthetic" / "version_0"
+    accumulator = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
     accumulator.Reload()
     return accumulator
 

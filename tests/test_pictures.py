@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -182,12 +183,15 @@ def test_readme_is_written_once_per_run_to_tensorboard_and_pngs_match_the_images
     logger = TensorBoardLogger(tmp_path, name="tb")
     run_validations(model, datamodule, callback, logger, tmp_path, times=2)
     logger.experiment.flush()
-    accumulator = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "tensors": 0})
+    texts = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0})  # the logger's run
+    texts.Reload()
+    readme = [t for t in texts.Tags()["tensors"] if t.startswith("explanations/README")]
+    assert len(readme) == 1 and len(texts.Tensors(readme[0])) == 1
+    text = texts.Tensors(readme[0])[0].tensor_proto.string_val[0].decode()
+    # the pictures: their own run, <log_dir>/explanations (callbacks.event_file)
+    accumulator = EventAccumulator(str(Path(logger.log_dir) / "explanations"), size_guidance={"images": 0})
     accumulator.Reload()
     assert len(accumulator.Images("explanations/ram")) == 2
-    readme = [t for t in accumulator.Tags()["tensors"] if t.startswith("explanations/README")]
-    assert len(readme) == 1 and len(accumulator.Tensors(readme[0])) == 1
-    text = accumulator.Tensors(readme[0])[0].tensor_proto.string_val[0].decode()
     assert "explanations/ranking/query_<j>" in text and "branch" in text
     png = decode_png(read_file(callback.last_written[0]))  # the PNG of the last epoch is the logged picture
     logged = decode_png(torch.frombuffer(bytearray(accumulator.Images("explanations/ram")[-1].encoded_image_string),
