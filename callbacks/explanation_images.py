@@ -25,7 +25,8 @@ predicts (re-ID test identities are unseen).
 The probes' feature maps are kept from the ``outputs`` of the model's own validation step
 (:class:`~callbacks.base.ProbeCapture`); only the gallery images shown are forwarded again (one
 batch, on torch's thread count; the rest of the callback's work runs on ``cpu_threads``).
-Pictures go to every ``TensorBoardLogger`` (``add_image``), or, without one, to
+Pictures go to every ``TensorBoardLogger``, in the run ``<log_dir>/explanations`` of their own
+(:class:`~callbacks.image_sink.ImageSink`), or, without one, to
 ``<log_dir>/explanations/epoch_XXX/*.png``. All image work runs on rank zero; the only collective
 (gathering the gallery embeddings) runs on every rank. The sanity-check epoch is skipped.
 """

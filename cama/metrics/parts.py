@@ -74,25 +74,24 @@ def part_energy_share(
     _check_parts(part_masks, maps.shape[0], tuple(maps.shape[-2:]))
     if selected.shape != part_masks.shape[:2]:
         raise ValueError(f"selected must be [B, P] = {tuple(part_masks.shape[:2])}, got {tuple(selected.shape)}")
-    sums = _energy_sums(maps, part_masks, selected)
-    return _shares(sums, within_person)
+    whole, on_person, on_chosen, area, person = _energy_sums(maps, part_masks, selected)
+    return _shares(on_chosen, on_person if within_person else whole, area, person)
 
 
-def _energy_sums(maps: Tensor, part_masks: Tensor, selected: Tensor) -> Tensor:
-    """``[B, 5]`` float64: each map's energy on the whole image, on the person, on the union of the
-    selected parts, and the pixel counts of that union and of the person -- one pass over the maps."""
+def _energy_sums(maps: Tensor, part_masks: Tensor, selected: Tensor) -> list[Tensor]:
+    """Five ``[B]`` float64 sums: each map's energy on the whole image, on the person, on the union
+    of the selected parts, and the pixel counts of that union and of the person."""
     parts = part_masks.to(maps.device).bool().flatten(2)  # [B, P, H*W]
     person = any_along(parts, 1)
     chosen = any_along(parts & selected.to(maps.device).bool()[:, :, None], 1)
     energy = maps.flatten(1).double()
     sums = [energy.sum(1), (energy * person).sum(1), (energy * chosen).sum(1), chosen.sum(1), person.sum(1)]
-    return torch.stack([s.double() for s in sums], dim=1)
+    return [s.double() for s in sums]
 
 
-def _shares(sums: Tensor, within_person: bool) -> tuple[Tensor, Tensor]:
-    """:func:`part_energy_share`'s result from :func:`_energy_sums`."""
-    whole, on_person, on_chosen, area, person = sums.unbind(1)
-    total = on_person if within_person else whole
+def _shares(on_chosen: Tensor, total: Tensor, area: Tensor, person: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`part_energy_share`'s result: ``on_chosen / total`` and ``area / person`` where both are
+    defined (``area > 0``, ``total > 0``), NaN elsewhere."""
     valid = (area > 0) & (total > 0)
     nan = torch.full_like(total, float("nan"))
     energy_share = torch.where(valid, on_chosen / total.clamp_min(1e-300), nan)
@@ -191,18 +190,15 @@ class PartEvidence(Metric):
         )
 
     def update(self, maps: Tensor, part_masks: Tensor, selected: Tensor, branch_maps: Tensor | None = None) -> None:
-        if maps.ndim != 3:
-            raise ValueError(f"maps must be [B, H, W], got shape {tuple(maps.shape)}")
         check_maps(maps)
         _check_parts(part_masks, maps.shape[0], tuple(maps.shape[-2:]))
-        sums = _energy_sums(maps, part_masks, selected)  # one pass for both shares
-        whole_person = sums.clone()
-        whole_person[:, 2], whole_person[:, 3] = sums[:, 1], sums[:, 4]  # "selected": every part
-        on_person, _ = _shares(whole_person, within_person=False)
+        whole, on_person_energy, on_chosen, area, person_area = _energy_sums(maps, part_masks, selected)
+        # the person's share of the whole map (its "selected parts": every part), then the evidence's
+        on_person, _ = _shares(on_person_energy, whole, person_area, person_area)
         shown = ~on_person.isnan()
         self.person_sum += on_person.double().nan_to_num(0.0).sum().to(self.person_sum.device)
         self.person_total += shown.sum().to(self.person_total)
-        energy, area = _shares(sums, within_person=True)
+        energy, area = _shares(on_chosen, on_person_energy, area, person_area)
         valid = ~energy.isnan() & ~area.isnan()  # no host sync: the sums take the masked values
         self.energy_sum += torch.where(valid, energy.double(), 0.0).sum().to(self.energy_sum.device)
         self.area_sum += torch.where(valid, area.double(), 0.0).sum().to(self.area_sum.device)
