@@ -1,8 +1,8 @@
 """Reading checkpoint files given by the user, and loading a checkpoint's matching weights into a
 fresh model (fine-tuning with ``init_from``).
 
-:func:`read_checkpoint` is the one reader of user-given checkpoint files (``init_from`` and
-``train.py``'s ``--ckpt_path``): ``torch.load(weights_only=True)`` (tensors and plain Python values
+:func:`read_torch_file` is the one reader of user-given torch files (:func:`read_checkpoint` for the
+checkpoints of ``init_from`` and ``train.py``'s ``--ckpt_path``): ``torch.load(weights_only=True)`` (tensors and plain Python values
 only, memory-mapped when the file is in torch's zip format), and a missing, truncated, corrupt or
 foreign file stops with :class:`CheckpointFileError` naming the file and what was expected.
 """
@@ -26,6 +26,7 @@ __all__ = [
     "InitFromMismatchError",
     "LIGHTNING_CKPT_PATH_VALUES",
     "check_ckpt_path",
+    "read_torch_file",
     "read_checkpoint",
     "checkpoint_state_dict",
     "load_matching_weights",
@@ -45,7 +46,7 @@ class InitFromMismatchError(CheckpointFileError):
     """``init_from`` matches too little of the model (a checkpoint of another model, a wrong file)."""
 
 
-def _load_failure(path: str, option: str, error: Exception) -> CheckpointFileError:
+def _load_failure(path: str, option: str, error: Exception, expected: str = _EXPECTED) -> CheckpointFileError:
     """What a file torch.load(weights_only=True) failed on is, from its first bytes and the error."""
     with open(path, "rb") as f:
         head = f.read(8)
@@ -66,21 +67,21 @@ def _load_failure(path: str, option: str, error: Exception) -> CheckpointFileErr
         what = f"cannot be read ({type(error).__name__}: {first_line})"
     else:
         what = f"is not a PyTorch file (it starts with {head!r})"
-    return CheckpointFileError(f"{option}: {path} {what}; expected {_EXPECTED}{hint}")
+    return CheckpointFileError(f"{option}: {path} {what}; expected {expected}{hint}")
 
 
-def read_checkpoint(path: str, option: str = "init_from") -> Any:
+def read_torch_file(path: str, option: str, expected: str) -> Any:
     """The object saved in the file at ``path``, loaded with ``torch.load(weights_only=True)`` on the CPU.
 
-    ``option`` names the setting the path came from, for the messages. A missing or empty file, a
-    file torch cannot read (truncated, random bytes, text) and a pickle of other objects raise
-    :class:`CheckpointFileError` naming the file and what was expected.
+    ``option`` names the setting the path came from and ``expected`` what it should hold, for the
+    messages. A missing or empty file, a file torch cannot read (truncated, random bytes, text) and a
+    pickle of other objects raise :class:`CheckpointFileError` naming the file and what was expected.
     """
     if not os.path.isfile(path):
         where = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
-        raise CheckpointFileError(f"{option}: {path} {where}; expected {_EXPECTED}")
+        raise CheckpointFileError(f"{option}: {path} {where}; expected {expected}")
     if os.path.getsize(path) == 0:
-        raise CheckpointFileError(f"{option}: {path} is empty (0 bytes); expected {_EXPECTED}")
+        raise CheckpointFileError(f"{option}: {path} is empty (0 bytes); expected {expected}")
     try:
         with warnings.catch_warnings():
             # a foreign pickle's protocol warning: the error below says what the file is
@@ -88,7 +89,12 @@ def read_checkpoint(path: str, option: str = "init_from") -> Any:
             # a zip (torch's format since 1.6) is memory-mapped: checking a large checkpoint reads little
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise _load_failure(path, option, e) from None
+        raise _load_failure(path, option, e, expected) from None
+
+
+def read_checkpoint(path: str, option: str = "init_from") -> Any:
+    """:func:`read_torch_file` of a checkpoint (a Lightning checkpoint or a state dict)."""
+    return read_torch_file(path, option, _EXPECTED)
 
 
 def _is_state_dict(obj: Any) -> bool:
