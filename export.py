@@ -1,6 +1,6 @@
 """Export the embedding model of a checkpoint to ONNX: ``images [B, 3, H, W] -> embedding [B, D]``.
 
-    python export.py --checkpoint runs/cama_synthetic/checkpoints/last.ckpt --config configs/cama_synthetic.yaml \\
+    python export.py --checkpoint runs/cama_synthetic/version_0/checkpoints/last.ckpt --config configs/cama_synthetic.yaml \\
         --output cama.onnx
 
 Works for every task's model (CAMA / IDE+BN, ProtoNet, RetrievalModel): what is exported is the

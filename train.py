@@ -32,6 +32,7 @@ import os
 import shlex
 import sys
 import traceback
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -41,12 +42,26 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.embedding_writer import EmbeddingWriter
 from callbacks.interrupt_checkpoint import InterruptCheckpoint
+from callbacks.non_finite import NonFiniteGuard
 from callbacks.tensorboard_summary import TensorBoardSummary
 from cama.errors import exit_on_input_error
-from cama.models.checkpoints import check_ckpt_path
+from callbacks.checkpoint_io import SafeCheckpointIO
+from cama.checkpoint_files import CheckpointFileError, describe_checkpoint, read_checkpoint
+from cama.runs import (
+    LIGHTNING_CKPT_PATH_VALUES,
+    CheckpointMismatchError,
+    RunLayout,
+    check_state_fits,
+    checkpoint_to_resume,
+    hparam_differences,
+    newest_resumable,
+    resume_problem,
+)
 
 #: exit status of a run stopped by each reason (128 + the signal number for the signals)
 EXIT_STATUS = {"SIGTERM": 143, "Ctrl-C": 130, "error": 1}
+#: model arguments linked from the data module (not compared with a checkpoint's hyper-parameters)
+LINKED_MODEL_ARGS = ("num_classes",)
 
 
 @rank_zero_only
@@ -65,7 +80,27 @@ def precision_for_device(precision: str | int | None, accelerator: str | None) -
     return precision
 
 
+def checkpoint_folders(trainer: pl.Trainer) -> list[str]:
+    """The folders the trainer's ``ModelCheckpoint`` callbacks will write to: their ``dirpath``, else
+    ``<log_dir>/checkpoints`` (Lightning's default: the logger's version folder)."""
+    return sorted(
+        {
+            str(cb.dirpath)
+            if cb.dirpath
+            else os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
+            for cb in trainer.checkpoint_callbacks
+        }
+    )
+
+
 class CLI(LightningCLI):
+    """The project's LightningCLI; ``interrupt`` is the run's :class:`InterruptCheckpoint` (``run``
+    reads what it saved)."""
+
+    def __init__(self, *args, interrupt: InterruptCheckpoint | None = None, **kwargs) -> None:
+        self.interrupt = interrupt or InterruptCheckpoint()
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.add_argument(
@@ -74,6 +109,13 @@ class CLI(LightningCLI):
             default=True,
             help="After fit, run the test loop on the best checkpoint (by the ModelCheckpoint monitor).",
         )
+        parser.add_argument(
+            "--validation_grace_s",
+            type=float,
+            default=60.0,
+            help="A SIGTERM during fit's validation waits this long for it to end, so the epoch keeps its score.",
+        )
+        parser.add_lightning_class_args(NonFiniteGuard, "non_finite")
 
     def scored_weights(self) -> str:
         """Which weights the last command ran on: the checkpoint it loaded, else the model's
@@ -91,15 +133,115 @@ class CLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
-        # before Lightning reads the checkpoint's hyper-parameters: a bad file stops here, named
         command = self.config.get("subcommand")
         if command:
-            check_ckpt_path(self.config[command].get("ckpt_path"), command)
+            # before Lightning reads the checkpoint's hyper-parameters into the configuration
+            self._choose_checkpoint(command, self.config[command])
             trainer = self.config[command]["trainer"]
             precision = precision_for_device(trainer.get("precision"), trainer.get("accelerator"))
             if precision != trainer.get("precision"):
-                _say(f"train.py: precision {trainer.get('precision')} needs a GPU; this run uses {precision} on the CPU")
+                _say(
+                    f"train.py: precision {trainer.get('precision')} needs a GPU; this run uses {precision} on the CPU"
+                )
                 trainer["precision"] = precision
+
+    def _choose_checkpoint(self, command: str, config) -> None:
+        """Resolve ``--ckpt_path last`` to the newest resumable checkpoint of this run, and check the
+        checkpoint against the run: a bad or foreign file stops here, named, before anything is written."""
+        ckpt_path = config.get("ckpt_path")
+        if (
+            not ckpt_path
+            or (ckpt_path in LIGHTNING_CKPT_PATH_VALUES and ckpt_path != "last")
+            or str(ckpt_path).startswith("registry")
+            or "://" in str(ckpt_path)
+        ):
+            return
+        layout = RunLayout.from_trainer_config(config["trainer"])
+        model = config.get("model")
+        class_path = model.get("class_path") if self.subclass_mode_model and model else None
+        option = f"{command} --ckpt_path"
+        if ckpt_path == "last":
+            if layout is None:
+                return  # a logger of unknown layout: Lightning resolves "last" itself
+            found, passed = checkpoint_to_resume(layout.folders(), class_path)
+            for problem in passed:
+                _say(f"train.py: --ckpt_path last passes over {problem}")
+            if found is None:
+                start = "from scratch" if command == "fit" else "with untrained weights"
+                folders = ", ".join(str(f) for f in layout.folders()) or f"{layout.root}/*/checkpoints"
+                _say(
+                    f"train.py: --ckpt_path last: no resumable checkpoint in {folders}; {command} starts {start}"
+                )
+                config["ckpt_path"] = None
+                return
+            ckpt_path = config["ckpt_path"] = str(found)
+        else:
+            problem = resume_problem(ckpt_path, class_path, option)
+            if problem:
+                good, _ = newest_resumable([Path(ckpt_path).parent], class_path)
+                offer = (
+                    f"; the newest good checkpoint beside it is {good}: --ckpt_path {good}" if good else ""
+                )
+                raise CheckpointFileError(problem + offer)
+        checkpoint = read_checkpoint(ckpt_path, option)
+        _say(f"train.py: {command} --ckpt_path {ckpt_path} ({describe_checkpoint(checkpoint)})")
+        given = model.get("init_args") if model else None
+        differences = hparam_differences(
+            checkpoint.get("hyper_parameters") or {}, given or {}, LINKED_MODEL_ARGS
+        )
+        if differences and command == "fit":
+            raise CheckpointMismatchError(
+                f"{option}: {ckpt_path} was trained with other model options than this run's: "
+                f"{'; '.join(differences)}. A resume continues the checkpoint's model and training as they "
+                "were (Lightning would use the checkpoint's values): drop these options, or start a new "
+                "run from its weights with --model.init_args.init_from PATH"
+            )
+        if differences:
+            _say(
+                f"train.py: {command} uses the checkpoint's model options, not this run's: {'; '.join(differences)}"
+            )
+        version = layout.version_of(ckpt_path) if layout is not None and command == "fit" else None
+        if version is not None and layout.version is None:  # the resumed run goes on in its own folder
+            logger = config["trainer"]["logger"]
+            logger = logger[0] if isinstance(logger, list) else logger
+            logger.init_args.version = version
+
+    def before_instantiate_classes(self) -> None:
+        config = (
+            self.config[self.subcommand] if self.subcommand else self.config
+        )  # (run=False: no subcommand)
+        self.interrupt.validation_grace_s = float(config["validation_grace_s"])
+
+    def _check_checkpoint_fits(self) -> None:
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and os.path.isfile(str(ckpt_path)):
+            option = f"{self.subcommand} --ckpt_path"
+            check_state_fits(read_checkpoint(str(ckpt_path), option), str(ckpt_path), self.model, option)
+
+    def before_fit(self) -> None:
+        self._check_checkpoint_fits()
+        ckpt_path = self.config["fit"].get("ckpt_path")
+        resumed = (
+            os.path.dirname(os.path.abspath(ckpt_path)) if ckpt_path and os.path.isfile(ckpt_path) else None
+        )
+        for folder in checkpoint_folders(self.trainer):
+            found = sorted(p.name for p in Path(folder).glob("*.ckpt")) if os.path.isdir(folder) else []
+            if found and os.path.abspath(folder) != resumed:
+                _say(
+                    f"train.py: WARNING: this fit writes its checkpoints into {folder}, which holds another run's "
+                    f"checkpoints ({', '.join(found[:4])}{' ...' if len(found) > 4 else ''}): they will be "
+                    "overwritten or mixed with this run's. Resume that run with --ckpt_path last, or give this "
+                    "one its own folder (leave --trainer.logger.init_args.version and ModelCheckpoint's dirpath unset)"
+                )
+
+    def before_validate(self) -> None:
+        self._check_checkpoint_fits()
+
+    def before_test(self) -> None:
+        self._check_checkpoint_fits()
+
+    def before_predict(self) -> None:
+        self._check_checkpoint_fits()
 
     def _write_metrics(self, command: str) -> None:
         metrics: dict[str, float | str] = {
@@ -147,6 +289,7 @@ class CLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, interrupt: InterruptCheckpoint | None = None) -> CLI:
+    interrupt = interrupt or InterruptCheckpoint()
     return CLI(
         pl.LightningModule,
         pl.LightningDataModule,
@@ -155,25 +298,30 @@ def main(args: list[str] | None = None, interrupt: InterruptCheckpoint | None = 
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "default_root_dir": "runs",
-            "callbacks": [interrupt or InterruptCheckpoint(), EmbeddingWriter(), TensorBoardSummary()],
+            "callbacks": [interrupt, EmbeddingWriter(), TensorBoardSummary()],
+            "plugins": [SafeCheckpointIO()],
         },
         args=args,
+        interrupt=interrupt,
     )
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command that resumes the run of ``argv`` (``train.py fit ...``) from its last checkpoint."""
+def resume_command(argv: list[str], version: str | None = None) -> str:
+    """The command that resumes the run of ``argv`` (``train.py fit ...``) from its last checkpoint:
+    ``--ckpt_path last`` within the logger's ``version`` folder when there is one."""
+    replaced = {"--ckpt_path", "--trainer.logger.init_args.version"}
     args, skip = [], False
     for arg in argv[1:]:
         if skip:
             skip = False
             continue
-        if arg == "--ckpt_path":
+        if arg in replaced:
             skip = True
             continue
-        if not arg.startswith("--ckpt_path="):
+        if arg.split("=", 1)[0] not in replaced:
             args.append(arg)
-    return shlex.join(["python", os.path.basename(argv[0]), *args, "--ckpt_path", "last"])
+    tail = ["--ckpt_path", "last"] + (["--trainer.logger.init_args.version", version] if version else [])
+    return shlex.join(["python", os.path.basename(argv[0]), *args, *tail])
 
 
 def run() -> int:
@@ -187,22 +335,35 @@ def run() -> int:
     except SIGTERMException:  # a SystemExit whose status would be 0
         status = EXIT_STATUS["SIGTERM"]
     except BaseException as exc:  # noqa: BLE001 - every way out of a fit is reported below
-        if interrupt.saved_path is None:
-            raise  # not a fit, or nothing was saved (e.g. a configuration error): the usual way out
+        if interrupt.reason is None or (interrupt.reason == "error" and interrupt.saved_path is None):
+            raise  # not a fit's stop, or an error with nothing saved: the usual way out
         if interrupt.reason == "error":
             traceback.print_exception(exc)
-        status = EXIT_STATUS[interrupt.reason or "error"]
+        status = EXIT_STATUS[interrupt.reason]
     finally:
         # leave the DDP process group before the interpreter exits: gloo's threads torn down at
         # exit can abort the process ("terminate called without an active exception")
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+    resume = resume_command(sys.argv, interrupt.run_version)
     if interrupt.saved_path is not None:
         epoch, step = interrupt.position or (0, 0)
+        unscored = (
+            f" (epoch {interrupt.unscored_epoch}'s validation was cut short: it has no score)"
+            if interrupt.unscored_epoch is not None
+            else ""
+        )
         _say(
             f"Stopped by {interrupt.reason} at epoch {epoch}, step {step}; checkpoint saved to "
-            f"{interrupt.saved_path}. Resume with: {resume_command(sys.argv)}"
+            f"{interrupt.saved_path}{unscored}. Resume with: {resume}"
         )
+    elif interrupt.reason is not None and interrupt.resumed_from:
+        _say(
+            f"Stopped by {interrupt.reason} before this fit took a step: nothing new to save; "
+            f"{interrupt.resumed_from} still holds the run. Resume with: {resume}"
+        )
+    elif interrupt.reason is not None:
+        _say(f"Stopped by {interrupt.reason} before this fit took a step: nothing to resume")
     elif status == EXIT_STATUS["SIGTERM"]:
         _say("Stopped by SIGTERM outside fit: nothing to resume")
     return status

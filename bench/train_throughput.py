@@ -99,7 +99,7 @@ def bare_step(model: pl.LightningModule, batch: dict[str, Any], steps: int, vari
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = forward(batch, 0)
+            loss = forward(batch, 0)["loss"]  # training_step returns the total and its terms
         loss.backward()
         optimizer.step()
 

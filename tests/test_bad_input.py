@@ -17,13 +17,9 @@ from torch import nn
 
 from cama.errors import InputError
 from cama.models import CAMA, ProtoNet, RetrievalModel
-from cama.models.checkpoints import (
-    CheckpointFileError,
-    InitFromMismatchError,
-    check_ckpt_path,
-    load_matching_weights,
-    read_checkpoint,
-)
+from cama.checkpoint_files import CheckpointFileError, read_checkpoint
+from cama.models.checkpoints import InitFromMismatchError, load_matching_weights
+from cama.runs import resume_problem
 from datamodules import FewShotDataModule, ReIDDataModule, RetrievalDataModule, write_reid_layout
 from datamodules.errors import UnreadableImageError
 from datamodules.image_check import check_split_images, find_unreadable_images
@@ -83,9 +79,7 @@ def test_project_checkpoint_reads_with_weights_only(lightning_ckpt):
     checkpoint = read_checkpoint(str(lightning_ckpt), "init_from")
     assert "hyper_parameters" in checkpoint and "optimizer_states" in checkpoint
     assert isinstance(checkpoint["state_dict"]["heads.0.classifier.weight"], torch.Tensor)
-    check_ckpt_path(str(lightning_ckpt), "validate")  # no error
-    for special in (None, "last", "best", "hpc"):  # Lightning resolves these ("last" may not exist yet)
-        check_ckpt_path(special, "fit")
+    assert resume_problem(str(lightning_ckpt), "cama.models.CAMA", "validate --ckpt_path") is None
 
 
 BAD_KINDS = ["truncated", "random", "text", "empty", "foreign", "pickle", "list", "missing"]
@@ -94,13 +88,10 @@ BAD_KINDS = ["truncated", "random", "text", "empty", "foreign", "pickle", "list"
 @pytest.mark.parametrize("kind", BAD_KINDS)
 def test_corrupt_or_foreign_checkpoint_names_the_file(lightning_ckpt, tmp_path, kind):
     path = _bad_files(tmp_path, lightning_ckpt).get(kind, tmp_path / "missing.ckpt")
-    with pytest.raises(CheckpointFileError) as err:
-        check_ckpt_path(str(path), "validate")
-    message = str(err.value)
-    assert str(path) in message and "--ckpt_path" in message
+    message = resume_problem(str(path), "cama.models.CAMA", "validate --ckpt_path")
+    assert message is not None and str(path) in message and "--ckpt_path" in message
     assert "weights_only=False" not in message and "weights_only` set to `False" not in message
     assert "Lightning checkpoint" in message
-    assert isinstance(err.value, InputError)
     with pytest.raises(CheckpointFileError, match="init_from") as err:
         load_matching_weights(nn.Linear(2, 2), str(path))
     assert str(path) in str(err.value)

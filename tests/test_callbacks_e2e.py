@@ -148,7 +148,7 @@ def test_event_file_holds_images_and_localization_scalars_of_every_validation_ep
 def test_two_processes_give_the_localization_numbers_of_one(fitted, tmp_path):
     expected = {k: v for k, v in metrics_json(fitted, "fit").items() if k.startswith("loc/")}
     assert len(expected) > 40
-    checkpoint = fitted / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt"
+    checkpoint = fitted / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last.ckpt"
     run_cli(
         tmp_path,
         "validate",
@@ -201,7 +201,7 @@ def test_hp_metric_is_the_monitored_value_of_the_best_epoch(fitted):
     hp_metric = accumulator.Scalars("hp_metric")
     assert -1.0 not in [event.value for event in hp_metric]  # no default_hp_metric
     assert hp_metric[-1].value == pytest.approx(max(monitored), abs=1e-6)
-    best = sorted((fitted / "runs" / "cama_synthetic" / "checkpoints").glob("best-*.ckpt"))
+    best = sorted((fitted / "runs" / "cama_synthetic" / "version_0" / "checkpoints").glob("best-*.ckpt"))
     assert len(best) == 1 and f"mAP{max(monitored):.4f}" in best[0].name
 
 

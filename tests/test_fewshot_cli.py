@@ -55,7 +55,7 @@ def test_fit_logs_episode_accuracy_with_interval_then_tests_best_checkpoint(tmp_
     for acc, episodes in ((fit["Val/acc"], 4), (test["test/acc"], 6)):
         right = acc * 15 * episodes
         assert right == pytest.approx(round(right), abs=1e-3) and 0 <= round(right) <= 15 * episodes
-    checkpoints = runs / "checkpoints"
+    checkpoints = runs / "version_0" / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file()
     assert any(p.name.startswith("best-epoch") for p in checkpoints.iterdir())
     assert list(runs.rglob("events.out.tfevents.*"))

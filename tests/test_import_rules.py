@@ -20,6 +20,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "cama/references.py": ("lightning", "cama.models", "cama.viz", "callbacks", "datamodules"),
     "cama/viz": ("lightning", "cama.models", "cama.metrics", "cama.references", "callbacks", "datamodules"),
     "cama/models": ("callbacks", "datamodules", "cama.viz"),
+    "cama/checkpoint_files.py": ("lightning", "cama.models", "callbacks", "datamodules"),
+    "cama/runs.py": ("cama.models", "cama.viz", "callbacks", "datamodules"),
     "callbacks": ("cama.models", "datamodules"),
     "datamodules": ("callbacks", "cama.models", "cama.metrics", "cama.viz", "cama.references", "cama.explain"),
 }

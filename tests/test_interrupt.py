@@ -71,8 +71,8 @@ def test_signal_mid_epoch_saves_a_checkpoint_and_the_printed_command_resumes(tmp
     assert stopped.returncode == status, stopped.stderr[-3000:]
     line = last_line(stopped)
     assert "--ckpt_path last" in line, line
-    ckpt = tmp_path / "runs" / "cama_synthetic" / "checkpoints" / "last-interrupted.ckpt"
-    assert str(ckpt) in line
+    ckpt = tmp_path / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last-interrupted.ckpt"
+    assert str(ckpt.relative_to(tmp_path)) in line
     # written after the signal: it holds the step the signal came at, mid-epoch (6 steps per epoch)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["global_step"] == 3 and state["epoch"] == 0
@@ -85,8 +85,8 @@ def test_signal_mid_epoch_saves_a_checkpoint_and_the_printed_command_resumes(tmp
     finished = run(tmp_path, *resume)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "Restoring states from the checkpoint path at" in finished.stdout + finished.stderr
-    assert str(ckpt) in finished.stdout + finished.stderr
-    final = torch.load(tmp_path / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt",
+    assert str(ckpt.relative_to(tmp_path)) in finished.stdout + finished.stderr
+    final = torch.load(tmp_path / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last.ckpt",
                        map_location="cpu", weights_only=False)
     assert final["epoch"] == 1
     assert not ckpt.exists()  # a fit that ends normally removes the interrupted checkpoint

@@ -114,4 +114,4 @@ def test_fit_and_test_end_to_end(tmp_path):
     assert (test["test/map@r"] > 0) == (test["test/recall@4"] > 0)
     saved = yaml.safe_load(next(run_dir.rglob("config.yaml")).read_text())
     assert saved["model"]["init_args"]["loss"] == {"name": "TripletMarginLoss", "margin": 0.1}
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "version_0" / "checkpoints" / "last.ckpt").is_file()

@@ -75,7 +75,7 @@ def test_fit_logs_ranking_metrics_and_checkpoints(uninterrupted):
     # and at least 1/rank of its first match: mINP <= mAP, and CMC never falls with the list length
     assert metrics["Val/mINP"] <= metrics["Val/mAP"] + 1e-6
     assert metrics["Val/rank1"] <= metrics["val/rank5"] <= metrics["val/rank10"]
-    checkpoints = workdir / "runs" / "cama_synthetic" / "checkpoints"
+    checkpoints = workdir / "runs" / "cama_synthetic" / "version_0" / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file()
     assert any(p.name.startswith("best-epoch") for p in checkpoints.iterdir())
     events = list((workdir / "runs" / "cama_synthetic").rglob("events.out.tfevents.*"))
@@ -88,14 +88,14 @@ def test_resume_from_last_matches_uninterrupted_run(uninterrupted, tmp_path):
     resumed = fit(tmp_path, 2, "--ckpt_path", "last")
     for key in ("Val/mAP", "Val/rank1", "train/loss", "val/mAP_branches_1"):
         assert resumed[key] == pytest.approx(expected[key], abs=1e-5), key
-    ckpt = torch.load(tmp_path / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2 * 3 and ckpt["lr_schedulers"][0]["last_epoch"] == 2
     assert ckpt["optimizer_states"][0]["state"], "optimizer state is restored and saved again"
 
 
 def test_validate_same_metrics_with_one_process_lightning_ddp_and_torchrun(uninterrupted, tmp_path):
     workdir, _ = uninterrupted
-    ckpt = str(workdir / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt")
+    ckpt = str(workdir / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last.ckpt")
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     results = {}
     for name, devices, strategy, launcher in (
@@ -123,7 +123,7 @@ def test_validate_same_metrics_with_one_process_lightning_ddp_and_torchrun(unint
 
 def test_fine_tune_from_checkpoint_with_other_number_of_identities(uninterrupted, tmp_path):
     workdir, _ = uninterrupted
-    ckpt = workdir / "runs" / "cama_synthetic" / "checkpoints" / "last.ckpt"
+    ckpt = workdir / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last.ckpt"
     result = run_cli(tmp_path, "fit", "--config", str(CONFIG), *TINY, "--trainer.max_epochs", "1",
                      "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
                      "--test_after_fit", "false",

@@ -168,11 +168,11 @@ class CAMA(pl.LightningModule):
             losses["loss"] = losses["id_loss"]
         return losses
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         losses = self.compute_losses(batch["image"], batch["pid"])
         self.log("train/loss", losses["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False)
-        return losses["loss"]
+        return losses  # the total ("loss") and its terms (callbacks.non_finite names them)
 
     # ------------------------------------------------------------------ evaluation
     def _update_metric(self, metric: ReIDRankMetric, batch: dict[str, Tensor]) -> EvaluationOutputs:

@@ -144,12 +144,12 @@ class ImageClassifier(pl.LightningModule):
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         logits = self(batch["image"])
         loss = self._loss(logits, batch["label"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", (logits.argmax(1) == batch["label"]).float().mean())
-        return loss
+        return {"loss": loss}
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: dict[str, Tensor], acc: MeanMetric, loss: MeanMetric) -> None:

@@ -265,13 +265,13 @@ class ProtoNet(pl.LightningModule):
             losses["loss"] = episode_loss
         return losses
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         losses = self.compute_losses(batch)
         self.log("train/loss", losses["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"}, prog_bar=False)
         if isinstance(self.scale, nn.Parameter):
             self.log("train/scale", self.scale.detach())
-        return losses["loss"]
+        return losses  # the total ("loss") and its terms (callbacks.non_finite names them)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_embeddings(self, batch: dict[str, Tensor]) -> tuple[Tensor, EvaluationOutputs]:

@@ -246,14 +246,14 @@ class RetrievalModel(pl.LightningModule):
             out["mined"] = torch.tensor(float(_mined_count(indices_tuple)), device=loss.device)
         return out
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         losses = self.compute_losses(batch["image"], batch["label"])
         self.log("train/loss", losses["loss"], prog_bar=True)
         if "mined" in losses:
             self.log("train/mined_tuples", losses["mined"])
         if self.gem_p is not None:
             self.log("train/gem_p", self.gem_p.detach())
-        return losses["loss"]
+        return losses  # the total ("loss") and its terms (callbacks.non_finite names them)
 
     # ------------------------------------------------------------------ evaluation
     def _log_metric(self, metric: RetrievalMetric, prefix: str) -> None:
