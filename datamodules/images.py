@@ -1,7 +1,8 @@
 """What every data module does to an image: decode it, augment it under a per-item seed, normalise it.
 
 * :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`: the normalisation of every network input;
-* :func:`load_image`: a file to uint8 RGB ``[3, H, W]``, :class:`UnreadableImageError` naming the file;
+* :func:`load_image`: a file of any bit depth and colour mode to uint8 RGB ``[3, H, W]`` (alpha
+  composited over the mean colour), :class:`UnreadableImageError` naming the file;
 * :func:`normalize_images` / :class:`NormalizeImage` and their inverse :func:`denormalize_images`;
 * :class:`SeededTransformDataset`: a base dataset's items through a (random) transform that runs
   under a torch RNG seeded per item, relabelled, with the ``box`` / ``mask`` ground truth
@@ -46,17 +47,113 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
+_JPEG = b"\xff\xd8"
+_PNG = b"\x89PNG\r\n\x1a\n"
+_PNG_ALPHA_TYPES = (4, 6)  # gray + alpha, RGBA (IHDR colour types)
+_PNG_PALETTE = 3
+#: PIL's modes of 16-bit gray files (``I``: PIL opens some 16-bit files as 32-bit integers)
+_PIL_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_PIL_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
 def load_image(path: str) -> torch.Tensor:
-    """Decode an image file to uint8 RGB [3, H, W]; :class:`UnreadableImageError` names the file."""
+    """Decode an image file to uint8 RGB ``[3, H, W]``, whatever its bit depth and colour mode;
+    :class:`UnreadableImageError` names the file.
+
+    What each kind of file becomes:
+
+    * JPEG (RGB, gray, CMYK / YCCK): RGB, decoded by torchvision in one pass (the training path);
+    * gray: its value in the three channels; palette: its colours;
+    * 16 bits per channel (PNG gray or RGB, with or without alpha): the top 8 bits (``v >> 8``, as
+      ``torchvision.transforms.v2.functional.to_dtype(scale=True)``: an 8-bit value ``k`` stored as
+      ``257 k`` comes back as ``k``);
+    * alpha (RGBA, gray + alpha, a palette PNG's transparent entries, WebP alpha): composited over the
+      ImageNet mean colour :data:`IMAGENET_MEAN` (the colour that normalises to a zero network input,
+      so transparent pixels carry no information), ``round(a * rgb + (1 - a) * 255 * mean)`` with
+      ``a = alpha / alpha_max``; an alpha channel that is opaque everywhere costs no more;
+    * a gray or RGB PNG's single transparent colour (a ``tRNS`` colour key) is ignored, as torchvision
+      ignores it;
+    * formats torchvision cannot decode (some BMP, TIFF, ...): PIL, by the same rules: its 16-bit gray
+      modes (``I;16``, ``I;16B``, ``I``; values above 65535 saturate) keep their top 8 bits, its alpha
+      modes and transparency are composited over the mean colour, every other mode is converted to
+      RGB by PIL.
+    """
     try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        return _decoded(read_file(path))
     except Exception as e:  # noqa: BLE001 - torchvision raises RuntimeError / ValueError / OSError
         try:  # formats torchvision cannot decode (e.g. some BMP variants)
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB")).copy()
-            return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+            return _pil_decoded(path)
         except Exception:  # noqa: BLE001
             raise UnreadableImageError(f"cannot read image {path}: {e}") from e
+
+
+def _decoded(data: torch.Tensor) -> torch.Tensor:
+    """torchvision's decoding of the file bytes ``data``: a JPEG straight to RGB, a file with an alpha
+    channel (or a palette with transparent entries) with it, composited; 16-bit values to 8 bits."""
+    head = data[:2].numpy().tobytes()
+    if head == _JPEG or not _has_alpha(memoryview(data.numpy())):
+        return _to_uint8(decode_image(data, mode=ImageReadMode.RGB))
+    image = decode_image(data, mode=ImageReadMode.RGB_ALPHA)
+    return _over_mean_colour(image[:3], image[3])
+
+
+def _has_alpha(data: memoryview) -> bool:
+    """Whether the file bytes ``data`` decode with an alpha channel: a PNG of colour type gray + alpha
+    or RGBA, a palette PNG with a ``tRNS`` chunk (torchvision's RGBA decoding of a palette without one
+    is wrong), any WebP. Other formats (GIF, ...) decode as RGB."""
+    if data[:8] == _PNG and len(data) > 25:
+        colour_type = data[25]
+        palette_alpha = colour_type == _PNG_PALETTE and _png_has_chunk(data, b"tRNS")
+        return colour_type in _PNG_ALPHA_TYPES or palette_alpha
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+def _png_has_chunk(data: memoryview, kind: bytes) -> bool:
+    """Whether the PNG bytes ``data`` hold a chunk ``kind`` before their image data (``IDAT``)."""
+    pos = 8
+    while pos + 8 <= len(data):
+        found = data[pos + 4 : pos + 8]
+        if found == kind:
+            return True
+        if found == b"IDAT":
+            return False
+        pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
+    return False
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """uint8 as is; uint16 (16-bit files) and int32 (PIL's ``I``, clamped to 16 bits) by their top 8 bits."""
+    if image.dtype == torch.uint8:
+        return image
+    if image.dtype != torch.uint16:
+        image = image.clamp(0, 65535).to(torch.uint16)
+    return v2.functional.to_dtype(image, torch.uint8, scale=True)
+
+
+def _over_mean_colour(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[3, H, W]``: the integer ``rgb`` composited with its ``alpha`` ``[H, W]`` (same dtype)
+    over the ImageNet mean colour; ``rgb`` itself when every pixel is opaque."""
+    rgb = _to_uint8(rgb)
+    full = torch.iinfo(alpha.dtype).max
+    if bool((alpha == full).all()):
+        return rgb
+    a = alpha.float().div_(full)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255.0
+    return (rgb.float() * a + mean * (1.0 - a)).round_().to(torch.uint8)
+
+
+def _pil_decoded(path: str) -> torch.Tensor:
+    """PIL's decoding of ``path``, by the rules of :func:`load_image`."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in _PIL_WIDE_MODES:
+            gray = _to_uint8(torch.from_numpy(np.array(im, dtype=np.int32)))
+            return gray.expand(3, *gray.shape).contiguous()
+        if im.mode in _PIL_ALPHA_MODES or "transparency" in im.info:
+            rgba = torch.from_numpy(np.asarray(im.convert("RGBA")).copy()).permute(2, 0, 1)
+            return _over_mean_colour(rgba[:3], rgba[3]).contiguous()
+        arr = np.asarray(im.convert("RGB")).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def _channels(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
