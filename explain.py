@@ -21,7 +21,12 @@ Few-shot (a model with ``episode_references``, e.g. ProtoNet)::
 For every episode and method: ``<output>/<episode>_<method>.png``, as the training callback draws it
 (query | first support of the predicted class | map on the query | map on the support), and
 ``predictions.json``. The maps, references and pictures are the callbacks' (:mod:`cama.viz`,
-:mod:`cama.references`).
+:mod:`cama.references`). ``rankings.json`` / ``predictions.json`` are rewritten after each query /
+episode, so a failure later loses nothing already explained.
+
+Image files (``--query``, ``--gallery``, ``--support``) are decoded once before any work, whatever
+their bit depth or colour mode (:func:`datamodules.images.load_image`); an unreadable one is named on
+stderr (``explain.py: skipped <file>: <why>``) and left out, and the others are explained.
 
 The model class comes from ``--model_class``, else the config's ``model.class_path``, else
 ``cama.models.CAMA``, and is loaded with its ``load_from_checkpoint``. With ``--config`` the data
@@ -41,10 +46,12 @@ from typing import Any
 import torch
 import yaml
 
+from cama.errors import exit_on_input_error
+from cama.models.checkpoints import read_checkpoint
 from cama.protocols import EpisodeTask, RankingTask
 from cama.references import choose_probes
 from cama.viz import METHODS, Explainer, check_methods
-from explaining.common import ExplainError, image_files
+from explaining.common import ExplainError, image_files, readable_images
 from explaining.episodes import datamodule_episodes, explain_episodes, folder_episode
 from explaining.ranking import DatasetRanking, FileRanking, explain_rankings
 
@@ -190,9 +197,11 @@ def load_model(
 
 
 def checkpoint_image_size(checkpoint: str | Path, default: tuple[int, int] = (256, 128)) -> tuple[int, int]:
-    """The input size the checkpoint's data module used (its ``image_size``), else ``default``."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    size = (state.get("datamodule_hyper_parameters") or {}).get("image_size")
+    """The input size the checkpoint's data module used (its ``image_size``), else ``default``; the file
+    is read with ``weights_only=True`` (:func:`cama.models.checkpoints.read_checkpoint`)."""
+    state = read_checkpoint(str(checkpoint), "--checkpoint")
+    hyper_parameters = state.get("datamodule_hyper_parameters") if isinstance(state, dict) else None
+    size = (hyper_parameters or {}).get("image_size")
     return (int(size[0]), int(size[1])) if size else default
 
 
@@ -232,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         class_names = None
         if files:
             size = image_size or checkpoint_image_size(args.checkpoint, (84, 84))
-            batch, shows, class_names = folder_episode(args.support or "", args.query, size)
+            batch, shows, class_names = folder_episode(args.support or "", args.query, size, progress)
             episodes: Any = [("files", batch)]
         else:
             episodes, shows = datamodule_episodes(datamodule, args.episodes), datamodule
@@ -241,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         )
     elif files:  # re-ID / retrieval on image files
         size = image_size or checkpoint_image_size(args.checkpoint)
-        data: Any = FileRanking(image_files(args.query, "query"), image_files(args.gallery or [], "gallery"), size)
+        found = readable_images({"query": image_files(args.query, "query"),
+                                 "gallery": image_files(args.gallery or [], "gallery")}, progress)
+        data: Any = FileRanking(found["query"], found["gallery"], size)
         explainer = Explainer(model, args.gradient_layers, args.truncation)
         written = explain_rankings(data, list(range(len(data.files) - len(data.gallery))), explainer, methods,
                                    output, args.top_k, args.batch_size, rerank=args.rerank, **drawing)
@@ -265,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
 if __name__ == "__main__":
     try:
-        main()
+        with exit_on_input_error("explain.py"):  # e.g. a file that became unreadable after the check
+            main()
     except ExplainError as err:
         print(err.code, file=sys.stderr)
         sys.exit(2)

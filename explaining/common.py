@@ -1,20 +1,32 @@
-"""What every flow of ``explain.py`` shares: its error, image files, PNG output."""
+"""What every flow of ``explain.py`` shares: its error, image files (checked once up front),
+PNG output, a JSON file rewritten as the work goes on."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torchvision.io import write_png
+from tqdm import tqdm
 
+from datamodules.errors import UnreadableImageError
+from datamodules.image_check import image_file_problem
 from datamodules.images import (
     IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, denormalize_images, load_image, resized_and_normalized,
 )
 
-__all__ = ["ExplainError", "MARKET_NAME", "image_files", "FileImages", "write_picture"]
+__all__ = [
+    "ExplainError", "MARKET_NAME", "image_files", "image_problem", "readable_images", "FileImages",
+    "write_picture", "write_json",
+]
 
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
@@ -45,6 +57,50 @@ def image_files(paths: Sequence[str], what: str) -> list[Path]:
     return files
 
 
+def image_problem(path: Path) -> str | None:
+    """Why the image file ``path`` cannot be explained (one line), or ``None`` when it decodes in full
+    with :func:`~datamodules.images.load_image`.
+
+    A PNG is decoded with PIL first: torchvision 0.29 ends the whole process (a segmentation fault,
+    not an exception) on PNG pixel data that libpng rejects (a flipped byte, a data stream cut short),
+    where PIL raises (all but a compressed stream that is whole but holds too few rows). The reason is the cheap check's (:func:`~datamodules.image_check.image_file_problem`:
+    empty, truncated, not an image) when it sees one, else the decoder's message.
+    """
+    try:
+        with open(path, "rb") as f:
+            png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+        if png:
+            with Image.open(path) as image:
+                image.load()
+        load_image(str(path))
+        return None
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        cause = err.__cause__ if isinstance(err, UnreadableImageError) and err.__cause__ else err
+        lines = str(cause).strip().splitlines() or [type(cause).__name__]
+        return image_file_problem(str(path)) or lines[-1]
+
+
+def readable_images(groups: Mapping[str, Sequence[Path]], progress: bool) -> dict[str, list[Path]]:
+    """The files of each group (``{"query": [...], "gallery": [...]}``) that decode, in their order.
+
+    Every file is checked once (:func:`image_problem`, a full decode; a file in two groups once),
+    under a progress bar "checking images" unless ``progress`` is false. Each unreadable one is
+    reported on stderr, ``explain.py: skipped <file>: <why>``, and left out, so one bad file costs its
+    own explanation only; a group left with no file is an :class:`ExplainError`.
+    """
+    problems: dict[Path, str | None] = {}
+    unique = list(dict.fromkeys(p for files in groups.values() for p in files))
+    for path in tqdm(unique, desc="checking images", disable=not progress, unit="file"):
+        problems[path] = image_problem(path)
+        if problems[path] is not None:
+            tqdm.write(f"explain.py: skipped {path}: {problems[path]}", file=sys.stderr)
+    readable = {what: [p for p in files if problems[p] is None] for what, files in groups.items()}
+    for what, files in readable.items():
+        if not files:
+            raise ExplainError(f"no readable {what} image ({len(groups[what])} given, each skipped above)")
+    return readable
+
+
 class FileImages:
     """Image files as network inputs: resized to ``image_size``, normalised with the ImageNet
     statistics every data module of the project uses; ``denormalize`` shows them again
@@ -69,3 +125,15 @@ def write_picture(picture: Tensor, output: Path, name: str, method: str) -> Path
     path = output / f"{name}_{method.replace('+', 'p')}.png"
     write_png(picture.cpu(), str(path))
     return path
+
+
+def write_json(data: Any, path: Path) -> None:
+    """Write ``data`` as JSON to ``path`` atomically: into a temporary file of the same folder, then
+    ``os.replace``d, so the file is always whole (the last version) even if the command dies."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

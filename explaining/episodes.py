@@ -14,7 +14,6 @@ The same maps and pictures as :class:`callbacks.fewshot_explanations.FewShotExpl
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,9 @@ from tqdm import tqdm
 
 from cama.viz import Explainer, picture_title, to_uint8
 from cama.viz.episodes import FEW_SHOT_METHODS, episode_grid, episode_maps, probe_rows, support_maps
-from explaining.common import ExplainError, FileImages, image_files, write_picture
+from explaining.common import (
+    ExplainError, FileImages, image_files, readable_images, write_json, write_picture,
+)
 
 __all__ = ["datamodule_episodes", "folder_episode", "explain_episodes"]
 
@@ -37,9 +38,13 @@ def datamodule_episodes(datamodule: Any, count: int) -> Iterable[tuple[str, dict
         yield f"episode{e:03d}", batch
 
 
-def folder_episode(support_root: str, queries: Sequence[str], image_size: Sequence[int]) -> tuple[dict[str, Tensor], FileImages, list[str]]:
+def folder_episode(
+    support_root: str, queries: Sequence[str], image_size: Sequence[int], progress: bool = False
+) -> tuple[dict[str, Tensor], FileImages, list[str]]:
     """One episode from files: ``support_root/<class>/*`` and the query files (see the module doc).
 
+    Every file is checked first (:func:`~explaining.common.readable_images`): an unreadable one is
+    reported and left out, and the classes must still have the same number of supports.
     Returns the batch (``image``, ``episode_labels``, ``is_query``, ``target``: the queries' class or
     -1), the images (to show them) and the class names.
     """
@@ -47,14 +52,16 @@ def folder_episode(support_root: str, queries: Sequence[str], image_size: Sequen
     classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if len(classes) < 2:
         raise ExplainError(f"--support {root} must hold one folder per class (at least 2), each with its support images")
-    supports = [image_files([str(c)], f"support class {c.name}") for c in classes]
+    groups = {f"support class {c.name}": image_files([str(c)], f"support class {c.name}") for c in classes}
+    groups = readable_images({**groups, "query": image_files(queries, "query")}, progress)
+    query_files = groups.pop("query")
+    supports = list(groups.values())
     shots = {len(s) for s in supports}
     if len(shots) != 1:
         raise ExplainError(
             f"every support class needs the same number of images, got "
             f"{ {c.name: len(s) for c, s in zip(classes, supports)} } in {root}"
         )
-    query_files = image_files(queries, "query")
     names = [c.name for c in classes]
     files = [f for s in supports for f in s] + query_files
     images = FileImages(files, image_size)
@@ -75,7 +82,8 @@ def explain_episodes(
     output: Path, num_queries: int, device: torch.device, progress: bool, alpha: float, colormap: str,
     class_names: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write ``<output>/<episode>_<method>.png`` per episode and method, and ``predictions.json``;
+    """Write ``<output>/<episode>_<method>.png`` per episode and method, and ``predictions.json``,
+    rewritten (atomically) after each episode, so a failure later keeps the episodes already explained;
     ``class_names`` (a folder episode's) are drawn under the images instead of ``class <c>``."""
     unsupported = [m for m in methods if m not in FEW_SHOT_METHODS]
     if unsupported:
@@ -110,6 +118,7 @@ def explain_episodes(
             {"query": int(q), "predicted": int(p), "truth": int(t) if t >= 0 else None}
             for q, p, t in zip(refs.query_index.tolist(), refs.prediction.tolist(), target.tolist())
         ]
-    with open(output / "predictions.json", "w") as f:
-        json.dump(predictions, f, indent=2)
+        write_json(predictions, output / "predictions.json")
+    if not predictions:
+        write_json(predictions, output / "predictions.json")
     return written

@@ -13,7 +13,6 @@ the map is against the query (RAM ``R_g^q``). Two sources of images:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
 from cama.metrics.rerank import re_ranked_distances
 from cama.viz import Explainer, picture_title, ranking_figure, to_uint8
-from explaining.common import MARKET_NAME, FileImages, write_picture
+from explaining.common import MARKET_NAME, FileImages, write_json, write_picture
 
 __all__ = ["DatasetRanking", "FileRanking", "explain_rankings"]
 
@@ -130,7 +129,8 @@ def explain_rankings(
     output: Path, top: int, batch_size: int, device: torch.device, progress: bool, alpha: float, colormap: str,
     rerank: bool = False,
 ) -> list[Path]:
-    """Write ``<output>/<query>_<method>.png`` for every query and method, and ``rankings.json``;
+    """Write ``<output>/<query>_<method>.png`` for every query and method, and ``rankings.json``,
+    rewritten (atomically) after each query, so a failure later keeps the lists already explained;
     ``rerank`` ranks by k-reciprocal re-ranked distances (:func:`cama.metrics.rerank.re_ranking`)."""
     embeddings = _embed(explainer, data, data.gallery, batch_size, device, progress)
     reranked = _reranked(explainer, data, queries, embeddings, batch_size, device, progress) if rerank else None
@@ -147,10 +147,6 @@ def explain_rankings(
         query_picture = to_uint8(query.images, data.shows)[0]
         listed_pictures = to_uint8(listed.images, data.shows)
         name = data.name(index)
-        rankings[name] = [
-            {"gallery": data.name(g), "match": bool(flags[j]) if flags is not None else None}
-            for j, g in enumerate(found)
-        ]
         frames = torch.tensor(flags) if flags is not None else None
         if distances is not None:  # the re-ranked distances the list is ordered by
             listed_distances = distances[0, [data.gallery.index(g) for g in found]]
@@ -167,6 +163,11 @@ def explain_rankings(
                 gallery_labels=gallery_labels, distances=listed_distances,
             )
             written.append(write_picture(picture, output, name, method))
-    with open(output / "rankings.json", "w") as f:
-        json.dump(rankings, f, indent=2)
+        rankings[name] = [
+            {"gallery": data.name(g), "match": bool(flags[j]) if flags is not None else None}
+            for j, g in enumerate(found)
+        ]
+        write_json(rankings, output / "rankings.json")
+    if not rankings:
+        write_json(rankings, output / "rankings.json")
     return written

@@ -1,11 +1,14 @@
-"""``explain.py``: ranking lists with maps per branch as PNGs, from a data module or image folders."""
+"""``explain.py``: ranking lists with maps per branch as PNGs, from a data module or image folders; image
+files of any bit depth, unreadable ones skipped, the JSON kept up to date."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import lightning
+import numpy as np
 import pytest
 import torch
 from torchvision.io import decode_png, read_file, write_png
@@ -13,6 +16,7 @@ from torchvision.io import decode_png, read_file, write_png
 import explain
 from cama.models import CAMA
 from datamodules import write_reid_layout
+from tests.test_images import write_png16
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "cama_synthetic.yaml"
@@ -277,3 +281,112 @@ def test_rerank_orders_each_list_by_the_re_ranked_distances(checkpoint, tmp_path
     for row, query in enumerate(queries):
         order = torch.sort(distances[row].masked_fill(excluded[row], float("inf")), stable=True).indices[:5]
         assert [e["gallery"] for e in listed[query.stem]] == [gallery[int(i)].stem for i in order]
+
+
+# -- image files of any kind, unreadable ones -----------------------------------------------------
+
+
+def _gallery(folder: Path, count: int = 4) -> Path:
+    folder.mkdir(parents=True)
+    torch.manual_seed(1)
+    for i in range(count):
+        write_png(torch.randint(0, 256, (3, 40, 20), dtype=torch.uint8), str(folder / f"g{i}.png"))
+    return folder
+
+
+def _explain_files(checkpoint: Path, queries: list[Path], gallery: Path, out: Path) -> list[Path]:
+    return explain.main(["--checkpoint", str(checkpoint), "--query", *map(str, queries), "--gallery",
+                         str(gallery), "--methods", "ram", "--top_k", "4", "--output", str(out),
+                         "--no_progress"])
+
+
+def test_a_16_bit_png_query_is_explained_like_its_8_bit_copy(checkpoint, tmp_path):
+    gallery = _gallery(tmp_path / "gallery")
+    pixels = torch.randint(0, 256, (3, 40, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    (tmp_path / "8").mkdir()
+    (tmp_path / "16").mkdir()
+    write_png(pixels, str(tmp_path / "8" / "q.png"))
+    write_png16(tmp_path / "16" / "q.png", pixels.permute(1, 2, 0).numpy().astype(np.uint16) * 257)
+    eight = _explain_files(checkpoint, [tmp_path / "8" / "q.png"], gallery, tmp_path / "out8")
+    wide = _explain_files(checkpoint, [tmp_path / "16" / "q.png"], gallery, tmp_path / "out16")
+    assert json.loads((tmp_path / "out16" / "rankings.json").read_text()) == json.loads(
+        (tmp_path / "out8" / "rankings.json").read_text())
+    # the same picture: the query drawn as itself, the same maps, ranking and distances
+    assert torch.equal(decode_png(read_file(str(wide[0]))), decode_png(read_file(str(eight[0]))))
+
+
+def test_an_unreadable_query_is_named_and_skipped_and_the_others_are_explained(checkpoint, tmp_path, capsys):
+    gallery = _gallery(tmp_path / "gallery")
+    queries = [tmp_path / "q0.png", tmp_path / "bad.png", tmp_path / "q2.png"]
+    for i, query in enumerate(queries):
+        write_png(torch.full((3, 40, 20), 40 * i, dtype=torch.uint8), str(query))
+    queries[1].write_bytes(queries[1].read_bytes()[:-30])  # cut short
+    written = _explain_files(checkpoint, queries, gallery, tmp_path / "out")
+    assert [p.name for p in written] == ["q0_ram.png", "q2_ram.png"] and all(p.is_file() for p in written)
+    assert sorted(json.loads((tmp_path / "out" / "rankings.json").read_text())) == ["q0", "q2"]
+    skipped = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
+    assert skipped == [f"explain.py: skipped {queries[1]}: truncated PNG (no IEND chunk at the end)"]
+    with pytest.raises(SystemExit, match="no readable query image"):  # nothing left to explain
+        _explain_files(checkpoint, [queries[1]], gallery, tmp_path / "none")
+
+
+def test_rankings_json_keeps_the_queries_explained_before_a_failure(checkpoint, tmp_path, monkeypatch):
+    import explaining.ranking
+
+    gallery = _gallery(tmp_path / "gallery")
+    queries = [gallery / "g0.png", gallery / "g1.png", gallery / "g2.png"]
+    pictures = []
+
+    def second_fails(picture, output, name, method):
+        if pictures:
+            raise RuntimeError("disk full")
+        pictures.append(name)
+        return output / name
+
+    monkeypatch.setattr(explaining.ranking, "write_picture", second_fails)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _explain_files(checkpoint, queries, gallery, tmp_path / "out")
+    rankings = json.loads((tmp_path / "out" / "rankings.json").read_text())
+    assert list(rankings) == ["g0"] and len(rankings["g0"]) == 3  # the gallery less the query itself
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["rankings.json"]  # no temporary file left
+
+
+def test_few_shot_files_skip_an_unreadable_query(tmp_path, capsys):
+    from cama.models import ProtoNet
+
+    torch.manual_seed(0)
+    checkpoint = _save(ProtoNet(num_classes=5), tmp_path / "protonet.ckpt", (32, 32))
+    for c, name in enumerate(("cat", "dog")):
+        (tmp_path / "support" / name).mkdir(parents=True)
+        image = torch.full((3, 40, 40), 60 * c, dtype=torch.uint8)
+        write_png(image, str(tmp_path / "support" / name / "0.png"))
+    (tmp_path / "q").mkdir()
+    write_png(torch.full((3, 40, 40), 70, dtype=torch.uint8), str(tmp_path / "q" / "a.png"))
+    (tmp_path / "q" / "b.png").write_text("<html>404</html>")
+    explain.main(["--checkpoint", str(checkpoint), "--model_class", "cama.models.ProtoNet", "--support",
+                  str(tmp_path / "support"), "--query", str(tmp_path / "q"), "--methods", "fam", "--output",
+                  str(tmp_path / "out"), "--no_progress"])
+    assert f"explain.py: skipped {tmp_path / 'q' / 'b.png'}: not a JPEG, PNG" in capsys.readouterr().err
+    (episode,) = json.loads((tmp_path / "out" / "predictions.json").read_text()).values()
+    assert [row["query"] for row in episode] == [2]  # one query, after the 2 supports
+
+
+def test_a_png_with_damaged_pixel_data_is_skipped_not_a_crash(checkpoint, tmp_path):
+    """torchvision's PNG decoder ends the process on pixel data libpng rejects: the command must not."""
+    import subprocess
+    import sys
+
+    gallery = _gallery(tmp_path / "gallery")
+    damaged = tmp_path / "damaged.png"
+    data = bytearray((gallery / "g1.png").read_bytes())
+    data[60:90] = b"x" * 30  # inside the image data: the size, the header and the IEND chunk are intact
+    damaged.write_bytes(bytes(data))
+    command = [sys.executable, "explain.py", "--checkpoint", str(checkpoint), "--query", str(damaged),
+               str(gallery / "g0.png"), "--gallery", str(gallery), "--methods", "ram", "--top_k", "2",
+               "--output", str(tmp_path / "out"), "--no_progress"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "checking images" not in result.stderr  # --no_progress
+    assert f"explain.py: skipped {damaged}: broken data stream" in result.stderr
+    assert sorted(json.loads((tmp_path / "out" / "rankings.json").read_text())) == ["g0"]
