@@ -9,9 +9,12 @@ generated data).
 
 The format (``torch.load`` it): a dict of tensors with one row per sample, one sample per
 (``is_query``, ``index``) -- the samples that ``DistributedSampler`` repeats to pad the last batch
-are dropped -- ordered by dataset index, plus ``"format": "cama-predictions-1"``. Under DDP every
-process writes its share, and rank zero merges the shares into the one file.
-``python evaluate.py <file>`` scores it without the model.
+are dropped -- ordered by dataset index, plus ``"format": "cama-predictions-2"`` and ``"task"``, what
+the rows are: ``"few-shot"`` (the model classifies episodes, :class:`cama.protocols.EpisodeTask`;
+rows ``embedding``/``label``/``index``), else ``"re-id"`` (the rows have ``pid``), else
+``"classification"`` (they have ``logits``), else ``"retrieval"``. (``cama-predictions-1`` files had no
+``task``.) Under DDP every process writes its share, and rank zero merges the shares into the one
+file. ``python evaluate.py <file>`` scores re-ID and retrieval files without the model.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from cama.metrics.ranking import first_per_index
+from cama.protocols import EpisodeTask
 
-__all__ = ["EmbeddingWriter", "FORMAT", "merge_predictions"]
+__all__ = ["EmbeddingWriter", "FORMAT", "merge_predictions", "predictions_task"]
 
-FORMAT = "cama-predictions-1"
+FORMAT = "cama-predictions-2"
 
 
 def _flatten(predictions: Any) -> list[Mapping[str, Any]]:
@@ -54,6 +58,13 @@ def merge_predictions(tables: Sequence[Mapping[str, Tensor]]) -> dict[str, Any]:
     return {**merged, "format": FORMAT}
 
 
+def predictions_task(model: Any, table: Mapping[str, Any]) -> str:
+    """The ``task`` of a predictions file (see the module docstring) from the model and the table's keys."""
+    if isinstance(model, EpisodeTask):
+        return "few-shot"
+    return "re-id" if "pid" in table else "classification" if "logits" in table else "retrieval"
+
+
 class EmbeddingWriter(BasePredictionWriter):
     """Write the predict loop's outputs to ``<log_dir>/<folder>/predictions.pt``.
 
@@ -69,8 +80,10 @@ class EmbeddingWriter(BasePredictionWriter):
         self.last_path: Path | None = None
 
     @staticmethod
-    def _with_paths(table: dict[str, Any], trainer: pl.Trainer) -> dict[str, Any]:
-        """Add the image file of each row, from the predict dataset's ``paths`` when it has them."""
+    def _completed(table: dict[str, Any], trainer: pl.Trainer, model: pl.LightningModule) -> dict[str, Any]:
+        """Add the ``task`` and the image file of each row, from the predict dataset's ``paths`` when it
+        has them."""
+        table["task"] = predictions_task(model, table)
         loaders = trainer.predict_dataloaders
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         paths = getattr(getattr(loader, "dataset", None), "paths", None)
@@ -92,11 +105,12 @@ class EmbeddingWriter(BasePredictionWriter):
             trainer.strategy.barrier("predictions written")
             if trainer.is_global_zero:
                 shares = [directory / f"share_{r}.pt" for r in range(trainer.world_size)]
-                torch.save(self._with_paths(merge_predictions([torch.load(p) for p in shares]), trainer), path)
+                merged = merge_predictions([torch.load(p) for p in shares])
+                torch.save(self._completed(merged, trainer, pl_module), path)
                 for share in shares:
                     share.unlink()
             trainer.strategy.barrier("predictions merged")
         else:
-            torch.save(self._with_paths(merge_predictions([table]), trainer), path)
+            torch.save(self._completed(merge_predictions([table]), trainer, pl_module), path)
         self.last_path = path
         rank_zero_info(f"predictions written to {path} (python evaluate.py {path} scores them)")

@@ -28,6 +28,7 @@ REID = dict(num_train_ids=4, num_test_ids=3, num_cameras=2, cameras_per_id=(2, 2
             query_cameras=1, num_distractors=2, num_junk=1)
 
 
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -277,3 +278,86 @@ def test_few_shot_and_retrieval_check_their_splits(tmp_path):
     with pytest.raises(UnreadableImageError, match=str(bad)):
         RetrievalDataModule("folders", root=str(ret), num_workers=0).setup("fit")
     RetrievalDataModule("folders", root=str(ret), num_workers=0, check_images=False).setup("fit")
+
+
+# -- predictions files (evaluate.py) ----------------------------------------------------------------
+
+
+def _predictions(path: Path, **extra) -> Path:
+    """A retrieval predictions table (``train.py predict``'s keys) plus ``extra`` keys."""
+    torch.save({"embedding": torch.randn(6, 4, generator=torch.Generator().manual_seed(0)),
+                "label": torch.tensor([0, 0, 1, 1, 2, 2]), "index": torch.arange(6), **extra}, path)
+    return path
+
+
+def test_evaluate_refuses_a_few_shot_predictions_file_by_name(tmp_path):
+    from callbacks.embedding_writer import EmbeddingWriter
+    from evaluate import evaluate_file
+
+    data = FewShotDataModule(dataset="synthetic", image_size=(32, 32), synthetic_size=32, num_workers=0,
+                             synthetic_num_classes=15, synthetic_splits=(5, 5, 5),
+                             synthetic_images_per_class=6)
+    writer = EmbeddingWriter()
+    trainer = _trainer(callbacks=[writer], default_root_dir=tmp_path)
+    trainer.predict(ProtoNet(num_classes=5), datamodule=data, return_predictions=False)
+    table = torch.load(writer.last_path)
+    assert table["task"] == "few-shot" and table["format"] == "cama-predictions-2"
+    assert {"embedding", "label", "index"} <= set(table)  # the keys of a retrieval file
+    with pytest.raises(InputError) as err:
+        evaluate_file(writer.last_path)
+    message = str(err.value)
+    assert str(writer.last_path) in message and "holds few-shot predictions" in message
+    assert "evaluate.py scores re-ID and retrieval files" in message and "train.py test" in message
+
+
+def test_predictions_task_from_the_model_then_the_keys():
+    from callbacks.embedding_writer import predictions_task
+
+    assert predictions_task(ProtoNet(num_classes=5), {"embedding": 0, "label": 0, "index": 0}) == "few-shot"
+    other = nn.Linear(2, 2)  # no episodes: the keys decide
+    assert predictions_task(other, {"embedding": 0, "pid": 0, "camid": 0, "is_query": 0}) == "re-id"
+    assert predictions_task(other, {"embedding": 0, "logits": 0, "label": 0}) == "classification"
+    assert predictions_task(other, {"embedding": 0, "label": 0, "index": 0}) == "retrieval"
+
+
+def test_evaluate_refuses_classification_and_a_task_its_keys_do_not_fit(tmp_path):
+    from evaluate import evaluate_file
+
+    classified = _predictions(tmp_path / "classified.pt", logits=torch.zeros(6, 3), task="classification")
+    with pytest.raises(InputError, match=f"{classified} holds classification predictions.*train.py test"):
+        evaluate_file(classified)
+    mislabelled = _predictions(tmp_path / "mislabelled.pt", task="re-id")  # no pid, camid, is_query
+    with pytest.raises(InputError, match=f"{mislabelled} says task 're-id' but has keys"):
+        evaluate_file(mislabelled)
+    with pytest.raises(InputError, match="unknown task 'segmentation'"):
+        evaluate_file(_predictions(tmp_path / "other.pt", task="segmentation"))
+    # retrieval, said or not (a cama-predictions-1 file has no task): scored by its keys
+    assert evaluate_file(_predictions(tmp_path / "said.pt", task="retrieval")) == evaluate_file(
+        _predictions(tmp_path / "old.pt"))
+
+
+@pytest.mark.parametrize("damage, reason", [("empty", "is empty (0 bytes)"), ("truncated", "truncated")])
+def test_evaluate_names_an_empty_or_truncated_predictions_file(tmp_path, damage, reason):
+    from evaluate import main
+
+    path = _predictions(tmp_path / "predictions.pt")
+    path.write_bytes(b"" if damage == "empty" else path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError) as err:
+        main([str(path)])
+    message = str(err.value)
+    assert str(path) in message and reason in message
+    assert "a predictions file written by `train.py predict`" in message
+    assert "\n" not in message and "Errno" not in message
+
+
+def test_evaluate_command_ends_a_truncated_file_with_one_line_and_status_2(tmp_path):
+    import subprocess
+    import sys
+
+    path = _predictions(tmp_path / "predictions.pt")
+    path.write_bytes(path.read_bytes()[:300])
+    result = subprocess.run([sys.executable, "evaluate.py", str(path)], capture_output=True, text=True,
+                            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("evaluate.py: error: ") and str(path) in last and "truncated" in last

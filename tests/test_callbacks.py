@@ -339,7 +339,7 @@ def test_predict_file_scores_like_validate(model, datamodule, tmp_path):
     assert writer.last_path == tmp_path / "predictions" / "predictions.pt"
     table = torch.load(writer.last_path)
     dataset = datamodule.eval_dataset
-    assert table["format"] == "cama-predictions-1"
+    assert table["format"] == "cama-predictions-2" and table["task"] == "re-id"
     assert table["index"].tolist() == list(range(len(dataset)))  # one row per item, in order
     assert table["pid"].tolist() == [int(p) for p in dataset.pids]
     rows = [0, len(dataset) // 2, len(dataset) - 1]
