@@ -10,7 +10,7 @@ models' validation uses, so the numbers are those of ``train.py validate`` on th
 The file's ``task`` (``cama-predictions-2``) says which: a few-shot or classification file is refused
 by name (its accuracy comes from ``train.py test``), and so is a file whose keys do not fit its task;
 a file without ``task`` (``cama-predictions-1``) is scored by its keys. A missing, empty, truncated
-or foreign file ends with one line naming it (:func:`cama.models.checkpoints.read_torch_file`).
+or foreign file ends with one line naming it (:func:`cama.checkpoint_files.read_torch_file`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 from cama.errors import InputError, exit_on_input_error
 from cama.metrics import ReIDRankMetric, RetrievalMetric
-from cama.models.checkpoints import read_torch_file
+from cama.checkpoint_files import read_torch_file
 
 __all__ = ["evaluate_file", "main"]
 
@@ -42,7 +42,7 @@ def evaluate_file(
 ) -> dict[str, float]:
     """The metrics of a predictions file (see the module docstring)."""
     path = Path(path)
-    table = read_torch_file(str(path), "evaluate.py", "a predictions file written by `train.py predict`")
+    table = read_torch_file(str(path), "predictions file", "a predictions file written by `train.py predict`")
     if not isinstance(table, dict):
         raise InputError(f"{path} holds a {type(table).__name__}, not the dict `train.py predict` writes")
     task = _task(table, path)

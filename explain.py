@@ -3,7 +3,7 @@
 Re-ID and retrieval (a model with ``evaluation_embeddings`` / ``reference_provider``)::
 
     # the evaluation set of a config's data module (the synthetic set needs no files)
-    python explain.py --checkpoint runs/cama_synthetic/checkpoints/last.ckpt \\
+    python explain.py --checkpoint runs/cama_synthetic/version_0/checkpoints/last.ckpt \\
         --config configs/cama_synthetic.yaml --methods ram dist_cam fam --top_k 10 --output explanations
 
     # image files / folders (Market-1501 file names give identities and cameras: green/red frames)
@@ -47,7 +47,7 @@ import torch
 import yaml
 
 from cama.errors import exit_on_input_error
-from cama.models.checkpoints import read_checkpoint
+from cama.checkpoint_files import read_checkpoint
 from cama.protocols import EpisodeTask, RankingTask
 from cama.references import choose_probes
 from cama.viz import METHODS, Explainer, check_methods
@@ -198,7 +198,7 @@ def load_model(
 
 def checkpoint_image_size(checkpoint: str | Path, default: tuple[int, int] = (256, 128)) -> tuple[int, int]:
     """The input size the checkpoint's data module used (its ``image_size``), else ``default``; the file
-    is read with ``weights_only=True`` (:func:`cama.models.checkpoints.read_checkpoint`)."""
+    is read with ``weights_only=True`` (:func:`cama.checkpoint_files.read_checkpoint`)."""
     state = read_checkpoint(str(checkpoint), "--checkpoint")
     hyper_parameters = state.get("datamodule_hyper_parameters") if isinstance(state, dict) else None
     size = (hyper_parameters or {}).get("image_size")

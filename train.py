@@ -8,8 +8,8 @@ data module class (``datamodules.ReIDDataModule``, ...). Beyond Lightning's own 
 * after every command the final metrics are written to ``<log_dir>/<command>_metrics.json``, with
   ``"weights"``: which weights were scored (a checkpoint, ``init_from``, a pretrained backbone, or
   untrained ones -- then the last lines of the output say so);
-* a ``fit`` stopped by SIGTERM (a pre-empted cluster job), Ctrl-C or an error saves
-  ``last-interrupted.ckpt`` next to the run's checkpoints
+* a ``fit`` stopped by SIGTERM (a pre-empted cluster job), Ctrl-C or an error after a training
+  step saves ``last-interrupted.ckpt`` next to the run's checkpoints
   (:class:`~callbacks.interrupt_checkpoint.InterruptCheckpoint`), exits with a non-zero status
   (143, 130, 1) and says in its last line how to resume;
 * every command gets :class:`~callbacks.tensorboard_summary.TensorBoardSummary` (``hp_metric`` = the
@@ -17,9 +17,15 @@ data module class (``datamodules.ReIDDataModule``, ...). Beyond Lightning's own 
 * ``trainer.default_root_dir`` defaults to ``runs/``: without a logger (``--trainer.logger false``)
   or under ``--trainer.fast_dev_run`` the metrics, the saved config and the callbacks' pictures go
   there, never loose into the working directory;
-* ``--ckpt_path FILE`` is checked before Lightning reads it, and bad input (a corrupt or foreign
-  checkpoint, an ``init_from`` of another model, missing ImageNet weights) ends with a one-line
-  ``train.py: error: ...`` and exit status 2 (:class:`cama.errors.InputError`).
+* every ``fit`` writes its checkpoints into its logger's version folder; ``--ckpt_path last`` resumes
+  the run written to last from its newest good checkpoint (:mod:`cama.runs`), and a checkpoint is
+  checked against the run (class, model options, tensors) before Lightning reads it;
+* :class:`~callbacks.non_finite.NonFiniteGuard` (``--non_finite.*``) stops a diverging fit at its
+  step, and :class:`~callbacks.checkpoint_io.SafeCheckpointIO` writes checkpoints atomically and
+  never with non-finite weights (``docs/runs.md``);
+* bad input (a corrupt or foreign checkpoint, an ``init_from`` of another model, missing ImageNet
+  weights, a diverged loss) ends with a one-line ``train.py: error: ...`` and exit status 2
+  (:class:`cama.errors.InputError`).
 
 Resume a run with ``--ckpt_path last`` (or a path); fine-tune from another run's weights with
 ``--model.init_args.init_from PATH``.
@@ -306,22 +312,20 @@ def main(args: list[str] | None = None, interrupt: InterruptCheckpoint | None = 
     )
 
 
-def resume_command(argv: list[str], version: str | None = None) -> str:
-    """The command that resumes the run of ``argv`` (``train.py fit ...``) from its last checkpoint:
-    ``--ckpt_path last`` within the logger's ``version`` folder when there is one."""
-    replaced = {"--ckpt_path", "--trainer.logger.init_args.version"}
+def resume_command(argv: list[str], checkpoint: str) -> str:
+    """The command that resumes the run of ``argv`` (``train.py fit ...``) from ``checkpoint``: the
+    same arguments with ``--ckpt_path checkpoint`` (the run then goes on in that checkpoint's folder)."""
     args, skip = [], False
     for arg in argv[1:]:
         if skip:
             skip = False
             continue
-        if arg in replaced:
+        if arg == "--ckpt_path":
             skip = True
             continue
-        if arg.split("=", 1)[0] not in replaced:
+        if not arg.startswith("--ckpt_path="):
             args.append(arg)
-    tail = ["--ckpt_path", "last"] + (["--trainer.logger.init_args.version", version] if version else [])
-    return shlex.join(["python", os.path.basename(argv[0]), *args, *tail])
+    return shlex.join(["python", os.path.basename(argv[0]), *args, "--ckpt_path", checkpoint])
 
 
 def run() -> int:
@@ -345,7 +349,6 @@ def run() -> int:
         # exit can abort the process ("terminate called without an active exception")
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    resume = resume_command(sys.argv, interrupt.run_version)
     if interrupt.saved_path is not None:
         epoch, step = interrupt.position or (0, 0)
         unscored = (
@@ -355,12 +358,13 @@ def run() -> int:
         )
         _say(
             f"Stopped by {interrupt.reason} at epoch {epoch}, step {step}; checkpoint saved to "
-            f"{interrupt.saved_path}{unscored}. Resume with: {resume}"
+            f"{interrupt.saved_path}{unscored}. Resume with: {resume_command(sys.argv, interrupt.saved_path)}"
         )
     elif interrupt.reason is not None and interrupt.resumed_from:
         _say(
             f"Stopped by {interrupt.reason} before this fit took a step: nothing new to save; "
-            f"{interrupt.resumed_from} still holds the run. Resume with: {resume}"
+            f"{interrupt.resumed_from} still holds the run. Resume with: "
+            f"{resume_command(sys.argv, interrupt.resumed_from)}"
         )
     elif interrupt.reason is not None:
         _say(f"Stopped by {interrupt.reason} before this fit took a step: nothing to resume")

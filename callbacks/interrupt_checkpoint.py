@@ -112,8 +112,6 @@ class InterruptCheckpoint(Checkpoint):
         self.position: tuple[int, int] | None = None
         #: the checkpoint the fit resumed from (None: a fresh fit)
         self.resumed_from: str | None = None
-        #: the logger's version of the run (its folder name), for the resume command; None without a logger
-        self.run_version: str | None = None
         #: the epoch whose validation the signal cut short (it has no score), else None
         self.unscored_epoch: int | None = None
         self._start_step: int | None = None
@@ -132,10 +130,6 @@ class InterruptCheckpoint(Checkpoint):
         # after the checkpoint (if any) was restored: the position this fit's progress is counted from
         self._start_step = trainer.global_step
         self.resumed_from = str(trainer.ckpt_path) if trainer.ckpt_path else None
-        version = trainer.logger.version if trainer.logger is not None else None
-        self.run_version = (
-            None if version is None else (version if isinstance(version, str) else f"version_{version}")
-        )
 
     # ---------------------------------------------------------------- SIGTERM while validating in fit
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

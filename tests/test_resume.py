@@ -172,20 +172,15 @@ def test_a_held_signal_reaches_its_handler_only_when_released():
         signal.signal(signal.SIGUSR1, previous)
 
 
-def test_the_resume_command_names_the_run():
-    argv = [
-        "train.py",
-        "fit",
-        "--config",
-        "c.yaml",
-        "--ckpt_path",
-        "x.ckpt",
-        "--trainer.logger.init_args.version=2",
-    ]
-    assert resume_command(argv, "version_2") == (
-        "python train.py fit --config c.yaml --ckpt_path last --trainer.logger.init_args.version version_2"
+def test_the_resume_command_names_the_checkpoint():
+    argv = ["train.py", "fit", "--config", "c.yaml", "--ckpt_path", "x.ckpt", "--seed_everything=1"]
+    assert resume_command(argv, "runs/j/version_2/checkpoints/last-interrupted.ckpt") == (
+        "python train.py fit --config c.yaml --seed_everything=1 "
+        "--ckpt_path runs/j/version_2/checkpoints/last-interrupted.ckpt"
     )
-    assert resume_command(argv[:4], None) == "python train.py fit --config c.yaml --ckpt_path last"
+    assert resume_command([*argv[:4], "--ckpt_path=last"], "a b.ckpt") == (
+        "python train.py fit --config c.yaml --ckpt_path 'a b.ckpt'"
+    )
 
 
 # ------------------------------------------------------------------------------------------- the guard
