@@ -28,17 +28,16 @@ Image files (``--query``, ``--gallery``, ``--support``) are decoded once before 
 their bit depth or colour mode (:func:`datamodules.images.load_image`); an unreadable one is named on
 stderr (``explain.py: skipped <file>: <why>``) and left out, and the others are explained.
 
-The model class comes from ``--model_class``, else the config's ``model.class_path``, else
-``cama.models.CAMA``, and is loaded with its ``load_from_checkpoint``. With ``--config`` the data
-module is built from the YAML's ``data`` section (``class_path`` + ``init_args``); ``--data
-KEY=VALUE`` overrides its init arguments (values read as YAML, e.g. ``--data image_size=[64,32]``).
+The model is the checkpoint's (its class saved by ``train.py``, or ``--model_class``), read with
+``weights_only=True`` (:func:`cama.loading.load_model`). With ``--config`` the data module is the
+config's ``data`` section, read by LightningCLI's parser as ``train.py`` reads it
+(:func:`cama.loading.instantiate_data`); ``--data KEY=VALUE`` overrides its init arguments (values
+read as YAML, e.g. ``--data image_size=[64,32]``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,12 @@ import torch
 import yaml
 
 from cama.errors import exit_on_input_error
-from cama.checkpoint_files import read_checkpoint
+from cama.loading import (
+    checkpoint_image_size,
+    instantiate_data,
+    load_model,
+    read_config,
+)
 from cama.protocols import EpisodeTask, RankingTask
 from cama.references import choose_probes
 from cama.viz import METHODS, Explainer, check_methods
@@ -55,43 +59,7 @@ from explaining.common import ExplainError, image_files, readable_images
 from explaining.episodes import datamodule_episodes, explain_episodes, folder_episode
 from explaining.ranking import DatasetRanking, FileRanking, explain_rankings
 
-__all__ = [
-    "main",
-    "import_class",
-    "load_config",
-    "load_model",
-    "checkpoint_image_size",
-    "build_datamodule",
-    "build_model_from_config",
-]
-
-
-
-
-# --------------------------------------------------------------------------------------------------
-# configs
-# --------------------------------------------------------------------------------------------------
-def import_class(path: str) -> type:
-    """``"package.module.Class"`` -> the class."""
-    module_name, _, name = path.rpartition(".")
-    if not module_name:
-        raise ExplainError(f"not a class path: {path!r}")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise ExplainError(f"cannot import {path!r}: {err}") from err
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """The YAML config of a LightningCLI run as a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExplainError(f"config file not found: {path}")
-    with open(path) as f:
-        config = yaml.safe_load(f) or {}
-    if not isinstance(config, dict):
-        raise ExplainError(f"config {path} is not a YAML mapping")
-    return config
+__all__ = ["main"]
 
 
 def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -102,29 +70,6 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise ExplainError(f"--data expects KEY=VALUE, got {item!r}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
-
-
-def build_datamodule(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> Any:
-    """Instantiate the config's ``data`` section (``class_path`` + ``init_args``, plus ``overrides``)."""
-    spec = config.get("data")
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ExplainError("the config has no data.class_path")
-    kwargs = dict(spec.get("init_args") or {})
-    kwargs.update(overrides or {})
-    return import_class(spec["class_path"])(**kwargs)
-
-
-def build_model_from_config(
-    config: dict[str, Any], num_classes: int, overrides: dict[str, Any] | None = None
-) -> Any:
-    """Instantiate the config's ``model`` section with ``num_classes`` (as ``train.py`` links it)."""
-    spec = config.get("model")
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ExplainError("the config has no model.class_path")
-    kwargs = dict(spec.get("init_args") or {})
-    kwargs.update(overrides or {})
-    kwargs["num_classes"] = num_classes
-    return import_class(spec["class_path"])(**kwargs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the query choice (with --config)")
     parser.add_argument("--output", default="explanations", help="folder for the PNGs")
     parser.add_argument(
-        "--model_class", help="LightningModule class path (default: config, else cama.models.CAMA)"
+        "--model_class", help="LightningModule class path (default: the class saved in the checkpoint)"
     )
     parser.add_argument(
         "--image_size",
@@ -177,32 +122,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--colormap", default="jet", choices=["jet", "turbo"])
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
-
-
-def load_model(
-    checkpoint: str | Path, config: dict[str, Any] | None, device: torch.device, model_class: str | None = None
-) -> Any:
-    """The LightningModule of ``checkpoint`` in eval mode on ``device``: class ``model_class``, else the
-    config's ``model.class_path``, else ``cama.models.CAMA``."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise ExplainError(f"checkpoint not found: {checkpoint}")
-    class_path = model_class or ((config or {}).get("model") or {}).get("class_path") or "cama.models.CAMA"
-    cls = import_class(class_path)
-    try:
-        model = cls.load_from_checkpoint(str(checkpoint), map_location=device)
-    except Exception as err:  # noqa: BLE001 - report any loading failure with the file name
-        raise ExplainError(f"cannot load {checkpoint} as {class_path}: {err}") from err
-    return model.to(device).eval()
-
-
-def checkpoint_image_size(checkpoint: str | Path, default: tuple[int, int] = (256, 128)) -> tuple[int, int]:
-    """The input size the checkpoint's data module used (its ``image_size``), else ``default``; the file
-    is read with ``weights_only=True`` (:func:`cama.checkpoint_files.read_checkpoint`)."""
-    state = read_checkpoint(str(checkpoint), "--checkpoint")
-    hyper_parameters = state.get("datamodule_hyper_parameters") if isinstance(state, dict) else None
-    size = (hyper_parameters or {}).get("image_size")
-    return (int(size[0]), int(size[1])) if size else default
 
 
 def _ranking_queries(args: argparse.Namespace, data: DatasetRanking) -> list[int]:
@@ -225,17 +144,17 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if args.top_k < 1:
         raise ExplainError("--top_k must be >= 1")
     device = torch.device(args.device)
-    config = load_config(args.config) if args.config else None
+    config = read_config(args.config) if args.config else None
     files = bool(args.query and (args.gallery or args.support))
     if config is None and not files:
         raise ExplainError("give --config (a data module), or --query with --gallery (ranking) or --support (few-shot)")
-    model = load_model(args.checkpoint, config, device, args.model_class)
+    model = load_model(args.checkpoint, args.model_class, device, ((config or {}).get("model") or {}).get("class_path"))
     image_size = tuple(args.image_size) if args.image_size else None
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
     drawing = dict(device=device, progress=progress, alpha=args.alpha, colormap=args.colormap)
-    datamodule = None if files else build_datamodule(config or {}, _parse_overrides(args.data))
+    datamodule = None if files else instantiate_data(config or {}, _parse_overrides(args.data))
 
     if isinstance(model, EpisodeTask):  # few-shot: episodes of a data module, or support folders
         class_names = None
@@ -275,9 +194,5 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    try:
-        with exit_on_input_error("explain.py"):  # e.g. a file that became unreadable after the check
-            main()
-    except ExplainError as err:
-        print(err.code, file=sys.stderr)
-        sys.exit(2)
+    with exit_on_input_error("explain.py"):  # bad input: one line naming it, exit status 2
+        main()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cama.errors import exit_on_input_error
-from explain import checkpoint_image_size, load_config, load_model
+from cama.loading import checkpoint_image_size, load_model, read_config
 
 __all__ = ["export_onnx", "check_onnx", "main"]
 
@@ -58,14 +58,14 @@ def check_onnx(model: nn.Module, path: str | Path, image_size: Sequence[int], ba
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="export.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint (.ckpt)")
-    parser.add_argument("--config", help="the run's YAML (its model.class_path)")
-    parser.add_argument("--model_class", help="LightningModule class path (default: config, else cama.models.CAMA)")
+    parser.add_argument("--config", help="the run's YAML (its model.class_path, for a checkpoint that does not say)")
+    parser.add_argument("--model_class", help="LightningModule class path (default: the checkpoint's, else the config's)")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
     parser.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the checkpoint's)")
     parser.add_argument("--opset", type=int, default=17)
     args = parser.parse_args(argv)
-    config = load_config(args.config) if args.config else None
-    model: Any = load_model(args.checkpoint, config, torch.device("cpu"), args.model_class)
+    config = read_config(args.config) if args.config else {}
+    model: Any = load_model(args.checkpoint, args.model_class, default_class=(config.get("model") or {}).get("class_path"))
     size = tuple(args.image_size) if args.image_size else checkpoint_image_size(args.checkpoint)
     path = export_onnx(model, size, args.output, args.opset)
     try:

@@ -46,13 +46,18 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.checkpoint_io import SafeCheckpointIO
 from callbacks.embedding_writer import EmbeddingWriter
 from callbacks.interrupt_checkpoint import InterruptCheckpoint
 from callbacks.non_finite import NonFiniteGuard
 from callbacks.tensorboard_summary import TensorBoardSummary
+from cama.checkpoint_files import (
+    CheckpointFileError,
+    describe_checkpoint,
+    read_checkpoint,
+)
 from cama.errors import exit_on_input_error
-from callbacks.checkpoint_io import SafeCheckpointIO
-from cama.checkpoint_files import CheckpointFileError, describe_checkpoint, read_checkpoint
+from cama.loading import link_data_to_model
 from cama.runs import (
     LIGHTNING_CKPT_PATH_VALUES,
     CheckpointMismatchError,
@@ -108,7 +113,7 @@ class CLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        link_data_to_model(parser)
         parser.add_argument(
             "--test_after_fit",
             type=bool,

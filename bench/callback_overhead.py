@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,10 +38,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cama.checkpoint_files import checkpoint_state_dict, read_checkpoint
+from cama.loading import instantiate_callbacks, instantiate_config, read_config
 
-from explain import build_datamodule, build_model_from_config, import_class, load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 class EpochClock(pl.Callback):
@@ -107,16 +106,14 @@ def per_epoch_hooks(hook_times: list[float], count: int) -> list[float]:
 
 
 def explanation_callbacks(config: dict[str, Any], defaults: bool) -> list[pl.Callback]:
-    specs = [
-        c
-        for c in (config.get("trainer") or {}).get("callbacks") or []
-        if str(c.get("class_path", "")).startswith("callbacks.")
-    ]
-    if not specs:
+    """The config's ``callbacks.*`` entries, with their YAML arguments or (``defaults``) none."""
+    if defaults:
+        specs = (config.get("trainer") or {}).get("callbacks") or []
+        config = {"trainer": {"callbacks": [{"class_path": s["class_path"]} for s in specs]}}
+    found = instantiate_callbacks(config, prefix="callbacks.")
+    if not found:
         raise SystemExit("the config enables no callbacks.* entry")
-    return [
-        import_class(s["class_path"])(**({} if defaults else dict(s.get("init_args") or {}))) for s in specs
-    ]
+    return found
 
 
 def main() -> None:
@@ -135,13 +132,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    config = load_config(args.config)
+    config = read_config(args.config)
     pl.seed_everything(int(config.get("seed_everything", 0)), verbose=False)
-    datamodule = build_datamodule(config)
-    model = build_model_from_config(config, datamodule.num_classes)
+    model, datamodule = instantiate_config(config)
     if args.ckpt:
-        state = torch.load(args.ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state.get("state_dict", state))
+        model.load_state_dict(checkpoint_state_dict(read_checkpoint(args.ckpt, "--ckpt"), args.ckpt, "--ckpt"))
     datamodule.setup("validate")
     if hasattr(datamodule, "num_query"):  # re-ID
         evaluated = f"{datamodule.num_query} queries + {len(datamodule.gallery_dataset)} gallery images"

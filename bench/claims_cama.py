@@ -33,14 +33,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
-
-from claims_common import REPO, RESULTS, build_datamodule, build_model_from_config, fmt, load_config, mean_ci, row
-from claims_common import train_config, write_rows
+from claims_common import REPO, RESULTS, fmt, mean_ci, row, train_config, write_rows
 from claims_rules import combine, differences, direction, no_change
 from claims_sanity import as_lists, reid_probes, reid_sanity, sanity_plot, sanity_rows
+from torch.utils.data import DataLoader
+
 from callbacks.base import load_items
 from cama.explain import dist_cam, dist_cam_weights, global_average_pool, postprocess
+from cama.loading import instantiate_config, read_config
 from cama.metrics import BranchOverlap
 from cama.metrics.parts import PartEvidence, part_energy_share
 from cama.viz import Explainer
@@ -164,7 +164,7 @@ def checkpoint_path(name: str, seed: int) -> Any:
 
 def remeasure(saved: dict[str, Any]) -> None:
     """The map measures again on the weights the last run saved (no training): for new measures."""
-    config = load_config(CONFIG)
+    config = read_config(CONFIG)
     for name, measures in saved["per_seed"].items():
         # the map measures are replaced as a whole (names with a "/", the overlap; and the bare
         # parts_covered of earlier files): the test metrics stay
@@ -172,10 +172,9 @@ def remeasure(saved: dict[str, Any]) -> None:
             del measures[key]
         for position, seed in enumerate(saved["seeds"]):
             pl.seed_everything(seed, verbose=False)
-            datamodule = build_datamodule(config)
+            model, datamodule = instantiate_config(config, model=VARIANTS[name])
             datamodule.setup("test")
-            model = build_model_from_config(config, datamodule.num_classes, VARIANTS[name])
-            model.load_state_dict(torch.load(checkpoint_path(name, seed), map_location="cpu"))
+            model.load_state_dict(torch.load(checkpoint_path(name, seed), map_location="cpu", weights_only=True))
             model.eval()
             fresh = {**map_measures(model, datamodule), **reference_diagnostics(model, datamodule, seed=seed)}
             for key, value in fresh.items():

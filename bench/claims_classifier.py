@@ -40,25 +40,28 @@ per-seed number, the whole grid) and ``results/claims/ltgrad_delta.png``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from claims_classifier_rows import (  # noqa: E402
+    DELTAS,
+    PLOT,
+    TAU,
+    dist_cam_rows,
+    encode,
+    ltgrad_rows,
+    plot_delta_curves,
+)
 from claims_common import (  # noqa: E402
-    DEFAULT_SEEDS, REPO, train_and_measure, write_rows,
+    DEFAULT_SEEDS,
+    REPO,
+    train_and_measure,
+    write_rows,
 )
 from claims_rules import with_seeds  # noqa: E402
-from claims_classifier_rows import (  # noqa: E402
-    DELTAS, PLOT, TAU, dist_cam_rows, encode, ltgrad_rows, plot_delta_curves,
-)
+from torch import Tensor
 
 from cama.explain import (  # noqa: E402
     class_activation_map,
@@ -71,7 +74,9 @@ from cama.explain import (  # noqa: E402
 )
 from cama.metrics.boxes import max_box_accuracy, top1_localization_error  # noqa: E402
 from cama.metrics.segmentation import (  # noqa: E402
-    otsu_segmentation, segmentation_counts, segmentation_scores,
+    otsu_segmentation,
+    segmentation_counts,
+    segmentation_scores,
 )
 from cama.references import class_prototypes  # noqa: E402
 

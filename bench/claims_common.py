@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,10 +23,9 @@ import lightning.pytorch as pl
 import torch
 from scipy import stats
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cama.loading import instantiate_config, read_config
 
-from explain import build_datamodule, build_model_from_config, load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RESULTS = REPO / "results"
 DEFAULT_SEEDS = (0, 1, 2)
@@ -64,10 +62,9 @@ def train_config(
     The trainer is the config's length (``max_epochs`` overrides it) with no validation, callbacks,
     logger or checkpoints: a bench run leaves nothing behind but what the caller writes.
     """
-    config = load_config(config_path)
+    config = read_config(config_path)
     pl.seed_everything(seed, workers=True)
-    datamodule = build_datamodule(config, data_overrides)
-    model = build_model_from_config(config, getattr(datamodule, "num_classes", 0), model_overrides)
+    model, datamodule = instantiate_config(config, data_overrides, model_overrides)
     trainer_cfg = config.get("trainer") or {}
     trainer = pl.Trainer(
         accelerator="auto",

@@ -43,23 +43,17 @@ Writes ``results/claims/fam.json``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from claims_common import DEFAULT_SEEDS, REPO, RESULTS, train_and_measure, write_rows  # noqa: E402
 from claims_fam_rows import MAPS, TAU, fam_rows, protonet_dist_cam_rows  # noqa: E402
 from claims_rules import pm, with_seeds  # noqa: E402
 from claims_sanity import as_lists, sanity_plot, sanity_rows  # noqa: E402
+from torch import Tensor
 
 from callbacks.base import load_items  # noqa: E402
 from callbacks.sanity_checks import sanity_maps  # noqa: E402

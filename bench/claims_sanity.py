@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from claims_common import fmt, line_plot, mean_ci, row
+
 from callbacks.base import load_items
 from callbacks.sanity_checks import sanity_maps
 from cama.explain import SanityCheckResult, sanity_check

@@ -22,16 +22,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cama.explain import dist_cam, fam, gradient_cam, ram, similarity_score  # noqa: E402
 

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
 
 from real_scale_trees import TreeInfo, ensure_tree  # noqa: E402
 

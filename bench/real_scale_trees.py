@@ -13,15 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from datamodules.real_sizes import (  # noqa: E402
     CLASS_SIZES,
@@ -152,7 +149,10 @@ def _du(path: Path) -> int:
 def _write(name: str, path: Path, scale: str | float, workers: int, progress: bool,
            overrides: dict[str, Any]) -> None:
     from datamodules.synthetic import write_reid_layout
-    from datamodules.synthetic_classes import write_cub_layout, write_miniimagenet_layout
+    from datamodules.synthetic_classes import (
+        write_cub_layout,
+        write_miniimagenet_layout,
+    )
 
     kwargs = dict(scale=scale, workers=workers, progress=progress, **overrides)
     if name in REID_SIZES:

@@ -13,14 +13,10 @@ process's ``ru_maxrss``) and how far it rose above the RSS before the call (the 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import sys
 import time
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cama.metrics.rerank import re_ranking  # noqa: E402
 

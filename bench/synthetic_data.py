@@ -9,12 +9,8 @@ prints the rate of :class:`datamodules.synthetic.SyntheticReID` (128x64 people) 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Callable
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.synthetic import SyntheticClasses, SyntheticReID  # noqa: E402
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
+import runpy
 import tempfile
 import time
 import warnings
@@ -44,10 +44,9 @@ import torch
 from lightning.pytorch.profilers import SimpleProfiler
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cama.loading import instantiate_config, read_config
 
-from explain import build_datamodule, build_model_from_config, load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIGS = ("cama_synthetic", "protonet_synthetic", "retrieval_synthetic")
 
@@ -77,11 +76,10 @@ def _optimizer(model: pl.LightningModule, max_epochs: int) -> torch.optim.Optimi
 
 
 def _build(name: str) -> tuple[Any, pl.LightningModule, dict[str, Any]]:
-    config = load_config(REPO / "configs" / f"{name}.yaml")
+    config = read_config(REPO / "configs" / f"{name}.yaml")
     pl.seed_everything(int(config.get("seed_everything", 0)), verbose=False)
-    datamodule = build_datamodule(config)
+    model, datamodule = instantiate_config(config)
     datamodule.setup("fit")
-    model = build_model_from_config(config, datamodule.num_classes)
     return datamodule, model, config
 
 
@@ -169,7 +167,7 @@ PHASES = {
 
 def whole_job(name: str, epochs: int | None, extra: Sequence[str] = ()) -> dict[str, float]:
     """``train.py fit`` of the config under ``SimpleProfiler``: seconds per phase, and the test metric."""
-    import train  # the repository's train.py (REPO is on sys.path)
+    train_main = runpy.run_path(str(REPO / "train.py"), run_name="train")["main"]  # the command, not a package
 
     here = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,7 +183,7 @@ def whole_job(name: str, epochs: int | None, extra: Sequence[str] = ()) -> dict[
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cli = train.main(args)
+                cli = train_main(args)
         finally:
             os.chdir(here)
         total = time.perf_counter() - start

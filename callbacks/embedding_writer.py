@@ -105,7 +105,7 @@ class EmbeddingWriter(BasePredictionWriter):
             trainer.strategy.barrier("predictions written")
             if trainer.is_global_zero:
                 shares = [directory / f"share_{r}.pt" for r in range(trainer.world_size)]
-                merged = merge_predictions([torch.load(p) for p in shares])
+                merged = merge_predictions([torch.load(p, weights_only=True) for p in shares])
                 torch.save(self._completed(merged, trainer, pl_module), path)
                 for share in shares:
                     share.unlink()

@@ -16,7 +16,6 @@ The checks of a checkpoint against the run it is given to -- the model class
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from cama.checkpoint_files import (
     non_finite_tensors,
     read_checkpoint,
 )
+from cama.loading import ConfigError, import_class
 
 __all__ = [
     "CheckpointMismatchError",
@@ -138,10 +138,9 @@ def _checkpoint_dirpath(callback: Any) -> str | None:
 
 
 def _class_of(path: str) -> Any:
-    module, _, name = path.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+        return import_class(path)
+    except ConfigError:
         return path  # compared as a name
 
 

@@ -17,10 +17,16 @@ from torch import Tensor
 from torchvision.io import write_png
 from tqdm import tqdm
 
+from cama.errors import InputError
 from datamodules.errors import UnreadableImageError
 from datamodules.image_check import image_file_problem
 from datamodules.images import (
-    IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, denormalize_images, load_image, resized_and_normalized,
+    IMAGE_EXTENSIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    denormalize_images,
+    load_image,
+    resized_and_normalized,
 )
 
 __all__ = [
@@ -31,11 +37,8 @@ __all__ = [
 MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 
 
-class ExplainError(SystemExit):
-    """A user error: the message is printed and the command exits with status 2."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"explain.py: error: {message}")
+class ExplainError(InputError, ValueError):
+    """A user error of ``explain.py``: the command prints its message and exits with status 2."""
 
 
 def image_files(paths: Sequence[str], what: str) -> list[Path]:

@@ -14,6 +14,8 @@ import torch
 from torchvision.io import decode_png, read_file, write_png
 
 import explain
+from cama.errors import InputError
+from cama.loading import load_model
 from cama.models import CAMA
 from datamodules import write_reid_layout
 from tests.test_images import write_png16
@@ -39,7 +41,7 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.save(
         {
             "state_dict": model.state_dict(),
-            "hyper_parameters": dict(model.hparams),
+            "hyper_parameters": {"_class_path": "cama.models.CAMA", **model.hparams},  # as LightningCLI saves it
             "datamodule_hyper_parameters": {"image_size": (64, 32)},
             "pytorch-lightning_version": lightning.__version__,
         },
@@ -156,7 +158,7 @@ def test_unknown_file_names_rank_everything_but_the_query_itself(checkpoint, tmp
     [
         (
             ["--checkpoint", "missing.ckpt", "--query", "q", "--gallery", "g"],
-            "checkpoint not found: missing.ckpt",
+            "missing.ckpt does not exist",
         ),
         (["--checkpoint", "{ckpt}"], "give --config"),
         (["--checkpoint", "{ckpt}", "--query", "{empty}", "--gallery", "{empty}"], "holds no image"),
@@ -171,12 +173,12 @@ def test_clear_errors(checkpoint, tmp_path, args, message):
     empty = tmp_path / "empty"
     empty.mkdir()
     argv = [a.format(ckpt=checkpoint, empty=empty) for a in args]
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(InputError, match=message):
         explain.main(argv)
 
 
 def test_unknown_method_is_rejected(checkpoint):
-    with pytest.raises(SystemExit, match="unknown explanation method"):
+    with pytest.raises(InputError, match="unknown explanation method"):
         explain.main(["--checkpoint", str(checkpoint), "--config", str(CONFIG), "--methods", "scorecam"])
 
 
@@ -225,7 +227,7 @@ def test_few_shot_checkpoint_episodes_from_a_config_and_from_support_folders(tmp
     assert [p.name for p in files] == ["files_fam.png"]
     (truth,) = json.loads((tmp_path / "files" / "predictions.json").read_text())["files"]
     assert truth["truth"] == 1 and truth["query"] == 4  # after the 4 supports
-    with pytest.raises(SystemExit, match="same number of images"):
+    with pytest.raises(InputError, match="same number of images"):
         (support / "dog" / "1.png").unlink()
         explain.main(["--checkpoint", str(checkpoint), "--model_class", "cama.models.ProtoNet", "--support",
                       str(support), "--query", str(tmp_path / "q" / "dog"), "--output", str(tmp_path / "bad")])
@@ -269,7 +271,7 @@ def test_rerank_orders_each_list_by_the_re_ranked_distances(checkpoint, tmp_path
     # independently: embed, re-rank with the explained queries as the pool, protocol, stable order
     from explaining.common import FileImages
 
-    model = explain.load_model(checkpoint, None, torch.device("cpu"))
+    model = load_model(checkpoint, "cama.models.CAMA")
     images = FileImages(queries + gallery, (64, 32))
     with torch.no_grad():
         q = model(images.images(range(3), torch.device("cpu")))
@@ -326,7 +328,7 @@ def test_an_unreadable_query_is_named_and_skipped_and_the_others_are_explained(c
     assert sorted(json.loads((tmp_path / "out" / "rankings.json").read_text())) == ["q0", "q2"]
     skipped = [line for line in capsys.readouterr().err.splitlines() if "skipped" in line]
     assert skipped == [f"explain.py: skipped {queries[1]}: truncated PNG (no IEND chunk at the end)"]
-    with pytest.raises(SystemExit, match="no readable query image"):  # nothing left to explain
+    with pytest.raises(InputError, match="no readable query image"):  # nothing left to explain
         _explain_files(checkpoint, [queries[1]], gallery, tmp_path / "none")
 
 

@@ -73,7 +73,7 @@ def test_signal_mid_epoch_saves_a_checkpoint_and_the_printed_command_resumes(tmp
     ckpt = tmp_path / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last-interrupted.ckpt"
     assert line.endswith(f"--ckpt_path {ckpt.relative_to(tmp_path)}"), line
     # written after the signal: it holds the step the signal came at, mid-epoch (6 steps per epoch)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["global_step"] == 3 and state["epoch"] == 0
 
     if signum != signal.SIGTERM:
@@ -86,7 +86,7 @@ def test_signal_mid_epoch_saves_a_checkpoint_and_the_printed_command_resumes(tmp
     assert "Restoring states from the checkpoint path at" in finished.stdout + finished.stderr
     assert str(ckpt.relative_to(tmp_path)) in finished.stdout + finished.stderr
     final = torch.load(tmp_path / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last.ckpt",
-                       map_location="cpu", weights_only=False)
+                       map_location="cpu", weights_only=True)
     assert final["epoch"] == 1
     assert not ckpt.exists()  # a fit that ends normally removes the interrupted checkpoint
 

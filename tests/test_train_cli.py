@@ -88,7 +88,7 @@ def test_resume_from_last_matches_uninterrupted_run(uninterrupted, tmp_path):
     resumed = fit(tmp_path, 2, "--ckpt_path", "last")
     for key in ("Val/mAP", "Val/rank1", "train/loss", "val/mAP_branches_1"):
         assert resumed[key] == pytest.approx(expected[key], abs=1e-5), key
-    ckpt = torch.load(tmp_path / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * 3 and ckpt["lr_schedulers"][0]["last_epoch"] == 2
     assert ckpt["optimizer_states"][0]["state"], "optimizer state is restored and saved again"
 
