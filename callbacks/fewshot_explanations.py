@@ -1,9 +1,10 @@
 """``FewShotExplanations``: where a few-shot query matched its class, as pictures and scores.
 
 The few-shot twin of :class:`~callbacks.ExplanationImages` + :class:`~callbacks.LocalizationMetrics`
-(``DESIGN.md``: "few-shot explains a query against the prototype of its predicted class and its
-support set"). On the first ``num_episodes`` validation episodes (the validation episodes are fixed,
-so these are the same queries every epoch) every query is explained against the class the model
+(``docs/explanations.md#the-reference-of-each-task``: few-shot explains a query against the
+prototype of its predicted class and its support set). On the first ``num_episodes`` validation
+episodes (the validation episodes are fixed, so these are the same queries every epoch) every
+query is explained against the class the model
 predicts for it, through the model's ``episode_references`` (:class:`cama.protocols.EpisodeTask`, built by
 :func:`cama.references.episode_references`):
 
@@ -75,7 +76,7 @@ class FewShotExplanations(ExplanationCallback):
             maps a step did not return are forwarded again. Each gradient method adds a backward.
         num_probes: query rows of the pictures (spread over the classes of the first episode).
         every_n_epochs: run on every n-th validation epoch (the first one always runs).
-        tau, taus, iou_threshold: the box protocol (``DESIGN.md`` "Box from a map").
+        tau, taus, iou_threshold: the box protocol (``docs/map-scores.md#box-from-a-map``).
         num_faithfulness_samples: queries scored with AD / IC, the first ones of the scored episodes
             (per process under DDP; 0: off; the default 150 is two 5-way 15-query episodes). Each
             costs one forward of the masked query per method. AD is a mean over these queries and IC

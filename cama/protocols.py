@@ -52,7 +52,10 @@ __all__ = [
 
 @runtime_checkable
 class EmbeddingModel(Protocol):
-    """A model whose embedding is pooled from feature maps (``DESIGN.md`` "The protocol")."""
+    """A model whose embedding is pooled from feature maps.
+
+    ``docs/architecture.md#the-contracts-camaprotocolspy`` lists this protocol and the optional ones.
+    """
 
     def feature_maps(self, images: Tensor) -> list[Tensor]:
         """One ``[B, K_i, h, w]`` per branch: the maps pooled into the embedding."""

@@ -1,4 +1,6 @@
-"""What each task explains a probe against: its reference (``DESIGN.md`` "The protocol").
+"""What each task explains a probe against: its reference.
+
+``docs/explanations.md#the-reference-of-each-task`` says which map uses which reference.
 
 * re-ID (:class:`ReIDReferences`): a probe is a query with a true match in the gallery; its
   reference is its top-ranked gallery image under the Market-1501 protocol (same identity and

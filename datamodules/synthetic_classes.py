@@ -1,8 +1,8 @@
 """Embedded, procedural object classes with ground truth (box and mask), for few-shot and retrieval.
 
 No data set can be downloaded on the machines this project runs on, so :class:`SyntheticClasses`
-draws miniImageNet / CUB-like labelled images on the fly (``DESIGN.md``, "The embedded synthetic
-data"):
+draws miniImageNet / CUB-like labelled images on the fly
+(``docs/evaluation.md#the-embedded-synthetic-data``):
 
 * a *class* is one combination of a **shape** (:data:`SHAPES`, 10), a **texture** (:data:`TEXTURES`,
   6: solid, stripes, checker, dots, concentric rings, two-tone) and a **colour** (:data:`COLOURS`, 8):

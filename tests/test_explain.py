@@ -422,7 +422,8 @@ def test_overlay_boxes_and_grid(gen: torch.Generator) -> None:
 
 
 def test_explain_imports_no_models_callbacks_or_datamodules() -> None:
-    """DESIGN.md: data flows one way; cama.explain imports only torch / torchvision and itself."""
+    """docs/architecture.md#import-rules: data flows one way; cama.explain imports only torch / torchvision
+    and itself."""
     import ast
     from pathlib import Path
 

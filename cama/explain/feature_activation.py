@@ -5,8 +5,9 @@ map at feature resolution (no ReLU, no normalisation; :func:`cama.explain.render
 displays it), computed in float32 whatever the inputs' dtype (float64 stays float64), see
 :func:`cama.explain._common.full_precision`.
 
-Notation (``/work/shared/DESIGN.md``): ``Q`` query feature maps ``[B, K, h, w]``,
-``q = GAP(Q)`` ``[B, K]``; paper ``/work/shared/papers/fam.md``.
+Notation (``docs/explanations.md#notation``): ``Q`` query feature maps ``[B, K, h, w]``,
+``q = GAP(Q)`` ``[B, K]``. The paper is fam (``docs/explanations.md#the-papers``); its text lost
+Eq. 11-18, and ``docs/explanations.md#fam`` gives our reading of them as implemented here.
 """
 
 from __future__ import annotations

@@ -13,13 +13,14 @@ float64) and returns float32 (float64 for float64 inputs): see
 :func:`cama.explain._common.full_precision`. The eps guards therefore act in float32, and an
 all-zero map gives a zero map, not NaN.
 
-Notation (``/work/shared/DESIGN.md``, "Equations as this project implements them"):
+Notation (``docs/explanations.md#notation``):
 
 * ``Q``: query feature maps ``[B, K, h, w]`` (B samples, K channels);
 * ``GAP``: global average pooling over ``(h, w)``; ``q = GAP(Q)`` ``[B, K]``.
 
-Papers (``/work/shared/papers/``): ``dist-cam.md`` (CAM Eq. 3, Dist-CAM Eq. 4-7),
-``cama-ram.md`` (CAM Eq. 4, RAM Eq. 10, per-branch RAM Fig. 8).
+Papers (``docs/explanations.md#the-papers``): dist-cam (CAM Eq. 3, Dist-CAM Eq. 4-7), cama-ram (CAM
+Eq. 4, RAM Eq. 10, per-branch RAM Fig. 8); the equations as implemented are in
+``docs/explanations.md`` (sections CAM, Dist-CAM, RAM).
 """
 
 from __future__ import annotations

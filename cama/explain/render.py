@@ -1,9 +1,9 @@
 """From raw maps to pictures: ``postprocess``, colour maps, overlays and grids.
 
 ``postprocess`` is the single normalisation step shared by every map of ``cama.explain``
-(``/work/shared/DESIGN.md``: ReLU -> bilinear upsampling to image size -> per-map min-max to
-``[0, 1]``, a constant map becoming all zeros). The rendering helpers turn normalised maps into
-``uint8`` RGB tensors ``[B, 3, H, W]`` that TensorBoard's ``add_images`` or
+(``docs/explanations.md#postprocess-and-render``: ReLU -> bilinear upsampling to image size ->
+per-map min-max to ``[0, 1]``, a constant map becoming all zeros). The rendering helpers turn
+normalised maps into ``uint8`` RGB tensors ``[B, 3, H, W]`` that TensorBoard's ``add_images`` or
 ``torchvision.io.write_png`` take as they are.
 """
 

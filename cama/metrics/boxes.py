@@ -1,4 +1,4 @@
-"""Boxes from explanation maps (WSOL convention, ``DESIGN.md`` "Box from a map"; dist-cam Sec. 3,
+"""Boxes from explanation maps (WSOL convention, ``docs/map-scores.md#box-from-a-map``; dist-cam Sec. 3,
 fam Eq. 20): keep the pixels ``>= tau * max`` of a map whose maximum is positive, take the largest
 8-connected component and its bounding box; the box is correct when its IoU with the ground-truth
 box is ``>= 0.5``.  Also the centred box of a given size (:func:`centered_boxes`).
@@ -228,10 +228,11 @@ def top1_localization_error(
     tau: float = 0.2,
     iou_threshold: float = 0.5,
 ) -> Tensor:
-    """Top-1 localization error (dist-cam Sec. 3, ``DESIGN.md``): ``1 - mean(correct & IoU >= 0.5)``.
+    """Top-1 localization error (dist-cam Sec. 3): ``1 - mean(correct & IoU >= 0.5)``.
 
     ``correct`` says whether each sample is correctly recognised: the top-1 class for a classifier,
-    for re-ID and retrieval whether the top-ranked gallery image is a true match.
+    for re-ID and retrieval whether the top-ranked gallery image is a true match
+    (``docs/map-scores.md#top-1-localization-error``).
     """
     iou = box_localization_iou(maps, gt_boxes, [tau])[:, 0]
     hit = (iou >= iou_threshold) & correct.to(iou.device).bool()

@@ -1,4 +1,4 @@
-"""Few-shot accuracy over episodes with its 95% confidence interval (DESIGN.md, "Few-shot").
+"""Few-shot accuracy over episodes with its 95% confidence interval (``docs/evaluation.md#few-shot``).
 
 The accuracy of an N-way episode is the fraction of its queries classified correctly; the reported
 number is the mean over the episodes with the interval ``z * std / sqrt(episodes)``, ``z = 1.96``

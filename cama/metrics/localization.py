@@ -4,8 +4,8 @@ The functional forms live in :mod:`cama.metrics.boxes` (boxes from maps, IoU, Ma
 top-1 localization error, centred boxes) and :mod:`cama.metrics.segmentation` (energy pointing
 game, Otsu segmentation, branch overlap); they are importable from here too.  Every ``Metric``'s
 states are sums (``dist_reduce_fx="sum"``) or, where a statistic of the whole set is needed first,
-concatenated tensors (``"cat"``), so N processes give the numbers of one (``DESIGN.md``,
-"Protocols"):
+concatenated tensors (``"cat"``), so N processes give the numbers of one
+(``docs/evaluation.md#distributed-evaluation``):
 
 * :class:`BoxLocalization`: the mean IoU and the box accuracy at one ``tau`` (0.2 as in fam
   Sec. V-A, following CAM), the top-1 localization error (a sample counts when it is both
@@ -73,7 +73,7 @@ def _valid_boxes(gt_boxes: Tensor) -> Tensor:
 
 
 class BoxLocalization(Metric):
-    """Box scores of maps against ground-truth boxes (WSOL protocol, ``DESIGN.md`` "Box from a map").
+    """Box scores of maps against ground-truth boxes (WSOL protocol, ``docs/map-scores.md#box-from-a-map``).
 
     ``update(maps [B, H, W], gt_boxes [B, 4], correct [B] bool | None)``; samples with an empty
     ground-truth box are skipped; ``correct`` (recognition, default all True) is only used by the

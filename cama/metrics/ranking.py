@@ -4,7 +4,7 @@
 * :func:`first_per_index` -- the samples of an evaluation epoch, one per dataset index (the first
   occurrence; ``DistributedSampler`` repeats samples to pad the last batch), ordered by index, the
   queries and the gallery numbered independently when ``is_query`` is given.
-* :func:`reid_excluded` -- the gallery images a query never ranks (``DESIGN.md`` "Re-ID ranking"):
+* :func:`reid_excluded` -- the gallery images a query never ranks (``docs/evaluation.md#re-id-ranking``):
   same identity *and* same camera, or junk (pid ``-1``); :func:`excluded_pairs` is the same rule
   element-wise (the one definition), :func:`is_junk` its junk part.
 * :func:`top_k` -- the ``k`` nearest gallery rows of each query outside an exclusion mask, ties

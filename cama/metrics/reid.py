@@ -1,6 +1,6 @@
 """Person re-ID ranking metrics: CMC, mAP and mINP under the Market-1501 single-query protocol.
 
-Protocol (``DESIGN.md``, "Re-ID ranking"), identical to torchreid's ``eval_market1501``:
+Protocol (``docs/evaluation.md#re-id-ranking``), identical to torchreid's ``eval_market1501``:
 
 * for each query, gallery images with the query's identity *and* camera are removed, and so are
   junk images (gallery pid ``-1``); distractors (pid ``0``) stay, as false matches;

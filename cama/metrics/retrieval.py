@@ -1,6 +1,6 @@
 """Image retrieval metrics: Recall@K and MAP@R over a whole split, by pytorch-metric-learning.
 
-Protocol (``DESIGN.md``, "Retrieval"; the MS-loss paper and fam Sec. V-D): every image of the test
+Protocol (``docs/evaluation.md#retrieval``; the MS-loss paper and fam Sec. V-D): every image of the test
 split is a query and the *other* test images are its references (query = reference set, the query
 itself excluded from its own neighbours: ``AccuracyCalculator.get_accuracy`` with the reference
 omitted, i.e. ``ref_includes_query=True``).

@@ -108,7 +108,7 @@ class CAMA(pl.LightningModule):
         self.test_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims, rerank=rerank)
         self.evaluation = EpochEvaluation(self.val_metric.result_names, headline=("mAP", "rank1", "mINP"))
 
-    # ------------------------------------------------------------------ the model protocol (DESIGN.md)
+    # ------------------------------------------------------------------ the model protocol (cama.protocols)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
         """``F^i = BN(T^i)`` of each branch, ``[B, K, h, w]`` -- the maps pooled into the embedding."""
         if self.hparams.channels_last:

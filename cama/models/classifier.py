@@ -15,11 +15,12 @@ Training is plain cross-entropy on labelled images (``batch["image"]``, ``batch[
 Validation and test log ``{val,test}/acc`` (top-1 accuracy; ``Val/acc`` is the headline) and
 ``{val,test}/loss``.
 
-Explanations (``DESIGN.md``): the model offers ``feature_maps`` / ``embed_maps`` (one branch), the
-FC weight as the CAM weights (``classifier_weights()``, :class:`cama.protocols.HasClassifier`) and
-``layer4`` as the gradient CAMs' default layer (``explanation_layers()``); the backbone's stages
-are the submodules ``backbone.layer1`` ... ``backbone.layer4`` (:meth:`ImageClassifier.stage_names`),
-the layers ltgrad-cam's layerization fuses.
+Explanations (:mod:`cama.protocols`, ``docs/explanations.md#maps-of-a-whole-model``): the model
+offers ``feature_maps`` / ``embed_maps`` (one branch), the FC weight as the CAM weights
+(``classifier_weights()``, :class:`cama.protocols.HasClassifier`) and ``layer4`` as the gradient
+CAMs' default layer (``explanation_layers()``); the backbone's stages are the submodules
+``backbone.layer1`` ... ``backbone.layer4`` (:meth:`ImageClassifier.stage_names`), the layers
+ltgrad-cam's layerization fuses.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class ImageClassifier(pl.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.evaluation = EpochEvaluation(("acc", "loss"), headline=("acc",))
 
-    # ------------------------------------------------------------------ the model protocol (DESIGN.md)
+    # ------------------------------------------------------------------ the model protocol (cama.protocols)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
         """The backbone's ``layer4`` maps ``[B, K, h, w]`` (one branch), pooled into the embedding."""
         if self.hparams.channels_last:

@@ -19,10 +19,11 @@ Batches are those of :class:`datamodules.FewShotDataModule`: ``image``, ``label`
 split), ``index``, ``episode_labels`` (0..N-1) and ``is_query``; the supports are the items with
 ``is_query`` false, whatever their order.
 
-Explanations (``DESIGN.md``): a query is explained against its *predicted* class, Dist-CAM against
-that class's prototype and FAM against its supports. :meth:`ProtoNet.episode_references` gives, for
-every query of an episode batch, its maps and that prototype and those supports;
-:mod:`cama.references` holds that logic, shared with the explanation callbacks.
+Explanations (``docs/explanations.md#the-reference-of-each-task``): a query is explained against
+its *predicted* class, Dist-CAM against that class's prototype and FAM against its supports.
+:meth:`ProtoNet.episode_references` gives, for every query of an episode batch, its maps and that
+prototype and those supports; :mod:`cama.references` holds that logic, shared with the explanation
+callbacks.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ class ProtoNet(pl.LightningModule):
         self.evaluation = EpochEvaluation(self.val_metric.result_names, headline=("acc", "acc_ci95"))
         self._embedding_cache: dict[int, Tensor] = {}
 
-    # ------------------------------------------------------------------ the model protocol (DESIGN.md)
+    # ------------------------------------------------------------------ the model protocol (cama.protocols)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
         """The backbone's maps ``[B, K, h, w]`` (one branch), the maps pooled into the embedding."""
         if self.hparams.channels_last:

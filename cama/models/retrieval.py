@@ -26,10 +26,11 @@ Validation and test embed the whole test split and log ``{val,test}/recall@{1,2,
 ``{val,test}/map@r`` (:class:`cama.metrics.RetrievalMetric`: pytorch-metric-learning's
 AccuracyCalculator, every test image a query against the others).
 
-Explanations (``DESIGN.md``): the model offers ``feature_maps`` / ``embed_maps``, and
-:meth:`RetrievalModel.embedding_projection` gives the FC weight ``W`` ``[D, K]`` (``None`` without a
-projection) so that FAM maps embedding-dimension contributions back to channels (fam Eq. 16-18);
-:class:`cama.viz.Explainer` does it with ``embedding_projection()``. Eq. 16-18 assume ``e = W GAP(Q)``: exact with the default
+Explanations (:mod:`cama.protocols`, ``docs/explanations.md#fam``): the model offers
+``feature_maps`` / ``embed_maps``, and :meth:`RetrievalModel.embedding_projection` gives the FC
+weight ``W`` ``[D, K]`` (``None`` without a projection) so that FAM maps embedding-dimension
+contributions back to channels (fam Eq. 16-18); :class:`cama.viz.Explainer` does it with
+``embedding_projection()``. Eq. 16-18 assume ``e = W GAP(Q)``: exact with the default
 ``pooling="avg"`` and ``projection_bias=False``, an approximation otherwise.
 """
 
@@ -183,7 +184,7 @@ class RetrievalModel(pl.LightningModule):
         self.test_metric = RetrievalMetric(recall_ks, knn, rerank=rerank)
         self.evaluation = EpochEvaluation(self.val_metric.result_names, headline=("recall@1", "map@r"))
 
-    # ------------------------------------------------------------------ the model protocol (DESIGN.md)
+    # ------------------------------------------------------------------ the model protocol (cama.protocols)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
         """The backbone's ``layer4`` maps ``[B, K, h, w]`` (one branch), pooled into the embedding."""
         if self.hparams.channels_last:
