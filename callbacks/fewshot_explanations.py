@@ -12,7 +12,7 @@ predicts for it, through the model's ``episode_references`` (:class:`cama.protoc
   prototype (the mean support embedding, Eq. 7);
 * ``fam`` (fam Eq. 11-13): channel contributions to the similarity averaged over the class's
   supports, with the model's own metric (cosine or squared Euclidean);
-* ``ram`` (cama-ram Eq. 10 with the prototype as the reference): ``<p, Q(x, y)> / ||p||``;
+* ``ram`` (cama-ram Eq. 10 with the prototype as the reference): ``<p, Q(x, y)> / ||q||`` with ``q = GAP(Q)``;
 * ``gradcam``, ``gradcam++``, ``layercam``, ``fullgrad``: the gradient CAMs of the cosine
   similarity to the prototype (:class:`cama.viz.Explainer`).
 

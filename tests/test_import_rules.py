@@ -22,6 +22,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "cama/models": ("callbacks", "datamodules", "cama.viz"),
     "cama/checkpoint_files.py": ("lightning", "cama.models", "callbacks", "datamodules"),
     "cama/runs.py": ("cama.models", "cama.viz", "callbacks", "datamodules"),
+    "cama/loading.py": ("cama.models", "cama.viz", "callbacks", "datamodules"),
     "callbacks": ("cama.models", "datamodules"),
     "datamodules": ("callbacks", "cama.models", "cama.metrics", "cama.viz", "cama.references", "cama.explain"),
 }

@@ -9,21 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from torch import Tensor, nn
+from torch import nn
 
-__all__ = ["Conv4", "make_activation"]
+from .blocks import BlockStack, make_activation
 
-
-def make_activation(name: str, negative_slope: float = 0.1) -> nn.Module:
-    """``"relu"`` or ``"leaky_relu"`` (with ``negative_slope``) as an in-place module."""
-    if name == "relu":
-        return nn.ReLU(inplace=True)
-    if name == "leaky_relu":
-        return nn.LeakyReLU(negative_slope, inplace=True)
-    raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {name!r}")
+__all__ = ["Conv4"]
 
 
-class Conv4(nn.Module):
+class Conv4(BlockStack):
     """``num_blocks`` x (conv3x3, BN, activation, max-pool 2): ``[B, 3, H, W] -> [B, out_channels, H/16, W/16]``.
 
     Args:
@@ -44,7 +37,6 @@ class Conv4(nn.Module):
         activation: Literal["relu", "leaky_relu"] = "relu",
         negative_slope: float = 0.1,
     ) -> None:
-        super().__init__()
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
         blocks = []
@@ -57,19 +49,4 @@ class Conv4(nn.Module):
                 make_activation(activation, negative_slope),
                 nn.MaxPool2d(2),
             ))
-        self.blocks = nn.Sequential(*blocks)
-        self.out_channels = out_channels
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def stages_top_down(self) -> list[tuple[str, nn.Module]]:
-        """``block<n>`` .. ``block1``: the blocks of the cascading randomization (Adebayo et al. 2018,
-        :mod:`cama.explain.sanity`), top first."""
-        return [(f"block{i + 1}", block) for i, block in enumerate(self.blocks)][::-1]
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.blocks(images)
+        super().__init__(blocks, out_channels, "relu")

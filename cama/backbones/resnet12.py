@@ -12,7 +12,7 @@ from typing import Literal, Sequence
 
 from torch import Tensor, nn
 
-from .conv4 import make_activation
+from .blocks import BlockStack, make_activation
 
 __all__ = ["ResNet12", "ResNet12Block"]
 
@@ -51,7 +51,7 @@ class ResNet12Block(nn.Module):
         return self.dropout(self.pool(out))
 
 
-class ResNet12(nn.Module):
+class ResNet12(BlockStack):
     """ResNet-12: ``[B, 3, H, W] -> [B, channels[-1], H/16, W/16]``.
 
     Args:
@@ -70,26 +70,10 @@ class ResNet12(nn.Module):
         negative_slope: float = 0.1,
         drop_rate: float = 0.0,
     ) -> None:
-        super().__init__()
         if len(channels) < 1:
             raise ValueError("channels must list at least one block")
         blocks, cin = [], in_channels
         for cout in channels:
             blocks.append(ResNet12Block(cin, int(cout), activation, negative_slope, drop_rate))
             cin = int(cout)
-        self.blocks = nn.Sequential(*blocks)
-        self.out_channels = cin
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def stages_top_down(self) -> list[tuple[str, nn.Module]]:
-        """``block<n>`` .. ``block1``: the blocks of the cascading randomization (Adebayo et al. 2018,
-        :mod:`cama.explain.sanity`), top first."""
-        return [(f"block{i + 1}", block) for i, block in enumerate(self.blocks)][::-1]
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.blocks(images)
+        super().__init__(blocks, cin, "leaky_relu")

@@ -37,13 +37,14 @@ from torchmetrics import MeanMetric
 from cama.backbones import RESNET_NAMES, build_resnet
 from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
+from cama.models.heads import OneBranchGAP
 
 __all__ = ["ImageClassifier"]
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(OneBranchGAP, pl.LightningModule):
     """ResNet -> GAP -> FC softmax classifier (module docstring).
 
     Args:
@@ -107,16 +108,7 @@ class ImageClassifier(pl.LightningModule):
         self.evaluation = EpochEvaluation(("acc", "loss"), headline=("acc",))
 
     # ------------------------------------------------------------------ the model protocol (cama.protocols)
-    def feature_maps(self, images: Tensor) -> list[Tensor]:
-        """The backbone's ``layer4`` maps ``[B, K, h, w]`` (one branch), pooled into the embedding."""
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return [self.backbone(images)]
-
-    def embed_maps(self, maps: list[Tensor]) -> Tensor:
-        """``q = GAP(Q)`` ``[B, K]``: the feature the FC layer classifies (dist-cam Eq. 2)."""
-        return maps[0].mean(dim=(2, 3))
-
+    # feature_maps, embed_maps: OneBranchGAP (the backbone's maps, their global average pool)
     def logits_from_embedding(self, embedding: Tensor) -> Tensor:
         """Class logits ``[B, C]`` of pooled features ``[B, K]``."""
         return self.fc(embedding.to(self.fc.weight.dtype))

@@ -40,6 +40,7 @@ from cama.explain.precision import work_dtype
 from cama.metrics import FewShotAccuracy
 from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
+from cama.models.heads import OneBranchGAP
 from cama.protocols import EvaluationOutputs
 from cama.references import EpisodeReferences, class_prototypes, episode_references
 
@@ -105,7 +106,7 @@ def prototype_logits(
     raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
 
 
-class ProtoNet(pl.LightningModule):
+class ProtoNet(OneBranchGAP, pl.LightningModule):
     """Prototypical network with Dist-CAM / FAM explanations (module docstring).
 
     Args:
@@ -191,16 +192,7 @@ class ProtoNet(pl.LightningModule):
         self._embedding_cache: dict[int, Tensor] = {}
 
     # ------------------------------------------------------------------ the model protocol (cama.protocols)
-    def feature_maps(self, images: Tensor) -> list[Tensor]:
-        """The backbone's maps ``[B, K, h, w]`` (one branch), the maps pooled into the embedding."""
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return [self.backbone(images)]
-
-    def embed_maps(self, maps: list[Tensor]) -> Tensor:
-        """``q = GAP(Q)`` ``[B, K]``, the embedding the prototypes and logits are computed from."""
-        return maps[0].mean(dim=(2, 3))
-
+    # feature_maps, embed_maps: OneBranchGAP (the backbone's maps, their global average pool)
     def forward(self, images: Tensor) -> Tensor:
         return self.embed_maps(self.feature_maps(images))
 

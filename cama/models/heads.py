@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from cama.explain import class_activation_map
 from cama.explain.precision import work_dtype
 
-__all__ = ["PooledBatchNorm2d", "CAMHead"]
+__all__ = ["PooledBatchNorm2d", "CAMHead", "OneBranchGAP"]
 
 
 class PooledBatchNorm2d(nn.BatchNorm1d):
@@ -80,3 +80,23 @@ class CAMHead(nn.Module):
 def l2_normalized_gap(maps: Tensor) -> Tensor:
     """``GAP`` then L2 normalisation, the per-branch test feature of cama-ram Sec. 3.3."""
     return F.normalize(maps.mean(dim=(2, 3)), dim=1)
+
+
+class OneBranchGAP:
+    """The model protocol (:class:`cama.protocols.EmbeddingModel`) of a one-branch model whose
+    embedding is the global average pool of its ``backbone``'s maps (dist-cam Eq. 2): a mixin of the
+    classifier and the few-shot learner, which set ``self.backbone`` and the ``channels_last``
+    hyper-parameter."""
+
+    backbone: nn.Module
+    hparams: dict
+
+    def feature_maps(self, images: Tensor) -> list[Tensor]:
+        """The backbone's maps ``[B, K, h, w]`` (one branch), the maps pooled into the embedding."""
+        if self.hparams.get("channels_last"):
+            images = images.contiguous(memory_format=torch.channels_last)
+        return [self.backbone(images)]
+
+    def embed_maps(self, maps: list[Tensor]) -> Tensor:
+        """``q = GAP(Q)`` ``[B, K]``: the embedding (what a classifier's FC layer or a prototype compares)."""
+        return maps[0].mean(dim=(2, 3))

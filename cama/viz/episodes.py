@@ -7,7 +7,7 @@ its ``supports``, the ``metric`` the logits compare with.
 
 * ``dist_cam`` (dist-cam Eq. 4-7): channel weights from ``|p - q|``;
 * ``fam`` (fam Eq. 11-13): contributions averaged over the class's supports, with the model's metric;
-* ``ram`` (cama-ram Eq. 10, the prototype as the reference): ``<p, Q(x, y)> / ||p||``;
+* ``ram`` (cama-ram Eq. 10, the prototype as the reference): ``<p, Q(x, y)> / ||q||`` with ``q = GAP(Q)``;
 * the gradient CAMs: of the cosine similarity to the prototype (:class:`~cama.viz.Explainer`).
 """
 
