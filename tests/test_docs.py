@@ -47,7 +47,7 @@ def project_files() -> list[Path]:
 
 def checked_markdown_pages() -> list[Path]:
     """The Markdown pages whose links must resolve."""
-    return sorted((ROOT / "docs").glob("*.md"))
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def github_slug(heading: str) -> str:
