@@ -66,11 +66,6 @@ class ReIDSizes:
     cameras_per_id: tuple[int, int] = (2, 6)
     variants: tuple[tuple[str, int, int], ...] = (("labeled", 0, 0),)
 
-    @property
-    def gallery_persons(self) -> int:
-        """Gallery images of test identities (without distractors and junk)."""
-        return self.gallery_images - self.distractors - self.junk
-
     def variant_sizes(self) -> dict[str, tuple[int, int]]:
         """``variant -> (train images, gallery images)``."""
         return {v: (t or self.train_images, g or self.gallery_images) for v, t, g in self.variants}

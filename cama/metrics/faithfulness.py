@@ -116,12 +116,20 @@ def average_drop(scores: Tensor, masked_scores: Tensor) -> Tensor:
     return (100.0 * drop.sum() / count.clamp_min(1)).float()
 
 
+def _increases(scores: Tensor, masked_scores: Tensor) -> Tensor:
+    """Per-sample ``[O > Y]`` as float64 ``[N]`` (in float64, so ``O`` and ``Y`` of another dtype compare exactly)."""
+    scores, masked_scores = scores.reshape(-1), masked_scores.reshape(-1).to(scores.device)
+    if scores.shape != masked_scores.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and masked_scores {tuple(masked_scores.shape)} differ")
+    return (masked_scores.double() > scores.double()).double()
+
+
 def increase_in_confidence(scores: Tensor, masked_scores: Tensor) -> Tensor:
     """Increase in Confidence in percent, fam Eq. 22: ``100/N sum [O > Y]`` (0-d float32 tensor)."""
-    scores, masked_scores = scores.reshape(-1), masked_scores.reshape(-1).to(scores.device)
-    if scores.numel() == 0:
-        return torch.zeros((), device=scores.device)
-    return (100.0 * (masked_scores.double() > scores.double()).double().mean()).float()
+    increases = _increases(scores, masked_scores)
+    if increases.numel() == 0:
+        return torch.zeros((), device=increases.device)
+    return (100.0 * increases.mean()).float()
 
 
 class AverageDropIncrease(Metric):
@@ -146,12 +154,7 @@ class AverageDropIncrease(Metric):
         self.drop_sum += drop.sum().to(device)
         self.drop_sq_sum += drop.square().sum().to(device)
         self.drop_count += defined.double().sum().to(device)
-        self.increase_count += (
-            (masked_scores.reshape(-1).double().to(scores.device) > scores.reshape(-1).double())
-            .double()
-            .sum()
-            .to(device)
-        )
+        self.increase_count += _increases(scores, masked_scores).sum().to(device)
         self.total += float(drop.numel())
 
     def compute(self) -> dict[str, Tensor]:

@@ -31,7 +31,7 @@ from cama.metrics.distances import pairwise_distance
 from cama.metrics.match_ranks import Gallery, Workspace, match_ranks, max_chunk_rows
 from cama.metrics.ranking import EmbeddingSet, first_per_index, is_junk
 from cama.metrics.reid_inputs import as_ids, as_tensor, no_valid_query_error
-from cama.metrics.rerank import check_rerank_options, re_ranked_distances
+from cama.metrics.rerank import RerankOptions
 from cama.metrics.states import CollectedSamples
 
 __all__ = ["evaluate_rank", "pairwise_distance", "ReIDRankMetric"]
@@ -260,10 +260,8 @@ class ReIDRankMetric(CollectedSamples):
         self.distance = distance
         self.chunk_bytes = int(chunk_bytes)
         self.chunk_size = chunk_size  # queries per distance chunk; None = from chunk_bytes
-        if rerank:
-            check_rerank_options(k1, k2, lambda_value)
-        self.rerank = bool(rerank)
-        self.k1, self.k2, self.lambda_value = int(k1), int(k2), float(lambda_value)
+        self.rerank_options = RerankOptions.of(rerank, k1, k2, lambda_value)
+        self.rerank = self.rerank_options is not None
         self._add_cat_states("embeddings", "pids", "camids", "is_query", "indices")
 
     def update(
@@ -334,7 +332,7 @@ class ReIDRankMetric(CollectedSamples):
         keep = ~is_junk(gp)
         if not bool(keep.all()):
             gf, gp, gc = gf[keep], gp[keep], gc[keep]
-        dist = re_ranked_distances(qf, gf, self.distance, self.k1, self.k2, self.lambda_value)
+        dist = self.rerank_options.distances(qf, gf, self.distance)
         return evaluate_rank(dist, qp, gp, qc, gc, self.max_rank, return_minp=True,
                              chunk_size=self.chunk_size, chunk_bytes=self.chunk_bytes)
 

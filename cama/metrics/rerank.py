@@ -36,6 +36,8 @@ Differences from the reference code, none of which changes the published method:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Iterator
 
 import torch
@@ -43,7 +45,7 @@ from torch import Tensor
 
 from cama.metrics.distances import pairwise_distance
 
-__all__ = ["re_ranking", "re_ranked_distances", "check_rerank_options"]
+__all__ = ["re_ranking", "re_ranked_distances", "check_rerank_options", "RerankOptions"]
 
 # budget of the temporaries of one chunk (bytes) and of one chunk of the Jaccard join (pairs)
 _CHUNK_BYTES = 256 * 1024 * 1024
@@ -80,6 +82,34 @@ def check_rerank_options(k1: int, k2: int, lambda_value: float) -> None:
         raise ValueError(f"re-ranking: k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
     if not 0.0 <= float(lambda_value) <= 1.0:
         raise ValueError(f"re-ranking: lambda_value must lie in [0, 1], got {lambda_value}")
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """The k-reciprocal re-ranking options a metric ranks by (checked when it is built, before any
+    epoch): ``k1``, ``k2``, ``lambda_value`` of :func:`re_ranking`.
+
+    >>> RerankOptions.of(True, k1=20, k2=6, lambda_value=0.3)
+    RerankOptions(k1=20, k2=6, lambda_value=0.3)
+    >>> RerankOptions.of(False) is None
+    True
+    """
+
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+
+    def __post_init__(self) -> None:
+        check_rerank_options(self.k1, self.k2, self.lambda_value)
+
+    @classmethod
+    def of(cls, rerank: bool, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> "RerankOptions | None":
+        """The options when ``rerank``, else None."""
+        return cls(int(k1), int(k2), float(lambda_value)) if rerank else None
+
+    def distances(self, queries: Tensor, gallery: Tensor | None = None, distance: str = "euclidean") -> Tensor:
+        """:func:`re_ranked_distances` with these options."""
+        return re_ranked_distances(queries, gallery, distance, self.k1, self.k2, self.lambda_value)
 
 
 def _normalised_distances(q_g: Tensor, q_q: Tensor, g_g: Tensor) -> Tensor:

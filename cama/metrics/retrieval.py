@@ -32,7 +32,7 @@ from torch import Tensor
 from cama.explain.precision import at_least_float32
 from cama.metrics.distances import overflow_safe_float32
 from cama.metrics.ranking import EmbeddingSet, first_per_index
-from cama.metrics.rerank import check_rerank_options, re_ranked_distances
+from cama.metrics.rerank import RerankOptions
 from cama.metrics.states import CollectedSamples
 
 __all__ = ["RECALL_KS", "faiss_available", "retrieval_knn", "retrieval_metrics", "RetrievalMetric"]
@@ -194,9 +194,8 @@ class RetrievalMetric(CollectedSamples):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if rerank:
-            check_rerank_options(k1, k2, lambda_value)
-        self.rerank, self.rerank_args = bool(rerank), dict(k1=k1, k2=k2, lambda_value=lambda_value)
+        self.rerank_options = RerankOptions.of(rerank, k1, k2, lambda_value)
+        self.rerank = self.rerank_options is not None
         recall_ks = tuple(int(k) for k in recall_ks)
         if not recall_ks or min(recall_ks) < 1:
             raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
@@ -249,7 +248,7 @@ class RetrievalMetric(CollectedSamples):
         out = retrieval_metrics(embeddings, labels, self.recall_ks, self.knn)
         if self.rerank:  # every image a query against the others: q-g, q-q and g-g are one matrix
             (safe,) = overflow_safe_float32(embeddings)
-            reranked = re_ranked_distances(safe, **self.rerank_args)
+            reranked = self.rerank_options.distances(safe)
             out.update({f"{k}_rerank": v for k, v in retrieval_metrics(
                 embeddings, labels, self.recall_ks, self.knn, distances=reranked).items()})
         return out

@@ -241,12 +241,6 @@ class SyntheticReID:
     def __len__(self) -> int:
         return sum(len(v) for v in self._splits.values())
 
-    def identity_of_pid(self, pid: int) -> Identity:
-        for ident in self.identities:
-            if ident.pid == pid:
-                return ident
-        raise KeyError(pid)
-
     @property
     def train_pids(self) -> list[int]:
         return sorted(self.identities[i].pid for i in self.train_identities)
