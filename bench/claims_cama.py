@@ -43,7 +43,7 @@ from cama.explain import dist_cam, dist_cam_weights, global_average_pool, postpr
 from cama.loading import instantiate_config, read_config
 from cama.metrics import BranchOverlap
 from cama.metrics.parts import PartEvidence, part_energy_share
-from cama.viz import Explainer
+from cama.viz import Explainer, Own, ProbeAgainst
 
 CONFIG = REPO / "configs" / "cama_synthetic.yaml"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -72,8 +72,8 @@ def map_measures(model: torch.nn.Module, datamodule: Any, batch_size: int = 128)
         features = explainer.features(batch["image"].to(model.device))
         branches = features.num_branches
         if branches > 1:
-            overlap.update(explainer.raw_maps("ram", features, features.embedding).cpu())
-        maps = explainer.explain("ram", features, features.embedding, branches=True).cpu()  # [B, N(+1), H, W]
+            overlap.update(explainer.raw_maps("ram", features, Own()).cpu())
+        maps = explainer.explain("ram", features, Own(), branches=True).cpu()  # [B, N(+1), H, W]
         parts, selected = batch["mask"].bool(), batch[EVIDENCE_KEY].bool()
         names = [f"branch{i + 1}" for i in range(branches)] + (["sum"] if branches > 1 else [])
         for i, name in enumerate(names if branches > 1 else ["sum"]):
@@ -103,8 +103,7 @@ def reference_diagnostics(model: torch.nn.Module, datamodule: Any, count: int = 
     everything = torch.ones(person.shape[:2], dtype=torch.bool, device=person.device)
     out: dict[str, float] = {}
     for method in ("dist_cam", "fam", "ram"):
-        target = features.embedding if method == "ram" else reference
-        maps = explainer.explain(method, features, target, branches=True)
+        maps = explainer.explain(method, features, ProbeAgainst(reference), branches=True)
         names = [f"branch{i + 1}" for i in range(maps.shape[1] - 1)] + ["sum"] if maps.shape[1] > 1 else ["sum"]
         for i, name in enumerate(names):
             out[f"{method}/{name}/person_energy"] = float(part_energy_share(maps[:, i], person, everything)[0].nanmean())
@@ -126,7 +125,7 @@ def reference_diagnostics(model: torch.nn.Module, datamodule: Any, count: int = 
     # a blank image (the mean colour): where do its own maps lie? Only the zero padding tells a
     # border from the middle there
     blank = explainer.features(torch.zeros_like(batch["image"][:1]))
-    out["ram/blank/border_energy"] = float(border_share(explainer.explain("ram", blank, blank.embedding)[:, -1]).mean())
+    out["ram/blank/border_energy"] = float(border_share(explainer.explain("ram", blank, Own())[:, -1]).mean())
     out["constant/border_energy"] = float(border_share(torch.ones_like(person[:1, 0], dtype=torch.float)).mean())
     return out
 

@@ -45,7 +45,7 @@ from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet
 from cama.references import ReIDReferences
 from cama.viz import (
-    Explainer, check_methods, picture_title, probe_grid, probe_grid_legend, ranking_figure, ranking_legend, to_uint8,
+    Explainer, ProbeAgainst, check_methods, picture_title, probe_grid, probe_grid_legend, ranking_figure, ranking_legend, to_uint8,
 )
 
 __all__ = ["ExplanationImages"]
@@ -222,9 +222,7 @@ class ExplanationImages(RankingCallback):
         ).diagonal()
         written: list[str] = []
         for method in self.methods:
-            own = method == "ram"  # R_q^q on the probe; every other map is against the reference
-            probe_target = probe_features.embedding if own else reference_features.embedding
-            probe_maps = explainer.explain(method, probe_features, probe_target)
+            probe_maps = explainer.explain(method, probe_features, ProbeAgainst(reference_features.embedding))
             reference_maps = explainer.explain(method, reference_features, probe_features.embedding)
             picture = probe_grid(
                 probe_pictures,
@@ -249,9 +247,7 @@ class ExplanationImages(RankingCallback):
             listed = [position[int(r)] for r in references[j][valid].tolist()]
             listed_features = gallery_features.select(listed)
             query_features = probe_features.select([j])
-            query_target = (
-                query_features.embedding if method == "ram" else reference_features.embedding[j : j + 1]
-            )
+            query_target = ProbeAgainst(reference_features.embedding[j : j + 1])
             query_maps = explainer.explain(method, query_features, query_target)[0]
             listed_maps = explainer.explain(
                 method, listed_features, query_features.embedding.expand(len(listed), -1)

@@ -63,7 +63,7 @@ from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
 from cama.metrics.ranking import EmbeddingSet
 from cama.protocols import HasOverlapPenalty, ShowsImages
-from cama.viz import GRADIENT_METHODS, Explainer, Features, check_methods
+from cama.viz import GRADIENT_METHODS, Explainer, Features, Own, ProbeAgainst, check_methods
 
 __all__ = ["LocalizationMetrics"]
 
@@ -304,7 +304,7 @@ class LocalizationMetrics(ScoredRankingCallback):
         if boxes is not None:
             scores.update_baselines(boxes, tuple(features.images.shape[-2:]))
         if self.branch_overlap and features.num_branches > 1:
-            scores.update_overlap(explainer.raw_maps("ram", features, features.embedding))
+            scores.update_overlap(explainer.raw_maps("ram", features, Own()))
 
         faithful = (position < self.num_faithfulness_samples).nonzero().squeeze(1)
         masked_images: list[Tensor] = []
@@ -316,7 +316,7 @@ class LocalizationMetrics(ScoredRankingCallback):
                 if rows_used.numel() == 0:
                     continue
             used = features.select(rows_used) if rows_used.numel() < position.numel() else features
-            target = used.embedding if method == "ram" else reference_embeddings[rows_used]
+            target = ProbeAgainst(reference_embeddings[rows_used])
             # branches then summed; the part scores need the branches' regions
             maps = explainer.explain(method, used, target, branches=self.per_branch or evidence is not None)
             summed = maps[:, -1]

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from callbacks.base import ScoredRankingCallback, load_items
 from cama.explain import SanityCheckResult, sanity_check
 from cama.protocols import HasRandomizationBlocks
-from cama.viz import GRADIENT_METHODS, Explainer, check_methods
+from cama.viz import GRADIENT_METHODS, Explainer, ProbeAgainst, check_methods
 
 __all__ = ["SanityChecks", "sanity_maps"]
 
@@ -69,7 +69,7 @@ def sanity_maps(
     size = tuple(images.shape[-2:])
     maps: dict[str, Tensor] = {}
     for method in methods:
-        target = queries.embedding if method == "ram" else reference_embeddings
+        target = ProbeAgainst(reference_embeddings)
         if method in GRADIENT_METHODS:
             maps[method] = explainer.explain(method, queries, target, branches=False)[:, 0]
             continue

@@ -1,4 +1,19 @@
-"""LightningDataModules: real on-disk layouts and an embedded synthetic generator with ground truth."""
+"""LightningDataModules: real on-disk layouts and an embedded synthetic generator with ground truth.
+
+The synthetic generator writes a real data set's layout, which the real loader then reads as it
+would read the data set (the tests and the real-size rehearsal work this way):
+
+>>> import tempfile
+>>> from datamodules import ReIDDataModule, write_reid_layout
+>>> root = write_reid_layout(tempfile.mkdtemp(), "market1501", seed=0, progress=False,
+...                          num_train_ids=4, num_test_ids=3, num_distractors=2, num_junk=1)
+>>> sorted(p.name for p in root.iterdir() if p.is_dir())
+['bounding_box_test', 'bounding_box_train', 'query']
+>>> data = ReIDDataModule(dataset="market1501", root=str(root), image_size=(64, 32), num_workers=0)
+>>> data.setup("fit")
+>>> data.num_classes, data.eval_dataset.num_query   # 4 training identities; 3 test ones, 2 query cameras each
+(4, 6)
+"""
 
 from .reid import DatasetLayoutError, ReIDDataModule, UnreadableImageError
 from .samplers import PKSampler

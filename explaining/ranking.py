@@ -25,7 +25,7 @@ from tqdm import tqdm
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
 from cama.metrics.rerank import re_ranked_distances
-from cama.viz import Explainer, picture_title, ranking_figure, to_uint8
+from cama.viz import Explainer, ProbeAgainst, picture_title, ranking_figure, to_uint8
 from explaining.common import MARKET_NAME, FileImages, write_json, write_picture
 
 __all__ = ["DatasetRanking", "FileRanking", "explain_rankings"]
@@ -154,8 +154,7 @@ def explain_rankings(
             listed_distances = pairwise_distance(query.embedding, listed.embedding)[0]
         gallery_labels = [data.label_text(g) for g in found]
         for method in methods:
-            target = query.embedding if method == "ram" else listed.embedding[:1]
-            query_maps = explainer.explain(method, query, target)[0]
+            query_maps = explainer.explain(method, query, ProbeAgainst(listed.embedding[:1]))[0]
             listed_maps = explainer.explain(method, listed, query.embedding.expand(len(found), -1))
             picture = ranking_figure(
                 query_picture, listed_pictures, frames, query_maps, listed_maps, alpha, colormap,

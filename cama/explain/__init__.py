@@ -20,6 +20,26 @@ float64), so low-precision maps equal the float32 maps of the same values:
   :func:`spearman_correlation`, :func:`ssim`.
 
 This package imports nothing from ``cama.models``, ``callbacks`` or ``datamodules``.
+
+Examples (hand-checkable). Two channels on a 1x2 grid, ``Q[0] = [1, 3]``, ``Q[1] = [0, 2]``, so
+``q = GAP(Q) = [2, 1]``. RAM against a query feature ``f_q = [1, 0]`` is
+``<f_q, Q(x, y)> / ||q|| = [1, 3] / sqrt(5)``; CAM with class weights ``[0.5, 1]`` is
+``0.5 Q[0] + Q[1] = [0.5, 3.5]``; every map is brought to ``[0, 1]`` at image size by
+:func:`postprocess`:
+
+>>> import torch
+>>> from cama.explain import class_activation_map, dist_cam, fam, postprocess, ram
+>>> Q = torch.tensor([[[[1.0, 3.0]], [[0.0, 2.0]]]])          # [B=1, K=2, h=1, w=2]
+>>> (ram(torch.tensor([[1.0, 0.0]]), Q) * 5 ** 0.5).round(decimals=4)
+tensor([[[1., 3.]]])
+>>> class_activation_map(Q, torch.tensor([[0.5, 1.0]]), 0)
+tensor([[[0.5000, 3.5000]]])
+>>> dist_cam(Q, torch.tensor([[2.0, 1.0]])).shape              # against a reference embedding
+torch.Size([1, 1, 2])
+>>> fam(Q, torch.tensor([[[2.0, 1.0], [1.0, 2.0]]])).shape     # against two supports
+torch.Size([1, 1, 2])
+>>> postprocess(torch.tensor([[[1.0, 3.0]]]), size=(1, 3))     # ReLU, upsample, min-max
+tensor([[[0.0000, 0.5000, 1.0000]]])
 """
 
 from .gradient import (

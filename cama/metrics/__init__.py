@@ -1,4 +1,30 @@
-"""Metrics (torchmetrics Metrics and their functional forms)."""
+"""Metrics (torchmetrics Metrics and their functional forms): re-ID ranking (CMC, mAP, mINP),
+retrieval (Recall@K, MAP@R), few-shot accuracy, and the scores of explanation maps (boxes,
+energy, Otsu segmentation, branch overlap, Average Drop / Increase in Confidence); their
+definitions: ``docs/evaluation.md`` and ``docs/map-scores.md``.
+
+Examples (hand-checkable). One query of identity 1 seen by camera 0, three gallery images: identity
+2 (camera 1, distance 0.1), identity 1 (camera 1, 0.2) and identity 1 by the query's own camera
+(0.05, which the Market-1501 protocol excludes). The true match comes second: rank-1 0, rank-2 1,
+AP 1/2:
+
+>>> import torch
+>>> from cama.metrics import AverageDropIncrease, evaluate_rank
+>>> cmc, m_ap = evaluate_rank(torch.tensor([[0.1, 0.2, 0.05]]), torch.tensor([1]), torch.tensor([2, 1, 1]),
+...                           torch.tensor([0]), torch.tensor([1, 1, 0]), max_rank=2)
+>>> cmc, m_ap
+(tensor([0., 1.]), 0.5)
+
+Average Drop and Increase in Confidence (fam Eq. 21-22) of two probes whose scores ``Y = [0.8, 0.4]``
+become ``O = [0.4, 0.5]`` when masked by their maps: drops ``0.4 / 0.8`` and 0 (AD 25%), one
+increase in two (IC 50%):
+
+>>> metric = AverageDropIncrease()
+>>> metric.update(torch.tensor([0.8, 0.4]), torch.tensor([0.4, 0.5]))
+>>> {k: round(float(v), 2) for k, v in metric.compute().items() if k in ("ad", "ic")}
+{'ad': 25.0, 'ic': 50.0}
+"""
+
 from cama.metrics.reid import ReIDRankMetric, evaluate_rank
 
 __all__ = ["evaluate_rank", "ReIDRankMetric"]

@@ -1,13 +1,30 @@
 """Explanations of whole models, as maps and pictures: used by the callbacks and ``explain.py``.
 
 * :mod:`cama.viz.explainer` -- :class:`Explainer`: every method's maps (per branch and summed) of any
-  :class:`cama.protocols.EmbeddingModel` against a target embedding.
+  :class:`cama.protocols.EmbeddingModel` against a target (:mod:`cama.viz.targets`: a probe against
+  its reference, against an embedding, against its own);
 * :mod:`cama.viz.pictures` -- probe grids and ranking lists (cama-ram Fig. 4 / Fig. 8) as ``uint8``,
   laid out by :mod:`cama.viz.layout` (tiles, headers, captions) with the text and colour bar of
   :mod:`cama.viz.labels`;
 * :mod:`cama.viz.episodes` -- the few-shot maps and pictures.
 
 No Lightning here: plain modules and tensors in, tensors out.
+
+Explaining three probes of a 2-branch CAMA against their references (the maps of each branch and
+their sum, at image size, in ``[0, 1]``; RAM shows each probe's own ``R_q^q``):
+
+>>> import torch
+>>> from cama.models import CAMA
+>>> from cama.viz import Explainer, ProbeAgainst
+>>> explainer = Explainer(CAMA(num_classes=4, backbone="resnet10", width=8, num_branches=2).eval())
+>>> probes = explainer.features(torch.rand(3, 3, 64, 32))
+>>> references = explainer.features(torch.rand(3, 3, 64, 32))
+>>> for method in ("dist_cam", "ram", "fam"):
+...     maps = explainer.explain(method, probes, ProbeAgainst(references.embedding))
+...     print(method, tuple(maps.shape), 0 <= float(maps.min()) <= float(maps.max()) <= 1)
+dist_cam (3, 3, 64, 32) True
+ram (3, 3, 64, 32) True
+fam (3, 3, 64, 32) True
 """
 
 from cama.viz.explainer import (
@@ -19,6 +36,7 @@ from cama.viz.explainer import (
     check_methods,
     default_gradient_layers,
 )
+from cama.viz.targets import Against, Own, ProbeAgainst, Target
 from cama.viz.pictures import (
     GREEN,
     RED,
@@ -34,6 +52,10 @@ from cama.viz.pictures import (
 )
 
 __all__ = [
+    "Against",
+    "Own",
+    "ProbeAgainst",
+    "Target",
     "FORWARD_METHODS",
     "GRADIENT_METHODS",
     "METHODS",

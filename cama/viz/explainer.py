@@ -58,6 +58,7 @@ from cama.explain import (
     similarity_score,
 )
 from cama.explain.precision import at_least_float32
+from cama.viz.targets import Target, as_target
 from cama.protocols import EmbeddingModel, HasBranchLayers, HasClassifier, HasProjection
 
 __all__ = [
@@ -221,8 +222,10 @@ class Explainer:
         return Features(images=images, maps=maps, embedding=embedding, slices=slices)
 
     # ------------------------------------------------------------------ forward-only maps
-    def raw_maps(self, method: str, features: Features, target: Tensor) -> Tensor:
-        """The raw per-branch maps ``[B, N, h, w]`` of a forward-only method (feature resolution)."""
+    def raw_maps(self, method: str, features: Features, target: Target | Tensor) -> Tensor:
+        """The raw per-branch maps ``[B, N, h, w]`` of a forward-only method (feature resolution)
+        against ``target`` (:mod:`cama.viz.targets`; a ``[B, D]`` tensor: against that embedding)."""
+        target = as_target(target).embedding(method, features.embedding)
         if method == "cam":
             if not isinstance(self.model, HasClassifier):
                 raise ValueError(
@@ -266,9 +269,12 @@ class Explainer:
         ]
         return per_branch, [m for layers in per_branch for m in layers]
 
-    def gradient_maps(self, method: str, features: Features, target: Tensor, branches: bool = True) -> Tensor:
+    def gradient_maps(
+        self, method: str, features: Features, target: Target | Tensor, branches: bool = True
+    ) -> Tensor:
         """Gradient maps ``[B, N + 1, H, W]`` (branches, then summed; ``[B, 1, H, W]`` for one branch
-        or with ``branches=False``)."""
+        or with ``branches=False``) against ``target`` (as :meth:`raw_maps`)."""
+        target = as_target(target).embedding(method, features.embedding)
         embedder = _Embedder(self.model)
         per_branch, all_layers = self._layers()
         kwargs = dict(
@@ -289,7 +295,7 @@ class Explainer:
         self,
         method: str,
         features: Features,
-        target: Tensor,
+        target: Target | Tensor,
         size: Sequence[int] | None = None,
         branches: bool = True,
     ) -> Tensor:
@@ -298,7 +304,9 @@ class Explainer:
         Args:
             method: one of :data:`METHODS`.
             features: :meth:`features` of the images to explain.
-            target: ``[B, D]`` embedding to explain against (reference, or the sample's own).
+            target: what to explain against (:mod:`cama.viz.targets`): ``ProbeAgainst(reference)``
+                for a probe and its reference (RAM then the probe's own), ``Against(embedding)`` or a
+                ``[B, D]`` tensor for that embedding with every method, ``Own()``.
             size: output ``(H, W)``; default the images' size.
             branches: False returns the summed map only, ``[B, 1, H, W]`` (cheaper).
         """
