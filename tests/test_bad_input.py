@@ -91,7 +91,7 @@ def test_corrupt_or_foreign_checkpoint_names_the_file(lightning_ckpt, tmp_path, 
     path = _bad_files(tmp_path, lightning_ckpt).get(kind, tmp_path / "missing.ckpt")
     message = resume_problem(str(path), "cama.models.CAMA", "validate --ckpt_path")
     assert message is not None and str(path) in message and "--ckpt_path" in message
-    assert "weights_only=True" not in message and "weights_only` set to `False" not in message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
     assert "Lightning checkpoint" in message
     with pytest.raises(CheckpointFileError, match="init_from") as err:
         load_matching_weights(nn.Linear(2, 2), str(path))
