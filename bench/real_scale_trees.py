@@ -5,7 +5,7 @@
 ``.real_scale_complete.json`` is there already; a folder without the marker (an interrupted write) is
 removed and written again. After writing, the files on disk are counted per split (images,
 identities, distractors, junk; classes) and compared with the targets of
-:mod:`datamodules.real_sizes`; the marker keeps the counts, the writing time and the size on disk.
+:mod:`datamodules.synthetic.real_sizes`; the marker keeps the counts, the writing time and the size on disk.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
-from datamodules.real_sizes import (  # noqa: E402
+from datamodules.synthetic.real_sizes import (  # noqa: E402
     CLASS_SIZES,
     REID_SIZES,
     class_counts,
@@ -100,7 +100,7 @@ def count_on_disk(name: str, path: Path) -> dict[str, int]:
             out[f"{split} classes"] = len({r.split(",")[1] for r in rows})
         out["images"] = sum(1 for _ in os.scandir(path / "images"))
         return out
-    from datamodules.fewshot import cub_few_shot_split
+    from datamodules.split_rules import cub_few_shot_split
 
     labels = [int(line.split()[1]) for line in (path / "image_class_labels.txt").read_text().splitlines()]
     classes = sorted(set(labels))
@@ -149,7 +149,7 @@ def _du(path: Path) -> int:
 def _write(name: str, path: Path, scale: str | float, workers: int, progress: bool,
            overrides: dict[str, Any]) -> None:
     from datamodules.synthetic import write_reid_layout
-    from datamodules.synthetic_classes import (
+    from datamodules.synthetic import (
         write_cub_layout,
         write_miniimagenet_layout,
     )

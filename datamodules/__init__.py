@@ -32,7 +32,7 @@ __all__ = [
 ]
 from .episodes import EpisodeCollate, EpisodeSampler, episode_layout
 from .fewshot import FewShotDataModule
-from .synthetic_classes import SyntheticClasses, SyntheticClassesConfig, write_classes_layout
+from .synthetic import SyntheticClasses, SyntheticClassesConfig, write_classes_layout
 
 __all__ += [
     "EpisodeCollate",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .split_rules import cub_few_shot_split
 from .errors import DatasetLayoutError
 from .images import IMAGE_EXTENSIONS
 
@@ -24,7 +25,6 @@ __all__ = [
     "FewShotRecord",
     "scan_miniimagenet_split",
     "resolve_cub_root",
-    "cub_few_shot_split",
     "scan_cub",
     "scan_class_folders",
     "scan_cub_retrieval",
@@ -121,13 +121,6 @@ def _read_table(path: Path, columns: int) -> dict[int, list[str]]:
             raise DatasetLayoutError(f"{path} line {line}: expected '<id> ...' with {columns} fields, got {text!r}")
         out[int(parts[0])] = parts[1:]
     return out
-
-
-def cub_few_shot_split(class_position: int) -> str | None:
-    """Chen et al.'s split of the ``i``-th class: ``i % 2 == 0`` train, ``% 4 == 1`` val, ``% 4 == 3`` test."""
-    if class_position % 2 == 0:
-        return "train"
-    return "val" if class_position % 4 == 1 else "test"
 
 
 def scan_cub(root: str | Path) -> dict[str, list[FewShotRecord]]:

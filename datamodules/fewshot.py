@@ -52,7 +52,6 @@ from .class_images import ClassImagesDataModule, FewShotImageDataset, FewShotTra
 from .class_scan import (
     SPLITS,
     FewShotRecord,
-    cub_few_shot_split,
     resolve_cub_root,
     scan_class_folders,
     scan_cub,
@@ -77,7 +76,6 @@ __all__ = [
     "scan_cub",
     "scan_class_folders",
     "resolve_cub_root",
-    "cub_few_shot_split",
 ]
 
 FEW_SHOT_DATASETS = ("synthetic", "miniimagenet", "cub", "folders")

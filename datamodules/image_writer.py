@@ -1,7 +1,7 @@
 """Render, encode and write many synthetic images, in a fixed order, on one or several processes.
 
 The layout writers (:func:`~datamodules.synthetic.write_reid_layout`,
-:func:`~datamodules.synthetic_classes.write_cub_layout`, ...) first list what they write, one
+:func:`~datamodules.synthetic.write_cub_layout`, ...) first list what they write, one
 :class:`ImageJob` per file (its path under the root and the arguments of the generator's ``render``
 after the generator itself), then hand the list to :func:`write_images`. Every image is a function of
 the generator and the job alone, so the files are the same whatever the number of processes; the

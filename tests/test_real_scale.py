@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.real_sizes import (
+from datamodules.synthetic.real_sizes import (
     CLASS_SIZES,
     REID_SIZES,
     class_counts,

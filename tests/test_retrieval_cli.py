@@ -15,7 +15,7 @@ import yaml
 from pytorch_metric_learning import losses, miners
 
 from datamodules.reid import DatasetLayoutError
-from datamodules.synthetic_classes import write_cub_layout
+from datamodules.synthetic import write_cub_layout
 from train import CLI
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")

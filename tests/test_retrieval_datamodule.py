@@ -14,7 +14,7 @@ import torch
 from datamodules.fewshot import scan_class_folders
 from datamodules.reid import DatasetLayoutError, UnreadableImageError
 from datamodules.retrieval import MPerClassBatchSampler, RetrievalDataModule, scan_cub_retrieval
-from datamodules.synthetic_classes import SyntheticClasses, write_class_folders, write_cub_layout
+from datamodules.synthetic import SyntheticClasses, write_class_folders, write_cub_layout
 
 H, W = 40, 48  # native size of the written images: not square, so x and y scale differently
 SIZE = 32

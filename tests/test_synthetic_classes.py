@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from datamodules.synthetic_classes import (
+from datamodules.synthetic import (
     COLOURS,
     SHAPES,
     TEXTURES,

@@ -28,7 +28,7 @@ data to disk in the Market-1501, DukeMTMC-reID or CUHK03-NP layouts, which is ho
 loaders are tested.
 
 The package also holds the object classes of the few-shot and retrieval data
-(:class:`SyntheticClasses`, also importable from :mod:`datamodules.synthetic_classes`). Modules:
+(:class:`SyntheticClasses`). Modules:
 
 * :mod:`.people`: part attributes, identities, the shapes of a person, clutter and occluders;
 * :mod:`.canvas`: cameras, background, painting of the shape table into an image with ground truth;
@@ -36,7 +36,9 @@ The package also holds the object classes of the few-shot and retrieval data
   :class:`SyntheticReIDDataset`;
 * :mod:`.reid_layouts`: :func:`write_reid_layout`;
 * :mod:`.object_shapes`, :mod:`.objects`, :mod:`.class_layouts`: the same for the object classes;
-* :mod:`.common`: what both generators share (config overrides, noise bank, boxes, items).
+* :mod:`.common`: what both generators share (config overrides, noise bank, boxes, items);
+* :mod:`.real_sizes`: generators that draw the real data sets' exact sizes (the layout writers'
+  ``scale="real"``, the real-size rehearsal); no data module imports it.
 
 The speed benchmark of both generators is ``bench/synthetic_data.py``.
 """

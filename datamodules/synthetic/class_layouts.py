@@ -43,7 +43,7 @@ def _scaled_generator(kind: str, generator: SyntheticClasses | None, seed: int, 
         return gen, [gen.images_per_class] * gen.num_classes
     if generator is not None:
         raise TypeError("scale builds the generator from the real sizes: pass no generator with it")
-    from ..real_sizes import real_size_classes
+    from .real_sizes import real_size_classes
 
     return real_size_classes(kind, scale, seed=seed, **config)
 
@@ -63,7 +63,7 @@ def write_cub_layout(
     ``bounding_boxes.txt`` (``id x y width height``, pixels), ``train_test_split.txt``
     (``id is_training``: every other image of a class). Class ``c`` of the generator is CUB class
     ``c + 1``. ``scale="real"`` writes CUB-200-2011's sizes (200 classes of 41-60 images, 11,788 in
-    all: :mod:`datamodules.real_sizes`), a fraction such as ``0.05`` that share of the images per
+    all: :mod:`datamodules.synthetic.real_sizes`), a fraction such as ``0.05`` that share of the images per
     class; ``config`` may then only set the image size. ``workers`` > 1 draws the images on that many
     processes. Returns ``root``.
     """

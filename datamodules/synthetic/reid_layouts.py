@@ -54,7 +54,7 @@ def write_reid_layout(
     Without a ``generator`` one is built from ``seed`` and ``config`` (fields of
     :class:`SyntheticReIDConfig`; for ``cuhk03`` the defaults are 2 cameras, no distractors, no junk).
     ``scale="real"`` instead draws the real data set's sizes (identities, images per split, queries,
-    distractors, junk: :mod:`datamodules.real_sizes`), a fraction such as ``0.05`` that share of them;
+    distractors, junk: :mod:`datamodules.synthetic.real_sizes`), a fraction such as ``0.05`` that share of them;
     ``config`` may then only set the image size (``height``, ``width``). ``workers`` > 1 draws the
     images on that many processes (the files are the same). With ``write_json`` a
     ``synthetic_annotations.json`` (relative path -> pid, camid, box) is written next to the folders.
@@ -66,7 +66,7 @@ def write_reid_layout(
     if scale != "default":
         if generator is not None:
             raise TypeError("scale builds the generator from the real sizes: pass no generator with it")
-        from ..real_sizes import real_size_reid
+        from .real_sizes import real_size_reid
 
         generator, omit = real_size_reid(layout, scale, seed=seed, **config)
     elif generator is None:

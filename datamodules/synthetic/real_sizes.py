@@ -7,6 +7,9 @@ tables below exactly (:func:`reid_counts` / :func:`class_counts` count what a wr
 the metadata, without drawing an image). A fraction scales every count and rounds it, raising the
 few that would leave an identity, camera or class without images to the least that works.
 
+Only the layout writers (``scale=...``), the real-size rehearsal (``bench/real_scale*.py``) and its
+test use it; no data module imports it.
+
 Re-ID: :class:`RealSizeReID` is a :class:`~datamodules.synthetic.SyntheticReID` whose metadata hits
 given totals: identities get ``cameras_per_id`` cameras at random, each (identity, camera) at least
 one image and the rest of the split's total spread at random over them; a query identity gets
@@ -23,9 +26,10 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .seeding import mix_seed
-from .synthetic import SPLITS, SampleInfo, SyntheticReID
-from .synthetic_classes import SyntheticClasses
+from ..seeding import mix_seed
+from ..split_rules import cub_few_shot_split
+from .objects import SyntheticClasses
+from .reid import SPLITS, SampleInfo, SyntheticReID
 
 __all__ = [
     "ReIDSizes",
@@ -333,8 +337,6 @@ def reid_targets(sizes: ReIDSizes) -> dict[str, dict]:
 def class_counts(gen: SyntheticClasses, counts: list[int], kind: str = "miniimagenet") -> dict[str, int]:
     """Classes and images of each few-shot split (CUB: Chen et al.'s split by class position, as the
     loader reads it), of each half of the classes (the retrieval split) and in all."""
-    from .fewshot import cub_few_shot_split
-
     if kind == "cub":
         splits = {s: [c for c in range(gen.num_classes) if cub_few_shot_split(c) == s]
                   for s in ("train", "val", "test")}
