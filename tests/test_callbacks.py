@@ -354,49 +354,25 @@ def test_predict_file_scores_like_validate(model, datamodule, tmp_path):
     reranked = evaluate_file(writer.last_path, rerank=True)  # the plain numbers stay, *_rerank join them
     assert reranked["mAP"] == scored["mAP"] and "mAP_rerank" in reranked
 
-def test_retrieval_references_treat_label_minus_one_as_junk_and_accept_an_empty_set():
-    labels = torch.tensor([3, -1, 3, -1, 5])
-    references = RetrievalReferences(labels)
-    assert references.probe_candidates().tolist() == [0, 2]  # -1 never a probe; class 5 alone
-    gallery = EmbeddingSet(torch.tensor([[0.0], [0.1], [1.0], [0.2], [0.3]]), labels, torch.arange(5))
-    found, _ = references.rank(gallery, gallery.embeddings[:1], torch.tensor([0]), k=4)
-    assert found.tolist() == [[4, 2, -1, -1]]  # not itself, not the junk images 1 and 3
-    assert RetrievalReferences(torch.zeros(0, dtype=torch.long)).probe_candidates().numel() == 0
-
-
-def test_embedding_set_is_gathered_once_until_the_next_update():
-    metric = ReIDRankMetric()
-    metric.update(torch.ones(2, 3), torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([True, False]),
-                  torch.tensor([0, 1]))
-    first = metric.embedding_set()
-    assert metric.embedding_set() is first  # the second callback of the epoch reuses the gather
-    metric.update(torch.zeros(1, 3), torch.tensor([3]), torch.tensor([1]), torch.tensor([False]), torch.tensor([2]))
-    assert len(metric.embedding_set()) == 3
-    metric.reset()
-    assert len(metric.embedding_set()) == 0
-
-
-def test_merged_shares_keep_one_row_per_sample_in_index_order():
-    from callbacks.embedding_writer import merge_predictions
-
-    # two processes; DistributedSampler padded the second share with sample 0 again
-    first = {"embedding": torch.tensor([[0.0], [2.0]]), "index": torch.tensor([0, 2]), "is_query": torch.tensor([1, 0])}
-    second = {"embedding": torch.tensor([[1.0], [9.0]]), "index": torch.tensor([1, 0]), "is_query": torch.tensor([0, 1])}
-    merged = merge_predictions([first, second])
-    assert merged["index"].tolist() == [0, 1, 2]
-    assert merged["embedding"].flatten().tolist() == [0.0, 1.0, 2.0]  # the first copy of sample 0
-
-
-def test_evaluate_command_names_a_bad_file(tmp_path):
-    import subprocess
-    import sys
-
-    bad = tmp_path / "p.pt"
-    torch.save({"embedding": torch.zeros(2, 3)}, bad)
-    result = subprocess.run([sys.executable, "evaluate.py", str(bad)], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 2
-    assert str(bad) in result.stderr and "needs ['embedding', 'pid'" in result.stderr
+def test_part_evidence_scores_the_probes_summed_ram_and_its_branches_regions(model, datamodule, tmp_path):
+    """The logged part scores are those of the chosen queries' maps, recomputed here outside the
+    callback: the summed RAM R_q^q for the energy shares, the union of the branches' top regions
+    (k the OAP's) for the parts covered."""
+    callback = LocalizationMetrics(methods=["ram"], num_samples=12, num_faithfulness_samples=0)
+    validate(model, datamodule, [callback], tmp_path)
+    batch = load_items(datamodule.eval_dataset, callback.sample_indices)
+    explainer = Explainer(model)
+    with torch.no_grad():
+        features = explainer.features(batch["image"])
+        maps = explainer.explain("ram", features, features.embedding, branches=True)  # [B, 3, H, W]
+    parts, evidence = batch["mask"].bool(), batch["evidence_required"].bool()
+    expected = PartEvidence(topk=model.overlap_topk())
+    expected.update(maps[:, -1], parts, evidence, branch_maps=maps[:, :-1])
+    for name, value in expected.compute().items():
+        assert callback.last_results[f"loc/ram/{name}"] == pytest.approx(float(value), abs=1e-5), name
+    # the branches' union covers at least what the first branch alone does
+    alone = parts_covered(maps[:, :1], parts, model.overlap_topk()).float().mean()
+    assert callback.last_results["loc/ram/parts_covered"] >= float(alone) - 1e-6
 
 
 def test_predictions_of_files_name_each_row_s_image(model, tmp_path):
@@ -421,24 +397,3 @@ def test_predictions_of_files_name_each_row_s_image(model, tmp_path):
         assert int(name.split("_")[0]) == pid  # each row carries its own file (Market names hold the pid)
         assert (root / ("query" if is_query else "bounding_box_test") / name).is_file()
     assert set(evaluate_file(writer.last_path)) >= {"mAP", "rank1"}  # the file still scores
-
-
-def test_part_evidence_scores_the_probes_summed_ram_and_its_branches_regions(model, datamodule, tmp_path):
-    """The logged part scores are those of the chosen queries' maps, recomputed here outside the
-    callback: the summed RAM R_q^q for the energy shares, the union of the branches' top regions
-    (k the OAP's) for the parts covered."""
-    callback = LocalizationMetrics(methods=["ram"], num_samples=12, num_faithfulness_samples=0)
-    validate(model, datamodule, [callback], tmp_path)
-    batch = load_items(datamodule.eval_dataset, callback.sample_indices)
-    explainer = Explainer(model)
-    with torch.no_grad():
-        features = explainer.features(batch["image"])
-        maps = explainer.explain("ram", features, features.embedding, branches=True)  # [B, 3, H, W]
-    parts, evidence = batch["mask"].bool(), batch["evidence_required"].bool()
-    expected = PartEvidence(topk=model.overlap_topk())
-    expected.update(maps[:, -1], parts, evidence, branch_maps=maps[:, :-1])
-    for name, value in expected.compute().items():
-        assert callback.last_results[f"loc/ram/{name}"] == pytest.approx(float(value), abs=1e-5), name
-    # the branches' union covers at least what the first branch alone does
-    alone = parts_covered(maps[:, :1], parts, model.overlap_topk()).float().mean()
-    assert callback.last_results["loc/ram/parts_covered"] >= float(alone) - 1e-6

@@ -8,9 +8,7 @@ trace on it: no hook, same train/eval mode per module, same ``.grad`` and ``requ
 every parameter, also when it raises. It runs inside a Lightning validation loop (which runs
 under ``torch.inference_mode``).
 
-Reading of the papers (ltgrad-cam; the equations as implemented are in
-``docs/explanations.md#the-gradient-cams``, ``docs/explanations.md#layerization`` and
-``docs/explanations.md#truncation``):
+Reading of the papers (ltgrad-cam; as implemented: ``docs/explanations.md#the-gradient-cams``):
 
 * **Grad-CAM** (Eq. 2-3): ``w_k = mean_ij g_ij^k``, map ``sum_k w_k A^k``.
 * **Grad-CAM++** (Chattopadhay et al., ltgrad-cam ref. [3]) in its closed form for an
@@ -36,9 +34,8 @@ Reading of the papers (ltgrad-cam; the equations as implemented are in
   convolution and batch-norm layer of a model, which gives the original FullGrad.
 * **Layerization** (Eq. 8): the per-layer maps, each through :func:`postprocess` (ReLU of Eq. 3
   / 5, bilinear upsampling ``psi`` to the image size, per-map min-max), are summed; the sum is
-  min-max normalised to ``[0, 1]``. The per-layer min-max departs from Eq. 8, whose sum has none:
-  every layer weighs the same whatever the magnitude of its gradients
-  (``docs/explanations.md#layerization``).
+  min-max normalised to ``[0, 1]``. The per-layer min-max departs from Eq. 8 (a plain sum): every
+  layer weighs the same whatever its gradients' magnitude (``docs/explanations.md#layerization``).
 * **Truncation** (Eq. 9-11): ``g <- I(g >= delta) * g`` where ``delta`` is the given percentile
   (0-100) of the *positive* gradients of each feature map, per sample -- by default of the whole
   layer output ``Z`` ``[K, h, w]``; ``truncation_per_channel=True`` takes the percentile of each
