@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import cama.metrics.retrieval as retrieval_module
 from cama.metrics.retrieval import RetrievalMetric, faiss_available, retrieval_metrics
-from tests.test_reid_metric import _shard  # what DistributedSampler(shuffle=False) gives each process
+from tests.test_reid_rank_metric import _shard  # what DistributedSampler(shuffle=False) gives each process
 
 
 def clustered(seed: int, n: int = 300, classes: int = 12, dim: int = 16, spread: float = 1.5):
