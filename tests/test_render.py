@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cama.explain import (
-    colormap,
-    grid,
-    overlay,
-    postprocess,
-)
-
-B, K, H, W = 3, 6, 4, 5
+from cama.explain import colormap, grid, overlay, postprocess
+from tests.test_explain import B, H, W, randn
 
 
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
-
-
-def randn(gen: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
 
 # --------------------------------------------------------------------------------------------------
