@@ -63,6 +63,7 @@ from cama.runs import (
     CheckpointMismatchError,
     RunLayout,
     check_state_fits,
+    checkpoint_folder,
     checkpoint_to_resume,
     hparam_differences,
     newest_resumable,
@@ -89,19 +90,6 @@ def precision_for_device(precision: str | int | None, accelerator: str | None) -
     if on_cpu and str(precision) in ("16-mixed", "16"):
         return "32-true"
     return precision
-
-
-def checkpoint_folders(trainer: pl.Trainer) -> list[str]:
-    """The folders the trainer's ``ModelCheckpoint`` callbacks will write to: their ``dirpath``, else
-    ``<log_dir>/checkpoints`` (Lightning's default: the logger's version folder)."""
-    return sorted(
-        {
-            str(cb.dirpath)
-            if cb.dirpath
-            else os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
-            for cb in trainer.checkpoint_callbacks
-        }
-    )
 
 
 class CLI(LightningCLI):
@@ -235,7 +223,7 @@ class CLI(LightningCLI):
         resumed = (
             os.path.dirname(os.path.abspath(ckpt_path)) if ckpt_path and os.path.isfile(ckpt_path) else None
         )
-        for folder in checkpoint_folders(self.trainer):
+        for folder in sorted({checkpoint_folder(self.trainer, cb) for cb in self.trainer.checkpoint_callbacks}):
             found = sorted(p.name for p in Path(folder).glob("*.ckpt")) if os.path.isdir(folder) else []
             if found and os.path.abspath(folder) != resumed:
                 _say(
@@ -277,7 +265,7 @@ class CLI(LightningCLI):
             _say(
                 f"WARNING: `{command}` scored {weights} weights: no --ckpt_path was given, so these numbers "
                 "describe a network that was never trained here. Pass --ckpt_path PATH "
-                "(e.g. runs/<name>/checkpoints/last.ckpt or the best-*.ckpt file) to score a trained model."
+                "(e.g. runs/<name>/version_<N>/checkpoints/last.ckpt or the best-*.ckpt file) to score a trained model."
             )
 
     def after_fit(self) -> None:

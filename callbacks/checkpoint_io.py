@@ -3,24 +3,23 @@
 :class:`SafeCheckpointIO` is the trainer's checkpoint writer under ``train.py``. Lightning's own
 writer moves a finished temporary file into place; where the temporary folder is on another
 file system that move is a copy, and a process killed during it leaves a truncated or empty
-``last.ckpt``. This writer writes ``.<name>.partial`` in the checkpoint's own folder, flushes it to
-disk and renames it over the old file in one step (``os.replace``): a checkpoint is either the
-old file or the new one, never a part. Before writing it refuses weights holding a NaN or an
+``last.ckpt``. This writer (:func:`cama.checkpoint_files.whole_file`) writes ``.<name>.partial``
+in the checkpoint's own folder, flushes it to disk and renames it over the old file in one step
+(``os.replace``): a checkpoint is either the old file or the new one, never a part. Before writing it refuses weights holding a NaN or an
 infinity (:class:`NonFiniteWeightsError`), so a diverged model never replaces a good checkpoint.
 Remote paths (``s3://`` ...) go to Lightning's writer unchanged.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from cama.checkpoint_files import non_finite_tensors, whole_file
 from cama.errors import InputError
-from cama.checkpoint_files import non_finite_tensors
 
 __all__ = ["NonFiniteWeightsError", "SafeCheckpointIO"]
 
@@ -45,16 +44,5 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if "://" in str(path) or storage_options is not None:
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        path = os.fspath(path)
-        folder, name = os.path.split(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        partial = os.path.join(folder, f".{name}.partial")
-        try:
-            with open(partial, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
+        with whole_file(path) as f:
+            torch.save(checkpoint, f)

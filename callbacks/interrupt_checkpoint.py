@@ -38,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cama.errors import find_input_error
+from cama.runs import checkpoint_folder
 
 __all__ = ["InterruptCheckpoint", "HeldSignal"]
 
@@ -118,13 +119,9 @@ class InterruptCheckpoint(Checkpoint):
         self._held = HeldSignal(int(signal.SIGTERM))
         self._validation_started = 0.0
 
-    def _folder(self, trainer: pl.Trainer) -> str:
-        if self.dirpath is not None:
-            return self.dirpath
-        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
-        if dirpath:
-            return str(dirpath)
-        return os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
+    def _path(self, trainer: pl.Trainer) -> str:
+        folder = self.dirpath if self.dirpath is not None else checkpoint_folder(trainer)
+        return os.path.join(folder, self.filename + self.FILE_EXTENSION)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # after the checkpoint (if any) was restored: the position this fit's progress is counted from
@@ -192,7 +189,7 @@ class InterruptCheckpoint(Checkpoint):
                 "as they were"
             )
             return
-        path = os.path.join(self._folder(trainer), self.filename + self.FILE_EXTENSION)
+        path = self._path(trainer)
         try:
             trainer.save_checkpoint(path)
         except Exception as err:  # noqa: BLE001 - e.g. non-finite weights: say why, keep the first error
@@ -202,7 +199,7 @@ class InterruptCheckpoint(Checkpoint):
         rank_zero_info(f"{self.reason}: checkpoint saved to {path}")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        path = os.path.join(self._folder(trainer), self.filename + self.FILE_EXTENSION)
+        path = self._path(trainer)
         if os.path.exists(path):  # an earlier interruption, now resumed to the end
             trainer.strategy.remove_checkpoint(path)
 

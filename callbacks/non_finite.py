@@ -30,9 +30,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from cama.checkpoint_files import describe_checkpoint, non_finite_flags, read_checkpoint
 from cama.errors import InputError
-from cama.checkpoint_files import describe_checkpoint, non_finite_tensors, read_checkpoint
-from cama.runs import newest_resumable
+from cama.runs import checkpoint_folder, newest_resumable
 
 __all__ = ["NonFiniteGuard", "TrainingDivergedError"]
 
@@ -58,7 +58,7 @@ def _terms(outputs: Any) -> str:
 def last_good_checkpoint(trainer: pl.Trainer) -> str:
     """The newest checkpoint of this fit's folders (or the one it resumed) that can resume it, as
     ``path (epoch E, step S)``, or a sentence saying there is none."""
-    folders = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+    folders = {Path(checkpoint_folder(trainer, cb)) for cb in trainer.checkpoint_callbacks}
     newest, _ = newest_resumable(folders)
     if newest is None and trainer.ckpt_path and os.path.isfile(trainer.ckpt_path):
         newest = Path(trainer.ckpt_path)
@@ -106,13 +106,14 @@ class NonFiniteGuard(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         # the forward's batch-norm statistics overflow before the loss does (huge activations, finite loss)
-        buffers = [b for b in pl_module.buffers() if b.is_floating_point()]
-        flags = [] if self._bad_loss is None else [self._bad_loss]
-        if buffers:
-            flags.append(~torch.stack([torch.isfinite(b).all() for b in buffers]).all())
-        bad = bool(torch.stack([f.to(flags[0].device) for f in flags]).any()) if flags else False
+        buffers = {name: b for name, b in pl_module.named_buffers() if b.is_floating_point()}
+        flags = non_finite_flags(list(buffers.values()))
+        if self._bad_loss is not None:
+            flags = torch.cat([flags, self._bad_loss.reshape(1).to(flags.device)])
+        read = flags.tolist()  # the one synchronisation of the step
+        self._bad_buffers = [name for name, bad in zip(buffers, read) if bad]
+        bad = any(read)
         self._bad_loss = None  # (accumulated gradients: any bad loss since the last step spoils this one)
-        self._bad_buffers = non_finite_tensors(dict(pl_module.named_buffers())) if bad else []
         # every process skips together: under DDP the gradients are averaged, so one bad loss spoils all
         self._bad_step = bool(trainer.strategy.reduce_boolean_decision(bad, all=False))
         if self._bad_step:  # an optimizer leaves parameters without gradient untouched, state included

@@ -1,4 +1,5 @@
-"""Reading the torch files a user gives (checkpoints, predictions): one reader, clear errors.
+"""Reading the torch files a user gives (checkpoints, predictions): one reader, clear errors; and
+writing a file so that it is always whole (:func:`whole_file`).
 
 :func:`read_torch_file` is the one reader of user-given torch files (:func:`read_checkpoint` for the
 checkpoints of ``init_from`` and ``train.py``'s ``--ckpt_path``): ``torch.load(weights_only=True)``
@@ -13,8 +14,9 @@ import os
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import IO, Any
 
 import torch
 
@@ -26,6 +28,8 @@ __all__ = [
     "read_checkpoint",
     "checkpoint_state_dict",
     "describe_checkpoint",
+    "whole_file",
+    "non_finite_flags",
     "non_finite_tensors",
 ]
 
@@ -122,10 +126,46 @@ def describe_checkpoint(checkpoint: Mapping[str, Any]) -> str:
     return f"epoch {checkpoint.get('epoch', '?')}, step {checkpoint.get('global_step', '?')}"
 
 
+@contextmanager
+def whole_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open ``path`` for writing so that it is always whole: the caller writes ``.<name>.partial`` in
+    the same folder, which is flushed to disk and renamed over ``path`` in one step (``os.replace``)
+    when the block ends, and removed if it raises (a rename across file systems would be a copy that
+    a killed process can cut short).
+
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "rankings.json"
+    >>> with whole_file(target, "w") as f:
+    ...     _ = f.write("{}")
+    >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+    ('{}', ['rankings.json'])
+    """
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    os.makedirs(folder, exist_ok=True)
+    partial = os.path.join(folder, f".{name}.partial")
+    try:
+        with open(partial, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, os.path.join(folder, name))
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def non_finite_flags(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[N]`` bool on the first tensor's device: whether each tensor holds a NaN or an infinity
+    (no synchronisation: the caller reads all flags at once)."""
+    if not tensors:
+        return torch.zeros(0, dtype=torch.bool)
+    device = tensors[0].device
+    return torch.stack([~torch.isfinite(t).all().to(device) for t in tensors])
+
+
 def non_finite_tensors(state: Mapping[str, Any]) -> list[str]:
-    """The names of the floating-point tensors of ``state`` holding a NaN or an infinity."""
-    return [
-        name
-        for name, t in state.items()
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+    """The names of the floating-point tensors of ``state`` holding a NaN or an infinity (one
+    synchronisation for all of them)."""
+    floats = {name: t for name, t in state.items() if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    flags = non_finite_flags(list(floats.values())).tolist()
+    return [name for name, bad in zip(floats, flags) if bad]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from cama.checkpoint_files import (
@@ -36,6 +37,7 @@ from cama.loading import ConfigError, import_class
 __all__ = [
     "CheckpointMismatchError",
     "RunLayout",
+    "checkpoint_folder",
     "LIGHTNING_CKPT_PATH_VALUES",
     "resume_problem",
     "newest_resumable",
@@ -117,6 +119,17 @@ class RunLayout:
         return None
 
 
+def checkpoint_folder(trainer: Any, callback: Any = None) -> str:
+    """The folder ``callback`` (a ``ModelCheckpoint``; None: the trainer's first) writes to: its
+    ``dirpath``, else Lightning's default for a callback without one, ``<log_dir>/checkpoints`` (the
+    logger's version folder; ``<default_root_dir>/checkpoints`` without a logger)."""
+    callback = trainer.checkpoint_callback if callback is None else callback
+    dirpath = getattr(callback, "dirpath", None)
+    if dirpath:
+        return str(dirpath)
+    return os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
+
+
 def _get(config: Any, key: str) -> Any:
     """``config[key]`` of a mapping or a namespace, else None."""
     if config is None or isinstance(config, (bool, str)):
@@ -174,8 +187,13 @@ def newest_resumable(
 ) -> tuple[Path | None, list[str]]:
     """The newest file matching ``pattern`` in ``folders`` that can resume a run of ``class_path``
     (None: none can), and the reasons the newer ones cannot."""
+    return _first_resumable(_by_age(p for folder in folders for p in Path(folder).glob(pattern)), class_path)
+
+
+def _first_resumable(paths: Iterable[Path], class_path: str | None) -> tuple[Path | None, list[str]]:
+    """The first of ``paths`` that can resume a run of ``class_path``, and why those before it cannot."""
     passed: list[str] = []
-    for path in _by_age(p for folder in folders for p in Path(folder).glob(pattern)):
+    for path in paths:
         problem = resume_problem(path, class_path)
         if problem is None:
             return path, passed
@@ -197,12 +215,10 @@ def checkpoint_to_resume(
     if not runs:
         return None, []
     folder = max(runs, key=lambda f: runs[f][0].stat().st_mtime)
-    found, passed = newest_resumable([folder], class_path, "*.ckpt")
+    found, passed = _first_resumable(runs[folder], class_path)
     if found is not None:
         return found, passed
-    others = [
-        str(p) for p in (newest_resumable([f], class_path, "*.ckpt")[0] for f in runs if f != folder) if p
-    ]
+    others = [str(p) for p in (_first_resumable(runs[f], class_path)[0] for f in runs if f != folder) if p]
     elsewhere = (
         f" The newest good checkpoint of each other run: {others} (resume one with --ckpt_path PATH)"
         if others
@@ -224,8 +240,8 @@ def _plain(value: Any) -> Any:
     """A hyper-parameter as plain Python values, for comparing a saved value with a configured one."""
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
-    if hasattr(value, "__dict__") and type(value).__name__ == "Namespace":
-        return _plain(vars(value))
+    if isinstance(value, Namespace):  # a jsonargparse namespace (a configured class's init_args)
+        return _plain(value.as_dict())
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, os.PathLike):
@@ -250,8 +266,8 @@ def hparam_differences(
 
 
 def check_state_fits(checkpoint: Mapping[str, Any], path: str, model: torch.nn.Module, option: str) -> None:
-    """Raise :class:`CheckpointMismatchError` listing the tensors of the checkpoint that the model
-    lacks, those it lacks and those whose shapes differ, when any do."""
+    """Raise :class:`CheckpointMismatchError` listing the model's tensors the file lacks, the file's
+    tensors the model lacks and the tensors whose shapes differ, when any do."""
     state = checkpoint_state_dict(checkpoint, path, option, lightning_only=True)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))

@@ -4,7 +4,6 @@ PNG output, a JSON file rewritten as the work goes on."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from torch import Tensor
 from torchvision.io import write_png
 from tqdm import tqdm
 
+from cama.checkpoint_files import whole_file
 from cama.errors import InputError
 from datamodules.errors import UnreadableImageError
 from datamodules.image_check import image_file_problem
@@ -133,10 +133,5 @@ def write_picture(picture: Tensor, output: Path, name: str, method: str) -> Path
 def write_json(data: Any, path: Path) -> None:
     """Write ``data`` as JSON to ``path`` atomically: into a temporary file of the same folder, then
     ``os.replace``d, so the file is always whole (the last version) even if the command dies."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with whole_file(path, "w") as f:
+        json.dump(data, f, indent=2)

@@ -261,8 +261,12 @@ class ReIDRankMetric(CollectedSamples):
         self.chunk_bytes = int(chunk_bytes)
         self.chunk_size = chunk_size  # queries per distance chunk; None = from chunk_bytes
         self.rerank_options = RerankOptions.of(rerank, k1, k2, lambda_value)
-        self.rerank = self.rerank_options is not None
         self._add_cat_states("embeddings", "pids", "camids", "is_query", "indices")
+
+    @property
+    def rerank(self) -> bool:
+        """Whether the metric also ranks by k-reciprocal re-ranked distances."""
+        return self.rerank_options is not None
 
     def update(
         self, embeddings: Tensor, pids: Tensor, camids: Tensor, is_query: Tensor, indices: Tensor
@@ -286,7 +290,7 @@ class ReIDRankMetric(CollectedSamples):
         """The keys of ``compute()``."""
         names = ["mAP", "mINP", *(f"rank{k}" for k in self.ranks)]
         names += [_branch_key(i) for i in range(1, len(self.prefix_dims or ()) + 1)]
-        if self.rerank:
+        if self.rerank_options is not None:
             names += ["mAP_rerank", "mINP_rerank", *(f"rank{k}_rerank" for k in self.ranks)]
         return tuple(names)
 
@@ -359,7 +363,7 @@ class ReIDRankMetric(CollectedSamples):
                     out[_branch_key(i)] = out["mAP"].clone()
                 else:
                     out[_branch_key(i)] = self._rank_features(qf[:, :d], gf[:, :d], *args)[1].float()
-        if self.rerank:
+        if self.rerank_options is not None:
             cmc, m_ap, m_inp = self._rerank_features(qf, gf, *args)
             dev = out["mAP"].device
             out["mAP_rerank"] = torch.tensor(m_ap, dtype=torch.float32, device=dev)

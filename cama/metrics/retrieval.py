@@ -195,7 +195,6 @@ class RetrievalMetric(CollectedSamples):
     ) -> None:
         super().__init__(**kwargs)
         self.rerank_options = RerankOptions.of(rerank, k1, k2, lambda_value)
-        self.rerank = self.rerank_options is not None
         recall_ks = tuple(int(k) for k in recall_ks)
         if not recall_ks or min(recall_ks) < 1:
             raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
@@ -203,6 +202,11 @@ class RetrievalMetric(CollectedSamples):
         self.recall_ks = recall_ks
         self.knn = knn
         self._add_cat_states("embeddings", "labels", "indices")
+
+    @property
+    def rerank(self) -> bool:
+        """Whether the metric also ranks by k-reciprocal re-ranked distances."""
+        return self.rerank_options is not None
 
     def update(self, embeddings: Tensor, labels: Tensor, indices: Tensor) -> None:
         if embeddings.dim() != 2:
@@ -221,7 +225,7 @@ class RetrievalMetric(CollectedSamples):
     def result_names(self) -> tuple[str, ...]:
         """The keys of ``compute()``."""
         names = (*(f"recall@{k}" for k in self.recall_ks), "map@r")
-        return names + tuple(f"{n}_rerank" for n in names) if self.rerank else names
+        return names + tuple(f"{n}_rerank" for n in names) if self.rerank_options is not None else names
 
     def _gathered(self) -> tuple[Tensor, Tensor, Tensor]:
         collected = self._collected()
@@ -246,7 +250,7 @@ class RetrievalMetric(CollectedSamples):
     def compute(self) -> dict[str, Tensor]:
         embeddings, labels, _ = self._gathered()
         out = retrieval_metrics(embeddings, labels, self.recall_ks, self.knn)
-        if self.rerank:  # every image a query against the others: q-g, q-q and g-g are one matrix
+        if self.rerank_options is not None:  # every image a query against the others: q-g, q-q and g-g are one matrix
             (safe,) = overflow_safe_float32(embeddings)
             reranked = self.rerank_options.distances(safe)
             out.update({f"{k}_rerank": v for k, v in retrieval_metrics(
