@@ -54,10 +54,10 @@ from cama.loading import (
 )
 from cama.protocols import EpisodeTask, RankingTask
 from cama.references import choose_probes
-from cama.viz import METHODS, Explainer, check_methods
-from explaining.common import ExplainError, image_files, readable_images
-from explaining.episodes import datamodule_episodes, explain_episodes, folder_episode
-from explaining.ranking import DatasetRanking, FileRanking, explain_rankings
+from cama.viz import METHODS, ModelExplainer, check_methods
+from explain_command.common import ExplainError, image_files, readable_images
+from explain_command.episodes import datamodule_episodes, explain_episodes, folder_episode
+from explain_command.ranking import DatasetRanking, FileRanking, explain_rankings
 
 __all__ = ["main"]
 
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         found = readable_images({"query": image_files(args.query, "query"),
                                  "gallery": image_files(args.gallery or [], "gallery")}, progress)
         data: Any = FileRanking(found["query"], found["gallery"], size)
-        explainer = Explainer(model, args.gradient_layers, args.truncation)
+        explainer = ModelExplainer(model, args.gradient_layers, args.truncation)
         written = explain_rankings(data, list(range(len(data.files) - len(data.gallery))), explainer, methods,
                                    output, args.top_k, args.batch_size, rerank=args.rerank, **drawing)
     else:
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             raise ExplainError(f"{type(datamodule).__name__}'s evaluation set does not fit {type(model).__name__}: {err}")
         if not data.gallery:
             raise ExplainError("the evaluation set has no gallery image to rank the queries against")
-        explainer = Explainer(model, args.gradient_layers, args.truncation)
+        explainer = ModelExplainer(model, args.gradient_layers, args.truncation)
         written = explain_rankings(data, _ranking_queries(args, data), explainer, methods, output, args.top_k,
                                    args.batch_size, rerank=args.rerank, **drawing)
     print(f"explain.py: wrote {len(written)} PNGs to {output}")

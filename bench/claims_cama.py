@@ -43,7 +43,7 @@ from cama.explain import dist_cam, dist_cam_weights, global_average_pool, postpr
 from cama.loading import instantiate_config, read_config
 from cama.metrics import BranchOverlap
 from cama.metrics.parts import PartEvidence, part_energy_share
-from cama.viz import Explainer, Own, ProbeAgainst
+from cama.viz import ModelExplainer, Own, ProbeAgainst
 
 CONFIG = REPO / "configs" / "cama_synthetic.yaml"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -62,7 +62,7 @@ SANITY_METHODS = ["dist_cam", "ram", "fam", "gradcam"]
 def map_measures(model: torch.nn.Module, datamodule: Any, batch_size: int = 128) -> dict[str, float]:
     """Overlap, evidence share (per branch and summed) and parts covered of the RAMs ``R_q^q`` of
     every test query."""
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     topk = model.overlap_topk()
     overlap = BranchOverlap(topk)
     evidence: dict[str, PartEvidence] = {}
@@ -95,7 +95,7 @@ def reference_diagnostics(model: torch.nn.Module, datamodule: Any, count: int = 
     Dist-CAM's inverse-distance weights really use (``1 / sum W_k^2``, of K; dist-cam Eq. 5)."""
     dataset = datamodule.eval_dataset
     queries, references = reid_probes(dataset, count, seed)
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     batch = load_items(dataset, queries, model.device)
     features = explainer.features(batch["image"])
     reference = explainer.features(load_items(dataset, references, model.device)["image"]).embedding

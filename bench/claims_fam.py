@@ -12,7 +12,7 @@ classes they never saw:
 * the **retrieval model** of ``configs/retrieval_synthetic.yaml`` (ResNet-10, MS loss, FC projection):
   the first ``--queries`` test images (classes interleaved), each explained against its nearest other
   test image (:class:`cama.references.RetrievalReferences`; FAM through the projection, fam Eq.
-  16-18, and Grad-CAM of the cosine similarity, :class:`cama.viz.Explainer`; Dist-CAM against the
+  16-18, and Grad-CAM of the cosine similarity, :class:`cama.viz.ModelExplainer`; Dist-CAM against the
   reference's pooled feature, dist-cam Eq. 4-6, in the channel space of the last convolution).
 
 As in the FAM paper, the maps are scored on the **correctly classified** queries (the predicted class
@@ -69,7 +69,7 @@ from cama.metrics.faithfulness import average_drop, increase_in_confidence, mask
 from cama.metrics.ranking import EmbeddingSet  # noqa: E402
 from cama.metrics.segmentation import energy_pointing_game  # noqa: E402
 from cama.references import RetrievalReferences  # noqa: E402
-from cama.viz import Explainer  # noqa: E402
+from cama.viz import ModelExplainer  # noqa: E402
 from cama.viz.episodes import episode_maps  # noqa: E402
 
 PROTONET = REPO / "configs" / "protonet_synthetic.yaml"
@@ -185,7 +185,7 @@ def measure_protonet(model: Any, dm: Any, metrics: dict[str, float], seed: int, 
     # item 5: the correctly classified queries
     keep = q["correct"].nonzero().squeeze(1)
     c = {k: v[keep] for k, v in q.items()}
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     maps = {}
     for method in MAPS:
         maps[method] = torch.cat([
@@ -254,7 +254,7 @@ def measure_retrieval(model: Any, dm: Any, metrics: dict[str, float], seed: int,
     target = gallery.embeddings[rows[keep]]
     reference_pooled = every["pooled"][order][rows[keep]]
     size = tuple(images.shape[-2:])
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     maps: dict[str, list[Tensor]] = {m: [] for m in MAPS}
     for s in range(0, len(keep), chunk):
         features = explainer.features_from_maps(images[s:s + chunk], [query_maps[s:s + chunk]])
@@ -273,7 +273,7 @@ def measure_retrieval(model: Any, dm: Any, metrics: dict[str, float], seed: int,
                            "correct": int(keep.numel())}
     out["scores"] = score_maps(joined, images, boxes, similarity, scores, dm.mean, dm.std, chunk)
     # item 6 on this model: 32 of these queries against the same references (Dist-CAM through the
-    # Explainer needs a concatenated embedding: this model has a projection)
+    # ModelExplainer needs a concatenated embedding: this model has a projection)
     count = min(32, len(keep))
     reference_images = load_items(dm.datasets["test"], references[keep[:count], 0].tolist(), device)["image"]
     names, blocks = zip(*model.randomization_blocks())

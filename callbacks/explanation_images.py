@@ -16,7 +16,7 @@ headers, the identity (re-ID) or class (retrieval) and the distance under the im
 once per run ``explanations/README`` (TensorBoard text) says what each tag shows.
 
 What each map is against its reference (per branch and summed) is documented in
-:mod:`cama.viz.explainer`: Dist-CAM of the probe against the reference's embedding, RAM
+:mod:`cama.viz.model_explainer`: Dist-CAM of the probe against the reference's embedding, RAM
 ``R_q^q`` on the probe and ``R_g^q`` on the reference, FAM with the reference as the single
 support, the gradient CAMs of the cosine similarity to the reference; on the reference the roles are
 swapped (the probe is its reference). ``cam`` explains the training identity the classifier
@@ -45,7 +45,7 @@ from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet
 from cama.references import ReIDReferences
 from cama.viz import (
-    Explainer, ProbeAgainst, check_methods, picture_title, probe_grid, probe_grid_legend, ranking_figure, ranking_legend, to_uint8,
+    ModelExplainer, ProbeAgainst, check_methods, picture_title, probe_grid, probe_grid_legend, ranking_figure, ranking_legend, to_uint8,
 )
 
 __all__ = ["ExplanationImages"]
@@ -170,7 +170,7 @@ class ExplanationImages(RankingCallback):
     ) -> list[str]:
         device = pl_module.device
         dataset = self.probes.dataset
-        explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
+        explainer = ModelExplainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
         datamodule = trainer.datamodule
         if all(i in captured for i in probes):  # maps kept from the model's own validation step
             batch, maps = stack_captured(captured, probes, device)

@@ -14,7 +14,7 @@ predicts for it, through the model's ``episode_references`` (:class:`cama.protoc
   supports, with the model's own metric (cosine or squared Euclidean);
 * ``ram`` (cama-ram Eq. 10 with the prototype as the reference): ``<p, Q(x, y)> / ||q||`` with ``q = GAP(Q)``;
 * ``gradcam``, ``gradcam++``, ``layercam``, ``fullgrad``: the gradient CAMs of the cosine
-  similarity to the prototype (:class:`cama.viz.Explainer`).
+  similarity to the prototype (:class:`cama.viz.ModelExplainer`).
 
 Scalars (``<prefix>/<method>/<name>``, the names of :class:`~callbacks.LocalizationMetrics`):
 ``box_iou``, ``box_acc``, ``top1_loc_err`` (correct = the predicted class is the true one),
@@ -57,7 +57,7 @@ from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
 from cama.protocols import EpisodeTask, ShowsImages
 from cama.references import EpisodeReferences
-from cama.viz import Explainer, check_methods, picture_title, probe_grid_legend, to_uint8
+from cama.viz import ModelExplainer, check_methods, picture_title, probe_grid_legend, to_uint8
 from cama.viz.episodes import FEW_SHOT_METHODS, episode_grid, episode_maps, probe_rows, support_maps
 
 __all__ = ["FewShotExplanations"]
@@ -239,7 +239,7 @@ class FewShotExplanations(ExplanationCallback):
         person = batch["mask"][refs.query_index].flatten(1, -3).any(dim=1) if has_mask else None
         if boxes is not None:
             scores.update_baselines(boxes, size)
-        explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
+        explainer = ModelExplainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
         datamodule = trainer.datamodule
         mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
         probes = probe_rows(refs.target, self.num_probes) if keep_pictures and self.num_probes else None

@@ -7,7 +7,7 @@ returned for them (:class:`~callbacks.base.ProbeCapture`: no second forward pass
 not capture is loaded and forwarded again), finds each one's reference with the task's provider
 (:mod:`cama.references`: the top-ranked gallery image under the re-ID protocol, the nearest other
 image for retrieval), ranked with the embeddings the model computed in its validation loop -- and
-scores each method's summed map on the query image (:mod:`cama.viz.explainer`: Dist-CAM against the reference's embedding, the query's own
+scores each method's summed map on the query image (:mod:`cama.viz.model_explainer`: Dist-CAM against the reference's embedding, the query's own
 RAM ``R_q^q``, FAM with the reference as the single support, the gradient CAMs of the similarity
 to the reference, CAM of the predicted training identity) against the ground truth the data set
 provides. Logged as ``<prefix>/<method>/<name>`` (``prefix="loc"``):
@@ -63,7 +63,7 @@ from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
 from cama.metrics.ranking import EmbeddingSet
 from cama.protocols import HasOverlapPenalty, ShowsImages
-from cama.viz import GRADIENT_METHODS, Explainer, Features, Own, ProbeAgainst, check_methods
+from cama.viz import GRADIENT_METHODS, ModelExplainer, Features, Own, ProbeAgainst, check_methods
 
 __all__ = ["LocalizationMetrics"]
 
@@ -74,7 +74,7 @@ class LocalizationMetrics(ScoredRankingCallback):
     """Localization and faithfulness scores of explanation maps, logged every validation epoch.
 
     Args:
-        methods: explanation methods to score (see :mod:`cama.viz.explainer`).
+        methods: explanation methods to score (see :mod:`cama.viz.model_explainer`).
         num_samples: queries scored per epoch (a fixed subset; the cost is one forward of them).
         seed: seed of the subset (a private generator).
         every_n_epochs: run on every n-th validation epoch (the first one always runs).
@@ -169,7 +169,7 @@ class LocalizationMetrics(ScoredRankingCallback):
         return (owner == trainer.global_rank).nonzero().squeeze(1).tolist()
 
     def _features(
-        self, explainer: Explainer, indices: list[int], captured: dict[int, Any], device: torch.device
+        self, explainer: ModelExplainer, indices: list[int], captured: dict[int, Any], device: torch.device
     ) -> tuple[Features, dict[str, Tensor], list[int]]:
         """Features and batch of ``indices``: captured ones reused, the others loaded and forwarded.
 
@@ -244,7 +244,7 @@ class LocalizationMetrics(ScoredRankingCallback):
         has_box, has_mask = "box" in first, "mask" in first
         has_evidence = has_mask and EVIDENCE in first
         image_size = tuple(first["image"].shape[-2:])
-        explainer = Explainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
+        explainer = ModelExplainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
         if captured:
             grid = [tuple(m.shape[-2:]) for m in next(iter(captured.values()))["maps"]]
         else:
@@ -272,7 +272,7 @@ class LocalizationMetrics(ScoredRankingCallback):
 
     def _score_chunk(
         self,
-        explainer: Explainer,
+        explainer: ModelExplainer,
         provider: Any,
         features: Features,
         batch: dict[str, Tensor],

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from callbacks.base import ScoredRankingCallback, load_items
 from cama.explain import SanityCheckResult, sanity_check
 from cama.protocols import HasRandomizationBlocks
-from cama.viz import GRADIENT_METHODS, Explainer, ProbeAgainst, check_methods
+from cama.viz import GRADIENT_METHODS, ModelExplainer, ProbeAgainst, check_methods
 
 __all__ = ["SanityChecks", "sanity_maps"]
 
@@ -61,7 +61,7 @@ def sanity_maps(
     """Each method's summed map ``[B, H, W]`` of ``images`` against ``references`` (one per image),
     both forwarded through ``model`` as it is now (module docstring: raw signed maps for the
     forward-only methods, ``[0, 1]`` maps for the gradient methods)."""
-    explainer = Explainer(model, gradient_layers, truncation, truncation_per_channel)
+    explainer = ModelExplainer(model, gradient_layers, truncation, truncation_per_channel)
     count = images.shape[0]
     features = explainer.features(torch.cat([images, references.to(images.dtype)]))
     queries = features.select(range(count))
@@ -82,7 +82,7 @@ class SanityChecks(ScoredRankingCallback):
     """Cascading model-parameter randomization of the explanation maps (module docstring).
 
     Args:
-        methods: explanation methods to check (:mod:`cama.viz.explainer`).
+        methods: explanation methods to check (:mod:`cama.viz.model_explainer`).
         every_n_epochs: run on every n-th validation epoch (the first one included); 0 (the
             default) never runs.
         num_samples: queries checked (a fixed subset).
@@ -155,7 +155,7 @@ class SanityChecks(ScoredRankingCallback):
             return None
         dataset = self.samples.dataset
         images = load_items(dataset, samples, device)["image"]
-        embeddings = Explainer(pl_module).features(images).embedding
+        embeddings = ModelExplainer(pl_module).features(images).embedding
         references, _ = provider.rank(gallery.to(device), embeddings, torch.tensor(samples, device=device), 1)
         found = references[:, 0] >= 0
         if not bool(found.any()):

@@ -18,7 +18,7 @@ from cama.explain import dist_cam, draw_boxes, postprocess, ram_per_branch
 from cama.metrics import PartEvidence, ReIDRankMetric, parts_covered
 from cama.metrics.ranking import EmbeddingSet
 from cama.references import ReIDReferences, RetrievalReferences, choose_probes
-from cama.viz import GREEN, Explainer, check_methods, default_gradient_layers, frame
+from cama.viz import GREEN, ModelExplainer, check_methods, default_gradient_layers, frame
 from cama.models import CAMA
 from datamodules import ReIDDataModule
 
@@ -157,7 +157,7 @@ def test_method_names_are_checked():
 
 def test_explainer_maps_per_branch_and_summed(model, datamodule):
     images = torch.stack([datamodule.eval_dataset[i]["image"] for i in range(3)])
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     features = explainer.features(images)
     assert features.num_branches == 2 and features.slices == [(0, 512), (512, 1024)]
     reference = explainer.features(
@@ -184,7 +184,7 @@ def test_explainer_maps_per_branch_and_summed(model, datamodule):
 
 def test_gradient_maps_per_branch_leave_the_model_untouched(model, datamodule):
     images = torch.stack([datamodule.eval_dataset[i]["image"] for i in range(2)])
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     features = explainer.features(images)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert default_gradient_layers(model) == [["backbone.branches.0"], ["backbone.branches.1"]]
@@ -194,7 +194,7 @@ def test_gradient_maps_per_branch_leave_the_model_untouched(model, datamodule):
         # the summed map is the map of the full-embedding similarity over every branch's layer (Eq. 8)
         summed = explainer.explain(method, features, features.embedding.flip(0), branches=False)
         torch.testing.assert_close(summed[:, 0], maps[:, 2])
-    truncated = Explainer(model, gradient_layers=["backbone.branches.1"], truncation=20.0)
+    truncated = ModelExplainer(model, gradient_layers=["backbone.branches.1"], truncation=20.0)
     assert truncated.explain("gradcam++", features, features.embedding.flip(0), branches=False).shape == (
         2,
         1,
@@ -361,7 +361,7 @@ def test_part_evidence_scores_the_probes_summed_ram_and_its_branches_regions(mod
     callback = LocalizationMetrics(methods=["ram"], num_samples=12, num_faithfulness_samples=0)
     validate(model, datamodule, [callback], tmp_path)
     batch = load_items(datamodule.eval_dataset, callback.sample_indices)
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     with torch.no_grad():
         features = explainer.features(batch["image"])
         maps = explainer.explain("ram", features, features.embedding, branches=True)  # [B, 3, H, W]

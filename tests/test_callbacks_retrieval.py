@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from callbacks.explanation_images import ExplanationImages
 from callbacks.localization_metrics import LocalizationMetrics
 from cama.references import RetrievalReferences
-from cama.viz import Explainer
+from cama.viz import ModelExplainer
 from cama.metrics.retrieval import RetrievalMetric
 from cama.models.retrieval import RetrievalModel
 from datamodules.retrieval import RetrievalDataModule
@@ -71,7 +71,7 @@ def test_every_image_is_a_query_and_its_reference_is_its_nearest_other_image(mod
 def test_fam_through_the_projection_matches_the_equations_written_out(model, datamodule):
     dataset = datamodule.val_dataloader().dataset
     images = torch.stack([dataset[i]["image"] for i in (0, 7, 13)])
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     features = explainer.features(images)
     assert features.slices is None  # a 32-d projection of 512 channels
     reference = features.embedding.roll(1, dims=0)
@@ -130,7 +130,7 @@ def test_maps_captured_under_bfloat16_autocast_explain_like_their_float32_values
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         maps = model.feature_maps(images)
     assert maps[0].dtype == torch.bfloat16
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     captured = explainer.features_from_maps(images, maps)
     upcast = explainer.features_from_maps(images, [m.float() for m in maps])
     assert captured.embedding.dtype == torch.float32

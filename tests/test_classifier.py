@@ -20,7 +20,7 @@ from cama.explain import (
 )
 from cama.models import ImageClassifier
 from cama.protocols import EmbeddingModel, HasBranchLayers, HasClassifier
-from cama.viz import Explainer
+from cama.viz import ModelExplainer
 from datamodules import ClassificationDataModule
 
 SIZE = 32
@@ -95,7 +95,7 @@ def test_protocols_and_cam_equals_the_weighted_sum_written_out() -> None:
         for k in range(maps.shape[1]):
             naive[b] += weight[predicted[b], k] * maps[b, k]
     torch.testing.assert_close(class_activation_map(maps, weight, predicted), naive, rtol=1e-5, atol=1e-5)
-    explainer = Explainer(model)  # the Explainer's CAM: the same maps, the top logit's class
+    explainer = ModelExplainer(model)  # the ModelExplainer's CAM: the same maps, the top logit's class
     features = explainer.features(images)
     torch.testing.assert_close(explainer.explain("cam", features, features.embedding)[:, 0],
                                postprocess(naive[:, None], (SIZE, SIZE))[:, 0], rtol=1e-5, atol=1e-5)

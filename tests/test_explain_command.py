@@ -269,7 +269,7 @@ def test_rerank_orders_each_list_by_the_re_ranked_distances(checkpoint, tmp_path
                   "--output", str(out), "--no_progress", "--image_size", "64", "32"])
     listed = json.loads((out / "rankings.json").read_text())
     # independently: embed, re-rank with the explained queries as the pool, protocol, stable order
-    from explaining.common import FileImages
+    from explain_command.common import FileImages
 
     model = load_model(checkpoint, "cama.models.CAMA")
     images = FileImages(queries + gallery, (64, 32))
@@ -333,7 +333,7 @@ def test_an_unreadable_query_is_named_and_skipped_and_the_others_are_explained(c
 
 
 def test_rankings_json_keeps_the_queries_explained_before_a_failure(checkpoint, tmp_path, monkeypatch):
-    import explaining.ranking
+    import explain_command.ranking
 
     gallery = _gallery(tmp_path / "gallery")
     queries = [gallery / "g0.png", gallery / "g1.png", gallery / "g2.png"]
@@ -345,7 +345,7 @@ def test_rankings_json_keeps_the_queries_explained_before_a_failure(checkpoint, 
         pictures.append(name)
         return output / name
 
-    monkeypatch.setattr(explaining.ranking, "write_picture", second_fails)
+    monkeypatch.setattr(explain_command.ranking, "write_picture", second_fails)
     with pytest.raises(RuntimeError, match="disk full"):
         _explain_files(checkpoint, queries, gallery, tmp_path / "out")
     rankings = json.loads((tmp_path / "out" / "rankings.json").read_text())

@@ -70,7 +70,7 @@ def test_the_rule_checker_sees_lazy_and_relative_imports(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------------------------- cycles
-PACKAGES = ("cama", "callbacks", "datamodules", "explaining")
+PACKAGES = ("cama", "callbacks", "datamodules", "explain_command")
 
 
 def module_of(path: Path, root: Path = ROOT) -> str:

@@ -23,7 +23,7 @@ from cama.explain import (
 )
 from cama.models import CAMA, RetrievalModel
 from cama.protocols import HasRandomizationBlocks
-from cama.viz import Explainer
+from cama.viz import ModelExplainer
 from datamodules import ReIDDataModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -274,7 +274,7 @@ def test_callback_is_off_by_default_and_sanity_maps_are_image_sized():
     shapes = {k: tuple(v.shape) for k, v in maps.items()}
     assert shapes == dict.fromkeys(("dist_cam", "ram", "fam"), (2, 32, 16))
     # the forward-only maps are raw (signed, not min-max normalised): the summed branch maps, upsampled
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     features = explainer.features(torch.cat([images, images.flip(0)]))
     raw = explainer.raw_maps("dist_cam", features.select([0, 1]), features.embedding[2:])
     raw = raw.sum(dim=1, keepdim=True)

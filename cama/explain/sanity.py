@@ -249,7 +249,7 @@ def sanity_check(
 
     Args:
         explain_fn: ``explain_fn(model, images) -> {method: maps [B, H, W]}``; it must read the
-            model it is given (e.g. through :class:`cama.viz.Explainer`) and work in eval mode.
+            model it is given (e.g. through :class:`cama.viz.ModelExplainer`) and work in eval mode.
         model: the trained model.
         blocks: its blocks, top (output) first.
         block_names: their names (default ``block0``, ...).

@@ -8,7 +8,7 @@ the embedding, and a linear layer ``z = W q`` gives the class logits.
 
 The FC layer has **no bias** by default: CAM's map of class ``c`` is ``sum_k w_{c,k} Q_k`` (the bias
 adds a constant to the logit, not to any pixel), and without a bias the class CAM explains is the
-logit's argmax, which is how :class:`cama.viz.Explainer` picks it (``GAP(Q) @ W^T``).
+logit's argmax, which is how :class:`cama.viz.ModelExplainer` picks it (``GAP(Q) @ W^T``).
 
 Training is plain cross-entropy on labelled images (``batch["image"]``, ``batch["label"]``, e.g.
 :class:`datamodules.classification.ClassificationDataModule`), optionally with label smoothing.

@@ -29,7 +29,7 @@ AccuracyCalculator, every test image a query against the others).
 Explanations (:mod:`cama.protocols`, ``docs/explanations.md#fam``): the model offers
 ``feature_maps`` / ``embed_maps``, and :meth:`RetrievalModel.embedding_projection` gives the FC
 weight ``W`` ``[D, K]`` (``None`` without a projection) so that FAM maps embedding-dimension
-contributions back to channels (fam Eq. 16-18); :class:`cama.viz.Explainer` does it with
+contributions back to channels (fam Eq. 16-18); :class:`cama.viz.ModelExplainer` does it with
 ``embedding_projection()``. Eq. 16-18 assume ``e = W GAP(Q)``: exact with the default
 ``pooling="avg"`` and ``projection_bias=False``, an approximation otherwise.
 """

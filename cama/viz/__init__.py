@@ -1,6 +1,6 @@
 """Explanations of whole models, as maps and pictures: used by the callbacks and ``explain.py``.
 
-* :mod:`cama.viz.explainer` -- :class:`Explainer`: every method's maps (per branch and summed) of any
+* :mod:`cama.viz.model_explainer` -- :class:`ModelExplainer`: every method's maps (per branch and summed) of any
   :class:`cama.protocols.EmbeddingModel` against a target (:mod:`cama.viz.targets`: a probe against
   its reference, against an embedding, against its own);
 * :mod:`cama.viz.pictures` -- probe grids and ranking lists (cama-ram Fig. 4 / Fig. 8) as ``uint8``,
@@ -15,8 +15,8 @@ their sum, at image size, in ``[0, 1]``; RAM shows each probe's own ``R_q^q``):
 
 >>> import torch
 >>> from cama.models import CAMA
->>> from cama.viz import Explainer, ProbeAgainst
->>> explainer = Explainer(CAMA(num_classes=4, backbone="resnet10", width=8, num_branches=2).eval())
+>>> from cama.viz import ModelExplainer, ProbeAgainst
+>>> explainer = ModelExplainer(CAMA(num_classes=4, backbone="resnet10", width=8, num_branches=2).eval())
 >>> probes = explainer.features(torch.rand(3, 3, 64, 32))
 >>> references = explainer.features(torch.rand(3, 3, 64, 32))
 >>> for method in ("dist_cam", "ram", "fam"):
@@ -27,11 +27,11 @@ ram (3, 3, 64, 32) True
 fam (3, 3, 64, 32) True
 """
 
-from cama.viz.explainer import (
+from cama.viz.model_explainer import (
     FORWARD_METHODS,
     GRADIENT_METHODS,
     METHODS,
-    Explainer,
+    ModelExplainer,
     Features,
     check_methods,
     default_gradient_layers,
@@ -59,7 +59,7 @@ __all__ = [
     "FORWARD_METHODS",
     "GRADIENT_METHODS",
     "METHODS",
-    "Explainer",
+    "ModelExplainer",
     "Features",
     "check_methods",
     "default_gradient_layers",

@@ -8,7 +8,7 @@ its ``supports``, the ``metric`` the logits compare with.
 * ``dist_cam`` (dist-cam Eq. 4-7): channel weights from ``|p - q|``;
 * ``fam`` (fam Eq. 11-13): contributions averaged over the class's supports, with the model's metric;
 * ``ram`` (cama-ram Eq. 10, the prototype as the reference): ``<p, Q(x, y)> / ||q||`` with ``q = GAP(Q)``;
-* the gradient CAMs: of the cosine similarity to the prototype (:class:`~cama.viz.Explainer`).
+* the gradient CAMs: of the cosine similarity to the prototype (:class:`~cama.viz.ModelExplainer`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from cama.explain import dist_cam, fam, postprocess, ram
-from cama.viz.explainer import GRADIENT_METHODS, Explainer
+from cama.viz.model_explainer import GRADIENT_METHODS, ModelExplainer
 from cama.viz.pictures import probe_grid
 
 __all__ = ["FEW_SHOT_METHODS", "episode_maps", "support_maps", "probe_rows", "class_labels", "episode_grid"]
@@ -29,7 +29,7 @@ FEW_SHOT_METHODS: tuple[str, ...] = ("dist_cam", "fam", "ram", *GRADIENT_METHODS
 
 
 def episode_maps(
-    method: str, explainer: Explainer, images: Tensor, query_maps: Tensor, prototype: Tensor,
+    method: str, explainer: ModelExplainer, images: Tensor, query_maps: Tensor, prototype: Tensor,
     supports: Tensor, metric: str, size: tuple[int, int],
 ) -> Tensor:
     """Maps ``[Q, H, W]`` in ``[0, 1]`` of ``images`` (feature maps ``query_maps``) against
@@ -47,7 +47,7 @@ def episode_maps(
 
 
 def support_maps(
-    method: str, explainer: Explainer, model: nn.Module, images: Tensor, all_maps: list[Tensor],
+    method: str, explainer: ModelExplainer, model: nn.Module, images: Tensor, all_maps: list[Tensor],
     refs: Any, probes: Tensor, size: tuple[int, int],
 ) -> Tensor:
     """Maps ``[P, H, W]`` of the first support of each probe query's predicted class, explained

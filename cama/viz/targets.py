@@ -11,7 +11,7 @@ against, or its own. The rule that varies with the method lives here, not in the
   ``R_g^q``);
 * :class:`Own` -- every method against the sample's own embedding.
 
-:meth:`cama.viz.Explainer.explain` takes any of them (a bare ``[B, D]`` tensor means :class:`Against`).
+:meth:`cama.viz.ModelExplainer.explain` takes any of them (a bare ``[B, D]`` tensor means :class:`Against`).
 
 >>> import torch
 >>> reference = torch.zeros(2, 4)

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from cama.viz import Explainer, picture_title, to_uint8
+from cama.viz import ModelExplainer, picture_title, to_uint8
 from cama.viz.episodes import FEW_SHOT_METHODS, episode_grid, episode_maps, probe_rows, support_maps
-from explaining.common import (
+from explain_command.common import (
     ExplainError, FileImages, image_files, readable_images, write_json, write_picture,
 )
 
@@ -43,7 +43,7 @@ def folder_episode(
 ) -> tuple[dict[str, Tensor], FileImages, list[str]]:
     """One episode from files: ``support_root/<class>/*`` and the query files (see the module doc).
 
-    Every file is checked first (:func:`~explaining.common.readable_images`): an unreadable one is
+    Every file is checked first (:func:`~explain_command.common.readable_images`): an unreadable one is
     reported and left out, and the classes must still have the same number of supports.
     Returns the batch (``image``, ``episode_labels``, ``is_query``, ``target``: the queries' class or
     -1), the images (to show them) and the class names.
@@ -88,7 +88,7 @@ def explain_episodes(
     unsupported = [m for m in methods if m not in FEW_SHOT_METHODS]
     if unsupported:
         raise ExplainError(f"few-shot explanations support {list(FEW_SHOT_METHODS)}, got {unsupported}")
-    explainer = Explainer(model)
+    explainer = ModelExplainer(model)
     written: list[Path] = []
     predictions: dict[str, Any] = {}
     for name, batch in tqdm(list(episodes), desc="episodes", disable=not progress, unit="episode"):

@@ -2,7 +2,7 @@
 
 The protocol: ``feature_maps(images) -> [F^1, ..., F^N]`` (``[B, K_i, h, w]``, the
 maps pooled into the embedding) and ``embed_maps(maps) -> [B, D]`` (the embedding that ranks).
-:class:`Explainer` turns it into maps with ``cama.explain``:
+:class:`ModelExplainer` turns it into maps with ``cama.explain``:
 
 **Branches.** When the embedding is the concatenation of one vector per branch (``D = sum K_i``,
 as CAMA's test feature ``f = [f^1/||f^1||; ...; f^N/||f^N||]``, cama-ram Sec. 3.3), branch ``i``
@@ -32,7 +32,7 @@ against a reference they use the reference's slice of the same embedding.
   the summed map uses the full embedding and every branch's layer (layerization, Eq. 8).
   ``layers`` replaces the default layers of every map; ``truncation`` is Eq. 9-11's delta.
 
-**Summed map.** For a multi-branch model :meth:`Explainer.explain` returns the N branch maps and
+**Summed map.** For a multi-branch model :meth:`ModelExplainer.explain` returns the N branch maps and
 their aggregate: the sum of the branches' raw maps (for RAM exactly the RAM of the concatenated
 embedding, whose pixels sum to ``h w <f_q, f_g>``) or, for the gradient methods, the map of the
 full-embedding similarity. Every map then goes through :func:`cama.explain.postprocess` (ReLU,
@@ -66,7 +66,7 @@ __all__ = [
     "GRADIENT_METHODS",
     "METHODS",
     "Features",
-    "Explainer",
+    "ModelExplainer",
     "check_methods",
     "default_gradient_layers",
 ]
@@ -168,7 +168,7 @@ class _Embedder(nn.Module):
         return self.model.embed_maps(self.model.feature_maps(images))
 
 
-class Explainer:
+class ModelExplainer:
     """Maps of a protocol model (see the module docstring), in batches, on the model's device.
 
     Args:

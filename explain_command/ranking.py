@@ -25,8 +25,8 @@ from tqdm import tqdm
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
 from cama.metrics.rerank import re_ranked_distances
-from cama.viz import Explainer, ProbeAgainst, picture_title, ranking_figure, to_uint8
-from explaining.common import MARKET_NAME, FileImages, write_json, write_picture
+from cama.viz import ModelExplainer, ProbeAgainst, picture_title, ranking_figure, to_uint8
+from explain_command.common import MARKET_NAME, FileImages, write_json, write_picture
 
 __all__ = ["DatasetRanking", "FileRanking", "explain_rankings"]
 
@@ -110,7 +110,7 @@ class FileRanking:
 
 
 @torch.no_grad()
-def _embed(explainer: Explainer, data: Any, indices: list[int], batch_size: int, device: torch.device,
+def _embed(explainer: ModelExplainer, data: Any, indices: list[int], batch_size: int, device: torch.device,
            progress: bool) -> Tensor:
     chunks = []
     for start in tqdm(range(0, len(indices), batch_size), desc="gallery", disable=not progress, unit="batch"):
@@ -118,14 +118,14 @@ def _embed(explainer: Explainer, data: Any, indices: list[int], batch_size: int,
     return torch.cat(chunks) if chunks else torch.zeros(0, 0, device=device)
 
 
-def _reranked(explainer: Explainer, data: Any, queries: list[int], gallery: Tensor, batch_size: int,
+def _reranked(explainer: ModelExplainer, data: Any, queries: list[int], gallery: Tensor, batch_size: int,
               device: torch.device, progress: bool) -> Tensor:
     """k-reciprocal re-ranked distances ``[Q, G]`` of the explained queries (their pool: each other)."""
     return re_ranked_distances(_embed(explainer, data, queries, batch_size, device, progress), gallery)
 
 
 def explain_rankings(
-    data: DatasetRanking | FileRanking, queries: list[int], explainer: Explainer, methods: Sequence[str],
+    data: DatasetRanking | FileRanking, queries: list[int], explainer: ModelExplainer, methods: Sequence[str],
     output: Path, top: int, batch_size: int, device: torch.device, progress: bool, alpha: float, colormap: str,
     rerank: bool = False,
 ) -> list[Path]:

@@ -1,8 +1,0 @@
-"""The flows of ``explain.py``, one module per kind of task.
-
-* :mod:`explaining.common` -- the command's error and the files it reads;
-* :mod:`explaining.ranking` -- re-ID and retrieval: a query and its top-k ranked images;
-* :mod:`explaining.episodes` -- few-shot: queries against their predicted class's prototype.
-
-They draw with :mod:`cama.viz` and take references from :mod:`cama.references`, as the callbacks do.
-"""
