@@ -116,6 +116,20 @@ def explanation_callbacks(config: dict[str, Any], defaults: bool) -> list[pl.Cal
     return found
 
 
+def settings(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """The plain settings of a callback (numbers, strings, flags, tuples) and of the collaborators it
+    holds (its schedule, probes, scorer: one level down, as ``schedule.every_n_epochs``)."""
+    out: dict[str, Any] = {}
+    for k, v in vars(obj).items():
+        if k.startswith("_") or callable(v):
+            continue
+        if v is None or isinstance(v, (bool, int, float, str, tuple)):
+            out[prefix + k] = v
+        elif not prefix and hasattr(v, "__dict__") and not isinstance(v, torch.Tensor):
+            out.update(settings(v, f"{k}."))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -151,12 +165,8 @@ def main() -> None:
     hook_times: list[float] = []
     callbacks = [timed_hooks(cb, hook_times) for cb in explanation_callbacks(config, args.defaults)]
     for cb in callbacks:
-        settings = {
-            k: v
-            for k, v in vars(cb).items()
-            if not k.startswith("_") and not callable(v) and not isinstance(v, (list, dict))
-        }
-        print(f"  {type(cb).__name__}: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "taus"))
+        shown = settings(cb)
+        print(f"  {type(cb).__name__}: " + ", ".join(f"{k}={v}" for k, v in shown.items() if not k.endswith("taus")))
     epochs: dict[str, list[float]] = {"without": [], "with": []}
     batch_times: list[float] = []  # the batches' time of each timed epoch without callbacks
     batches_run = [0]

@@ -1,12 +1,18 @@
-"""What every explanation callback shares: the schedule, the warnings, the threads, the probes.
+"""The collaborators the explanation callbacks hold: each callback is a plain Lightning ``Callback``
+whose hooks decide when to act and hand the work to these objects and to ``cama``.
 
-:class:`ExplanationCallback` runs its work on every ``every_n_epochs``-th validation epoch (the first
-one always; never in the sanity check), counts the epochs in its ``state_dict`` (a resumed run keeps
-the rhythm), says each problem once (rank zero), logs its README (what each image tag shows)
-once per run and runs its own small-tensor work on ``cpu_threads`` threads. :class:`ProbeCapture`
-(chosen probes) and :class:`MapsByIndex` (every image of the first batches) keep the feature maps
-that the model's ``validation_step`` returned in its ``outputs``
-(:class:`cama.protocols.EvaluationOutputs`), so a callback does not forward those images again.
+* :class:`EpochSchedule` -- when: every ``every_n_epochs``-th validation epoch (the first one
+  always; 0: never; never in the sanity check), counted in the callback's ``state_dict`` (a resumed
+  run keeps the rhythm);
+* :class:`OnceWarnings` -- each problem said once (rank zero), prefixed with the callback's name;
+* :class:`OnceText` -- the README (what each image tag shows), once per run;
+* :class:`RankingProbes` -- a ranking task's evaluation set, reference provider and fixed, seeded
+  choice of probes (kept in the ``state_dict`` as ``probe_indices``), the capture of their maps and
+  the epoch's provider and gallery;
+* :class:`ProbeCapture` (chosen probes) and :class:`MapsByIndex` (every image of the first batches)
+  -- the feature maps the model's ``validation_step`` returned in its ``outputs``
+  (:class:`cama.protocols.EvaluationOutputs`), so a callback does not forward those images again;
+* :func:`cpu_threads` -- the thread count of a callback's own small-tensor work.
 """
 
 from __future__ import annotations
@@ -17,27 +23,25 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning_utilities.core.rank_zero import WarningCache
 from torch import Tensor
 from torch.utils.data import default_collate
 
 from callbacks.image_sink import ImageSink
-from callbacks.score_logging import ScoreLogger
 from cama.protocols import RankingTask
 from cama.references import choose_probes
 
 __all__ = [
-    "ExplanationCallback",
+    "EpochSchedule",
     "MapsByIndex",
+    "OnceText",
+    "OnceWarnings",
     "ProbeCapture",
-    "RankingCallback",
     "RankingProbes",
     "cpu_threads",
     "evaluation_dataset",
     "load_items",
     "returned_maps",
-    "stack_captured",
 ]
 
 
@@ -172,49 +176,23 @@ class MapsByIndex:
         self.by_index.clear()
 
 
-def stack_captured(
-    captured: Mapping[int, dict[str, Any]], indices: Sequence[int], device: torch.device
-) -> tuple[dict[str, Tensor], list[Tensor]]:
-    """Captured items ``indices`` (:attr:`ProbeCapture.captured`) stacked: the batch and the maps per branch."""
-    items = [captured[i] for i in indices]
-    batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0] if k != "maps"}
-    maps = [torch.stack([it["maps"][b] for it in items]).to(device) for b in range(len(items[0]["maps"]))]
-    return batch, maps
-
-
-class ExplanationCallback(Callback):
-    """Base of the explanation callbacks: schedule, sanity-check skip, state, warn-once, threads.
-
-    Args:
-        every_n_epochs: run on every n-th validation epoch (the first one always runs).
-        cpu_threads: intra-op threads for the callback's own work on CPU; ``None`` keeps torch's.
+class EpochSchedule:
+    """When a callback works: on every ``every_n_epochs``-th validation epoch, the first one included,
+    never in the trainer's sanity check; ``every_n_epochs=0``: never. It counts the validation epochs
+    (sanity check excepted, worked in or not) in its ``state_dict``, so a resumed run keeps the rhythm.
     """
 
-    def __init__(self, every_n_epochs: int = 1, cpu_threads: int | None = 1) -> None:
-        super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+    def __init__(self, every_n_epochs: int) -> None:
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs must be >= 0 (0: never), got {every_n_epochs}")
         self.every_n_epochs = int(every_n_epochs)
-        self.cpu_threads = cpu_threads
         self.validation_epochs = 0
-        self._warnings = WarningCache()
-        self._readme_logged = False
-
-    def warn_once(self, message: str) -> None:
-        """Say ``message`` once (rank zero), prefixed with the callback's class name."""
-        self._warnings.warn(f"{type(self).__name__}: {message}")
-
-    def log_readme(self, sink: ImageSink, text: str, step: int, prefix: str) -> None:
-        """Log ``text`` as ``<prefix>/README`` to the TensorBoard loggers, once per run: call it on
-        rank zero in each epoch that draws; only the first call writes. Not kept in the
-        ``state_dict``: a resumed run, often in a new log version, writes it again."""
-        if not self._readme_logged:
-            sink.write_text("README", text, step, prefix)
-            self._readme_logged = True
 
     def due(self, trainer: pl.Trainer) -> bool:
-        """Whether this validation epoch is one the callback works in."""
-        return not trainer.sanity_checking and self.validation_epochs % self.every_n_epochs == 0
+        """Whether this validation epoch is one to work in."""
+        if self.every_n_epochs == 0 or trainer.sanity_checking:
+            return False
+        return self.validation_epochs % self.every_n_epochs == 0
 
     def end_epoch(self, trainer: pl.Trainer) -> bool:
         """Count a finished validation epoch (not the sanity check); whether it was one to work in."""
@@ -224,25 +202,53 @@ class ExplanationCallback(Callback):
         self.validation_epochs += 1
         return due
 
-    def threads(self, pl_module: pl.LightningModule) -> Any:
-        """The context of the callback's own work (:func:`cpu_threads`)."""
-        return cpu_threads(self.cpu_threads, pl_module.device)
-
     def state_dict(self) -> dict[str, Any]:
         return {"validation_epochs": self.validation_epochs}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.validation_epochs = int(state_dict.get("validation_epochs", 0))
+
+
+class OnceWarnings:
+    """Says each message once (rank zero), prefixed with its owner's name (``owner: message``)."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._cache = WarningCache()
+
+    def warn(self, message: str) -> None:
+        self._cache.warn(f"{self.owner}: {message}")
+
+
+class OnceText:
+    """A TensorBoard text written once per run (a callback's README: what each image tag shows). Not
+    kept in the ``state_dict``: a resumed run, often in a new log version, writes it again."""
+
+    def __init__(self) -> None:
+        self.written = False
+
+    def write(self, sink: ImageSink, name: str, text: str, step: int, prefix: str) -> None:
+        """``sink.write_text`` the first time, nothing after; call it on rank zero in each epoch that draws."""
+        if not self.written:
+            sink.write_text(name, text, step, prefix)
+            self.written = True
 
 
 class RankingProbes:
     """The evaluation set, the task's reference provider and a fixed, seeded choice of probes of a
-    ranking task (re-ID, retrieval), shared by the callbacks that explain probes against references.
+    ranking task (re-ID, retrieval): what a callback that explains probes against their references
+    holds. The choice is made once and kept in the callback's ``state_dict`` (``probe_indices``), so a
+    resumed run explains the same probes.
 
     Args:
         count: probes to choose.
         seed: seed of the choice (:func:`cama.references.choose_probes`; the global RNG is untouched).
     """
+
+    #: the ``state_dict`` key of the probes, and the key older checkpoints of the scoring callbacks
+    #: (LocalizationMetrics, SanityChecks) kept them under
+    STATE_KEY = "probe_indices"
+    OLD_STATE_KEY = "sample_indices"
 
     def __init__(self, count: int, seed: int) -> None:
         self.count = int(count)
@@ -282,82 +288,36 @@ class RankingProbes:
         self.indices = choose_probes(candidates, self.count, self.seed)
         return self.indices
 
-
-class RankingCallback(ExplanationCallback):
-    """Base of the callbacks that explain probes of a ranking task (re-ID, retrieval) against the
-    references of :mod:`cama.references`: keeps the probes' maps from the validation steps'
-    ``outputs`` and hands the epoch's provider and gallery embeddings to the subclass."""
-
-    _capture: ProbeCapture | None = None
-
-    def start_capture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: RankingProbes) -> None:
-        """Keep the maps of ``probes`` from this epoch's validation steps (when the model ranks)."""
-        provider = probes.provider(trainer, pl_module)
-        self._capture = ProbeCapture(probes.choose(provider, self.warn_once)) if provider is not None else None
-
-    def stop_capture(self) -> dict[int, dict[str, Any]]:
-        """The maps kept this epoch (dataset index -> item), and stop keeping them."""
-        capture, self._capture = self._capture, None
-        return capture.captured if capture is not None else {}
-
-    def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-        batch_idx: int, dataloader_idx: int = 0,
-    ) -> None:
-        if self._capture is not None:
-            self._capture.add(outputs, batch)
+    def capture(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, warn: Callable[[str], None]
+    ) -> ProbeCapture | None:
+        """A :class:`ProbeCapture` of the probes for this epoch's validation steps; None when the model
+        does not rank (nothing to capture)."""
+        provider = self.provider(trainer, pl_module)
+        return ProbeCapture(self.choose(provider, warn)) if provider is not None else None
 
     def epoch_inputs(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probes: RankingProbes
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, warn: Callable[[str], None]
     ) -> tuple[Any, Any] | None:
-        """``(provider, gallery)`` of this validation epoch, or None (said once). A collective:
-        the gallery embeddings are gathered from every process, so call it on every rank."""
-        provider = probes.provider(trainer, pl_module)
+        """``(provider, gallery)`` of this validation epoch, or None (said through ``warn``). A
+        collective: the gallery embeddings are gathered from every process, so call it on every rank."""
+        provider = self.provider(trainer, pl_module)
         if provider is None:
-            self.warn_once(
+            warn(
                 "needs a ranking model (cama.protocols.RankingTask: re-ID or retrieval) and an evaluation "
                 "set; nothing is logged (for a few-shot model use callbacks.fewshot_explanations.FewShotExplanations)"
             )
             return None
         gallery = pl_module.evaluation_embeddings().gallery()  # type: ignore[attr-defined]
         if len(gallery) == 0:
-            self.warn_once("no gallery embedding in this validation epoch; nothing is logged")
+            warn("no gallery embedding in this validation epoch; nothing is logged")
             return None
         return provider, gallery
 
-
-class ScoredRankingCallback(RankingCallback):
-    """A :class:`RankingCallback` that scores a fixed, seeded subset of queries every due epoch and
-    logs the scores under ``prefix`` (:class:`~callbacks.score_logging.ScoreLogger`): the subset
-    is chosen once and kept in the callback's ``state_dict``, so a resumed run scores the same
-    queries, and the state key carries the prefix (two instances with other prefixes coexist).
-
-    Args:
-        every_n_epochs, cpu_threads: of :class:`ExplanationCallback`.
-        num_samples: queries in the subset.
-        seed: seed of the subset (a private generator).
-        prefix: logged names start with it.
-    """
-
-    def __init__(self, every_n_epochs: int, cpu_threads: int | None, num_samples: int, seed: int, prefix: str) -> None:
-        super().__init__(every_n_epochs, cpu_threads)
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.prefix = prefix.rstrip("/")
-        self.samples = RankingProbes(self.num_samples, self.seed)
-        self.score_logger = ScoreLogger(self.prefix)
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix)
-
-    @property
-    def sample_indices(self) -> list[int]:
-        return self.samples.indices
-
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "sample_indices": list(self.samples.indices)}
+        return {self.STATE_KEY: list(self.indices)}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.samples.indices = [int(i) for i in state_dict.get("sample_indices", [])]
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """The stored probes, under ``probe_indices`` or, in an older checkpoint, ``sample_indices``."""
+        stored = state_dict.get(self.STATE_KEY, state_dict.get(self.OLD_STATE_KEY, []))
+        self.indices = [int(i) for i in stored]

@@ -24,7 +24,10 @@ predicts (re-ID test identities are unseen).
 
 The probes' feature maps are kept from the ``outputs`` of the model's own validation step
 (:class:`~callbacks.base.ProbeCapture`); only the gallery images shown are forwarded again (one
-batch, on torch's thread count; the rest of the callback's work runs on ``cpu_threads``).
+batch, on torch's thread count; the rest of the callback's work runs on ``cpu_threads``). The
+pictures are :func:`cama.viz.figures.probe_grid_picture` and :func:`cama.viz.figures.ranking_picture`,
+the ones ``explain.py`` draws; the callback decides when (:class:`~callbacks.base.EpochSchedule`),
+which images (:class:`~callbacks.base.RankingProbes`) and where the pictures go.
 Pictures go to every ``TensorBoardLogger``, in the run ``<log_dir>/explanations`` of their own
 (:class:`~callbacks.image_sink.ImageSink`), or, without one, to
 ``<log_dir>/explanations/epoch_XXX/*.png``. All image work runs on rank zero; the only collective
@@ -38,20 +41,37 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
 
-from callbacks.base import RankingCallback, RankingProbes, cpu_threads, load_items, stack_captured
+from callbacks.base import (
+    EpochSchedule,
+    OnceText,
+    OnceWarnings,
+    ProbeCapture,
+    RankingProbes,
+    cpu_threads,
+    load_items,
+)
 from callbacks.image_sink import ImageSink, logging_step
+from cama.map_scoring import complete_features
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet
 from cama.references import ReIDReferences
 from cama.viz import (
-    ModelExplainer, ProbeAgainst, check_methods, picture_title, probe_grid, probe_grid_legend, ranking_figure, ranking_legend, to_uint8,
+    ModelExplainer,
+    check_methods,
+    picture_title,
+    probe_grid_legend,
+    ranking_legend,
+    to_uint8,
 )
+from cama.viz.figures import Shown, probe_grid_picture, ranking_picture
 
 __all__ = ["ExplanationImages"]
 
 
-class ExplanationImages(RankingCallback):
+class ExplanationImages(Callback):
     """Log explanation maps of fixed probes (and ranking lists) every validation epoch.
 
     Args:
@@ -94,16 +114,17 @@ class ExplanationImages(RankingCallback):
         tag_prefix: str = "explanations",
         cpu_threads: int | None = 1,
     ) -> None:
-        super().__init__(every_n_epochs, cpu_threads)
-        if num_probes < 1 or top_k < 1 or num_ranking_queries < 0:
-            raise ValueError("num_probes and top_k must be >= 1, num_ranking_queries >= 0")
+        if num_probes < 1:
+            raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if num_ranking_queries < 0:
+            raise ValueError(f"num_ranking_queries must be >= 0, got {num_ranking_queries}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.methods = check_methods(methods)
         self.ranking_method = check_methods([ranking_method])[0] if ranking_method else None
-        self.num_probes = int(num_probes)
-        self.seed = int(seed)
-        self.num_ranking_queries = (
-            min(int(num_ranking_queries), self.num_probes) if self.ranking_method else 0
-        )
+        self.num_ranking_queries = min(int(num_ranking_queries), int(num_probes)) if self.ranking_method else 0
         self.top_k = int(top_k)
         self.gradient_layers = gradient_layers
         self.truncation = truncation
@@ -113,8 +134,13 @@ class ExplanationImages(RankingCallback):
         self.draw_boxes = draw_boxes
         self.save_png = save_png
         self.tag_prefix = tag_prefix
-        self.probes = RankingProbes(self.num_probes, self.seed)
+        self.cpu_threads = cpu_threads
+        self.schedule = EpochSchedule(every_n_epochs)
+        self.probes = RankingProbes(num_probes, seed)
+        self.warnings = OnceWarnings(type(self).__name__)
+        self.readme = OnceText()
         self.last_written: list[str] = []  # PNG paths of the last epoch (rank zero)
+        self._capture: ProbeCapture | None = None
 
     # ------------------------------------------------------------------ state (resume: same probes)
     @property
@@ -123,34 +149,42 @@ class ExplanationImages(RankingCallback):
 
     @property
     def probe_indices(self) -> list[int]:
+        """The dataset indices of the probes (chosen once; ``probe_indices`` in the ``state_dict``)."""
         return self.probes.indices
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "probe_indices": list(self.probes.indices)}
+        return {**self.schedule.state_dict(), **self.probes.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.probes.indices = [int(i) for i in state_dict.get("probe_indices", [])]
+        self.schedule.load_state_dict(state_dict)
+        self.probes.load_state_dict(state_dict)
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._capture = None
-        if self.due(trainer) and trainer.is_global_zero:  # the probes' maps, from the model's own step
-            self.start_capture(trainer, pl_module, self.probes)
+        capture = self.schedule.due(trainer) and trainer.is_global_zero  # the probes' maps, from the model's own step
+        self._capture = self.probes.capture(trainer, pl_module, self.warnings.warn) if capture else None
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if self._capture is not None:
+            self._capture.add(outputs, batch)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        captured = self.stop_capture()
-        if not self.end_epoch(trainer):
+        captured = self._capture.captured if self._capture is not None else {}
+        self._capture = None
+        if not self.schedule.end_epoch(trainer):
             return
-        inputs = self.epoch_inputs(trainer, pl_module, self.probes)  # collective: every rank
+        inputs = self.probes.epoch_inputs(trainer, pl_module, self.warnings.warn)  # collective: every rank
         if inputs is None:
             return
         provider, gallery = inputs
         sink = ImageSink.from_trainer(trainer, save_png=self.save_png, folder=self.tag_prefix)  # may broadcast
-        probes = self.probes.choose(provider, self.warn_once)
+        probes = self.probes.choose(provider, self.warnings.warn)
         if trainer.is_global_zero and probes:
             forward_threads = torch.get_num_threads()  # the gallery images' forward is a batch of images
-            with self.threads(pl_module):
+            with cpu_threads(self.cpu_threads, pl_module.device):
                 self.last_written = self._render(
                     trainer, pl_module, provider, gallery, sink, probes, captured, forward_threads
                 )
@@ -168,107 +202,86 @@ class ExplanationImages(RankingCallback):
         captured: dict[int, Any],
         forward_threads: int | None = None,
     ) -> list[str]:
+        """Draw this epoch's pictures and hand them to ``sink``; the paths of the PNGs written."""
         device = pl_module.device
         dataset = self.probes.dataset
         explainer = ModelExplainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
-        datamodule = trainer.datamodule
-        if all(i in captured for i in probes):  # maps kept from the model's own validation step
-            batch, maps = stack_captured(captured, probes, device)
-            probe_features = explainer.features_from_maps(batch["image"], maps)
-        else:
-            batch = load_items(dataset, probes, device)
-            probe_features = explainer.features(batch["image"])
-        list_length = self.top_k if self.num_ranking_queries else 1
-        references, matches = provider.rank(
-            gallery.to(device), probe_features.embedding, torch.tensor(probes, device=device), list_length
+        captions = Captions(provider, device)
+        shown, references, matches = self._ranked_probes(
+            explainer, provider, gallery.to(device), probes, captured, captions, device, trainer.datamodule
         )
-        keep = (references[:, 0] >= 0).nonzero().squeeze(1)
-        if keep.numel() == 0:
+        if shown is None:
             return []
-        references, matches = references[keep], matches[keep]
-        probe_features = probe_features.select(keep)
-        probe_boxes = batch["box"][keep] if self.draw_boxes and "box" in batch else None
-
         # one forward for every gallery image shown: references and ranking lists
         needed = sorted(
             {int(r) for r in references[:, 0].tolist()}
             | {int(r) for r in references[: self.num_ranking_queries].flatten().tolist() if r >= 0}
         )
-        gallery_batch = load_items(dataset, needed, device)
+        batch = load_items(dataset, needed, device)
         with cpu_threads(forward_threads, device):
-            gallery_features = explainer.features(gallery_batch["image"])
+            features = explainer.features(batch["image"])
+        boxes = batch["box"] if self.draw_boxes and "box" in batch else None
+        shown_gallery = Shown(features, to_uint8(features.images, trainer.datamodule), captions(needed), boxes)
         position = {index: j for j, index in enumerate(needed)}
-        reference_positions = [position[int(r)] for r in references[:, 0].tolist()]
-        reference_features = gallery_features.select(reference_positions)
-        reference_boxes = (
-            gallery_batch["box"][reference_positions] if self.draw_boxes and "box" in gallery_batch else None
-        )
-
-        probe_pictures = to_uint8(probe_features.images, datamodule)
-        gallery_pictures = to_uint8(gallery_features.images, datamodule)
-        reference_pictures = gallery_pictures[reference_positions]
         step, epoch = logging_step(trainer), trainer.current_epoch
-        self.log_readme(sink, self.readme(provider), step, self.tag_prefix)
-        kind = "id" if isinstance(provider, ReIDReferences) else "class"
-        labels = provider.labels.to(device)
-
-        def label_texts(indices: Any) -> list[str]:
-            return [f"{kind} {int(c)}" for c in labels[torch.as_tensor(indices, device=device)].tolist()]
-
-        probe_labels = label_texts([probes[i] for i in keep.tolist()])
-        reference_labels = label_texts(references[:, 0])
+        self.readme.write(sink, "README", self.readme_text(provider), step, self.tag_prefix)
+        shown_references = shown_gallery.select([position[int(r)] for r in references[:, 0].tolist()])
         distances = pairwise_distance(
-            probe_features.embedding, reference_features.embedding, gallery.distance
+            shown.features.embedding, shown_references.features.embedding, gallery.distance
         ).diagonal()
         written: list[str] = []
         for method in self.methods:
-            probe_maps = explainer.explain(method, probe_features, ProbeAgainst(reference_features.embedding))
-            reference_maps = explainer.explain(method, reference_features, probe_features.embedding)
-            picture = probe_grid(
-                probe_pictures,
-                reference_pictures,
-                probe_maps,
-                reference_maps,
-                matches[:, 0],
-                self.alpha,
-                self.colormap,
-                probe_boxes,
-                reference_boxes,
-                title=picture_title(method, epoch),
-                probe_labels=probe_labels,
-                reference_labels=reference_labels,
-                distances=distances,
+            picture = probe_grid_picture(
+                explainer, method, shown, shown_references, matches[:, 0], distances,
+                picture_title(method, epoch), self.alpha, self.colormap,
             )
             written += sink.write(method, picture, step, epoch, prefix=self.tag_prefix)
-
-        method = self.ranking_method
-        for j in range(min(self.num_ranking_queries, references.shape[0])):
+        lists = min(self.num_ranking_queries, references.shape[0])
+        for j in range(lists):
             valid = references[j] >= 0
-            listed = [position[int(r)] for r in references[j][valid].tolist()]
-            listed_features = gallery_features.select(listed)
-            query_features = probe_features.select([j])
-            query_target = ProbeAgainst(reference_features.embedding[j : j + 1])
-            query_maps = explainer.explain(method, query_features, query_target)[0]
-            listed_maps = explainer.explain(
-                method, listed_features, query_features.embedding.expand(len(listed), -1)
-            )
-            picture = ranking_figure(
-                probe_pictures[j],
-                gallery_pictures[listed],
-                matches[j][valid],
-                query_maps,
-                listed_maps,
-                self.alpha,
-                self.colormap,
-                title=picture_title(method, epoch, subject=f"query {j}"),
-                query_label=probe_labels[j],
-                gallery_labels=label_texts(references[j][valid]),
-                distances=pairwise_distance(query_features.embedding, listed_features.embedding, gallery.distance)[0],
-            )
+            listed = shown_gallery.select([position[int(r)] for r in references[j][valid].tolist()])
+            picture = self._ranking_list(explainer, shown.select([j]), listed, matches[j][valid], gallery.distance, j, epoch)
             written += sink.write(f"ranking/query_{j}", picture, step, epoch, prefix=self.tag_prefix)
         return written
 
-    def readme(self, provider: Any) -> str:
+    def _ranking_list(
+        self, explainer: ModelExplainer, query: Shown, listed: Shown, matches: Tensor, distance: str, j: int, epoch: int
+    ) -> Tensor:
+        """The ranking list of probe ``j`` (``query``) with its ``listed`` gallery images."""
+        method = self.ranking_method
+        distances = pairwise_distance(query.features.embedding, listed.features.embedding, distance)[0]
+        title = picture_title(method, epoch, subject=f"query {j}")
+        return ranking_picture(explainer, method, query, listed, matches, distances, title, self.alpha, self.colormap)
+
+    def _ranked_probes(
+        self,
+        explainer: ModelExplainer,
+        provider: Any,
+        gallery: EmbeddingSet,
+        probes: list[int],
+        captured: dict[int, Any],
+        captions: Captions,
+        device: torch.device,
+        shows: Any,
+    ) -> tuple[Shown | None, Tensor, Tensor]:
+        """The probes that have a reference, as shown, with their ranked lists ``[P, k]`` (dataset
+        indices, ``-1`` past the end; ``k`` = ``top_k`` with ranking lists, else 1) and match flags.
+        Their maps come from the validation step when it returned every probe's, else one forward."""
+        every = captured if all(i in captured for i in probes) else {}
+        features, batch, _ = complete_features(
+            explainer, probes, every, lambda indices: load_items(self.probes.dataset, indices, device), device
+        )
+        list_length = self.top_k if self.num_ranking_queries else 1
+        references, matches = provider.rank(gallery, features.embedding, torch.tensor(probes, device=device), list_length)
+        keep = (references[:, 0] >= 0).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            return None, references, matches
+        features = features.select(keep)
+        boxes = batch["box"][keep] if self.draw_boxes and "box" in batch else None
+        labels = captions([probes[i] for i in keep.tolist()])
+        return Shown(features, to_uint8(features.images, shows), labels, boxes), references[keep], matches[keep]
+
+    def readme_text(self, provider: Any) -> str:
         """The TensorBoard text of the run: what each image tag shows (Markdown)."""
         reid = isinstance(provider, ReIDReferences)
         reference = "its top-ranked gallery image" if reid else "its nearest other image"
@@ -285,3 +298,16 @@ class ExplanationImages(RankingCallback):
             "Each picture's title gives the epoch; its step is the step of the epoch's scalars (`val/*`)."
         )
         return "\n\n".join(text)
+
+
+class Captions:
+    """The caption under a dataset item's image: its identity (re-ID, ``id 3``) or class (``class 7``)."""
+
+    def __init__(self, provider: Any, device: torch.device) -> None:
+        self.kind = "id" if isinstance(provider, ReIDReferences) else "class"
+        self.labels = provider.labels.to(device)
+        self.device = device
+
+    def __call__(self, indices: Any) -> list[str]:
+        labels = self.labels[torch.as_tensor(indices, device=self.device)]
+        return [f"{self.kind} {int(c)}" for c in labels.tolist()]

@@ -47,24 +47,42 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from callbacks.base import ExplanationCallback, MapsByIndex, cpu_threads
+from callbacks.base import (
+    EpochSchedule,
+    MapsByIndex,
+    OnceText,
+    OnceWarnings,
+    cpu_threads,
+)
 from callbacks.image_sink import ImageSink, logging_step
 from callbacks.score_logging import ScoreLogger
-from cama.metrics.faithfulness import mask_images
+from cama.map_scoring import masked_embeddings
 from cama.metrics.localization import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
 from cama.protocols import EpisodeTask, ShowsImages
 from cama.references import EpisodeReferences
-from cama.viz import ModelExplainer, check_methods, picture_title, probe_grid_legend, to_uint8
-from cama.viz.episodes import FEW_SHOT_METHODS, episode_grid, episode_maps, probe_rows, support_maps
+from cama.viz import (
+    ModelExplainer,
+    check_methods,
+    picture_title,
+    probe_grid_legend,
+    to_uint8,
+)
+from cama.viz.episodes import (
+    FEW_SHOT_METHODS,
+    episode_grid,
+    episode_maps,
+    probe_rows,
+    support_maps,
+)
 
 __all__ = ["FewShotExplanations"]
 
 
-
-class FewShotExplanations(ExplanationCallback):
+class FewShotExplanations(Callback):
     """Explanation maps of few-shot queries against their predicted class, scored and drawn.
 
     Args:
@@ -110,9 +128,12 @@ class FewShotExplanations(ExplanationCallback):
         truncation_per_channel: bool = False,
         cpu_threads: int | None = 1,
     ) -> None:
-        super().__init__(every_n_epochs, cpu_threads)
-        if num_episodes < 1 or num_probes < 0:
-            raise ValueError("num_episodes must be >= 1, num_probes >= 0")
+        if num_episodes < 1:
+            raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+        if num_probes < 0:
+            raise ValueError(f"num_probes must be >= 0, got {num_probes}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.methods = check_methods(methods)
         unsupported = [m for m in self.methods if m not in FEW_SHOT_METHODS]
         if unsupported:
@@ -135,8 +156,12 @@ class FewShotExplanations(ExplanationCallback):
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
-        self.last_results: dict[str, float] = {}
+        self.cpu_threads = cpu_threads
+        self.schedule = EpochSchedule(every_n_epochs)
         self.score_logger = ScoreLogger(self.prefix)
+        self.warnings = OnceWarnings(type(self).__name__)
+        self.readme = OnceText()
+        self.last_results: dict[str, float] = {}
         self.last_written: list[str] = []
         self._active = False
         self._scores: tuple[Any, MapScores] | None = None
@@ -148,12 +173,18 @@ class FewShotExplanations(ExplanationCallback):
     def state_key(self) -> str:
         return self._generate_state_key(prefix=self.prefix, tag_prefix=self.tag_prefix)
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.schedule.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict)
+
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._pictures = None
-        self._active = self.due(trainer)
+        self._active = self.schedule.due(trainer)
         if self._active and not isinstance(pl_module, EpisodeTask):
-            self.warn_once(
+            self.warnings.warn(
                 f"{type(pl_module).__name__} has no `episode_references(batch, maps)` (cama.protocols.EpisodeTask, "
                 "e.g. cama.models.ProtoNet); nothing is logged. For re-ID use ExplanationImages and "
                 "LocalizationMetrics"
@@ -175,12 +206,12 @@ class FewShotExplanations(ExplanationCallback):
         if not self._active or batch_idx >= math.ceil(self.num_episodes / max(1, trainer.world_size)):
             return
         if not isinstance(batch, dict) or "episode_labels" not in batch or "is_query" not in batch:
-            self.warn_once("validation batches are not episodes (episode_labels, is_query); nothing is logged")
+            self.warnings.warn("validation batches are not episodes (episode_labels, is_query); nothing is logged")
             self._active = False
             return
         self._maps.add(outputs, batch)
         forward_threads = torch.get_num_threads()  # the forwards below are batches of images
-        with self.threads(pl_module):
+        with cpu_threads(self.cpu_threads, pl_module.device):
             self._score_episode(
                 trainer, pl_module, batch, batch_idx == 0 and trainer.is_global_zero, forward_threads
             )
@@ -188,7 +219,7 @@ class FewShotExplanations(ExplanationCallback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         active, self._active = self._active, False
         self._maps.clear()
-        if not self.end_epoch(trainer) or not active:
+        if not self.schedule.end_epoch(trainer) or not active:
             return
         sink = ImageSink.from_trainer(trainer, save_png=self.save_png, folder=self.tag_prefix)  # may broadcast
         results: dict[str, Tensor] = {}
@@ -249,24 +280,27 @@ class FewShotExplanations(ExplanationCallback):
         predicted = refs.prediction[:faithful, None]
         if faithful:  # the score of fam Eq. 21-22, from the logits the references already hold
             score = refs.logits[:faithful].softmax(1).gather(1, predicted)[:, 0]
-        masked_images: dict[str, Tensor] = {}  # the queries times each method's maps
+        masked_maps: dict[str, Tensor] = {}  # each method's maps of the first queries (AD / IC)
         for method in self.methods:
             maps = episode_maps(
                 method, explainer, query_images, refs.query_maps, refs.prototype, refs.supports, refs.metric, size
             )
             scores.update_maps(method, maps, boxes, person, correct)
             if faithful:
-                masked_images[method] = mask_images(query_images[:faithful], maps[:faithful], mean, std)
+                masked_maps[method] = maps[:faithful]
             if probes is not None:  # the support explained against the query (its single reference)
                 pictures[method] = maps[probes]
                 pictures[f"{method}/reference"] = support_maps(
                     method, explainer, pl_module, images, all_maps, refs, probes, size
                 )
-        if masked_images:  # probability of the predicted class on the masked queries: one forward
-            masked = pl_module.embed_maps(forward(torch.cat(list(masked_images.values()))))
-            probabilities = pl_module.logits(masked, refs.prototypes).softmax(1)
-            masked_scores = probabilities.gather(1, predicted.repeat(len(masked_images), 1))[:, 0]
-            for method, chunk in zip(masked_images, masked_scores.split(faithful)):
+        if masked_maps:  # probability of the predicted class on the masked queries: one forward
+            blocks = masked_embeddings(
+                lambda x: pl_module.embed_maps(forward(x)), [query_images[:faithful]] * len(masked_maps),
+                list(masked_maps.values()), mean, std,
+            )
+            probabilities = pl_module.logits(torch.cat(blocks), refs.prototypes).softmax(1)
+            masked_scores = probabilities.gather(1, predicted.repeat(len(masked_maps), 1))[:, 0]
+            for method, chunk in zip(masked_maps, masked_scores.split(faithful)):
                 scores.update_faithfulness(method, score, chunk)
         if probes is not None:
             support = refs.support_index[probes, 0]
@@ -286,7 +320,7 @@ class FewShotExplanations(ExplanationCallback):
         probes = to_uint8(pictures["probe_images"], datamodule)
         references = to_uint8(pictures["reference_images"], datamodule)
         step, epoch = logging_step(trainer), trainer.current_epoch
-        self.log_readme(sink, self.readme(), step, self.tag_prefix)
+        self.readme.write(sink, "README", self.readme_text(), step, self.tag_prefix)
         pictures = {**pictures, "probe_images": probes, "reference_images": references}
         written: list[str] = []
         for method in self.methods:
@@ -294,7 +328,7 @@ class FewShotExplanations(ExplanationCallback):
             written += sink.write(method, picture, step, epoch, prefix=self.tag_prefix)
         return written
 
-    def readme(self) -> str:
+    def readme_text(self) -> str:
         """The TensorBoard text of the run: what each image tag shows (Markdown)."""
         return (
             f"**{self.tag_prefix}/<method>** ({', '.join(self.methods)}), the queries of the first validation "

@@ -41,9 +41,12 @@ Penalty exists to lower. With ``per_branch=True`` every method's per-branch maps
 (``<prefix>/<method>_branch<i>/<name>``).
 
 Gradient methods cost a forward and backward per branch: they are scored on the first
-``num_gradient_samples`` only. The metrics (:class:`cama.metrics.map_scores.MapScores`) are torchmetrics Metrics, so every process
-scores its share of the subset and ``compute()`` reduces them: the numbers do not depend on the
-number of processes. The sanity-check epoch is skipped.
+``num_gradient_samples`` only. The scoring is :class:`cama.map_scoring.ProbeScorer`'s; the callback
+decides when (:class:`~callbacks.base.EpochSchedule`) and logs (:class:`~callbacks.score_logging.ScoreLogger`).
+The metrics (:class:`cama.metrics.map_scores.MapScores`) are torchmetrics Metrics: every process
+scores its share of the subset (:func:`cama.map_scoring.owned_positions`: the process that captured a
+sample scores it, the others are dealt round-robin) and ``compute()`` reduces them, so the numbers do
+not depend on the number of processes. The sanity-check epoch is skipped.
 """
 
 from __future__ import annotations
@@ -53,24 +56,27 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from callbacks.base import ScoredRankingCallback, cpu_threads, load_items, stack_captured
-from cama.metrics.boxes import any_along
-from cama.metrics.faithfulness import mask_images
-from cama.metrics.localization import DEFAULT_TAUS
-from cama.metrics.map_scores import MapScores
+from callbacks.base import (
+    EpochSchedule,
+    OnceWarnings,
+    ProbeCapture,
+    RankingProbes,
+    cpu_threads,
+    load_items,
+)
+from callbacks.score_logging import ScoreLogger
+from cama.map_scoring import ProbeScorer, captured_flags, owned_positions
 from cama.metrics.ranking import EmbeddingSet
 from cama.protocols import HasOverlapPenalty, ShowsImages
-from cama.viz import GRADIENT_METHODS, ModelExplainer, Features, Own, ProbeAgainst, check_methods
+from cama.viz import ModelExplainer, check_methods
 
 __all__ = ["LocalizationMetrics"]
 
-EVIDENCE = "evidence_required"  # the synthetic re-ID items' discriminative parts (cama.metrics.parts)
 
-
-class LocalizationMetrics(ScoredRankingCallback):
+class LocalizationMetrics(Callback):
     """Localization and faithfulness scores of explanation maps, logged every validation epoch.
 
     Args:
@@ -116,114 +122,74 @@ class LocalizationMetrics(ScoredRankingCallback):
         reuse_features: bool = True,
         cpu_threads: int | None = 1,
     ) -> None:
-        if num_samples < 1 or batch_size < 1:
-            raise ValueError("num_samples and batch_size must be >= 1")
-        super().__init__(every_n_epochs, cpu_threads, num_samples, seed, prefix)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.methods = check_methods(methods)
-        self.tau = float(tau)
-        self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
-        self.iou_threshold = float(iou_threshold)
-        self.num_faithfulness_samples = max(0, int(num_faithfulness_samples))
-        self.num_gradient_samples = max(0, int(num_gradient_samples))
-        self.per_branch = per_branch
-        self.branch_overlap = branch_overlap
+        self.prefix = prefix.rstrip("/")
         self.batch_size = int(batch_size)
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
         self.reuse_features = reuse_features
+        self.cpu_threads = cpu_threads
+        self.schedule = EpochSchedule(every_n_epochs)
+        self.probes = RankingProbes(num_samples, seed)
+        self.scorer = ProbeScorer(
+            self.methods, per_branch, branch_overlap, max(0, int(num_faithfulness_samples)),
+            max(0, int(num_gradient_samples)), float(tau), taus, float(iou_threshold),
+        )
+        self.score_logger = ScoreLogger(self.prefix)
+        self.warnings = OnceWarnings(type(self).__name__)
         self.last_results: dict[str, float] = {}
-        self._scores: tuple[Any, MapScores] | None = None
+        self._capture: ProbeCapture | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix)
+
+    @property
+    def probe_indices(self) -> list[int]:
+        """The dataset indices of the probes (chosen once; ``probe_indices`` in the ``state_dict``)."""
+        return self.probes.indices
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.schedule.state_dict(), **self.probes.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict)
+        self.probes.load_state_dict(state_dict)
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._capture = None
-        if self.due(trainer) and self.reuse_features:
-            self.start_capture(trainer, pl_module, self.samples)
+        capture = self.schedule.due(trainer) and self.reuse_features
+        self._capture = self.probes.capture(trainer, pl_module, self.warnings.warn) if capture else None
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        if self._capture is not None:
+            self._capture.add(outputs, batch)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        captured = self.stop_capture()
-        if not self.end_epoch(trainer):
+        captured = self._capture.captured if self._capture is not None else {}
+        self._capture = None
+        if not self.schedule.end_epoch(trainer):
             return
-        inputs = self.epoch_inputs(trainer, pl_module, self.samples)  # collective: every rank
+        inputs = self.probes.epoch_inputs(trainer, pl_module, self.warnings.warn)  # collective: every rank
         if inputs is None:
             return
         forward_threads = torch.get_num_threads()  # the masked queries' forward is a large batch
-        with self.threads(pl_module):
+        with cpu_threads(self.cpu_threads, pl_module.device):
             results = self._score(trainer, pl_module, *inputs, captured, forward_threads)
         self.last_results = {k: float(v) for k, v in results.items()}
         self.score_logger.log(trainer, pl_module, results)
 
-    # ------------------------------------------------------------------ scoring
-    def _owned_positions(
-        self, trainer: pl.Trainer, samples: list[int], captured: dict[int, Any], device: torch.device
-    ) -> list[int]:
-        """Positions in ``samples`` this process scores: the first process that captured a sample
-        owns it, the others are dealt round-robin (and recomputed). A collective when distributed."""
-        world, count = trainer.world_size, len(samples)
-        seen = torch.tensor([int(i in captured) for i in samples], dtype=torch.int32, device=device)
-        everyone = trainer.strategy.all_gather(seen).reshape(-1, count) if world > 1 else seen[None]
-        has = everyone > 0
-        fallback = torch.arange(count, device=device) % world
-        owner = torch.where(has.any(dim=0), has.int().argmax(dim=0), fallback)
-        return (owner == trainer.global_rank).nonzero().squeeze(1).tolist()
-
-    def _features(
-        self, explainer: ModelExplainer, indices: list[int], captured: dict[int, Any], device: torch.device
-    ) -> tuple[Features, dict[str, Tensor], list[int]]:
-        """Features and batch of ``indices``: captured ones reused, the others loaded and forwarded.
-
-        Returns the features, the batch (``image``, ``box``, ``mask``, ...) and the order of
-        ``indices`` they follow (captured first).
-        """
-        have = [i for i in indices if i in captured]
-        missing = [i for i in indices if i not in captured]
-        parts: list[tuple[Features, dict[str, Tensor]]] = []
-        if have:
-            batch, maps = stack_captured(captured, have, device)
-            parts.append((explainer.features_from_maps(batch["image"], maps), batch))
-        if missing:
-            batch = load_items(self.samples.dataset, missing, device)
-            parts.append((explainer.features(batch["image"]), batch))
-        if len(parts) == 1:
-            return parts[0][0], parts[0][1], have + missing
-        (first, batch_a), (second, batch_b) = parts
-        features = Features(
-            images=torch.cat([first.images, second.images]),
-            maps=[torch.cat([a, b]) for a, b in zip(first.maps, second.maps)],
-            embedding=torch.cat([first.embedding, second.embedding]),
-            slices=first.slices,
-        )
-        batch = {k: torch.cat([batch_a[k], batch_b[k]]) for k in batch_a if k in batch_b and isinstance(batch_b[k], Tensor)}
-        return features, batch, have + missing
-
-    def _map_scores(
-        self,
-        image_size: tuple[int, int],
-        has_box: bool,
-        has_mask: bool,
-        evidence_topk: float | None,
-        branches: int,
-        topk: Any,
-        device: torch.device,
-    ) -> MapScores:
-        """The score group of every map (built once, reset after every epoch)."""
-        key = (image_size, has_box, has_mask, evidence_topk, branches, topk, str(device))
-        if self._scores is None or self._scores[0] != key:
-            names = list(self.methods)
-            if self.per_branch and branches > 1:
-                names += [f"{m}_branch{i + 1}" for m in self.methods for i in range(branches)]
-            scores = MapScores(
-                names, image_size, has_box, has_mask,
-                faithfulness_names=self.methods if self.num_faithfulness_samples else (),
-                tau=self.tau, taus=self.taus, iou_threshold=self.iou_threshold,
-                branch_overlap_topk=topk if self.branch_overlap and branches > 1 else None,
-                evidence_topk=evidence_topk,
-                evidence_names=self.methods,
-            )
-            self._scores = (key, scores.to(device))
-        return self._scores[1]
-
+    # ------------------------------------------------------------------ the epoch's scores
     @torch.no_grad()
     def _score(
         self,
@@ -234,114 +200,32 @@ class LocalizationMetrics(ScoredRankingCallback):
         captured: dict[int, Any],
         forward_threads: int | None = None,
     ) -> dict[str, Tensor]:
+        """This epoch's scores (the same names, in the same order, on every rank: ``compute()`` syncs)."""
         device = pl_module.device
-        gallery = gallery.to(device)
-        samples = self.samples.choose(provider, self.warn_once)
-        if not samples:
-            self.warn_once("no query has a true match in the gallery; nothing is logged")
+        probes = self.probes.choose(provider, self.warnings.warn)
+        if not probes:
+            self.warnings.warn("no query has a true match in the gallery; nothing is logged")
             return {}
-        first = self.samples.dataset[samples[0]]
-        has_box, has_mask = "box" in first, "mask" in first
-        has_evidence = has_mask and EVIDENCE in first
-        image_size = tuple(first["image"].shape[-2:])
+        flags = captured_flags(probes, captured, device)  # which process scores which probe: a collective
+        everyone = trainer.strategy.all_gather(flags).reshape(-1, len(probes)) if trainer.world_size > 1 else flags[None]
+        positions = owned_positions(everyone, trainer.global_rank)
         explainer = ModelExplainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
-        if captured:
-            grid = [tuple(m.shape[-2:]) for m in next(iter(captured.values()))["maps"]]
-        else:
-            grid = [tuple(m.shape[-2:]) for m in explainer.features(first["image"][None].to(device)).maps]
-        branches = len(grid)
+        dataset = self.probes.dataset
         topk = pl_module.overlap_topk() if isinstance(pl_module, HasOverlapPenalty) else 0.2  # the OAP's k (Eq. 5)
-        # the OAP's k as a share of the feature grid: the part scores take it on image-size maps
-        evidence_topk = (topk if isinstance(topk, float) else topk / (grid[0][0] * grid[0][1])) if has_evidence else None
-        scores = self._map_scores(image_size, has_box, has_mask, evidence_topk, branches, topk, device)
         datamodule = trainer.datamodule
         mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
 
-        positions = self._owned_positions(trainer, samples, captured, device)  # collective
-        for start in range(0, len(positions), self.batch_size):
-            chunk = positions[start : start + self.batch_size]
-            position_of = {samples[p]: p for p in chunk}
-            features, batch, order = self._features(explainer, [samples[p] for p in chunk], captured, device)
-            ordered = [position_of[i] for i in order]
-            self._score_chunk(
-                explainer, provider, features, batch, gallery, order, ordered, scores, mean, std, forward_threads
-            )
-        results = scores.compute_named(self.prefix)  # the same order on every rank: compute() syncs
+        def load(indices: list[int]) -> dict[str, Any]:
+            return load_items(dataset, indices, device)
+
+        def embed_masked(images: Tensor) -> Tensor:
+            with cpu_threads(forward_threads, device):
+                return explainer.features(images).embedding
+
+        scores = self.scorer.score(
+            explainer, provider, gallery, probes, positions, dataset[probes[0]], captured, load, topk,
+            self.batch_size, embed_masked, device, mean, std,
+        )
+        results = scores.compute_named(self.prefix)
         scores.reset()
         return results
-
-    def _score_chunk(
-        self,
-        explainer: ModelExplainer,
-        provider: Any,
-        features: Features,
-        batch: dict[str, Tensor],
-        gallery: EmbeddingSet,
-        indices: list[int],
-        chunk: list[int],
-        scores: MapScores,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-        forward_threads: int | None = None,
-    ) -> None:
-        """Score the samples ``indices`` (dataset indices; positions ``chunk`` of the subset), the
-        rows of ``features`` / ``batch``."""
-        device = features.embedding.device
-        references, matches = provider.rank(gallery, features.embedding, torch.tensor(indices, device=device), 1)
-        rankable = (references[:, 0] >= 0).nonzero().squeeze(1)
-        if rankable.numel() == 0:
-            return
-        features = features.select(rankable)
-        position = torch.as_tensor(chunk, device=device)[rankable]
-        rows = torch.searchsorted(gallery.indices, references[rankable, 0])  # gallery rows, sorted by index
-        reference_embeddings = gallery.embeddings[rows].to(features.embedding.dtype)
-        correct = matches[rankable, 0]
-        boxes = batch["box"][rankable].float() if "box" in batch else None
-        parts = batch["mask"][rankable].bool() if "mask" in batch else None
-        person = any_along(parts, 1) if parts is not None else None
-        evidence = batch[EVIDENCE][rankable].bool() if parts is not None and EVIDENCE in batch else None
-
-        if boxes is not None:
-            scores.update_baselines(boxes, tuple(features.images.shape[-2:]))
-        if self.branch_overlap and features.num_branches > 1:
-            scores.update_overlap(explainer.raw_maps("ram", features, Own()))
-
-        faithful = (position < self.num_faithfulness_samples).nonzero().squeeze(1)
-        masked_images: list[Tensor] = []
-        masked_rows: list[tuple[str, Tensor]] = []  # (method, rows of `features`) of each masked block
-        for method in self.methods:
-            rows_used = torch.arange(position.numel(), device=device)
-            if method in GRADIENT_METHODS:
-                rows_used = (position < self.num_gradient_samples).nonzero().squeeze(1)
-                if rows_used.numel() == 0:
-                    continue
-            used = features.select(rows_used) if rows_used.numel() < position.numel() else features
-            target = ProbeAgainst(reference_embeddings[rows_used])
-            # branches then summed; the part scores need the branches' regions
-            maps = explainer.explain(method, used, target, branches=self.per_branch or evidence is not None)
-            summed = maps[:, -1]
-            box, mask = (None if t is None else t[rows_used] for t in (boxes, person))
-            scores.update_maps(method, summed, box, mask, correct[rows_used])
-            if evidence is not None:
-                branch_maps = maps[:, :-1] if maps.shape[1] > 1 else maps
-                scores.update_parts(method, summed, parts[rows_used], evidence[rows_used], branch_maps)
-            if self.per_branch and maps.shape[1] > 1:  # (their scores, without the part evidence)
-                for i in range(maps.shape[1] - 1):
-                    scores.update_maps(f"{method}_branch{i + 1}", maps[:, i], box, mask, correct[rows_used])
-            if scores.has_faithfulness(method):
-                keep = torch.isin(rows_used, faithful).nonzero().squeeze(1)
-                if keep.numel():
-                    masked_images.append(mask_images(used.images[keep], summed[keep], mean, std))
-                    masked_rows.append((method, rows_used[keep]))
-
-        if masked_images:  # fam Eq. 21-22: one forward for every method's masked queries
-            with cpu_threads(forward_threads, device):
-                masked = explainer.features(torch.cat(masked_images)).embedding
-            offset = 0
-            for method, rows_used in masked_rows:
-                count = rows_used.numel()
-                target = reference_embeddings[rows_used]  # the score: cosine similarity to the reference
-                similarity = F.cosine_similarity(features.embedding[rows_used], target, dim=1)
-                masked_similarity = F.cosine_similarity(masked[offset : offset + count], target, dim=1)
-                scores.update_faithfulness(method, similarity, masked_similarity)
-                offset += count

@@ -39,9 +39,17 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from callbacks.base import ScoredRankingCallback, load_items
+from callbacks.base import (
+    EpochSchedule,
+    OnceWarnings,
+    RankingProbes,
+    cpu_threads,
+    load_items,
+)
+from callbacks.score_logging import ScoreLogger
 from cama.explain import SanityCheckResult, sanity_check
 from cama.protocols import HasRandomizationBlocks
 from cama.viz import GRADIENT_METHODS, ModelExplainer, ProbeAgainst, check_methods
@@ -78,7 +86,7 @@ def sanity_maps(
     return maps
 
 
-class SanityChecks(ScoredRankingCallback):
+class SanityChecks(Callback):
     """Cascading model-parameter randomization of the explanation maps (module docstring).
 
     Args:
@@ -108,33 +116,50 @@ class SanityChecks(ScoredRankingCallback):
             raise ValueError(f"every_n_epochs must be >= 0 (0: off), got {every_n_epochs}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        super().__init__(max(1, int(every_n_epochs)), cpu_threads, num_samples, seed, prefix)
-        self.every_n_epochs = int(every_n_epochs)
         self.methods = check_methods(methods)
+        self.seed = int(seed)
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
+        self.prefix = prefix.rstrip("/")
+        self.cpu_threads = cpu_threads
+        self.schedule = EpochSchedule(every_n_epochs)  # 0: never due (the epochs are still counted)
+        self.probes = RankingProbes(num_samples, self.seed)
+        self.score_logger = ScoreLogger(self.prefix)
+        self.warnings = OnceWarnings(type(self).__name__)
         self.last_result: SanityCheckResult | None = None
         self.last_results: dict[str, float] = {}
 
-    # ------------------------------------------------------------------ schedule
-    # ------------------------------------------------------------------ hooks
-    def due(self, trainer: pl.Trainer) -> bool:
-        return self.every_n_epochs > 0 and super().due(trainer)
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix)
 
+    @property
+    def probe_indices(self) -> list[int]:
+        """The dataset indices of the probes (chosen once; ``probe_indices`` in the ``state_dict``)."""
+        return self.probes.indices
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.schedule.state_dict(), **self.probes.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict)
+        self.probes.load_state_dict(state_dict)
+
+    # ------------------------------------------------------------------ hooks
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.end_epoch(trainer):
+        if not self.schedule.end_epoch(trainer):
             return
         if not isinstance(pl_module, HasRandomizationBlocks):
-            self.warn_once(
+            self.warnings.warn(
                 f"{type(pl_module).__name__} does not list its blocks (`randomization_blocks()`, "
                 "cama.protocols.HasRandomizationBlocks); nothing is logged"
             )
             return
-        inputs = self.epoch_inputs(trainer, pl_module, self.samples)  # collective: every rank
+        inputs = self.probes.epoch_inputs(trainer, pl_module, self.warnings.warn)  # collective: every rank
         if inputs is None:
             return
-        with self.threads(pl_module):
+        with cpu_threads(self.cpu_threads, pl_module.device):
             result = self.check(pl_module, *inputs)
         if result is None:
             return
@@ -146,20 +171,21 @@ class SanityChecks(ScoredRankingCallback):
 
     # ------------------------------------------------------------------ the check
     def check(self, pl_module: pl.LightningModule, provider: Any, gallery: Any) -> SanityCheckResult | None:
-        """The test on this epoch's queries (``provider`` and ``gallery`` from :meth:`epoch_inputs`);
-        None when no query has a reference. ``pl_module`` is exactly as before afterwards."""
+        """The test on this epoch's queries (``provider`` and ``gallery`` from
+        :meth:`RankingProbes.epoch_inputs`); None when no query has a reference. ``pl_module`` is
+        exactly as before afterwards."""
         device = pl_module.device
-        samples = self.samples.choose(provider, self.warn_once)
+        samples = self.probes.choose(provider, self.warnings.warn)
         if not samples:
-            self.warn_once("no query has a true match in the gallery; nothing is logged")
+            self.warnings.warn("no query has a true match in the gallery; nothing is logged")
             return None
-        dataset = self.samples.dataset
+        dataset = self.probes.dataset
         images = load_items(dataset, samples, device)["image"]
         embeddings = ModelExplainer(pl_module).features(images).embedding
         references, _ = provider.rank(gallery.to(device), embeddings, torch.tensor(samples, device=device), 1)
         found = references[:, 0] >= 0
         if not bool(found.any()):
-            self.warn_once("no query has a reference in this epoch's gallery; nothing is logged")
+            self.warnings.warn("no query has a reference in this epoch's gallery; nothing is logged")
             return None
         reference_images = load_items(dataset, references[found, 0].tolist(), device)["image"]
         names, blocks = zip(*pl_module.randomization_blocks())

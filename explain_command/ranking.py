@@ -25,7 +25,8 @@ from tqdm import tqdm
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
 from cama.metrics.rerank import re_ranked_distances
-from cama.viz import ModelExplainer, ProbeAgainst, picture_title, ranking_figure, to_uint8
+from cama.viz import ModelExplainer, picture_title, to_uint8
+from cama.viz.figures import Shown, ranking_picture
 from explain_command.common import MARKET_NAME, FileImages, write_json, write_picture
 
 __all__ = ["DatasetRanking", "FileRanking", "explain_rankings"]
@@ -143,23 +144,19 @@ def explain_rankings(
         if not found:
             tqdm.write(f"query {data.name(index)}: no rankable gallery image, skipped")
             continue
-        listed = explainer.features(data.load(found, device))
-        query_picture = to_uint8(query.images, data.shows)[0]
-        listed_pictures = to_uint8(listed.images, data.shows)
+        listed_features = explainer.features(data.load(found, device))
         name = data.name(index)
         frames = torch.tensor(flags) if flags is not None else None
         if distances is not None:  # the re-ranked distances the list is ordered by
             listed_distances = distances[0, [data.gallery.index(g) for g in found]]
         else:
-            listed_distances = pairwise_distance(query.embedding, listed.embedding)[0]
-        gallery_labels = [data.label_text(g) for g in found]
+            listed_distances = pairwise_distance(query.embedding, listed_features.embedding)[0]
+        shown_query = Shown(query, to_uint8(query.images, data.shows), [data.label_text(index)])
+        listed = Shown(listed_features, to_uint8(listed_features.images, data.shows), [data.label_text(g) for g in found])
         for method in methods:
-            query_maps = explainer.explain(method, query, ProbeAgainst(listed.embedding[:1]))[0]
-            listed_maps = explainer.explain(method, listed, query.embedding.expand(len(found), -1))
-            picture = ranking_figure(
-                query_picture, listed_pictures, frames, query_maps, listed_maps, alpha, colormap,
-                title=picture_title(method, subject=name), query_label=data.label_text(index),
-                gallery_labels=gallery_labels, distances=listed_distances,
+            picture = ranking_picture(
+                explainer, method, shown_query, listed, frames, listed_distances,
+                picture_title(method, subject=name), alpha, colormap,
             )
             written.append(write_picture(picture, output, name, method))
         rankings[name] = [

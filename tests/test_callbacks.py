@@ -236,8 +236,8 @@ def test_localization_reuses_the_validation_features(model, datamodule, tmp_path
     assert loads == [], "every sample was captured in the model's own validation step"
     recomputed = LocalizationMetrics(num_samples=10, num_faithfulness_samples=4, reuse_features=False)
     validate(model, datamodule, [recomputed], tmp_path)
-    assert sorted(loads) == sorted(recomputed.sample_indices)
-    assert reused.sample_indices == recomputed.sample_indices
+    assert sorted(loads) == sorted(recomputed.probe_indices)
+    assert reused.probe_indices == recomputed.probe_indices
     results = reused.last_results
     for method in ("dist_cam", "ram", "fam"):
         for name in (
@@ -319,11 +319,11 @@ def test_every_n_epochs_skips_validation_epochs(model, datamodule, tmp_path):
         every_n_epochs=2,
     )
     validate(model, datamodule, [metrics], tmp_path)
-    assert metrics.last_results and metrics.validation_epochs == 1
+    assert metrics.last_results and metrics.schedule.validation_epochs == 1
     assert {"loc/gradcam/box_acc", "loc/gradcam/ad", "loc/ram/ic"} <= metrics.last_results.keys()
     metrics.last_results = {}
     validate(model, datamodule, [metrics], tmp_path)
-    assert metrics.last_results == {} and metrics.validation_epochs == 2
+    assert metrics.last_results == {} and metrics.schedule.validation_epochs == 2
 
 
 def test_predict_file_scores_like_validate(model, datamodule, tmp_path):
@@ -360,7 +360,7 @@ def test_part_evidence_scores_the_probes_summed_ram_and_its_branches_regions(mod
     (k the OAP's) for the parts covered."""
     callback = LocalizationMetrics(methods=["ram"], num_samples=12, num_faithfulness_samples=0)
     validate(model, datamodule, [callback], tmp_path)
-    batch = load_items(datamodule.eval_dataset, callback.sample_indices)
+    batch = load_items(datamodule.eval_dataset, callback.probe_indices)
     explainer = ModelExplainer(model)
     with torch.no_grad():
         features = explainer.features(batch["image"])

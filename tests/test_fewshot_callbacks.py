@@ -137,7 +137,7 @@ def test_same_probes_every_epoch_and_every_n_epochs(model, datamodule, tmp_path)
     assert first
     callback.last_results = {}
     validate(model, datamodule, callback, tmp_path / "b")
-    assert callback.last_results == {} and callback.validation_epochs == 2
+    assert callback.last_results == {} and callback.schedule.validation_epochs == 2
     validate(model, datamodule, callback, tmp_path / "c")
     assert callback.last_results == pytest.approx(first)  # the same (fixed) episodes, the same weights
 

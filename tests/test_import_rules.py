@@ -20,6 +20,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "cama/references.py": ("lightning", "cama.models", "cama.viz", "callbacks", "datamodules"),
     "cama/viz": ("lightning", "cama.models", "cama.metrics", "cama.references", "callbacks", "datamodules"),
     "cama/models": ("callbacks", "datamodules", "cama.viz"),
+    "cama/map_scoring": ("lightning", "cama.models", "callbacks", "datamodules"),
     "cama/checkpoint_files.py": ("lightning", "cama.models", "callbacks", "datamodules"),
     "cama/runs.py": ("cama.models", "cama.viz", "callbacks", "datamodules"),
     "cama/loading.py": ("cama.models", "cama.viz", "callbacks", "datamodules"),

@@ -259,12 +259,12 @@ def test_callback_logs_the_check_and_leaves_the_model_trained(tmp_path):
             name = f"sanity/{method}/{measure}_conv1"
             assert float(trainer.callback_metrics[name]) == pytest.approx(callback.last_results[name])
         assert callback.last_results[f"sanity/{method}/spearman_conv1"] < 1.0
-    assert len(callback.sample_indices) == 4
-    assert callback.state_dict()["sample_indices"] == callback.sample_indices
+    assert len(callback.probe_indices) == 4
+    assert callback.state_dict()["probe_indices"] == callback.probe_indices
 
 
 def test_callback_is_off_by_default_and_sanity_maps_are_image_sized():
-    assert not SanityChecks().due(pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False))
+    assert not SanityChecks().schedule.due(pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False))
     with pytest.raises(ValueError):
         SanityChecks(every_n_epochs=-1)
     torch.manual_seed(0)

@@ -6,6 +6,9 @@
 * :mod:`cama.viz.pictures` -- probe grids and ranking lists (cama-ram Fig. 4 / Fig. 8) as ``uint8``,
   laid out by :mod:`cama.viz.layout` (tiles, headers, captions) with the text and colour bar of
   :mod:`cama.viz.labels`;
+* :mod:`cama.viz.figures` -- the explained pictures: the maps of images shown (:class:`~cama.viz.figures.Shown`)
+  computed and drawn in one call (``probe_grid_picture``, ``ranking_picture``), for the callbacks and
+  ``explain.py`` alike;
 * :mod:`cama.viz.episodes` -- the few-shot maps and pictures.
 
 No Lightning here: plain modules and tensors in, tensors out.
