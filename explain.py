@@ -32,7 +32,8 @@ The model is the checkpoint's (its class saved by ``train.py``, or ``--model_cla
 ``weights_only=True`` (:func:`cama.loading.load_model`). With ``--config`` the data module is the
 config's ``data`` section, read by LightningCLI's parser as ``train.py`` reads it
 (:func:`cama.loading.instantiate_data`); ``--data KEY=VALUE`` overrides its init arguments (values
-read as YAML, e.g. ``--data image_size=[64,32]``).
+read as YAML, e.g. ``--data image_size=[64,32]``; a dotted key sets a field of a nested option,
+``--data synthetic.num_train_ids=10``).
 """
 
 from __future__ import annotations
@@ -68,7 +69,11 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ExplainError(f"--data expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        *outer, last = key.strip().split(".")  # synthetic.num_classes=8: a field of a nested option
+        place = overrides
+        for name in outer:
+            place = place.setdefault(name, {})
+        place[last] = yaml.safe_load(value)
     return overrides
 
 
@@ -88,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="override init arguments of the config's data module (YAML values)",
+        help="override init arguments of the config's data module (YAML values; synthetic.FIELD=VALUE for the "
+        "nested synthetic options)",
     )
     parser.add_argument("--query", nargs="+", help="query image files or folders (instead of --config)")
     parser.add_argument("--gallery", nargs="+", help="gallery folders or files (with --query; re-ID, retrieval)")

@@ -110,10 +110,10 @@ def collect(model: Any, loader: Any, device: torch.device, limit: int | None = N
 
 def data_overrides(seed: int, smoke: bool) -> dict[str, Any]:
     """The seed also draws the synthetic data and the training batches (a replicate of everything)."""
-    out: dict[str, Any] = {"seed": seed, "synthetic_seed": seed}
+    out: dict[str, Any] = {"seed": seed, "synthetic": {"seed": seed}}
     if smoke:  # a few classes and images: the pipeline, not the numbers
-        out.update(synthetic_num_classes=6, synthetic_images_per_class=15, train_images_per_class=10,
-                   batch_size=24, eval_batch_size=30)
+        out["synthetic"].update(num_classes=6, images_per_class=15)
+        out.update(train_images_per_class=10, batch_size=24, eval_batch_size=30)
     return out
 
 

@@ -123,10 +123,10 @@ def score_maps(
 # the ProtoNet
 # --------------------------------------------------------------------------------------------------
 def protonet_overrides(seed: int, smoke: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"seed": seed, "synthetic_seed": seed, "eval_seed": seed}
+    out: dict[str, Any] = {"seed": seed, "synthetic": {"seed": seed}, "eval_seed": seed}
     if smoke:
-        out.update(synthetic_num_classes=30, synthetic_images_per_class=20, train_episodes=5, val_episodes=2,
-                   test_episodes=4)
+        out["synthetic"].update(num_classes=30, images_per_class=20)
+        out.update(train_episodes=5, val_episodes=2, test_episodes=4)
     return out
 
 
@@ -206,9 +206,10 @@ def measure_protonet(model: Any, dm: Any, metrics: dict[str, float], seed: int, 
 # the retrieval model
 # --------------------------------------------------------------------------------------------------
 def retrieval_overrides(seed: int, smoke: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {"seed": seed, "synthetic_seed": seed}
+    out: dict[str, Any] = {"seed": seed, "synthetic": {"seed": seed}}
     if smoke:
-        out.update(synthetic_num_classes=10, synthetic_images_per_class=10, batch_size=20, eval_batch_size=50)
+        out["synthetic"].update(num_classes=10, images_per_class=10)
+        out.update(batch_size=20, eval_batch_size=50)
     return out
 
 

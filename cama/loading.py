@@ -10,7 +10,7 @@ saved in it, so a checkpoint alone rebuilds its model.
 
 >>> from cama.loading import instantiate_config
 >>> model, data = instantiate_config("configs/cama_synthetic.yaml",
-...                                  data={"synthetic_train_ids": 4, "synthetic_test_ids": 3})
+...                                  data={"synthetic": {"num_train_ids": 4, "num_test_ids": 3}})
 >>> type(model).__name__, type(data).__name__, model.hparams.num_classes
 ('CAMA', 'ReIDDataModule', 4)
 """
@@ -21,6 +21,7 @@ import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import lightning.pytorch as pl
@@ -41,8 +42,21 @@ __all__ = [
     "instantiate_callbacks",
     "checkpoint_class_path",
     "checkpoint_image_size",
+    "datamodule_hparams",
     "load_model",
 ]
+
+#: the flat ``synthetic_*`` data-module options before they became the nested ``synthetic`` object:
+#: old name -> field names (``synthetic_size`` was the side of a square image); read-only
+_OLD_SYNTHETIC_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "synthetic_train_ids": ("num_train_ids",), "synthetic_test_ids": ("num_test_ids",),
+    "synthetic_cameras": ("num_cameras",), "synthetic_cameras_per_id": ("cameras_per_id",),
+    "synthetic_images_per_camera": ("images_per_camera",), "synthetic_query_cameras": ("query_cameras",),
+    "synthetic_distractors": ("num_distractors",), "synthetic_junk": ("num_junk",),
+    "synthetic_occlusion": ("occlusion_prob",), "synthetic_placement": ("placement",),
+    "synthetic_num_classes": ("num_classes",), "synthetic_images_per_class": ("images_per_class",),
+    "synthetic_splits": ("few_shot_splits",), "synthetic_size": ("height", "width"), "synthetic_seed": ("seed",),
+})
 
 
 class ConfigError(InputError, ValueError):
@@ -78,13 +92,23 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated with ``overrides``, nested mappings merged (``synthetic: {num_classes: 8}``
+    keeps the config's other ``synthetic`` fields)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        old = out.get(key)
+        out[key] = _merged(old, value) if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+    return out
+
+
 def _section(config: Mapping[str, Any], key: str, source: str, overrides: Mapping[str, Any] | None) -> dict:
     spec = config.get(key)
     if not isinstance(spec, Mapping) or "class_path" not in spec:
         raise ConfigError(f"{source} has no {key}.class_path")
     return {
         "class_path": spec["class_path"],
-        "init_args": {**(spec.get("init_args") or {}), **(overrides or {})},
+        "init_args": _merged(spec.get("init_args") or {}, overrides or {}),
     }
 
 
@@ -139,11 +163,29 @@ def checkpoint_class_path(checkpoint: Mapping[str, Any]) -> str | None:
     return (checkpoint.get("hyper_parameters") or {}).get("_class_path")
 
 
+def datamodule_hparams(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The data module's init arguments a loaded checkpoint saved, in today's form: the flat
+    ``synthetic_*`` options of older checkpoints become the nested ``synthetic`` mapping (where the
+    generator's options were used), so ``DataModule(**datamodule_hparams(checkpoint))`` works for both.
+
+    >>> datamodule_hparams({"datamodule_hyper_parameters": {"dataset": "synthetic", "synthetic_size": 32,
+    ...                                                     "synthetic_seed": 4}})
+    {'dataset': 'synthetic', 'synthetic': {'height': 32, 'width': 32, 'seed': 4}}
+    """
+    saved = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    nested: dict[str, Any] = {}
+    for old, fields in _OLD_SYNTHETIC_OPTIONS.items():
+        if old in saved:
+            value = saved.pop(old)
+            nested.update({f: value for f in fields})
+    if nested and "synthetic" not in saved:
+        saved["synthetic"] = nested
+    return saved
+
+
 def checkpoint_image_size(path: str | os.PathLike, default: tuple[int, int] = (256, 128)) -> tuple[int, int]:
     """The input size the checkpoint's data module used (its ``image_size``), else ``default``."""
-    size = (read_checkpoint(str(path), "--checkpoint").get("datamodule_hyper_parameters") or {}).get(
-        "image_size"
-    )
+    size = datamodule_hparams(read_checkpoint(str(path), "--checkpoint")).get("image_size")
     return (int(size[0]), int(size[1])) if size else default
 
 

@@ -13,13 +13,30 @@ would read the data set (the tests and the real-size rehearsal work this way):
 >>> data.setup("fit")
 >>> data.num_classes, data.eval_dataset.num_query   # 4 training identities; 3 test ones, 2 query cameras each
 (4, 6)
+
+``dataset`` names a layout class in :mod:`datamodules.registry` (:mod:`datamodules.reid_layouts`,
+:mod:`datamodules.class_layouts`, or your own, registered or named by its class path); the
+generator's options are the nested ``synthetic`` object (:class:`SyntheticReIDOptions`,
+:class:`SyntheticClassesOptions`).
 """
 
+from .registry import (
+    class_layout, class_layout_names, register_class_layout, register_reid_layout, reid_layout, reid_layout_names,
+)
 from .reid import DatasetLayoutError, ReIDDataModule, UnreadableImageError
+from .reid_layouts import ReIDLayout, SyntheticReIDOptions
 from .samplers import PKSampler
 from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig, write_reid_folders, write_reid_layout
 
 __all__ = [
+    "register_reid_layout",
+    "register_class_layout",
+    "reid_layout",
+    "class_layout",
+    "reid_layout_names",
+    "class_layout_names",
+    "ReIDLayout",
+    "SyntheticReIDOptions",
     "DatasetLayoutError",
     "UnreadableImageError",
     "ReIDDataModule",
@@ -30,11 +47,14 @@ __all__ = [
     "write_reid_layout",
     "write_reid_folders",
 ]
+from .class_layouts import ClassLayout, SyntheticClassesOptions
 from .episodes import EpisodeCollate, EpisodeSampler, episode_layout
 from .fewshot import FewShotDataModule
 from .synthetic import SyntheticClasses, SyntheticClassesConfig, write_classes_layout
 
 __all__ += [
+    "ClassLayout",
+    "SyntheticClassesOptions",
     "EpisodeCollate",
     "EpisodeSampler",
     "episode_layout",

@@ -4,7 +4,7 @@ Few-shot: miniImageNet's CSV split files (:func:`scan_miniimagenet_split`), CUB-
 al.'s class split (:func:`scan_cub`), one folder per class under split folders
 (:func:`scan_class_folders`). Retrieval: CUB-200-2011's first / second half of the classes
 (:func:`scan_cub_retrieval`) and class folders with or without split folders
-(:func:`scan_retrieval_folders`). Every scan returns :class:`FewShotRecord` s; a missing root, file or
+(:func:`scan_retrieval_folders`). Every scan returns :class:`ClassRecord` s; a missing root, file or
 folder, a broken line or an empty split raises :class:`DatasetLayoutError` naming the path.
 """
 
@@ -22,7 +22,7 @@ from .images import IMAGE_EXTENSIONS
 __all__ = [
     "SPLITS",
     "RETRIEVAL_SPLITS",
-    "FewShotRecord",
+    "ClassRecord",
     "scan_miniimagenet_split",
     "resolve_cub_root",
     "scan_cub",
@@ -38,11 +38,12 @@ RETRIEVAL_SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
-class FewShotRecord:
+class ClassRecord:
+    """One labelled image (few-shot, retrieval and classification alike): file, class name, box."""
+
     path: str
     class_name: str
     box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 in pixels of the file
-
 
 
 # -- scanning the layouts ------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def _read_csv_split(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def scan_miniimagenet_split(root: str | Path, split: str) -> list[FewShotRecord]:
+def scan_miniimagenet_split(root: str | Path, split: str) -> list[ClassRecord]:
     """Records of ``<root>/<split>.csv``; images in ``<root>/images/<file>`` or ``images/<label>/<file>``."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -90,7 +91,7 @@ def scan_miniimagenet_split(root: str | Path, split: str) -> list[FewShotRecord]
     rows = _read_csv_split(root / f"{split}.csv")
     name, label = rows[0]
     nested = not (images / name).is_file() and (images / label / name).is_file()
-    return [FewShotRecord(str(images / label / f if nested else images / f), label) for f, label in rows]
+    return [ClassRecord(str(images / label / f if nested else images / f), label) for f, label in rows]
 
 
 def resolve_cub_root(root: str | Path | None) -> Path:
@@ -123,7 +124,7 @@ def _read_table(path: Path, columns: int) -> dict[int, list[str]]:
     return out
 
 
-def scan_cub(root: str | Path) -> dict[str, list[FewShotRecord]]:
+def scan_cub(root: str | Path) -> dict[str, list[ClassRecord]]:
     """Records of the three few-shot splits of CUB-200-2011 (:func:`cub_few_shot_split`), with boxes."""
     base = resolve_cub_root(root)
     images = _read_table(base / "images.txt", 2)
@@ -131,7 +132,7 @@ def scan_cub(root: str | Path) -> dict[str, list[FewShotRecord]]:
     classes = _read_table(base / "classes.txt", 2)
     boxes = _read_table(base / "bounding_boxes.txt", 5) if (base / "bounding_boxes.txt").is_file() else {}
     position = {cid: i for i, cid in enumerate(sorted(classes))}
-    out: dict[str, list[FewShotRecord]] = {s: [] for s in SPLITS}
+    out: dict[str, list[ClassRecord]] = {s: [] for s in SPLITS}
     for image_id, (rel, *_) in sorted(images.items()):
         if image_id not in labels:
             raise DatasetLayoutError(f"image {image_id} ({rel}) has no class in {base / 'image_class_labels.txt'}")
@@ -143,7 +144,7 @@ def scan_cub(root: str | Path) -> dict[str, list[FewShotRecord]]:
             x, y, w, h = (float(v) for v in boxes[image_id][:4])
             box = (x, y, x + w, y + h)
         split = cub_few_shot_split(position[cid])
-        out[split].append(FewShotRecord(str(base / "images" / rel), classes[cid][0], box))
+        out[split].append(ClassRecord(str(base / "images" / rel), classes[cid][0], box))
     return out
 
 
@@ -158,7 +159,7 @@ def _split_folder(root: Path, split: str, names: Sequence[str] | None) -> Path:
     )
 
 
-def scan_class_folders(root: str | Path, split: str, split_folders: Sequence[str] | None = None) -> list[FewShotRecord]:
+def scan_class_folders(root: str | Path, split: str, split_folders: Sequence[str] | None = None) -> list[ClassRecord]:
     """Records of ``root/<split>/<class>/<image>``; a class is any folder holding images directly."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -167,16 +168,15 @@ def scan_class_folders(root: str | Path, split: str, split_folders: Sequence[str
     records = []
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and path.parent != folder:
-            records.append(FewShotRecord(str(path), path.parent.relative_to(folder).as_posix()))
+            records.append(ClassRecord(str(path), path.parent.relative_to(folder).as_posix()))
     if not records:
         raise DatasetLayoutError(f"split folder {folder} holds no class folder with images ({IMAGE_EXTENSIONS})")
     return records
 
 
-
 def scan_cub_retrieval(
     root: str | Path | None, num_train_classes: int | None = None
-) -> dict[str, list[FewShotRecord]]:
+) -> dict[str, list[ClassRecord]]:
     """Records of the retrieval split of CUB-200-2011: class ids ``1..n`` train, the rest test.
 
     The classes are ordered by their id in ``classes.txt``; the first ``num_train_classes`` (default:
@@ -200,7 +200,7 @@ def scan_cub_retrieval(
             f"{len(class_ids)} classes of {base / 'classes.txt'}"
         )
     train_ids = set(class_ids[:n_train])
-    out: dict[str, list[FewShotRecord]] = {s: [] for s in RETRIEVAL_SPLITS}
+    out: dict[str, list[ClassRecord]] = {s: [] for s in RETRIEVAL_SPLITS}
     for image_id, (rel, *_) in sorted(images.items()):
         if image_id not in labels:
             raise DatasetLayoutError(
@@ -228,14 +228,14 @@ def scan_cub_retrieval(
                 ) from None
             box = (x, y, x + w, y + h)
         split = "train" if cid in train_ids else "test"
-        out[split].append(FewShotRecord(str(base / "images" / rel), classes[cid][0], box))
+        out[split].append(ClassRecord(str(base / "images" / rel), classes[cid][0], box))
     if boxes and any(r.box is None for s in out.values() for r in s):
         missing = next(r.path for s in out.values() for r in s if r.box is None)
         raise DatasetLayoutError(f"{base / 'bounding_boxes.txt'} has no box for the image {missing}")
     return out
 
 
-def scan_retrieval_folders(root: str | Path | None) -> dict[str, list[FewShotRecord]]:
+def scan_retrieval_folders(root: str | Path | None) -> dict[str, list[ClassRecord]]:
     """Records of a one-folder-per-class layout: ``root/{train,test}/<class>/`` or ``root/<class>/``.
 
     With split folders (``train`` or ``base``, and ``test`` or ``novel``) each split is read as it is;

@@ -2,7 +2,7 @@
 
 The few-shot and retrieval modules test on classes never seen in training; a softmax classifier (the
 network of dist-cam Table 1 and of ltgrad-cam's experiments) is tested on new images of its own
-classes. :class:`ClassificationDataModule` draws ``synthetic_num_classes`` classes of the embedded
+classes. :class:`ClassificationDataModule` draws ``synthetic.num_classes`` classes of the embedded
 generator (:class:`~datamodules.synthetic.SyntheticClasses`: an object of a shape x texture x colour
 class at a random place on clutter, with box and mask) and, since every image is a function of
 ``(seed, class, index)``, splits each class by image index:
@@ -12,7 +12,7 @@ class at a random place on clutter, with box and mask) and, since every image is
   (:class:`~datamodules.samplers.MPerClassBatchSampler`: deterministic per ``(seed, epoch)``), with
   augmentation (resize, pad + random crop, flip, optional colour jitter); batches ``{"image": float
   [B,3,H,W] (ImageNet-normalised), "label": long [B], "index": long [B]}``;
-* ``test``: the other ``synthetic_images_per_class - train_images_per_class`` images of every class,
+* ``test``: the other ``synthetic.images_per_class - train_images_per_class`` images of every class,
   never seen in training; the evaluation loader (validation, test and predict alike: there is no
   separate validation split) yields them in a fixed order with the classes interleaved, with
   ``"box": float [B,4]`` (x1, y1, x2, y2 in pixels) and ``"mask": bool [B,1,H,W]`` (the object).
@@ -24,18 +24,46 @@ training images, ltgrad-cam Fig. 5). ``index`` is the position within the split.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from torch.utils.data import DataLoader, Dataset
 
-from .class_images import ClassImagesDataModule, synthetic_config
+from .class_images import ClassImagesDataModule
+from .class_layouts import SyntheticClassesOptions
 from .errors import DatasetLayoutError
 from .eval_order import SpreadSampler
 from .samplers import MPerClassBatchSampler, split_item
 
-__all__ = ["CLASSIFICATION_SPLITS", "ImageSubset", "ClassificationDataModule"]
+__all__ = ["CLASSIFICATION_SPLITS", "ClassificationSyntheticOptions", "ImageSubset", "ClassificationDataModule"]
 
 CLASSIFICATION_SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class ClassificationSyntheticOptions(SyntheticClassesOptions):
+    """The synthetic classes of :class:`ClassificationDataModule`: :class:`SyntheticClassesOptions`
+    with smaller defaults (30 classes of 60 64x64 images).
+
+    Attributes:
+        num_classes: number of classes.
+        images_per_class: images of each class (train + test).
+        height: native image height (draw at the network's size to skip the resize).
+        width: native image width.
+        few_shot_splits: unused here.
+        object_size: (min, max) radius of the object as a fraction of the shorter image side.
+        aspect: (min, max) aspect-ratio jitter of the object.
+        clutter: (min, max) number of small clutter shapes behind the object.
+        clutter_size: (min, max) clutter radius as a fraction of the shorter side.
+        colour_jitter: per-channel jitter of the object's colour (in [0, 1] units).
+        gain: (min, max) global light gain.
+        noise_std: (min, max) Gaussian noise standard deviation (in [0, 1] units).
+        seed: seed of the synthetic data (which classes, which images).
+    """
+
+    num_classes: int = 30
+    height: int = 64
+    width: int = 64
 
 
 class ImageSubset(Dataset):
@@ -67,7 +95,7 @@ class ClassificationDataModule(ClassImagesDataModule):
     """Train / held-out test images of the same synthetic classes (module docstring).
 
     Args:
-        dataset: ``"synthetic"`` (the only layout).
+        dataset: a generated class layout (``"synthetic"``, the only one built in).
         image_size: (height, width) of the network input.
         padding: zero padding before the random crop back to ``image_size`` (0: no crop).
         flip_prob: probability of a horizontal flip.
@@ -80,15 +108,17 @@ class ClassificationDataModule(ClassImagesDataModule):
         eval_cache: keep the transformed evaluation images in memory (per worker process).
         seed: seed of the training batches and augmentation (a function of seed and epoch only).
         train_images_per_class: the first images of each class that train; the others are the test split.
-        synthetic_num_classes: number of classes.
-        synthetic_images_per_class: images of each class (train + test).
-        synthetic_size: native size of the synthetic images (square).
-        synthetic_seed: seed of the synthetic data (which classes, which images).
+        synthetic: the synthetic classes, a nested mapping in a config: ``num_classes``,
+            ``images_per_class`` (train + test), ``height``, ``width``, ``seed`` (which classes, which
+            images), ... (:class:`ClassificationSyntheticOptions`; ``None``: its defaults, 30
+            classes of 60 64x64 images).
     """
+
+    synthetic_type = ClassificationSyntheticOptions
 
     def __init__(
         self,
-        dataset: Literal["synthetic"] = "synthetic",
+        dataset: str = "synthetic",
         image_size: tuple[int, int] = (64, 64),
         padding: int = 6,
         flip_prob: float = 0.5,
@@ -101,28 +131,24 @@ class ClassificationDataModule(ClassImagesDataModule):
         eval_cache: bool = True,
         seed: int = 0,
         train_images_per_class: int = 40,
-        synthetic_num_classes: int = 30,
-        synthetic_images_per_class: int = 60,
-        synthetic_size: int = 64,
-        synthetic_seed: int = 0,
+        synthetic: ClassificationSyntheticOptions | None = None,
     ) -> None:
-        if dataset != "synthetic":
-            raise ValueError(
-                f"ClassificationDataModule draws the synthetic classes only, got dataset={dataset!r}")
         if int(batch_size) % int(m_per_class) or int(m_per_class) < 1:
             raise ValueError(
                 f"batch_size={batch_size} must be a positive multiple of m_per_class={m_per_class}")
-        if not 1 <= int(train_images_per_class) < int(synthetic_images_per_class):
+        super().__init__(dataset, None, {}, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
+                         synthetic, check_images=False)
+        if not self.layout.generated:
             raise ValueError(
-                f"train_images_per_class must be in [1, synthetic_images_per_class="
-                f"{synthetic_images_per_class}), "
+                f"ClassificationDataModule draws the synthetic classes only, got dataset={dataset!r}")
+        per_class = self.synthetic.images_per_class
+        if not 1 <= int(train_images_per_class) < per_class:
+            raise ValueError(
+                f"train_images_per_class must be in [1, synthetic.images_per_class={per_class}), "
                 f"got {train_images_per_class}: the test split needs images"
             )
-        synthetic = synthetic_config(dataset, synthetic_num_classes, synthetic_images_per_class,
-                                     synthetic_size)
-        super().__init__(dataset, None, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
-                         synthetic, synthetic_seed, check_images=False)
         self.save_hyperparameters()
+        self._plain_synthetic_hparams()
         self.m_per_class = int(m_per_class)
         self.batch_size = int(batch_size)
         self.batches_per_epoch = int(batches_per_epoch) if batches_per_epoch else None

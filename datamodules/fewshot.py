@@ -14,13 +14,14 @@ split, 0..C-1), "index": long [B] (dataset index), "episode_labels": long [B] (0
 pixels of the transformed image: synthetic and CUB) and ``"mask": bool [B,1,H,W]`` (the object's
 pixels: synthetic). ``predict`` gives plain batches of the test split (no episode keys).
 
-Layouts (``dataset``):
+Layouts (``dataset``, looked up among the class layouts of :mod:`datamodules.class_layouts`, or the
+class path of a :class:`~datamodules.class_layouts.ClassLayout` of your own):
 
 * ``"miniimagenet"``: ``root`` holds ``images/`` and ``train.csv``, ``val.csv``, ``test.csv`` with
   the header ``filename,label`` (Ravi & Larochelle's split, 64 / 16 / 20 classes) or
   ``class_name,image_name`` (columns found by name, in any order); images in ``images/<file>`` or
   ``images/<label>/<file>``;
-* ``"cub"``: the CUB-200-2011 folder (``images/``, ``images.txt``, ``image_class_labels.txt``,
+* ``"cub"`` (or ``"cub200"``): the CUB-200-2011 folder (``images/``, ``images.txt``, ``image_class_labels.txt``,
   ``classes.txt``, ``bounding_boxes.txt``; ``root`` may be its parent). The few-shot split of Chen et
   al. ("A closer look at few-shot classification", used by the FAM paper): the ``i``-th class
   (0-based, in ``classes.txt`` order) is a training class when ``i % 2 == 0``, validation when
@@ -31,61 +32,39 @@ Layouts (``dataset``):
   images directly, so nested layouts (Omniglot's ``alphabet/character``) work, the class name being
   the relative path;
 * ``"synthetic"``: :class:`~datamodules.synthetic.SyntheticClasses`, drawn on the fly
-  (64 / 16 / 20 classes by default), with box and mask.
+  (64 / 16 / 20 classes by default), with box and mask; its options are the nested ``synthetic``
+  (:class:`~datamodules.class_layouts.SyntheticClassesOptions`).
 
 A missing root, split file or folder, an empty split, an unreadable image, too few classes for N
 ways and a class with fewer than K+Q images stop the run with :class:`DatasetLayoutError`
 (:class:`UnreadableImageError` for images) naming the file, split or class.
 
-The layouts are read by :mod:`datamodules.class_scan`, the images wrapped by
-:mod:`datamodules.class_images` (whose names this module re-exports).
+The layouts are read by :mod:`datamodules.class_scan` (through :mod:`datamodules.class_layouts`), the
+images wrapped by :mod:`datamodules.class_images`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
-from .class_images import ClassImagesDataModule, FewShotImageDataset, FewShotTransformDataset, synthetic_config
-from .class_scan import (
-    SPLITS,
-    FewShotRecord,
-    resolve_cub_root,
-    scan_class_folders,
-    scan_cub,
-    scan_miniimagenet_split,
-)
+from .class_images import ClassImagesDataModule
+from .class_layouts import SyntheticClassesOptions
+from .class_scan import SPLITS
 from .episodes import EpisodeCollate, EpisodeSampler
 from .errors import DatasetLayoutError, UnreadableImageError
-from .images import NormalizeImage
 from .seeding import mix_seed
 
-__all__ = [
-    "ClassImagesDataModule",
-    "DatasetLayoutError",
-    "UnreadableImageError",
-    "FEW_SHOT_DATASETS",
-    "FewShotRecord",
-    "FewShotImageDataset",
-    "FewShotTransformDataset",
-    "FewShotDataModule",
-    "NormalizeImage",
-    "scan_miniimagenet_split",
-    "scan_cub",
-    "scan_class_folders",
-    "resolve_cub_root",
-]
-
-FEW_SHOT_DATASETS = ("synthetic", "miniimagenet", "cub", "folders")
+__all__ = ["DatasetLayoutError", "UnreadableImageError", "FewShotDataModule"]
 
 
 class FewShotDataModule(ClassImagesDataModule):
     """Episodic few-shot data: miniImageNet, CUB-200-2011, class folders or the synthetic classes.
 
     Args:
-        dataset: which layout (see the module docstring); ``"synthetic"`` needs no ``root``.
+        dataset: which layout (see the module docstring: a registered name or a layout class path);
+            ``"synthetic"`` needs no ``root``.
         root: the folder holding the layout.
         split_folders: names of the train / val / test folders for ``"folders"`` (default: found
             among ``train|base``, ``val|validation``, ``test|novel``).
@@ -108,19 +87,21 @@ class FewShotDataModule(ClassImagesDataModule):
             21 KB an image, e.g. 250 MB for miniImageNet's 12,000 test images).
         seed: seed of the training episodes and augmentation (a function of seed and epoch only).
         eval_seed: seed of the fixed validation and test episodes.
-        synthetic_num_classes: synthetic classes in all.
-        synthetic_images_per_class: images of each synthetic class.
-        synthetic_splits: synthetic train / val / test class counts (adding up to the number of classes;
-            default: miniImageNet's 64 / 16 / 20 proportions, exactly those for 100 classes).
-        synthetic_size: native size of the synthetic images (square).
-        synthetic_seed: seed of the synthetic data.
+        synthetic: the synthetic classes (a generated layout only), a nested mapping in a config:
+            ``num_classes``, ``images_per_class``, ``few_shot_splits`` (default: miniImageNet's
+            64 / 16 / 20 proportions), ``height``, ``width``, ``seed``, ...
+            (:class:`~datamodules.class_layouts.SyntheticClassesOptions`; ``None``: its defaults,
+            100 classes of 60 84x84 images).
         check_images: at ``setup``, check that every image file the stage needs can be read (size, header
             and end marker, :mod:`datamodules.image_check`); ``fit`` checks all three splits.
     """
 
+    splits = SPLITS
+    layout_options = ("split_folders",)
+
     def __init__(
         self,
-        dataset: Literal["synthetic", "miniimagenet", "cub", "folders"] = "synthetic",
+        dataset: str = "synthetic",
         root: str | None = None,
         split_folders: tuple[str, str, str] | None = None,
         image_size: tuple[int, int] = (84, 84),
@@ -141,23 +122,16 @@ class FewShotDataModule(ClassImagesDataModule):
         eval_cache: bool = True,
         seed: int = 0,
         eval_seed: int = 0,
-        synthetic_num_classes: int = 100,
-        synthetic_images_per_class: int = 60,
-        synthetic_splits: tuple[int, int, int] | None = None,
-        synthetic_size: int = 84,
-        synthetic_seed: int = 0,
+        synthetic: SyntheticClassesOptions | None = None,
         check_images: bool = True,
     ) -> None:
-        if dataset not in FEW_SHOT_DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}, expected one of {FEW_SHOT_DATASETS}")
-        synthetic = synthetic_config(dataset, synthetic_num_classes, synthetic_images_per_class, synthetic_size,
-                                     synthetic_splits)
-        super().__init__(dataset, root, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
-                         synthetic, synthetic_seed, check_images)
+        super().__init__(dataset, root, {"split_folders": split_folders}, image_size, padding, flip_prob,
+                         color_jitter, num_workers, eval_cache, synthetic, check_images)
         # eval_cache (a memory option, no result depends on it) is not logged: ProtoNet has its own
         # eval_cache (its embedding cache), and Lightning stops a run whose model and data module log
         # two values under one name
         self.save_hyperparameters(ignore=[*self.inapplicable_options(), "eval_cache"])
+        self._plain_synthetic_hparams()
         self.split_folders = tuple(split_folders) if split_folders else None
         self.train_episode = (int(train_way), int(train_shot), int(train_query))
         self.eval_episode = (int(eval_way), int(eval_shot), int(eval_query))
@@ -169,34 +143,12 @@ class FewShotDataModule(ClassImagesDataModule):
     # -- raw data --------------------------------------------------------------------------------
 
     def _source(self, split: str) -> str:
-        if self.dataset == "synthetic":
-            return f"the synthetic {split} split"
-        if self.dataset == "miniimagenet":
-            return f"the {split} split ({Path(self.root or '.') / f'{split}.csv'})"
-        return f"the {split} split of {self.dataset} at {self.root}"
+        return self.layout.describe(split, self.dataset)
 
     def _raw_datasets(self) -> dict[str, Dataset]:
         """Untransformed train / val / test datasets (scanned once, cached)."""
         if self._raw is None:
-            if self.dataset == "synthetic":
-                gen = self.generator
-                assert gen is not None
-                self._raw = {s: gen.dataset(s, cache=True) for s in SPLITS}
-            elif self.dataset == "miniimagenet":
-                if self.root is None:
-                    raise DatasetLayoutError("dataset='miniimagenet' needs a root folder (root=None)")
-                self._raw = {s: FewShotImageDataset(scan_miniimagenet_split(self.root, s)) for s in SPLITS}
-            elif self.dataset == "cub":
-                records = scan_cub(self.root)  # type: ignore[arg-type]
-                for split, recs in records.items():
-                    if not recs:
-                        raise DatasetLayoutError(f"{self._source(split)} has no images")
-                self._raw = {s: FewShotImageDataset(records[s]) for s in SPLITS}
-            else:
-                if self.root is None:
-                    raise DatasetLayoutError("dataset='folders' needs a root folder (root=None)")
-                self._raw = {s: FewShotImageDataset(scan_class_folders(self.root, s, self.split_folders))
-                             for s in SPLITS}
+            self._raw = self._layout_datasets()
         return self._raw
 
     # -- Lightning hooks -------------------------------------------------------------------------

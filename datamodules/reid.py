@@ -13,24 +13,26 @@
   ``"mask": bool [B,P,H,W]`` (visible pixels of each part, :attr:`ReIDDataModule.part_names`) and
   ``"evidence"``, ``"evidence_required"``: bool [B,P] (the parts that tell it from look-alikes).
 
-Real layouts are read from file names (``0002_c1s1_000451_03.jpg``, ``0001_c2_f0046182.jpg``,
+The layouts are classes registered by name (:mod:`datamodules.reid_layouts`, :mod:`datamodules.registry`):
+real ones read from file names (``0002_c1s1_000451_03.jpg``, ``0001_c2_f0046182.jpg``,
 ``0001_c1_1.png``), your own data (``dataset="folders"``) from one folder per identity
-(:mod:`datamodules.reid_folders`); wrong roots, missing folders, unparsable names and unreadable
-images raise :class:`DatasetLayoutError` naming the path. With ``test_dataset`` / ``test_root`` the
+(:mod:`datamodules.reid_folders`), a layout of your own registered or named by its class path; wrong
+roots, missing folders, unparsable names and unreadable images raise :class:`DatasetLayoutError`
+naming the path. With ``test_dataset`` / ``test_root`` the
 model trains on one data set and is validated and tested on another's query + gallery (cross-domain).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .base import ImageDataModule
+from .base import ImageDataModule, synthetic_options
 from .batch_augment import BatchPadCropFlip
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
@@ -39,13 +41,13 @@ from .images import (
     IMAGENET_MEAN, IMAGENET_STD, NormalizeImage, SeededTransformDataset, flip, load_image, normalized,
     resize_pad_crop, resized,
 )
-from .reid_folders import scan_reid_folders
-from .reid_scan import REID_LAYOUTS, ReIDLayout, ReIDRecord, resolve_reid_root, scan_reid_folder
+from .registry import reid_layout
+from .reid_layouts import ReIDLayout, SyntheticReIDOptions
+from .reid_scan import ReIDRecord, resolve_reid_root, scan_reid_folder
 from .samplers import PKSampler, split_item
-from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig
 
 __all__ = [
-    "DatasetLayoutError", "UnreadableImageError", "ReIDRecord", "ReIDLayout", "REID_LAYOUTS",
+    "DatasetLayoutError", "UnreadableImageError", "ReIDRecord", "ReIDLayout", "SyntheticReIDOptions",
     "ReIDImageDataset", "ReIDTransformDataset", "QueryGalleryDataset", "ReIDDataModule",
     "resolve_reid_root", "scan_reid_folder", "load_image", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
@@ -146,8 +148,11 @@ class ReIDDataModule(ImageDataModule):
     """Person re-ID data: Market-1501, DukeMTMC-reID, CUHK03-NP, your own folders or the synthetic set.
 
     Args:
-        dataset: which data set; ``"synthetic"`` is generated on the fly and needs no ``root``;
-            ``"folders"`` is ``root/{train,query,gallery}/<identity>/<image>`` (:mod:`datamodules.reid_folders`).
+        dataset: the layout, a name registered with :func:`~datamodules.registry.register_reid_layout`
+            (``synthetic``, ``market1501``, ``dukemtmc``, ``cuhk03``, ``folders``) or the class path
+            of a :class:`~datamodules.reid_layouts.ReIDLayout` (``mypkg.layouts.MyLayout``);
+            ``"synthetic"`` is generated on the fly and needs no ``root``; ``"folders"`` is
+            ``root/{train,query,gallery}/<identity>/<image>`` (:mod:`datamodules.reid_folders`).
         root: folder holding ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` (or its
             parent); for ``cuhk03`` the ``cuhk03-np`` folder (holding ``labeled/`` and ``detected/``)
             or its parent; for ``folders`` the folder holding ``train/``, ``query/``, ``gallery/``.
@@ -170,29 +175,20 @@ class ReIDDataModule(ImageDataModule):
         flip_prob: probability of a horizontal flip.
         random_erasing: probability of random erasing (0 disables it).
         seed: seed of the training batches and augmentations (a function of seed and epoch only).
-        synthetic_train_ids: synthetic training identities.
-        synthetic_test_ids: synthetic test identities.
-        synthetic_cameras: synthetic cameras.
-        synthetic_cameras_per_id: (min, max) cameras per synthetic identity.
-        synthetic_images_per_camera: (min, max) images per synthetic identity and camera.
-        synthetic_query_cameras: query images per synthetic test identity (one per camera).
-        synthetic_distractors: synthetic gallery distractors (pid 0).
-        synthetic_junk: synthetic gallery junk images (pid -1).
-        synthetic_occlusion: probability that a synthetic person is partly occluded.
-        synthetic_placement: where a synthetic person stands in its crop: ``"tight"``
-            (hand-labelled-like, centred) or ``"loose"`` (detector-like, anywhere; the setting under
-            which a map's localization says more than the centre prior, see
-            :class:`~datamodules.synthetic.SyntheticReIDConfig`).
-        synthetic_seed: seed of the synthetic data (identities, cameras, images).
+        synthetic: the synthetic set (generated layouts only), a nested mapping in a config:
+            identities, cameras, distractors, junk, occlusion, placement, seed
+            (:class:`~datamodules.reid_layouts.SyntheticReIDOptions`; ``None``: its defaults).
         check_images: at ``setup``, check that every image file the stage needs can be read (size,
             header and end marker, see :mod:`datamodules.image_check`); ``fit`` checks all three folders.
     """
 
+    layout_options = ("cuhk03_variant", "camera_pattern", "min_train_images")
+
     def __init__(
         self,
-        dataset: Literal["synthetic", "market1501", "dukemtmc", "cuhk03", "folders"] = "synthetic",
+        dataset: str = "synthetic",
         root: str | None = None,
-        test_dataset: Literal["market1501", "dukemtmc", "cuhk03", "folders"] | None = None,
+        test_dataset: str | None = None,
         test_root: str | None = None,
         cuhk03_variant: Literal["labeled", "detected"] = "labeled",
         camera_pattern: str | None = None,
@@ -206,34 +202,29 @@ class ReIDDataModule(ImageDataModule):
         flip_prob: float = 0.5,
         random_erasing: float = 0.0,
         seed: int = 0,
-        synthetic_train_ids: int = 150,
-        synthetic_test_ids: int = 100,
-        synthetic_cameras: int = 6,
-        synthetic_cameras_per_id: tuple[int, int] = (3, 4),
-        synthetic_images_per_camera: tuple[int, int] = (3, 4),
-        synthetic_query_cameras: int = 2,
-        synthetic_distractors: int = 200,
-        synthetic_junk: int = 100,
-        synthetic_occlusion: float = 0.25,
-        synthetic_placement: Literal["tight", "loose"] = "tight",
-        synthetic_seed: int = 0,
+        synthetic: SyntheticReIDOptions | None = None,
         check_images: bool = True,
     ) -> None:
-        for name in (dataset, test_dataset):
-            if name not in (None, "synthetic", "folders", *REID_LAYOUTS):
-                raise ValueError(f"unknown dataset {name!r}, expected one of "
-                                 f"{['synthetic', 'folders', *REID_LAYOUTS]}")
-        if (test_dataset is not None or test_root is not None) and "synthetic" in (dataset, test_dataset):
+        layout_class = reid_layout(dataset, ReIDLayout)
+        test_class = reid_layout(test_dataset, ReIDLayout) if test_dataset is not None else None
+        self.cross_domain = test_dataset is not None or test_root is not None
+        if self.cross_domain and (layout_class.generated or (test_class is not None and test_class.generated)):
             raise ValueError("cross-domain evaluation (test_dataset / test_root) needs two data sets on disk")
         if cuhk03_variant not in ("labeled", "detected"):
             raise ValueError(f"cuhk03_variant must be 'labeled' or 'detected', got {cuhk03_variant!r}")
-        super().__init__(dataset, root, num_workers, check_images)
-        self.save_hyperparameters(ignore=self.inapplicable_options(test_dataset))
-        self.cuhk03_variant = cuhk03_variant
-        self.cross_domain = test_dataset is not None or test_root is not None
+        values: Mapping[str, Any] = dict(cuhk03_variant=cuhk03_variant, camera_pattern=camera_pattern,
+                                         min_train_images=min_train_images)
+        options = synthetic_options(synthetic, SyntheticReIDOptions, SyntheticReIDOptions())
+        super().__init__(dataset, root, layout_class, values, num_workers, check_images, options)
         #: the data set and root of the query + gallery (``dataset`` / ``root`` unless cross-domain)
         self.test_dataset: str = test_dataset or dataset
         self.test_root = test_root if self.cross_domain else root
+        #: the layout of the query + gallery (``layout`` unless cross-domain)
+        self.test_layout: ReIDLayout = (self.make_layout(test_class or layout_class, self.test_root)
+                                        if self.cross_domain else self.layout)
+        self.save_hyperparameters(ignore=self.inapplicable_options(self.test_layout))
+        self._plain_synthetic_hparams()
+        self.cuhk03_variant = cuhk03_variant
         self.camera_pattern = camera_pattern
         self.min_train_images = min_train_images
         #: ``folders``: pid -> identity folder name of the query + gallery (and of training, same root)
@@ -245,21 +236,8 @@ class ReIDDataModule(ImageDataModule):
         self.flip_prob = float(flip_prob)
         self.random_erasing = float(random_erasing)
         self.seed = int(seed)
-        self.synthetic_config = SyntheticReIDConfig(
-            num_train_ids=synthetic_train_ids,
-            num_test_ids=synthetic_test_ids,
-            num_cameras=synthetic_cameras,
-            cameras_per_id=tuple(synthetic_cameras_per_id),
-            images_per_camera=tuple(synthetic_images_per_camera),
-            query_cameras=synthetic_query_cameras,
-            num_distractors=synthetic_distractors,
-            num_junk=synthetic_junk,
-            occlusion_prob=synthetic_occlusion,
-            placement=synthetic_placement,
-        ) if dataset == "synthetic" else None
-        self.synthetic_seed = int(synthetic_seed)
         #: names of the part masks (``batch["mask"][:, i]`` is part ``part_names[i]``); empty for real data
-        self.part_names: tuple[str, ...] = PART_NAMES if dataset == "synthetic" else ()
+        self.part_names: tuple[str, ...] = tuple(self.layout.part_names)
         self.train_dataset: ReIDTransformDataset | None = None
         self.query_dataset: ReIDTransformDataset | None = None
         self.gallery_dataset: ReIDTransformDataset | None = None
@@ -268,55 +246,32 @@ class ReIDDataModule(ImageDataModule):
 
     # -- raw data ------------------------------------------------------------------------------
 
-    def _make_generator(self) -> SyntheticReID:
-        return SyntheticReID(seed=self.synthetic_seed, config=self.synthetic_config)
-
-    def _root_of(self, dataset: str, root: str | None) -> Path | None:
-        if dataset == "synthetic":
-            return None
-        if dataset == "folders":
-            return Path(root).expanduser() if root is not None else None
-        return resolve_reid_root(dataset, root, self.cuhk03_variant)
-
     @property
     def data_root(self) -> Path | None:
         """The folder that holds the three sub-folders (``None`` for the synthetic set)."""
-        return self._root_of(self.dataset, self.root)
+        return None if self.layout.generated else self.layout.data_root
 
-    def _scan(self, dataset: str, root: str | None) -> dict[str, ReIDImageDataset]:
+    @staticmethod
+    def _scan(layout: ReIDLayout) -> dict[str, ReIDImageDataset]:
         """Train / query / gallery of an on-disk data set (training without distractors and junk)."""
-        if dataset == "folders":
-            tree = scan_reid_folders(root, self.camera_pattern, self.min_train_images)
-            self.identity_names = tree.names
-            return {split: ReIDImageDataset(records) for split, records in tree.records.items()}
-        base = self._root_of(dataset, root)
-        assert base is not None
-        layout = REID_LAYOUTS[dataset]
-        train = [r for r in scan_reid_folder(base / layout.train, layout) if r.pid > 0]
-        if not train:
-            raise DatasetLayoutError(f"no training images with pid > 0 in {base / layout.train}")
-        return {"train": ReIDImageDataset(train),
-                "query": ReIDImageDataset(scan_reid_folder(base / layout.query, layout)),
-                "gallery": ReIDImageDataset(scan_reid_folder(base / layout.gallery, layout))}
+        return {split: ReIDImageDataset(records) for split, records in layout.records().items()}
 
     def _raw_datasets(self) -> dict[str, Dataset]:
         """Untransformed train / query / gallery datasets (scanned once, cached)."""
         if self._raw is None:
-            if self.dataset == "synthetic":
-                gen = self.generator
-                assert gen is not None
-                self._raw = {s: gen.dataset(s, cache=True) for s in ("train", "query", "gallery")}
+            if self.layout.generated:
+                self._raw = self.layout.datasets(self.generator)
             else:
-                source = self._scan(self.dataset, self.root)
-                if self.cross_domain:  # the names are the query + gallery's (none for market1501, ...)
-                    self.identity_names = None
-                target = self._scan(self.test_dataset, self.test_root) if self.cross_domain else source
+                source = self._scan(self.layout)
+                target = self._scan(self.test_layout) if self.cross_domain else source
+                # the names are the query + gallery's (none for market1501, ...)
+                self.identity_names = self.test_layout.identity_names
                 self._raw = {"train": source["train"], "query": target["query"], "gallery": target["gallery"]}
         return self._raw
 
     def _check_image_files(self, splits: Sequence[str]) -> None:
         """At ``setup``: check the image files of ``splits`` once, naming the data set each split is from."""
-        if not self.check_images or self.dataset == "synthetic":
+        if not self.check_images or self.layout.generated:
             return
         groups = [(("train",), self.dataset, self.root),
                   (("query", "gallery"), self.test_dataset, self.test_root)]
@@ -366,7 +321,7 @@ class ReIDDataModule(ImageDataModule):
             return
         raw = self._raw_datasets()
         self.pid_map = {pid: i for i, pid in enumerate(self.train_pids)}
-        targets = self.dataset == "synthetic"
+        targets = self.layout.generated
         batched = self.batch_augmentation() is not None  # then the items are resized only, with their seeds
         self.train_dataset = ReIDTransformDataset(
             raw["train"], self.eval_transform() if batched else self.train_transform(),

@@ -1,8 +1,10 @@
-"""The on-disk re-ID layouts: Market-1501, DukeMTMC-reID and CUHK03-NP folders and file names.
+"""Reading the re-ID layouts that name pid and camera in the file name (Market-1501, DukeMTMC-reID, CUHK03-NP).
 
 :func:`resolve_reid_root` finds the folder holding the three split folders, :func:`scan_reid_folder`
 reads the pid and camera of every image from its file name; wrong roots, missing folders and
-unparsable names raise :class:`DatasetLayoutError` naming the path.
+unparsable names raise :class:`DatasetLayoutError` naming the path. Both take the layout object
+(:class:`~datamodules.reid_layouts.FileNameLayout`: its ``name``, ``pattern``, ``example``,
+``folders``, ``hint`` and where its root may be), which :mod:`datamodules.reid_layouts` registers.
 """
 
 from __future__ import annotations
@@ -10,39 +12,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import DatasetLayoutError
 from .images import IMAGE_EXTENSIONS
 
-__all__ = ["ReIDRecord", "ReIDLayout", "REID_LAYOUTS", "resolve_reid_root", "scan_reid_folder"]
+__all__ = ["ReIDRecord", "resolve_reid_root", "scan_reid_folder"]
 
 
 @dataclass(frozen=True)
 class ReIDRecord:
+    """One image of a re-ID data set: its file, identity (0 distractor, -1 junk) and camera."""
+
     path: str
     pid: int
     camid: int  # 0-based
-
-
-@dataclass(frozen=True)
-class ReIDLayout:
-    name: str
-    pattern: str  # regex on the file name: group 1 = pid, group 2 = camera (1-based)
-    example: str
-    train: str = "bounding_box_train"
-    query: str = "query"
-    gallery: str = "bounding_box_test"
-
-    @property
-    def folders(self) -> tuple[str, str, str]:
-        return (self.train, self.query, self.gallery)
-
-
-REID_LAYOUTS: dict[str, ReIDLayout] = {
-    "market1501": ReIDLayout("market1501", r"^(-?\d+)_c(\d+)", "0002_c1s1_000451_03.jpg"),
-    "dukemtmc": ReIDLayout("dukemtmc", r"^(-?\d+)_c(\d+)", "0001_c2_f0046182.jpg"),
-    "cuhk03": ReIDLayout("cuhk03", r"^(\d+)_c(\d+)", "0001_c1_1.png"),
-}
 
 
 def _list_dirs(path: Path) -> list[str]:
@@ -52,14 +36,16 @@ def _list_dirs(path: Path) -> list[str]:
         return []
 
 
-def resolve_reid_root(dataset: str, root: str | Path | None, cuhk03_variant: str = "labeled") -> Path:
-    """The folder that holds ``bounding_box_train/``, ``query/`` and ``bounding_box_test/``.
+def resolve_reid_root(layout: Any, root: str | Path | None) -> Path:
+    """The folder that holds ``layout.folders`` (e.g. ``bounding_box_train/``, ``query/``,
+    ``bounding_box_test/``).
 
     ``root`` may be that folder or its parent (e.g. the folder holding ``Market-1501-v15.09.15``);
-    for CUHK03-NP it may be the ``cuhk03-np`` folder (holding ``labeled/`` and ``detected/``), its
-    parent, or the variant folder itself.
+    ``layout.direct_candidates(root)`` and ``layout.child_candidate(child)`` say where else it may be
+    (for CUHK03-NP the ``cuhk03-np`` folder holding ``labeled/`` and ``detected/``, its parent, or
+    the variant folder itself); ``layout.hint`` picks among several complete candidates.
     """
-    layout = REID_LAYOUTS[dataset]
+    dataset = layout.name
     if root is None:
         raise DatasetLayoutError(f"dataset={dataset!r} needs a root folder (root=None)")
     root = Path(root).expanduser()
@@ -70,20 +56,14 @@ def resolve_reid_root(dataset: str, root: str | Path | None, cuhk03_variant: str
     def score(path: Path) -> int:
         return sum((path / f).is_dir() for f in expected)
 
-    direct = [root]
-    if dataset == "cuhk03":
-        direct = [root / cuhk03_variant, root / "cuhk03-np" / cuhk03_variant,
-                  root / "cuhk03_np" / cuhk03_variant, root]
+    direct = layout.direct_candidates(root)
     for path in direct:
         if score(path) == len(expected):
             return path
-    children = [root / d for d in _list_dirs(root)]
-    if dataset == "cuhk03":
-        children = [c / cuhk03_variant for c in children]
+    children = [layout.child_candidate(root / d) for d in _list_dirs(root)]
     complete = [c for c in children if score(c) == len(expected)]
     if len(complete) > 1:  # e.g. a data/ folder holding several data sets: pick by name
-        hint = {"market1501": "market", "dukemtmc": "duke", "cuhk03": "cuhk"}[dataset]
-        named = [c for c in complete if hint in str(c.relative_to(root)).lower()]
+        named = [c for c in complete if layout.hint in str(c.relative_to(root)).lower()]
         if len(named) != 1:
             raise DatasetLayoutError(
                 f"{dataset} root {root} holds several candidate folders {[str(c) for c in complete]}; "
@@ -99,17 +79,15 @@ def resolve_reid_root(dataset: str, root: str | Path | None, cuhk03_variant: str
             f"{dataset} folder {best} is missing the sub-folder(s) {missing}; "
             f"expected {list(expected)}, found {_list_dirs(best)}"
         )
-    where = f"{list(expected)}" if dataset != "cuhk03" else (
-        f"cuhk03-np/{cuhk03_variant}/{{{', '.join(expected)}}} (or {cuhk03_variant}/... under root)")
     raise DatasetLayoutError(
-        f"{dataset} root {root} does not hold the expected sub-folders {where}; "
+        f"{dataset} root {root} does not hold the expected sub-folders {layout.expected_folders()}; "
         f"found: {_list_dirs(root) or 'nothing'}"
     )
 
 
-def scan_reid_folder(folder: str | Path, layout: ReIDLayout | str) -> list[ReIDRecord]:
-    """Records of the images of one folder, sorted by file name; non-image files are skipped."""
-    layout = REID_LAYOUTS[layout] if isinstance(layout, str) else layout
+def scan_reid_folder(folder: str | Path, layout: Any) -> list[ReIDRecord]:
+    """Records of the images of one folder, sorted by file name; non-image files are skipped.
+    ``layout``: its ``name``, ``pattern`` (group 1 the pid, group 2 the 1-based camera) and ``example``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetLayoutError(f"missing {layout.name} sub-folder {folder}")

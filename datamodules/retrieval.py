@@ -14,9 +14,10 @@
   [B,1,H,W]`` (the object's pixels: synthetic). Every test image is a query and the other test
   images its references (``cama.metrics.RetrievalMetric``).
 
-Layouts (``dataset``):
+Layouts (``dataset``, looked up among the class layouts of :mod:`datamodules.class_layouts`, or the
+class path of a :class:`~datamodules.class_layouts.ClassLayout` of your own):
 
-* ``"cub200"``: the CUB-200-2011 folder (``images.txt``, ``image_class_labels.txt``, ``classes.txt``,
+* ``"cub200"`` (or ``"cub"``): the CUB-200-2011 folder (``images.txt``, ``image_class_labels.txt``, ``classes.txt``,
   ``bounding_boxes.txt``, ``images/``; ``root`` may be its parent). The retrieval split of the
   MS-loss paper (and fam Sec. V-A): the classes with the smallest ids are the training classes,
   the others the test classes -- classes 1-100 (5,864 images) and 101-200 (5,924 images) of the
@@ -30,7 +31,8 @@ Layouts (``dataset``):
   folder holding images directly (nested class folders keep their relative path as the name);
 * ``"synthetic"``: :class:`~datamodules.synthetic.SyntheticClasses` drawn on the fly
   (shape x texture x colour on clutter, with box and mask): the first half of the classes trains,
-  the second half is the test split.
+  the second half is the test split; its options are the nested ``synthetic``
+  (:class:`~datamodules.class_layouts.SyntheticClassesOptions`).
 
 A missing root or file, a broken annotation line, a class id that ``classes.txt`` does not list, an
 empty split and an unreadable image stop the run with :class:`DatasetLayoutError`
@@ -42,13 +44,14 @@ The layouts are read by :mod:`datamodules.class_scan` (:func:`scan_cub_retrieval
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from .batch_augment import BatchPadCropFlip
-from .class_images import ClassImagesDataModule, FewShotImageDataset, synthetic_config
+from .class_images import ClassImagesDataModule
+from .class_layouts import SyntheticClassesOptions
 from .class_scan import RETRIEVAL_SPLITS, scan_cub_retrieval, scan_retrieval_folders
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
@@ -58,15 +61,11 @@ from .samplers import MPerClassBatchSampler
 __all__ = [
     "DatasetLayoutError",
     "UnreadableImageError",
-    "RETRIEVAL_DATASETS",
     "MPerClassBatchSampler",
     "RetrievalDataModule",
     "scan_cub_retrieval",
     "scan_retrieval_folders",
 ]
-
-RETRIEVAL_DATASETS = ("synthetic", "cub200", "folders")
-
 
 # -- the data module -----------------------------------------------------------------------------
 
@@ -75,7 +74,8 @@ class RetrievalDataModule(ClassImagesDataModule):
     """Image retrieval data: CUB-200-2011, class folders or the synthetic classes (module docstring).
 
     Args:
-        dataset: ``"synthetic"`` (no ``root``), ``"cub200"`` or ``"folders"``.
+        dataset: ``"synthetic"`` (no ``root``), ``"cub200"``, ``"folders"`` or another registered class
+            layout or layout class path giving train / test splits.
         root: the folder holding the layout.
         image_size: (height, width) of the network input.
         resize_size: when set, evaluation images are resized so that their shorter side is this
@@ -96,17 +96,20 @@ class RetrievalDataModule(ClassImagesDataModule):
         eval_cache: keep the transformed evaluation images in memory (per worker process).
         seed: seed of the training batches and augmentation (a function of seed and epoch only).
         cub_train_classes: CUB classes (smallest ids) used for training (default: half, 100 of 200).
-        synthetic_num_classes: synthetic classes in all (first half train, second half test).
-        synthetic_images_per_class: images of each synthetic class.
-        synthetic_size: native size of the synthetic images (square).
-        synthetic_seed: seed of the synthetic data.
+        synthetic: the synthetic classes (a generated layout only; first half train, second half
+            test), a nested mapping in a config: ``num_classes``, ``images_per_class``, ``height``,
+            ``width``, ``seed``, ... (:class:`~datamodules.class_layouts.SyntheticClassesOptions`;
+            ``None``: its defaults, 100 classes of 60 84x84 images).
         check_images: at ``setup``, check that every image file the stage needs can be read (size, header
             and end marker, :mod:`datamodules.image_check`); ``fit`` checks both splits.
     """
 
+    splits = RETRIEVAL_SPLITS
+    layout_options = ("cub_train_classes",)
+
     def __init__(
         self,
-        dataset: Literal["synthetic", "cub200", "folders"] = "synthetic",
+        dataset: str = "synthetic",
         root: str | None = None,
         image_size: tuple[int, int] = (224, 224),
         resize_size: int | None = None,
@@ -122,24 +125,19 @@ class RetrievalDataModule(ClassImagesDataModule):
         eval_cache: bool = True,
         seed: int = 0,
         cub_train_classes: int | None = None,
-        synthetic_num_classes: int = 100,
-        synthetic_images_per_class: int = 60,
-        synthetic_size: int = 84,
-        synthetic_seed: int = 0,
+        synthetic: SyntheticClassesOptions | None = None,
         check_images: bool = True,
     ) -> None:
-        if dataset not in RETRIEVAL_DATASETS:
-            raise ValueError(f"unknown dataset {dataset!r}, expected one of {RETRIEVAL_DATASETS}")
         if crop_scale is not None and not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
         if int(batch_size) % int(m_per_class) or int(m_per_class) < 1:
             raise ValueError(
                 f"batch_size={batch_size} must be a positive multiple of m_per_class={m_per_class}"
             )
-        synthetic = synthetic_config(dataset, synthetic_num_classes, synthetic_images_per_class, synthetic_size)
-        super().__init__(dataset, root, image_size, padding, flip_prob, color_jitter, num_workers, eval_cache,
-                         synthetic, synthetic_seed, check_images)
+        super().__init__(dataset, root, {"cub_train_classes": cub_train_classes}, image_size, padding, flip_prob,
+                         color_jitter, num_workers, eval_cache, synthetic, check_images)
         self.save_hyperparameters(ignore=self.inapplicable_options())
+        self._plain_synthetic_hparams()
         self.resize_size = int(resize_size) if resize_size else None
         self.crop_scale = tuple(float(s) for s in crop_scale) if crop_scale is not None else None
         self.m_per_class = int(m_per_class)
@@ -154,22 +152,7 @@ class RetrievalDataModule(ClassImagesDataModule):
     def _raw_datasets(self) -> dict[str, Dataset]:
         """Untransformed train / test datasets (scanned once, cached)."""
         if self._raw is None:
-            if self.dataset == "synthetic":
-                gen = self.generator
-                assert gen is not None
-                # the raw renders are cached (per process): drawing costs more than augmenting
-                self._raw = {s: gen.dataset(gen.retrieval_classes(s), cache=True) for s in RETRIEVAL_SPLITS}
-            else:
-                if self.dataset == "cub200":
-                    records = scan_cub_retrieval(self.root, self.cub_train_classes)
-                else:
-                    records = scan_retrieval_folders(self.root)
-                for split, recs in records.items():
-                    if not recs:
-                        raise DatasetLayoutError(
-                            f"the {split} split of {self.dataset} at {self.root} has no images"
-                        )
-                self._raw = {s: FewShotImageDataset(records[s]) for s in RETRIEVAL_SPLITS}
+            self._raw = self._layout_datasets()
         return self._raw
 
     @property

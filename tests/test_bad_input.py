@@ -45,8 +45,7 @@ def lightning_ckpt(tmp_path_factory) -> Path:
     """A real Lightning checkpoint of this project (model and data module hyper-parameters,
     optimizer and loop state), saved by ``trainer.save_checkpoint`` after one training step."""
     dm = ReIDDataModule(dataset="synthetic", image_size=(32, 16), p=2, k=2, eval_batch_size=8, num_workers=0,
-                        synthetic_train_ids=4, synthetic_test_ids=3, synthetic_distractors=2,
-                        synthetic_junk=1)
+                        synthetic=dict(num_train_ids=4, num_test_ids=3, num_distractors=2, num_junk=1))
     model = CAMA(num_classes=dm.num_classes, backbone="resnet10", num_branches=2)
     trainer = _trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(model, dm)
@@ -294,9 +293,9 @@ def test_evaluate_refuses_a_few_shot_predictions_file_by_name(tmp_path):
     from callbacks.embedding_writer import EmbeddingWriter
     from evaluate import evaluate_file
 
-    data = FewShotDataModule(dataset="synthetic", image_size=(32, 32), synthetic_size=32, num_workers=0,
-                             synthetic_num_classes=15, synthetic_splits=(5, 5, 5),
-                             synthetic_images_per_class=6)
+    data = FewShotDataModule(dataset="synthetic", image_size=(32, 32), num_workers=0,
+                             synthetic=dict(height=32, width=32, num_classes=15, few_shot_splits=(5, 5, 5),
+                                            images_per_class=6))
     writer = EmbeddingWriter()
     trainer = _trainer(callbacks=[writer], default_root_dir=tmp_path)
     trainer.predict(ProtoNet(num_classes=5), datamodule=data, return_predictions=False)

@@ -53,7 +53,7 @@ def test_bad_arguments_are_named():
 
 def test_reid_training_batches_are_the_per_image_pipelines_and_erasing_stays_per_image():
     options = dict(dataset="synthetic", image_size=(64, 32), p=3, k=2, num_workers=0, padding=4, seed=3,
-                   synthetic_train_ids=6, synthetic_test_ids=3, synthetic_distractors=2, synthetic_junk=1)
+                   synthetic=dict(num_train_ids=6, num_test_ids=3, num_distractors=2, num_junk=1))
     dm = ReIDDataModule(**options)
     loader = dm.train_dataloader()
     batch = next(iter(loader))
@@ -70,14 +70,15 @@ def test_reid_training_batches_are_the_per_image_pipelines_and_erasing_stays_per
 
 CLASS_MODULES = {
     "fewshot": lambda **o: FewShotDataModule(
-        dataset="synthetic", synthetic_num_classes=15, synthetic_splits=(5, 5, 5), synthetic_images_per_class=8,
-        synthetic_size=32, image_size=(24, 24), train_way=3, train_shot=1, train_query=2, train_episodes=2,
+        dataset="synthetic", synthetic=dict(num_classes=15, few_shot_splits=(5, 5, 5), images_per_class=8, height=32,
+                                            width=32),
+        image_size=(24, 24), train_way=3, train_shot=1, train_query=2, train_episodes=2,
         num_workers=0, padding=3, **o),
     "retrieval": lambda **o: RetrievalDataModule(
-        "synthetic", synthetic_num_classes=8, synthetic_images_per_class=5, image_size=(32, 32), m_per_class=2,
+        "synthetic", synthetic=dict(num_classes=8, images_per_class=5), image_size=(32, 32), m_per_class=2,
         batch_size=6, num_workers=0, padding=3, **o),
     "classification": lambda **o: ClassificationDataModule(
-        image_size=(32, 32), synthetic_size=32, synthetic_num_classes=4, synthetic_images_per_class=5,
+        image_size=(32, 32), synthetic=dict(height=32, width=32, num_classes=4, images_per_class=5),
         train_images_per_class=3, m_per_class=2, batch_size=8, padding=3, **o),
 }
 

@@ -29,10 +29,7 @@ TINY_DATA = dict(
     k=2,
     eval_batch_size=64,
     num_workers=0,
-    synthetic_train_ids=10,
-    synthetic_test_ids=6,
-    synthetic_distractors=4,
-    synthetic_junk=2,
+    synthetic=dict(num_train_ids=10, num_test_ids=6, num_distractors=4, num_junk=2),
 )
 
 

@@ -43,13 +43,13 @@ TINY = [  # the overrides of test_train_cli.py
     "32",
     "--data.init_args.num_workers",
     "0",
-    "--data.init_args.synthetic_train_ids",
+    "--data.init_args.synthetic.num_train_ids",
     "10",
-    "--data.init_args.synthetic_test_ids",
+    "--data.init_args.synthetic.num_test_ids",
     "8",
-    "--data.init_args.synthetic_distractors",
+    "--data.init_args.synthetic.num_distractors",
     "6",
-    "--data.init_args.synthetic_junk",
+    "--data.init_args.synthetic.num_junk",
     "4",
 ]
 METHODS = ("dist_cam", "ram", "fam")  # what configs/cama_synthetic.yaml enables
@@ -216,7 +216,7 @@ def hparams_session(workdir: Path):
 def test_hparams_are_the_runs_own(fitted):
     session, content = hparams_session(fitted)
     names = set(session.hparams)
-    assert {"dataset", "synthetic_train_ids", "num_branches", "oap_weight"} <= names
+    assert {"dataset", "synthetic/num_train_ids", "num_branches", "oap_weight"} <= names
     assert session.hparams["dataset"].string_value == "synthetic"
     # options of the data sets on disk (ReIDDataModule's signature) are not this run's
     assert not names & {"root", "test_dataset", "test_root", "cuhk03_variant", "camera_pattern",

@@ -24,9 +24,7 @@ def datamodule() -> RetrievalDataModule:
     dm = RetrievalDataModule(
         dataset="synthetic",
         image_size=(64, 64),
-        synthetic_size=64,
-        synthetic_num_classes=8,
-        synthetic_images_per_class=6,
+        synthetic=dict(height=64, width=64, num_classes=8, images_per_class=6),
         m_per_class=2,
         batch_size=8,
         eval_batch_size=16,

@@ -36,8 +36,9 @@ def _threads():
 
 @pytest.fixture(scope="module")
 def dm() -> ClassificationDataModule:
-    dm = ClassificationDataModule(image_size=(SIZE, SIZE), synthetic_size=SIZE, synthetic_num_classes=4,
-                                  synthetic_images_per_class=5, train_images_per_class=3, m_per_class=2,
+    dm = ClassificationDataModule(image_size=(SIZE, SIZE),
+                                  synthetic=dict(height=SIZE, width=SIZE, num_classes=4, images_per_class=5),
+                                  train_images_per_class=3, m_per_class=2,
                                   batch_size=8, eval_batch_size=3, padding=2)
     dm.setup("fit")
     return dm
@@ -76,7 +77,7 @@ def test_loaders_give_boxes_and_masks_for_evaluation(dm) -> None:
     with pytest.raises(ValueError, match="split"):
         dm.eval_dataloader("val")
     with pytest.raises(ValueError, match="test split needs images"):
-        ClassificationDataModule(synthetic_images_per_class=5, train_images_per_class=5)
+        ClassificationDataModule(synthetic=dict(images_per_class=5), train_images_per_class=5)
 
 
 def test_protocols_and_cam_equals_the_weighted_sum_written_out() -> None:

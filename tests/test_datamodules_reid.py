@@ -17,9 +17,8 @@ from datamodules.synthetic import PART_NAMES
 
 SMALL = dict(num_train_ids=8, num_test_ids=5, num_cameras=6, cameras_per_id=(2, 3), images_per_camera=(1, 2),
              query_cameras=2, num_distractors=3, num_junk=2)
-SYNTH_DM = dict(synthetic_train_ids=8, synthetic_test_ids=5, synthetic_cameras_per_id=(2, 3),
-                synthetic_images_per_camera=(1, 2), synthetic_distractors=3, synthetic_junk=2,
-                synthetic_seed=4)
+SYNTH_DM = dict(synthetic=dict(num_train_ids=8, num_test_ids=5, cameras_per_id=(2, 3), images_per_camera=(1, 2),
+                               num_distractors=3, num_junk=2, seed=4))
 FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 

@@ -25,10 +25,10 @@ CONFIG = REPO / "configs" / "cama_synthetic.yaml"
 TINY_DATA = [
     "image_size=[64, 32]",
     "num_workers=0",
-    "synthetic_train_ids=10",
-    "synthetic_test_ids=6",
-    "synthetic_distractors=4",
-    "synthetic_junk=2",
+    "synthetic.num_train_ids=10",
+    "synthetic.num_test_ids=6",
+    "synthetic.num_distractors=4",
+    "synthetic.num_junk=2",
 ]
 
 
@@ -198,8 +198,9 @@ def test_few_shot_checkpoint_episodes_from_a_config_and_from_support_folders(tmp
     out = tmp_path / "config"
     written = explain.main([
         "--checkpoint", str(checkpoint), "--config", str(REPO / "configs" / "protonet_synthetic.yaml"),
-        "--model_class", "cama.models.ProtoNet", "--data", "image_size=[32, 32]", "synthetic_size=32",
-        "synthetic_num_classes=15", "synthetic_splits=[5, 5, 5]", "synthetic_images_per_class=6", "eval_query=2",
+        "--model_class", "cama.models.ProtoNet", "--data", "image_size=[32, 32]", "synthetic.height=32",
+        "synthetic.width=32", "synthetic.num_classes=15", "synthetic.few_shot_splits=[5, 5, 5]",
+        "synthetic.images_per_class=6", "eval_query=2",
         "num_workers=0", "--methods", "dist_cam", "fam", "--episodes", "2", "--num_queries", "3",
         "--output", str(out), "--no_progress",
     ])
@@ -243,7 +244,8 @@ def test_retrieval_checkpoint_ranks_every_other_image_with_fam(tmp_path):
     written = explain.main([
         "--checkpoint", str(checkpoint), "--config", str(REPO / "configs" / "retrieval_synthetic.yaml"),
         "--model_class", "cama.models.RetrievalModel", "--data", "image_size=[32, 32]", "resize_size=36",
-        "synthetic_size=36", "synthetic_num_classes=10", "synthetic_images_per_class=4", "num_workers=0",
+        "synthetic.height=36", "synthetic.width=36", "synthetic.num_classes=10", "synthetic.images_per_class=4",
+        "num_workers=0",
         "--methods", "fam", "--num_queries", "2", "--top_k", "3", "--output", str(out), "--no_progress",
     ])
     assert len(written) == 2

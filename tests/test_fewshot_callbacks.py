@@ -28,10 +28,7 @@ def datamodule() -> FewShotDataModule:
     dm = FewShotDataModule(
         dataset="synthetic",
         image_size=(32, 32),
-        synthetic_size=32,
-        synthetic_num_classes=15,
-        synthetic_splits=(5, 5, 5),
-        synthetic_images_per_class=6,
+        synthetic=dict(height=32, width=32, num_classes=15, few_shot_splits=(5, 5, 5), images_per_class=6),
         eval_way=3,
         eval_shot=2,
         eval_query=2,

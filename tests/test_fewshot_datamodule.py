@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules import FewShotDataModule, SyntheticClasses, write_classes_layout
-from datamodules.fewshot import scan_cub
+from datamodules.class_scan import scan_cub
 from datamodules.reid import DatasetLayoutError, UnreadableImageError
 
 SIZE = 32
@@ -134,8 +134,8 @@ def test_nested_class_folders_like_omniglot(trees, tmp_path):
 
 
 def test_synthetic_batches_have_boxes_and_masks_and_fixed_eval_episodes():
-    dm = FewShotDataModule(dataset="synthetic", synthetic_num_classes=15, synthetic_splits=(5, 5, 5),
-                           synthetic_images_per_class=8, synthetic_size=SIZE, **TINY)
+    dm = FewShotDataModule(dataset="synthetic", synthetic=dict(num_classes=15, few_shot_splits=(5, 5, 5),
+                                                               images_per_class=8, height=SIZE, width=SIZE), **TINY)
     assert dm.num_classes == 5 and dm.mask_names == ("object",) and dm.has_boxes
     loader = dm.val_dataloader()
     loader.batch_sampler.set_epoch(0)
@@ -162,8 +162,9 @@ def test_synthetic_batches_have_boxes_and_masks_and_fixed_eval_episodes():
 
 def test_training_episodes_and_augmentation_depend_on_seed_and_epoch_only():
     def first_batch(seed: int, epoch: int) -> dict:
-        dm = FewShotDataModule(dataset="synthetic", synthetic_num_classes=15, synthetic_splits=(5, 5, 5),
-                               synthetic_images_per_class=8, synthetic_size=SIZE, seed=seed, **TINY)
+        dm = FewShotDataModule(dataset="synthetic", synthetic=dict(num_classes=15, few_shot_splits=(5, 5, 5),
+                                                                   images_per_class=8, height=SIZE, width=SIZE),
+                               seed=seed, **TINY)
         loader = dm.train_dataloader()
         loader.batch_sampler.sampler.set_epoch(epoch)
         torch.manual_seed(epoch * 100 + 7)  # the global RNG does not matter

@@ -45,7 +45,7 @@ def test_denormalize_inverts_normalize_on_a_hand_made_image():
 def test_every_data_module_uses_the_one_denormalize():
     for cls in (ReIDDataModule, FewShotDataModule, RetrievalDataModule):
         assert cls.denormalize is ImageDataModule.denormalize
-    dm = FewShotDataModule(dataset="synthetic", synthetic_num_classes=15, synthetic_splits=(5, 5, 5))
+    dm = FewShotDataModule(dataset="synthetic", synthetic=dict(num_classes=15, few_shot_splits=(5, 5, 5)))
     assert torch.equal(dm.denormalize(dm.normalize()(HAND), as_uint8=True), HAND)
 
 

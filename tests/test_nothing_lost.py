@@ -36,13 +36,13 @@ TINY = [
     "8",
     "--data.init_args.num_workers",
     "0",
-    "--data.init_args.synthetic_train_ids",
+    "--data.init_args.synthetic.num_train_ids",
     "10",
-    "--data.init_args.synthetic_test_ids",
+    "--data.init_args.synthetic.num_test_ids",
     "6",
-    "--data.init_args.synthetic_distractors",
+    "--data.init_args.synthetic.num_distractors",
     "4",
-    "--data.init_args.synthetic_junk",
+    "--data.init_args.synthetic.num_junk",
     "2",
 ]
 

@@ -37,7 +37,7 @@ def test_every_prefix_holds_each_group_in_proportion(sizes):
 
 def tiny_data(**overrides) -> ReIDDataModule:
     kwargs = dict(dataset="synthetic", image_size=(64, 32), p=4, k=2, eval_batch_size=16, num_workers=0,
-                  synthetic_train_ids=10, synthetic_test_ids=20, synthetic_distractors=6, synthetic_junk=4)
+                  synthetic=dict(num_train_ids=10, num_test_ids=20, num_distractors=6, num_junk=4))
     return ReIDDataModule(**{**kwargs, **overrides})
 
 

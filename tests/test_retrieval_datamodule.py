@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.fewshot import scan_class_folders
+from datamodules.class_scan import scan_class_folders
 from datamodules.reid import DatasetLayoutError, UnreadableImageError
 from datamodules.retrieval import MPerClassBatchSampler, RetrievalDataModule, scan_cub_retrieval
 from datamodules.synthetic import SyntheticClasses, write_class_folders, write_cub_layout
@@ -173,7 +173,7 @@ def test_folder_errors(folders, tmp_path):
 
 
 def test_synthetic_halves_and_targets():
-    dm = RetrievalDataModule("synthetic", synthetic_num_classes=6, synthetic_images_per_class=4, synthetic_size=SIZE,
+    dm = RetrievalDataModule("synthetic", synthetic=dict(num_classes=6, images_per_class=4, height=SIZE, width=SIZE),
                              **FAST)
     gen = dm.generator
     assert dm.num_classes == 3 and dm.num_test_classes == 3
@@ -193,11 +193,13 @@ def test_synthetic_halves_and_targets():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="multiple of m_per_class"):
         RetrievalDataModule("synthetic", m_per_class=4, batch_size=10)
-    with pytest.raises(ValueError, match="unknown dataset"):
-        RetrievalDataModule("cub")
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*'cub200'"):
+        RetrievalDataModule("imagenet")
+    with pytest.raises(ValueError, match="'miniimagenet' .* has no train / test split"):
+        RetrievalDataModule("miniimagenet")
     with pytest.raises(ValueError, match="crop_scale"):
         RetrievalDataModule("synthetic", crop_scale=(0.5, 0.2))
-    dm = RetrievalDataModule("synthetic", synthetic_num_classes=6, synthetic_images_per_class=4, synthetic_size=SIZE,
+    dm = RetrievalDataModule("synthetic", synthetic=dict(num_classes=6, images_per_class=4, height=SIZE, width=SIZE),
                              image_size=(SIZE, SIZE), m_per_class=2, batch_size=8, num_workers=0)
     with pytest.raises(DatasetLayoutError, match="needs 4 classes, the training split has 3"):
         dm.train_dataloader()
