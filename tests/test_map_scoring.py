@@ -58,7 +58,7 @@ def test_owners_need_every_process_row():
 def setting():
     dm = ReIDDataModule(
         dataset="synthetic", image_size=(64, 32), p=4, k=2, eval_batch_size=64, num_workers=0,
-        synthetic_train_ids=10, synthetic_test_ids=6, synthetic_distractors=4, synthetic_junk=2,
+        synthetic=dict(num_train_ids=10, num_test_ids=6, num_distractors=4, num_junk=2),
     )
     dm.setup("fit")
     torch.manual_seed(0)
