@@ -9,7 +9,8 @@ them. :func:`sheet` lays out upscaled tiles ``[R, C, 3, h, w]``, from top to bot
 * group headers spanning several columns (e.g. ``maps on the probe``), then one header per column;
 * each row of tiles, with a label on its left (optional) and a caption band under it (optional,
   one text per tile, ``\\n`` for more lines);
-* a colour bar of the overlays' colour map (:func:`cama.viz.labels.colorbar`).
+* a colour bar of the overlays' colour map (:func:`cama.viz.labels.colorbar`);
+* a one-line legend (optional: what the frames, boxes and numbers mean).
 
 Wider background-coloured gaps follow the columns listed in ``gaps_after`` (the query of a ranking
 list, the probe and reference of a probe grid).
@@ -89,6 +90,7 @@ def sheet(
     title: str | None = None,
     gaps_after: Sequence[int] = (),
     colormap: str | None = "jet",
+    legend: str = "",
 ) -> Tensor:
     """Lay out ``uint8`` tiles ``[R, C, 3, h, w]`` (already at display size) as one ``uint8`` picture.
 
@@ -103,6 +105,8 @@ def sheet(
         title: the first line.
         gaps_after: columns followed by a gap of ``scale.gap`` instead of ``scale.padding``.
         colormap: the colour bar's colour map (None: no colour bar).
+        legend: one line of text at the very bottom (empty: none); the picture above it is the
+            same pixels as without it.
 
     Returns:
         ``uint8`` ``[3, H', W']``.
@@ -146,5 +150,8 @@ def sheet(
         bands.append(_background(pad, width))
     if colormap is not None:
         bands.append(colorbar(width, max(4, line * 2 // 3), font, colormap))
+        bands.append(_background(pad, width))
+    if legend:
+        bands.append(text_band([(pad, width - pad, legend)], width, line, font, align="left"))
         bands.append(_background(pad, width))
     return torch.cat(bands, dim=1)
