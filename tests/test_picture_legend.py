@@ -18,9 +18,12 @@ def probes(count: int = 2, maps: int = 3):
 
 
 def expected_band(picture_width: int, text: str) -> torch.Tensor:
-    """The legend band computed here: the text line, then the padding (both at the picture's scale)."""
+    """The legend band computed here: the text line in the largest font size (from the picture's
+    down to 9 pixels) whose text fits between the paddings, then the padding."""
     scale = display_scale(48, 24)
-    font = load_font(scale.font_size)
+    sizes = range(scale.font_size, 8, -1)
+    size = next((s for s in sizes if load_font(s).getlength(text) <= picture_width - 2 * scale.padding), 9)
+    font = load_font(size)
     band = text_band([(scale.padding, picture_width - scale.padding, text)], picture_width, line_height(font), font,
                      align="left")
     return torch.cat([band, torch.full((3, scale.padding, picture_width), 255, dtype=torch.uint8)], dim=1)
@@ -42,8 +45,8 @@ def test_probe_grid_legend_names_what_the_picture_shows():
     with_legend = probe_grid(images, references, maps, maps, matches, **kwargs)
     without = probe_grid(images, references, maps, maps, matches, **kwargs, legend=False)
     text = legend_line(matches=True, boxes=True, distances=True)
-    assert text == ("frames green: true match, red: false · white box: ground truth · d: distance · "
-                    "each map min-max normalised to 0-1")
+    assert text == ("frame green/red: true/false match · white box: ground truth · d: distance · "
+                    "each map min-max normalised (0-1)")
     check(with_legend, without, text)
 
 
@@ -53,10 +56,10 @@ def test_ranking_and_episode_pictures_get_the_legend_of_what_they_show():
     distances = torch.tensor([0.25, 0.5, 0.75])
     with_legend = ranking_figure(images[0], images[1:], matches, maps[0], maps[1:], distances=distances)
     without = ranking_figure(images[0], images[1:], matches, maps[0], maps[1:], distances=distances, legend=False)
-    check(with_legend, without, "frames green: true match, red: false · d: distance · each map min-max normalised to 0-1")
+    check(with_legend, without, "frame green/red: true/false match · d: distance · each map min-max normalised (0-1)")
     pictures = {"probe_images": images[:2], "reference_images": images[2:], "matches": matches[:2],
                 "ram": maps[:2, 0], "ram/reference": maps[2:, 0]}
     episode = episode_grid(pictures, "ram")  # few-shot: no distances, no boxes
     plain = probe_grid(images[:2], images[2:], maps[:2, :1], maps[2:, :1], matches[:2], names=("query", "support"),
                        legend=False)
-    check(episode, plain, "frames green: true match, red: false · each map min-max normalised to 0-1")
+    check(episode, plain, "frame green/red: true/false match · each map min-max normalised (0-1)")

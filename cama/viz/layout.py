@@ -30,6 +30,7 @@ from cama.viz.labels import BACKGROUND, colorbar, line_height, load_font, text_b
 __all__ = ["MIN_TILE_HEIGHT", "Scale", "display_scale", "upscale", "sheet"]
 
 MIN_TILE_HEIGHT = 128
+MIN_LEGEND_FONT = 9  # pixels: the legend's font shrinks down to this size to fit on one line
 Group = tuple[int, int, str]  # columns [c0, c1) and their common header
 
 
@@ -105,8 +106,8 @@ def sheet(
         title: the first line.
         gaps_after: columns followed by a gap of ``scale.gap`` instead of ``scale.padding``.
         colormap: the colour bar's colour map (None: no colour bar).
-        legend: one line of text at the very bottom (empty: none); the picture above it is the
-            same pixels as without it.
+        legend: one line of text at the very bottom (empty: none), in a smaller font where the
+            picture's does not fit its width; the picture above it is the same pixels as without it.
 
     Returns:
         ``uint8`` ``[3, H', W']``.
@@ -151,7 +152,12 @@ def sheet(
     if colormap is not None:
         bands.append(colorbar(width, max(4, line * 2 // 3), font, colormap))
         bands.append(_background(pad, width))
-    if legend:
-        bands.append(text_band([(pad, width - pad, legend)], width, line, font, align="left"))
+    if legend:  # in the largest font up to the picture's in which it fits the width
+        size = scale.font_size
+        small = font
+        while size > MIN_LEGEND_FONT and small.getlength(legend) > width - 2 * pad:
+            size -= 1
+            small = load_font(size)
+        bands.append(text_band([(pad, width - pad, legend)], width, line_height(small), small, align="left"))
         bands.append(_background(pad, width))
     return torch.cat(bands, dim=1)

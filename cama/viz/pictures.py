@@ -120,9 +120,9 @@ def legend_line(matches: bool, boxes: bool, distances: bool, normalised: bool = 
     """The one-line legend drawn under a picture: what its frames, boxes and numbers are, only
     those it shows (``matches``: green / red frames; ``boxes``: white ground-truth boxes;
     ``distances``: ``d`` captions), and that each map is min-max normalised to 0-1."""
-    parts = (["frames green: true match, red: false"] if matches else []) + (
+    parts = (["frame green/red: true/false match"] if matches else []) + (
         ["white box: ground truth"] if boxes else []) + (["d: distance"] if distances else []) + (
-        ["each map min-max normalised to 0-1"] if normalised else [])
+        ["each map min-max normalised (0-1)"] if normalised else [])
     return " · ".join(parts)
 
 
