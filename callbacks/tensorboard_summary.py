@@ -53,8 +53,8 @@ __all__ = ["LEADING_HPARAMS", "TensorBoardSummary", "custom_scalars_layout", "hp
 
 #: the options a reader looks for first, in this order, where a run has them (re-ID, few-shot, retrieval)
 LEADING_HPARAMS = (
-    "lr", "num_branches", "oap_weight", "width", "backbone", "metric", "loss", "miner", "embedding_size",
-    "seed", "dataset", "max_epochs",
+    "lr", "num_branches", "oap_weight", "width", "backbone", "metric", "eval_way", "eval_shot", "loss", "miner",
+    "embedding_size", "seed", "dataset",
 )
 BEST_RUN = "best"
 
