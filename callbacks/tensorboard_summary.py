@@ -25,8 +25,8 @@
   series by its run, so one chart per score (TIME SERIES: the group ``Val_loc``, second after
   ``Val``; CUSTOM SCALARS) draws the methods in distinct colours.
 * **A custom-scalars layout** (the CUSTOM SCALARS tab): one page for the task with a chart per
-  headline metric (:class:`cama.protocols.HasHeadlineMetrics`, with its best-so-far line),
-  ``hp_metric``, and a chart per localization score in ``localization_scores`` with one line per method.
+  headline metric (:class:`cama.protocols.HasHeadlineMetrics`, with its best-so-far line) and a
+  chart per localization score in ``localization_scores`` with one line per method.
 
 Registered by ``train.py`` for every command; a no-op without a ``TensorBoardLogger``.
 """
@@ -68,10 +68,11 @@ def custom_scalars_layout(
     task: str, headline: Sequence[str], loc_prefix: str, localization_scores: Sequence[str]
 ) -> dict[str, dict[str, list[Any]]]:
     """The layout of :meth:`torch.utils.tensorboard.SummaryWriter.add_custom_scalars`: the page
-    ``task`` with a chart per tag of ``headline`` (the run's curve and the ``best`` run's line),
-    ``hp_metric``, and a chart per localization score with each method's run (regular expressions)."""
+    ``task`` with a chart per tag of ``headline`` (the run's curve and the ``best`` run's line) and a
+    chart per localization score with each method's run (regular expressions). No chart of
+    ``hp_metric``: the ``best`` line of the monitored metric is the same curve, and a chart of one
+    series loses its lowest and highest point to TensorBoard's outlier trimming."""
     charts: dict[str, list[Any]] = {tag: ["Multiline", [f"^{re.escape(tag)}$"]] for tag in headline}
-    charts["hp_metric"] = ["Multiline", ["^hp_metric$"]]
     for score in localization_scores:
         tag = comparison_tag(loc_prefix, score)
         charts[f"{tag} (one line per method)"] = ["Multiline", [f"^{re.escape(tag)}$"]]

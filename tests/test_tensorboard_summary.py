@@ -31,3 +31,4 @@ def test_each_methods_scores_go_to_its_run_and_the_baselines_to_none():
         "ram": {"Val_loc/energy": 0.5, "Val_loc/box_acc": 0.25}, "fam": {"Val_loc/energy": 0.75}}
     charts = custom_scalars_layout("CAMA", ["Val/mAP"], "loc", ["energy"])["CAMA"]
     assert charts["Val_loc/energy (one line per method)"] == ["Multiline", ["^Val_loc/energy$"]]
+    assert "hp_metric" not in charts  # a one-series chart: TensorBoard would trim its first and last points
