@@ -11,6 +11,7 @@ with its default settings), and writes into ``OUT_DIR``:
 * ``<name>_scalars_smoothing0.png``: the first viewport of ``/?smoothing=0#timeseries`` (the link
   the README gives: the raw values, not TensorBoard's default exponential smoothing of 0.6);
 * ``<name>_images.png``: the Time Series tab filtered to the image cards;
+* ``<name>_custom_scalars.png``, ``<name>_hparams.png``: the CUSTOM SCALARS and HPARAMS tabs;
 * ``<name>_cards.json``: every card title and group, where it is, and whether it is in the first
   viewport (its title and the top of its chart visible).
 
@@ -114,6 +115,10 @@ def screenshots(run_dir: Path, out_dir: Path, name: str, width: int, height: int
             page.goto(f"http://127.0.0.1:{port}/?tagFilter=explanations#timeseries")
             page.wait_for_timeout(settle_ms)
             page.screenshot(path=str(out_dir / f"{name}_images.png"))
+            for tab in ("custom_scalars", "hparams"):  # their own dashboards, at their defaults
+                page.goto(f"http://127.0.0.1:{port}/#{tab}")
+                page.wait_for_timeout(settle_ms)
+                page.screenshot(path=str(out_dir / f"{name}_{tab}.png"))
             context.close()
     finally:
         server.terminate()

@@ -1,4 +1,4 @@
-"""``ImageEventFile``: a TensorBoard event file for pictures, checksummed in C.
+"""``ImageEventFile``: a TensorBoard event file for pictures (and a few scalars), checksummed in C.
 
 TensorBoard reads *event files*: TFRecord files of ``Event`` protobufs, each record framed as
 ``uint64 length | uint32 masked CRC32C of the length | data | uint32 masked CRC32C of the data``
@@ -76,6 +76,13 @@ class ImageEventFile:
         """Append the image summary ``add_image`` would write: ``png`` under ``tag`` at ``step``."""
         image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
         summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        event = Event(wall_time=time.time(), step=int(step), summary=summary)
+        with open(self.path, "ab") as handle:
+            handle.write(_record(event.SerializeToString()))
+
+    def add_scalars(self, values: dict[str, float], step: int) -> None:
+        """Append one event with a scalar summary per ``tag: value`` of ``values`` at ``step``."""
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
         event = Event(wall_time=time.time(), step=int(step), summary=summary)
         with open(self.path, "ab") as handle:
             handle.write(_record(event.SerializeToString()))

@@ -5,8 +5,9 @@ default on these pictures, the same pixels) and sends it to every ``TensorBoardL
 trainer as the image summary ``SummaryWriter.add_image`` would write, but into the run folder
 ``<logger.log_dir>/<folder>`` (e.g. ``runs/cama_synthetic/version_0/explanations``: in TensorBoard
 the run ``.../version_0/explanations``) through :class:`~callbacks.event_file.ImageEventFile`, whose
-checksums are computed in C instead of in the logger's writer thread in pure Python. When there is
-no TensorBoard logger (CSV logger, no logger), or ``save_png`` is set, it writes
+checksums are computed in C instead of in the logger's writer thread in pure Python. A Weights &
+Biases or MLflow logger gets the same pictures through its own sink (:mod:`callbacks.logger_sinks`).
+When no logger takes pictures (CSV logger, no logger), or ``save_png`` is set, it writes
 ``<log_dir>/<folder>/epoch_XXX/<name>.png``: the same bytes either way. :meth:`ImageSink.write_text`
 logs Markdown to the TensorBoard loggers' own run (PNG folders get none).
 
@@ -29,6 +30,7 @@ from torch import Tensor
 from torchvision.io import encode_png
 
 from callbacks.event_file import ImageEventFile
+from callbacks.logger_sinks import PictureSink, sinks_for
 
 __all__ = ["ImageSink", "logging_step"]
 
@@ -61,9 +63,11 @@ class ImageSink:
     """
 
     def __init__(
-        self, loggers: list[TensorBoardLogger], directory: Path | None, folder: str = "explanations"
+        self, loggers: list[TensorBoardLogger], directory: Path | None, folder: str = "explanations",
+        others: list[PictureSink] | None = None,
     ) -> None:
         self.loggers = loggers
+        self.others = list(others or [])  # the other image-taking loggers' sinks (callbacks.logger_sinks)
         self.directory = directory
         self.folder = folder  # the pictures' TensorBoard run: <logger.log_dir>/<folder>
         self._event_files: dict[str, ImageEventFile] = {}
@@ -73,11 +77,12 @@ class ImageSink:
         cls, trainer: pl.Trainer, save_png: bool = False, folder: str = "explanations"
     ) -> ImageSink:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        others = sinks_for([lg for lg in trainer.loggers if not isinstance(lg, TensorBoardLogger)], folder)
         directory = None
-        if save_png or not loggers:
+        if save_png or not (loggers or others):
             log_dir = trainer.log_dir or trainer.default_root_dir  # collective: every rank
             directory = Path(log_dir) / folder
-        return cls(loggers, directory, folder)
+        return cls(loggers, directory, folder, others)
 
     def write(self, name: str, image: Tensor, step: int, epoch: int, prefix: str = "explanations") -> list[str]:
         """Log ``image`` (``uint8`` ``[3, H, W]``) as ``<prefix>/<name>``; returns the PNG paths written."""
@@ -88,6 +93,8 @@ class ImageSink:
             run = Path(logger.log_dir) / self.folder
             events = self._event_files.setdefault(str(run), ImageEventFile(run))
             events.add_png(f"{prefix}/{name}", png, height, width, channels, step)
+        for sink in self.others:
+            sink.add(f"{prefix}/{name}", image, png, step, epoch)
         written: list[str] = []
         if self.directory is not None:
             parts = [_safe_name(p) for p in name.split("/") if p]

@@ -10,6 +10,7 @@ processes give the localization numbers of one. Subprocesses as in ``test_train_
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -98,9 +99,10 @@ def fitted(tmp_path_factory) -> Path:
 
 def test_event_file_holds_images_and_localization_scalars_of_every_validation_epoch(fitted):
     run = fitted / "runs" / "cama_synthetic" / "version_0"
-    # two runs: the scalars' (the logger's) and the pictures' (callbacks.event_file), one file each
+    # the scalars' run (the logger's), the pictures' (callbacks.event_file), the best-so-far line's and
+    # one per method (callbacks.tensorboard_summary), one file each
     assert sorted(p.relative_to(run).parent.as_posix() for p in run.rglob("events.out.tfevents.*")) == [
-        ".", "explanations"
+        ".", "best", "dist_cam", "explanations", "fam", "ram"
     ]
     scalars = EventAccumulator(str(run), size_guidance={"scalars": 0})
     scalars.Reload()
@@ -214,10 +216,15 @@ def hparams_session(workdir: Path):
 
 
 def test_hparams_are_the_runs_own(fitted):
-    session, content = hparams_session(fitted)
-    names = set(session.hparams)
+    session, _ = hparams_session(fitted)
+    ranked = list(session.hparams)
+    names = {name.split(" ", 1)[1] for name in ranked}
+    # a sort by name (TensorBoard's HPARAMS) gives the reader's order: the model's main choices first
+    order = [name.split(" ", 1)[1] for name in sorted(ranked)]
+    assert order[:5] == ["lr", "num_branches", "oap_weight", "width", "backbone"]
+    values = {name.split(" ", 1)[1]: value for name, value in session.hparams.items()}
     assert {"dataset", "synthetic/num_train_ids", "num_branches", "oap_weight"} <= names
-    assert session.hparams["dataset"].string_value == "synthetic"
+    assert values["dataset"].string_value == "synthetic"
     # options of the data sets on disk (ReIDDataModule's signature) are not this run's
     assert not names & {"root", "test_dataset", "test_root", "cuhk03_variant", "camera_pattern",
                         "min_train_images", "check_images"}
@@ -237,7 +244,61 @@ def test_custom_scalars_layout_names_logged_tags(fitted):
     charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
     assert {"Val/mAP", "Val/rank1", "Val/mINP"} <= charts.keys()
     for title, patterns in charts.items():
+        if title.startswith("Val_loc/"):
+            continue
         matched = [t for t in scalars if any(re.search(p, t) for p in patterns)]
         assert matched, f"chart {title} matches no logged tag"
-    energy = [t for t in scalars if any(re.search(p, t) for p in charts["loc/*/energy"])]
-    assert sorted(energy) == sorted(f"loc/{m}/energy" for m in METHODS)  # each method's main score
+    # one run per method (TensorBoard colours by run), each with its copy of loc/<method>/energy
+    (pattern,) = charts["Val_loc/energy (one line per method)"]
+    run = fitted / "runs" / "cama_synthetic" / "version_0"
+    for method in METHODS:
+        copies = EventAccumulator(str(run / method)).Reload()
+        (tag,) = [t for t in copies.Tags()["scalars"] if re.search(pattern, t)]
+        assert [e.value for e in copies.Scalars(tag)] == pytest.approx(
+            [e.value for e in accumulator.Scalars(f"loc/{method}/energy")])
+
+
+def test_best_run_holds_the_best_checkpoints_headline_values(fitted):
+    """The run ``best`` repeats, at each validation, the headline values of the best epoch so far."""
+    accumulator = accumulator_of(fitted)
+    best = EventAccumulator(str(fitted / "runs" / "cama_synthetic" / "version_0" / "best")).Reload()
+    curve = {tag: [e.value for e in accumulator.Scalars(tag)] for tag in ("Val/mAP", "Val/rank1")}
+    expected_index = [max(range(i + 1), key=lambda j: curve["Val/mAP"][j]) for i in range(len(curve["Val/mAP"]))]
+    for tag, values in curve.items():
+        assert [e.value for e in best.Scalars(tag)] == pytest.approx([values[j] for j in expected_index])
+    assert [e.step for e in best.Scalars("Val/mAP")] == [e.step for e in accumulator.Scalars("Val/mAP")]
+
+
+def test_hparams_metrics_are_the_headline_and_test_metrics(fitted):
+    from tensorboard.plugins.hparams import metadata
+
+    content = accumulator_of(fitted).PluginTagToContent(metadata.PLUGIN_NAME)
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    metrics = [info.name.tag for info in experiment.metric_infos]
+    assert metrics == ["Val/mAP", "Val/rank1", "Val/mINP", "test/mAP", "test/rank1", "test/mINP", "hp_metric"]
+
+
+def time_series_y_range(values: list[float]) -> tuple[float, float]:
+    """TensorBoard 2.21's TIME SERIES y-range with "Ignore outliers in chart scaling" on (its
+    default), transcribed from its line chart: the sorted values of every series of the card, the
+    entries ``ceil(0.05 (n - 1))`` and ``floor(0.95 (n - 1))`` (n > 2), widened by 5% on each side
+    (before d3's rounding to nice ticks, which only widens it further)."""
+    ordered = sorted(values)
+    low, high = ordered[0], ordered[-1]
+    if len(ordered) > 2:
+        low, high = ordered[math.ceil(0.05 * (len(ordered) - 1))], ordered[math.floor(0.95 * (len(ordered) - 1))]
+    pad = (high - low) * 0.05
+    return low - pad, high + pad
+
+
+def test_the_curves_first_and_highest_points_stay_in_the_y_range_of_its_chart(fitted):
+    """With the ``best`` run's line in the card, the first and the highest Val/mAP points (the last,
+    on a curve that ends at its best) are inside the y-range TensorBoard draws at its default
+    settings, where the curve alone loses its highest point (and its lowest)."""
+    run = fitted / "runs" / "cama_synthetic" / "version_0"
+    curve = [e.value for e in accumulator_of(fitted).Scalars("Val/mAP")]
+    best = [e.value for e in EventAccumulator(str(run / "best")).Reload().Scalars("Val/mAP")]
+    low, high = time_series_y_range(curve + best)
+    assert low <= curve[0] <= high and low <= max(curve) <= high
+    if curve[-1] == max(curve):
+        assert low <= curve[-1] <= high

@@ -9,7 +9,8 @@ them. :func:`sheet` lays out upscaled tiles ``[R, C, 3, h, w]``, from top to bot
 * group headers spanning several columns (e.g. ``maps on the probe``), then one header per column;
 * each row of tiles, with a label on its left (optional) and a caption band under it (optional,
   one text per tile, ``\\n`` for more lines);
-* a colour bar of the overlays' colour map (:func:`cama.viz.labels.colorbar`).
+* a colour bar of the overlays' colour map (:func:`cama.viz.labels.colorbar`);
+* a one-line legend (optional: what the frames, boxes and numbers mean).
 
 Wider background-coloured gaps follow the columns listed in ``gaps_after`` (the query of a ranking
 list, the probe and reference of a probe grid).
@@ -29,6 +30,7 @@ from cama.viz.labels import BACKGROUND, colorbar, line_height, load_font, text_b
 __all__ = ["MIN_TILE_HEIGHT", "Scale", "display_scale", "upscale", "sheet"]
 
 MIN_TILE_HEIGHT = 128
+MIN_LEGEND_FONT = 9  # pixels: the legend's font shrinks down to this size to fit on one line
 Group = tuple[int, int, str]  # columns [c0, c1) and their common header
 
 
@@ -89,6 +91,7 @@ def sheet(
     title: str | None = None,
     gaps_after: Sequence[int] = (),
     colormap: str | None = "jet",
+    legend: str = "",
 ) -> Tensor:
     """Lay out ``uint8`` tiles ``[R, C, 3, h, w]`` (already at display size) as one ``uint8`` picture.
 
@@ -103,6 +106,8 @@ def sheet(
         title: the first line.
         gaps_after: columns followed by a gap of ``scale.gap`` instead of ``scale.padding``.
         colormap: the colour bar's colour map (None: no colour bar).
+        legend: one line of text at the very bottom (empty: none), in a smaller font where the
+            picture's does not fit its width; the picture above it is the same pixels as without it.
 
     Returns:
         ``uint8`` ``[3, H', W']``.
@@ -146,5 +151,13 @@ def sheet(
         bands.append(_background(pad, width))
     if colormap is not None:
         bands.append(colorbar(width, max(4, line * 2 // 3), font, colormap))
+        bands.append(_background(pad, width))
+    if legend:  # in the largest font up to the picture's in which it fits the width
+        size = scale.font_size
+        small = font
+        while size > MIN_LEGEND_FONT and small.getlength(legend) > width - 2 * pad:
+            size -= 1
+            small = load_font(size)
+        bands.append(text_band([(pad, width - pad, legend)], width, line_height(small), small, align="left"))
         bands.append(_background(pad, width))
     return torch.cat(bands, dim=1)

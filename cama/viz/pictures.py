@@ -3,7 +3,8 @@
 Every picture is a ``uint8`` ``[3, H', W']`` tensor laid out by :func:`cama.viz.layout.sheet`: the
 images upscaled to tiles at least 128 pixels high (:func:`cama.viz.layout.display_scale`), frames
 and ground-truth boxes as wide as the tile size asks, a title line (e.g. the epoch), column headers,
-captions under the tiles and a colour bar of the overlays' colour map (0 to 1) at the bottom:
+captions under the tiles, a colour bar of the overlays' colour map (0 to 1) and a one-line legend
+(:func:`legend_line`: the frames' colours, the boxes, ``d``, the maps' normalisation) at the bottom:
 
 * :func:`probe_grid` -- one row per probe: the probe, its reference (framed green for a true
   match, red for a false one), then -- after a gap -- the maps on the probe (each branch, then
@@ -36,6 +37,7 @@ __all__ = [
     "frame",
     "draw_boxes",
     "heat_overlays",
+    "legend_line",
     "map_labels",
     "picture_title",
     "probe_grid",
@@ -114,6 +116,16 @@ def _distance_caption(distance: Tensor | None, label: str) -> str:
     return "\n".join(t for t in (text, label) if t)
 
 
+def legend_line(matches: bool, boxes: bool, distances: bool, normalised: bool = True) -> str:
+    """The one-line legend drawn under a picture: what its frames, boxes and numbers are, only
+    those it shows (``matches``: green / red frames; ``boxes``: white ground-truth boxes;
+    ``distances``: ``d`` captions), and that each map is min-max normalised to 0-1."""
+    parts = (["frame green/red: true/false match"] if matches else []) + (
+        ["white box: ground truth"] if boxes else []) + (["d: distance"] if distances else []) + (
+        ["each map min-max normalised (0-1)"] if normalised else [])
+    return " · ".join(parts)
+
+
 def probe_grid(
     probes: Tensor,
     references: Tensor,
@@ -130,6 +142,7 @@ def probe_grid(
     probe_labels: Sequence[str] | None = None,
     reference_labels: Sequence[str] | None = None,
     distances: Tensor | None = None,
+    legend: bool = True,
 ) -> Tensor:
     """One row per probe: probe | reference (framed) | maps on the probe | maps on the reference.
 
@@ -143,6 +156,7 @@ def probe_grid(
             one map each, the map columns are headed ``<name> map``).
         probe_labels, reference_labels: ``[P]`` identity / class texts under the images.
         distances: ``[P]`` probe-to-reference distances, under the reference.
+        legend: draw the one-line legend (:func:`legend_line`) at the bottom.
 
     Returns:
         ``uint8`` ``[3, H', W']``.
@@ -184,6 +198,8 @@ def probe_grid(
     return sheet(
         tiles, scale, headers=headers, groups=groups, captions=captions, title=title,
         gaps_after=[1, 1 + num_maps], colormap=colormap,
+        legend=legend_line(matches is not None, probe_boxes is not None or reference_boxes is not None,
+                           distances is not None) if legend else "",
     )
 
 
@@ -200,6 +216,7 @@ def ranking_figure(
     query_label: str = "",
     gallery_labels: Sequence[str] | None = None,
     distances: Tensor | None = None,
+    legend: bool = True,
 ) -> Tensor:
     """A ranking list with a row of maps per branch (cama-ram Fig. 4 and Fig. 8).
 
@@ -212,6 +229,7 @@ def ranking_figure(
         title: the first line (e.g. :func:`picture_title`).
         query_label, gallery_labels: identity / class texts under the query and each gallery image.
         distances: ``[k]`` query-to-gallery distances, under each gallery image.
+        legend: draw the one-line legend (:func:`legend_line`) at the bottom.
 
     Returns:
         ``uint8`` ``[3, H', W']``: a title, ``rank`` headers, ``M + 1`` labelled rows of ``k + 1``
@@ -235,6 +253,7 @@ def ranking_figure(
         tiles, scale, headers=["query", *[f"rank {j + 1}" for j in range(count)]],
         captions=[captions] + [[""] * (count + 1)] * num_maps, row_labels=["images", *map_labels(num_maps)],
         title=title, gaps_after=[0], colormap=colormap,
+        legend=legend_line(matches is not None, False, distances is not None) if legend else "",
     )
 
 
