@@ -82,13 +82,26 @@ def custom_scalars_layout(
 def reading_order(
     model: Mapping[str, Any], data: Mapping[str, Any], leading: Sequence[str] = LEADING_HPARAMS
 ) -> dict[str, Any]:
-    """The hyperparameters ``model`` then ``data`` (private ``_`` names left out), the names of
+    """The hyperparameters ``model`` then ``data`` (nested mappings flattened to ``outer/inner``,
+    private ``_`` names left out), the names of
     ``leading`` first, each name prefixed with its zero-padded rank (``01 lr``) so that a sort by
     name (TensorBoard's HPARAMS) keeps this order; values TensorBoard cannot show become text."""
-    merged = {str(k): v for source in (model, data) for k, v in source.items() if not str(k).startswith("_")}
+    merged = {k: v for source in (model, data) for k, v in _flat(source).items() if not k.startswith("_")}
     names = [n for n in leading if n in merged] + [n for n in merged if n not in leading]
     width = max(2, len(str(len(names))))
     return {f"{i + 1:0{width}d} {name}": _displayable(merged[name]) for i, name in enumerate(names)}
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``outer/inner`` names (as Lightning's loggers flatten them)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
 
 
 def _displayable(value: Any) -> bool | int | float | str:

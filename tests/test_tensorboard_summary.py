@@ -32,3 +32,10 @@ def test_each_methods_scores_go_to_its_run_and_the_baselines_to_none():
     charts = custom_scalars_layout("CAMA", ["Val/mAP"], "loc", ["energy"])["CAMA"]
     assert charts["Val_loc/energy (one line per method)"] == ["Multiline", ["^Val_loc/energy$"]]
     assert "hp_metric" not in charts  # a one-series chart: TensorBoard would trim its first and last points
+
+
+def test_nested_options_are_listed_by_their_outer_slash_inner_names():
+    data = {"dataset": "synthetic", "synthetic": {"num_train_ids": 7, "size": {"height": 64}}}
+    ranked = reading_order({"lr": 0.1}, data)
+    assert {name.split(" ", 1)[1]: value for name, value in ranked.items()} == {
+        "lr": 0.1, "dataset": "synthetic", "synthetic/num_train_ids": 7, "synthetic/size/height": 64}
