@@ -63,16 +63,23 @@ from explain_command.ranking import DatasetRanking, FileRanking, explain_ranking
 __all__ = ["main"]
 
 
-def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+def parse_data_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``--data`` items (``KEY=VALUE``, YAML values; ``outer.inner=VALUE`` sets a field of a nested
+    option such as ``synthetic``) as the mapping the data module's options are updated with."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ExplainError(f"--data expects KEY=VALUE, got {item!r}")
-        *outer, last = key.strip().split(".")  # synthetic.num_classes=8: a field of a nested option
+        *outer, last = parts = key.strip().split(".")  # synthetic.num_classes=8: a field of a nested option
+        if not all(parts):
+            raise ExplainError(f"--data: {item!r} has an empty name between its dots")
         place = overrides
         for name in outer:
             place = place.setdefault(name, {})
+            if not isinstance(place, dict):
+                raise ExplainError(f"--data: {item!r} sets a field of {name!r}, which an earlier item set to "
+                                   f"{place!r}")
         place[last] = yaml.safe_load(value)
     return overrides
 
@@ -160,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     output.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
     drawing = dict(device=device, progress=progress, alpha=args.alpha, colormap=args.colormap)
-    datamodule = None if files else instantiate_data(config or {}, _parse_overrides(args.data))
+    datamodule = None if files else instantiate_data(config or {}, parse_data_overrides(args.data))
 
     if isinstance(model, EpisodeTask):  # few-shot: episodes of a data module, or support folders
         class_names = None

@@ -1,6 +1,6 @@
 """``FewShotExplanations``: where a few-shot query matched its class, as pictures and scores.
 
-The few-shot twin of :class:`~callbacks.ExplanationImages` + :class:`~callbacks.LocalizationMetrics`
+The few-shot twin of :class:`~callbacks.explanation_images.ExplanationImages` + :class:`~callbacks.localization_metrics.LocalizationMetrics`
 (``docs/explanations.md#the-reference-of-each-task``: few-shot explains a query against the
 prototype of its predicted class and its support set). On the first ``num_episodes`` validation
 episodes (the validation episodes are fixed, so these are the same queries every epoch) every
@@ -16,7 +16,7 @@ predicts for it, through the model's ``episode_references`` (:class:`cama.protoc
 * ``gradcam``, ``gradcam++``, ``layercam``, ``fullgrad``: the gradient CAMs of the cosine
   similarity to the prototype (:class:`cama.viz.ModelExplainer`).
 
-Scalars (``<prefix>/<method>/<name>``, the names of :class:`~callbacks.LocalizationMetrics`):
+Scalars (``<prefix>/<method>/<name>``, the names of :class:`~callbacks.localization_metrics.LocalizationMetrics`):
 ``box_iou``, ``box_acc``, ``top1_loc_err`` (correct = the predicted class is the true one),
 ``max_box_acc``, ``max_box_acc_tau``, ``energy``, ``center_box_iou`` / ``center_box_acc`` (a
 centred box of the mean size of the method's boxes), ``otsu_*`` against the object mask, and

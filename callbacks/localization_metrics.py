@@ -1,7 +1,7 @@
 """``LocalizationMetrics``: do the maps point at the person? Scalars every validation epoch.
 
 For a fixed, deterministic subset of queries (``num_samples``, chosen once among the queries with
-a true match and kept in ``state_dict``; the :class:`~callbacks.ExplanationImages` probes are its
+a true match and kept in ``state_dict``; the :class:`~callbacks.explanation_images.ExplanationImages` probes are its
 first elements when both use the same seed) the callback keeps the feature maps the model's own validation step
 returned for them (:class:`~callbacks.base.ProbeCapture`: no second forward pass; a sample it could
 not capture is loaded and forwarded again), finds each one's reference with the task's provider

@@ -3,7 +3,7 @@
 Adebayo et al. 2018, "Sanity Checks for Saliency Maps" (NeurIPS), Sec. 3: the cascading
 model-parameter randomization test. On the chosen validation epochs the callback takes a fixed,
 seeded set of validation queries (``num_samples``, chosen once among the probes of the task's
-reference provider and kept in ``state_dict``, as :class:`~callbacks.LocalizationMetrics` does), finds
+reference provider and kept in ``state_dict``, as :class:`~callbacks.localization_metrics.LocalizationMetrics` does), finds
 each one's reference with the provider (:mod:`cama.references`: the top-ranked gallery image under
 the re-ID protocol, the nearest other image for retrieval) ranked with the embeddings of the
 model's own validation loop, and runs :func:`cama.explain.sanity_check`: the model's blocks

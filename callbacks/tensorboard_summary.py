@@ -139,6 +139,16 @@ class TensorBoardSummary(Callback):
         self.best_values: dict[str, float] = {}
         self._event_files: dict[str, ImageEventFile] = {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The best-so-far line and whether HPARAMS is written: a resumed run goes on from them."""
+        return {"best_score": self.best_score, "best_values": dict(self.best_values),
+                "hparams_written": self.hparams_written}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = state_dict.get("best_score")
+        self.best_values = dict(state_dict.get("best_values", {}))
+        self.hparams_written = bool(state_dict.get("hparams_written", False))
+
     @staticmethod
     def _loggers(trainer: pl.Trainer) -> list[TensorBoardLogger]:
         return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, fields
 from functools import partial
 from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
@@ -29,9 +29,14 @@ def synthetic_options(value: O | Mapping[str, Any] | None, options_type: type[O]
     hyper-parameters a checkpoint saved) -> ``options_type(**value)``, a dataclass as it is."""
     if value is None:
         return default
-    if is_dataclass(value) and not isinstance(value, type):
-        return value  # type: ignore[return-value]
+    if isinstance(value, options_type):
+        return value
     if isinstance(value, Mapping):
+        known = {f.name for f in fields(options_type)}  # type: ignore[arg-type]
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"synthetic: unknown option(s) {unknown} of {options_type.__name__}; "
+                             f"its options are {sorted(known)}")
         return options_type(**value)
     raise TypeError(f"synthetic must be a {options_type.__name__} or a mapping of its fields, got {value!r}")
 

@@ -253,8 +253,15 @@ class ReIDDataModule(ImageDataModule):
 
     @staticmethod
     def _scan(layout: ReIDLayout) -> dict[str, ReIDImageDataset]:
-        """Train / query / gallery of an on-disk data set (training without distractors and junk)."""
-        return {split: ReIDImageDataset(records) for split, records in layout.records().items()}
+        """Train / query / gallery of an on-disk data set (training without distractors and junk); a
+        layout that gives no images for one of them is named with its root."""
+        records = layout.records()
+        for split in ("train", "query", "gallery"):
+            if not records.get(split):
+                raise DatasetLayoutError(
+                    f"the {type(layout).__name__} layout gave no {split} images for {layout.data_root} "
+                    f"(a re-ID layout's records() maps 'train', 'query' and 'gallery' to image records)")
+        return {split: ReIDImageDataset(records[split]) for split in ("train", "query", "gallery")}
 
     def _raw_datasets(self) -> dict[str, Dataset]:
         """Untransformed train / query / gallery datasets (scanned once, cached)."""

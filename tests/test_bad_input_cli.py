@@ -96,3 +96,14 @@ def test_smoke_runs_leave_nothing_loose_in_the_working_directory(tmp_path, mode)
     assert _loose(tmp_path, before) == []
     assert not list(tmp_path.glob("*.json")) and not (tmp_path / "explanations").exists()
     assert list((tmp_path / "runs").rglob("test_metrics.json")), "the metrics go under runs/"
+
+
+@pytest.mark.parametrize("items, message", [
+    (["synthetic=null", "synthetic.seed=2"], "sets a field of 'synthetic', which an earlier item set to None"),
+    (["synthetic.=3"], "has an empty name between its dots"),
+])
+def test_explain_data_overrides_that_cannot_nest_are_named(items, message):
+    import explain
+
+    with pytest.raises(explain.ExplainError, match=message):
+        explain.parse_data_overrides(items)

@@ -20,8 +20,9 @@ from datamodules import (
     FewShotDataModule, ReIDDataModule, RetrievalDataModule, class_layout_names, register_class_layout,
     register_reid_layout, reid_layout_names,
 )
-from datamodules.class_layouts import ClassLayout
+from datamodules.class_layouts import ClassLayout, SyntheticClassesOptions
 from datamodules.class_scan import ClassRecord
+from datamodules.errors import DatasetLayoutError
 from datamodules.reid_layouts import ReIDLayout, SyntheticReIDOptions
 from datamodules.reid_scan import ReIDRecord
 
@@ -193,3 +194,30 @@ def test_old_flat_synthetic_hyper_parameters_map_to_the_nested_options():
         "synthetic_train_ids": 4, "synthetic_cameras_per_id": [2, 2], "synthetic_placement": "loose"}})
     assert ReIDDataModule(**reid).synthetic.config() == SyntheticReIDOptions(
         num_train_ids=4, cameras_per_id=(2, 2), placement="loose").config()
+
+
+class NoGallery(PersonFolders):
+    """A user's layout that forgets the gallery."""
+
+    def records(self) -> dict[str, list[ReIDRecord]]:
+        out = super().records()
+        del out["gallery"]
+        return out
+
+
+def test_a_layout_without_a_split_is_named_with_its_root(person_tree):
+    register_reid_layout("no_gallery_test", NoGallery)
+    dm = ReIDDataModule(dataset="no_gallery_test", root=str(person_tree), image_size=(64, 32), num_workers=0)
+    with pytest.raises(DatasetLayoutError, match=rf"NoGallery layout gave no gallery images for {person_tree}"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize("module", [ReIDDataModule, RetrievalDataModule])
+def test_an_unknown_synthetic_option_is_named_with_the_known_ones(module):
+    with pytest.raises(ValueError, match=r"synthetic: unknown option\(s\) \['num_ids'\] of .*its options are \[.*'seed'"):
+        module(dataset="synthetic", synthetic={"num_ids": 3, "seed": 1})
+
+
+def test_options_of_another_generator_are_refused():
+    with pytest.raises(TypeError, match="synthetic must be a SyntheticReIDOptions"):
+        ReIDDataModule(dataset="synthetic", synthetic=SyntheticClassesOptions())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from callbacks.tensorboard_summary import (
     TensorBoardSummary,
     custom_scalars_layout,
@@ -39,3 +41,33 @@ def test_nested_options_are_listed_by_their_outer_slash_inner_names():
     ranked = reading_order({"lr": 0.1}, data)
     assert {name.split(" ", 1)[1]: value for name, value in ranked.items()} == {
         "lr": 0.1, "dataset": "synthetic", "synthetic/num_train_ids": 7, "synthetic/size/height": 64}
+
+
+def _validation(summary: TensorBoardSummary, map_value: float, rank1: float) -> None:
+    """One validation end of a run monitoring Val/mAP (no logger: only the callback's own record)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    trainer = SimpleNamespace(
+        sanity_checking=False, is_global_zero=True, loggers=[], global_step=10,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        checkpoint_callbacks=[ModelCheckpoint(monitor="Val/mAP", mode="max")],
+        callback_metrics={"Val/mAP": torch.tensor(map_value, dtype=torch.float64),
+                          "Val/rank1": torch.tensor(rank1, dtype=torch.float64)},
+    )
+    model = SimpleNamespace(headline_metrics=lambda: ["Val/mAP", "Val/rank1"])
+    summary.on_validation_end(trainer, model)
+
+
+def test_a_resumed_run_keeps_its_best_so_far_line():
+    before = TensorBoardSummary()
+    _validation(before, 0.5, 0.6)
+    resumed = TensorBoardSummary()
+    resumed.load_state_dict(before.state_dict())
+    _validation(resumed, 0.4, 0.7)  # worse than the best before the resume: the line stays at 0.5
+    assert resumed.best_values == {"Val/mAP": 0.5, "Val/rank1": 0.6}
+    fresh = TensorBoardSummary()
+    _validation(fresh, 0.4, 0.7)
+    assert fresh.best_values == {"Val/mAP": 0.4, "Val/rank1": 0.7}
