@@ -20,7 +20,6 @@ instead (its title line, :func:`cama.viz.picture_title`) and in the PNG folder n
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -30,7 +29,7 @@ from torch import Tensor
 from torchvision.io import encode_png
 
 from callbacks.event_file import ImageEventFile
-from callbacks.logger_sinks import PictureSink, sinks_for
+from callbacks.logger_sinks import PictureSink, picture_file, sinks_for
 
 __all__ = ["ImageSink", "logging_step"]
 
@@ -49,10 +48,6 @@ def logging_step(trainer: pl.Trainer) -> int:
     if trainer.state.fn == TrainerFn.FITTING and step > 0:
         return step - 1
     return step
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+\-]", "_", name)
 
 
 class ImageSink:
@@ -93,12 +88,12 @@ class ImageSink:
             run = Path(logger.log_dir) / self.folder
             events = self._event_files.setdefault(str(run), ImageEventFile(run))
             events.add_png(f"{prefix}/{name}", png, height, width, channels, step)
+        file = picture_file(name, epoch)
         for sink in self.others:
-            sink.add(f"{prefix}/{name}", image, png, step, epoch)
+            sink.add(f"{prefix}/{name}", file, image, png, step)
         written: list[str] = []
         if self.directory is not None:
-            parts = [_safe_name(p) for p in name.split("/") if p]
-            path = self.directory.joinpath(f"epoch_{epoch:03d}", *parts[:-1], f"{parts[-1]}.png")
+            path = self.directory / file
             os.makedirs(path.parent, exist_ok=True)
             path.write_bytes(png)
             written.append(str(path))

@@ -46,7 +46,7 @@ def test_mlflow_file_store_holds_the_picture(tmp_path, monkeypatch):
     image = picture()
     ImageSink([], None, others=sinks_for([logger])).write("ranking/query_0", image, step=7, epoch=3)
     local = MlflowClient(tracking_uri=uri).download_artifacts(
-        logger.run_id, "explanations/epoch_003/explanations/ranking/query_0.png", str(tmp_path / "back"))
+        logger.run_id, "explanations/epoch_003/ranking/query_0.png", str(tmp_path / "back"))
     decoded = decode_png(torch.frombuffer(bytearray(Path(local).read_bytes()), dtype=torch.uint8))
     assert torch.equal(decoded, image)
 
