@@ -57,7 +57,7 @@ from cama.checkpoint_files import (
     read_checkpoint,
 )
 from cama.errors import exit_on_input_error
-from cama.loading import link_data_to_model
+from cama.loading import link_data_to_model, read_config, refuse_flat_synthetic_options
 from cama.runs import (
     LIGHTNING_CKPT_PATH_VALUES,
     CheckpointMismatchError,
@@ -131,6 +131,10 @@ class CLI(LightningCLI):
         return "untrained"
 
     def parse_arguments(self, parser, args) -> None:
+        argv = sys.argv[1:] if args is None else args
+        for path in config_files(argv) if isinstance(argv, list) else []:
+            if Path(path).is_file():  # (--config also takes a YAML string)
+                refuse_flat_synthetic_options(read_config(path), path)  # a clearer line than the parser's
         super().parse_arguments(parser, args)
         command = self.config.get("subcommand")
         if command:
@@ -285,6 +289,21 @@ class CLI(LightningCLI):
 
     def after_predict(self) -> None:
         self._warn_if_untrained("predict")
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The files named by ``--config`` in ``argv`` (``--config F`` or ``--config=F``).
+
+    >>> config_files(["fit", "--config", "a.yaml", "--config=b.yaml", "--trainer.max_epochs", "2"])
+    ['a.yaml', 'b.yaml']
+    """
+    files = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(argv):
+            files.append(argv[i + 1])
+    return files
 
 
 def main(args: list[str] | None = None, interrupt: InterruptCheckpoint | None = None) -> CLI:

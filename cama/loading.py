@@ -44,6 +44,7 @@ __all__ = [
     "checkpoint_image_size",
     "datamodule_hparams",
     "load_model",
+    "refuse_flat_synthetic_options",
 ]
 
 #: the flat ``synthetic_*`` data-module options before they became the nested ``synthetic`` object:
@@ -124,6 +125,7 @@ def _parser(with_model: bool) -> LightningArgumentParser:
 def _instantiate(config: str | os.PathLike | Mapping[str, Any], sections: dict[str, Mapping | None]) -> Any:
     source = str(config) if not isinstance(config, Mapping) else "the config"
     mapping = read_config(config) if not isinstance(config, Mapping) else config
+    refuse_flat_synthetic_options(mapping, source)
     values = {key: _section(mapping, key, source, overrides) for key, overrides in sections.items()}
     parser = _parser(with_model="model" in sections)
     try:
@@ -161,6 +163,26 @@ def instantiate_callbacks(config: Mapping[str, Any], prefix: str = "") -> list[p
 def checkpoint_class_path(checkpoint: Mapping[str, Any]) -> str | None:
     """The model class path LightningCLI saved in a loaded checkpoint, else None."""
     return (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+
+
+def refuse_flat_synthetic_options(config: Mapping[str, Any], source: str) -> None:
+    """``ConfigError`` naming each flat ``synthetic_*`` data option of an older config (``source``: the
+    file) with its nested name today, instead of the parser's "no such key".
+
+    >>> refuse_flat_synthetic_options({"data": {"init_args": {"synthetic_size": 32}}}, "old.yaml")
+    Traceback (most recent call last):
+    ...
+    cama.loading.ConfigError: old.yaml: the data option synthetic_size is now synthetic.height and synthetic.width (the synthetic generator's options are one nested mapping, docs/data.md)
+    """
+    data = config.get("data")
+    options = data.get("init_args", data) if isinstance(data, Mapping) else {}
+    old = [name for name in options if name in _OLD_SYNTHETIC_OPTIONS] if isinstance(options, Mapping) else []
+    if old:
+        renames = "; ".join(
+            f"{name} is now " + " and ".join(f"synthetic.{f}" for f in _OLD_SYNTHETIC_OPTIONS[name]) for name in old
+        )
+        raise ConfigError(f"{source}: the data option {renames} (the synthetic generator's options are one nested "
+                          "mapping, docs/data.md)")
 
 
 def datamodule_hparams(checkpoint: Mapping[str, Any]) -> dict[str, Any]:

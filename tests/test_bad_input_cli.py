@@ -107,3 +107,15 @@ def test_explain_data_overrides_that_cannot_nest_are_named(items, message):
 
     with pytest.raises(explain.ExplainError, match=message):
         explain.parse_data_overrides(items)
+
+
+def test_an_older_config_with_flat_synthetic_options_is_told_their_nested_names(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  class_path: datamodules.ReIDDataModule\n  init_args:\n    dataset: synthetic\n"
+                   "    synthetic_train_ids: 8\n    synthetic_size: 32\n")
+    result = train_py(tmp_path, "fit", "--config", str(CONFIG), "--config", str(old), *TINY)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert last_lines(result, 1) == (
+        f"train.py: error: ConfigError: {old}: the data option synthetic_train_ids is now synthetic.num_train_ids; "
+        "synthetic_size is now synthetic.height and synthetic.width (the synthetic generator's options are one "
+        "nested mapping, docs/data.md)")

@@ -13,7 +13,7 @@ import yaml
 
 from datamodules import ReIDDataModule, SyntheticReID, write_reid_folders, write_reid_layout
 from datamodules.reid import DatasetLayoutError, UnreadableImageError
-from datamodules.synthetic.reid_layouts import folder_name
+from datamodules.synthetic.reid_writers import folder_name
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_train_ids=6, num_test_ids=4, num_cameras=4, cameras_per_id=(2, 3), images_per_camera=(1, 2),

@@ -34,8 +34,8 @@ The package also holds the object classes of the few-shot and retrieval data
 * :mod:`.canvas`: cameras, background, painting of the shape table into an image with ground truth;
 * :mod:`.reid`: :class:`SyntheticReIDConfig`, :class:`SyntheticReID` (metadata and rendering) and
   :class:`SyntheticReIDDataset`;
-* :mod:`.reid_layouts`: :func:`write_reid_layout`;
-* :mod:`.object_shapes`, :mod:`.objects`, :mod:`.class_layouts`: the same for the object classes;
+* :mod:`.reid_writers`: :func:`write_reid_layout`;
+* :mod:`.object_shapes`, :mod:`.objects`, :mod:`.class_writers`: the same for the object classes;
 * :mod:`.common`: what both generators share (config overrides, noise bank, boxes, items);
 * :mod:`.real_sizes`: generators that draw the real data sets' exact sizes (the layout writers'
   ``scale="real"``, the real-size rehearsal); no data module imports it.
@@ -43,9 +43,9 @@ The package also holds the object classes of the few-shot and retrieval data
 The speed benchmark of both generators is ``bench/synthetic_data.py``.
 """
 
-from . import class_layouts, object_shapes, objects
+from . import class_writers, object_shapes, objects
 from .canvas import Camera
-from .class_layouts import *  # noqa: F401,F403 - the object classes, listed in __all__ below
+from .class_writers import *  # noqa: F401,F403 - the object classes, listed in __all__ below
 from .object_shapes import *  # noqa: F401,F403
 from .objects import *  # noqa: F401,F403
 from .people import (
@@ -67,7 +67,7 @@ from .people import (
     discriminative_parts,
 )
 from .reid import SPLITS, RenderedSample, SampleInfo, SyntheticReID, SyntheticReIDConfig, SyntheticReIDDataset
-from .reid_layouts import LAYOUTS, write_reid_folders, write_reid_layout
+from .reid_writers import LAYOUTS, write_reid_folders, write_reid_layout
 
 __all__ = [
     "PART_NAMES",
@@ -98,5 +98,5 @@ __all__ = [
     "ACCESSORY_COLOURS",
     *object_shapes.__all__,
     *objects.__all__,
-    *class_layouts.__all__,
+    *class_writers.__all__,
 ]
