@@ -59,9 +59,7 @@ from callbacks.base import (
 )
 from callbacks.image_sink import ImageSink, logging_step
 from callbacks.score_logging import ScoreLogger
-from cama.map_scoring import masked_embeddings
-from cama.metrics.localization import DEFAULT_TAUS
-from cama.metrics.map_scores import MapScores
+from cama.map_scoring import EpisodeScorer
 from cama.protocols import EpisodeTask, ShowsImages
 from cama.references import EpisodeReferences
 from cama.viz import (
@@ -74,7 +72,6 @@ from cama.viz import (
 from cama.viz.episodes import (
     FEW_SHOT_METHODS,
     episode_grid,
-    episode_maps,
     probe_rows,
     support_maps,
 )
@@ -140,13 +137,7 @@ class FewShotExplanations(Callback):
             raise ValueError(f"few-shot explanations support {list(FEW_SHOT_METHODS)}, got {unsupported}")
         self.num_episodes = int(num_episodes)
         self.num_probes = int(num_probes)
-        self.tau = float(tau)
-        self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
-        self.iou_threshold = float(iou_threshold)
-        if num_faithfulness_samples < 0:
-            raise ValueError(f"num_faithfulness_samples must be >= 0, got {num_faithfulness_samples}")
-        self.num_faithfulness_samples = int(num_faithfulness_samples)
-        self._faithfulness_left = 0
+        self.scorer = EpisodeScorer(self.methods, num_faithfulness_samples, tau, taus, iou_threshold)
         self.alpha = float(alpha)
         self.colormap = colormap
         self.draw_boxes = draw_boxes
@@ -164,7 +155,6 @@ class FewShotExplanations(Callback):
         self.last_results: dict[str, float] = {}
         self.last_written: list[str] = []
         self._active = False
-        self._scores: tuple[Any, MapScores] | None = None
         self._pictures: dict[str, Tensor] | None = None
         self._maps = MapsByIndex()
 
@@ -190,9 +180,7 @@ class FewShotExplanations(Callback):
                 "LocalizationMetrics"
             )
             self._active = False
-        if self._active and self._scores is not None:
-            self._scores[1].reset()
-        self._faithfulness_left = self.num_faithfulness_samples
+        self.scorer.start_epoch()
 
     def on_validation_batch_end(
         self,
@@ -222,10 +210,7 @@ class FewShotExplanations(Callback):
         if not self.schedule.end_epoch(trainer) or not active:
             return
         sink = ImageSink.from_trainer(trainer, save_png=self.save_png, folder=self.tag_prefix)  # may broadcast
-        results: dict[str, Tensor] = {}
-        if self._scores is not None:  # the same order on every rank: compute() syncs
-            results = self._scores[1].compute_named(self.prefix)
-            self._scores[1].reset()
+        results = self.scorer.compute(self.prefix)  # the same order on every rank: compute() syncs
         self.last_results = {k: float(v) for k, v in results.items()}
         self.score_logger.log(trainer, pl_module, results)
         pictures, self._pictures = self._pictures, None
@@ -233,7 +218,6 @@ class FewShotExplanations(Callback):
             self.last_written = self._render(trainer, sink, pictures)
 
     # ------------------------------------------------------------------ scoring
-    @torch.no_grad()
     def _score_episode(
         self,
         trainer: pl.Trainer,
@@ -249,70 +233,49 @@ class FewShotExplanations(Callback):
                 return pl_module.feature_maps(images)
 
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-        images = batch["image"]
-        size = (int(images.shape[-2]), int(images.shape[-1]))
-        has_box, has_mask = "box" in batch, "mask" in batch
-        key = (size, has_box, has_mask, str(device))
-        if self._scores is None or self._scores[0] != key:
-            scores = MapScores(
-                self.methods, size, has_box, has_mask,
-                faithfulness_names=self.methods if self.num_faithfulness_samples else (),
-                tau=self.tau, taus=self.taus, iou_threshold=self.iou_threshold,
-            )
-            self._scores = (key, scores.to(device))
-        scores = self._scores[1]
-
-        all_maps = self._maps.batch_maps(batch, forward)  # the validation step's, where it returned them
-        refs: EpisodeReferences = pl_module.episode_references(batch, all_maps)
-        query_images = images[refs.query_index]
-        correct = refs.prediction == refs.target
-        boxes = batch["box"][refs.query_index].float() if has_box else None
-        person = batch["mask"][refs.query_index].flatten(1, -3).any(dim=1) if has_mask else None
-        if boxes is not None:
-            scores.update_baselines(boxes, size)
+        with torch.no_grad():
+            all_maps = self._maps.batch_maps(batch, forward)  # the validation step's, where it returned them
+            refs: EpisodeReferences = pl_module.episode_references(batch, all_maps)
         explainer = ModelExplainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
         datamodule = trainer.datamodule
         mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
-        probes = probe_rows(refs.target, self.num_probes) if keep_pictures and self.num_probes else None
+        maps = self.scorer.score(
+            pl_module, explainer, batch, refs, lambda x: pl_module.embed_maps(forward(x)), mean, std
+        )
+        if keep_pictures and self.num_probes:
+            self._pictures = self._picture_inputs(pl_module, explainer, batch, all_maps, refs, maps)
+
+    @torch.no_grad()
+    def _picture_inputs(
+        self,
+        pl_module: pl.LightningModule,
+        explainer: ModelExplainer,
+        batch: dict[str, Tensor],
+        all_maps: list[Tensor],
+        refs: EpisodeReferences,
+        maps: dict[str, Tensor],
+    ) -> dict[str, Tensor]:
+        """The first queries' maps and images (spread over the classes), and their supports' maps
+        against them, for the pictures (on the CPU)."""
+        images = batch["image"]
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        probes = probe_rows(refs.target, self.num_probes)
         pictures: dict[str, Tensor] = {}
-        faithful = min(self._faithfulness_left, len(query_images))  # AD / IC on the first queries
-        self._faithfulness_left -= faithful
-        predicted = refs.prediction[:faithful, None]
-        if faithful:  # the score of fam Eq. 21-22, from the logits the references already hold
-            score = refs.logits[:faithful].softmax(1).gather(1, predicted)[:, 0]
-        masked_maps: dict[str, Tensor] = {}  # each method's maps of the first queries (AD / IC)
-        for method in self.methods:
-            maps = episode_maps(
-                method, explainer, query_images, refs.query_maps, refs.prototype, refs.supports, refs.metric, size
+        for method in self.methods:  # the support explained against the query (its single reference)
+            pictures[method] = maps[method][probes]
+            pictures[f"{method}/reference"] = support_maps(
+                method, explainer, pl_module, images, all_maps, refs, probes, size
             )
-            scores.update_maps(method, maps, boxes, person, correct)
-            if faithful:
-                masked_maps[method] = maps[:faithful]
-            if probes is not None:  # the support explained against the query (its single reference)
-                pictures[method] = maps[probes]
-                pictures[f"{method}/reference"] = support_maps(
-                    method, explainer, pl_module, images, all_maps, refs, probes, size
-                )
-        if masked_maps:  # probability of the predicted class on the masked queries: one forward
-            blocks = masked_embeddings(
-                lambda x: pl_module.embed_maps(forward(x)), [query_images[:faithful]] * len(masked_maps),
-                list(masked_maps.values()), mean, std,
-            )
-            probabilities = pl_module.logits(torch.cat(blocks), refs.prototypes).softmax(1)
-            masked_scores = probabilities.gather(1, predicted.repeat(len(masked_maps), 1))[:, 0]
-            for method, chunk in zip(masked_maps, masked_scores.split(faithful)):
-                scores.update_faithfulness(method, score, chunk)
-        if probes is not None:
-            support = refs.support_index[probes, 0]
-            pictures["probe_images"] = query_images[probes]
-            pictures["reference_images"] = images[support]
-            pictures["matches"] = correct[probes]
-            pictures["probe_classes"] = refs.target[probes]
-            pictures["reference_classes"] = refs.prediction[probes]
-            if boxes is not None and self.draw_boxes:
-                pictures["probe_boxes"] = boxes[probes]
-                pictures["reference_boxes"] = batch["box"][support].float()
-            self._pictures = {k: v.detach().cpu() for k, v in pictures.items()}
+        support = refs.support_index[probes, 0]
+        pictures["probe_images"] = images[refs.query_index][probes]
+        pictures["reference_images"] = images[support]
+        pictures["matches"] = (refs.prediction == refs.target)[probes]
+        pictures["probe_classes"] = refs.target[probes]
+        pictures["reference_classes"] = refs.prediction[probes]
+        if "box" in batch and self.draw_boxes:
+            pictures["probe_boxes"] = batch["box"][refs.query_index].float()[probes]
+            pictures["reference_boxes"] = batch["box"][support].float()
+        return {k: v.detach().cpu() for k, v in pictures.items()}
 
     # ------------------------------------------------------------------ rank-zero image work
     def _render(self, trainer: pl.Trainer, sink: ImageSink, pictures: dict[str, Tensor]) -> list[str]:

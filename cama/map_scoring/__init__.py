@@ -1,4 +1,4 @@
-"""Scoring explanation maps of chosen probes: the work of the localization callback, without Lightning.
+"""Scoring explanation maps of chosen probes: the work of the scoring callbacks, without Lightning.
 
 * :mod:`cama.map_scoring.sharing` -- which process scores which probe (:func:`probe_owners`,
   :func:`owned_positions`): the first process that kept a probe's maps scores it, the others are dealt
@@ -7,12 +7,15 @@
   validation step returned, completed by forwarding the others (:func:`complete_features`), and the
   masked images of AD / IC embedded in one forward (:func:`masked_embeddings`);
 * :mod:`cama.map_scoring.probes` -- :class:`ProbeScorer`: every method's maps of a set of probes
-  against their references, scored into a :class:`~cama.metrics.map_scores.MapScores`.
+  against their references, scored into a :class:`~cama.metrics.map_scores.MapScores`;
+* :mod:`cama.map_scoring.episodes` -- :class:`EpisodeScorer`: the same for few-shot queries against
+  their predicted class's prototype.
 
 Plain modules, tensors and callables in; the callers (the callbacks, the benches) decide when to
 score, on which threads, and where the numbers go.
 """
 
+from cama.map_scoring.episodes import EpisodeScorer
 from cama.map_scoring.features import (
     complete_features,
     masked_embeddings,
@@ -23,6 +26,7 @@ from cama.map_scoring.sharing import captured_flags, owned_positions, probe_owne
 
 __all__ = [
     "EVIDENCE",
+    "EpisodeScorer",
     "ProbeScorer",
     "captured_flags",
     "complete_features",
