@@ -38,18 +38,16 @@ from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
 from .image_check import check_split_images
 from .images import (
-    IMAGENET_MEAN, IMAGENET_STD, NormalizeImage, SeededTransformDataset, flip, load_image, normalized,
-    resize_pad_crop, resized,
+    NormalizeImage, SeededTransformDataset, flip, load_image, normalized, resize_pad_crop, resized,
 )
 from .registry import reid_layout
 from .reid_layouts import ReIDLayout, SyntheticReIDOptions
-from .reid_scan import ReIDRecord, resolve_reid_root, scan_reid_folder
+from .reid_scan import ReIDRecord
 from .samplers import PKSampler, split_item
 
 __all__ = [
     "DatasetLayoutError", "UnreadableImageError", "ReIDRecord", "ReIDLayout", "SyntheticReIDOptions",
     "ReIDImageDataset", "ReIDTransformDataset", "QueryGalleryDataset", "ReIDDataModule",
-    "resolve_reid_root", "scan_reid_folder", "load_image", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import DatasetLayoutError
 from .images import IMAGE_EXTENSIONS
+
+if TYPE_CHECKING:  # the layouts import this module
+    from .reid_layouts import FileNameLayout
 
 __all__ = ["ReIDRecord", "resolve_reid_root", "scan_reid_folder"]
 
@@ -36,7 +39,7 @@ def _list_dirs(path: Path) -> list[str]:
         return []
 
 
-def resolve_reid_root(layout: Any, root: str | Path | None) -> Path:
+def resolve_reid_root(layout: FileNameLayout, root: str | Path | None) -> Path:
     """The folder that holds ``layout.folders`` (e.g. ``bounding_box_train/``, ``query/``,
     ``bounding_box_test/``).
 
@@ -85,7 +88,7 @@ def resolve_reid_root(layout: Any, root: str | Path | None) -> Path:
     )
 
 
-def scan_reid_folder(folder: str | Path, layout: Any) -> list[ReIDRecord]:
+def scan_reid_folder(folder: str | Path, layout: FileNameLayout) -> list[ReIDRecord]:
     """Records of the images of one folder, sorted by file name; non-image files are skipped.
     ``layout``: its ``name``, ``pattern`` (group 1 the pid, group 2 the 1-based camera) and ``example``."""
     folder = Path(folder)
