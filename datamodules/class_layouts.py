@@ -17,7 +17,7 @@ layout of your own subclasses :class:`ClassLayout` and implements :meth:`ClassLa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -30,13 +30,14 @@ from .class_scan import (
 from .errors import DatasetLayoutError
 from .registry import register_class_layout
 from .synthetic import SyntheticClasses, SyntheticClassesConfig
+from .synthetic.common import SeededOptions
 
 __all__ = ["ClassLayout", "MiniImageNet", "CUB200", "ClassFolders", "SyntheticClassesLayout",
            "SyntheticClassesOptions"]
 
 
 @dataclass(frozen=True)
-class SyntheticClassesOptions(SyntheticClassesConfig):
+class SyntheticClassesOptions(SeededOptions, SyntheticClassesConfig):
     """The synthetic classes of a data module (its ``synthetic`` option): the generator's
     :class:`~datamodules.synthetic.SyntheticClassesConfig` and the seed of the data.
 
@@ -60,15 +61,7 @@ class SyntheticClassesOptions(SyntheticClassesConfig):
 
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        for f in fields(self):  # lists from YAML or a checkpoint's hyper-parameters -> tuples
-            if isinstance(getattr(self, f.name), list):
-                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        super().__post_init__()
-
-    def config(self) -> SyntheticClassesConfig:
-        """The generator's config (these options less the seed)."""
-        return SyntheticClassesConfig(**{f.name: getattr(self, f.name) for f in fields(SyntheticClassesConfig)})
+    generator_config: ClassVar[type] = SyntheticClassesConfig
 
 
 class ClassLayout:

@@ -13,7 +13,7 @@ config (``docs/data.md``, "Your own layout").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +24,7 @@ from .registry import register_reid_layout
 from .reid_folders import scan_reid_folders
 from .reid_scan import ReIDRecord, resolve_reid_root, scan_reid_folder
 from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig
+from .synthetic.common import SeededOptions
 
 __all__ = ["ReIDLayout", "FileNameLayout", "Market1501", "DukeMTMC", "CUHK03", "ReIDFolderLayout",
            "SyntheticReIDLayout", "SyntheticReIDOptions", "REID_SPLITS"]
@@ -32,7 +33,7 @@ REID_SPLITS = ("train", "query", "gallery")
 
 
 @dataclass(frozen=True)
-class SyntheticReIDOptions(SyntheticReIDConfig):
+class SyntheticReIDOptions(SeededOptions, SyntheticReIDConfig):
     """The synthetic re-ID set of a data module (its ``synthetic`` option): the generator's
     :class:`~datamodules.synthetic.SyntheticReIDConfig` and the seed of the data.
 
@@ -58,15 +59,7 @@ class SyntheticReIDOptions(SyntheticReIDConfig):
 
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        for f in fields(self):  # lists from YAML or a checkpoint's hyper-parameters -> tuples
-            if isinstance(getattr(self, f.name), list):
-                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        super().__post_init__()
-
-    def config(self) -> SyntheticReIDConfig:
-        """The generator's config (these options less the seed)."""
-        return SyntheticReIDConfig(**{f.name: getattr(self, f.name) for f in fields(SyntheticReIDConfig)})
+    generator_config: ClassVar[type] = SyntheticReIDConfig
 
 
 class ReIDLayout:

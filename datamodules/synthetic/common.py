@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
 from ..seeding import mix_seed
 
-__all__ = ["with_overrides", "noise_bank", "mask_box", "target_item", "rounded_box"]
+__all__ = ["SeededOptions", "with_overrides", "noise_bank", "mask_box", "target_item", "rounded_box"]
 
 C = TypeVar("C")
+
+
+class SeededOptions:
+    """Mixed into a data module's ``synthetic`` option, a dataclass that derives from a generator's
+    config class (named by ``generator_config``) and adds ``seed``: lists (from YAML or a
+    checkpoint's hyper-parameters) become tuples, and :meth:`config` gives the generator's config."""
+
+    generator_config: ClassVar[type]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        super().__post_init__()  # type: ignore[misc]
+
+    def config(self) -> Any:
+        """The generator's config (these options less the seed)."""
+        return self.generator_config(**{f.name: getattr(self, f.name) for f in fields(self.generator_config)})
 
 
 def with_overrides(config_type: type[C], config: C | None, overrides: dict[str, Any]) -> C:
