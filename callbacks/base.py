@@ -209,6 +209,18 @@ class EpochSchedule:
         self.validation_epochs = int(state_dict.get("validation_epochs", 0))
 
 
+def joint_state(*parts: Any) -> dict[str, Any]:
+    """A callback's ``state_dict`` from its collaborators' (an :class:`EpochSchedule`, a
+    :class:`RankingProbes`): their keys side by side."""
+    return {key: value for part in parts for key, value in part.state_dict().items()}
+
+
+def load_joint_state(state_dict: Mapping[str, Any], *parts: Any) -> None:
+    """Each collaborator reads its keys of a callback's ``state_dict`` (:func:`joint_state`)."""
+    for part in parts:
+        part.load_state_dict(state_dict)
+
+
 class OnceWarnings:
     """Says each message once (rank zero), prefixed with its owner's name (``owner: message``)."""
 
@@ -256,6 +268,7 @@ class RankingProbes:
         self.indices: list[int] = []  # the callback keeps them in its state_dict
         self._dataset: Any = None
         self._provider: Any = None
+        self._capture: ProbeCapture | None = None
 
     def provider(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any | None:
         """The task's reference provider over the evaluation set (None: not a ranking task / no set).
@@ -288,13 +301,24 @@ class RankingProbes:
         self.indices = choose_probes(candidates, self.count, self.seed)
         return self.indices
 
-    def capture(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, warn: Callable[[str], None]
-    ) -> ProbeCapture | None:
-        """A :class:`ProbeCapture` of the probes for this epoch's validation steps; None when the model
-        does not rank (nothing to capture)."""
-        provider = self.provider(trainer, pl_module)
-        return ProbeCapture(self.choose(provider, warn)) if provider is not None else None
+    def start_capture(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, warn: Callable[[str], None], wanted: bool
+    ) -> None:
+        """When ``wanted``, keep the probes' maps from this epoch's validation steps (:meth:`add`); nothing
+        is kept when the model does not rank."""
+        provider = self.provider(trainer, pl_module) if wanted else None
+        self._capture = ProbeCapture(self.choose(provider, warn)) if provider is not None else None
+
+    def add(self, outputs: Any, batch: Any) -> None:
+        """A validation step's returned maps (``on_validation_batch_end``): the probes' rows are kept."""
+        if self._capture is not None:
+            self._capture.add(outputs, batch)
+
+    def take_captured(self) -> dict[int, dict[str, Any]]:
+        """The epoch's captured probes (dataset index -> their maps), and the capture ends."""
+        captured = self._capture.captured if self._capture is not None else {}
+        self._capture = None
+        return captured
 
     def epoch_inputs(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, warn: Callable[[str], None]

@@ -62,10 +62,11 @@ from torch import Tensor
 from callbacks.base import (
     EpochSchedule,
     OnceWarnings,
-    ProbeCapture,
     RankingProbes,
     cpu_threads,
+    joint_state,
     load_items,
+    load_joint_state,
 )
 from callbacks.score_logging import ScoreLogger
 from cama.map_scoring import ProbeScorer, captured_flags, owned_positions
@@ -145,39 +146,30 @@ class LocalizationMetrics(Callback):
         self.score_logger = ScoreLogger(self.prefix)
         self.warnings = OnceWarnings(type(self).__name__)
         self.last_results: dict[str, float] = {}
-        self._capture: ProbeCapture | None = None
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(prefix=self.prefix)
 
-    @property
-    def probe_indices(self) -> list[int]:
-        """The dataset indices of the probes (chosen once; ``probe_indices`` in the ``state_dict``)."""
-        return self.probes.indices
-
     def state_dict(self) -> dict[str, Any]:
-        return {**self.schedule.state_dict(), **self.probes.state_dict()}
+        return joint_state(self.schedule, self.probes)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.schedule.load_state_dict(state_dict)
-        self.probes.load_state_dict(state_dict)
+        load_joint_state(state_dict, self.schedule, self.probes)
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        capture = self.schedule.due(trainer) and self.reuse_features
-        self._capture = self.probes.capture(trainer, pl_module, self.warnings.warn) if capture else None
+        wanted = self.schedule.due(trainer) and self.reuse_features
+        self.probes.start_capture(trainer, pl_module, self.warnings.warn, wanted)
 
     def on_validation_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
         batch_idx: int, dataloader_idx: int = 0,
     ) -> None:
-        if self._capture is not None:
-            self._capture.add(outputs, batch)
+        self.probes.add(outputs, batch)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        captured = self._capture.captured if self._capture is not None else {}
-        self._capture = None
+        captured = self.probes.take_captured()
         if not self.schedule.end_epoch(trainer):
             return
         inputs = self.probes.epoch_inputs(trainer, pl_module, self.warnings.warn)  # collective: every rank

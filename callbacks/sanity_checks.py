@@ -47,7 +47,9 @@ from callbacks.base import (
     OnceWarnings,
     RankingProbes,
     cpu_threads,
+    joint_state,
     load_items,
+    load_joint_state,
 )
 from callbacks.score_logging import ScoreLogger
 from cama.explain import SanityCheckResult, sanity_check
@@ -134,17 +136,11 @@ class SanityChecks(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(prefix=self.prefix)
 
-    @property
-    def probe_indices(self) -> list[int]:
-        """The dataset indices of the probes (chosen once; ``probe_indices`` in the ``state_dict``)."""
-        return self.probes.indices
-
     def state_dict(self) -> dict[str, Any]:
-        return {**self.schedule.state_dict(), **self.probes.state_dict()}
+        return joint_state(self.schedule, self.probes)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.schedule.load_state_dict(state_dict)
-        self.probes.load_state_dict(state_dict)
+        load_joint_state(state_dict, self.schedule, self.probes)
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -21,7 +21,7 @@ def test_the_probes_are_kept_as_probe_indices(make):
     assert state == {"validation_epochs": 0, "probe_indices": [4, 1, 7]}
     restored = make()
     restored.load_state_dict(state)
-    assert restored.probe_indices == [4, 1, 7]
+    assert restored.probes.indices == [4, 1, 7]
 
 
 @pytest.mark.parametrize("make", [LocalizationMetrics, SanityChecks])
@@ -31,7 +31,7 @@ def test_a_state_written_under_the_old_name_loads(make):
     old = {"validation_epochs": 3, "sample_indices": [9, 2, 5]}
     callback = make()
     callback.load_state_dict(old)
-    assert callback.probe_indices == [9, 2, 5]
+    assert callback.probes.indices == [9, 2, 5]
     assert callback.schedule.validation_epochs == 3
     assert callback.state_dict() == {"validation_epochs": 3, "probe_indices": [9, 2, 5]}
 

@@ -233,8 +233,8 @@ def test_localization_reuses_the_validation_features(model, datamodule, tmp_path
     assert loads == [], "every sample was captured in the model's own validation step"
     recomputed = LocalizationMetrics(num_samples=10, num_faithfulness_samples=4, reuse_features=False)
     validate(model, datamodule, [recomputed], tmp_path)
-    assert sorted(loads) == sorted(recomputed.probe_indices)
-    assert reused.probe_indices == recomputed.probe_indices
+    assert sorted(loads) == sorted(recomputed.probes.indices)
+    assert reused.probes.indices == recomputed.probes.indices
     results = reused.last_results
     for method in ("dist_cam", "ram", "fam"):
         for name in (
@@ -357,7 +357,7 @@ def test_part_evidence_scores_the_probes_summed_ram_and_its_branches_regions(mod
     (k the OAP's) for the parts covered."""
     callback = LocalizationMetrics(methods=["ram"], num_samples=12, num_faithfulness_samples=0)
     validate(model, datamodule, [callback], tmp_path)
-    batch = load_items(datamodule.eval_dataset, callback.probe_indices)
+    batch = load_items(datamodule.eval_dataset, callback.probes.indices)
     explainer = ModelExplainer(model)
     with torch.no_grad():
         features = explainer.features(batch["image"])

@@ -114,7 +114,7 @@ def test_callbacks_draw_and_score_a_retrieval_model(model, datamodule, tmp_path)
         assert f"loc/fam/{name}" in scores.last_results
     # a constant map's energy in the box is the box's share of the image (fam Eq. 19), per sample
     dataset = datamodule.val_dataloader().dataset
-    boxes = torch.stack([torch.as_tensor(dataset[i]["box"]).float() for i in scores.probe_indices])
+    boxes = torch.stack([torch.as_tensor(dataset[i]["box"]).float() for i in scores.probes.indices])
     height, width = dataset[0]["image"].shape[-2:]
     shares = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (height * width)
     assert scores.last_results["loc/uniform_baseline/energy"] == pytest.approx(float(shares.mean()), rel=1e-5)

@@ -259,8 +259,8 @@ def test_callback_logs_the_check_and_leaves_the_model_trained(tmp_path):
             name = f"sanity/{method}/{measure}_conv1"
             assert float(trainer.callback_metrics[name]) == pytest.approx(callback.last_results[name])
         assert callback.last_results[f"sanity/{method}/spearman_conv1"] < 1.0
-    assert len(callback.probe_indices) == 4
-    assert callback.state_dict()["probe_indices"] == callback.probe_indices
+    assert len(callback.probes.indices) == 4
+    assert callback.state_dict()["probe_indices"] == callback.probes.indices
 
 
 def test_callback_is_off_by_default_and_sanity_maps_are_image_sized():
