@@ -11,6 +11,7 @@ protocol                  what the model offers                    who uses it
 :class:`HasClassifier`    ``classifier_weights()`` (CAM weights)   CAM (dist-cam Eq. 3)
 :class:`HasProjection`    ``embedding_projection()`` (FC ``W``)    FAM Eq. 16-18
 :class:`HasBranchLayers`  ``explanation_layers()`` per branch      the gradient CAMs' default layers
+:class:`HasTokenLayers`   ``token_grid(size)``: tokens -> maps      the gradient CAMs of a transformer
 :class:`HasOverlapPenalty` ``overlap_topk()`` (OAP's k, Eq. 5)     the branch-overlap score
 :class:`HasRandomizationBlocks` ``randomization_blocks()``         the sanity checks (Adebayo et al.)
 :class:`RankingTask`      ``evaluation_embeddings()``,             re-ID / retrieval callbacks
@@ -29,7 +30,7 @@ The data side: a data module that can show its images offers :class:`ShowsImages
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from torch import Tensor, nn
@@ -39,6 +40,7 @@ __all__ = [
     "HasClassifier",
     "HasProjection",
     "HasBranchLayers",
+    "HasTokenLayers",
     "HasOverlapPenalty",
     "HasRandomizationBlocks",
     "ReferenceProvider",
@@ -90,6 +92,16 @@ class HasBranchLayers(Protocol):
 
     def explanation_layers(self) -> list[list[str]]:
         """Submodule names (``model.get_submodule``) per branch, e.g. ``[["backbone.branches.0"], ...]``."""
+        ...
+
+
+@runtime_checkable
+class HasTokenLayers(Protocol):
+    """A model whose gradient layers may output tokens ``[B, N, K]`` (a vision transformer)."""
+
+    def token_grid(self, size: tuple[int, int]) -> Callable[[Tensor], Tensor] | None:
+        """For images of ``size`` ``(H, W)``: the ``reshape`` of :func:`cama.explain.gradient_cam` that
+        turns the layers' tokens into ``[B, K, h, w]`` maps, or None when the layers output maps."""
         ...
 
 

@@ -207,6 +207,10 @@ class MultiBranchResNet(nn.Module):
         stem = self.stem
         return [("conv5", self.branches), *_stem_stages(stem[0], stem[1], [stem[4], stem[5], stem[6]])]
 
+    def layer_names(self) -> list[list[str]]:
+        """Each branch's conv5 copy: the default layer of its gradient maps."""
+        return [[f"branches.{i}"] for i in range(len(self.branches))]
+
     def forward(self, images: Tensor) -> list[Tensor]:
         shared = self.stem(images)
         return [branch(shared) for branch in self.branches]

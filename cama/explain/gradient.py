@@ -55,8 +55,8 @@ import torch
 from torch import Tensor, nn
 
 from ._common import full_precision
-from .precision import work_dtype
 from .render import minmax_normalize, postprocess
+from .truncation import truncate_gradients
 
 __all__ = [
     "Method",
@@ -72,35 +72,6 @@ __all__ = [
 Method = Literal["gradcam", "gradcam++", "layercam", "fullgrad"]
 _METHODS = ("gradcam", "gradcam++", "layercam", "fullgrad")
 LayerSpec = nn.Module | str
-
-
-# --------------------------------------------------------------------------------------------------
-# truncation trick
-# --------------------------------------------------------------------------------------------------
-def truncate_gradients(gradients: Tensor, percentile: float, per_channel: bool = False) -> Tensor:
-    """Truncation trick, ltgrad-cam Eq. 9-10: keep ``g >= delta``, zero the others.
-
-    ``delta`` is the ``percentile``-th percentile (linear interpolation, as ``numpy.percentile``)
-    of the positive entries of each sample's feature map; a map without a positive gradient
-    keeps nothing. Vectorised with ``torch.nanquantile`` over the non-positive entries set to NaN.
-
-    Args:
-        gradients: ``[B, K, h, w]`` (any ``[B, ...]`` when ``per_channel`` is False).
-        percentile: ``delta`` in ``[0, 100]``; 0 keeps exactly the positive gradients.
-        per_channel: take the percentile of each channel ``[h, w]`` instead of the whole
-            ``[K, h, w]`` map.
-
-    Returns:
-        The truncated gradients, same shape and dtype.
-    """
-    if not 0.0 <= percentile <= 100.0:
-        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
-    rows = gradients.flatten(2) if per_channel else gradients.flatten(1)  # [B, K, hw] or [B, n]
-    work = rows.to(work_dtype(rows.dtype))
-    positive = torch.where(work > 0, work, torch.full_like(work, float("nan")))
-    delta = torch.nanquantile(positive, percentile / 100.0, dim=-1, keepdim=True)
-    keep = work >= delta  # False against NaN: no positive gradient keeps nothing
-    return torch.where(keep, rows, torch.zeros_like(rows)).reshape(gradients.shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,12 +222,14 @@ def record_gradients(
     layers: LayerSpec | Sequence[LayerSpec],
     inputs: bool = False,
     eval_mode: bool = True,
+    reshape: Callable[[Tensor], Tensor] | None = None,
 ) -> GradientRecord:
     """One forward (hooks record the ``layers``' outputs) and one backward pass of ``score_fn`` for the
     whole batch: the activations and gradients every gradient CAM is made of (:func:`gradient_cam`).
 
     ``inputs=True`` also records the images and their gradient (FullGrad's input term). The
-    safety guarantees and the requirements on ``layers`` are :func:`gradient_cam`'s.
+    safety guarantees and the requirements on ``layers`` are :func:`gradient_cam`'s; ``reshape`` turns
+    each layer's output and its gradient into ``[B, K, h, w]`` (a transformer's tokens, as there).
     """
     if images.ndim != 4:
         raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
@@ -288,16 +261,22 @@ def record_gradients(
             if len(record) != 1:
                 name = module.__class__.__name__
                 raise RuntimeError(f"layer {name} ran {len(record)} times in one forward")
-        activations = [record[0] for record in records]
+        outputs = [record[0] for record in records]
+        activations = outputs if reshape is None else [reshape(output) for output in outputs]
         for activation in activations:
             if activation.ndim != 4:
-                raise ValueError(f"layer outputs must be [B, K, h, w], got {tuple(activation.shape)}")
-        targets = activations + ([leaf] if inputs else [])
+                hint = "" if reshape is not None else " (a transformer's tokens need `reshape`)"
+                raise ValueError(f"layer outputs must be [B, K, h, w], got {tuple(activation.shape)}{hint}")
+        targets = outputs + ([leaf] if inputs else [])
         gradients = torch.autograd.grad(scores.sum(), targets, allow_unused=True)
+        if reshape is not None:  # the gradients of the tokens, re-indexed like the tokens themselves
+            layer_gradients = [g if g is None else reshape(g) for g in gradients[: len(modules)]]
+            gradients = layer_gradients + list(gradients[len(modules):])
         with torch.no_grad():  # biases as the forward saw them (eval-mode batch norm)
             biases = [_effective_bias(module) for module in modules]
             biases = [None if bias is None else bias.detach().clone() for bias in biases]
-    gradients = [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(targets, gradients)]
+    recorded = activations + ([leaf] if inputs else [])
+    gradients = [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(recorded, gradients)]
     return GradientRecord(
         activations=tuple(a.detach() for a in activations),
         gradients=tuple(gradients[: len(modules)]),
@@ -351,6 +330,7 @@ def gradient_cam(
     truncation: float | None = None,
     truncation_per_channel: bool = False,
     eval_mode: bool = True,
+    reshape: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Gradient CAM of a scalar score per sample, layerized and optionally truncated (ltgrad-cam).
 
@@ -368,7 +348,8 @@ def gradient_cam(
     ``.grad`` and ``requires_grad`` are restored afterwards, and the hooks are removed -- also when
     an exception is raised.
 
-    Each hooked module must run once per forward and return a floating ``[B, K, h, w]`` tensor.
+    Each hooked module must run once per forward and return a floating ``[B, K, h, w]`` tensor (or one
+    that ``reshape`` turns into it).
     Its output is handed on as a clone, so an in-place operation that follows it (e.g.
     ``ReLU(inplace=True)`` after a batch norm) does not change the recorded activation.
 
@@ -383,6 +364,9 @@ def gradient_cam(
             disables the truncation trick.
         truncation_per_channel: take the percentile per channel instead of per whole map.
         eval_mode: run the model in eval mode (batch norm with running statistics, no dropout).
+        reshape: turns a layer's output into ``[B, K, h, w]``; applied to the output and to its
+            gradient alike (pytorch-grad-cam's ``reshape_transform``). For a ViT,
+            :class:`cama.backbones.vit.TokenGrid` drops the class token and folds the patch tokens.
 
     Returns:
         ``[B, H, W]`` in ``[0, 1]``, float32 (float64 when the hooked layers output float64), on the
@@ -391,7 +375,7 @@ def gradient_cam(
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     record = record_gradients(model, images, score_fn, layers, inputs=method == "fullgrad",
-                              eval_mode=eval_mode)
+                              eval_mode=eval_mode, reshape=reshape)
     total: Tensor | None = None
     for layer_map in gradient_layer_maps(record, method, truncation, truncation_per_channel):
         total = layer_map if total is None else total + layer_map

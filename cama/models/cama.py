@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cama.backbones import MultiBranchResNet
+from cama.backbones import MultiBranchViT, TokenGrid, TransformerOptions, build_branches
 from cama.losses import overlapped_activation_penalty
 from cama.metrics import ReIDRankMetric
 from cama.models.checkpoints import init_from_checkpoint
@@ -34,7 +34,8 @@ class CAMA(pl.LightningModule):
 
     Args:
         num_classes: number of training identities (linked from the data module by ``train.py``).
-        backbone: torchvision ResNet name (``resnet10`` is a small one for CPU runs).
+        backbone: torchvision ResNet name (``resnet10`` is a small one for CPU runs) or a timm vision
+            transformer (see ``transformer``).
         num_branches: N, the number of ordered branches.
         pretrained: ``None``, ``"imagenet"`` (torch hub cache, never downloaded) or a weights file.
         width: channels of the backbone's first stage (64: the torchvision ResNet; 32 costs about a
@@ -65,6 +66,10 @@ class CAMA(pl.LightningModule):
             buffers, by element count) match ``init_from`` by name and shape; 0 loads whatever matches.
         channels_last: run the backbone in the channels-last memory format (faster convolutions on
             CPU; the results do not change beyond float rounding).
+        transformer: with a timm vision transformer as ``backbone`` (e.g. ``vit_small_patch16_224``):
+            its image size, pooling (mean of the patch tokens or the class token), blocks per branch
+            and size overrides (:class:`cama.backbones.TransformerOptions`); the branches are copies of
+            its last blocks and the OAP compares their token grids.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class CAMA(pl.LightningModule):
         init_from: str | None = None,
         init_from_min_match: float = 0.5,
         channels_last: bool = False,
+        transformer: TransformerOptions | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -97,7 +103,7 @@ class CAMA(pl.LightningModule):
         if lr_schedule not in ("step", "cosine"):
             raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {lr_schedule!r}")
         self.save_hyperparameters()
-        self.backbone = MultiBranchResNet(backbone, num_branches, pretrained, last_stride, width)
+        self.backbone = build_branches(backbone, num_branches, pretrained, last_stride, width, transformer)
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         channels = self.backbone.out_channels
@@ -127,8 +133,13 @@ class CAMA(pl.LightningModule):
         return [head.classifier.weight for head in self.heads]
 
     def explanation_layers(self) -> list[list[str]]:
-        """Each branch's last block (conv5 copy), the default layer of its gradient CAMs."""
-        return [[f"backbone.branches.{i}"] for i in range(len(self.backbone.branches))]
+        """Each branch's last block (conv5 copy; a transformer's: the norm in front of its last
+        attention), the default layer of its gradient CAMs."""
+        return [[f"backbone.{name}" for name in names] for names in self.backbone.layer_names()]
+
+    def token_grid(self, size: tuple[int, int]) -> TokenGrid | None:
+        """A transformer's tokens -> maps for images of ``size`` (:class:`cama.protocols.HasTokenLayers`)."""
+        return self.backbone.token_grid(size) if isinstance(self.backbone, MultiBranchViT) else None
 
     def randomization_blocks(self) -> list[tuple[str, nn.Module]]:
         """``head`` (every branch's BN and classifier), ``conv5`` (every branch) .. ``conv1``: the

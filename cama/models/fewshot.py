@@ -35,7 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cama.backbones import RESNET_NAMES, Conv4, ResNet12, ResNetBody, build_resnet
+from cama.backbones import (
+    RESNET_NAMES, Conv4, ResNet12, TokenGrid, TransformerOptions, ViTBody, build_body, is_transformer,
+    last_conv_layer,
+)
 from cama.explain.precision import work_dtype
 from cama.metrics import FewShotAccuracy
 from cama.models.checkpoints import init_from_checkpoint
@@ -52,7 +55,7 @@ __all__ = [
     "ProtoNet",
 ]
 
-FEW_SHOT_BACKBONES = ("conv4", "resnet12", *RESNET_NAMES)
+FEW_SHOT_BACKBONES = ("conv4", "resnet12", *RESNET_NAMES)  # and timm's vision transformers
 
 
 def build_fewshot_backbone(
@@ -60,6 +63,7 @@ def build_fewshot_backbone(
     pretrained: str | None = None,
     last_stride: int = 2,
     activation: Literal["relu", "leaky_relu"] | None = None,
+    transformer: TransformerOptions | None = None,
 ) -> tuple[nn.Module, int]:
     """``(backbone, channels)``: a module mapping images ``[B, 3, H, W]`` to maps ``[B, channels, h, w]``.
 
@@ -72,6 +76,8 @@ def build_fewshot_backbone(
             map resolution, 84x84 -> 6x6 instead of 3x3).
         activation: ``"relu"`` or ``"leaky_relu"`` (slope 0.1, FAM Sec. V-B) for Conv4 / ResNet-12;
             default ReLU for Conv4 (ProtoNet), LeakyReLU for ResNet-12.
+        transformer: with a timm vision transformer as ``name``: its options
+            (:class:`cama.backbones.TransformerOptions`); its patch tokens are the maps.
     """
     if name == "conv4":
         if pretrained:
@@ -83,10 +89,8 @@ def build_fewshot_backbone(
             raise ValueError("pretrained weights exist only for torchvision ResNets; use init_from for ResNet-12")
         net = ResNet12(activation=activation or "leaky_relu")
         return net, net.out_channels
-    if name in RESNET_NAMES:
-        tv = build_resnet(name, pretrained, last_stride)
-        body = ResNetBody(tv)
-        return body, tv.fc.in_features
+    if name in RESNET_NAMES or is_transformer(name):
+        return build_body(name, pretrained, last_stride, transformer=transformer)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(FEW_SHOT_BACKBONES)}")
 
 
@@ -136,6 +140,7 @@ class ProtoNet(OneBranchGAP, pl.LightningModule):
             ``batch["index"]``; the network is in eval mode, so an image's embedding does not depend
             on the episode it is in): 2,000 test episodes then cost a few hundred forward passes.
         channels_last: run the backbone in the channels-last memory format (faster convolutions on CPU).
+        transformer: a timm transformer's options (:class:`cama.backbones.TransformerOptions`).
         init_from: a checkpoint whose matching weights initialise a fresh run (fine-tuning).
         init_from_min_match: the least fraction of the model's values ``init_from`` must match (0: any).
     """
@@ -160,6 +165,7 @@ class ProtoNet(OneBranchGAP, pl.LightningModule):
         classifier_weight: float = 0.0,
         eval_cache: bool = True,
         channels_last: bool = False,
+        transformer: TransformerOptions | None = None,
         init_from: str | None = None,
         init_from_min_match: float = 0.5,
     ) -> None:
@@ -176,7 +182,9 @@ class ProtoNet(OneBranchGAP, pl.LightningModule):
         if uses_classifier and num_classes < 2:
             raise ValueError(f"the base-class classifier needs num_classes >= 2, got {num_classes}")
         self.save_hyperparameters()
-        self.backbone, self.out_channels = build_fewshot_backbone(backbone, pretrained, last_stride, activation)
+        self.backbone, self.out_channels = build_fewshot_backbone(
+            backbone, pretrained, last_stride, activation, transformer
+        )
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         init_scale = float(scale) if scale is not None else (1.0 if metric == "euclidean" else 10.0)
@@ -195,6 +203,17 @@ class ProtoNet(OneBranchGAP, pl.LightningModule):
     # feature_maps, embed_maps: OneBranchGAP (the backbone's maps, their global average pool)
     def forward(self, images: Tensor) -> Tensor:
         return self.embed_maps(self.feature_maps(images))
+
+    def explanation_layers(self) -> list[list[str]]:
+        """The gradient maps' default layer: the backbone's last convolution, or a transformer's norm in
+        front of its last attention (:class:`cama.protocols.HasBranchLayers`)."""
+        if isinstance(self.backbone, ViTBody):
+            return [[f"backbone.{name}" for name in self.backbone.layer_names()[0]]]
+        return [[f"backbone.{last_conv_layer(self.backbone)}"]]
+
+    def token_grid(self, size: tuple[int, int]) -> TokenGrid | None:
+        """A transformer's tokens -> maps (:class:`cama.protocols.HasTokenLayers`); None for a CNN."""
+        return self.backbone.token_grid(size) if isinstance(self.backbone, ViTBody) else None
 
     def randomization_blocks(self) -> list[tuple[str, nn.Module]]:
         """The backbone's stages, top first (:class:`cama.protocols.HasRandomizationBlocks`); the

@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cama.backbones import RESNET_NAMES, ResNetBody, build_resnet
+from cama.backbones import TokenGrid, TransformerOptions, ViTBody, build_body, last_conv_layer
+from cama.backbones.builders import check_backbone_name
 from cama.metrics.retrieval import RECALL_KS, RetrievalMetric
 from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
@@ -84,7 +85,8 @@ class RetrievalModel(pl.LightningModule):
     Args:
         num_classes: number of training classes (linked from the data module by ``train.py``); used
             by the losses that need it (ArcFace, Proxy-Anchor, ...).
-        backbone: a torchvision ResNet of :data:`cama.backbones.RESNET_NAMES` (up to ``layer4``).
+        backbone: a torchvision ResNet of :data:`cama.backbones.RESNET_NAMES` (up to ``layer4``) or a
+            timm vision transformer (its patch tokens as the maps; see ``transformer``).
         pretrained: ``None``, ``"imagenet"`` (torch hub cache, never downloaded) or a weights file.
         last_stride: stride of ``layer4`` (2 as in torchvision; 1 doubles the resolution of the maps).
         width: channels of the backbone's first stage (64: the torchvision ResNet; narrower nets for
@@ -115,6 +117,7 @@ class RetrievalModel(pl.LightningModule):
         rerank: also log ``recall@K_rerank`` and ``map@r_rerank``, ranked by k-reciprocal re-ranked
             distances (Zhong et al. 2017, :func:`cama.metrics.rerank.re_ranking`).
         channels_last: run the backbone in the channels-last memory format (faster on CPU).
+        transformer: a timm transformer's options (:class:`cama.backbones.TransformerOptions`).
         init_from: a checkpoint whose matching weights initialise a fresh run (fine-tuning).
         init_from_min_match: the least fraction of the model's values ``init_from`` must match (0: any).
     """
@@ -146,12 +149,12 @@ class RetrievalModel(pl.LightningModule):
         knn: Literal["auto", "faiss", "torch"] = "auto",
         rerank: bool = False,
         channels_last: bool = False,
+        transformer: TransformerOptions | None = None,
         init_from: str | None = None,
         init_from_min_match: float = 0.5,
     ) -> None:
         super().__init__()
-        if backbone not in RESNET_NAMES:
-            raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(RESNET_NAMES)}")
+        check_backbone_name(backbone)
         if pooling not in ("avg", "max", "gem"):
             raise ValueError(f"pooling must be 'avg', 'max' or 'gem', got {pooling!r}")
         if optimizer not in ("adam", "adamw", "sgd"):
@@ -161,9 +164,7 @@ class RetrievalModel(pl.LightningModule):
         if embedding_size is not None and embedding_size < 0:
             raise ValueError(f"embedding_size must be positive, 0 or None, got {embedding_size}")
         self.save_hyperparameters()
-        net = build_resnet(backbone, pretrained, last_stride, width)
-        self.backbone = ResNetBody(net)
-        self.out_channels = net.fc.in_features
+        self.backbone, self.out_channels = build_body(backbone, pretrained, last_stride, width, transformer)
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.gem_p = nn.Parameter(torch.tensor(float(gem_p))) if pooling == "gem" else None
@@ -208,6 +209,17 @@ class RetrievalModel(pl.LightningModule):
     def embedding_projection(self) -> Tensor | None:
         """The FC projection weight ``W`` ``[D, K]`` (``e = W g``) for FAM's Eq. 16-18, or ``None``."""
         return None if self.projection is None else self.projection.weight.detach()
+
+    def explanation_layers(self) -> list[list[str]]:
+        """The gradient maps' default layer: the backbone's last convolution, or a transformer's norm in
+        front of its last attention (:class:`cama.protocols.HasBranchLayers`)."""
+        if isinstance(self.backbone, ViTBody):
+            return [[f"backbone.{name}" for name in self.backbone.layer_names()[0]]]
+        return [[f"backbone.{last_conv_layer(self.backbone)}"]]
+
+    def token_grid(self, size: tuple[int, int]) -> TokenGrid | None:
+        """A transformer's tokens -> maps (:class:`cama.protocols.HasTokenLayers`); None for a CNN."""
+        return self.backbone.token_grid(size) if isinstance(self.backbone, ViTBody) else None
 
     def randomization_blocks(self) -> list[tuple[str, nn.Module]]:
         """``projection`` (when there is one), then the backbone's ``conv5`` .. ``conv1``: the cascading

@@ -59,7 +59,7 @@ from cama.explain import (
 )
 from cama.explain.precision import at_least_float32
 from cama.viz.targets import Target, as_target
-from cama.protocols import EmbeddingModel, HasBranchLayers, HasClassifier, HasProjection
+from cama.protocols import EmbeddingModel, HasBranchLayers, HasClassifier, HasProjection, HasTokenLayers
 
 __all__ = [
     "FORWARD_METHODS",
@@ -277,8 +277,12 @@ class ModelExplainer:
         target = as_target(target).embedding(method, features.embedding)
         embedder = _Embedder(self.model)
         per_branch, all_layers = self._layers()
+        # a transformer's layers output tokens: the model folds them into maps (HasTokenLayers)
+        size = tuple(features.images.shape[-2:])
+        reshape = self.model.token_grid(size) if isinstance(self.model, HasTokenLayers) else None
         kwargs = dict(
-            method=method, truncation=self.truncation, truncation_per_channel=self.truncation_per_channel
+            method=method, truncation=self.truncation, truncation_per_channel=self.truncation_per_channel,
+            reshape=reshape,
         )
         summed = gradient_cam(embedder, features.images, similarity_score(target), all_layers, **kwargs)
         if not branches or features.num_branches == 1 or features.slices is None:
