@@ -100,15 +100,11 @@ def test_matches_reference_clustered():
     _compare(*_problem(20, 60, 8, 5, clusters=6), k1=8, k2=4)
 
 
-def test_matches_reference_chunked(monkeypatch):
+def test_matches_reference_chunked():
     """Tiny chunk budgets give the same numbers (every chunked loop runs many times)."""
-    import cama.metrics.rerank as rr
-
     qg, qq, gg = _problem(12, 40, 8, 6, clusters=4)
     want = re_ranking(qg, qq, gg, k1=6, k2=3)
-    monkeypatch.setattr(rr, "_CHUNK_BYTES", 1)
-    monkeypatch.setattr(rr, "_CHUNK_PAIRS", 7)
-    got = re_ranking(qg, qq, gg, k1=6, k2=3)
+    got = re_ranking(qg, qq, gg, k1=6, k2=3, chunk_bytes=1)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
     _compare(qg, qq, gg, k1=6, k2=3)
 

@@ -18,9 +18,27 @@ from torch import Tensor
 
 from cama.explain.precision import autocast_off
 
-__all__ = ["overflow_safe_float32", "pairwise_distance"]
+__all__ = ["overflow_safe_float32", "overflow_safe_scale", "paired_distance", "pairwise_distance", "prepared_distance"]
 
 _FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def overflow_safe_scale(*embeddings: Tensor) -> Tensor:
+    """The power of two ``2^-k``, ``k >= 0``, that :func:`overflow_safe_float32` multiplies ``embeddings``
+    by: a 0-d tensor in their promoted dtype (at least float32), 1 unless an entry is larger than
+    ``sqrt(float32_max / (8 D))``. No host synchronisation."""
+    dim = max(max((e.shape[-1] for e in embeddings), default=1), 1)
+    limit_exponent = math.floor(math.log2(math.sqrt(_FLOAT32_MAX / (8 * dim))))
+    dtype = torch.float32
+    for e in embeddings:
+        dtype = torch.promote_types(dtype, e.dtype)
+    nonempty = [e for e in embeddings if e.numel()]
+    if not nonempty:
+        return torch.ones((), dtype=dtype)
+    largest = torch.stack([e.abs().amax().to(dtype) for e in nonempty]).amax()
+    _, exponent = torch.frexp(largest)  # largest < 2^exponent
+    k = (exponent - limit_exponent).clamp_min(0).to(dtype)
+    return torch.exp2(-k)  # 1 unless needed; an exact power of two
 
 
 def overflow_safe_float32(*embeddings: Tensor) -> tuple[Tensor, ...]:
@@ -29,8 +47,9 @@ def overflow_safe_float32(*embeddings: Tensor) -> tuple[Tensor, ...]:
     ``k`` is the smallest exponent for which every entry is at most
     ``sqrt(float32_max / (8 D))``, so that sums of ``D`` squared differences stay finite in float32
     with a factor of 2 to spare; ``k = 0`` (the embeddings only cast to float32) unless an entry is
-    larger than that bound. The scaling is done before the cast, in float64 for float64 inputs, so
-    finite float64 embeddings beyond the float32 range stay finite. No host synchronisation.
+    larger than that bound (:func:`overflow_safe_scale`). The scaling is done before the cast, in
+    float64 for float64 inputs, so finite float64 embeddings beyond the float32 range stay finite.
+    No host synchronisation.
 
     Returns:
         The scaled float32 embeddings, in the order given. Distances computed from them are the
@@ -38,20 +57,31 @@ def overflow_safe_float32(*embeddings: Tensor) -> tuple[Tensor, ...]:
     """
     if not embeddings:
         return ()
-    dim = max(max(e.shape[-1] for e in embeddings), 1)
-    limit_exponent = math.floor(math.log2(math.sqrt(_FLOAT32_MAX / (8 * dim))))
-    dtype = torch.float32
-    for e in embeddings:
-        dtype = torch.promote_types(dtype, e.dtype)
-    work = [e.to(dtype) for e in embeddings]
-    nonempty = [w for w in work if w.numel()]
-    if not nonempty:
-        return tuple(w.float() for w in work)
-    largest = torch.stack([w.abs().amax() for w in nonempty]).amax()
-    _, exponent = torch.frexp(largest)  # largest < 2^exponent
-    k = (exponent - limit_exponent).clamp_min(0).to(dtype)
-    scale = torch.exp2(-k)  # 1 unless needed; an exact power of two
-    return tuple((w * scale).float() for w in work)
+    scale = overflow_safe_scale(*embeddings)
+    return tuple((e.to(scale.dtype) * scale.to(e.device)).float() for e in embeddings)
+
+
+def prepared_distance(x: Tensor, y: Tensor, distance: str, x_sq: Tensor | None = None,
+                      y_sq: Tensor | None = None) -> Tensor:
+    """:func:`pairwise_distance`'s ``[N, M]`` distances of float32 rows already made overflow-safe
+    (and, for ``"cosine"``, of unit length); ``x_sq`` / ``y_sq``: the rows' squared norms
+    (``"euclidean"``; computed when not given). Blocks of one distance matrix computed with the
+    same scaling rank like the whole matrix."""
+    with autocast_off(x.device.type):
+        if distance == "euclidean":
+            xx = (x * x).sum(1) if x_sq is None else x_sq
+            yy = (y * y).sum(1) if y_sq is None else y_sq
+            return torch.addmm(yy[None, :], x, y.t(), alpha=-2.0).add_(xx[:, None])
+        return torch.mm(x, y.t()).neg_().add_(1.0)
+
+
+def paired_distance(x: Tensor, y: Tensor, distance: str, x_sq: Tensor, y_sq: Tensor) -> Tensor:
+    """The ``[P]`` distances of the row pairs ``(x[p], y[p])``, by :func:`prepared_distance`'s formula
+    (same inputs; ``x_sq`` / ``y_sq`` the squared norms, unused for ``"cosine"``)."""
+    dot = torch.einsum("pd,pd->p", x, y)
+    if distance == "euclidean":
+        return y_sq.add(dot, alpha=-2.0).add_(x_sq)
+    return dot.neg_().add_(1.0)
 
 
 def pairwise_distance(x: Tensor, y: Tensor, distance: str = "euclidean") -> Tensor:
@@ -67,11 +97,7 @@ def pairwise_distance(x: Tensor, y: Tensor, distance: str = "euclidean") -> Tens
     if distance not in ("euclidean", "cosine"):
         raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
     x, y = overflow_safe_float32(x, y)
-    with autocast_off(x.device.type):
-        if distance == "euclidean":
-            xx = (x * x).sum(1, keepdim=True)
-            yy = (y * y).sum(1)
-            return torch.addmm(yy[None, :], x, y.t(), alpha=-2.0).add_(xx)
+    if distance == "cosine":
         x = torch.nn.functional.normalize(x, dim=1)
         y = torch.nn.functional.normalize(y, dim=1)
-        return torch.mm(x, y.t()).neg_().add_(1.0)
+    return prepared_distance(x, y, distance)

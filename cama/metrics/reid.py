@@ -215,8 +215,9 @@ class ReIDRankMetric(CollectedSamples):
     With ``rerank=True`` it also returns ``"mAP_rerank"``, ``"mINP_rerank"`` and ``"rank{k}_rerank"``:
     the same protocol (:func:`evaluate_rank`) on the k-reciprocal re-ranked distances
     (:func:`cama.metrics.rerank.re_ranking` with ``k1``, ``k2``, ``lambda_value``) of the junk-free
-    query and gallery sets.  Re-ranking needs the whole ``[Q + G, Q + G]`` distance matrix
-    (float32, 1.5 GB for Market-1501) and takes seconds to minutes on a CPU (``bench/rerank.py``).
+    query and gallery sets, from the embeddings: no ``[Q + G, Q + G]`` matrix, the ``[Q, G]``
+    result (3.8 GB in float32 for MSMT17) and ``chunk_bytes`` of temporaries
+    (:func:`cama.metrics.rerank.re_ranked_distances`); seconds to minutes on a CPU (``bench/rerank.py``).
 
     Call ``update`` per batch and ``compute`` once per epoch: ``forward`` would rank each batch
     alone, which usually has no valid query (``compute`` raises ``ValueError`` then).
@@ -336,7 +337,7 @@ class ReIDRankMetric(CollectedSamples):
         keep = ~is_junk(gp)
         if not bool(keep.all()):
             gf, gp, gc = gf[keep], gp[keep], gc[keep]
-        dist = self.rerank_options.distances(qf, gf, self.distance)
+        dist = self.rerank_options.distances(qf, gf, self.distance, self.chunk_bytes)
         return evaluate_rank(dist, qp, gp, qc, gc, self.max_rank, return_minp=True,
                              chunk_size=self.chunk_size, chunk_bytes=self.chunk_bytes)
 

@@ -29,33 +29,28 @@ Differences from the reference code, none of which changes the published method:
   first); the reference uses ``np.argsort`` (quicksort), whose order of equal distances is
   unspecified.
 * Float32 sums are accumulated in a different order (differences of a few ulps).
-* Memory: one ``[N, N]`` float32 matrix (the normalised distances) while steps 2-5 run, then only
-  the ``[Q, G]`` block; ``V`` is kept sparse (about ``N * 1.5 * k1`` entries) and step 7 joins the
-  query rows with the gallery rows on their shared columns, chunked to a bounded number of pairs,
-  instead of the reference's inverted-index loops.
+* Memory: :func:`re_ranking` holds one ``[N, N]`` float32 matrix (the normalised distances) while
+  steps 2-5 run, then only the ``[Q, G]`` block; :func:`re_ranked_distances` of a query and a gallery
+  set holds no ``[N, N]`` matrix at all (:mod:`cama.metrics.rerank_embeddings`: the distances are
+  computed from the embeddings in blocks, each row keeps its maximum and its first neighbours, and
+  the distances of the few other pairs step 5 needs are computed for those pairs alone).  Both
+  keep ``V`` sparse (about ``N * 1.5 * k1`` entries) and join the query rows with the gallery rows
+  on their shared columns (step 7), a bounded number of pairs at a time, instead of the reference's
+  inverted-index loops (:mod:`cama.metrics.rerank_steps`).  ``chunk_bytes`` bounds the temporaries
+  of one chunk; it changes no ranking.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from typing import Iterator
-
 import torch
 from torch import Tensor
 
 from cama.metrics.distances import pairwise_distance
+from cama.metrics.rerank_embeddings import re_ranking_embeddings
+from cama.metrics.rerank_steps import CHUNK_BYTES, chunks, combine, encode, query_expansion, stable_smallest
 
-__all__ = ["re_ranking", "re_ranked_distances", "check_rerank_options", "RerankOptions"]
-
-# budget of the temporaries of one chunk (bytes) and of one chunk of the Jaccard join (pairs)
-_CHUNK_BYTES = 256 * 1024 * 1024
-_CHUNK_PAIRS = 4 * 1024 * 1024
-
-
-def _chunks(n: int, rows: int) -> Iterator[slice]:
-    rows = max(1, rows)
-    for s in range(0, n, rows):
-        yield slice(s, min(n, s + rows))
+__all__ = ["RerankOptions", "check_rerank_options", "re_ranked_distances", "re_ranking"]
 
 
 def _check(q_g: Tensor, q_q: Tensor, g_g: Tensor, k1: int, k2: int, lambda_value: float) -> None:
@@ -103,16 +98,17 @@ class RerankOptions:
         check_rerank_options(self.k1, self.k2, self.lambda_value)
 
     @classmethod
-    def of(cls, rerank: bool, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> "RerankOptions | None":
+    def of(cls, rerank: bool, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> RerankOptions | None:
         """The options when ``rerank``, else None."""
         return cls(int(k1), int(k2), float(lambda_value)) if rerank else None
 
-    def distances(self, queries: Tensor, gallery: Tensor | None = None, distance: str = "euclidean") -> Tensor:
+    def distances(self, queries: Tensor, gallery: Tensor | None = None, distance: str = "euclidean",
+                  chunk_bytes: int = CHUNK_BYTES) -> Tensor:
         """:func:`re_ranked_distances` with these options."""
-        return re_ranked_distances(queries, gallery, distance, self.k1, self.k2, self.lambda_value)
+        return re_ranked_distances(queries, gallery, distance, self.k1, self.k2, self.lambda_value, chunk_bytes)
 
 
-def _normalised_distances(q_g: Tensor, q_q: Tensor, g_g: Tensor) -> Tensor:
+def _normalised_distances(q_g: Tensor, q_q: Tensor, g_g: Tensor, chunk_bytes: int) -> Tensor:
     """Step 1: ``transpose(orig ** 2 / max(orig ** 2, axis=0))``, built directly transposed."""
     nq, ng = q_g.shape
     n = nq + ng
@@ -122,8 +118,7 @@ def _normalised_distances(q_g: Tensor, q_q: Tensor, g_g: Tensor) -> Tensor:
     d[:nq, nq:] = q_g
     d[nq:, :nq] = q_g.T
     d[nq:, nq:] = g_g.T
-    rows = max(1, _CHUNK_BYTES // (4 * n))
-    for s in _chunks(n, rows):
+    for s in chunks(n, chunk_bytes // (4 * n)):
         blk = d[s]
         blk.square_()
         # column max of orig = row max of orig^T; NaN and inf propagate into it
@@ -134,135 +129,9 @@ def _normalised_distances(q_g: Tensor, q_q: Tensor, g_g: Tensor) -> Tensor:
     return d
 
 
-def _stable_topk(d: Tensor, k: int) -> Tensor:
-    """The first ``k`` columns of a stable ascending argsort of each row of ``d`` ([N, k] long)."""
-    n, m = d.shape
-    out = torch.empty(n, k, dtype=torch.long, device=d.device)
-    rows = max(1, _CHUNK_BYTES // (8 * m))
-    kk = min(k + 1, m)
-    for s in _chunks(n, rows):
-        blk = d[s]
-        val, idx = blk.topk(kk, dim=1, largest=False, sorted=True)
-        # order ties inside the selection by index: sort by index, then stably by value
-        order = idx.argsort(dim=1)
-        val, idx = val.gather(1, order), idx.gather(1, order)
-        order = val.argsort(dim=1, stable=True)
-        idx = idx.gather(1, order)[:, :k]
-        val = val.gather(1, order)
-        if kk > k:  # a tie across the cut: which tied columns get in depends on the index
-            cut = (val[:, k - 1] == val[:, k]).nonzero().squeeze(1)
-            if cut.numel():
-                idx[cut] = blk[cut].argsort(dim=1, stable=True)[:, :k]
-        out[s] = idx
-    return out
-
-
-def _reciprocal(top: Tensor) -> Tensor:
-    """``mask[i, p]``: ``i`` is among the first ``k`` neighbours of ``top[i, p]`` ([N, k] bool)."""
-    n, k = top.shape
-    mask = torch.empty(n, k, dtype=torch.bool, device=top.device)
-    ar = torch.arange(n, device=top.device)
-    for s in _chunks(n, _CHUNK_BYTES // (9 * k * k)):
-        mask[s] = (top[top[s]] == ar[s, None, None]).any(-1)
-    return mask
-
-
-def _encode(d: Tensor, rank: Tensor, k1: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Steps 3-5: the sparse rows of ``V`` as COO triplets (row, column, value), rows ascending."""
-    n = d.shape[0]
-    dev = d.device
-    kf = min(k1 + 1, n)
-    kh = min(int(round(k1 / 2.0)) + 1, n)  # round half to even, like np.around
-    fwd, half = rank[:, :kf], rank[:, :kh]
-    rec, rec_h = _reciprocal(fwd), _reciprocal(half)
-    width = kf + kf * kh
-    per_row = 9 * kf * kh * kf + 40 * width
-    rows_out, cols_out, vals_out = [], [], []
-    for s in _chunks(n, _CHUNK_BYTES // per_row):
-        f, r = fwd[s], rec[s]  # [c, kf]
-        cand = half[f]  # [c, kf, kh]: the candidates' half neighbourhoods
-        cand_ok = rec_h[f]  # their reciprocity
-        # membership of each candidate's reciprocal neighbour in R(i)
-        inside = ((cand[..., None] == f[:, None, None, :]) & r[:, None, None, :]).any(-1)
-        count = (inside & cand_ok).sum(-1)
-        size = cand_ok.sum(-1)
-        accept = r & (count.double() > (2.0 / 3.0) * size.double())
-        members = torch.cat(
-            [torch.where(r, f, n), torch.where(accept[..., None] & cand_ok, cand, n).flatten(1)], 1
-        )
-        members = members.sort(dim=1).values
-        keep = members < n
-        keep[:, 1:] &= members[:, 1:] != members[:, :-1]
-        row = torch.arange(s.start, s.stop, device=dev)[:, None].expand_as(members)
-        rr, cc = row[keep], members[keep]
-        w = torch.exp(-d[rr, cc])
-        tot = torch.zeros(s.stop - s.start, dtype=w.dtype, device=dev).index_add_(0, rr - s.start, w)
-        rows_out.append(rr)
-        cols_out.append(cc)
-        vals_out.append(w / tot[rr - s.start])
-    return torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out)
-
-
-def _query_expansion(
-    rows: Tensor, cols: Tensor, vals: Tensor, rank: Tensor, k2: int, n: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Step 6: ``V[i] <- mean(V[rank[i, :k2]])`` on COO triplets (rows ascending)."""
-    dev = rows.device
-    count = torch.bincount(rows, minlength=n)
-    start = count.cumsum(0) - count
-    rows_out, cols_out, vals_out = [], [], []
-    src_all = rank[:, :k2]
-    avg = max(1, int(rows.numel()) // n)
-    for s in _chunks(n, _CHUNK_PAIRS // (k2 * avg)):
-        src = src_all[s].reshape(-1)
-        rep = count[src]
-        total = int(rep.sum())
-        dst = torch.arange(s.start, s.stop, device=dev).repeat_interleave(k2).repeat_interleave(rep, output_size=total)
-        offset = (rep.cumsum(0) - rep).repeat_interleave(rep, output_size=total)
-        pos = torch.arange(total, device=dev) - offset + start[src].repeat_interleave(rep, output_size=total)
-        key = dst * n + cols[pos]
-        uniq, inv = torch.unique(key, return_inverse=True)
-        acc = torch.zeros(uniq.numel(), dtype=vals.dtype, device=dev).index_add_(0, inv, vals[pos])
-        rows_out.append(uniq // n)
-        cols_out.append(uniq % n)
-        vals_out.append(acc / k2)
-    return torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out)
-
-
-def _overlap(rows: Tensor, cols: Tensor, vals: Tensor, nq: int, n: int) -> Tensor:
-    """Step 7's ``t[i, j] = sum_k min(V[i, k], V[Q + j, k])`` for the queries ``i`` and gallery ``j``."""
-    dev = rows.device
-    ng = n - nq
-    is_q = rows < nq
-    qr, qc, qv = rows[is_q], cols[is_q], vals[is_q]
-    g = ~is_q
-    gr, gc, gv = rows[g] - nq, cols[g], vals[g]
-    order = gc.argsort(stable=True)  # the gallery entries by column (an inverted index)
-    gr, gc, gv = gr[order], gc[order], gv[order]
-    ccount = torch.bincount(gc, minlength=n)
-    cstart = ccount.cumsum(0) - ccount
-    rep = ccount[qc]  # pairs each query entry makes
-    out = torch.zeros(nq, ng, dtype=vals.dtype, device=dev)
-    per_query = torch.zeros(nq, dtype=torch.long, device=dev).index_add_(0, qr, rep)
-    entry_end = torch.bincount(qr, minlength=nq).cumsum(0).cpu()
-    cum = per_query.cumsum(0).cpu()
-    q0 = 0
-    while q0 < nq:
-        base = int(cum[q0 - 1]) if q0 else 0
-        q1 = int(torch.searchsorted(cum, base + _CHUNK_PAIRS, right=True))
-        q1 = min(nq, max(q1, q0 + 1))
-        e0 = int(entry_end[q0 - 1]) if q0 else 0
-        e1 = int(entry_end[q1 - 1])
-        r = rep[e0:e1]
-        total = int(r.sum())
-        if total:
-            offset = (r.cumsum(0) - r).repeat_interleave(r, output_size=total)
-            pos = torch.arange(total, device=dev) - offset + cstart[qc[e0:e1]].repeat_interleave(r, output_size=total)
-            m = torch.minimum(qv[e0:e1].repeat_interleave(r, output_size=total), gv[pos])
-            qi = qr[e0:e1].repeat_interleave(r, output_size=total)
-            out.view(-1).index_add_(0, qi * ng + gr[pos], m)
-        q0 = q1
-    return out
+def _entries(d: Tensor):
+    """Step 5's ``d[rows, cols]`` read from the matrix."""
+    return lambda rows, cols: d[rows, cols]
 
 
 @torch.no_grad()
@@ -273,6 +142,7 @@ def re_ranking(
     k1: int = 20,
     k2: int = 6,
     lambda_value: float = 0.3,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> Tensor:
     """k-reciprocal re-ranking (Zhong et al., CVPR 2017); see the module docstring for the steps.
 
@@ -285,13 +155,15 @@ def re_ranking(
             ``round(k1 / 2) + 1`` for the expansion.  Sizes beyond ``N`` are capped at ``N``.
         k2: the local query expansion size (paper: 6); ``1`` skips the expansion.
         lambda_value: weight of the original distance in the final one (paper: 0.3).
+        chunk_bytes: the budget of one chunk's temporaries; it changes no number.
 
     Returns:
         ``[Q, G]`` float32 re-ranked distances on the inputs' device.  ``lambda_value=1`` gives
         back ``q_g_dist ** 2`` with each query's row divided by the largest squared distance of
         that query's column of the full matrix (``max(q_q_dist[:, i] ** 2, q_g_dist[i] ** 2)``).
 
-    Peak memory: one ``[Q + G, Q + G]`` float32 matrix plus chunked temporaries (about 256 MB).
+    Peak memory: one ``[Q + G, Q + G]`` float32 matrix plus chunked temporaries (``chunk_bytes``);
+    :func:`re_ranked_distances` of embeddings needs no ``[Q + G, Q + G]`` matrix.
     Equal distances are ordered by index (a stable sort); the reference leaves their order to
     numpy's quicksort.
     """
@@ -299,30 +171,34 @@ def re_ranking(
     k1, k2, lam = int(k1), int(k2), float(lambda_value)
     nq, ng = q_g_dist.shape
     n = nq + ng
-    d = _normalised_distances(q_g_dist, q_q_dist, g_g_dist)
+    chunk_bytes = int(chunk_bytes)
+    d = _normalised_distances(q_g_dist, q_q_dist, g_g_dist, chunk_bytes)
     k2e = min(k2, n)
-    rank = _stable_topk(d, max(min(k1 + 1, n), k2e))
-    rows, cols, vals = _encode(d, rank, k1)
+    rank = stable_smallest(d, max(min(k1 + 1, n), k2e), chunk_bytes)[1]
+    rows, cols, vals = encode(rank, k1, _entries(d), chunk_bytes)
     original = d[:nq, nq:].clone()
     del d
     if k2 != 1:
-        rows, cols, vals = _query_expansion(rows, cols, vals, rank, k2e, n)
+        rows, cols, vals = query_expansion(rows, cols, vals, rank, k2e, n, chunk_bytes)
     del rank
-    t = _overlap(rows, cols, vals, nq, n)
-    jaccard = 1 - t / (2.0 - t)
-    return jaccard.mul_(1 - lam).add_(original.mul_(lam))
+    return combine(rows, cols, vals, original, lam, chunk_bytes)
 
 
 def re_ranked_distances(
     queries: Tensor, gallery: Tensor | None = None, distance: str = "euclidean",
-    k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+    k1: int = 20, k2: int = 6, lambda_value: float = 0.3, chunk_bytes: int = CHUNK_BYTES,
 ) -> Tensor:
     """:func:`re_ranking` of embeddings: ``[Q, G]`` re-ranked distances of ``queries`` ``[Q, D]`` to
     ``gallery`` ``[G, D]`` (:func:`~cama.metrics.distances.pairwise_distance`, squared Euclidean by
-    default, as torchreid passes them); ``gallery=None`` ranks the set against itself, one distance
-    matrix serving as the three blocks."""
+    default, as torchreid passes them).
+
+    With a gallery, no ``[Q + G, Q + G]`` matrix is held: the distances are computed from the
+    embeddings in blocks (:mod:`cama.metrics.rerank_embeddings`); memory is the ``[Q, G]`` result
+    plus ``O((Q + G) k1^2)`` and ``chunk_bytes`` of temporaries.  ``gallery=None`` ranks the set
+    against itself, one distance matrix (``[Q, Q]``, held) serving as the three blocks of
+    :func:`re_ranking`, so that each sample and its copy tie exactly."""
+    check_rerank_options(k1, k2, lambda_value)
     if gallery is None:
         same = pairwise_distance(queries, queries, distance)
-        return re_ranking(same, same, same, k1, k2, lambda_value)
-    return re_ranking(pairwise_distance(queries, gallery, distance), pairwise_distance(queries, queries, distance),
-                      pairwise_distance(gallery, gallery, distance), k1, k2, lambda_value)
+        return re_ranking(same, same, same, k1, k2, lambda_value, chunk_bytes)
+    return re_ranking_embeddings(queries, gallery, distance, k1, k2, lambda_value, chunk_bytes)
