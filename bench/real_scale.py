@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 from real_scale_trees import TreeInfo, ensure_tree  # noqa: E402
 
-CONFIGS = ("cama_market1501", "ide_bn_market1501", "cama_dukemtmc", "cama_cuhk03", "protonet_miniimagenet",
-           "protonet_miniimagenet_5shot", "protonet_cub", "retrieval_cub200")
+CONFIGS = ("cama_market1501", "ide_bn_market1501", "cama_dukemtmc", "cama_cuhk03", "cama_msmt17",
+           "protonet_miniimagenet", "protonet_miniimagenet_5shot", "protonet_cub", "retrieval_cub200")
 EXPLANATION_CALLBACKS = ("ExplanationImages", "LocalizationMetrics", "FewShotExplanations")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # profiled actions (regexes) of the table's time columns: training steps, validation steps, the model's

@@ -1,11 +1,12 @@
 """The synthetic data trees of ``bench/real_scale.py``: written once at the real sizes, then reused.
 
-:func:`ensure_tree` writes one data set (``market1501``, ``dukemtmc``, ``cuhk03``, ``miniimagenet``,
-``cub``) under ``<data_root>/<name>-<scale>[-HxW]`` in its real layout unless the completion marker
-``.real_scale_complete.json`` is there already; a folder without the marker (an interrupted write) is
-removed and written again. After writing, the files on disk are counted per split (images,
-identities, distractors, junk; classes) and compared with the targets of
-:mod:`datamodules.synthetic.real_sizes`; the marker keeps the counts, the writing time and the size on disk.
+:func:`ensure_tree` writes one data set (``market1501``, ``dukemtmc``, ``cuhk03``, ``msmt17`` (V1),
+``miniimagenet``, ``cub``) under ``<data_root>/<name>-<scale>[-HxW]`` in its real layout unless the
+completion marker ``.real_scale_complete.json`` is there already; a folder without the marker (an
+interrupted write) is removed and written again. After writing, the files on disk are counted per
+split (images, identities, distractors, junk; MSMT17: the lines of its lists, and its image files;
+classes) and compared with the targets of :mod:`datamodules.synthetic.real_sizes`; the marker keeps
+the counts, the writing time and the size on disk.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from datamodules.synthetic.real_sizes import (  # noqa: E402
 
 __all__ = ["TREES", "TreeInfo", "ensure_tree", "count_on_disk", "target_counts", "tree_folder"]
 
-TREES = ("market1501", "dukemtmc", "cuhk03", "miniimagenet", "cub")
+TREES = ("market1501", "dukemtmc", "cuhk03", "msmt17", "miniimagenet", "cub")
 MARKER = ".real_scale_complete.json"
 _REID_FOLDERS = (("train", "bounding_box_train"), ("query", "query"), ("gallery", "bounding_box_test"))
 
@@ -77,9 +78,28 @@ def _reid_names(folder: Path) -> list[str]:
     return [e.name for e in os.scandir(folder) if e.is_file() and e.name.endswith((".jpg", ".png"))]
 
 
-def count_on_disk(name: str, path: Path) -> dict[str, int]:
-    """The counts of a written tree, read from its files (names, CSVs, CUB's text files)."""
+def _msmt17_counts(path: Path) -> dict[str, int]:
+    """MSMT17's counts from its lists (train = list_train + list_val), and its image files."""
+    from datamodules.split_rules import MSMT17_FOLDERS
+
+    (base,) = [p for p in path.iterdir() if p.is_dir() and p.name.startswith("MSMT17_")]
     out: dict[str, int] = {}
+    for split, lists in (("train", ("list_train", "list_val")), ("query", ("list_query",)),
+                         ("gallery", ("list_gallery",))):
+        pids = [int(line.split()[1]) for name in lists
+                for line in (base / f"{name}.txt").read_text().splitlines() if line.strip()]
+        out[f"labeled/{split} images"], out[f"labeled/{split} ids"] = len(pids), len(set(pids))
+    out["labeled/gallery distractors"] = out["labeled/gallery junk"] = 0
+    folders = MSMT17_FOLDERS[base.name.removeprefix("MSMT17_")]
+    out["image files"] = sum(len(_reid_names(Path(d))) for f in folders for d, _, _ in os.walk(base / f))
+    return out
+
+
+def count_on_disk(name: str, path: Path) -> dict[str, int]:
+    """The counts of a written tree, read from its files (names, CSVs, lists, CUB's text files)."""
+    out: dict[str, int] = {}
+    if name == "msmt17":
+        return _msmt17_counts(path)
     if name in REID_SIZES:
         variants = ("labeled", "detected") if name == "cuhk03" else ("labeled",)
         for variant in variants:
@@ -126,6 +146,8 @@ def target_counts(name: str, scale: str | float) -> dict[str, int]:
             out[f"{key} images"], out[f"{key} ids"] = row["images"], row["ids"]
             if key.endswith("gallery"):
                 out[f"{key} distractors"], out[f"{key} junk"] = row["distractors"], row["junk"]
+        if name == "msmt17":
+            out["image files"] = sum(v for k, v in out.items() if k.endswith(" images"))
         return out
     gen, counts = real_size_classes(name, scale)
     full = class_counts(gen, counts, name)

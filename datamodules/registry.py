@@ -26,10 +26,10 @@ in it, which no registered name has), imported when looked up:
 
 >>> reid_layout("datamodules.reid_layouts.Market1501").name
 'market1501'
->>> reid_layout("msmt17")  # doctest: +ELLIPSIS
+>>> reid_layout("viper")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: unknown dataset 'msmt17': the registered re-ID layouts are [...'market1501'...]; or name a ...
+ValueError: unknown dataset 'viper': the registered re-ID layouts are [...'market1501'...]; or name a ...
 
 The registry is the only module-level mutable state of the package: two dicts, changed only by the
 ``register_*`` functions and read only by the look-ups below.

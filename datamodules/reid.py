@@ -1,4 +1,5 @@
-"""Person re-ID data: Market-1501, DukeMTMC-reID, CUHK03-NP (labeled / detected) and the synthetic set.
+"""Person re-ID data: Market-1501, DukeMTMC-reID, CUHK03-NP (labeled / detected), MSMT17 and the synthetic
+set.
 
 :class:`ReIDDataModule` gives
 
@@ -15,11 +16,12 @@
 
 The layouts are classes registered by name (:mod:`datamodules.reid_layouts`, :mod:`datamodules.registry`):
 real ones read from file names (``0002_c1s1_000451_03.jpg``, ``0001_c2_f0046182.jpg``,
-``0001_c1_1.png``), your own data (``dataset="folders"``) from one folder per identity
-(:mod:`datamodules.reid_folders`), a layout of your own registered or named by its class path; wrong
-roots, missing folders, unparsable names and unreadable images raise :class:`DatasetLayoutError`
-naming the path. With ``test_dataset`` / ``test_root`` the
-model trains on one data set and is validated and tested on another's query + gallery (cross-domain).
+``0001_c1_1.png``) or from MSMT17's list files (:mod:`datamodules.reid_lists`), your own data
+(``dataset="folders"``) from one folder per identity (:mod:`datamodules.reid_folders`), a layout of
+your own registered or named by its class path; wrong roots, missing folders or list files,
+unparsable names and unreadable images raise :class:`DatasetLayoutError` naming the path. With
+``test_dataset`` / ``test_root`` the model trains on one data set and is validated and tested on
+another's query + gallery (cross-domain).
 """
 
 from __future__ import annotations
@@ -143,22 +145,28 @@ class QueryGalleryDataset(Dataset):
 
 
 class ReIDDataModule(ImageDataModule):
-    """Person re-ID data: Market-1501, DukeMTMC-reID, CUHK03-NP, your own folders or the synthetic set.
+    """Person re-ID data: Market-1501, DukeMTMC-reID, CUHK03-NP, MSMT17, your own folders or the synthetic
+    set.
 
     Args:
         dataset: the layout, a name registered with :func:`~datamodules.registry.register_reid_layout`
-            (``synthetic``, ``market1501``, ``dukemtmc``, ``cuhk03``, ``folders``) or the class path
-            of a :class:`~datamodules.reid_layouts.ReIDLayout` (``mypkg.layouts.MyLayout``);
+            (``synthetic``, ``market1501``, ``dukemtmc``, ``cuhk03``, ``msmt17``, ``folders``) or the class
+            path of a :class:`~datamodules.reid_layouts.ReIDLayout` (``mypkg.layouts.MyLayout``);
             ``"synthetic"`` is generated on the fly and needs no ``root``; ``"folders"`` is
             ``root/{train,query,gallery}/<identity>/<image>`` (:mod:`datamodules.reid_folders`).
         root: folder holding ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` (or its
             parent); for ``cuhk03`` the ``cuhk03-np`` folder (holding ``labeled/`` and ``detected/``)
-            or its parent; for ``folders`` the folder holding ``train/``, ``query/``, ``gallery/``.
+            or its parent; for ``msmt17`` the ``MSMT17_V1`` / ``MSMT17_V2`` folder or its parent;
+            for ``folders`` the folder holding ``train/``, ``query/``, ``gallery/``.
         test_dataset: cross-domain evaluation: validate and test on this data set's query + gallery
             (training and ``num_classes`` stay ``dataset``'s); ``None``: ``dataset`` (or, with a
             ``test_root``, the same kind of data set at that root).
         test_root: the root of ``test_dataset``.
         cuhk03_variant: CUHK03-NP boxes: hand-labelled or detected.
+        msmt17_version: MSMT17 release, ``"V1"`` or ``"V2"`` (faces blurred); ``None``: the one under
+            ``root`` (an error if it holds both).
+        msmt17_val_in_train: MSMT17's training set is list_train + list_val (32,621 images); ``False``
+            leaves list_val out (30,248 images, torchreid's and fast-reid's default).
         camera_pattern: ``folders``: a regex searched in each file name, group 1 the camera number
             (e.g. ``"c(\\d+)"``); without it the cameras come from ``root/cameras.csv`` if present,
             else query images are camera 0 and gallery images camera 1.
@@ -180,7 +188,8 @@ class ReIDDataModule(ImageDataModule):
             header and end marker, see :mod:`datamodules.image_check`); ``fit`` checks all three folders.
     """
 
-    layout_options = ("cuhk03_variant", "camera_pattern", "min_train_images")
+    layout_options = ("cuhk03_variant", "msmt17_version", "msmt17_val_in_train", "camera_pattern",
+                      "min_train_images")
 
     def __init__(
         self,
@@ -189,6 +198,8 @@ class ReIDDataModule(ImageDataModule):
         test_dataset: str | None = None,
         test_root: str | None = None,
         cuhk03_variant: Literal["labeled", "detected"] = "labeled",
+        msmt17_version: Literal["V1", "V2"] | None = None,
+        msmt17_val_in_train: bool = True,
         camera_pattern: str | None = None,
         min_train_images: int | None = None,
         image_size: tuple[int, int] = (256, 128),
@@ -210,8 +221,11 @@ class ReIDDataModule(ImageDataModule):
             raise ValueError("cross-domain evaluation (test_dataset / test_root) needs two data sets on disk")
         if cuhk03_variant not in ("labeled", "detected"):
             raise ValueError(f"cuhk03_variant must be 'labeled' or 'detected', got {cuhk03_variant!r}")
-        values: Mapping[str, Any] = dict(cuhk03_variant=cuhk03_variant, camera_pattern=camera_pattern,
-                                         min_train_images=min_train_images)
+        if msmt17_version not in (None, "V1", "V2"):
+            raise ValueError(f"msmt17_version must be 'V1', 'V2' or None, got {msmt17_version!r}")
+        values: Mapping[str, Any] = dict(cuhk03_variant=cuhk03_variant, msmt17_version=msmt17_version,
+                                         msmt17_val_in_train=bool(msmt17_val_in_train),
+                                         camera_pattern=camera_pattern, min_train_images=min_train_images)
         options = synthetic_options(synthetic, SyntheticReIDOptions, SyntheticReIDOptions())
         super().__init__(dataset, root, layout_class, values, num_workers, check_images, options)
         #: the data set and root of the query + gallery (``dataset`` / ``root`` unless cross-domain)
@@ -223,6 +237,8 @@ class ReIDDataModule(ImageDataModule):
         self.save_hyperparameters(ignore=self.inapplicable_options(self.test_layout))
         self._plain_synthetic_hparams()
         self.cuhk03_variant = cuhk03_variant
+        self.msmt17_version = msmt17_version
+        self.msmt17_val_in_train = bool(msmt17_val_in_train)
         self.camera_pattern = camera_pattern
         self.min_train_images = min_train_images
         #: ``folders``: pid -> identity folder name of the query + gallery (and of training, same root)

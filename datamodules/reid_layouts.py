@@ -2,6 +2,8 @@
 
 * ``market1501``, ``dukemtmc``, ``cuhk03`` (:class:`FileNameLayout`: pid and camera in the file
   name, ``bounding_box_train/``, ``query/``, ``bounding_box_test/``);
+* ``msmt17``: MSMT17 as released (V1 or V2), its images named by list files
+  (:mod:`datamodules.reid_lists`);
 * ``folders``: your own data, one folder per identity (:mod:`datamodules.reid_folders`);
 * ``synthetic``: :class:`~datamodules.synthetic.SyntheticReID`, drawn on the fly, with the options
   :class:`SyntheticReIDOptions` (the data module's ``synthetic``).
@@ -22,11 +24,12 @@ from torch.utils.data import Dataset
 from .errors import DatasetLayoutError
 from .registry import register_reid_layout
 from .reid_folders import scan_reid_folders
+from .reid_lists import resolve_msmt17_root, scan_msmt17
 from .reid_scan import ReIDRecord, resolve_reid_root, scan_reid_folder
 from .synthetic import PART_NAMES, SyntheticReID, SyntheticReIDConfig
 from .synthetic.common import SeededOptions
 
-__all__ = ["ReIDLayout", "FileNameLayout", "Market1501", "DukeMTMC", "CUHK03", "ReIDFolderLayout",
+__all__ = ["ReIDLayout", "FileNameLayout", "Market1501", "DukeMTMC", "CUHK03", "MSMT17", "ReIDFolderLayout",
            "SyntheticReIDLayout", "SyntheticReIDOptions", "REID_SPLITS"]
 
 REID_SPLITS = ("train", "query", "gallery")
@@ -183,6 +186,24 @@ class CUHK03(FileNameLayout):
         return f"cuhk03-np/{v}/{{{', '.join(self.folders)}}} (or {v}/... under root)"
 
 
+class MSMT17(ReIDLayout):
+    """MSMT17 (Wei et al., CVPR 2018): ``MSMT17_V1/`` (``train/``, ``test/``) or ``MSMT17_V2/``
+    (``mask_train_v2/``, ``mask_test_v2/``) with ``list_{train,val,query,gallery}.txt``
+    (:mod:`datamodules.reid_lists`). ``msmt17_version`` picks the release (``None``: the one under
+    ``root``); ``msmt17_val_in_train`` adds list_val to the training set (the default: 32,621 images)."""
+
+    name = "msmt17"
+    options = ("msmt17_version", "msmt17_val_in_train")
+
+    @property
+    def data_root(self) -> Path:
+        return resolve_msmt17_root(self.root, self.settings.get("msmt17_version"))[0]
+
+    def records(self) -> dict[str, list[ReIDRecord]]:
+        return scan_msmt17(self.root, self.settings.get("msmt17_version"),
+                           bool(self.settings.get("msmt17_val_in_train", True)))
+
+
 class ReIDFolderLayout(ReIDLayout):
     """Your own data: ``root/{train,query,gallery}/<identity>/<image>`` (:mod:`datamodules.reid_folders`;
     ``camera_pattern``, ``min_train_images``)."""
@@ -213,5 +234,6 @@ class SyntheticReIDLayout(ReIDLayout):
 register_reid_layout("market1501", Market1501)
 register_reid_layout("dukemtmc", DukeMTMC)
 register_reid_layout("cuhk03", CUHK03)
+register_reid_layout("msmt17", MSMT17)
 register_reid_layout("folders", ReIDFolderLayout)
 register_reid_layout("synthetic", SyntheticReIDLayout)

@@ -112,14 +112,14 @@ def test_a_class_layout_registered_from_a_test_feeds_retrieval(tmp_path):
 
 
 def test_unknown_names_list_the_registered_layouts():
-    with pytest.raises(ValueError, match="unknown dataset 'msmt17'") as err:
-        ReIDDataModule(dataset="msmt17")
+    with pytest.raises(ValueError, match="unknown dataset 'viper'") as err:
+        ReIDDataModule(dataset="viper")
     assert all(repr(name) in str(err.value) for name in reid_layout_names())
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'") as err:
         FewShotDataModule(dataset="imagenet")
     assert all(repr(name) in str(err.value) for name in class_layout_names())
-    with pytest.raises(ValueError, match="unknown dataset 'msmt17'"):
-        ReIDDataModule(dataset="market1501", root="/nowhere", test_dataset="msmt17")
+    with pytest.raises(ValueError, match="unknown dataset 'viper'"):
+        ReIDDataModule(dataset="market1501", root="/nowhere", test_dataset="viper")
     with pytest.raises(ValueError, match="cannot import the layout class 'mypkg.layouts.Mine'"):
         ReIDDataModule(dataset="mypkg.layouts.Mine")
     with pytest.raises(ValueError, match="is not a datamodules.reid_layouts.ReIDLayout"):

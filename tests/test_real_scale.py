@@ -35,6 +35,8 @@ REAL_REID = {
     "cuhk03": {"labeled/train": (7368, 767, 0, 0), "labeled/query": (1400, 700, 0, 0),
                "labeled/gallery": (5328, 700, 0, 0), "detected/train": (7365, 767, 0, 0),
                "detected/query": (1400, 700, 0, 0), "detected/gallery": (5332, 700, 0, 0)},
+    "msmt17": {"labeled/train": (32621, 1041, 0, 0), "labeled/query": (11659, 3060, 0, 0),
+               "labeled/gallery": (82161, 3060, 0, 0)},
 }
 
 
@@ -55,6 +57,33 @@ def test_real_reid_sizes_are_exact(layout):
             if i not in skip and s.pid > 0:
                 cams[s.pid].add(s.camid)
         assert all(cams[q.pid] - {q.camid} for q in gen.samples("query"))
+
+
+def test_real_msmt17_lists_from_the_metadata():
+    """MSMT17's four lists at real size (no image drawn): list_train 30,248 + list_val 2,373 images of
+    the 1,041 training identities, 11,659 queries and 82,161 gallery images of 3,060 identities."""
+    from datamodules.synthetic.msmt17_writer import msmt17_plan
+
+    gen, _ = real_size_reid("msmt17", "real")
+    plan = msmt17_plan(gen, "V2")
+    got = {name: (len(entries), len({e.pid for e in entries})) for name, entries in plan.lists.items()}
+    assert got["list_train.txt"] == (30248, 1041) and got["list_val.txt"][0] == 2373
+    assert (got["list_query.txt"], got["list_gallery.txt"]) == ((11659, 3060), (82161, 3060))
+    # list pids are numbered from 0 in each split; paths are unique and sit in their identity's folder
+    for entries in plan.lists.values():
+        assert all(e.path.startswith(f"{e.pid:04d}/{e.pid:04d}_") for e in entries)
+    train = plan.lists["list_train.txt"] + plan.lists["list_val.txt"]
+    assert {e.pid for e in train} == set(range(1041))
+    test = plan.lists["list_query.txt"] + plan.lists["list_gallery.txt"]
+    assert len({e.path for e in train}) == len(train) and len({e.path for e in test}) == len(test)
+    assert {e.path.split("_")[2] for e in test} == {f"{c:02d}" for c in range(1, 16)}
+
+
+def test_msmt17_tree_counts_on_disk_meet_the_targets(tmp_path):
+    tree = ensure_tree(tmp_path, "msmt17", 0.002, workers=1, progress=False, size=(64, 32))
+    assert tree.counts == tree.targets
+    assert tree.counts["image files"] == sum(tree.counts[f"labeled/{s} images"] for s in ("train", "query",
+                                                                                         "gallery"))
 
 
 def test_real_class_sizes_are_exact():

@@ -206,8 +206,8 @@ def test_cross_domain_options(domains, trees, gen):
     assert reverse.identity_names is None  # the names are the training folders', not the market pids'
     with pytest.raises(ValueError, match="two data sets on disk"):
         ReIDDataModule(dataset="synthetic", test_dataset="market1501", test_root=str(market))
-    with pytest.raises(ValueError, match="unknown dataset 'msmt17'"):
-        ReIDDataModule(dataset="market1501", root=str(market), test_dataset="msmt17")
+    with pytest.raises(ValueError, match="unknown dataset 'viper'"):
+        ReIDDataModule(dataset="market1501", root=str(market), test_dataset="viper")
 
 
 def test_cross_domain_config_builds_the_data_module(domains):

@@ -24,7 +24,7 @@ array operations (NumPy, whose per-call overhead is lower than torch's on arrays
 the ellipse and trapezoid inequalities are evaluated on the coordinate grid of every shape at
 once, stripes are parities of floor functions of the coordinates. About 1 ms (1000+ images/s)
 per 128x64 image on one CPU core; images come out as uint8 torch tensors. :func:`write_reid_layout` writes the
-data to disk in the Market-1501, DukeMTMC-reID or CUHK03-NP layouts, which is how the real-data
+data to disk in the Market-1501, DukeMTMC-reID, CUHK03-NP or MSMT17 layouts, which is how the real-data
 loaders are tested.
 
 The package also holds the object classes of the few-shot and retrieval data
@@ -34,7 +34,7 @@ The package also holds the object classes of the few-shot and retrieval data
 * :mod:`.canvas`: cameras, background, painting of the shape table into an image with ground truth;
 * :mod:`.reid`: :class:`SyntheticReIDConfig`, :class:`SyntheticReID` (metadata and rendering) and
   :class:`SyntheticReIDDataset`;
-* :mod:`.reid_writers`: :func:`write_reid_layout`;
+* :mod:`.reid_writers`: :func:`write_reid_layout` (MSMT17's files and lists: :mod:`.msmt17_writer`);
 * :mod:`.object_shapes`, :mod:`.objects`, :mod:`.class_writers`: the same for the object classes;
 * :mod:`.common`: what both generators share (config overrides, noise bank, boxes, items);
 * :mod:`.real_sizes`: generators that draw the real data sets' exact sizes (the layout writers'

@@ -1,7 +1,7 @@
 """The sizes of the real data sets, and synthetic generators that draw exactly those sizes.
 
 The layout writers take ``scale="real"`` (or a fraction such as ``0.05``) and come here for the
-generator: :func:`real_size_reid` for Market-1501, DukeMTMC-reID and CUHK03-NP,
+generator: :func:`real_size_reid` for Market-1501, DukeMTMC-reID, CUHK03-NP and MSMT17,
 :func:`real_size_classes` for miniImageNet and CUB-200-2011. ``"real"`` gives every count of the
 tables below exactly (:func:`reid_counts` / :func:`class_counts` count what a writer will write, from
 the metadata, without drawing an image). A fraction scales every count and rounds it, raising the
@@ -48,6 +48,8 @@ __all__ = [
 
 # every field of SyntheticReIDConfig / SyntheticClassesConfig that a real-size generator may override
 _IMAGE_FIELDS = frozenset({"height", "width", "occlusion_prob", "noise_std", "placement", "family_size"})
+#: layouts whose files hold persons only: the writers skip the generator's distractors and junk
+PERSONS_ONLY = ("cuhk03", "msmt17")
 _CLASS_IMAGE_FIELDS = frozenset({"height", "width", "object_size", "aspect", "clutter", "clutter_size",
                                  "colour_jitter", "gain", "noise_std"})
 
@@ -55,7 +57,8 @@ _CLASS_IMAGE_FIELDS = frozenset({"height", "width", "object_size", "aspect", "cl
 @dataclass(frozen=True)
 class ReIDSizes:
     """The sizes of a re-ID data set. ``gallery_images`` counts distractors (pid 0) and junk (pid -1);
-    ``variants`` (CUHK03-NP) lists ``(name, train images, gallery images)`` per box variant."""
+    ``variants`` (CUHK03-NP) lists ``(name, train images, gallery images)`` per box variant;
+    ``val_images`` (MSMT17) are the training images its ``list_val.txt`` names (of ``train_images``)."""
 
     name: str
     train_ids: int
@@ -69,6 +72,7 @@ class ReIDSizes:
     cameras: int = 6
     cameras_per_id: tuple[int, int] = (2, 6)
     variants: tuple[tuple[str, int, int], ...] = (("labeled", 0, 0),)
+    val_images: int = 0
 
     def variant_sizes(self) -> dict[str, tuple[int, int]]:
         """``variant -> (train images, gallery images)``."""
@@ -99,7 +103,7 @@ class ReIDSizes:
         return replace(self, train_ids=train_ids, train_images=max(t for _, t, _ in variants),
                        test_ids=test_ids, query_ids=query_ids, query_images=queries,
                        gallery_images=max(g for _, _, g in variants), distractors=distractors, junk=junk,
-                       variants=variants)
+                       variants=variants, val_images=r(self.val_images))
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,10 @@ REID_SIZES: Mapping[str, ReIDSizes] = MappingProxyType({
     # Zhong et al. 2017 (CUHK03-NP, 767 / 700 split): two cameras, one query per identity and camera
     "cuhk03": ReIDSizes("cuhk03", 767, 7368, 700, 700, 1400, 5332, cameras=2, cameras_per_id=(2, 2),
                         variants=(("labeled", 7368, 5328), ("detected", 7365, 5332))),
+    # Wei et al. 2018: 15 cameras; 1,041 training ids (list_train 30,248 + list_val 2,373 images), 3,060
+    # test ids, all with queries; how many cameras an identity crosses is not published (any 2 to 15 here)
+    "msmt17": ReIDSizes("msmt17", 1041, 32621, 3060, 3060, 11659, 82161, cameras=15, cameras_per_id=(2, 15),
+                        val_images=2373),
 })
 
 CLASS_SIZES: Mapping[str, ClassSizes] = MappingProxyType({
@@ -315,7 +323,7 @@ def reid_counts(gen: SyntheticReID, omit: Mapping[tuple[str, str], frozenset[int
         for split in SPLITS:
             skip = omit.get((variant, split), ())
             infos = [s for i, s in enumerate(gen.samples(split)) if i not in skip
-                     and not (layout == "cuhk03" and s.pid <= 0)]
+                     and not (layout in PERSONS_ONLY and s.pid <= 0)]
             out[f"{variant}/{split}"] = {
                 "images": len(infos), "ids": len({s.pid for s in infos if s.pid > 0}),
                 "distractors": sum(s.pid == 0 for s in infos), "junk": sum(s.pid == -1 for s in infos)}

@@ -1,5 +1,5 @@
-"""Writing the synthetic re-ID set to disk in the Market-1501, DukeMTMC-reID or CUHK03-NP layout, or
-in the ``folders`` layout of your own data (one folder per identity)."""
+"""Writing the synthetic re-ID set to disk in the Market-1501, DukeMTMC-reID, CUHK03-NP or MSMT17
+layout, or in the ``folders`` layout of your own data (one folder per identity)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any, Literal
 
 from ..image_writer import ImageJob, write_images
 from .common import rounded_box
+from .msmt17_writer import msmt17_plan
 from .people import PART_NAMES
 from .reid import SPLITS, SampleInfo, SyntheticReID
 
 __all__ = ["LAYOUTS", "write_reid_layout", "write_reid_folders", "folder_name"]
 
 _FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-LAYOUTS = ("market1501", "dukemtmc", "cuhk03")
+LAYOUTS = ("market1501", "dukemtmc", "cuhk03", "msmt17")
 
 
 def _market_name(info: SampleInfo, index: int) -> str:
@@ -31,7 +32,7 @@ def _duke_name(info: SampleInfo, index: int) -> str:
 
 def write_reid_layout(
     root: str | Path,
-    layout: Literal["market1501", "dukemtmc", "cuhk03"] = "market1501",
+    layout: Literal["market1501", "dukemtmc", "cuhk03", "msmt17"] = "market1501",
     generator: SyntheticReID | None = None,
     *,
     seed: int = 0,
@@ -40,6 +41,7 @@ def write_reid_layout(
     progress: bool = True,
     write_json: bool = True,
     jpeg_quality: int = 92,
+    msmt17_version: Literal["V1", "V2"] = "V1",
     **config: Any,
 ) -> Path:
     """Write the synthetic re-ID data to ``root`` in a real data set's on-disk layout.
@@ -49,10 +51,15 @@ def write_reid_layout(
     * ``"dukemtmc"``: the same folders with names like ``0001_c2_f0046182.jpg``;
     * ``"cuhk03"``: ``labeled/`` and ``detected/`` (detector-like jittered crops), each with the three
       folders and names like ``0001_c1_1.png``; no distractors or junk (``root`` plays the role of
-      the ``cuhk03-np`` folder).
+      the ``cuhk03-np`` folder);
+    * ``"msmt17"``: ``MSMT17_V1/`` (``msmt17_version="V2"``: ``MSMT17_V2/``) with the training and test
+      image folders (``train/``, ``test/``; V2 ``mask_train_v2/``, ``mask_test_v2/``), one folder per
+      identity, and ``list_train.txt``, ``list_val.txt``, ``list_query.txt``, ``list_gallery.txt``
+      (:mod:`datamodules.synthetic.msmt17_writer`); no distractors or junk.
 
     Without a ``generator`` one is built from ``seed`` and ``config`` (fields of
-    :class:`SyntheticReIDConfig`; for ``cuhk03`` the defaults are 2 cameras, no distractors, no junk).
+    :class:`SyntheticReIDConfig`; for ``cuhk03`` the defaults are 2 cameras, no distractors, no junk; for
+    ``msmt17`` 15 cameras, no distractors, no junk).
     ``scale="real"`` instead draws the real data set's sizes (identities, images per split, queries,
     distractors, junk: :mod:`datamodules.synthetic.real_sizes`), a fraction such as ``0.05`` that share of them;
     ``config`` may then only set the image size (``height``, ``width``). ``workers`` > 1 draws the
@@ -70,14 +77,16 @@ def write_reid_layout(
 
         generator, omit = real_size_reid(layout, scale, seed=seed, **config)
     elif generator is None:
-        if layout == "cuhk03":
-            defaults = dict(num_cameras=2, cameras_per_id=(2, 2), query_cameras=2, num_distractors=0,
-                            num_junk=0)
-            config = {**defaults, **config}
+        no_extras = {"num_distractors": 0, "num_junk": 0}
+        defaults = {"cuhk03": {"num_cameras": 2, "cameras_per_id": (2, 2), "query_cameras": 2, **no_extras},
+                    "msmt17": {"num_cameras": 15, **no_extras}}.get(layout, {})
+        config = {**defaults, **config}
         generator = SyntheticReID(seed=seed, **config)
     elif config:
         raise TypeError("pass either a generator or config fields, not both")
     root = Path(root)
+    if layout == "msmt17":
+        return _write_msmt17(root, generator, msmt17_version, workers, progress, write_json, jpeg_quality)
     variants = ("labeled", "detected") if layout == "cuhk03" else ("labeled",)
     jobs: list[ImageJob] = []
     infos: list[tuple[str, int, SampleInfo]] = []
@@ -101,6 +110,14 @@ def write_reid_layout(
                     name, fmt = f"{info.pid:04d}_c{info.camid + 1}_{counters[key]}.png", "png"
                 jobs.append(ImageJob(str((folder / name).relative_to(root)), (split, i, variant), fmt))
                 infos.append((split, i, info))
+    _write(root, generator, layout, jobs, infos, workers, progress, write_json, jpeg_quality)
+    return root
+
+
+def _write(root: Path, generator: SyntheticReID, layout: str, jobs: list[ImageJob],
+           infos: list[tuple[str, int, SampleInfo]], workers: int, progress: bool, write_json: bool,
+           jpeg_quality: int) -> None:
+    """Draw the ``jobs``' images; with ``write_json`` the annotations of every file."""
     boxes = write_images(root, type(generator).render, generator, jobs, jpeg_quality=jpeg_quality,
                          workers=workers, progress=progress, desc=f"writing synthetic {layout}")
     if write_json:
@@ -110,6 +127,23 @@ def write_reid_layout(
         meta = {"layout": layout, "seed": generator.seed, "part_names": list(PART_NAMES),
                 "box_format": "xyxy pixels at native size", "images": annotations}
         (root / "synthetic_annotations.json").write_text(json.dumps(meta))
+
+
+def _write_msmt17(root: Path, generator: SyntheticReID, version: str, workers: int, progress: bool,
+                  write_json: bool, jpeg_quality: int) -> Path:
+    """The images and the four lists of :func:`~datamodules.synthetic.msmt17_writer.msmt17_plan`."""
+    plan = msmt17_plan(generator, version)
+    jobs: list[ImageJob] = []
+    infos: list[tuple[str, int, SampleInfo]] = []
+    for name, entries in plan.lists.items():
+        for e in entries:
+            path = plan.image_path(name, e)
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            jobs.append(ImageJob(path, (e.split, e.index, "labeled"), "jpeg"))
+            infos.append((e.split, e.index, generator.samples(e.split)[e.index]))
+    _write(root, generator, "msmt17", jobs, infos, workers, progress, write_json, jpeg_quality)
+    for name in plan.lists:  # the lists last: a tree with its lists has all its images
+        (root / plan.folder / name).write_text(plan.list_text(name))
     return root
 
 
