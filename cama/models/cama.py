@@ -1,4 +1,5 @@
-"""The CAMA re-ID network (cama-ram Sec. 3) and its IDE+BN baseline as a LightningModule."""
+"""The CAMA re-ID network (cama-ram Sec. 3), its IDE+BN baseline and the BoT baseline (Luo et al., CVPR-W
+2019) as a LightningModule."""
 
 from __future__ import annotations
 
@@ -6,16 +7,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cama.backbones import MultiBranchViT, TokenGrid, TransformerOptions, build_branches
-from cama.losses import overlapped_activation_penalty
 from cama.metrics import ReIDRankMetric
 from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
 from cama.models.heads import CAMHead, l2_normalized_gap
-from cama.models.schedules import two_phase_lambdas
+from cama.models.reid_loss import ReIDLoss
+from cama.models.schedules import check_milestones, two_phase_lambdas
 from cama.metrics.ranking import EmbeddingSet
 from cama.protocols import EvaluationOutputs
 from cama.references import ReIDReferences
@@ -31,6 +31,15 @@ class CAMA(pl.LightningModule):
     the CAM, Eq. 4) -> GAP -> softmax, trained with ``L = sum_i CE_i + alpha * L_oap`` (Eq. 7-8).
     With ``num_branches=1`` and ``oap_weight=0`` it is the IDE+BN baseline (Eq. 3).
     The test feature is the concatenation of each branch's L2-normalised GAP feature (Sec. 3.3).
+
+    BoT (Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person Re-identification", CVPR-W
+    2019) is IDE+BN with its tricks switched on (``configs/bot_*.yaml``): warm-up (Sec. 3.1,
+    ``lr_schedule="multistep"``), random erasing (Sec. 3.2, the data module's ``random_erasing``),
+    label smoothing (Sec. 3.3), last stride 1 (Sec. 3.4), the BNNeck (Sec. 3.5: the heads' BN is the
+    neck; the triplet and centre losses read the pooled features before it, the cross-entropy its
+    output, and the test feature is its output) and the centre loss (Sec. 3.6). The loss terms are
+    assembled by :class:`cama.models.reid_loss.ReIDLoss`; with several branches the triplet and
+    centre terms are computed per branch, each on its own pre-BN pooled feature, and summed.
 
     Args:
         num_classes: number of training identities (linked from the data module by ``train.py``).
@@ -52,8 +61,23 @@ class CAMA(pl.LightningModule):
             "fine-tunes the classifier weights" first); the backbone's learning rate is then 0.
         lr_step: after the warm-up, multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs.
         lr_gamma: the decay factor (0.1).
-        lr_schedule: ``"step"`` (the paper's: ``lr_step`` / ``lr_gamma``) or ``"cosine"``: after the
-            warm-up a half cosine from ``lr`` towards 0 at the end of ``max_epochs`` (for short runs).
+        lr_schedule: ``"step"`` (the paper's: ``lr_step`` / ``lr_gamma``), ``"cosine"``: after the
+            warm-up a half cosine from ``lr`` towards 0 at the end of ``max_epochs`` (for short runs),
+            or ``"multistep"`` (``lr_gamma`` at each of ``lr_milestones``, BoT's).
+        lr_milestones: with ``lr_schedule="multistep"``, the epochs (from 0, from the start of the run,
+            none inside the warm-up) from which the learning rate is multiplied by ``lr_gamma`` once
+            more; BoT (Sec. 3.1): ``[40, 70]`` after 10 warm-up epochs from 3.5e-5 to 3.5e-4.
+        label_smoothing: epsilon of the identity losses' label smoothing (BoT Sec. 3.3: 0.1; 0: none).
+        triplet_weight: weight of the batch-hard triplet loss (BoT Sec. 2: 1; 0: no triplet loss),
+            pytorch-metric-learning's ``TripletMarginLoss`` on the triplets of its ``BatchHardMiner``,
+            Euclidean distance of the unnormalised features, averaged over the anchors.
+        triplet_margin: the triplet loss's margin (BoT: 0.3).
+        bnneck: the triplet and centre losses read each branch's pooled features before the head's BN
+            (BoT Sec. 3.5, the BNNeck); ``False``: after it, the feature the classifier sees.
+        freeze_bn_bias: keep the heads' BN shift at 0 (BoT's code trains its BNNeck without a shift).
+        center_weight: beta of the centre loss (Wen et al. 2016; BoT Sec. 3.6: 0.0005; 0: none).
+        center_lr: learning rate of the centres' own SGD step (BoT: 0.5), taken in every training
+            forward (:func:`cama.losses.center_loss_step`), not by the optimizer.
         max_rank: CMC length for evaluation.
         rerank: also report the metrics after k-reciprocal re-ranking (Zhong et al., CVPR 2017;
             k1=20, k2=6, lambda=0.3) as ``val/mAP_rerank``, ``val/rank1_rerank``, ... (and ``test/``);
@@ -90,6 +114,14 @@ class CAMA(pl.LightningModule):
         lr_step: int = 20,
         lr_gamma: float = 0.1,
         lr_schedule: str = "step",
+        lr_milestones: list[int] | None = None,
+        label_smoothing: float = 0.0,
+        triplet_weight: float = 0.0,
+        triplet_margin: float = 0.3,
+        bnneck: bool = True,
+        freeze_bn_bias: bool = False,
+        center_weight: float = 0.0,
+        center_lr: float = 0.5,
         max_rank: int = 50,
         rerank: bool = False,
         init_from: str | None = None,
@@ -100,14 +132,26 @@ class CAMA(pl.LightningModule):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (training identities), got {num_classes}")
-        if lr_schedule not in ("step", "cosine"):
-            raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {lr_schedule!r}")
+        if lr_schedule not in ("step", "cosine", "multistep"):
+            raise ValueError(f"lr_schedule must be 'step', 'cosine' or 'multistep', got {lr_schedule!r}")
+        if lr_schedule == "multistep":
+            check_milestones(lr_milestones or [], warmup_epochs)
+        elif lr_milestones:
+            raise ValueError(
+                f"lr_milestones {list(lr_milestones)} need lr_schedule 'multistep', got {lr_schedule!r}")
         self.save_hyperparameters()
         self.backbone = build_branches(backbone, num_branches, pretrained, last_stride, width, transformer)
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         channels = self.backbone.out_channels
         self.heads = nn.ModuleList([CAMHead(channels, num_classes) for _ in range(num_branches)])
+        if freeze_bn_bias:
+            for head in self.heads:
+                head.bn.bias.requires_grad_(False)
+        self.criterion = ReIDLoss(
+            num_branches, num_classes, channels, label_smoothing=label_smoothing, oap_weight=oap_weight,
+            oap_topk=oap_topk, triplet_weight=triplet_weight, triplet_margin=triplet_margin,
+            center_weight=center_weight, center_lr=center_lr, bnneck=bnneck)
         # Table 5 of the paper: the mAP of the first i branches; the full model is val/mAP itself.
         prefix_dims = [channels * i for i in range(1, num_branches)] or None
         self.val_metric = ReIDRankMetric(max_rank=max_rank, prefix_dims=prefix_dims, rerank=rerank)
@@ -120,6 +164,13 @@ class CAMA(pl.LightningModule):
         if self.hparams.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return [head.features(maps) for head, maps in zip(self.heads, self.backbone(images))]
+
+    def backbone_maps(self, images: Tensor) -> list[Tensor]:
+        """``T^i`` of each branch, ``[B, K, h, w]``: the maps before the heads' BN (``feature_maps`` is
+        ``head.features`` of these); what the training loss reads."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return list(self.backbone(images))
 
     def embed_maps(self, maps: list[Tensor]) -> Tensor:
         """``f = [f^1/||f^1||; ...; f^N/||f^N||]``, the test feature of Sec. 3.3, ``[B, N*K]``."""
@@ -164,20 +215,9 @@ class CAMA(pl.LightningModule):
         init_from_checkpoint(self, stage)
 
     def compute_losses(self, images: Tensor, pids: Tensor) -> dict[str, Tensor]:
-        """Eq. 7-8: per-branch cross-entropy, OAP over the target-class CAMs, and their total."""
-        maps = self.feature_maps(images)
-        logits = [head.logits(m) for head, m in zip(self.heads, maps)]
-        id_losses = torch.stack([F.cross_entropy(z, pids) for z in logits])
-        losses = {"id_loss": id_losses.sum(), "accuracy": (logits[0].argmax(1) == pids).float().mean()}
-        for i, loss in enumerate(id_losses, start=1):
-            losses[f"id_loss_branch{i}"] = loss
-        if self.hparams.oap_weight > 0:
-            cams = torch.stack([head.target_cam(m, pids) for head, m in zip(self.heads, maps)])
-            losses["oap"] = overlapped_activation_penalty(cams, self.hparams.oap_topk)
-            losses["loss"] = losses["id_loss"] + self.hparams.oap_weight * losses["oap"]
-        else:
-            losses["loss"] = losses["id_loss"]
-        return losses
+        """Eq. 7-8 (per-branch cross-entropy, OAP over the target-class CAMs) plus the BoT terms that
+        are on, and their total (:class:`cama.models.reid_loss.ReIDLoss`); moves the centres in training."""
+        return self.criterion(self.heads, self.backbone_maps(images), pids)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         losses = self.compute_losses(batch["image"], batch["pid"])
@@ -237,6 +277,7 @@ class CAMA(pl.LightningModule):
             gamma=hp.lr_gamma,
             freeze_backbone_during_warmup=hp.freeze_backbone_during_warmup,
             cosine_epochs=self.trainer.max_epochs if hp.lr_schedule == "cosine" else None,
+            milestones=hp.lr_milestones if hp.lr_schedule == "multistep" else None,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone_lambda, head_lambda])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
