@@ -157,3 +157,16 @@ def test_pretrained_weights_from_the_documented_path_and_a_clear_error(tmp_path,
     assert not torch.equal(loaded.embed.pos_embed, source.embed.pos_embed)
     with pytest.raises(PretrainedWeightsNotFound, match="missing.safetensors"):
         MultiBranchViT(name, 1, str(tmp_path / "missing.safetensors"), _options())
+
+
+def test_conv_stem_gives_the_same_token_grid() -> None:
+    torch.manual_seed(0)
+    plain = MultiBranchViT("vit_tiny_patch16_224", 1, None, _options())
+    stem = MultiBranchViT("vit_tiny_patch16_224", 1, None, TransformerOptions(image_size=SIZE, conv_stem=2, **TINY))
+    images = torch.randn(2, 3, *SIZE)
+    assert stem(images)[0].shape == plain(images)[0].shape == (2, 16, 4, 2)
+    convolutions = [m for m in stem.embed.patch_embed.proj if isinstance(m, nn.Conv2d)]
+    assert [c.stride[0] for c in convolutions] == [2, 1, 2, 1, 2, 1, 1]  # log2(8) stages of 2, then 1x1
+    with pytest.raises(ValueError, match="power of 2"):
+        MultiBranchViT("vit_tiny_patch16_224", 1, None, TransformerOptions(image_size=(36, 18), conv_stem=1,
+                                                                           **{**TINY, "patch_size": 6}))

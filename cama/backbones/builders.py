@@ -5,9 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from cama.backbones.resnet import RESNET_NAMES, MultiBranchResNet, ResNetBody, build_resnet
-from cama.backbones.vit import MultiBranchViT, TransformerOptions, ViTBody, is_transformer
+from cama.backbones.vit import MultiBranchViT, TokenGrid, TransformerOptions, ViTBody, is_transformer
 
-__all__ = ["build_branches", "build_body", "last_conv_layer", "check_backbone_name"]
+__all__ = ["build_branches", "build_body", "last_conv_layer", "check_backbone_name", "body_layers",
+           "body_token_grid"]
 
 
 def check_backbone_name(name: str, extra: tuple[str, ...] = ()) -> None:
@@ -68,3 +69,16 @@ def last_conv_layer(module: nn.Module) -> str:
     if not convolutions:
         raise ValueError("the module has no Conv2d layer")
     return convolutions[-1]
+
+
+def body_layers(body: nn.Module, prefix: str = "backbone") -> list[list[str]]:
+    """The gradient maps' default layer of a one-branch model whose backbone is ``body`` (at ``prefix``):
+    a CNN's last convolution, or a transformer's LayerNorm in front of its last attention."""
+    names = body.layer_names()[0] if isinstance(body, ViTBody) else [last_conv_layer(body)]
+    return [[f"{prefix}.{name}" for name in names]]
+
+
+def body_token_grid(body: nn.Module, size: tuple[int, int]) -> TokenGrid | None:
+    """A transformer body's tokens -> maps for images of ``size`` (the ``reshape`` of the gradient
+    maps); None for a CNN, whose layers output maps."""
+    return body.token_grid(size) if isinstance(body, ViTBody) else None

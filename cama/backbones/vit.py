@@ -16,7 +16,8 @@ The embedding is pooled from that grid, in one of two ways (``TransformerOptions
   tokens' (``docs/explanations.md#transformer-backbones`` measures how much of the similarity that is).
 
 CAMA on a ViT (cama-ram Sec. 4.2 copies ResNet's conv5 per branch): the last ``branch_depth`` blocks
-and the final LayerNorm are copied per branch, the earlier blocks are shared.
+(and, for the class token, the final LayerNorm) are copied per branch, the earlier blocks are shared.
+The mean of the patch tokens is taken before the final LayerNorm, as timm's own average pooling does.
 
 Weights never download here: ``pretrained`` is ``None`` (random init), ``"imagenet"`` (timm's default
 weights of the name, read from ``<torch hub dir>/checkpoints/timm/<name>.safetensors`` or from the
@@ -272,7 +273,11 @@ class MultiBranchViT(nn.Module):
         self.embed = TokenEmbedding(vit)
         self.shared = nn.Sequential(*list(vit.blocks)[: depth - copied])
         last_blocks = nn.Sequential(*list(vit.blocks)[depth - copied:])
-        branch = nn.ModuleDict({"blocks": last_blocks, "norm": vit.norm})
+        # the mean of the patch tokens is taken before the final LayerNorm (as timm's own average pooling,
+        # whose norm comes after the pool): a LayerNorm gives every token the same scale, so the mean of
+        # normalised tokens could not let the background fade; the heads' BatchNorm follows the pool
+        norm = vit.norm if self.options.pool == "token" else nn.Identity()
+        branch = nn.ModuleDict({"blocks": last_blocks, "norm": norm})
         self.branches = nn.ModuleList([copy.deepcopy(branch) for _ in range(num_branches)])
         self.out_channels = int(vit.embed_dim)
 

@@ -35,10 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cama.backbones import (
-    RESNET_NAMES, Conv4, ResNet12, TokenGrid, TransformerOptions, ViTBody, build_body, is_transformer,
-    last_conv_layer,
-)
+from cama.backbones import RESNET_NAMES, Conv4, ResNet12, TokenGrid, TransformerOptions, build_body, is_transformer
+from cama.backbones.builders import body_layers, body_token_grid
 from cama.explain.precision import work_dtype
 from cama.metrics import FewShotAccuracy
 from cama.models.checkpoints import init_from_checkpoint
@@ -205,15 +203,13 @@ class ProtoNet(OneBranchGAP, pl.LightningModule):
         return self.embed_maps(self.feature_maps(images))
 
     def explanation_layers(self) -> list[list[str]]:
-        """The gradient maps' default layer: the backbone's last convolution, or a transformer's norm in
-        front of its last attention (:class:`cama.protocols.HasBranchLayers`)."""
-        if isinstance(self.backbone, ViTBody):
-            return [[f"backbone.{name}" for name in self.backbone.layer_names()[0]]]
-        return [[f"backbone.{last_conv_layer(self.backbone)}"]]
+        """The gradient maps' default layer (:class:`cama.protocols.HasBranchLayers`): the backbone's last
+        convolution, or a transformer's norm in front of its last attention."""
+        return body_layers(self.backbone)
 
     def token_grid(self, size: tuple[int, int]) -> TokenGrid | None:
         """A transformer's tokens -> maps (:class:`cama.protocols.HasTokenLayers`); None for a CNN."""
-        return self.backbone.token_grid(size) if isinstance(self.backbone, ViTBody) else None
+        return body_token_grid(self.backbone, size)
 
     def randomization_blocks(self) -> list[tuple[str, nn.Module]]:
         """The backbone's stages, top first (:class:`cama.protocols.HasRandomizationBlocks`); the

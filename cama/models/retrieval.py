@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cama.backbones import TokenGrid, TransformerOptions, ViTBody, build_body, last_conv_layer
-from cama.backbones.builders import check_backbone_name
+from cama.backbones import TokenGrid, TransformerOptions, build_body
+from cama.backbones.builders import body_layers, body_token_grid, check_backbone_name
 from cama.metrics.retrieval import RECALL_KS, RetrievalMetric
 from cama.models.checkpoints import init_from_checkpoint
 from cama.models.evaluation import EpochEvaluation
@@ -211,15 +211,13 @@ class RetrievalModel(pl.LightningModule):
         return None if self.projection is None else self.projection.weight.detach()
 
     def explanation_layers(self) -> list[list[str]]:
-        """The gradient maps' default layer: the backbone's last convolution, or a transformer's norm in
-        front of its last attention (:class:`cama.protocols.HasBranchLayers`)."""
-        if isinstance(self.backbone, ViTBody):
-            return [[f"backbone.{name}" for name in self.backbone.layer_names()[0]]]
-        return [[f"backbone.{last_conv_layer(self.backbone)}"]]
+        """The gradient maps' default layer (:class:`cama.protocols.HasBranchLayers`): the backbone's last
+        convolution, or a transformer's norm in front of its last attention."""
+        return body_layers(self.backbone)
 
     def token_grid(self, size: tuple[int, int]) -> TokenGrid | None:
         """A transformer's tokens -> maps (:class:`cama.protocols.HasTokenLayers`); None for a CNN."""
-        return self.backbone.token_grid(size) if isinstance(self.backbone, ViTBody) else None
+        return body_token_grid(self.backbone, size)
 
     def randomization_blocks(self) -> list[tuple[str, nn.Module]]:
         """``projection`` (when there is one), then the backbone's ``conv5`` .. ``conv1``: the cascading
