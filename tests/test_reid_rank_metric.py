@@ -7,8 +7,9 @@ import tempfile
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
-from cama.metrics import ReIDRankMetric
+from cama.metrics import ReIDRankMetric, evaluate_rank
 from cama.metrics.reid import pairwise_distance
 from tests.test_reid_metric import naive_eval_rank
 
@@ -198,3 +199,93 @@ def test_metric_two_process_gloo():
     assert got.keys() == expected.keys()
     for key in expected:
         assert got[key] == pytest.approx(expected[key], abs=1e-7), key
+
+
+# ------------------------------------------------------------------------------------------------
+# the gallery prepared once, no copy of the whole embeddings
+# ------------------------------------------------------------------------------------------------
+
+
+def _sorted_sets(emb, pids, camids, is_query, indices):
+    """Queries and junk-free gallery in dataset-index order, as the metric ranks them."""
+    order = torch.argsort(indices)
+    emb, pids, camids, is_query = emb[order], pids[order], camids[order], is_query[order]
+    q, g = is_query, ~is_query & (pids != -1)
+    return emb[q], emb[g], pids[q], pids[g], camids[q], camids[g]
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_metric_with_a_tiny_chunk_budget_equals_the_whole_distance_matrix(distance):
+    """Queries one at a time (and the gallery's squared norms a row at a time) against the gallery
+    prepared once give exactly the numbers of the whole [Q, G] matrix ranked by evaluate_rank."""
+    data = embedding_problem(8, n=150, dim=32)
+    perm = torch.randperm(150, generator=torch.Generator().manual_seed(2))
+    qf, gf, qp, gp, qc, gc = _sorted_sets(*data)
+    for dims in (None, 12):  # the whole embedding and a prefix of it
+        tiny = ReIDRankMetric(distance=distance, max_rank=10, chunk_bytes=2_000, prefix_dims=[12])
+        feed(tiny, data, batch=23, perm=perm)
+        out = tiny.compute()
+        cut = (lambda x: x) if dims is None else (lambda x: x[:, :dims])
+        dist = pairwise_distance(cut(qf), cut(gf), distance)
+        cmc, m_ap, m_inp = evaluate_rank(dist, qp, gp, qc, gc, max_rank=10, return_minp=True, chunk_size=10**6)
+        if dims is None:
+            assert float(out["mAP"]) == float(torch.tensor(m_ap, dtype=torch.float32))
+            assert float(out["mINP"]) == float(torch.tensor(m_inp, dtype=torch.float32))
+            for k in (1, 5, 10):
+                assert float(out[f"rank{k}"]) == float(cmc[k - 1]), k
+        else:
+            assert float(out["mAP_branches_1"]) == float(torch.tensor(m_ap, dtype=torch.float32))
+
+
+class _NewLargeTensors(TorchFunctionMode):
+    """Counts the tensors of at least ``numel`` elements that torch calls return without sharing an
+    input's storage: new copies of that size."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    @staticmethod
+    def _tensors(value):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from _NewLargeTensors._tensors(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from _NewLargeTensors._tensors(v)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {t.untyped_storage().data_ptr() for t in self._tensors((args, kwargs))}
+        self.count += sum(
+            t.numel() >= self.numel and t.untyped_storage().data_ptr() not in inputs for t in self._tensors(out)
+        )
+        return out
+
+
+@pytest.mark.parametrize(
+    "distance, batch, shuffled, copies",
+    [("euclidean", None, False, 0), ("euclidean", 23, True, 1), ("cosine", None, False, 1)],
+    ids=["one-batch", "shuffled-batches", "cosine"],
+)
+def test_metric_copies_the_embeddings_at_most_once(distance, batch, shuffled, copies):
+    """However many query chunks, with a chunk budget below the gallery's size: no gallery-sized
+    tensor when the collected rows serve as they are (float32, squared Euclidean, the gallery's rows
+    consecutive), one (the prepared gallery) when the gallery must be gathered from shuffled batches
+    or normalised for cosine."""
+    emb, pids, camids, is_query, _ = embedding_problem(9, n=240, dim=256)
+    is_query = torch.arange(240) < 60  # queries first, then the gallery
+    data = (emb, pids, camids, is_query, torch.arange(240))
+    metric = ReIDRankMetric(distance=distance, chunk_size=4, chunk_bytes=100_000)  # 15 chunks of queries
+    perm = torch.randperm(240, generator=torch.Generator().manual_seed(3)) if shuffled else None
+    feed(metric, data, batch=batch or 240, perm=perm)
+    expected = reference(*data, distance=distance)[1]
+    gallery_numel = int((~is_query & (pids != -1)).sum()) * 256
+    assert 100_000 < gallery_numel * 4 and not bool((pids[~is_query] == -1).any())
+    with _NewLargeTensors(gallery_numel) as mode:
+        out = metric.compute()
+    assert out["mAP"].item() == pytest.approx(expected, abs=1e-6)
+    assert mode.count == copies

@@ -18,27 +18,71 @@ from torch import Tensor
 
 from cama.explain.precision import autocast_off
 
-__all__ = ["overflow_safe_float32", "overflow_safe_scale", "paired_distance", "pairwise_distance", "prepared_distance"]
+__all__ = [
+    "max_abs", "overflow_safe_float32", "overflow_safe_scale", "paired_distance", "pairwise_distance",
+    "prepare_rows", "prepared_distance", "scale_for", "squared_norms",
+]
 
 _FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def max_abs(x: Tensor, dim: int | None = None) -> Tensor:
+    """``x.abs().amax(dim)`` without the ``abs`` copy of ``x`` (one ``aminmax`` pass; NaN propagates)."""
+    if x.shape[-1 if dim is None else dim] == 0:  # aminmax rejects an empty reduction
+        return x.new_zeros(() if dim is None else x.shape[:dim] + x.shape[dim + 1 :])
+    lo, hi = torch.aminmax(x) if dim is None else torch.aminmax(x, dim=dim)
+    return torch.maximum(hi, lo.neg())
+
+
+def scale_for(largest: Tensor, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """:func:`overflow_safe_scale` of embeddings of dimension ``dim`` whose largest absolute entry is
+    ``largest`` (0-d): ``2^-k``, ``k >= 0`` the smallest exponent with ``largest`` at most
+    ``sqrt(float32_max / (8 dim))``, as a 0-d tensor of ``dtype``."""
+    limit_exponent = math.floor(math.log2(math.sqrt(_FLOAT32_MAX / (8 * max(dim, 1)))))
+    _, exponent = torch.frexp(largest.to(dtype))  # largest < 2^exponent
+    k = (exponent - limit_exponent).clamp_min(0).to(dtype)
+    return torch.exp2(-k)  # 1 unless needed; an exact power of two
 
 
 def overflow_safe_scale(*embeddings: Tensor) -> Tensor:
     """The power of two ``2^-k``, ``k >= 0``, that :func:`overflow_safe_float32` multiplies ``embeddings``
     by: a 0-d tensor in their promoted dtype (at least float32), 1 unless an entry is larger than
-    ``sqrt(float32_max / (8 D))``. No host synchronisation."""
+    ``sqrt(float32_max / (8 D))`` (:func:`scale_for`). No host synchronisation, no copy of the inputs."""
     dim = max(max((e.shape[-1] for e in embeddings), default=1), 1)
-    limit_exponent = math.floor(math.log2(math.sqrt(_FLOAT32_MAX / (8 * dim))))
     dtype = torch.float32
     for e in embeddings:
         dtype = torch.promote_types(dtype, e.dtype)
     nonempty = [e for e in embeddings if e.numel()]
     if not nonempty:
         return torch.ones((), dtype=dtype)
-    largest = torch.stack([e.abs().amax().to(dtype) for e in nonempty]).amax()
-    _, exponent = torch.frexp(largest)  # largest < 2^exponent
-    k = (exponent - limit_exponent).clamp_min(0).to(dtype)
-    return torch.exp2(-k)  # 1 unless needed; an exact power of two
+    largest = torch.stack([max_abs(e).to(dtype) for e in nonempty]).amax()
+    return scale_for(largest, dim, dtype)
+
+
+def prepare_rows(x: Tensor, scale: Tensor, distance: str) -> Tensor:
+    """``[N, D]`` rows as :func:`prepared_distance` takes them: float32, multiplied by ``scale`` (an
+    :func:`overflow_safe_scale` of every row they are compared with) in ``scale``'s dtype, and of
+    unit length for ``"cosine"`` -- :func:`pairwise_distance`'s preparation of one side. ``x`` itself
+    (no copy) where that changes nothing: float32 rows, scale 1, ``"euclidean"``. One host
+    synchronisation (whether the scale is 1)."""
+    if x.dtype != torch.float32 or bool(scale != 1):
+        x = (x.to(scale.dtype) * scale.to(x.device)).float()
+    if distance == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    return x
+
+
+def squared_norms(x: Tensor, block_rows: int = 4096) -> Tensor:
+    """``[N]`` ``(x * x).sum(1)``, :func:`prepared_distance`'s squared norms, ``block_rows`` rows at a
+    time (no ``[N, D]`` temporary). Each row is reduced alone, the same way in a block as in the
+    whole matrix, so the values are those of the one-shot expression."""
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    block_rows = max(1, block_rows)
+    with autocast_off(x.device.type):
+        for s in range(0, x.shape[0], block_rows):
+            rows = x[s : s + block_rows]
+            torch.sum(rows * rows, dim=1, out=out[s : s + block_rows])
+    return out
 
 
 def overflow_safe_float32(*embeddings: Tensor) -> tuple[Tensor, ...]:
@@ -96,8 +140,5 @@ def pairwise_distance(x: Tensor, y: Tensor, distance: str = "euclidean") -> Tens
     """
     if distance not in ("euclidean", "cosine"):
         raise ValueError(f"distance must be 'euclidean' or 'cosine', got {distance!r}")
-    x, y = overflow_safe_float32(x, y)
-    if distance == "cosine":
-        x = torch.nn.functional.normalize(x, dim=1)
-        y = torch.nn.functional.normalize(y, dim=1)
-    return prepared_distance(x, y, distance)
+    scale = overflow_safe_scale(x, y)
+    return prepared_distance(prepare_rows(x, scale, distance), prepare_rows(y, scale, distance), distance)

@@ -18,6 +18,11 @@ Zheng's MATLAB code uses a stable sort).
 
 The ranks of the true matches come from :func:`cama.metrics.match_ranks.match_ranks` (a few
 passes over each row, no sort), in chunks of queries whose temporaries stay within ``chunk_bytes``.
+:class:`ReIDRankMetric` prepares its gallery (float32, overflow-safe scale, unit rows for cosine,
+squared norms) once per ranking and takes the queries of each chunk straight from its collected
+batches: no copy of the whole embeddings beyond the prepared gallery, which is the collected rows
+themselves where preparing changes nothing (float32, ordinary magnitudes, squared Euclidean, the
+gallery's rows consecutive in one batch).
 """
 from __future__ import annotations
 
@@ -27,12 +32,14 @@ import torch
 from torch import Tensor
 
 from cama.explain.precision import at_least_float32
-from cama.metrics.distances import pairwise_distance
+from cama.metrics.distances import (
+    max_abs, pairwise_distance, prepare_rows, prepared_distance, scale_for, squared_norms,
+)
 from cama.metrics.match_ranks import Gallery, Workspace, match_ranks, max_chunk_rows
 from cama.metrics.ranking import EmbeddingSet, first_per_index, is_junk
 from cama.metrics.reid_inputs import as_ids, as_tensor, no_valid_query_error
 from cama.metrics.rerank import RerankOptions
-from cama.metrics.states import CollectedSamples
+from cama.metrics.states import CatRows, CollectedSamples
 
 __all__ = ["evaluate_rank", "pairwise_distance", "ReIDRankMetric"]
 
@@ -320,52 +327,67 @@ class ReIDRankMetric(CollectedSamples):
             emb, pids, cams, isq, idx = self._gathered()
         return EmbeddingSet(emb, pids, idx, cams, isq, self.distance)
 
-    def _rank_features(self, qf: Tensor, gf: Tensor, qp: Tensor, gp: Tensor, qc: Tensor, gc: Tensor):
-        keep = ~is_junk(gp)  # junk gallery samples are never ranked: drop them before computing distances
-        if not bool(keep.all()):
-            gf, gp, gc = gf[keep], gp[keep], gc[keep]
+    def _rank_rows(self, rows: CatRows, qpos: Tensor, gpos: Tensor, labels: tuple[Tensor, ...],
+                   dim: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`_evaluate` of the collected rows ``qpos`` (queries) against the rows ``gpos`` (the
+        gallery, junk dropped) on their first ``dim`` features (None: all), as
+        :func:`pairwise_distance` gives them: the overflow-safe scale of the queries and the gallery,
+        then the gallery prepared once (:func:`prepare_rows`, :func:`squared_norms`) and each chunk's
+        queries taken from ``rows`` and prepared alone (:func:`prepared_distance`)."""
+        cut = (lambda x: x) if dim is None else (lambda x: x[:, :dim])
+        row_max = rows.map_rows(lambda piece: max_abs(cut(piece), dim=1))
+        both = torch.cat([row_max[qpos], row_max[gpos]])
+        largest = both.amax() if both.numel() else both.new_zeros(())
+        width = rows.shape[1] if dim is None else dim
+        scale = scale_for(largest, width, torch.promote_types(torch.float32, rows.dtype))
+        gallery = prepare_rows(cut(rows.take(gpos)), scale, self.distance)
+        g_sq = None
+        if self.distance == "euclidean":
+            g_sq = squared_norms(gallery, self.chunk_bytes // max(1, 4 * width))
 
-        def block(rows: Tensor) -> Tensor:
-            return pairwise_distance(qf.index_select(0, rows), gf, self.distance)
+        def block(chunk: Tensor) -> Tensor:
+            queries = prepare_rows(cut(rows.take(qpos[chunk])), scale, self.distance)
+            return prepared_distance(queries, gallery, self.distance, y_sq=g_sq)
 
-        bytes_per_row = gf.shape[0] * (4 + 9)
-        return _evaluate(
-            block, qp, gp, qc, gc, self.max_rank, bytes_per_row, self.chunk_size, self.chunk_bytes, qf.device
-        )
+        bytes_per_row = gallery.shape[0] * (4 + 9)
+        return _evaluate(block, *labels, self.max_rank, bytes_per_row, self.chunk_size, self.chunk_bytes,
+                         gallery.device)
 
     def _rerank_features(self, qf: Tensor, gf: Tensor, qp: Tensor, gp: Tensor, qc: Tensor, gc: Tensor):
-        keep = ~is_junk(gp)
-        if not bool(keep.all()):
-            gf, gp, gc = gf[keep], gp[keep], gc[keep]
         dist = self.rerank_options.distances(qf, gf, self.distance, self.chunk_bytes)
         return evaluate_rank(dist, qp, gp, qc, gc, self.max_rank, return_minp=True,
                              chunk_size=self.chunk_size, chunk_bytes=self.chunk_bytes)
 
     def compute(self) -> dict[str, Tensor]:
-        emb, pids, cams, isq, _ = self._gathered()
-        q, g = isq, ~isq
-        if not bool(q.any()) or not bool(g.any()):
+        rows = self._collected_rows("embeddings")
+        if rows is None:
+            raise ValueError("ReIDRankMetric.compute() called before any update()")
+        pids, cams, isq, idx = self._collected("pids", "camids", "is_query", "indices")
+        first = first_per_index(idx, isq)  # one sample per (query or gallery, index), by index
+        q = isq[first].bool()
+        qpos, gpos = first[q], first[~q]  # positions in the collected rows
+        if not qpos.numel() or not gpos.numel():
             raise ValueError(
-                f"ReIDRankMetric needs query and gallery samples, got {int(q.sum())} queries and "
-                f"{int(g.sum())} gallery samples (is_query flags wrong?)"
+                f"ReIDRankMetric needs query and gallery samples, got {qpos.numel()} queries and "
+                f"{gpos.numel()} gallery samples (is_query flags wrong?)"
             )
-        qf, gf = emb[q], emb[g]
-        args = (pids[q], pids[g], cams[q], cams[g])
-        cmc, m_ap, m_inp = self._rank_features(qf, gf, *args)
+        gpos = gpos[~is_junk(pids[gpos])]  # junk gallery samples are never ranked
+        labels = (pids[qpos], pids[gpos], cams[qpos], cams[gpos])
+        cmc, m_ap, m_inp = self._rank_rows(rows, qpos, gpos, labels)
         out: dict[str, Tensor] = {"mAP": m_ap.float(), "mINP": m_inp.float()}
         for k in self.ranks:
             out[f"rank{k}"] = cmc[k - 1].to(m_ap.device)
         if self.prefix_dims is not None:
-            dim = emb.shape[1]
+            dim = rows.shape[1]
             for i, d in enumerate(self.prefix_dims, start=1):
                 if d > dim:
                     raise ValueError(f"prefix_dims entry {d} exceeds the embedding dimension {dim}")
                 if d == dim:
                     out[_branch_key(i)] = out["mAP"].clone()
                 else:
-                    out[_branch_key(i)] = self._rank_features(qf[:, :d], gf[:, :d], *args)[1].float()
+                    out[_branch_key(i)] = self._rank_rows(rows, qpos, gpos, labels, d)[1].float()
         if self.rerank_options is not None:
-            cmc, m_ap, m_inp = self._rerank_features(qf, gf, *args)
+            cmc, m_ap, m_inp = self._rerank_features(rows.take(qpos), rows.take(gpos), *labels)
             dev = out["mAP"].device
             out["mAP_rerank"] = torch.tensor(m_ap, dtype=torch.float32, device=dev)
             out["mINP_rerank"] = torch.tensor(m_inp, dtype=torch.float32, device=dev)
