@@ -36,6 +36,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from cama.backbones import TransformerOptions  # noqa: E402
 from cama.models import CAMA  # noqa: E402
+from train_throughput import matmul_gflops  # noqa: E402
 
 MARKET_IDS = 751
 MODELS = {
@@ -43,19 +44,6 @@ MODELS = {
     "cama_vit_s_3br": dict(backbone="vit_small_patch16_224", num_branches=3,
                            transformer=TransformerOptions(image_size=(256, 128), pool="token")),
 }
-
-
-def matmul_gflops(device: str, size: int = 2048) -> float:
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
 
 
 def _sync(device: str) -> None:
@@ -159,7 +147,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
         print(f"device: {torch.cuda.get_device_name()}")
-    print(f"2048x2048 float32 matmul on {args.device}: {matmul_gflops(args.device):.0f} GFLOP/s")
+    print(f"2048x2048 float32 matmul on {args.device}: {matmul_gflops(device=args.device):.0f} GFLOP/s")
     print("| model | precision | bare step images/s | with data: images/s | data wait |")
     print("|---|---|---|---|---|")
     for name in args.models:

@@ -51,16 +51,21 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("cama_synthetic", "protonet_synthetic", "retrieval_synthetic")
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """The best of ``repeats`` ``size x size`` float32 matmuls on ``device``, in GFLOP/s."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    best = min(_timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
-def _timed(fn: Any) -> float:
+def _timed(fn: Any, device: str = "cpu") -> float:
+    """Seconds of ``fn()``, the device's queued work waited for (CUDA runs asynchronously)."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 

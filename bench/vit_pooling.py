@@ -35,12 +35,10 @@ from cama.loading import instantiate_data, load_model, read_config  # noqa: E402
 def split_similarity(model, queries: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(patch part, offset part)`` ``[Q]`` of ``<e(q), references>`` for a class-token CAMA on a ViT."""
     net = model.backbone
-    tokens = net.shared(net.embed(queries))
     grid = net.token_grid(queries.shape[-2:])
     patch, offset = [], []
     start = 0
-    for branch, head in zip(net.branches, model.heads):
-        out = branch["norm"](branch["blocks"](tokens))
+    for out, head in zip(net.branch_tokens(queries), model.heads):
         full = head.features(grid.pooled_grid(out, "token"))  # F_i, whose mean is BN(c_i)
         patches = head.features(grid(out))  # BN(P_i): the same affine map, without the offset
         scale = full.mean(dim=(2, 3)).norm(dim=1)

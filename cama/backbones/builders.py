@@ -67,7 +67,7 @@ def last_conv_layer(module: nn.Module) -> str:
     """The name of ``module``'s last ``Conv2d`` (the default layer of a CNN's gradient maps)."""
     convolutions = [name for name, child in module.named_modules() if isinstance(child, nn.Conv2d)]
     if not convolutions:
-        raise ValueError("the module has no Conv2d layer")
+        raise ValueError("the model has no Conv2d layer: give the gradient methods their layers")
     return convolutions[-1]
 
 

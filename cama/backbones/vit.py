@@ -298,11 +298,14 @@ class MultiBranchViT(nn.Module):
         shared = [(f"block{i}", self.shared[i]) for i in reversed(range(depth))]
         return [("branches", self.branches), *shared, ("embedding", self.embed)]
 
-    def forward(self, images: Tensor) -> list[Tensor]:
+    def branch_tokens(self, images: Tensor) -> list[Tensor]:
+        """Each branch's output tokens ``[B, prefix + h*w, K]`` (after the final norm for the class token)."""
         tokens = self.shared(self.embed(images))
+        return [branch["norm"](branch["blocks"](tokens)) for branch in self.branches]
+
+    def forward(self, images: Tensor) -> list[Tensor]:
         grid = self.token_grid(images.shape[-2:])
-        pool = self.options.pool
-        return [grid.pooled_grid(branch["norm"](branch["blocks"](tokens)), pool) for branch in self.branches]
+        return [grid.pooled_grid(tokens, self.options.pool) for tokens in self.branch_tokens(images)]
 
 
 class ViTBody(nn.Module):

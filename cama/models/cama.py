@@ -161,9 +161,7 @@ class CAMA(pl.LightningModule):
     # ------------------------------------------------------------------ the model protocol (cama.protocols)
     def feature_maps(self, images: Tensor) -> list[Tensor]:
         """``F^i = BN(T^i)`` of each branch, ``[B, K, h, w]`` -- the maps pooled into the embedding."""
-        if self.hparams.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return [head.features(maps) for head, maps in zip(self.heads, self.backbone(images))]
+        return [head.features(maps) for head, maps in zip(self.heads, self.backbone_maps(images))]
 
     def backbone_maps(self, images: Tensor) -> list[Tensor]:
         """``T^i`` of each branch, ``[B, K, h, w]``: the maps before the heads' BN (``feature_maps`` is

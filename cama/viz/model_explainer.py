@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from cama.backbones.builders import last_conv_layer
 from cama.explain import (
     class_activation_map,
     dist_cam,
@@ -100,10 +101,7 @@ def default_gradient_layers(model: nn.Module) -> list[list[str]]:
     else its last convolution."""
     if isinstance(model, HasBranchLayers):
         return model.explanation_layers()
-    convolutions = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-    if not convolutions:
-        raise ValueError("the model has no Conv2d layer: give the gradient methods their layers")
-    return [[convolutions[-1]]]
+    return [[last_conv_layer(model)]]
 
 
 @dataclass
