@@ -7,12 +7,15 @@ set.
   identities x ``k`` images) ``{"image": float [B,3,H,W], "pid": long [B] (relabelled 0..C-1),
   "camid": long [B] (0-based), "index": long [B]}`` with the paper's augmentation (resize, pad +
   random crop, horizontal flip, optional random erasing; ImageNet normalisation);
-* one evaluation loader (validation, test and predict alike: re-ID has no separate validation
-  split) over the query set followed by the gallery ``{"image", "pid" (original: 0 distractor,
-  -1 junk), "camid", "index" (position in query + gallery), "is_query": bool [B]}``, plus, for the
-  synthetic set, ``"box": float [B,4]`` (x1, y1, x2, y2 in pixels of the transformed image),
+* evaluation loaders over a query set followed by a gallery ``{"image", "pid" (original: 0
+  distractor, -1 junk), "camid", "index" (position in query + gallery), "is_query": bool [B]}``, plus,
+  for the synthetic set, ``"box": float [B,4]`` (x1, y1, x2, y2 in pixels of the transformed image),
   ``"mask": bool [B,P,H,W]`` (visible pixels of each part, :attr:`ReIDDataModule.part_names`) and
-  ``"evidence"``, ``"evidence_required"``: bool [B,P] (the parts that tell it from look-alikes).
+  ``"evidence"``, ``"evidence_required"``: bool [B,P] (the parts that tell it from look-alikes):
+  the test (and predict) loader over the data set's query + gallery; the validation loader over
+  ``val_ids`` training identities held out of training (:mod:`datamodules.holdout`: query and
+  gallery by the test protocol), so a checkpoint is selected without seeing the test identities --
+  or, with ``validate_on_test``, over the test split as torchreid and fast-reid do.
 
 The layouts are classes registered by name (:mod:`datamodules.reid_layouts`, :mod:`datamodules.registry`):
 real ones read from file names (``0002_c1s1_000451_03.jpg``, ``0001_c2_f0046182.jpg``,
@@ -30,8 +33,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from .base import ImageDataModule, synthetic_options
@@ -39,109 +42,18 @@ from .batch_augment import BatchPadCropFlip
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
 from .image_check import check_split_images
-from .images import (
-    NormalizeImage, SeededTransformDataset, flip, load_image, normalized, resize_pad_crop, resized,
-)
+from .images import NormalizeImage, flip, normalized, resize_pad_crop, resized
 from .registry import reid_layout
+from .reid_datasets import QueryGalleryDataset, ReIDImageDataset, ReIDTransformDataset
+from .holdout import ReIDSubset, check_validation_options, default_val_ids, hold_out_identities
 from .reid_layouts import ReIDLayout, SyntheticReIDOptions
 from .reid_scan import ReIDRecord
-from .samplers import PKSampler, split_item
+from .samplers import PKSampler
 
 __all__ = [
     "DatasetLayoutError", "UnreadableImageError", "ReIDRecord", "ReIDLayout", "SyntheticReIDOptions",
     "ReIDImageDataset", "ReIDTransformDataset", "QueryGalleryDataset", "ReIDDataModule",
 ]
-
-
-class ReIDImageDataset(Dataset):
-    """Images listed by :class:`ReIDRecord` s; items ``{"image": tv_tensors.Image uint8, "pid", "camid"}``."""
-
-    def __init__(self, records: Sequence[ReIDRecord]) -> None:
-        self.records = list(records)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def pids(self) -> list[int]:
-        return [r.pid for r in self.records]
-
-    @property
-    def camids(self) -> list[int]:
-        return [r.camid for r in self.records]
-
-    @property
-    def paths(self) -> list[str]:
-        return [r.path for r in self.records]
-
-    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        index, _ = split_item(item)
-        r = self.records[index]
-        return {"image": tv_tensors.Image(load_image(r.path)), "pid": r.pid, "camid": r.camid}
-
-
-class ReIDTransformDataset(SeededTransformDataset):
-    """Applies a (random) transform to the items of a base re-ID dataset (:class:`SeededTransformDataset`).
-
-    ``label_map`` (:attr:`pid_map`) relabels pids; ``targets`` keeps the transformed ``box`` / ``mask``
-    and the ``evidence*`` ground truth: items ``{"pid", "camid", "index", "image"}`` plus those.
-    """
-
-    label_key = "pid"
-    extra_keys = ("camid",)
-    vector_keys = ("evidence", "evidence_required")
-
-    @property
-    def pid_map(self) -> dict[int, int] | None:
-        return self.label_map
-
-    @property
-    def pids(self) -> list[int]:
-        return self.labels
-
-    @property
-    def camids(self) -> list[int]:
-        return list(self.base.camids)  # type: ignore[attr-defined]
-
-    @property
-    def paths(self) -> list[str] | None:
-        """The image files (None for the generated data)."""
-        return self.base.paths if isinstance(self.base, ReIDImageDataset) else None
-
-
-class QueryGalleryDataset(Dataset):
-    """Query items followed by gallery items; ``index`` is the position in the concatenation."""
-
-    def __init__(self, query: Dataset, gallery: Dataset) -> None:
-        self.query, self.gallery = query, gallery
-        self.num_query = len(query)  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return self.num_query + len(self.gallery)  # type: ignore[arg-type]
-
-    @property
-    def pids(self) -> list[int]:
-        return list(self.query.pids) + list(self.gallery.pids)  # type: ignore[attr-defined]
-
-    @property
-    def camids(self) -> list[int]:
-        return list(self.query.camids) + list(self.gallery.camids)  # type: ignore[attr-defined]
-
-    @property
-    def paths(self) -> list[str] | None:
-        """The image file of every item (None for the generated data)."""
-        query, gallery = self.query.paths, self.gallery.paths  # type: ignore[attr-defined]
-        return None if query is None or gallery is None else list(query) + list(gallery)
-
-    def __getitem__(self, item: int) -> dict[str, Any]:
-        index, _ = split_item(item)
-        if index < self.num_query:
-            out = self.query[index]
-        else:
-            out = self.gallery[index - self.num_query]
-        out["index"] = torch.tensor(index, dtype=torch.long)
-        out["is_query"] = torch.tensor(index < self.num_query)
-        return out
 
 
 class ReIDDataModule(ImageDataModule):
@@ -167,6 +79,13 @@ class ReIDDataModule(ImageDataModule):
             ``root`` (an error if it holds both).
         msmt17_val_in_train: MSMT17's training set is list_train + list_val (32,621 images); ``False``
             leaves list_val out (30,248 images, torchreid's and fast-reid's default).
+        val_ids: training identities held out as the validation query + gallery (drawn with a fixed
+            seed among those seen by two or more cameras: the same split whatever ``seed``); they no
+            longer train (``num_classes`` drops by as many). ``None``: a tenth of the training
+            identities. Must be ``None`` or 0 with ``validate_on_test``.
+        validate_on_test: validate on the test query + gallery (torchreid's and fast-reid's practice:
+            a checkpoint selected by its validation score has then seen the test set); every training
+            identity trains.
         camera_pattern: ``folders``: a regex searched in each file name, group 1 the camera number
             (e.g. ``"c(\\d+)"``); without it the cameras come from ``root/cameras.csv`` if present,
             else query images are camera 0 and gallery images camera 1.
@@ -200,6 +119,8 @@ class ReIDDataModule(ImageDataModule):
         cuhk03_variant: Literal["labeled", "detected"] = "labeled",
         msmt17_version: Literal["V1", "V2"] | None = None,
         msmt17_val_in_train: bool = True,
+        val_ids: int | None = None,
+        validate_on_test: bool = False,
         camera_pattern: str | None = None,
         min_train_images: int | None = None,
         image_size: tuple[int, int] = (256, 128),
@@ -223,6 +144,7 @@ class ReIDDataModule(ImageDataModule):
             raise ValueError(f"cuhk03_variant must be 'labeled' or 'detected', got {cuhk03_variant!r}")
         if msmt17_version not in (None, "V1", "V2"):
             raise ValueError(f"msmt17_version must be 'V1', 'V2' or None, got {msmt17_version!r}")
+        check_validation_options(val_ids, validate_on_test, "val_ids", "training identities")
         values: Mapping[str, Any] = dict(cuhk03_variant=cuhk03_variant, msmt17_version=msmt17_version,
                                          msmt17_val_in_train=bool(msmt17_val_in_train),
                                          camera_pattern=camera_pattern, min_train_images=min_train_images)
@@ -240,6 +162,10 @@ class ReIDDataModule(ImageDataModule):
         self.msmt17_version = msmt17_version
         self.msmt17_val_in_train = bool(msmt17_val_in_train)
         self.camera_pattern = camera_pattern
+        self.val_ids = None if val_ids is None else int(val_ids)
+        self.validate_on_test = bool(validate_on_test)
+        #: the held-out validation identities' original pids (empty with ``validate_on_test``)
+        self.val_identities: list[int] = []
         self.min_train_images = min_train_images
         #: ``folders``: pid -> identity folder name of the query + gallery (and of training, same root)
         self.identity_names: dict[int, str] | None = None
@@ -256,6 +182,8 @@ class ReIDDataModule(ImageDataModule):
         self.query_dataset: ReIDTransformDataset | None = None
         self.gallery_dataset: ReIDTransformDataset | None = None
         self.eval_dataset: QueryGalleryDataset | None = None
+        #: the validation query + gallery (``eval_dataset`` itself with ``validate_on_test``)
+        self.val_dataset: QueryGalleryDataset | None = None
         self.pid_map: dict[int, int] | None = None
 
     # -- raw data ------------------------------------------------------------------------------
@@ -288,13 +216,30 @@ class ReIDDataModule(ImageDataModule):
                 # the names are the query + gallery's (none for market1501, ...)
                 self.identity_names = self.test_layout.identity_names
                 self._raw = {"train": source["train"], "query": target["query"], "gallery": target["gallery"]}
+            if not self.validate_on_test:
+                self._raw.update(self._held_out(self._raw["train"]))
         return self._raw
+
+    def _held_out(self, train: Any) -> dict[str, Dataset]:
+        """The training set without the validation identities, and their query + gallery
+        (:func:`~datamodules.holdout.hold_out_identities`)."""
+        count = self.val_ids if self.val_ids is not None else default_val_ids(len(set(train.pids)))
+        split = hold_out_identities(train.pids, train.camids, count)
+        self.val_identities = split.identities
+        rank_zero_info(
+            f"validation: {len(split.identities)} of the {len(set(train.pids))} training identities of "
+            f"{self.dataset} held out ({len(split.query)} queries, {len(split.gallery)} gallery images; "
+            "val_ids sets how many, validate_on_test: true validates on the test split instead)")
+        query_cam, gallery_cam = (0, 1) if split.camera_free else (None, None)
+        return {"train": ReIDSubset(train, split.train),
+                "val_query": ReIDSubset(train, split.query, camid=query_cam),
+                "val_gallery": ReIDSubset(train, split.gallery, camid=gallery_cam)}
 
     def _check_image_files(self, splits: Sequence[str]) -> None:
         """At ``setup``: check the image files of ``splits`` once, naming the data set each split is from."""
         if not self.check_images or self.layout.generated:
             return
-        groups = [(("train",), self.dataset, self.root),
+        groups = [(("train", "val_query", "val_gallery"), self.dataset, self.root),
                   (("query", "gallery"), self.test_dataset, self.test_root)]
         for names, dataset, root in groups if self.cross_domain else [(splits, self.dataset, self.root)]:
             todo = [s for s in splits if s in names]
@@ -337,7 +282,9 @@ class ReIDDataModule(ImageDataModule):
     # -- Lightning hooks ------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        self._check_image_files(("train", "query", "gallery") if stage in (None, "fit") else ("query", "gallery"))
+        held_out = () if self.validate_on_test else ("val_query", "val_gallery")
+        needed = {"fit": ("train", *held_out, "query", "gallery"), "validate": held_out or ("query", "gallery")}
+        self._check_image_files(needed.get(stage or "fit", ("query", "gallery")))
         if self.train_dataset is not None:
             return
         raw = self._raw_datasets()
@@ -352,6 +299,11 @@ class ReIDDataModule(ImageDataModule):
         self.query_dataset = ReIDTransformDataset(raw["query"], self.eval_transform(), **evaluation)
         self.gallery_dataset = ReIDTransformDataset(raw["gallery"], self.eval_transform(), **evaluation)
         self.eval_dataset = QueryGalleryDataset(self.query_dataset, self.gallery_dataset)
+        self.val_dataset = self.eval_dataset
+        if not self.validate_on_test:
+            self.val_dataset = QueryGalleryDataset(
+                ReIDTransformDataset(raw["val_query"], self.eval_transform(), **evaluation),
+                ReIDTransformDataset(raw["val_gallery"], self.eval_transform(), **evaluation))
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -360,16 +312,24 @@ class ReIDDataModule(ImageDataModule):
         return DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.train_collate(),
                           **self._loader_kwargs())
 
-    def _eval_loader(self, spread: bool = True) -> DataLoader:
-        """Queries and gallery; ``spread``: interleaved so that any prefix holds them in proportion
-        (a sanity check or ``limit_val_batches`` sees a small query + gallery set, see
-        :mod:`datamodules.eval_order`), else queries first, then the gallery (``predict``)."""
-        self.setup("test")
-        assert self.eval_dataset is not None
-        num_query = self.eval_dataset.num_query
+    def _eval_loader(self, spread: bool = True, dataset: QueryGalleryDataset | None = None) -> DataLoader:
+        """Queries and gallery of ``dataset`` (None: the test split); ``spread``: interleaved so that
+        any prefix holds them in proportion (a sanity check or ``limit_val_batches`` sees a small
+        query + gallery set, see :mod:`datamodules.eval_order`), else queries first, then the gallery
+        (``predict``)."""
+        if dataset is None:
+            self.setup("test")
+            dataset = self.eval_dataset
+        assert dataset is not None
+        num_query = dataset.num_query
         # the gallery's identities, distractors (pid 0) and junk (-1) spread apart: a data set on disk
         # stores the junk and distractors first, and a prefix of them alone has nothing to rank
-        gallery = (torch.as_tensor(self.eval_dataset.pids[num_query:]).sign() + 1).tolist()
+        gallery = (torch.as_tensor(dataset.pids[num_query:]).sign() + 1).tolist()
         sampler = SpreadSampler([3] * num_query + gallery) if spread else None
-        return DataLoader(self.eval_dataset, batch_size=self.eval_batch_size, sampler=sampler,
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler,
                           shuffle=False, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        """The held-out identities' query + gallery (the test split's with ``validate_on_test``)."""
+        self.setup("validate")
+        return self._eval_loader(dataset=self.val_dataset)

@@ -7,12 +7,13 @@
   draw of pytorch-metric-learning's ``MPerClassSampler`` on its own generator, deterministic per
   ``(seed, epoch)``, whole batches split between DDP processes), with augmentation; batches ``{"image": float [B,3,H,W]
   (ImageNet-normalised), "label": long [B] (training class, 0..C-1), "index": long [B]}``;
-* one evaluation loader (validation, test and predict alike: the retrieval protocol has no separate
-  validation split) over the whole test split, in a fixed order, ``{"image", "label" (test class,
-  0..C'-1), "index" (position in the test split)}`` plus, where the data has them, ``"box": float
-  [B,4]`` (x1, y1, x2, y2 in pixels of the transformed image: CUB and synthetic) and ``"mask": bool
-  [B,1,H,W]`` (the object's pixels: synthetic). Every test image is a query and the other test
-  images its references (``cama.metrics.RetrievalMetric``).
+* evaluation loaders in a fixed order, ``{"image", "label" (class within the split, 0..C'-1), "index"
+  (position in the split)}`` plus, where the data has them, ``"box": float [B,4]`` (x1, y1, x2, y2 in
+  pixels of the transformed image: CUB and synthetic) and ``"mask": bool [B,1,H,W]`` (the object's
+  pixels: synthetic); every image is a query and the other images of its split its references
+  (``cama.metrics.RetrievalMetric``). The test (and predict) loader is the test split; the
+  validation loader the last ``val_classes`` training classes, held out of training
+  (:mod:`datamodules.holdout`), or with ``validate_on_test`` the test split.
 
 Layouts (``dataset``, looked up among the class layouts of :mod:`datamodules.class_layouts`, or the
 class path of a :class:`~datamodules.class_layouts.ClassLayout` of your own):
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -55,6 +57,7 @@ from .class_layouts import SyntheticClassesOptions
 from .class_scan import RETRIEVAL_SPLITS, scan_cub_retrieval, scan_retrieval_folders
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
+from .holdout import ClassSubset, check_validation_options, default_val_ids, hold_out_classes
 from .images import colour_jitter, flip
 from .samplers import MPerClassBatchSampler
 
@@ -102,6 +105,11 @@ class RetrievalDataModule(ClassImagesDataModule):
             ``None``: its defaults, 100 classes of 60 84x84 images).
         check_images: at ``setup``, check that every image file the stage needs can be read (size, header
             and end marker, :mod:`datamodules.image_check`); ``fit`` checks both splits.
+        val_classes: the last training classes (by label), held out as the validation split (every
+            image a query against the others, as the test split); they no longer train. ``None``: a
+            tenth of the training classes. Must be ``None`` or 0 with ``validate_on_test``.
+        validate_on_test: validate on the test split (the MS-loss paper's practice: the checkpoint
+            chosen by its validation score has then seen the test classes); every training class trains.
     """
 
     splits = RETRIEVAL_SPLITS
@@ -127,7 +135,10 @@ class RetrievalDataModule(ClassImagesDataModule):
         cub_train_classes: int | None = None,
         synthetic: SyntheticClassesOptions | None = None,
         check_images: bool = True,
+        val_classes: int | None = None,
+        validate_on_test: bool = False,
     ) -> None:
+        check_validation_options(val_classes, validate_on_test, "val_classes", "training classes")
         if crop_scale is not None and not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
         if int(batch_size) % int(m_per_class) or int(m_per_class) < 1:
@@ -146,6 +157,8 @@ class RetrievalDataModule(ClassImagesDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.seed = int(seed)
         self.cub_train_classes = cub_train_classes
+        self.val_classes = None if val_classes is None else int(val_classes)
+        self.validate_on_test = bool(validate_on_test)
 
     # -- raw data --------------------------------------------------------------------------------
 
@@ -153,6 +166,15 @@ class RetrievalDataModule(ClassImagesDataModule):
         """Untransformed train / test datasets (scanned once, cached)."""
         if self._raw is None:
             self._raw = self._layout_datasets()
+            if not self.validate_on_test:
+                train = self._raw["train"]
+                labels = train.labels  # type: ignore[attr-defined]
+                count = self.val_classes if self.val_classes is not None else default_val_ids(len(set(labels)))
+                kept, held = hold_out_classes(labels, count)
+                self._raw.update(train=ClassSubset(train, kept), val=ClassSubset(train, held))
+                rank_zero_info(f"validation: the last {count} of the {len(set(labels))} training classes of "
+                               f"{self.dataset} held out ({len(held)} images; val_classes sets how many, "
+                               "validate_on_test: true validates on the test split instead)")
         return self._raw
 
     @property
@@ -180,11 +202,13 @@ class RetrievalDataModule(ClassImagesDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        self._check_image_files(RETRIEVAL_SPLITS if stage in (None, "fit") else ("test",))
+        held_out = () if self.validate_on_test else ("val",)
+        needed = {"fit": (*RETRIEVAL_SPLITS, *held_out), "validate": held_out or ("test",)}
+        self._check_image_files(needed.get(stage or "fit", ("test",)))
         if self.datasets:
             return
         raw = self._raw_datasets()
-        for split in RETRIEVAL_SPLITS:
+        for split in (*RETRIEVAL_SPLITS, *held_out):
             self.datasets[split] = self._transformed(raw[split], train=split == "train")
 
     def train_sampler(self) -> MPerClassBatchSampler:
@@ -200,11 +224,16 @@ class RetrievalDataModule(ClassImagesDataModule):
         return DataLoader(self.datasets["train"], batch_sampler=sampler, collate_fn=self.train_collate(),
                           **self._loader_kwargs())
 
-    def _eval_loader(self, spread: bool = True) -> DataLoader:
-        """The test split; ``spread``: the classes interleaved so that any prefix (a sanity check,
-        ``limit_val_batches``) holds every class in proportion (:mod:`datamodules.eval_order`)."""
-        self.setup("test")
-        dataset = self.datasets["test"]
+    def val_dataloader(self) -> DataLoader:
+        """The held-out training classes (the test split with ``validate_on_test``)."""
+        return self._eval_loader(split="test" if self.validate_on_test else "val")
+
+    def _eval_loader(self, spread: bool = True, split: str = "test") -> DataLoader:
+        """A split (the test split by default); ``spread``: the classes interleaved so that any prefix
+        (a sanity check, ``limit_val_batches``) holds every class in proportion
+        (:mod:`datamodules.eval_order`)."""
+        self.setup("validate" if split == "val" else "test")
+        dataset = self.datasets[split]
         sampler = SpreadSampler(dataset.labels) if spread else None
         return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, shuffle=False,
                           **self._loader_kwargs())

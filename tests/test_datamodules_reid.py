@@ -55,7 +55,7 @@ def _expected(g: SyntheticReID, split: str) -> Counter:
 
 @pytest.mark.parametrize("layout", ["market1501", "dukemtmc"])
 def test_real_layout_parses_back_to_the_generator(trees, gen, layout):
-    dm = ReIDDataModule(dataset=layout, root=str(trees[layout]), num_workers=0)
+    dm = ReIDDataModule(validate_on_test=True, dataset=layout, root=str(trees[layout]), num_workers=0)
     assert dm.num_classes == gen.config.num_train_ids  # before setup
     raw = dm._raw_datasets()
     for split in ("train", "query", "gallery"):
@@ -67,7 +67,7 @@ def test_real_layout_parses_back_to_the_generator(trees, gen, layout):
 
 def test_root_may_be_the_parent_folder(trees, gen):
     parent = trees["market1501"].parent
-    dm = ReIDDataModule(dataset="market1501", root=str(parent / ".." / parent.name), num_workers=0)
+    dm = ReIDDataModule(validate_on_test=True, dataset="market1501", root=str(parent / ".." / parent.name), num_workers=0)
     assert dm.data_root.name == "Market-1501-v15.09.15"
     assert dm.num_classes == gen.config.num_train_ids
 
@@ -78,7 +78,7 @@ def test_cuhk03_variants_and_roots(trees, variant, level):
     g = SyntheticReID(seed=2, num_train_ids=5, num_test_ids=3, num_cameras=2, cameras_per_id=(2, 2),
                       images_per_camera=(1, 2), query_cameras=2, num_distractors=0, num_junk=0)
     root = trees["cuhk03"] if level == "cuhk03-np" else trees["cuhk03"].parent
-    dm = ReIDDataModule(dataset="cuhk03", root=str(root), cuhk03_variant=variant, num_workers=0)
+    dm = ReIDDataModule(validate_on_test=True, dataset="cuhk03", root=str(root), cuhk03_variant=variant, num_workers=0)
     assert dm.data_root == trees["cuhk03"] / variant
     raw = dm._raw_datasets()
     for split in ("train", "query", "gallery"):
@@ -88,7 +88,7 @@ def test_cuhk03_variants_and_roots(trees, variant, level):
 
 
 def test_real_loaders_batches(trees, gen):
-    dm = ReIDDataModule(dataset="market1501", root=str(trees["market1501"]), num_workers=0,
+    dm = ReIDDataModule(validate_on_test=True, dataset="market1501", root=str(trees["market1501"]), num_workers=0,
                         image_size=(64, 32), p=3, k=2, eval_batch_size=7, padding=4)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -124,7 +124,7 @@ def test_train_set_drops_junk_and_distractors(trees, tmp_path):
     shutil.copy(src, root / "bounding_box_train" / "-1_c2s1_000002_01.jpg")
     (root / "bounding_box_train" / "Thumbs.db").write_bytes(b"\0")
     (root / "query" / "readme.txt").write_text("not an image")
-    dm = ReIDDataModule(dataset="market1501", root=str(root), num_workers=0)
+    dm = ReIDDataModule(validate_on_test=True, dataset="market1501", root=str(root), num_workers=0)
     raw = dm._raw_datasets()
     # exactly the generator's training images: the added pid 0 / -1 files and the non-images are dropped
     written = json.loads((trees["market1501"] / "synthetic_annotations.json").read_text())["images"]
@@ -175,7 +175,7 @@ def test_error_unreadable_image(trees, tmp_path):
     bad = root / "query" / "0001_c1s1_000001_01.jpg"
     bad.write_bytes(b"this is not a jpeg")
     # without the check at setup (tests/test_bad_input.py), the loader names the file
-    dm = ReIDDataModule(dataset="market1501", root=str(root), num_workers=0, check_images=False)
+    dm = ReIDDataModule(validate_on_test=True, dataset="market1501", root=str(root), num_workers=0, check_images=False)
     dm.setup("test")
     i = [r.path for r in dm.query_dataset.base.records].index(str(bad))
     with pytest.raises(UnreadableImageError) as err:
@@ -187,7 +187,7 @@ def test_error_unreadable_image(trees, tmp_path):
 
 
 def test_synthetic_eval_batch_has_transformed_ground_truth():
-    dm = ReIDDataModule(dataset="synthetic", image_size=(256, 128), eval_batch_size=6, num_workers=0,
+    dm = ReIDDataModule(validate_on_test=True, dataset="synthetic", image_size=(256, 128), eval_batch_size=6, num_workers=0,
                         **SYNTH_DM)
     g = SyntheticReID(seed=4, **SMALL)
     assert dm.part_names == PART_NAMES
@@ -207,7 +207,7 @@ def test_synthetic_eval_batch_has_transformed_ground_truth():
         assert torch.equal(batch["mask"][j], up)
         assert batch["pid"][j] == s.pid and batch["camid"][j] == s.camid
     # denormalize inverts the normalisation of an eval image
-    dm_native = ReIDDataModule(dataset="synthetic", image_size=(128, 64), num_workers=0, **SYNTH_DM)
+    dm_native = ReIDDataModule(validate_on_test=True, dataset="synthetic", image_size=(128, 64), num_workers=0, **SYNTH_DM)
     dm_native.setup()
     item = dm_native.query_dataset[0]
     back = dm_native.denormalize(item["image"], as_uint8=True)
@@ -221,7 +221,7 @@ def test_synthetic_eval_batch_has_transformed_ground_truth():
 
 
 def test_synthetic_relabel_and_sampler_batches():
-    dm = ReIDDataModule(dataset="synthetic", image_size=(32, 16), p=4, k=3, num_workers=0, padding=2,
+    dm = ReIDDataModule(validate_on_test=True, dataset="synthetic", image_size=(32, 16), p=4, k=3, num_workers=0, padding=2,
                         **SYNTH_DM)
     loader = dm.train_dataloader()
     assert isinstance(loader.batch_sampler, PKSampler)
@@ -235,7 +235,7 @@ def test_synthetic_relabel_and_sampler_batches():
 
 
 def test_seeded_item_gives_identical_augmentation():
-    dm = ReIDDataModule(dataset="synthetic", image_size=(64, 32), padding=8, random_erasing=0.5,
+    dm = ReIDDataModule(validate_on_test=True, dataset="synthetic", image_size=(64, 32), padding=8, random_erasing=0.5,
                         num_workers=0, **SYNTH_DM)
     dm.setup("fit")
     ds = dm.train_dataset
@@ -262,7 +262,7 @@ def _epoch_images(dm, epoch, num_workers):
 
 
 def test_epoch_is_identical_whatever_the_workers_and_history():
-    dm = ReIDDataModule(dataset="synthetic", image_size=(32, 16), p=2, k=2, padding=4, num_workers=0,
+    dm = ReIDDataModule(validate_on_test=True, dataset="synthetic", image_size=(32, 16), p=2, k=2, padding=4, num_workers=0,
                         **SYNTH_DM)
     ref = _epoch_images(dm, 1, 0)
     _epoch_images(dm, 0, 0)  # history does not matter
@@ -304,7 +304,7 @@ def test_lightning_fit_and_resume_see_the_same_batches(tmp_path):
                           callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path / run, save_last=True)])
 
     def dm():
-        return ReIDDataModule(dataset="synthetic", image_size=(32, 16), p=2, k=2, padding=4, num_workers=0,
+        return ReIDDataModule(validate_on_test=True, dataset="synthetic", image_size=(32, 16), p=2, k=2, padding=4, num_workers=0,
                               seed=11, **SYNTH_DM)
 
     full = Recorder()
@@ -328,7 +328,7 @@ def test_lightning_can_inject_a_distributed_sampler():
     from torch.utils.data import BatchSampler, DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
-    dm = ReIDDataModule(dataset="synthetic", image_size=(32, 16), p=2, k=2, num_workers=0, **SYNTH_DM)
+    dm = ReIDDataModule(validate_on_test=True, dataset="synthetic", image_size=(32, 16), p=2, k=2, num_workers=0, **SYNTH_DM)
     with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
         loader = dm.train_dataloader()
     single = loader.batch_sampler

@@ -221,7 +221,7 @@ def test_siblings_items_mark_the_part_they_differ_in(gen):
 
 
 def test_eval_batches_carry_the_evidence_and_training_batches_do_not():
-    dm = ReIDDataModule(dataset="synthetic", image_size=(32, 16), eval_batch_size=8, num_workers=0, p=2, k=2,
+    dm = ReIDDataModule(validate_on_test=True, dataset="synthetic", image_size=(32, 16), eval_batch_size=8, num_workers=0, p=2, k=2,
                         synthetic=dict(num_train_ids=6, num_test_ids=5, cameras_per_id=(2, 3),
                                        images_per_camera=(1, 2), num_distractors=2, num_junk=1, seed=4))
     batch = next(iter(dm.val_dataloader()))

@@ -19,7 +19,7 @@ from datamodules.synthetic import SyntheticClasses, write_class_folders, write_c
 H, W = 40, 48  # native size of the written images: not square, so x and y scale differently
 SIZE = 32
 GEN = dict(num_classes=8, images_per_class=5, height=H, width=W)
-FAST = dict(image_size=(SIZE, SIZE), m_per_class=2, batch_size=6, eval_batch_size=7, num_workers=0)
+FAST = dict(validate_on_test=True, image_size=(SIZE, SIZE), m_per_class=2, batch_size=6, eval_batch_size=7, num_workers=0)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -82,7 +82,7 @@ def test_cub_split_by_class_id_and_boxes_match_the_generator(cub, gen):
 
 
 def test_cub_boxes_follow_resize_and_centre_crop(cub, gen):
-    dm = RetrievalDataModule("cub200", root=str(cub), image_size=(32, 32), resize_size=34, crop_scale=(0.16, 1.0),
+    dm = RetrievalDataModule("cub200", validate_on_test=True, root=str(cub), image_size=(32, 32), resize_size=34, crop_scale=(0.16, 1.0),
                              m_per_class=2, batch_size=6, num_workers=0)
     assert next(iter(dm.train_dataloader()))["image"].shape == (6, 3, 32, 32)  # random resized crops
     items = _eval_items(dm)
@@ -199,7 +199,7 @@ def test_bad_arguments():
         RetrievalDataModule("miniimagenet")
     with pytest.raises(ValueError, match="crop_scale"):
         RetrievalDataModule("synthetic", crop_scale=(0.5, 0.2))
-    dm = RetrievalDataModule("synthetic", synthetic=dict(num_classes=6, images_per_class=4, height=SIZE, width=SIZE),
+    dm = RetrievalDataModule("synthetic", validate_on_test=True, synthetic=dict(num_classes=6, images_per_class=4, height=SIZE, width=SIZE),
                              image_size=(SIZE, SIZE), m_per_class=2, batch_size=8, num_workers=0)
     with pytest.raises(DatasetLayoutError, match="needs 4 classes, the training split has 3"):
         dm.train_dataloader()
