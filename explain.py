@@ -47,6 +47,7 @@ import torch
 import yaml
 
 from cama.errors import exit_on_input_error
+from cama.explain import LAYER_NORMS
 from cama.loading import (
     checkpoint_image_size,
     instantiate_data,
@@ -131,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--gradient_layers", nargs="+", help="layers of the gradient methods")
     parser.add_argument("--truncation", type=float, help="truncation trick percentile (gradient methods)")
+    parser.add_argument(
+        "--layer_norm", default="minmax", choices=list(LAYER_NORMS),
+        help="several gradient layers: min-max normalise each layer's map before the sum (minmax) or "
+        "sum the raw maps as ltgrad-cam Eq. 8 writes (none)",
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity")
     parser.add_argument("--colormap", default="jet", choices=["jet", "turbo"])
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -185,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         found = readable_images({"query": image_files(args.query, "query"),
                                  "gallery": image_files(args.gallery or [], "gallery")}, progress)
         data: Any = FileRanking(found["query"], found["gallery"], size)
-        explainer = ModelExplainer(model, args.gradient_layers, args.truncation)
+        explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm)
         written = explain_rankings(data, list(range(len(data.files) - len(data.gallery))), explainer, methods,
                                    output, args.top_k, args.batch_size, rerank=args.rerank, **drawing)
     else:
@@ -199,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             raise ExplainError(f"{type(datamodule).__name__}'s evaluation set does not fit {type(model).__name__}: {err}")
         if not data.gallery:
             raise ExplainError("the evaluation set has no gallery image to rank the queries against")
-        explainer = ModelExplainer(model, args.gradient_layers, args.truncation)
+        explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm)
         written = explain_rankings(data, _ranking_queries(args, data), explainer, methods, output, args.top_k,
                                    args.batch_size, rerank=args.rerank, **drawing)
     print(f"explain.py: wrote {len(written)} PNGs to {output}")

@@ -59,6 +59,7 @@ from cama.map_scoring import complete_features
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet
 from cama.references import ReIDReferences
+from cama.explain import check_layer_norm
 from cama.viz import (
     ModelExplainer,
     check_methods,
@@ -87,6 +88,8 @@ class ExplanationImages(Callback):
         gradient_layers: layer names for the gradient methods (default: each branch's last block).
         truncation: delta of the truncation trick (ltgrad-cam Eq. 9-11), None: off.
         truncation_per_channel: take the truncation percentile per channel.
+        layer_norm: the layerization of several layers (:func:`cama.explain.gradient_cam`): ``"minmax"``
+            normalises each layer's map before the sum, ``"none"`` sums them raw (ltgrad-cam Eq. 8).
         alpha: heat-map opacity of the overlays.
         colormap: ``"jet"`` or ``"turbo"``.
         draw_boxes: draw the ground-truth person box on the overlays when the data has one.
@@ -108,6 +111,7 @@ class ExplanationImages(Callback):
         gradient_layers: list[str] | None = None,
         truncation: float | None = None,
         truncation_per_channel: bool = False,
+        layer_norm: str = "minmax",
         alpha: float = 0.5,
         colormap: str = "jet",
         draw_boxes: bool = True,
@@ -130,6 +134,7 @@ class ExplanationImages(Callback):
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
+        self.layer_norm = check_layer_norm(layer_norm)
         self.alpha = float(alpha)
         self.colormap = colormap
         self.draw_boxes = draw_boxes
@@ -197,7 +202,9 @@ class ExplanationImages(Callback):
         """Draw this epoch's pictures and hand them to ``sink``; the paths of the PNGs written."""
         device = pl_module.device
         dataset = self.probes.dataset
-        explainer = ModelExplainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
+        explainer = ModelExplainer(
+            pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm
+        )
         captions = Captions(provider, device)
         shown, references, matches = self._ranked_probes(
             explainer, provider, gallery.to(device), probes, captured, captions, device, trainer.datamodule

@@ -62,6 +62,7 @@ from callbacks.score_logging import ScoreLogger
 from cama.map_scoring import EpisodeScorer
 from cama.protocols import EpisodeTask, ShowsImages
 from cama.references import EpisodeReferences
+from cama.explain import check_layer_norm
 from cama.viz import (
     ModelExplainer,
     check_methods,
@@ -100,7 +101,8 @@ class FewShotExplanations(Callback):
         save_png: also write PNGs when a TensorBoard logger is present.
         prefix: logged scalar names start with it.
         tag_prefix: TensorBoard image tag prefix (and PNG folder name).
-        gradient_layers, truncation, truncation_per_channel: the gradient methods' options.
+        gradient_layers, truncation, truncation_per_channel, layer_norm: the gradient methods'
+            options (:class:`cama.viz.ModelExplainer`).
         cpu_threads: intra-op threads for the callback's own work on CPU; ``None`` keeps torch's.
     """
 
@@ -123,6 +125,7 @@ class FewShotExplanations(Callback):
         gradient_layers: list[str] | None = None,
         truncation: float | None = None,
         truncation_per_channel: bool = False,
+        layer_norm: str = "minmax",
         cpu_threads: int | None = 1,
     ) -> None:
         if num_episodes < 1:
@@ -147,6 +150,7 @@ class FewShotExplanations(Callback):
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
+        self.layer_norm = check_layer_norm(layer_norm)
         self.cpu_threads = cpu_threads
         self.schedule = EpochSchedule(every_n_epochs)
         self.score_logger = ScoreLogger(self.prefix)
@@ -236,7 +240,9 @@ class FewShotExplanations(Callback):
         with torch.no_grad():
             all_maps = self._maps.batch_maps(batch, forward)  # the validation step's, where it returned them
             refs: EpisodeReferences = pl_module.episode_references(batch, all_maps)
-        explainer = ModelExplainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
+        explainer = ModelExplainer(
+            pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm
+        )
         datamodule = trainer.datamodule
         mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
         maps = self.scorer.score(

@@ -72,6 +72,7 @@ from callbacks.score_logging import ScoreLogger
 from cama.map_scoring import ProbeScorer, captured_flags, owned_positions
 from cama.metrics.ranking import EmbeddingSet
 from cama.protocols import HasOverlapPenalty, ShowsImages
+from cama.explain import check_layer_norm
 from cama.viz import ModelExplainer, check_methods
 
 __all__ = ["LocalizationMetrics"]
@@ -93,7 +94,8 @@ class LocalizationMetrics(Callback):
         per_branch: also score each branch's map.
         branch_overlap: log the branch overlap of a multi-branch model.
         batch_size: queries per forward.
-        gradient_layers, truncation, truncation_per_channel: the gradient methods' options.
+        gradient_layers, truncation, truncation_per_channel, layer_norm: the gradient methods'
+            options (:class:`cama.viz.ModelExplainer`).
         prefix: logged names start with it.
         reuse_features: keep the feature maps the model's validation step returns for the samples
             (:class:`~callbacks.base.ProbeCapture`) instead of a second forward pass; samples it
@@ -119,6 +121,7 @@ class LocalizationMetrics(Callback):
         gradient_layers: list[str] | None = None,
         truncation: float | None = None,
         truncation_per_channel: bool = False,
+        layer_norm: str = "minmax",
         prefix: str = "loc",
         reuse_features: bool = True,
         cpu_threads: int | None = 1,
@@ -135,6 +138,7 @@ class LocalizationMetrics(Callback):
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
+        self.layer_norm = check_layer_norm(layer_norm)
         self.reuse_features = reuse_features
         self.cpu_threads = cpu_threads
         self.schedule = EpochSchedule(every_n_epochs)
@@ -201,7 +205,9 @@ class LocalizationMetrics(Callback):
         flags = captured_flags(probes, captured, device)  # which process scores which probe: a collective
         everyone = trainer.strategy.all_gather(flags).reshape(-1, len(probes)) if trainer.world_size > 1 else flags[None]
         positions = owned_positions(everyone, trainer.global_rank)
-        explainer = ModelExplainer(pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel)
+        explainer = ModelExplainer(
+            pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm
+        )
         dataset = self.probes.dataset
         topk = pl_module.overlap_topk() if isinstance(pl_module, HasOverlapPenalty) else 0.2  # the OAP's k (Eq. 5)
         datamodule = trainer.datamodule

@@ -52,7 +52,7 @@ from callbacks.base import (
     load_joint_state,
 )
 from callbacks.score_logging import ScoreLogger
-from cama.explain import SanityCheckResult, sanity_check
+from cama.explain import SanityCheckResult, check_layer_norm, sanity_check
 from cama.protocols import HasRandomizationBlocks
 from cama.viz import GRADIENT_METHODS, ModelExplainer, ProbeAgainst, check_methods
 
@@ -67,11 +67,12 @@ def sanity_maps(
     gradient_layers: Sequence[str] | None = None,
     truncation: float | None = None,
     truncation_per_channel: bool = False,
+    layer_norm: str = "minmax",
 ) -> dict[str, Tensor]:
     """Each method's summed map ``[B, H, W]`` of ``images`` against ``references`` (one per image),
     both forwarded through ``model`` as it is now (module docstring: raw signed maps for the
     forward-only methods, ``[0, 1]`` maps for the gradient methods)."""
-    explainer = ModelExplainer(model, gradient_layers, truncation, truncation_per_channel)
+    explainer = ModelExplainer(model, gradient_layers, truncation, truncation_per_channel, layer_norm)
     count = images.shape[0]
     features = explainer.features(torch.cat([images, references.to(images.dtype)]))
     queries = features.select(range(count))
@@ -97,7 +98,8 @@ class SanityChecks(Callback):
             default) never runs.
         num_samples: queries checked (a fixed subset).
         seed: seed of the subset (a private generator) and of the re-initialisation.
-        gradient_layers, truncation, truncation_per_channel: the gradient methods' options.
+        gradient_layers, truncation, truncation_per_channel, layer_norm: the gradient methods'
+            options (:class:`cama.viz.ModelExplainer`).
         prefix: logged names start with it.
         cpu_threads: intra-op threads for the callback's own work on CPU; ``None`` keeps torch's.
     """
@@ -111,6 +113,7 @@ class SanityChecks(Callback):
         gradient_layers: list[str] | None = None,
         truncation: float | None = None,
         truncation_per_channel: bool = False,
+        layer_norm: str = "minmax",
         prefix: str = "sanity",
         cpu_threads: int | None = 1,
     ) -> None:
@@ -123,6 +126,7 @@ class SanityChecks(Callback):
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
+        self.layer_norm = check_layer_norm(layer_norm)
         self.prefix = prefix.rstrip("/")
         self.cpu_threads = cpu_threads
         self.schedule = EpochSchedule(every_n_epochs)  # 0: never due (the epochs are still counted)
@@ -189,7 +193,7 @@ class SanityChecks(Callback):
         def explain(model: nn.Module, queries: Tensor) -> dict[str, Tensor]:
             return sanity_maps(
                 model, queries, reference_images, self.methods,
-                self.gradient_layers, self.truncation, self.truncation_per_channel,
+                self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm,
             )
 
         return sanity_check(explain, pl_module, list(blocks), list(names), images[found], seed=self.seed)

@@ -10,9 +10,13 @@ float64), so low-precision maps equal the float32 maps of the same values:
   :func:`ram` / :func:`ram_self` / :func:`ram_per_branch` (RAM, cama-ram Eq. 10, Fig. 8),
   :func:`fam` (FAM, fam Sec. IV, Eq. 11-18; in :mod:`.feature_activation`);
 * :func:`gradient_cam`: Grad-CAM, Grad-CAM++, Layer-CAM, FullGrad with the layerization and
-  truncation tricks (ltgrad-cam Eq. 2-11), in ``[0, 1]`` at image size; its two halves
+  truncation tricks (ltgrad-cam Eq. 2-11), in ``[0, 1]`` at image size, each layer's map min-max
+  normalised before the layerization sum or not (``layer_norm``, :data:`LAYER_NORMS`); its two halves
   :func:`record_gradients` (one forward and backward) and :func:`gradient_layer_maps` (the
   per-layer terms of Eq. 8) sweep layers and truncations on one pass;
+* variants beyond the papers, off by default: Dist-CAM with a smoothing term in Eq. 5's
+  denominator (:func:`dist_cam` ``smoothing=``), FAM without Eq. 12's min-max floor
+  (:func:`fam` ``importance="relu"``);
 * rendering: :func:`postprocess` (ReLU -> bilinear upsampling -> per-map min-max),
   :func:`overlay` (uint8 RGB heat-map overlays), :func:`grid`;
 * sanity checks (Adebayo et al. 2018, :mod:`.sanity`): :func:`sanity_check` and
@@ -43,7 +47,9 @@ tensor([[[0.0000, 0.5000, 1.0000]]])
 """
 
 from .gradient import (
+    LAYER_NORMS,
     GradientRecord,
+    check_layer_norm,
     fullgrad_layers,
     gradient_cam,
     gradient_cam_layer_map,
@@ -73,7 +79,9 @@ from .sanity import (
 )
 
 __all__ = [
+    "LAYER_NORMS",
     "SanityCheckResult",
+    "check_layer_norm",
     "cascading_randomization",
     "GradientRecord",
     "class_activation_map",

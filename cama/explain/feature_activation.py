@@ -20,9 +20,11 @@ from torch import Tensor
 from ._common import check_maps, combine, full_precision, safe_norm
 from .maps import global_average_pool
 
-__all__ = ["Metric", "fam_channel_contributions", "fam_importance", "fam"]
+__all__ = ["IMPORTANCES", "Importance", "Metric", "fam_channel_contributions", "fam_importance", "fam"]
 
 Metric = Literal["cosine", "euclidean"]
+Importance = Literal["minmax", "relu"]
+IMPORTANCES: tuple[str, ...] = ("minmax", "relu")
 
 
 def _embedding_contributions(query: Tensor, supports: Tensor, metric: Metric, eps: float) -> Tensor:
@@ -120,20 +122,35 @@ def _contributions(
     return query * (ratio @ weight)
 
 
-def fam_importance(contributions: Tensor) -> Tensor:
-    """Importance coefficients ``alpha``, fam Eq. 12: min-max normalisation of ``c`` over channels.
+def fam_importance(contributions: Tensor, importance: Importance = "minmax") -> Tensor:
+    """Importance coefficients ``alpha``, fam Eq. 12 (``importance="relu"``: a variant beyond the paper).
 
+    ``"minmax"`` (Eq. 12, the default): min-max normalisation of ``c`` over channels,
     ``alpha_k = (c_k - min_j c_j) / (max_j c_j - min_j c_j)``. When all contributions of a sample
     are equal the ratio is undefined; every channel is then equally important and gets
-    ``alpha_k = 1``.
+    ``alpha_k = 1``. The smallest contribution gets 0, so a channel that contributes nothing
+    (``c_k = 0``, e.g. a silent channel of post-ReLU maps) gets ``-min c / (max c - min c)``, above 0
+    whenever some contribution is negative.
+
+    ``"relu"`` (not in the paper, off by default; the explainer's ``fam_unfloored``): no min-max
+    floor, ``alpha_k = max(c_k, 0) / max_j max(c_j, 0)`` -- a channel that contributes nothing or
+    against the similarity gets exactly 0, the largest contribution 1. When no contribution is
+    positive every ``alpha_k`` is 0 (a zero map).
 
     Args:
         contributions: ``c`` ``[B, K]``.
+        importance: ``"minmax"`` (Eq. 12) or ``"relu"``.
 
     Returns:
         ``alpha`` ``[B, K]`` in ``[0, 1]``, float32 (float64 for float64 contributions).
     """
+    if importance not in IMPORTANCES:
+        raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
     with full_precision(contributions) as (contributions,):
+        if importance == "relu":
+            positive = contributions.clamp_min(0.0)
+            top = positive.amax(dim=-1, keepdim=True)
+            return positive / torch.where(top > 0, top, torch.ones_like(top))
         low = contributions.amin(dim=-1, keepdim=True)
         span = contributions.amax(dim=-1, keepdim=True) - low
         flat = span <= 0
@@ -147,14 +164,16 @@ def fam(
     metric: Metric = "cosine",
     projection: Tensor | None = None,
     eps: float = 1e-6,
+    importance: Importance = "minmax",
 ) -> Tensor:
     """Feature Activation Map (FAM), fam Sec. IV (Eq. 11-13, 15-18).
 
     ``q = GAP(Q)``; channel contributions ``c`` to the (support-averaged) similarity
     (Eq. 11, 15; :func:`fam_channel_contributions`, which also maps embedding-dimension
     contributions back to channels when the model ranks with ``e = W q``, Eq. 16-18);
-    ``alpha = minmax(c)`` (Eq. 12, :func:`fam_importance`); ``FAM = sum_k alpha_k Q_k`` (Eq. 13
-    without its ReLU, which :func:`~cama.explain.render.postprocess` applies).
+    ``alpha = minmax(c)`` (Eq. 12, :func:`fam_importance`; ``importance="relu"``: the unfloored
+    variant beyond the paper, ``alpha = ReLU(c) / max ReLU(c)``); ``FAM = sum_k alpha_k Q_k``
+    (Eq. 13 without its ReLU, which :func:`~cama.explain.render.postprocess` applies).
 
     Args:
         maps: query feature maps ``Q`` ``[B, K, h, w]``.
@@ -164,13 +183,20 @@ def fam(
         projection: optional FC weight ``W`` ``[D, K]`` between the pooled feature and the
             embedding used for the similarity.
         eps: numerical guard (norms, ``e_j``).
+        importance: ``"minmax"`` (Eq. 12, the default) or ``"relu"`` (:func:`fam_importance`; not with
+            the euclidean metric without ``projection``, whose contributions are all ``<= 0``).
 
     Returns:
         The raw FAM ``[B, h, w]``, float32 (float64 for float64 maps).
     """
     check_maps(maps)
+    if importance == "relu" and metric == "euclidean" and projection is None:
+        raise ValueError(
+            "importance='relu' keeps the positive contributions, but the euclidean metric's are all <= 0 "
+            "(minus squared distances): the map would be zero; use importance='minmax' (fam Eq. 12)"
+        )
     with full_precision(maps, references, projection) as (maps, references, projection):
         contributions = fam_channel_contributions(
             global_average_pool(maps), references, metric=metric, projection=projection, eps=eps
         )
-        return combine(fam_importance(contributions), maps)
+        return combine(fam_importance(contributions, importance), maps)

@@ -33,9 +33,12 @@ Reading of the papers (ltgrad-cam; as implemented: ``docs/explanations.md#the-gr
   always included (as one more map). :func:`fullgrad_layers` lists every bias-carrying
   convolution and batch-norm layer of a model, which gives the original FullGrad.
 * **Layerization** (Eq. 8): the per-layer maps, each through :func:`postprocess` (ReLU of Eq. 3
-  / 5, bilinear upsampling ``psi`` to the image size, per-map min-max), are summed; the sum is
-  min-max normalised to ``[0, 1]``. The per-layer min-max departs from Eq. 8 (a plain sum): every
-  layer weighs the same whatever its gradients' magnitude (``docs/explanations.md#layerization``).
+  / 5, bilinear upsampling ``psi`` to the image size), are summed; the sum is min-max normalised
+  to ``[0, 1]`` for display. ``layer_norm`` says whether each layer map is min-max normalised
+  before the sum: ``"minmax"`` (the default) gives every layer the same weight whatever its
+  gradients' magnitude, which departs from Eq. 8; ``"none"`` is Eq. 8 as written, the plain sum of
+  the upsampled raw maps, where the layers with the largest maps dominate
+  (``docs/explanations.md#layerization``).
 * **Truncation** (Eq. 9-11): ``g <- I(g >= delta) * g`` where ``delta`` is the given percentile
   (0-100) of the *positive* gradients of each feature map, per sample -- by default of the whole
   layer output ``Z`` ``[K, h, w]``; ``truncation_per_channel=True`` takes the percentile of each
@@ -55,11 +58,15 @@ import torch
 from torch import Tensor, nn
 
 from ._common import full_precision
+from .gradient_layer import _METHODS, Method, gradient_cam_layer_map
 from .render import minmax_normalize, postprocess
 from .truncation import truncate_gradients
 
 __all__ = [
+    "LAYER_NORMS",
+    "LayerNorm",
     "Method",
+    "check_layer_norm",
     "GradientRecord",
     "truncate_gradients",
     "gradient_cam_layer_map",
@@ -69,13 +76,13 @@ __all__ = [
     "fullgrad_layers",
 ]
 
-Method = Literal["gradcam", "gradcam++", "layercam", "fullgrad"]
-_METHODS = ("gradcam", "gradcam++", "layercam", "fullgrad")
+LayerNorm = Literal["minmax", "none"]
+LAYER_NORMS: tuple[str, ...] = ("minmax", "none")
 LayerSpec = nn.Module | str
 
 
 # --------------------------------------------------------------------------------------------------
-# per-layer maps
+# the model-facing part
 # --------------------------------------------------------------------------------------------------
 def _effective_bias(module: nn.Module) -> Tensor | None:
     """The per-channel bias ``b`` that ``module`` adds to its output, or None."""
@@ -93,60 +100,6 @@ def _effective_bias(module: nn.Module) -> Tensor | None:
     return None
 
 
-def _fullgrad_term(gradients: Tensor, values: Tensor) -> Tensor:
-    """``sum_k Psi(g * v)``: ``|g * v|`` min-max normalised per sample over (K, h, w), summed over K."""
-    product = (gradients * values).abs()
-    batch = product.shape[0]
-    flat = minmax_normalize(product.reshape(batch, 1, 1, -1)).reshape(product.shape)
-    return flat.sum(dim=1)
-
-
-def gradient_cam_layer_map(
-    activations: Tensor,
-    gradients: Tensor,
-    method: Method = "gradcam",
-    bias: Tensor | None = None,
-) -> Tensor:
-    """The raw map of one layer, ltgrad-cam Eq. 2-7 (see the module docstring).
-
-    Args:
-        activations: ``A`` ``[B, K, h, w]``.
-        gradients: ``dy/dA`` ``[B, K, h, w]`` (already truncated if wanted).
-        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"`` or ``"fullgrad"``.
-        bias: FullGrad only: the per-channel bias ``[K]`` added by the layer; None uses the
-            gradient-times-activation term.
-
-    Returns:
-        ``[B, h, w]``, before ReLU / upsampling / normalisation (FullGrad's is already >= 0),
-        computed and returned in float32 (float64 for float64 activations), autocast off.
-    """
-    with full_precision(activations, gradients, bias) as (activations, gradients, bias):
-        return _layer_map(activations, gradients, method, bias)
-
-
-def _layer_map(activations: Tensor, gradients: Tensor, method: Method, bias: Tensor | None) -> Tensor:
-    """:func:`gradient_cam_layer_map` on working-precision tensors."""
-    if method == "gradcam":
-        weights = gradients.mean(dim=(-2, -1))  # Eq. 2
-        return torch.einsum("bk,bkhw->bhw", weights, activations)  # Eq. 3 without ReLU
-    if method == "gradcam++":
-        squared = gradients.square()
-        denominator = 2.0 * squared + activations.sum(dim=(-2, -1), keepdim=True) * squared * gradients
-        alpha = squared / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-        weights = (alpha * gradients.relu()).sum(dim=(-2, -1))
-        return torch.einsum("bk,bkhw->bhw", weights, activations)
-    if method == "layercam":
-        return (gradients.relu() * activations).sum(dim=1)  # Eq. 4-5 without the outer ReLU
-    if method == "fullgrad":
-        if bias is None:
-            return _fullgrad_term(gradients, activations)
-        return _fullgrad_term(gradients, bias.view(1, -1, *([1] * (gradients.ndim - 2))))
-    raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# the model-facing part
-# --------------------------------------------------------------------------------------------------
 def fullgrad_layers(model: nn.Module) -> list[nn.Module]:
     """Every convolution with a bias and every batch-norm layer of ``model`` (FullGrad's ``l``, Eq. 6)."""
     return [
@@ -287,22 +240,33 @@ def record_gradients(
     )
 
 
+def check_layer_norm(layer_norm: str) -> str:
+    """``layer_norm`` if it is one of :data:`LAYER_NORMS`, else a ValueError."""
+    if layer_norm not in LAYER_NORMS:
+        raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
+    return layer_norm
+
+
 def gradient_layer_maps(
     record: GradientRecord,
     method: Method = "gradcam",
     truncation: float | None = None,
     truncation_per_channel: bool = False,
+    layer_norm: LayerNorm = "minmax",
 ) -> list[Tensor]:
     """The per-layer maps of a record, each through :func:`postprocess` to the images' size (the terms
     of the layerization sum, Eq. 8), the gradients truncated first with ``truncation`` (Eq. 9-11).
 
-    One ``[B, H, W]`` map in ``[0, 1]`` per recorded layer; for ``"fullgrad"`` the input term
-    ``dy/dx * x`` comes last (the record must hold the inputs). :func:`gradient_cam` is the min-max
-    normalised sum of these maps, so a layerized map over any subset of the layers is the
-    normalised sum of the subset (:func:`cama.explain.minmax_normalize`).
+    One ``[B, H, W]`` map per recorded layer; for ``"fullgrad"`` the input term ``dy/dx * x`` comes
+    last (the record must hold the inputs). ``layer_norm="minmax"``: each map min-max normalised to
+    ``[0, 1]``; ``"none"``: the upsampled raw map after the method's ReLU (``>= 0``, on its layer's own
+    scale), the literal terms of Eq. 8. :func:`gradient_cam` is the min-max normalised sum of these
+    maps, so a layerized map over any subset of the layers is the normalised sum of the subset
+    (:func:`cama.explain.minmax_normalize`).
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    normalize = check_layer_norm(layer_norm) == "minmax"
     pairs = list(zip(record.activations, record.gradients, record.biases))
     if method == "fullgrad":
         if record.inputs is None or record.input_gradients is None:
@@ -317,7 +281,7 @@ def gradient_layer_maps(
                 gradient = truncate_gradients(gradient, truncation, per_channel=truncation_per_channel)
             bias = bias if method == "fullgrad" else None
             layer_map = gradient_cam_layer_map(activation, gradient, method, bias=bias)
-            maps.append(postprocess(layer_map, size))
+            maps.append(postprocess(layer_map, size, normalize=normalize))
     return maps
 
 
@@ -331,6 +295,7 @@ def gradient_cam(
     truncation_per_channel: bool = False,
     eval_mode: bool = True,
     reshape: Callable[[Tensor], Tensor] | None = None,
+    layer_norm: LayerNorm = "minmax",
 ) -> Tensor:
     """Gradient CAM of a scalar score per sample, layerized and optionally truncated (ltgrad-cam).
 
@@ -338,8 +303,9 @@ def gradient_cam(
     (``torch.autograd.grad`` of the summed scores with respect to those outputs -- and to the
     images for FullGrad) for the whole batch; parameters' ``.grad`` are never written
     (:func:`record_gradients`). The per-layer maps (Eq. 3 / 5 / 6, :func:`gradient_cam_layer_map`)
-    go through :func:`postprocess` to the image size and are summed (layerization, Eq. 8,
-    :func:`gradient_layer_maps`); the sum is min-max normalised per sample. With
+    go through :func:`postprocess` to the image size -- min-max normalised each with
+    ``layer_norm="minmax"``, on their own scales with ``"none"`` (Eq. 8 as written) -- and are summed
+    (layerization, Eq. 8, :func:`gradient_layer_maps`); the sum is min-max normalised per sample. With
     ``truncation=delta`` the gradients are first truncated (Eq. 9-11, :func:`truncate_gradients`).
 
     Safe inside a Lightning validation loop: gradients are enabled locally (leaving
@@ -367,6 +333,8 @@ def gradient_cam(
         reshape: turns a layer's output into ``[B, K, h, w]``; applied to the output and to its
             gradient alike (pytorch-grad-cam's ``reshape_transform``). For a ViT,
             :class:`cama.backbones.vit.TokenGrid` drops the class token and folds the patch tokens.
+        layer_norm: ``"minmax"`` normalises each layer map before the layerization sum (every layer
+            weighs the same; the default); ``"none"`` sums the upsampled raw maps (Eq. 8 literally).
 
     Returns:
         ``[B, H, W]`` in ``[0, 1]``, float32 (float64 when the hooked layers output float64), on the
@@ -374,10 +342,11 @@ def gradient_cam(
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    check_layer_norm(layer_norm)  # before the forward and backward passes
     record = record_gradients(model, images, score_fn, layers, inputs=method == "fullgrad",
                               eval_mode=eval_mode, reshape=reshape)
     total: Tensor | None = None
-    for layer_map in gradient_layer_maps(record, method, truncation, truncation_per_channel):
+    for layer_map in gradient_layer_maps(record, method, truncation, truncation_per_channel, layer_norm):
         total = layer_map if total is None else total + layer_map
     assert total is not None
     return minmax_normalize(total)

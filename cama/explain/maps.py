@@ -26,6 +26,7 @@ Eq. 4, RAM Eq. 10, per-branch RAM Fig. 8); the equations as implemented are in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -125,12 +126,24 @@ def _reference_vector(reference: Tensor, batch: int, channels: int) -> Tensor:
     return vector
 
 
-def dist_cam_weights(query: Tensor, reference: Tensor, eps: float = 1e-6) -> Tensor:
-    """Dist-CAM channel weights, dist-cam Eq. 4-5.
+Smoothing = float | Literal["mean"] | None
+
+
+def dist_cam_weights(
+    query: Tensor, reference: Tensor, eps: float = 1e-6, smoothing: Smoothing = None
+) -> Tensor:
+    """Dist-CAM channel weights, dist-cam Eq. 4-5 (``smoothing``: a variant beyond the paper).
 
     ``D = |s - q|`` (Eq. 4, element-wise L1 distance per channel) and
     ``W_k = (1 / (D_k + eps)) / sum_j (1 / (D_j + eps))`` (Eq. 5, ``norm`` read as division by the
     sum, so the weights are positive and sum to 1).
+
+    **Smoothed variant** (not in the paper, off by default): ``smoothing`` adds a term ``s`` to the
+    denominator, ``W_k = (1 / (D_k + s + eps)) / sum_j (1 / (D_j + s + eps))``, with ``s`` the
+    given constant ``>= 0`` or, for ``"mean"``, ``s = mean_j D_j`` per sample. Eq. 5's weights put
+    most of the mass on the few channels whose distance is nearly 0 (a tiny change of the reference
+    moves them a lot); ``s`` bounds the ratio of two weights by ``(max D + s) / s``, and a very large
+    ``s`` tends to equal channel weights ``1 / K``. ``None`` is Eq. 5.
 
     The ratio is evaluated as ``(m / (D_k + eps)) / sum_j (m / (D_j + eps))`` with
     ``m = min_j (D_j + eps)``, which is the same number but stays finite in every dtype (float16
@@ -140,24 +153,34 @@ def dist_cam_weights(query: Tensor, reference: Tensor, eps: float = 1e-6) -> Ten
         query: ``q = GAP(Q)`` ``[B, K]``.
         reference: ``GAP(S)`` or a prototype ``[B, K]``.
         eps: positive guard added to the distances.
+        smoothing: ``None`` (Eq. 5), a constant ``s >= 0``, or ``"mean"`` (``s = mean_j D_j``).
 
     Returns:
         ``W`` ``[B, K]``, each row summing to 1, float32 (float64 for a float64 ``query``).
     """
     if eps <= 0:
         raise ValueError("eps must be > 0")
+    if smoothing is not None and smoothing != "mean":
+        if isinstance(smoothing, str) or not float(smoothing) >= 0:
+            raise ValueError(f"smoothing must be None, 'mean' or a number >= 0, got {smoothing!r}")
     with full_precision(query, reference) as (query, reference):
-        shifted = (reference - query).abs() + eps  # D + eps, [B, K]
+        distances = (reference - query).abs()  # D, [B, K]
+        if smoothing == "mean":
+            distances = distances + distances.mean(dim=-1, keepdim=True)
+        elif smoothing is not None:
+            distances = distances + float(smoothing)
+        shifted = distances + eps  # D (+ s) + eps
         smallest = shifted.amin(dim=-1, keepdim=True)
         inverse = smallest / shifted  # in (0, 1]; the closest channel has 1
         return inverse / inverse.sum(dim=-1, keepdim=True)
 
 
-def dist_cam(maps: Tensor, reference: Tensor, eps: float = 1e-6) -> Tensor:
+def dist_cam(maps: Tensor, reference: Tensor, eps: float = 1e-6, smoothing: Smoothing = None) -> Tensor:
     """Distance-based Class Activation Map (Dist-CAM), dist-cam Eq. 4-6.
 
     ``D = |GAP(S) - GAP(Q)|`` (Eq. 4), ``W = norm(1 / D)`` (Eq. 5, see :func:`dist_cam_weights`),
-    ``M = sum_k W_k Q_k`` (Eq. 6).
+    ``M = sum_k W_k Q_k`` (Eq. 6). ``smoothing`` gives the smoothed variant beyond the paper,
+    ``W_k ∝ 1 / (D_k + s)`` (:func:`dist_cam_weights`; the explainer's ``dist_cam_smoothed``).
 
     Args:
         maps: query feature maps ``Q`` ``[B, K, h, w]``.
@@ -168,6 +191,7 @@ def dist_cam(maps: Tensor, reference: Tensor, eps: float = 1e-6) -> Tensor:
               (Eq. 7);
             * ``[B, K, h', w']``: the reference's feature maps, pooled by GAP (any ``h', w'``).
         eps: positive guard of Eq. 5 (a zero distance gives a large but finite weight).
+        smoothing: ``None`` (Eq. 5, the default), a constant ``s >= 0`` or ``"mean"``.
 
     Returns:
         The raw Dist-CAM ``[B, h, w]`` (no ReLU, no normalisation), float32 (float64 for float64
@@ -177,7 +201,7 @@ def dist_cam(maps: Tensor, reference: Tensor, eps: float = 1e-6) -> Tensor:
     batch, channels = maps.shape[:2]
     with full_precision(maps, reference) as (maps, reference):
         reference_vector = _reference_vector(reference, batch, channels)
-        weights = dist_cam_weights(global_average_pool(maps), reference_vector, eps=eps)
+        weights = dist_cam_weights(global_average_pool(maps), reference_vector, eps=eps, smoothing=smoothing)
         return combine(weights, maps)
 
 

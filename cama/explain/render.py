@@ -57,7 +57,7 @@ def _as_size(size: Size | None, default: tuple[int, int]) -> tuple[int, int]:
     return (height, width)
 
 
-def postprocess(maps: Tensor, size: Size | None = None) -> Tensor:
+def postprocess(maps: Tensor, size: Size | None = None, normalize: bool = True) -> Tensor:
     """ReLU -> bilinear upsampling to ``size`` -> per-map min-max to ``[0, 1]``.
 
     This is the display step the papers apply to their raw maps (dist-cam Sec. 3, cama-ram
@@ -69,10 +69,13 @@ def postprocess(maps: Tensor, size: Size | None = None) -> Tensor:
         maps: raw maps ``[..., h, w]`` (e.g. ``[B, h, w]`` or ``[B, N_branches, h, w]``).
         size: output ``(H, W)`` (an int means square; a longer shape such as ``images.shape``
             uses its two last entries); ``None`` keeps ``(h, w)``.
+        normalize: False skips the min-max and returns the upsampled ReLU map on its own scale
+            (the terms of ltgrad-cam's literal layerization sum, Eq. 8).
 
     Returns:
-        ``[..., H, W]`` in ``[0, 1]``, float32 (float64 for float64 maps): float16 / bfloat16
-        maps are upcast first and the whole step runs in float32 without autocast.
+        ``[..., H, W]`` in ``[0, 1]`` (``>= 0`` with ``normalize=False``), float32 (float64 for
+        float64 maps): float16 / bfloat16 maps are upcast first and the whole step runs in float32
+        without autocast.
     """
     if maps.ndim < 2:
         raise ValueError(f"maps must be [..., h, w], got shape {tuple(maps.shape)}")
@@ -86,6 +89,8 @@ def postprocess(maps: Tensor, size: Size | None = None) -> Tensor:
         constant = work.amax(dim=(-2, -1), keepdim=True) == work.amin(dim=(-2, -1), keepdim=True)
         if out_size != (height, width):
             work = F.interpolate(work, size=out_size, mode="bilinear", align_corners=False)
+        if not normalize:
+            return work.reshape(*leading, *out_size)
         normalized = torch.where(constant, torch.zeros_like(work), minmax_normalize(work))
         return normalized.reshape(*leading, *out_size)
 

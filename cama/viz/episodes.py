@@ -8,6 +8,8 @@ its ``supports``, the ``metric`` the logits compare with.
 * ``dist_cam`` (dist-cam Eq. 4-7): channel weights from ``|p - q|``;
 * ``fam`` (fam Eq. 11-13): contributions averaged over the class's supports, with the model's metric;
 * ``ram`` (cama-ram Eq. 10, the prototype as the reference): ``<p, Q(x, y)> / ||q||`` with ``q = GAP(Q)``;
+* ``dist_cam_smoothed``, ``fam_unfloored``: the variants beyond the papers (:mod:`cama.viz.methods`),
+  with the explainer's ``map_options`` as every forward-only method;
 * the gradient CAMs: of the cosine similarity to the prototype (:class:`~cama.viz.ModelExplainer`).
 """
 
@@ -20,12 +22,16 @@ import torch
 from torch import Tensor, nn
 
 from cama.explain import dist_cam, fam, postprocess, ram
-from cama.viz.model_explainer import GRADIENT_METHODS, ModelExplainer
+from cama.viz.methods import FORWARD_METHODS, GRADIENT_METHODS, forward_call
+from cama.viz.model_explainer import ModelExplainer
 from cama.viz.pictures import probe_grid
 
 __all__ = ["FEW_SHOT_METHODS", "episode_maps", "support_maps", "probe_rows", "class_labels", "episode_grid"]
 
-FEW_SHOT_METHODS: tuple[str, ...] = ("dist_cam", "fam", "ram", *GRADIENT_METHODS)
+#: every method but CAM (a few-shot model has no classifier of its episodes' classes)
+FEW_SHOT_METHODS: tuple[str, ...] = (
+    *(m for m in FORWARD_METHODS if forward_call(m)[0] != "cam"), *GRADIENT_METHODS
+)
 
 
 def episode_maps(
@@ -37,12 +43,15 @@ def episode_maps(
     if method in GRADIENT_METHODS:  # the maps are upcast to float32 inside
         features = explainer.features_from_maps(images, [query_maps])
         return explainer.explain(method, features, prototype, size, branches=False)[:, 0]
-    if method == "dist_cam":
-        raw = dist_cam(query_maps, prototype)
-    elif method == "fam":
-        raw = fam(query_maps, supports, metric=metric)
+    function, options = explainer.forward_call(method)
+    if function == "dist_cam":
+        raw = dist_cam(query_maps, prototype, **options)
+    elif function == "fam":
+        raw = fam(query_maps, supports, metric=metric, **options)
+    elif function == "ram":
+        raw = ram(prototype, query_maps, **options)
     else:
-        raw = ram(prototype, query_maps)
+        raise ValueError(f"few-shot explanations support {list(FEW_SHOT_METHODS)}, got {method!r}")
     return postprocess(raw[:, None], size)[:, 0]
 
 

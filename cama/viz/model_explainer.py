@@ -25,12 +25,17 @@ against a reference they use the reference's slice of the same embedding.
   model whose embedding is a projection ``e = W g`` of its pooled features (a retrieval model with
   an FC layer: ``model.embedding_projection()`` returns ``W``), the contributions of the embedding
   dimensions are mapped back to channels (fam Eq. 16-18) and ``target`` is in the embedding space.
+* ``dist_cam_smoothed``, ``fam_unfloored``: variants beyond the papers, off unless named
+  (:mod:`cama.viz.methods`); ``map_options`` passes keyword arguments to a forward-only method's
+  map function (e.g. Dist-CAM's ``eps``).
 * ``gradcam``, ``gradcam++``, ``layercam``, ``fullgrad`` (ltgrad-cam Eq. 2-11):
   :func:`cama.explain.gradient_cam` of the cosine similarity between the sample's embedding and
   ``target``; branch ``i`` uses the similarity of the slices ``e^i, t^i`` and, by default, the
   branch's layers (``model.explanation_layers()``, :class:`~cama.protocols.HasBranchLayers`; else the model's last convolution) as its layer;
   the summed map uses the full embedding and every branch's layer (layerization, Eq. 8).
-  ``layers`` replaces the default layers of every map; ``truncation`` is Eq. 9-11's delta.
+  ``layers`` replaces the default layers of every map; ``truncation`` is Eq. 9-11's delta;
+  ``layer_norm`` whether each layer's map is min-max normalised before the layerization sum
+  (``"minmax"``, the default) or summed raw as Eq. 8 writes (``"none"``).
 
 **Summed map.** For a multi-branch model :meth:`ModelExplainer.explain` returns the N branch maps and
 their aggregate: the sum of the branches' raw maps (for RAM exactly the RAM of the concatenated
@@ -41,8 +46,9 @@ bilinear upsampling, per-map min-max to ``[0, 1]``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +64,16 @@ from cama.explain import (
     ram,
     similarity_score,
 )
+from cama.explain.gradient import check_layer_norm
 from cama.explain.precision import at_least_float32
+from cama.viz.methods import (
+    FORWARD_METHODS,
+    GRADIENT_METHODS,
+    METHODS,
+    check_map_options,
+    check_methods,
+    forward_call,
+)
 from cama.viz.targets import Target, as_target
 from cama.protocols import EmbeddingModel, HasBranchLayers, HasClassifier, HasProjection, HasTokenLayers
 
@@ -71,29 +86,6 @@ __all__ = [
     "check_methods",
     "default_gradient_layers",
 ]
-
-FORWARD_METHODS: tuple[str, ...] = ("cam", "dist_cam", "ram", "fam")
-GRADIENT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "fullgrad")
-METHODS: tuple[str, ...] = FORWARD_METHODS + GRADIENT_METHODS
-
-
-
-def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
-    """Validate method names (case-insensitive, ``-`` read as ``_``); keeps the order, drops repeats."""
-    out: list[str] = []
-    for name in methods:
-        key = str(name).lower().replace("-", "_")
-        key = {
-            "distcam": "dist_cam",
-            "grad_cam": "gradcam",
-            "gradcampp": "gradcam++",
-            "layer_cam": "layercam",
-        }.get(key, key)
-        if key not in METHODS:
-            raise ValueError(f"unknown explanation method {name!r}; choose from {list(METHODS)}")
-        if key not in out:
-            out.append(key)
-    return tuple(out)
 
 
 def default_gradient_layers(model: nn.Module) -> list[list[str]]:
@@ -176,6 +168,10 @@ class ModelExplainer:
         truncation: delta of the truncation trick (percentile 0-100 of the positive gradients),
             ``None`` disables it.
         truncation_per_channel: take the percentile per channel.
+        layer_norm: the layerization of the gradient methods (:func:`cama.explain.gradient_cam`):
+            ``"minmax"`` (each layer's map normalised before the sum) or ``"none"`` (Eq. 8 as written).
+        map_options: keyword arguments of the forward-only methods' map functions, by method
+            (:mod:`cama.viz.methods`), e.g. ``{"dist_cam": {"eps": 1e-3}}``.
     """
 
     def __init__(
@@ -184,6 +180,8 @@ class ModelExplainer:
         gradient_layers: Sequence[str] | None = None,
         truncation: float | None = None,
         truncation_per_channel: bool = False,
+        layer_norm: str = "minmax",
+        map_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if not isinstance(model, EmbeddingModel):
             raise TypeError(
@@ -194,6 +192,8 @@ class ModelExplainer:
         self.gradient_layers = list(gradient_layers) if gradient_layers else None
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
+        self.layer_norm = check_layer_norm(layer_norm)
+        self.map_options = check_map_options(map_options)
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
@@ -224,7 +224,8 @@ class ModelExplainer:
         """The raw per-branch maps ``[B, N, h, w]`` of a forward-only method (feature resolution)
         against ``target`` (:mod:`cama.viz.targets`; a ``[B, D]`` tensor: against that embedding)."""
         target = as_target(target).embedding(method, features.embedding)
-        if method == "cam":
+        function, options = self.forward_call(method)
+        if function == "cam":
             if not isinstance(self.model, HasClassifier):
                 raise ValueError(
                     f"cam needs `classifier_weights()` on {type(self.model).__name__} (cama.protocols.HasClassifier)"
@@ -237,18 +238,21 @@ class ModelExplainer:
                 out.append(class_activation_map(maps, weight, predicted))
             return torch.stack(out, dim=1)
         projection = self._projection() if features.slices is None else None
-        if method == "fam" and projection is not None:  # e = W g before the similarity: fam Eq. 16-18
+        if function == "fam" and projection is not None:  # e = W g before the similarity: fam Eq. 16-18
             maps = features.maps[0]
-            return fam(maps, target, metric="cosine", projection=projection)[:, None]  # float32 inside
+            return fam(maps, target, metric="cosine", projection=projection, **options)[:, None]
         targets = [target[:, a:b] for a, b in features.slices or []]
         scaled = features.scaled_maps()
-        if method == "dist_cam":
-            return torch.stack([dist_cam(m, t) for m, t in zip(scaled, targets)], dim=1)
-        if method == "ram":
-            return torch.stack([ram(t, m) for m, t in zip(scaled, targets)], dim=1)
-        if method == "fam":
-            return torch.stack([fam(m, t, metric="cosine") for m, t in zip(scaled, targets)], dim=1)
-        raise ValueError(f"{method!r} is not a forward-only method {FORWARD_METHODS}")
+        if function == "dist_cam":
+            return torch.stack([dist_cam(m, t, **options) for m, t in zip(scaled, targets)], dim=1)
+        if function == "ram":
+            return torch.stack([ram(t, m, **options) for m, t in zip(scaled, targets)], dim=1)
+        return torch.stack([fam(m, t, metric="cosine", **options) for m, t in zip(scaled, targets)], dim=1)
+
+    def forward_call(self, method: str) -> tuple[str, dict[str, Any]]:
+        """The map function and keyword arguments of a forward-only method
+        (:func:`cama.viz.methods.forward_call` with this explainer's ``map_options``)."""
+        return forward_call(method, self.map_options)
 
     def _projection(self) -> Tensor | None:
         """The model's FC projection ``W`` ``[D, K]`` (``model.embedding_projection()``) of a
@@ -280,7 +284,7 @@ class ModelExplainer:
         reshape = self.model.token_grid(size) if isinstance(self.model, HasTokenLayers) else None
         kwargs = dict(
             method=method, truncation=self.truncation, truncation_per_channel=self.truncation_per_channel,
-            reshape=reshape,
+            reshape=reshape, layer_norm=self.layer_norm,
         )
         summed = gradient_cam(embedder, features.images, similarity_score(target), all_layers, **kwargs)
         if not branches or features.num_branches == 1 or features.slices is None:

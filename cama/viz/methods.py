@@ -1,0 +1,97 @@
+"""The explanation methods by name: which names exist, which map function each one calls, with which options.
+
+Every caller that takes a method name (the callbacks, the sanity check, ``explain.py``, the benches)
+goes through :data:`METHODS` and :func:`check_methods`; :class:`~cama.viz.ModelExplainer` and the
+few-shot maps (:mod:`cama.viz.episodes`) dispatch a forward-only name with :func:`forward_call`.
+
+* the papers' methods: ``cam``, ``dist_cam``, ``ram``, ``fam`` (forward-only) and ``gradcam``,
+  ``gradcam++``, ``layercam``, ``fullgrad`` (gradient);
+* **variants beyond the papers** (:data:`VARIANTS`; never a default, chosen by name only):
+
+  - ``dist_cam_smoothed``: Dist-CAM with a smoothing term in Eq. 5's denominator,
+    ``W_k ∝ 1 / (D_k + s)``, ``s = mean_j D_j`` per sample
+    (:func:`cama.explain.dist_cam_weights` ``smoothing="mean"``);
+  - ``fam_unfloored``: FAM without Eq. 12's min-max floor, ``alpha = ReLU(c) / max ReLU(c)``, so a
+    channel that contributes nothing gets weight 0 (:func:`cama.explain.fam_importance`
+    ``importance="relu"``).
+
+``map_options`` (``{method: {keyword: value}}``, :class:`~cama.viz.ModelExplainer`) adds keyword
+arguments to a forward-only method's map function -- e.g. ``{"dist_cam": {"eps": 1e-3}}`` sweeps
+Eq. 5's guard, ``{"dist_cam_smoothed": {"smoothing": 0.1}}`` sets a constant ``s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "FORWARD_METHODS",
+    "GRADIENT_METHODS",
+    "METHODS",
+    "PAPER_FORWARD_METHODS",
+    "VARIANTS",
+    "check_map_options",
+    "check_methods",
+    "forward_call",
+]
+
+#: the forward-only methods of the papers; each is its own map function
+PAPER_FORWARD_METHODS: tuple[str, ...] = ("cam", "dist_cam", "ram", "fam")
+#: the variants beyond the papers: name -> (the paper method's map function, its keyword arguments)
+VARIANTS: Mapping[str, tuple[str, Mapping[str, Any]]] = MappingProxyType({
+    "dist_cam_smoothed": ("dist_cam", MappingProxyType({"smoothing": "mean"})),
+    "fam_unfloored": ("fam", MappingProxyType({"importance": "relu"})),
+})
+FORWARD_METHODS: tuple[str, ...] = PAPER_FORWARD_METHODS + tuple(VARIANTS)
+GRADIENT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "fullgrad")
+METHODS: tuple[str, ...] = FORWARD_METHODS + GRADIENT_METHODS
+
+_ALIASES = {
+    "distcam": "dist_cam",
+    "grad_cam": "gradcam",
+    "gradcampp": "gradcam++",
+    "layer_cam": "layercam",
+}
+
+
+def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """Validate method names (case-insensitive, ``-`` read as ``_``); keeps the order, drops repeats."""
+    out: list[str] = []
+    for name in methods:
+        key = str(name).lower().replace("-", "_")
+        key = _ALIASES.get(key, key)
+        if key not in METHODS:
+            raise ValueError(f"unknown explanation method {name!r}; choose from {list(METHODS)}")
+        if key not in out:
+            out.append(key)
+    return tuple(out)
+
+
+def check_map_options(map_options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """``map_options`` as plain dicts, keyed by forward-only method names (a ValueError otherwise)."""
+    out: dict[str, dict[str, Any]] = {}
+    for method, options in (map_options or {}).items():
+        if method not in FORWARD_METHODS:
+            raise ValueError(f"map_options: {method!r} is not a forward-only method {list(FORWARD_METHODS)}")
+        if not isinstance(options, Mapping):
+            raise ValueError(f"map_options[{method!r}] must map keyword arguments to values, got {options!r}")
+        out[method] = dict(options)
+    return out
+
+
+def forward_call(
+    method: str, map_options: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The map function (``"cam"``, ``"dist_cam"``, ``"ram"`` or ``"fam"``) of a forward-only method and
+    its keyword arguments: the variant's own (:data:`VARIANTS`), then ``map_options[method]``."""
+    if method in VARIANTS:
+        base, options = VARIANTS[method]
+        kwargs = dict(options)
+    elif method in PAPER_FORWARD_METHODS:
+        base, kwargs = method, {}
+    else:
+        raise ValueError(f"{method!r} is not a forward-only method {FORWARD_METHODS}")
+    kwargs.update((map_options or {}).get(method, {}))
+    return base, kwargs
