@@ -10,7 +10,8 @@ training steps (``--train-steps``), one full validation (after Lightning's sanit
 on unless ``--sanity-steps`` says otherwise), then the test of the best checkpoint. Overrides, the same
 for every config of a family: CPU, one device, ``pretrained: null``, ``--workers`` loader processes,
 re-ID input 64x32 (``--reid-size``), few-shot / retrieval input 48x48 (``--class-size``; retrieval
-resizes to 54 before the crop), validation every epoch. ``--episodes N`` caps the few-shot validation
+resizes to 54 before the crop), validation every epoch (at a ``--scale`` below real, on a tenth of the
+training identities / classes held out, the configs' ``val_ids`` / ``val_classes`` being for the real sizes). ``--episodes N`` caps the few-shot validation
 and test episodes (the table says so). Printed, and written to ``<out>/real_scale.md``: per config
 the wall time of the subprocess, the peak memory (the process tree's summed PSS sampled every 0.5 s,
 and the largest single process's peak RSS from ``wait4``), the times of training, of the validation
@@ -82,6 +83,10 @@ def overrides(config: str, data_path: Path, opts: argparse.Namespace, profile_di
     if family == "fewshot" and opts.episodes:
         args += ["--data.init_args.val_episodes", str(opts.episodes), "--data.init_args.test_episodes",
                  str(opts.episodes)]
+    if opts.scale != "real" and family in ("reid", "retrieval"):
+        # a fraction of the real data has a fraction of its identities / classes: hold a tenth out
+        held = "val_ids" if family == "reid" else "val_classes"
+        args += [f"--data.init_args.{held}", "null"]
     if family == "retrieval":
         args += ["--data.init_args.resize_size", str(round(opts.class_size * 256 / 227)),
                  "--trainer.max_steps", "-1", "--trainer.val_check_interval", "1.0"]

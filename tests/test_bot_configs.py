@@ -34,7 +34,7 @@ TINY = [
     "--data.init_args.p", "4",
     "--data.init_args.k", "2",
     "--data.init_args.num_workers", "0",
-    "--data.init_args.synthetic.num_train_ids", "6",
+    "--data.init_args.synthetic.num_train_ids", "6", "--data.init_args.val_ids", "2",
     "--data.init_args.synthetic.num_test_ids", "4",
     "--data.init_args.synthetic.num_distractors", "2",
     "--data.init_args.synthetic.num_junk", "2",
@@ -86,6 +86,7 @@ def test_market_config_instantiates_on_a_market_tree(tmp_path):
     cli = CLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
               args=["--config", str(REPO / "configs" / "bot_market1501.yaml"),
                     "--model.init_args.pretrained", "null", "--model.init_args.backbone", "resnet10",
-                    "--data.init_args.root", str(root), "--data.init_args.num_workers", "0"], run=False)
-    assert cli.model.hparams.num_classes == cli.datamodule.num_classes == 4
-    assert tuple(cli.model.criterion.centers.shape) == (1, 4, cli.model.backbone.out_channels)
+                    "--data.init_args.root", str(root), "--data.init_args.num_workers", "0",
+                    "--data.init_args.val_ids", "1"], run=False)
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes == 3  # 4 identities, 1 held out
+    assert tuple(cli.model.criterion.centers.shape) == (1, 3, cli.model.backbone.out_channels)

@@ -46,6 +46,8 @@ TINY = [  # the overrides of test_train_cli.py
     "0",
     "--data.init_args.synthetic.num_train_ids",
     "10",
+    "--data.init_args.val_ids",
+    "2",
     "--data.init_args.synthetic.num_test_ids",
     "8",
     "--data.init_args.synthetic.num_distractors",

@@ -26,6 +26,7 @@ TINY_DATA = [
     "image_size=[64, 32]",
     "num_workers=0",
     "synthetic.num_train_ids=10",
+    "val_ids=2",
     "synthetic.num_test_ids=6",
     "synthetic.num_distractors=4",
     "synthetic.num_junk=2",
@@ -245,7 +246,7 @@ def test_retrieval_checkpoint_ranks_every_other_image_with_fam(tmp_path):
         "--checkpoint", str(checkpoint), "--config", str(REPO / "configs" / "retrieval_synthetic.yaml"),
         "--model_class", "cama.models.RetrievalModel", "--data", "image_size=[32, 32]", "resize_size=36",
         "synthetic.height=36", "synthetic.width=36", "synthetic.num_classes=10", "synthetic.images_per_class=4",
-        "num_workers=0",
+        "num_workers=0", "val_classes=1",
         "--methods", "fam", "--num_queries", "2", "--top_k", "3", "--output", str(out), "--no_progress",
     ])
     assert len(written) == 2

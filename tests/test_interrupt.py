@@ -27,7 +27,7 @@ TINY = [
     "--data.init_args.k", "2",
     "--data.init_args.eval_batch_size", "64",
     "--data.init_args.num_workers", "0",
-    "--data.init_args.synthetic.num_train_ids", "10",
+    "--data.init_args.synthetic.num_train_ids", "10", "--data.init_args.val_ids", "2",
     "--data.init_args.synthetic.num_test_ids", "6",
     "--data.init_args.synthetic.num_distractors", "4",
     "--data.init_args.synthetic.num_junk", "2",

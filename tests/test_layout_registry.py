@@ -84,7 +84,7 @@ def person_tree(tmp_path_factory) -> Path:
 def test_a_layout_registered_from_a_test_trains_through_the_reid_data_module(person_tree):
     register_reid_layout("person_folders_test", PersonFolders)
     assert "person_folders_test" in reid_layout_names()
-    dm = ReIDDataModule(dataset="person_folders_test", root=str(person_tree), image_size=(64, 32), p=2, k=2,
+    dm = ReIDDataModule(validate_on_test=True, dataset="person_folders_test", root=str(person_tree), image_size=(64, 32), p=2, k=2,
                         eval_batch_size=8, num_workers=0)
     assert dm.num_classes == len(TRAIN_IDS) and dm.num_query == len(QUERY_IDS)
     assert dm.train_pids == sorted(TRAIN_IDS)
@@ -103,7 +103,7 @@ def test_a_class_layout_registered_from_a_test_feeds_retrieval(tmp_path):
         for i in range(3):
             _image(tmp_path / f"c{c}__{i}.png", 10 * c + i, size=(24, 24))
     register_class_layout("flat_class_files_test", FlatClassFiles)
-    dm = RetrievalDataModule("flat_class_files_test", root=str(tmp_path), image_size=(24, 24), m_per_class=3,
+    dm = RetrievalDataModule("flat_class_files_test", validate_on_test=True, root=str(tmp_path), image_size=(24, 24), m_per_class=3,
                              batch_size=6, num_workers=0)
     assert dm.num_classes == 3 and dm.num_test_classes == 3
     assert next(iter(dm.train_dataloader()))["image"].shape == (6, 3, 24, 24)
@@ -134,7 +134,7 @@ def test_a_config_names_its_layout_by_class_path(person_tree, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     args = [
         sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / "configs" / "cama_synthetic.yaml"),
-        "--data.init_args.dataset", layout, "--data.init_args.root", str(person_tree),
+        "--data.init_args.dataset", layout, "--data.init_args.val_ids", "null", "--data.init_args.validate_on_test", "true", "--data.init_args.root", str(person_tree),
         "--data.init_args.image_size", "[64, 32]", "--data.init_args.p", "2", "--data.init_args.k", "2",
         "--data.init_args.eval_batch_size", "16", "--model.init_args.width", "8",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.check_val_every_n_epoch", "1",
@@ -152,11 +152,12 @@ def test_the_nested_synthetic_options_of_a_yaml_reach_the_generator(tmp_path):
     config = yaml.safe_load((REPO / "configs" / "cama_synthetic.yaml").read_text())
     config["data"]["init_args"]["synthetic"] = {"num_train_ids": 7, "num_test_ids": 4, "num_distractors": 3,
                                                 "num_junk": 2, "height": 64, "width": 32, "seed": 5}
+    config["data"]["init_args"]["val_ids"] = 2
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     dm = instantiate_data(path)
     raw = dm._raw_datasets()
-    assert len(set(raw["train"].pids)) == 7 == dm.num_classes
+    assert len(set(raw["train"].pids)) == 5 == dm.num_classes and len(set(raw["val_query"].pids)) == 2
     gallery = raw["gallery"].pids
     assert sum(p == 0 for p in gallery) == 3 and sum(p == -1 for p in gallery) == 2
     assert len({p for p in gallery if p > 0}) == 4
@@ -164,6 +165,7 @@ def test_the_nested_synthetic_options_of_a_yaml_reach_the_generator(tmp_path):
     # the class images: 8 classes (halved into train / test) of 5 images, 32x32
     config = yaml.safe_load((REPO / "configs" / "retrieval_synthetic.yaml").read_text())
     config["data"]["init_args"]["synthetic"] = {"num_classes": 8, "images_per_class": 5, "height": 32, "width": 32}
+    config["data"]["init_args"].update(val_classes=None, validate_on_test=True)  # the layout's two halves as they are
     path.write_text(yaml.safe_dump(config))
     raw = instantiate_data(path)._raw_datasets()
     assert [len(set(raw[s].labels)) for s in ("train", "test")] == [4, 4]

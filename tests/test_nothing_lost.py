@@ -38,6 +38,8 @@ TINY = [
     "0",
     "--data.init_args.synthetic.num_train_ids",
     "10",
+    "--data.init_args.val_ids",
+    "2",
     "--data.init_args.synthetic.num_test_ids",
     "6",
     "--data.init_args.synthetic.num_distractors",

@@ -31,7 +31,8 @@ TINY = [
     "--trainer.enable_model_summary", "false",
     "--data.init_args.image_size", "[32, 32]",
     "--data.init_args.synthetic.height", "32", "--data.init_args.synthetic.width", "32",
-    "--data.init_args.synthetic.num_classes", "8",
+    "--data.init_args.synthetic.num_classes", "10",   # 5 training classes, 1 held out for validation
+    "--data.init_args.val_classes", "1",
     "--data.init_args.synthetic.images_per_class", "5",
     "--data.init_args.m_per_class", "2",
     "--data.init_args.batch_size", "8",
@@ -52,7 +53,7 @@ def test_synthetic_config_builds_the_ms_loss_and_miner():
     assert type(model.loss_fn) is losses.MultiSimilarityLoss
     assert (model.loss_fn.alpha, model.loss_fn.beta, model.loss_fn.base) == (2.0, 50.0, 0.5)
     assert type(model.miner) is miners.MultiSimilarityMiner and model.miner.epsilon == 0.1
-    assert model.hparams.num_classes == cli.datamodule.num_classes == 4  # linked from the data module
+    assert model.hparams.num_classes == cli.datamodule.num_classes == 4  # linked: 5 training classes, 1 held out
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -76,11 +77,12 @@ def test_one_line_loss_change(spec, expected, tmp_path):
 def test_cub_config_instantiates_on_a_cub_tree_and_names_missing_data(tmp_path):
     root = write_cub_layout(tmp_path / "CUB_200_2011", seed=1, num_classes=10, images_per_class=2, height=40, width=48,
                             progress=False)
-    common = ["--model.init_args.pretrained", "null", "--data.init_args.num_workers", "0"]
+    common = ["--model.init_args.pretrained", "null", "--data.init_args.num_workers", "0",
+              "--data.init_args.val_classes", "1"]
     cli = CLI(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
               args=["--config", str(CUB), "--data.init_args.root", str(root), *common], run=False)
     model, data = cli.model, cli.datamodule
-    assert data.num_classes == 5 and model.hparams.num_classes == 5  # class ids 1-5 train, 6-10 test
+    assert data.num_classes == 4 and model.hparams.num_classes == 4  # class ids 1-4 train, 5 validates, 6-10 test
     assert model.hparams.backbone == "resnet50" and model.embedding_projection().shape == (512, 2048)
     assert model.hparams.frozen_bn and type(model.loss_fn) is losses.MultiSimilarityLoss
     assert (data.batch_size, data.m_per_class, data.image_size, data.resize_size) == (80, 5, (227, 227), 256)

@@ -26,7 +26,7 @@ TINY = [
     "--data.init_args.k", "2",
     "--data.init_args.eval_batch_size", "32",
     "--data.init_args.num_workers", "0",
-    "--data.init_args.synthetic.num_train_ids", "10",
+    "--data.init_args.synthetic.num_train_ids", "10", "--data.init_args.val_ids", "2",
     "--data.init_args.synthetic.num_test_ids", "8",
     "--data.init_args.synthetic.num_distractors", "6",
     "--data.init_args.synthetic.num_junk", "4",
@@ -127,11 +127,11 @@ def test_fine_tune_from_checkpoint_with_other_number_of_identities(uninterrupted
     result = run_cli(tmp_path, "fit", "--config", str(CONFIG), *TINY, "--trainer.max_epochs", "1",
                      "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
                      "--test_after_fit", "false",
-                     "--data.init_args.synthetic.num_train_ids", "12",
+                     "--data.init_args.synthetic.num_train_ids", "12", "--data.init_args.val_ids", "2",
                      "--model.init_args.init_from", str(ckpt))
     log = result.stdout + result.stderr
-    # 10 identities -> 12; the embedding width (the config's backbone width x 8) stays
-    assert "init_from" in log and re.search(r"heads\.0\.classifier\.weight \(10, (\d+)\) -> \(12, \1\)", log)
+    # 8 training identities -> 10 (2 of 10 and of 12 held out for validation); the embedding width stays
+    assert "init_from" in log and re.search(r"heads\.0\.classifier\.weight \(8, (\d+)\) -> \(10, \1\)", log)
 
 
 def test_print_config_lists_model_and_data_options(tmp_path):
