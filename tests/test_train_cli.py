@@ -109,7 +109,13 @@ def test_validate_same_metrics_with_one_process_lightning_ddp_and_torchrun(unint
     for key in ("Val/mAP", "Val/mINP", "Val/rank1", "val/rank5", "val/mAP_branches_1"):
         for name in ("lightning", "torchrun"):
             assert results[name][key] == pytest.approx(results["one"][key], abs=1e-6), (name, key)
-    # predict under torchrun: the two processes' shares merged into one file that scores like validate
+    # predict under torchrun: the two processes' shares of the test split merged into one file that
+    # scores like the test (validation ranks the held-out training identities, the test the test split)
+    run_dir = tmp_path / "test"
+    run_dir.mkdir()
+    run_cli(run_dir, "test", "--config", str(CONFIG), *TINY, "--ckpt_path", ckpt, "--trainer.accelerator", "cpu")
+    tested = read_metrics(run_dir, "test")
+    assert tested["test/mAP"] != pytest.approx(results["one"]["Val/mAP"], abs=1e-6)  # two different splits
     run_dir = tmp_path / "predict"
     run_dir.mkdir()
     run_cli(run_dir, "predict", "--config", str(CONFIG), *TINY, "--ckpt_path", ckpt, "--trainer.accelerator",
@@ -117,8 +123,8 @@ def test_validate_same_metrics_with_one_process_lightning_ddp_and_torchrun(unint
     from evaluate import evaluate_file
 
     scored = evaluate_file(next((run_dir / "runs").rglob("predictions.pt")))
-    for key, logged in (("mAP", "Val/mAP"), ("mINP", "Val/mINP"), ("rank1", "Val/rank1"), ("rank5", "val/rank5")):
-        assert scored[key] == pytest.approx(results["one"][logged], abs=1e-6), key
+    for key in ("mAP", "mINP", "rank1", "rank5"):
+        assert scored[key] == pytest.approx(tested[f"test/{key}"], abs=1e-6), key
 
 
 def test_fine_tune_from_checkpoint_with_other_number_of_identities(uninterrupted, tmp_path):
