@@ -5,8 +5,9 @@ shapes in a fixed relative position (the second shape right of, below or diagona
 the first: :data:`RELATIONS`), never a colour or a texture: every part of every image draws its colour
 and texture at random from the shared palette (:data:`~datamodules.synthetic.object_shapes.COLOURS`,
 :data:`~datamodules.synthetic.object_shapes.TEXTURES`). Beside the object the background holds
-``distractors`` single shapes of any shape (the parts of the classes' arrangements among them), of the
-same palette and the same size as the object's parts, never touching the object; the box and the mask
+``distractors`` objects of any shape (the parts of the classes' arrangements among them), of the
+same palette and the same size as the object's parts, never touching the object -- half of them pairs
+of shapes in one of the relations, but never two shapes that a class pairs; the box and the mask
 are the arrangement only. The object's area is a drawn fraction of the image (``object_area``), the
 radius of its parts computed from the exact unit areas of their shapes (:func:`unit_area`); an
 arrangement too wide or too tall for the image shrinks until it fits.
@@ -99,9 +100,11 @@ def _part(rng: random.Random, radius: float, aspect: tuple[float, float]) -> tup
 def paint_arrangement(
     canvas: np.ndarray, xs: np.ndarray, ys: np.ndarray, rng: random.Random, spec: ArrangementSpec,
     object_area: tuple[float, float], distractors: tuple[int, int], aspect: tuple[float, float],
-    rotation: float, colour_jitter: float,
+    rotation: float, colour_jitter: float, pair_share: float = 0.5, classes: frozenset = frozenset(),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Paint the class's arrangement and the distractors over ``canvas`` [3, H, W] (module docstring).
+    """Paint the class's arrangement and the distractors over ``canvas`` [3, H, W] (module docstring):
+    a distractor is a pair of shapes with probability ``pair_share``, its shapes never a pair of
+    ``classes`` (frozensets of two shapes).
 
     Returns:
         ``(mask, distractor_mask)``: bool [H, W], the arrangement's pixels and the distractors'.
@@ -133,28 +136,52 @@ def paint_arrangement(
         theta = rng.uniform(-rotation, rotation)
         paint_shape(canvas, xs, ys, shape, texture, c1, c2, px, py, rx, ry, theta, mask)
 
-    # the distractors: single shapes of the parts' size, clear of the object and of each other
+    # the distractors: single shapes or pairs of shapes that no class arranges, of the parts' size, clear
+    # of the object and of each other
     taken = [(px, py, reach) for _, px, py, _, _, reach in parts]
     others = np.zeros((H, W), dtype=bool)
     for _ in range(rng.randint(*distractors)):
-        shape = rng.choice(SHAPES)
-        rx, ry, reach = _part(rng, radius * rng.uniform(*_PART_JITTER), aspect)
-        place = None
+        if rng.random() < pair_share:
+            free = [p for p in itertools.combinations(SHAPES, 2) if frozenset(p) not in classes]
+            shapes = list(rng.choice(free))
+        else:
+            shapes = [rng.choice(SHAPES)]
+        pieces = [_part(rng, radius * rng.uniform(*_PART_JITTER), aspect) for _ in shapes]
+        offsets = [(0.0, 0.0)]
+        if len(shapes) == 2:
+            ddx, ddy = RELATIONS[rng.choice(tuple(RELATIONS))]
+            gap = (1.0 + _GAP) * 1.1 * sum(max(rx, ry) for rx, ry, _ in pieces)
+            offsets.append((gap * ddx, gap * ddy))
         for _shrink in range(_SHRINKS):
-            for _try in range(_TRIES):
-                if reach + 1.0 >= min(W, H) / 2:
-                    break
-                x, y = rng.uniform(reach + 1.0, W - reach - 1.0), rng.uniform(reach + 1.0, H - reach - 1.0)
-                if all((x - tx) ** 2 + (y - ty) ** 2 >= (reach + tr + 2.0) ** 2 for tx, ty, tr in taken):
-                    place = (x, y)
-                    break
+            circles = [(ox, oy, reach) for (ox, oy), (_, _, reach) in zip(offsets, pieces)]
+            place = _place(rng, taken, circles, W, H)
             if place is not None:
                 break
-            rx, ry, reach = 0.8 * rx, 0.8 * ry, 0.8 * reach
+            pieces = [(0.8 * rx, 0.8 * ry, 0.8 * reach) for rx, ry, reach in pieces]
+            offsets = [(0.8 * ox, 0.8 * oy) for ox, oy in offsets]
         if place is None:
             continue
-        taken.append((*place, reach))
-        c1, c2, texture = _random_colours(rng, colour_jitter)
-        paint_shape(canvas, xs, ys, shape, texture, c1, c2, place[0], place[1], rx, ry,
-                    rng.uniform(-rotation, rotation), others)
+        for shape, (rx, ry, reach), (ox, oy) in zip(shapes, pieces, offsets):
+            taken.append((place[0] + ox, place[1] + oy, reach))
+            c1, c2, texture = _random_colours(rng, colour_jitter)
+            paint_shape(canvas, xs, ys, shape, texture, c1, c2, place[0] + ox, place[1] + oy, rx, ry,
+                        rng.uniform(-rotation, rotation), others)
     return mask, others
+
+
+def _place(rng: random.Random, taken: list[tuple[float, float, float]],
+           circles: list[tuple[float, float, float]], W: int, H: int) -> tuple[float, float] | None:
+    """An anchor at which every circle ``(dx, dy, reach)`` lies inside the image, 2 px clear of the
+    ``taken`` circles ``(x, y, reach)``; ``None`` after a number of random tries."""
+    lo_x = max(reach - dx for dx, _, reach in circles) + 1.0
+    hi_x = min(W - reach - dx for dx, _, reach in circles) - 1.0
+    lo_y = max(reach - dy for _, dy, reach in circles) + 1.0
+    hi_y = min(H - reach - dy for _, dy, reach in circles) - 1.0
+    if lo_x >= hi_x or lo_y >= hi_y:
+        return None
+    for _try in range(_TRIES):
+        x, y = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
+        if all((x + dx - tx) ** 2 + (y + dy - ty) ** 2 >= (reach + tr + 2.0) ** 2
+               for dx, dy, reach in circles for tx, ty, tr in taken):
+            return x, y
+    return None

@@ -88,6 +88,8 @@ class SyntheticClassesConfig:
             object that does not fit the image shrinks).
         distractors: (min, max) number of the cluttered scene's distractor shapes.
         rotation: the cluttered scene's largest rotation of a shape, in radians (a square stays a square).
+        distractor_pairs: the share of the cluttered scene's distractors that are pairs of shapes (pairs
+            that no class arranges), the others single shapes.
     """
 
     num_classes: int = 100
@@ -103,9 +105,10 @@ class SyntheticClassesConfig:
     gain: tuple[float, float] = (0.7, 1.2)
     noise_std: tuple[float, float] = (0.01, 0.04)
     scene: str = "plain"
-    object_area: tuple[float, float] = (0.06, 0.16)
+    object_area: tuple[float, float] = (0.055, 0.12)
     distractors: tuple[int, int] = (1, 3)
     rotation: float = 0.25
+    distractor_pairs: float = 0.5
 
     def __post_init__(self) -> None:
         if self.scene not in SCENES:
@@ -172,6 +175,7 @@ class SyntheticClasses:
         self.classes: list[ClassSpec] | list[ArrangementSpec]
         if config.scene == "cluttered":
             self.classes = arrangement_table(table_rng, config.num_classes)
+            self._class_pairs = frozenset(frozenset((c.first, c.second)) for c in self.classes)
         else:
             combos = list(itertools.product(SHAPES, TEXTURES, COLOURS))
             chosen = table_rng.sample(combos, config.num_classes)
@@ -277,7 +281,7 @@ class SyntheticClasses:
         canvas = self._background(rng)
         mask, others = paint_arrangement(canvas, self._xs, self._ys, rng, self.classes[label],
                                          cfg.object_area, cfg.distractors, cfg.aspect, cfg.rotation,
-                                         cfg.colour_jitter)
+                                         cfg.colour_jitter, cfg.distractor_pairs, self._class_pairs)
         return RenderedObject(image=self._light(rng, canvas), mask=torch.from_numpy(mask)[None],
                               box=mask_box(mask), label=label, distractors=torch.from_numpy(others)[None])
 
