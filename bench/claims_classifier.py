@@ -33,7 +33,21 @@ Every figure is a mean over seeds with its 95% t-interval (``mean ± half-width 
 follows the rules of ``bench/claims_rules.py``. Writes ``results/claims/classifier.json`` (the rows, every
 per-seed number, the whole grid) and ``results/claims/ltgrad_delta.png``.
 
+Beside the maps it scores what decides whether the setting can tell them apart
+(``bench/claims_classifier_maps.py``): the perfect-mask ceiling at each stage's resolution, the
+network-free colour baseline ``|pixel - mean border colour|``, and the box accuracy at every tau for CAM
+and Dist-CAM, tau chosen on the validation images (``val_images_per_class``; the training images where
+the config has none) and read on the test images.
+
+``--config cluttered`` runs ``configs/classifier_cluttered.yaml`` (128 px, 8x8 maps, classes defined by an
+arrangement of shapes among same-palette distractors; 5 seeds) and writes
+``results/claims/classifier_cluttered.json`` and ``results/claims/ltgrad_delta_cluttered.png``. Each seed's
+results are written to ``results/claims/classifier/<config>/seed<N>.json`` as soon as it finishes and read
+back by the next run with the same settings (``--fresh``: run them again), so the bench can run over
+several sittings; its wall time over every sitting is printed and stored (``seconds``).
+
     python bench/claims_classifier.py                    # 3 seeds, the config's 20 epochs
+    python bench/claims_classifier.py --config cluttered # 5 seeds on the cluttered scene
     python bench/claims_classifier.py --smoke            # 1 seed, 1 epoch, 60 images: a quick check
 """
 
@@ -42,9 +56,17 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from claims_classifier_maps import (  # noqa: E402
+    box_curve,
+    colour_baseline,
+    mask_ceilings,
+    stage_sizes,
+    tau_choice,
+)
 from claims_classifier_rows import (  # noqa: E402
     DELTAS,
     PLOT,
@@ -53,13 +75,16 @@ from claims_classifier_rows import (  # noqa: E402
     encode,
     ltgrad_rows,
     plot_delta_curves,
+    reference_rows,
 )
 from claims_common import (  # noqa: E402
     DEFAULT_SEEDS,
     REPO,
+    RESULTS,
     train_and_measure,
     write_rows,
 )
+from claims_seed_cache import cached_seed  # noqa: E402
 from claims_rules import with_seeds  # noqa: E402
 from torch import Tensor
 
@@ -78,10 +103,17 @@ from cama.metrics.segmentation import (  # noqa: E402
     segmentation_counts,
     segmentation_scores,
 )
+from cama.loading import read_config  # noqa: E402
 from cama.references import class_prototypes  # noqa: E402
 
-CONFIG = REPO / "configs" / "classifier_synthetic.yaml"
-NAME = "classifier"
+#: --config -> (the YAML, the rows' JSON name in results/claims/, the delta plot, the default seeds)
+CONFIGS: dict[str, tuple[Path, str, Path, tuple[int, ...]]] = {
+    "synthetic": (REPO / "configs" / "classifier_synthetic.yaml", "classifier", PLOT, tuple(DEFAULT_SEEDS)),
+    "cluttered": (REPO / "configs" / "classifier_cluttered.yaml", "classifier_cluttered",
+                  RESULTS / "claims" / "ltgrad_delta_cluttered.png", (0, 1, 2, 3, 4)),
+}
+#: each seed's results, as soon as it finishes: <config>/seed<N>.json (reused unless --fresh)
+SEED_CACHE = RESULTS / "claims" / "classifier"
 
 
 
@@ -108,12 +140,14 @@ def collect(model: Any, loader: Any, device: torch.device, limit: int | None = N
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def data_overrides(seed: int, smoke: bool) -> dict[str, Any]:
+def data_overrides(config: Path, seed: int, smoke: bool) -> dict[str, Any]:
     """The seed also draws the synthetic data and the training batches (a replicate of everything)."""
     out: dict[str, Any] = {"seed": seed, "synthetic": {"seed": seed}}
     if smoke:  # a few classes and images: the pipeline, not the numbers
         out["synthetic"].update(num_classes=6, images_per_class=15)
         out.update(train_images_per_class=10, batch_size=24, eval_batch_size=30)
+        if read_config(config)["data"].get("init_args", {}).get("val_images_per_class"):
+            out["val_images_per_class"] = 2
     return out
 
 
@@ -138,21 +172,28 @@ def class_maps(model: Any, data: dict[str, Tensor], prototypes: Tensor) -> dict[
 
 
 @torch.no_grad()
-def dist_cam_table(model: Any, train: dict[str, Tensor], test: dict[str, Tensor]) -> dict[str, float]:
+def dist_cam_table(model: Any, train: dict[str, Tensor], test: dict[str, Tensor],
+                   select: dict[str, Tensor]) -> dict[str, Any]:
     """CAM vs Dist-CAM against the class prototypes on the test images (module docstring): the top-1
-    localization error at ``tau = 0.2`` and at the tau that is best on the training images, MaxBoxAcc."""
+    localization error at ``tau = 0.2`` and at the tau that is best on the ``select`` images (the
+    validation images, or the training images where the config has none), MaxBoxAcc, and the box
+    accuracy at every tau on the test and the ``select`` images."""
     num_classes = model.fc.weight.shape[0]
     prototypes = class_prototypes(model.embed_maps([train["maps"]]), train["label"], num_classes)  # Eq. 7
-    on_train, on_test = class_maps(model, train, prototypes), class_maps(model, test, prototypes)
-    out: dict[str, float] = {}
+    on_select, on_test = class_maps(model, select, prototypes), class_maps(model, test, prototypes)
+    out: dict[str, Any] = {}
     for name, (maps, predicted) in on_test.items():
         correct = predicted == test["label"]
         accuracy, best_tau = max_box_accuracy(maps, test["box"])
-        _, train_tau = max_box_accuracy(on_train[name][0], train["box"])
+        test_curve, select_curve = box_curve(maps, test["box"]), box_curve(on_select[name][0], select["box"])
+        tau, at_tau = tau_choice(select_curve, test_curve)
         out[f"{name}_top1_loc_err"] = float(top1_localization_error(maps, test["box"], correct, tau=TAU))
-        out[f"{name}_top1_loc_err_train_tau"] = float(
-            top1_localization_error(maps, test["box"], correct, tau=float(train_tau)))
-        out[f"{name}_train_tau"] = float(train_tau)
+        out[f"{name}_top1_loc_err_select_tau"] = float(
+            top1_localization_error(maps, test["box"], correct, tau=tau))
+        out[f"{name}_select_tau"] = tau
+        out[f"{name}_box_acc_select_tau"] = at_tau
+        out[f"{name}_box_curve"] = test_curve
+        out[f"{name}_box_curve_select"] = select_curve
         out[f"{name}_max_box_acc"] = float(accuracy)
         out[f"{name}_max_box_acc_tau"] = float(best_tau)
         out[f"{name}_cls_acc"] = float(correct.float().mean())
@@ -231,22 +272,31 @@ def ltgrad_grid(model: Any, data: dict[str, Tensor], batch_size: int) -> dict[tu
 # --------------------------------------------------------------------------------------------------
 # one seed
 # --------------------------------------------------------------------------------------------------
-def run_seed(seed: int, epochs: int | None, smoke: bool, images: int | None, batch_size: int,
+def run_seed(config: Path, seed: int, epochs: int | None, smoke: bool, images: int | None, batch_size: int,
              threads: int | None) -> dict[str, Any]:
     return train_and_measure(
-        CONFIG, seed, data_overrides(seed, smoke), epochs, threads,
+        config, seed, data_overrides(config, seed, smoke), epochs, threads,
         lambda model, dm, metrics, device: measure(model, dm, metrics, seed, images, batch_size, device),
     )
 
 
 def measure(model: Any, datamodule: Any, metrics: dict[str, float], seed: int, images: int | None,
             batch_size: int, device: torch.device) -> dict[str, Any]:
-    """Items 3 and 4 on a trained classifier (module docstring)."""
+    """Items 3 and 4 on a trained classifier, with the references they need (module docstring)."""
     train = collect(model, datamodule.eval_dataloader("train"), device)
     test = collect(model, datamodule.eval_dataloader("test"), device, images)
-    out: dict[str, Any] = {"seed": seed, "test_acc": metrics.get("test/acc"),
-                           "test_images": int(test["label"].numel())}
-    out.update(dist_cam_table(model, train, test))
+    has_val = bool(getattr(datamodule, "val_images_per_class", 0))
+    select = collect(model, datamodule.eval_dataloader("val"), device) if has_val else train
+    sizes = stage_sizes(model, test["image"][:1])
+    out: dict[str, Any] = {
+        "seed": seed, "test_acc": metrics.get("test/acc"), "test_images": int(test["label"].numel()),
+        "tau_split": "val" if has_val else "train", "select_images": int(select["label"].numel()),
+        "image_size": list(test["image"].shape[-2:]), "stage_sizes": [list(s) for s in sizes],
+        "object_area": float(test["mask"].float().mean()),
+    }
+    out.update(dist_cam_table(model, train, test, select))
+    out["ceiling"] = mask_ceilings(test["mask"], test["box"], sizes)
+    out["colour_baseline"] = colour_baseline(test["image"], test["mask"], test["box"])
     print(f"  seed {seed}: trained in {metrics['train_seconds']:.0f} s, test accuracy {out['test_acc']:.3f}; "
           f"top-1 loc. error CAM {out['cam_top1_loc_err']:.3f}, Dist-CAM {out['dist_cam_top1_loc_err']:.3f}",
           flush=True)
@@ -262,12 +312,42 @@ def measure(model: Any, datamodule: Any, metrics: dict[str, float], seed: int, i
     return out
 
 
+def summary(run: dict[str, Any]) -> str:
+    """One seed's headline numbers, for the log."""
+    stages = len(run["stage_sizes"])
+    grid = run["grid"]["test"]
+    lines = [f"seed {run['seed']}: test accuracy {run['test_acc']:.3f}, {run['image_size'][0]} px, stages "
+             + ", ".join(f"{h}x{w}" for h, w in run["stage_sizes"])
+             + f", object {100 * run['object_area']:.1f}% of the image"]
+    for name, label in (("cam", "CAM"), ("dist_cam", "Dist-CAM")):
+        lines.append(f"  {label}: MaxBoxAcc {run[f'{name}_max_box_acc']:.3f} "
+                     f"(tau {run[f'{name}_max_box_acc_tau']:.2f}); "
+                     f"tau {run[f'{name}_select_tau']:.2f} chosen on {run['tau_split']}: box acc "
+                     f"{run[f'{name}_box_acc_select_tau']:.3f}, top-1 loc. error "
+                     f"{run[f'{name}_top1_loc_err_select_tau']:.3f}; at tau {TAU}: "
+                     f"{run[f'{name}_top1_loc_err']:.3f}")
+    lines.append("  Grad-CAM mIoU " + ", ".join(
+        f"S{i} {grid[f'gradcam/S{i}']['miou']:.3f}" for i in range(1, stages + 1))
+        + f"; layerized S1+...+S{stages} {grid[f'gradcam/l{stages}/none']['miou']:.3f}")
+    lines.append("  perfect-mask ceiling mIoU " + ", ".join(
+        f"{k} ({v['size'][0]}x{v['size'][1]}) {v['miou']:.3f}" for k, v in run["ceiling"].items()))
+    colour = run["colour_baseline"]
+    lines.append(f"  colour baseline |pixel - border|: mIoU {colour['miou']:.3f}, "
+                 f"MaxBoxAcc {max(colour['box_curve']):.3f}")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="synthetic",
+                        help="synthetic: configs/classifier_synthetic.yaml (64 px, classes by colour); "
+                             "cluttered: configs/classifier_cluttered.yaml (128 px, classes by arrangement, "
+                             "distractors)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="default: 0 1 2 (synthetic), 0 ... 4 (cluttered)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
     parser.add_argument("--images", type=int, default=None, help="test images scored (default: all)")
     parser.add_argument("--batch-size", type=int, default=100, help="images per gradient pass")
@@ -276,24 +356,43 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "faster on one, and on a busy 2-core machine several threads wait on each other "
                              "(0: torch's)")
     parser.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch, 6 classes: a quick check")
+    parser.add_argument("--fresh", action="store_true",
+                        help="run every seed again, even those stored in results/claims/classifier/<config>/")
     args = parser.parse_args(argv)
+    config, name, plot_path, default_seeds = CONFIGS[args.config]
+    seeds = args.seeds or list(default_seeds)
     if args.smoke:
-        args.seeds, args.epochs = args.seeds[:1], args.epochs or 1
+        seeds, args.epochs = seeds[:1], args.epochs or 1
+    cache = SEED_CACHE / (args.config + ("_smoke" if args.smoke else ""))
+    settings = {"config": config.name, "epochs": args.epochs, "images": args.images, "smoke": args.smoke,
+                "batch_size": args.batch_size}
     start = time.perf_counter()
-    runs = []
-    for seed in args.seeds:
-        print(f"classifier claims: seed {seed} ...", flush=True)
-        runs.append(run_seed(seed, args.epochs, args.smoke, args.images, args.batch_size,
-                             args.threads or None))
-    rows = with_seeds(dist_cam_rows(runs) + ltgrad_rows(runs), len(runs))
-    plot = plot_delta_curves(runs, PLOT)
-    extra = {"runs": runs, "seeds": args.seeds, "epochs": args.epochs, "smoke": args.smoke,
-             "plot": str(plot.relative_to(REPO)), "seconds": time.perf_counter() - start}
-    path = write_rows(NAME, rows, extra)
+    runs, reused = [], []
+    for seed in seeds:
+        print(f"classifier claims ({args.config}): seed {seed} ...", flush=True)
+        run, hit = cached_seed(cache / f"seed{seed}.json", {**settings, "seed": seed}, args.fresh,
+                               lambda seed=seed: run_seed(config, seed, args.epochs, args.smoke, args.images,
+                                                          args.batch_size, args.threads or None))
+        if hit:
+            reused.append(seed)
+            print(f"  seed {seed}: read from {(cache / f'seed{seed}.json').relative_to(REPO)} "
+                  f"({run['seconds']:.0f} s when it ran)", flush=True)
+        print(summary(run), flush=True)
+        runs.append(run)
+    rows = with_seeds(dist_cam_rows(runs) + reference_rows(runs) + ltgrad_rows(runs, plot_path), len(runs))
+    plot = plot_delta_curves(runs, plot_path)
+    sitting = time.perf_counter() - start
+    # the bench's wall time over every sitting: each seed's own time, plus this sitting's rows and plot
+    total = sum(run["seconds"] for run in runs) + sitting - sum(
+        run["seconds"] for run in runs if run["seed"] not in reused)
+    extra = {"runs": runs, "seeds": seeds, "epochs": args.epochs, "smoke": args.smoke, "config": args.config,
+             "plot": str(plot.relative_to(REPO)), "seconds": total, "sitting_seconds": sitting,
+             "reused_seeds": reused}
+    path = write_rows(name, rows, extra)
     for r in rows:
         print(f"[{r['holds']:>6}] {r['claim']}\n         paper: {r['paper']}\n         ours:  {r['ours']}")
-    seconds = time.perf_counter() - start
-    print(f"wrote {path.relative_to(REPO)} and {plot.relative_to(REPO)} in {seconds:.0f} s")
+    print(f"wrote {path.relative_to(REPO)} and {plot.relative_to(REPO)}; wall time {total:.0f} s in all "
+          f"({total / 60:.1f} min; this sitting {sitting:.0f} s, seeds read back: {reused or 'none'})")
 
 
 if __name__ == "__main__":

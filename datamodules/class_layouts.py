@@ -56,6 +56,11 @@ class SyntheticClassesOptions(SeededOptions, SyntheticClassesConfig):
         colour_jitter: per-channel jitter of the object's colour (in [0, 1] units).
         gain: (min, max) global light gain.
         noise_std: (min, max) Gaussian noise standard deviation (in [0, 1] units).
+        scene: ``"plain"`` (a class is a shape x texture x colour) or ``"cluttered"`` (a class is an
+            arrangement of two shapes of random colours among distractors of the same palette).
+        object_area: (min, max) area of the cluttered scene's object as a fraction of the image.
+        distractors: (min, max) number of the cluttered scene's distractor shapes.
+        rotation: the cluttered scene's largest rotation of a shape, in radians.
         seed: seed of the synthetic data (which classes, which images).
     """
 

@@ -12,7 +12,11 @@ class at a random place on clutter, with box and mask) and, since every image is
   (:class:`~datamodules.samplers.MPerClassBatchSampler`: deterministic per ``(seed, epoch)``), with
   augmentation (resize, pad + random crop, flip, optional colour jitter); batches ``{"image": float
   [B,3,H,W] (ImageNet-normalised), "label": long [B], "index": long [B]}``;
-* ``test``: the other ``synthetic.images_per_class - train_images_per_class`` images of every class,
+* ``val`` (only with ``val_images_per_class > 0``): the next ``val_images_per_class`` images of every
+  class, neither trained on nor tested (what a bench chooses its thresholds on); Lightning's
+  validation loop still runs on the test images;
+* ``test``: the other ``synthetic.images_per_class - train_images_per_class - val_images_per_class``
+  images of every class,
   never seen in training; the evaluation loader (validation, test and predict alike: there is no
   separate validation split) yields them in a fixed order with the classes interleaved, with
   ``"box": float [B,4]`` (x1, y1, x2, y2 in pixels) and ``"mask": bool [B,1,H,W]`` (the object).
@@ -37,7 +41,7 @@ from .samplers import MPerClassBatchSampler, split_item
 
 __all__ = ["CLASSIFICATION_SPLITS", "ClassificationSyntheticOptions", "ImageSubset", "ClassificationDataModule"]
 
-CLASSIFICATION_SPLITS = ("train", "test")
+CLASSIFICATION_SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ class ClassificationSyntheticOptions(SyntheticClassesOptions):
         colour_jitter: per-channel jitter of the object's colour (in [0, 1] units).
         gain: (min, max) global light gain.
         noise_std: (min, max) Gaussian noise standard deviation (in [0, 1] units).
+        scene: ``"plain"`` (a class is a shape x texture x colour) or ``"cluttered"`` (a class is an
+            arrangement of two shapes of random colours among distractors of the same palette).
+        object_area: (min, max) area of the cluttered scene's object as a fraction of the image.
+        distractors: (min, max) number of the cluttered scene's distractor shapes.
+        rotation: the cluttered scene's largest rotation of a shape, in radians.
         seed: seed of the synthetic data (which classes, which images).
     """
 
@@ -108,6 +117,8 @@ class ClassificationDataModule(ClassImagesDataModule):
         eval_cache: keep the transformed evaluation images in memory (per worker process).
         seed: seed of the training batches and augmentation (a function of seed and epoch only).
         train_images_per_class: the first images of each class that train; the others are the test split.
+        val_images_per_class: the images after the training ones that form the ``val`` split of
+            :meth:`eval_dataloader` (0: none; the test split starts after them).
         synthetic: the synthetic classes, a nested mapping in a config: ``num_classes``,
             ``images_per_class`` (train + test), ``height``, ``width``, ``seed`` (which classes, which
             images), ... (:class:`ClassificationSyntheticOptions`; ``None``: its defaults, 30
@@ -131,6 +142,7 @@ class ClassificationDataModule(ClassImagesDataModule):
         eval_cache: bool = True,
         seed: int = 0,
         train_images_per_class: int = 40,
+        val_images_per_class: int = 0,
         synthetic: ClassificationSyntheticOptions | None = None,
     ) -> None:
         if int(batch_size) % int(m_per_class) or int(m_per_class) < 1:
@@ -147,6 +159,12 @@ class ClassificationDataModule(ClassImagesDataModule):
                 f"train_images_per_class must be in [1, synthetic.images_per_class={per_class}), "
                 f"got {train_images_per_class}: the test split needs images"
             )
+        if not 0 <= int(val_images_per_class) < per_class - int(train_images_per_class):
+            raise ValueError(
+                f"val_images_per_class must be in [0, {per_class - int(train_images_per_class)}) (the images "
+                f"after the {train_images_per_class} training ones), got {val_images_per_class}: the test "
+                "split needs images"
+            )
         self.save_hyperparameters()
         self._plain_synthetic_hparams()
         self.m_per_class = int(m_per_class)
@@ -155,6 +173,7 @@ class ClassificationDataModule(ClassImagesDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.seed = int(seed)
         self.train_images_per_class = int(train_images_per_class)
+        self.val_images_per_class = int(val_images_per_class)
 
     # -- raw data --------------------------------------------------------------------------------
 
@@ -165,10 +184,12 @@ class ClassificationDataModule(ClassImagesDataModule):
             assert gen is not None
             everything = gen.dataset(None, cache=True)  # item j: image j % per_class of class j // per_class
             per_class, cut = gen.images_per_class, self.train_images_per_class
+            val_end = cut + self.val_images_per_class
             positions = range(len(everything))
             self._raw = {
                 "train": ImageSubset(everything, [p for p in positions if p % per_class < cut]),
-                "test": ImageSubset(everything, [p for p in positions if p % per_class >= cut]),
+                "val": ImageSubset(everything, [p for p in positions if cut <= p % per_class < val_end]),
+                "test": ImageSubset(everything, [p for p in positions if p % per_class >= val_end]),
             }
         return self._raw
 
@@ -181,6 +202,8 @@ class ClassificationDataModule(ClassImagesDataModule):
         self.datasets["train"] = self._transformed(raw["train"], train=True)
         self.datasets["test"] = self._transformed(raw["test"], train=False)
         self.datasets["train_eval"] = self._transformed(raw["train"], train=False)
+        if len(raw["val"]):
+            self.datasets["val"] = self._transformed(raw["val"], train=False)
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -193,12 +216,14 @@ class ClassificationDataModule(ClassImagesDataModule):
                           **self._loader_kwargs())
 
     def eval_dataloader(self, split: str = "test", spread: bool = True) -> DataLoader:
-        """The images of ``split`` (``"train"`` or ``"test"``) without augmentation, with box and mask;
-        ``spread``: the classes interleaved so that any prefix holds every class in proportion."""
+        """The images of ``split`` (``"train"``, ``"val"`` or ``"test"``) without augmentation, with box
+        and mask; ``spread``: the classes interleaved so that any prefix holds every class in proportion."""
         if split not in CLASSIFICATION_SPLITS:
             raise ValueError(f"split must be one of {CLASSIFICATION_SPLITS}, got {split!r}")
+        if split == "val" and not self.val_images_per_class:
+            raise ValueError("there is no val split: set val_images_per_class > 0")
         self.setup("test")
-        dataset = self.datasets["test" if split == "test" else "train_eval"]
+        dataset = self.datasets["train_eval" if split == "train" else split]
         sampler = SpreadSampler(dataset.labels) if spread else None
         return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, shuffle=False,
                           **self._loader_kwargs())

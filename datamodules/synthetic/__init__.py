@@ -35,7 +35,8 @@ The package also holds the object classes of the few-shot and retrieval data
 * :mod:`.reid`: :class:`SyntheticReIDConfig`, :class:`SyntheticReID` (metadata and rendering) and
   :class:`SyntheticReIDDataset`;
 * :mod:`.reid_writers`: :func:`write_reid_layout` (MSMT17's files and lists: :mod:`.msmt17_writer`);
-* :mod:`.object_shapes`, :mod:`.objects`, :mod:`.class_writers`: the same for the object classes;
+* :mod:`.object_shapes`, :mod:`.objects`, :mod:`.class_writers`: the same for the object classes
+  (:mod:`.cluttered`: their cluttered scene, classes defined by an arrangement of two shapes);
 * :mod:`.common`: what both generators share (config overrides, noise bank, boxes, items);
 * :mod:`.real_sizes`: generators that draw the real data sets' exact sizes (the layout writers'
   ``scale="real"``, the real-size rehearsal); no data module imports it.

@@ -1,8 +1,9 @@
 """The synthetic classes for few-shot and retrieval: configuration, class table and rendering.
 
-:class:`SyntheticClasses` draws the class table (shape x texture x colour combinations) at
-construction and renders image ``index`` of class ``label`` on demand, deterministically per
-``(seed, class, index)``, with the object's box and mask.
+:class:`SyntheticClasses` draws the class table (shape x texture x colour combinations; in the
+cluttered scene, arrangements of two shapes: :mod:`.cluttered`) at construction and renders image
+``index`` of class ``label`` on demand, deterministically per ``(seed, class, index)``, with the
+object's box and mask.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ..seeding import mix_seed, single_thread
+from .cluttered import ArrangementSpec, arrangement_table, max_arrangements, paint_arrangement
 from .common import mask_box, noise_bank, target_item, with_overrides
 from .object_shapes import _DARK, COLOURS, SHAPES, TEXTURES, paint_shape
 
 __all__ = [
     "FEW_SHOT_SPLITS",
+    "SCENES",
     "ClassSpec",
     "RenderedObject",
     "SyntheticClassesConfig",
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 FEW_SHOT_SPLITS: tuple[str, ...] = ("train", "val", "test")
+SCENES: tuple[str, ...] = ("plain", "cluttered")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class RenderedObject:
     mask: torch.Tensor  # bool [1, H, W], the object's pixels
     box: torch.Tensor  # float [4] x1, y1, x2, y2 (pixel edges; x2, y2 exclusive)
     label: int
+    distractors: torch.Tensor | None = None  # bool [1, H, W], the cluttered scene's distractors
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,16 @@ class SyntheticClassesConfig:
         colour_jitter: per-channel jitter of the object's colour (in [0, 1] units).
         gain: (min, max) global light gain.
         noise_std: (min, max) Gaussian noise standard deviation (in [0, 1] units).
+        scene: ``"plain"``: a class is a shape x texture x colour combination on clutter; ``"cluttered"``:
+            a class is an arrangement of two shapes of random colours and textures among distractors
+            of the same palette (:mod:`datamodules.synthetic.cluttered`; at most 45 classes; ``clutter``,
+            ``clutter_size`` and ``object_size`` unused).
+        object_area: (min, max) area of the cluttered scene's object as a fraction of the image (an
+            object that does not fit the image shrinks).
+        distractors: (min, max) number of the cluttered scene's distractor shapes.
+        rotation: the cluttered scene's largest rotation of a shape, in radians (a square stays a square).
+        distractor_pairs: the share of the cluttered scene's distractors that are pairs of shapes (pairs
+            that no class arranges), the others single shapes.
     """
 
     num_classes: int = 100
@@ -89,9 +104,16 @@ class SyntheticClassesConfig:
     colour_jitter: float = 0.07
     gain: tuple[float, float] = (0.7, 1.2)
     noise_std: tuple[float, float] = (0.01, 0.04)
+    scene: str = "plain"
+    object_area: tuple[float, float] = (0.055, 0.12)
+    distractors: tuple[int, int] = (1, 3)
+    rotation: float = 0.25
+    distractor_pairs: float = 0.5
 
     def __post_init__(self) -> None:
-        combos = len(SHAPES) * len(TEXTURES) * len(COLOURS)
+        if self.scene not in SCENES:
+            raise ValueError(f"scene must be one of {SCENES}, got {self.scene!r}")
+        combos = len(SHAPES) * len(TEXTURES) * len(COLOURS) if self.scene == "plain" else max_arrangements()
         if not 3 <= self.num_classes <= combos:
             raise ValueError(f"num_classes must be in [3, {combos}], got {self.num_classes}")
         if self.images_per_class < 1:
@@ -110,6 +132,10 @@ class SyntheticClassesConfig:
             raise ValueError(f"object_size must satisfy 0 < min <= max <= 0.5, got {self.object_size}")
         if not 0 <= self.clutter[0] <= self.clutter[1]:
             raise ValueError(f"clutter must satisfy 0 <= min <= max, got {self.clutter}")
+        if not 0 < self.object_area[0] <= self.object_area[1] <= 0.5:
+            raise ValueError(f"object_area must satisfy 0 < min <= max <= 0.5, got {self.object_area}")
+        if not 0 <= self.distractors[0] <= self.distractors[1]:
+            raise ValueError(f"distractors must satisfy 0 <= min <= max, got {self.distractors}")
 
     def split_sizes(self) -> tuple[int, int, int]:
         """Train / val / test class counts (64 / 16 / 20 for 100 classes)."""
@@ -145,9 +171,15 @@ class SyntheticClasses:
         self._ys = np.arange(H, dtype=np.float32) + np.float32(0.5)
         self._xs = np.arange(W, dtype=np.float32) + np.float32(0.5)
         self._noise_bank = noise_bank(self.seed, H, W)
-        combos = list(itertools.product(SHAPES, TEXTURES, COLOURS))
-        chosen = random.Random(mix_seed(self.seed, 1)).sample(combos, config.num_classes)
-        self.classes: list[ClassSpec] = [ClassSpec(i, *c) for i, c in enumerate(chosen)]
+        table_rng = random.Random(mix_seed(self.seed, 1))
+        self.classes: list[ClassSpec] | list[ArrangementSpec]
+        if config.scene == "cluttered":
+            self.classes = arrangement_table(table_rng, config.num_classes)
+            self._class_pairs = frozenset(frozenset((c.first, c.second)) for c in self.classes)
+        else:
+            combos = list(itertools.product(SHAPES, TEXTURES, COLOURS))
+            chosen = table_rng.sample(combos, config.num_classes)
+            self.classes = [ClassSpec(i, *c) for i, c in enumerate(chosen)]
         n_train, n_val, _ = config.split_sizes()
         self._splits = {
             "train": list(range(n_train)),
@@ -210,24 +242,14 @@ class SyntheticClasses:
             return self._render(label, index)
 
     def _render(self, label: int, index: int) -> RenderedObject:
+        if self.config.scene == "cluttered":
+            return self._render_cluttered(label, index)
         cfg = self.config
         spec = self.classes[label]
         rng = random.Random(mix_seed(self.seed, 0xC1A55, label, index))
         H, W = self.height, self.width
         side = min(H, W)
-
-        # background: two muted colours along a gradient, with a low-frequency wave
-        a, b = _muted(rng), _muted(rng)
-        phi = rng.uniform(0, 2 * math.pi)
-        ramp = (self._xs.reshape(1, W) * math.cos(phi) + self._ys.reshape(H, 1) * math.sin(phi)) / side
-        ramp = ramp - ramp.min()
-        ramp = ramp / max(float(ramp.max()), 1e-6)
-        k = rng.uniform(1.0, 3.0) * 2 * math.pi / side
-        psi = rng.uniform(0, 2 * math.pi)
-        wave = np.sin(self._xs.reshape(1, W) * (k * math.cos(psi + 1.0)) + self._ys.reshape(H, 1) * (k * math.sin(psi + 1.0))
-                      + rng.uniform(0, 2 * math.pi))
-        f = np.clip(0.75 * ramp + 0.25 * (wave * 0.5 + 0.5), 0.0, 1.0).astype(np.float32)
-        canvas = a.reshape(3, 1, 1) + (b - a).reshape(3, 1, 1) * f[None]
+        canvas = self._background(rng)
 
         # clutter behind the object: small shapes of any attributes
         for _ in range(rng.randint(*cfg.clutter)):
@@ -250,7 +272,41 @@ class SyntheticClasses:
         c2 = c1 * np.float32(_DARK * rng.uniform(0.8, 1.2))
         mask = np.zeros((H, W), dtype=bool)
         paint_shape(canvas, self._xs, self._ys, spec.shape, spec.texture, c1, c2, cx, cy, rx, ry, rng.uniform(0, 2 * math.pi), mask)
+        return RenderedObject(image=self._light(rng, canvas), mask=torch.from_numpy(mask)[None],
+                              box=mask_box(mask), label=label)
 
+    def _render_cluttered(self, label: int, index: int) -> RenderedObject:
+        cfg = self.config
+        rng = random.Random(mix_seed(self.seed, 0xC1A77, label, index))
+        canvas = self._background(rng)
+        mask, others = paint_arrangement(canvas, self._xs, self._ys, rng, self.classes[label],
+                                         cfg.object_area, cfg.distractors, cfg.aspect, cfg.rotation,
+                                         cfg.colour_jitter, cfg.distractor_pairs, self._class_pairs)
+        return RenderedObject(image=self._light(rng, canvas), mask=torch.from_numpy(mask)[None],
+                              box=mask_box(mask), label=label, distractors=torch.from_numpy(others)[None])
+
+    def _background(self, rng: random.Random) -> np.ndarray:
+        """Two muted colours along a gradient, with a low-frequency wave: float [3, H, W] in [0, 1]."""
+        H, W = self.height, self.width
+        side = min(H, W)
+        # background: two muted colours along a gradient, with a low-frequency wave
+        a, b = _muted(rng), _muted(rng)
+        phi = rng.uniform(0, 2 * math.pi)
+        ramp = (self._xs.reshape(1, W) * math.cos(phi) + self._ys.reshape(H, 1) * math.sin(phi)) / side
+        ramp = ramp - ramp.min()
+        ramp = ramp / max(float(ramp.max()), 1e-6)
+        k = rng.uniform(1.0, 3.0) * 2 * math.pi / side
+        psi = rng.uniform(0, 2 * math.pi)
+        wave = np.sin(self._xs.reshape(1, W) * (k * math.cos(psi + 1.0)) + self._ys.reshape(H, 1) * (k * math.sin(psi + 1.0))
+                      + rng.uniform(0, 2 * math.pi))
+        f = np.clip(0.75 * ramp + 0.25 * (wave * 0.5 + 0.5), 0.0, 1.0).astype(np.float32)
+        return a.reshape(3, 1, 1) + (b - a).reshape(3, 1, 1) * f[None]
+
+    def _light(self, rng: random.Random, canvas: np.ndarray) -> torch.Tensor:
+        """Light (gain, colour cast, an illumination gradient) and sensor noise: uint8 [3, H, W]."""
+        cfg = self.config
+        H, W = self.height, self.width
+        side = min(H, W)
         # light: gain, colour cast, an illumination gradient; sensor noise; to uint8
         gain = rng.uniform(*cfg.gain)
         cast = np.array([255.0 * gain * rng.uniform(0.9, 1.1) for _ in range(3)], np.float32).reshape(3, 1, 1)
@@ -263,9 +319,7 @@ class SyntheticClasses:
         oy, ox = rng.randrange(H), rng.randrange(W)
         noise = np.float32(255.0 * rng.uniform(*cfg.noise_std))
         img += self._noise_bank[:, oy:oy + H, ox:ox + W] * noise + np.float32(0.5)
-        image = torch.from_numpy(np.clip(img, 0.0, 255.0).astype(np.uint8))
-        box = mask_box(mask)
-        return RenderedObject(image=image, mask=torch.from_numpy(mask)[None], box=box, label=label)
+        return torch.from_numpy(np.clip(img, 0.0, 255.0).astype(np.uint8))
 
 
 class SyntheticClassesDataset(Dataset):
