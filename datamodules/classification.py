@@ -230,3 +230,8 @@ class ClassificationDataModule(ClassImagesDataModule):
 
     def _eval_loader(self, spread: bool = True) -> DataLoader:
         return self.eval_dataloader("test", spread)
+
+    def val_dataloader(self) -> DataLoader:
+        """The ``val`` split where there is one (``val_images_per_class > 0``), else the test images
+        (the classifier keeps its last epoch: no checkpoint is chosen by them)."""
+        return self.eval_dataloader("val" if self.val_images_per_class else "test")

@@ -154,3 +154,14 @@ def test_retrieval_validate_on_test():
     assert dm.val_dataloader().dataset is dm.datasets["test"]
     with pytest.raises(ValueError, match="set one of them"):
         RetrievalDataModule(validate_on_test=True, val_classes=2, **RETRIEVAL)
+
+
+def test_classifier_validates_on_its_val_images_when_it_has_them():
+    from datamodules.classification import ClassificationDataModule
+
+    synthetic = {"num_classes": 3, "images_per_class": 8, "height": 24, "width": 24}
+    dm = ClassificationDataModule(synthetic=synthetic, train_images_per_class=4, val_images_per_class=2,
+                                  image_size=(24, 24), num_workers=0)
+    dm.setup("fit")
+    assert len(dm.val_dataloader().dataset) == 3 * 2 and len(dm.test_dataloader().dataset) == 3 * 2
+    assert dm.val_dataloader().dataset is dm.datasets["val"] and dm.test_dataloader().dataset is dm.datasets["test"]
