@@ -1,7 +1,7 @@
 """A validation split of its own: training identities (re-ID) or classes (retrieval) held out.
 
-Re-ID: :func:`hold_out_identities` and :class:`ReIDSubset`; retrieval: :func:`hold_out_classes` and
-:class:`ClassSubset` (the last training classes, each image a query against the others, as the test
+Re-ID: :func:`hold_out_identities` and :class:`HeldOutSubset`; retrieval: :func:`hold_out_classes` and
+the same subset class (the last training classes, each image a query against the others, as the test
 split is ranked).
 
 Re-ID data sets ship a training set and a test query + gallery, nothing else; torchreid and fast-reid
@@ -30,8 +30,8 @@ from torch.utils.data import Dataset
 
 from .samplers import split_item
 
-__all__ = ["HeldOutSplit", "hold_out_identities", "ReIDSubset", "default_val_ids", "hold_out_classes", "ClassSubset",
-           "check_validation_options"]
+__all__ = ["HeldOutSplit", "HeldOutSubset", "check_validation_options", "default_val_ids", "hold_out_classes",
+           "hold_out_identities"]
 
 
 @dataclass(frozen=True)
@@ -116,51 +116,6 @@ def hold_out_identities(pids: Sequence[int], camids: Sequence[int], count: int, 
                         camera_free=camera_free)
 
 
-class ReIDSubset(Dataset):
-    """Items ``indices`` of a re-ID dataset (its ``pids`` / ``camids`` and, where it has them, its
-    ``records`` and ``paths``), indexed ``0 .. len(indices) - 1``; an ``(index, seed)`` item keeps its seed."""
-
-    def __init__(self, base: Any, indices: Sequence[int], camid: int | None = None) -> None:
-        self.base = base
-        self.indices = [int(i) for i in indices]
-        #: every item's camera, when given (a camera-free training set's held-out query or gallery)
-        self.camid = camid
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    @property
-    def pids(self) -> list[int]:
-        pids = self.base.pids
-        return [pids[i] for i in self.indices]
-
-    @property
-    def camids(self) -> list[int]:
-        if self.camid is not None:
-            return [self.camid] * len(self.indices)
-        camids = self.base.camids
-        return [camids[i] for i in self.indices]
-
-    @property
-    def records(self) -> list[Any]:
-        """The image records (a data set on disk; what the image check reads)."""
-        records = self.base.records
-        return [records[i] for i in self.indices]
-
-    @property
-    def paths(self) -> list[str] | None:
-        paths = getattr(self.base, "paths", None)
-        return None if paths is None else [paths[i] for i in self.indices]
-
-    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        index, seed = split_item(item)
-        position = self.indices[index]
-        item = self.base[(position, seed) if seed is not None else position]
-        if self.camid is not None:
-            item = {**item, "camid": self.camid}
-        return item
-
-
 def hold_out_classes(labels: Sequence[int], count: int) -> tuple[list[int], list[int]]:
     """Positions of the training images that still train and of those of the ``count`` held-out
     classes: the classes with the largest labels (CUB's retrieval split holds out the classes with the
@@ -176,31 +131,54 @@ def hold_out_classes(labels: Sequence[int], count: int) -> tuple[list[int], list
     return train, val
 
 
-class ClassSubset(Dataset):
-    """Items ``indices`` of a labelled class dataset (its ``labels``, ``class_names`` and, where it has
-    them, ``records`` and ``has_boxes``), indexed ``0 .. len(indices) - 1``."""
+class HeldOutSubset(Dataset):
+    """Items ``indices`` of a re-ID or class dataset, indexed ``0 .. len(indices) - 1`` (an ``(index,
+    seed)`` item keeps its seed), with the per-item lists its base has -- ``pids``, ``camids``,
+    ``labels``, ``records`` (what the image check reads), ``paths`` -- and its ``class_names`` (of the
+    classes present) and ``has_boxes``; a list the base lacks raises ``AttributeError`` here too.
 
-    def __init__(self, base: Any, indices: Sequence[int]) -> None:
+    Args:
+        base: the dataset the items come from.
+        indices: their positions in ``base``.
+        camid: every item's camera, when given (a camera-free training set's held-out query or gallery).
+    """
+
+    def __init__(self, base: Any, indices: Sequence[int], camid: int | None = None) -> None:
         self.base = base
         self.indices = [int(i) for i in indices]
+        self.camid = camid
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _select(self, name: str) -> list[Any]:
+        values = getattr(self.base, name)
+        return [values[i] for i in self.indices]
+
+    @property
+    def pids(self) -> list[int]:
+        return self._select("pids")
+
+    @property
+    def camids(self) -> list[int]:
+        return [self.camid] * len(self.indices) if self.camid is not None else self._select("camids")
+
     @property
     def labels(self) -> list[int]:
-        labels = self.base.labels
-        return [labels[i] for i in self.indices]
+        return self._select("labels")
+
+    @property
+    def records(self) -> list[Any]:
+        return self._select("records")
+
+    @property
+    def paths(self) -> list[str] | None:
+        return None if getattr(self.base, "paths", None) is None else self._select("paths")
 
     @property
     def class_names(self) -> dict[int, str]:
         present = set(self.labels)
         return {k: v for k, v in self.base.class_names.items() if k in present}
-
-    @property
-    def records(self) -> list[Any]:
-        records = self.base.records
-        return [records[i] for i in self.indices]
 
     @property
     def has_boxes(self) -> bool:
@@ -209,4 +187,5 @@ class ClassSubset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = split_item(item)
         position = self.indices[index]
-        return self.base[(position, seed) if seed is not None else position]
+        item = self.base[(position, seed) if seed is not None else position]
+        return {**item, "camid": self.camid} if self.camid is not None else item

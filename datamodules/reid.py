@@ -45,7 +45,7 @@ from .image_check import check_split_images
 from .images import NormalizeImage, flip, normalized, resize_pad_crop, resized
 from .registry import reid_layout
 from .reid_datasets import QueryGalleryDataset, ReIDImageDataset, ReIDTransformDataset
-from .holdout import ReIDSubset, check_validation_options, default_val_ids, hold_out_identities
+from .holdout import HeldOutSubset, check_validation_options, default_val_ids, hold_out_identities
 from .reid_layouts import ReIDLayout, SyntheticReIDOptions
 from .reid_scan import ReIDRecord
 from .samplers import PKSampler
@@ -231,9 +231,9 @@ class ReIDDataModule(ImageDataModule):
             f"{self.dataset} held out ({len(split.query)} queries, {len(split.gallery)} gallery images; "
             "val_ids sets how many, validate_on_test: true validates on the test split instead)")
         query_cam, gallery_cam = (0, 1) if split.camera_free else (None, None)
-        return {"train": ReIDSubset(train, split.train),
-                "val_query": ReIDSubset(train, split.query, camid=query_cam),
-                "val_gallery": ReIDSubset(train, split.gallery, camid=gallery_cam)}
+        return {"train": HeldOutSubset(train, split.train),
+                "val_query": HeldOutSubset(train, split.query, camid=query_cam),
+                "val_gallery": HeldOutSubset(train, split.gallery, camid=gallery_cam)}
 
     def _check_image_files(self, splits: Sequence[str]) -> None:
         """At ``setup``: check the image files of ``splits`` once, naming the data set each split is from."""

@@ -57,7 +57,7 @@ from .class_layouts import SyntheticClassesOptions
 from .class_scan import RETRIEVAL_SPLITS, scan_cub_retrieval, scan_retrieval_folders
 from .errors import DatasetLayoutError, UnreadableImageError
 from .eval_order import SpreadSampler
-from .holdout import ClassSubset, check_validation_options, default_val_ids, hold_out_classes
+from .holdout import HeldOutSubset, check_validation_options, default_val_ids, hold_out_classes
 from .images import colour_jitter, flip
 from .samplers import MPerClassBatchSampler
 
@@ -171,7 +171,7 @@ class RetrievalDataModule(ClassImagesDataModule):
                 labels = train.labels  # type: ignore[attr-defined]
                 count = self.val_classes if self.val_classes is not None else default_val_ids(len(set(labels)))
                 kept, held = hold_out_classes(labels, count)
-                self._raw.update(train=ClassSubset(train, kept), val=ClassSubset(train, held))
+                self._raw.update(train=HeldOutSubset(train, kept), val=HeldOutSubset(train, held))
                 rank_zero_info(f"validation: the last {count} of the {len(set(labels))} training classes of "
                                f"{self.dataset} held out ({len(held)} images; val_classes sets how many, "
                                "validate_on_test: true validates on the test split instead)")
