@@ -50,7 +50,8 @@ def per_query_rank(
     workspace = Workspace()
     for start in range(0, valid.numel(), step):
         rows = valid[start:start + step]
-        ranks, num = match_ranks(distances[rows], q_pids[rows], q_camids[rows], gallery, workspace, chunk_bytes)
+        ranks, num = match_ranks(distances[rows], q_pids[rows], q_camids[rows], gallery, workspace,
+                                 chunk_bytes)
         order = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)
         used = order[None, :] <= num[:, None]
         precision = torch.where(used, order[None, :] / ranks.double(), 0.0)

@@ -14,7 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from paired_bootstrap import paired_bootstrap, resample_indices  # noqa: E402
 
 
-def naive(a: list[list[float]], b: list[list[float]], resamples: int, chunk: int, seed: int) -> tuple[float, float, float]:
+def naive(
+    a: list[list[float]], b: list[list[float]], resamples: int, chunk: int, seed: int
+) -> tuple[float, float, float]:
     """The same draws, one resample, one seed and one query at a time in plain Python; numpy's
     percentiles."""
     stats = []
@@ -61,7 +63,8 @@ def test_an_identical_pair_gives_a_zero_width_interval_at_zero() -> None:
 
 def test_a_constant_shift_gives_exactly_the_shift() -> None:
     # dyadic values: a - b is exactly d, so every resample's mean is exactly d
-    b = [torch.randint(0, 1024, (n,), generator=torch.Generator().manual_seed(n)).double() / 1024 for n in (40, 55, 61)]
+    b = [torch.randint(0, 1024, (n,), generator=torch.Generator().manual_seed(n)).double() / 1024
+         for n in (40, 55, 61)]
     for d in (0.25, -0.125):
         got = paired_bootstrap([x + d for x in b], b, resamples=2000)
         assert (got.mean, got.low, got.high) == (d, d, d)
