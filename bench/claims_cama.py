@@ -40,7 +40,7 @@ sum of the cached runs' own times plus this sitting's time outside them, printed
 Usage::
 
     .venv/bin/python bench/claims_cama.py [--seeds 0 1 2 3 4] [--epochs N] [--variants ...] [--fresh]
-    .venv/bin/python bench/claims_cama.py --smoke     # 1 epoch, seed 0, cached in results/claims/tmp/smoke
+    .venv/bin/python bench/claims_cama.py --smoke     # 1 epoch, seed 0, small data, in results/claims/tmp/smoke
     .venv/bin/python bench/claims_cama.py --rows-only [--remeasure]   # no training: from the cache
 """
 
@@ -72,6 +72,9 @@ from cama.viz import ModelExplainer, Own, ProbeAgainst
 CONFIG = REPO / "configs" / "cama_synthetic.yaml"
 # the bench's data: the main job's, with 250 test identities (2 query cameras each: 500 test queries)
 DATA_OVERRIDES: dict[str, Any] = {"synthetic": {"num_test_ids": 250}}
+# --smoke: the whole bench in a few minutes, on a small set (40 training identities, 10 of them held
+# out, 50 test identities: 100 queries), 1 epoch, seed 0
+SMOKE_DATA: dict[str, Any] = {"val_ids": 10, "p": 8, "synthetic": {"num_train_ids": 40, "num_test_ids": 50}}
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 CHECKPOINTS = RESULTS / "claims" / "tmp"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -189,10 +192,12 @@ def checkpoint_path(name: str, seed: int, root: Path = CHECKPOINTS) -> Path:
     return root / f"{variant_dir(name)}_seed{seed}.pt"
 
 
-def run_one(name: str, seed: int, epochs: int | None, checkpoints: Path) -> dict[str, Any]:
+def run_one(
+    name: str, seed: int, epochs: int | None, checkpoints: Path, data: dict[str, Any]
+) -> dict[str, Any]:
     """Train one variant with one seed, measure it and keep its weights: the cache entry."""
     start = time.perf_counter()
-    model, datamodule, metrics = train_config(CONFIG, seed, VARIANTS[name], DATA_OVERRIDES, max_epochs=epochs)
+    model, datamodule, metrics = train_config(CONFIG, seed, VARIANTS[name], data, max_epochs=epochs)
     measures = {k.removeprefix("test/"): v for k, v in metrics.items()}
     measures.update(map_measures(model, datamodule))
     measures.update(reference_diagnostics(model, datamodule, seed=seed))
@@ -222,7 +227,7 @@ def run_one(name: str, seed: int, epochs: int | None, checkpoints: Path) -> dict
 
 
 def run(seeds: list[int], variants: list[str], epochs: int | None, cache: RunCache, fresh: bool,
-        checkpoints: Path, gflops: float) -> list[float]:
+        checkpoints: Path, gflops: float, data: dict[str, Any]) -> list[float]:
     """Every (variant, seed) not cached yet (all of them with ``fresh``), each written to the cache as
     soon as it finishes; returns the wall times of those that ran."""
     ran = []
@@ -231,13 +236,14 @@ def run(seeds: list[int], variants: list[str], epochs: int | None, cache: RunCac
             if not fresh and cache.load(name, seed) is not None:
                 print(f"seed {seed} {name:>14}: cached ({cache.path(name, seed)})", flush=True)
                 continue
-            entry = run_one(name, seed, epochs, checkpoints)
+            entry = run_one(name, seed, epochs, checkpoints, data)
             cache.save(name, seed, {**entry, "matmul_gflops": gflops})
             ran.append(entry["seconds"])
     return ran
 
 
-def remeasure(cache: RunCache, variants: list[str], seeds: list[int], checkpoints: Path) -> None:
+def remeasure(cache: RunCache, variants: list[str], seeds: list[int], checkpoints: Path,
+              data: dict[str, Any]) -> None:
     """The map measures again on the weights the cached runs saved (no training): for new measures.
     The test metrics, per-query values and run times stay."""
     config = read_config(CONFIG)
@@ -248,7 +254,7 @@ def remeasure(cache: RunCache, variants: list[str], seeds: list[int], checkpoint
             for key in [k for k in measures if "/" in k or k in ("overlap", "parts_covered")]:
                 del measures[key]
             pl.seed_everything(seed, verbose=False)
-            model, datamodule = instantiate_config(config, DATA_OVERRIDES, VARIANTS[name])
+            model, datamodule = instantiate_config(config, data, VARIANTS[name])
             datamodule.setup("test")
             path = checkpoint_path(name, seed, checkpoints)
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -268,8 +274,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--fresh", action="store_true", help="run the seeds again even where cached")
     parser.add_argument("--smoke", action="store_true",
-                        help="1 epoch, seed 0, cached apart (results/claims/tmp/smoke): "
-                             "results/claims untouched")
+                        help="1 epoch, seed 0, a small data set (SMOKE_DATA), cached apart "
+                             "(results/claims/tmp/smoke): results/claims untouched")
     parser.add_argument("--rows-only", action="store_true",
                         help="no training: the rows from the cached runs")
     parser.add_argument("--remeasure", action="store_true",
@@ -280,15 +286,16 @@ def main() -> None:
     out = RESULTS / "claims" / "tmp" / "smoke" if args.smoke else RESULTS / "claims"
     epochs = 1 if args.smoke and args.epochs is None else args.epochs
     seeds = args.seeds if args.seeds is not None else ([0] if args.smoke else list(DEFAULT_SEEDS))
-    cache = RunCache(out / "cama" if args.smoke else CACHE_ROOT, run_settings(CONFIG, DATA_OVERRIDES, epochs))
+    data = SMOKE_DATA if args.smoke else DATA_OVERRIDES
+    cache = RunCache(out / "cama" if args.smoke else CACHE_ROOT, run_settings(CONFIG, data, epochs))
     checkpoints = out / "checkpoints" if args.smoke else CHECKPOINTS
     gflops, threads = matmul_gflops()
     ran: list[float] = []
     if not args.rows_only:
-        ran = run(seeds, args.variants, epochs, cache, args.fresh, checkpoints, gflops)
+        ran = run(seeds, args.variants, epochs, cache, args.fresh, checkpoints, gflops, data)
     cached = cache.cached_seeds(args.variants)  # every seed run so far, in this sitting or before
     if args.remeasure:
-        remeasure(cache, args.variants, cached, checkpoints)
+        remeasure(cache, args.variants, cached, checkpoints, data)
     for note in dict.fromkeys(cache.notes):
         print(note)
     if not cached:
