@@ -40,7 +40,7 @@ sum of the cached runs' own times plus this sitting's time outside them, printed
 Usage::
 
     .venv/bin/python bench/claims_cama.py [--seeds 0 1 2 3 4] [--epochs N] [--variants ...] [--fresh]
-    .venv/bin/python bench/claims_cama.py --smoke     # 1 epoch, seed 0, small data, in results/claims/tmp/smoke
+    .venv/bin/python bench/claims_cama.py --smoke   # 1 epoch, seed 0, small data: results/claims/tmp/smoke
     .venv/bin/python bench/claims_cama.py --rows-only [--remeasure]   # no training: from the cache
 """
 
