@@ -18,10 +18,30 @@ person's area: a ratio above 1 means the map prefers the evidence), the share of
 on the person at all (``person_energy``), and how many distinct parts the branches' top-k regions
 cover (:mod:`cama.metrics.parts`). The sanity checks (:mod:`claims_sanity`) run on IDE+BN and CAMA-2.
 
-Differences between variants are paired by seed (the same seed draws the same batches).
+The data: the main job's (200 training identities, 50 of them held out for validation, loose
+placement) with 250 test identities instead of 100 (``DATA_OVERRIDES``): 2 query cameras each, so
+500 test queries (and about 3,300 gallery images); every run prints the test split it measured.
+The measured weights: the last epoch's, for every variant (:func:`claims_common.train_config`
+trains the config's epochs without validating; the 50 held-out identities are kept out of training
+but choose no checkpoint).
+
+Differences between variants are paired by seed (the same seed draws the same batches): the
+t-interval over seeds and, for mAP and rank-1, a paired bootstrap over the test queries
+(:mod:`claims_cama_rows`, :mod:`paired_bootstrap`, from each query's AP and rank-1 hit,
+:mod:`reid_per_query`).
+
+Resumable: each (variant, seed) is written to ``results/claims/cama/<variant>/seed<N>.json`` as soon as
+it finishes (its weights to ``results/claims/tmp/<variant>_seed<N>.pt``), a later sitting reuses what is
+cached with the same settings (``--fresh`` runs it again), and the rows are assembled from every seed
+cached for all variants, each row saying its n (:mod:`claims_cama_cache`). The bench's wall time is the
+sum of the cached runs' own times plus this sitting's time outside them, printed with the host's
+2048x2048 float32 matmul rate and stored in ``results/claims/cama.json``.
+
 Usage::
 
-    .venv/bin/python bench/claims_cama.py [--seeds 0 1 2] [--epochs N] [--variants ...]
+    .venv/bin/python bench/claims_cama.py [--seeds 0 1 2 3 4] [--epochs N] [--variants ...] [--fresh]
+    .venv/bin/python bench/claims_cama.py --smoke   # 1 epoch, seed 0, small data: results/claims/tmp/smoke
+    .venv/bin/python bench/claims_cama.py --rows-only [--remeasure]   # no training: from the cache
 """
 
 from __future__ import annotations
@@ -29,13 +49,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from claims_common import REPO, RESULTS, fmt, mean_ci, row, train_config, write_rows
-from claims_rules import combine, differences, direction, no_change
+from claims_cama_cache import CACHE_ROOT, RunCache, run_settings, variant_dir
+from claims_cama_rows import rows
+from claims_common import REPO, RESULTS, train_config, write_rows
 from claims_sanity import as_lists, reid_probes, reid_sanity, sanity_plot, sanity_rows
+from real_scale import matmul_gflops
+from reid_per_query import model_per_query
 from torch.utils.data import DataLoader
 
 from callbacks.base import load_items
@@ -46,6 +70,13 @@ from cama.metrics.parts import PartEvidence, part_energy_share
 from cama.viz import ModelExplainer, Own, ProbeAgainst
 
 CONFIG = REPO / "configs" / "cama_synthetic.yaml"
+# the bench's data: the main job's, with 250 test identities (2 query cameras each: 500 test queries)
+DATA_OVERRIDES: dict[str, Any] = {"synthetic": {"num_test_ids": 250}}
+# --smoke: the whole bench in a few minutes, on a small set (40 training identities, 10 of them held
+# out, 50 test identities: 100 queries), 1 epoch, seed 0
+SMOKE_DATA: dict[str, Any] = {"val_ids": 10, "p": 8, "synthetic": {"num_train_ids": 40, "num_test_ids": 50}}
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+CHECKPOINTS = RESULTS / "claims" / "tmp"
 VARIANTS: dict[str, dict[str, Any]] = {
     "IDE+BN": {"num_branches": 1, "oap_weight": 0.0},
     "MltB-3 + L_id": {"num_branches": 3, "oap_weight": 0.0},
@@ -157,201 +188,144 @@ def pre_bn_dist_cam(model: Any, images: torch.Tensor, reference_images: torch.Te
     return out
 
 
-def checkpoint_path(name: str, seed: int) -> Any:
-    return RESULTS / "claims" / "tmp" / f"{name.replace(' ', '').replace('+', '_')}_seed{seed}.pt"
+def checkpoint_path(name: str, seed: int, root: Path = CHECKPOINTS) -> Path:
+    return root / f"{variant_dir(name)}_seed{seed}.pt"
 
 
-def remeasure(saved: dict[str, Any]) -> None:
-    """The map measures again on the weights the last run saved (no training): for new measures."""
+def run_one(
+    name: str, seed: int, epochs: int | None, checkpoints: Path, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Train one variant with one seed, measure it and keep its weights: the cache entry."""
+    start = time.perf_counter()
+    model, datamodule, metrics = train_config(CONFIG, seed, VARIANTS[name], data, max_epochs=epochs)
+    measures = {k.removeprefix("test/"): v for k, v in metrics.items()}
+    measures.update(map_measures(model, datamodule))
+    measures.update(reference_diagnostics(model, datamodule, seed=seed))
+    per_query = model_per_query(model, datamodule)
+    mean_ap = sum(per_query["ap"]) / len(per_query["ap"])
+    if abs(mean_ap - measures["mAP"]) > 1e-4:  # the per-query values are the test metric's
+        raise RuntimeError(f"{name} seed {seed}: per-query mean AP {mean_ap:.6f} != test mAP "
+                           f"{measures['mAP']:.6f}")
+    checkpoint = checkpoint_path(name, seed, checkpoints)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), checkpoint)  # for later looks (ignored by git)
+    sanity = None
+    if name in SANITY_VARIANTS:
+        sanity = as_lists(reid_sanity(model, datamodule, SANITY_METHODS, count=32, seed=seed))
+    seconds = time.perf_counter() - start
+    print(
+        f"seed {seed} {name:>14}: mAP {measures['mAP']:.4f} rank-1 {measures['rank1']:.4f} "
+        f"overlap {measures.get('overlap', float('nan')):.3f} "
+        f"evidence ratio {measures.get('sum/evidence_ratio', float('nan')):.2f} "
+        f"parts {measures['sum/parts_covered']:.2f}; {len(per_query['ap'])} test queries of "
+        f"{len(datamodule.query_dataset)}, gallery {len(datamodule.gallery_dataset)} ({seconds:.0f} s)",
+        flush=True,
+    )
+    split = {"queries": len(datamodule.query_dataset), "gallery": len(datamodule.gallery_dataset)}
+    return {"measures": measures, "per_query": per_query, "sanity": sanity, "seconds": seconds,
+            "test_split": split}
+
+
+def run(seeds: list[int], variants: list[str], epochs: int | None, cache: RunCache, fresh: bool,
+        checkpoints: Path, gflops: float, data: dict[str, Any]) -> list[float]:
+    """Every (variant, seed) not cached yet (all of them with ``fresh``), each written to the cache as
+    soon as it finishes; returns the wall times of those that ran."""
+    ran = []
+    for seed in seeds:
+        for name in variants:
+            if not fresh and cache.load(name, seed) is not None:
+                print(f"seed {seed} {name:>14}: cached ({cache.path(name, seed)})", flush=True)
+                continue
+            entry = run_one(name, seed, epochs, checkpoints, data)
+            cache.save(name, seed, {**entry, "matmul_gflops": gflops})
+            ran.append(entry["seconds"])
+    return ran
+
+
+def remeasure(cache: RunCache, variants: list[str], seeds: list[int], checkpoints: Path,
+              data: dict[str, Any]) -> None:
+    """The map measures again on the weights the cached runs saved (no training): for new measures.
+    The test metrics, per-query values and run times stay."""
     config = read_config(CONFIG)
-    for name, measures in saved["per_seed"].items():
-        # the map measures are replaced as a whole (names with a "/", the overlap; and the bare
-        # parts_covered of earlier files): the test metrics stay
-        for key in [k for k in measures if "/" in k or k in ("overlap", "parts_covered")]:
-            del measures[key]
-        for position, seed in enumerate(saved["seeds"]):
+    for seed in seeds:
+        for name in variants:
+            entry = cache.load(name, seed)
+            measures = entry["measures"]
+            for key in [k for k in measures if "/" in k or k in ("overlap", "parts_covered")]:
+                del measures[key]
             pl.seed_everything(seed, verbose=False)
-            model, datamodule = instantiate_config(config, model=VARIANTS[name])
+            model, datamodule = instantiate_config(config, data, VARIANTS[name])
             datamodule.setup("test")
-            model.load_state_dict(torch.load(checkpoint_path(name, seed), map_location="cpu", weights_only=True))
+            path = checkpoint_path(name, seed, checkpoints)
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             model.eval()
-            fresh = {**map_measures(model, datamodule), **reference_diagnostics(model, datamodule, seed=seed)}
-            for key, value in fresh.items():
-                measures.setdefault(key, [float("nan")] * len(saved["seeds"]))[position] = value
+            measures.update(map_measures(model, datamodule))
+            measures.update(reference_diagnostics(model, datamodule, seed=seed))
+            cache.save(name, seed, entry)
             print(f"remeasured {name} seed {seed}", flush=True)
 
 
-def run(
-    seeds: list[int], variants: list[str], epochs: int | None
-) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[dict[str, Any]]]]:
-    """``results[variant][measure] = [value per seed]`` and the sanity checks ``sanity[variant] =
-    [result per seed]``."""
-    results: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
-    sanity: dict[str, list[dict[str, Any]]] = {}
-    for seed in seeds:
-        for name in variants:
-            start = time.perf_counter()
-            model, datamodule, metrics = train_config(CONFIG, seed, VARIANTS[name], max_epochs=epochs)
-            measures = {k.removeprefix("test/"): v for k, v in metrics.items()}
-            measures.update(map_measures(model, datamodule))
-            measures.update(reference_diagnostics(model, datamodule, seed=seed))
-            checkpoint = checkpoint_path(name, seed)
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), checkpoint)  # for later looks (ignored by git)
-            for key, value in measures.items():
-                results[name].setdefault(key, []).append(value)
-            if name in SANITY_VARIANTS:
-                check = reid_sanity(model, datamodule, SANITY_METHODS, count=32, seed=seed)
-                sanity.setdefault(name, []).append(as_lists(check))
-            print(
-                f"seed {seed} {name:>14}: mAP {measures['mAP']:.4f} rank-1 {measures['rank1']:.4f} "
-                f"overlap {measures.get('overlap', float('nan')):.3f} "
-                f"evidence ratio {measures.get('sum/evidence_ratio', float('nan')):.2f} "
-                f"parts {measures['sum/parts_covered']:.2f} ({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
-    return results, sanity
-
-
-def paired(results: dict[str, dict[str, list[float]]], a: str, b: str, key: str) -> list[float]:
-    """Per-seed ``a - b`` of one measure (the same seed draws the same batches)."""
-    return differences(results[a][key], results[b][key])
-
-
-def rows(results: dict[str, dict[str, list[float]]]) -> list[dict[str, str]]:
-    r = results
-    out = []
-    out.append(row(
-        "1. cama-ram Table 4", "MltB + L_id is only slightly better than IDE+BN (mAP, 3 branches)",
-        "78.8 -> 79.0 (Market-1501)",
-        f"{fmt(r['IDE+BN']['mAP'], 100, 1)} -> {fmt(r['MltB-3 + L_id']['mAP'], 100, 1)}; "
-        f"difference {fmt(paired(r, 'MltB-3 + L_id', 'IDE+BN', 'mAP'), 100, 1)}",
-        no_change(paired(r, "MltB-3 + L_id", "IDE+BN", "mAP"), 0.02),
-        "'slightly': the difference within +-2 mAP points",
-    ))
-    for n in (3, 2):
-        cama, mltb = f"CAMA-{n}", f"MltB-{n} + L_id"
-        diff = paired(r, cama, mltb, "mAP")
-        out.append(row(
-            "1. cama-ram Table 4", f"the OAP raises mAP over the same {n} branches without it",
-            "79.0 -> 84.5" if n == 3 else "(2 branches: Fig. 5)",
-            f"{fmt(r[mltb]['mAP'], 100, 1)} -> {fmt(r[cama]['mAP'], 100, 1)}; difference {fmt(diff, 100, 1)}; "
-            f"rank-1 {fmt(r[mltb]['rank1'], 100, 1)} -> {fmt(r[cama]['rank1'], 100, 1)}",
-            direction(diff),
-        ))
-        lower = paired(r, mltb, cama, "overlap")
-        out.append(row(
-            "1. cama-ram Sec. 3.2", f"the OAP makes the {n} branches look at different regions (overlap of top-k RAMs)",
-            "(not measured in the paper)",
-            f"{fmt(r[mltb]['overlap'])} -> {fmt(r[cama]['overlap'])}", direction(lower), methods=("ram",),
-        ))
-    keys = [k for k in ("mAP_branches_1", "mAP_branches_1-2", "mAP") if k in r["CAMA-3"]]
-    gains = [[x - y for x, y in zip(r["CAMA-3"][b], r["CAMA-3"][a])] for a, b in zip(keys, keys[1:])]
-    out.append(row(
-        "1. cama-ram Table 5", "mAP rises as branches are added at test time (CAMA, 3 branches)",
-        "79.0 / 82.7 / 84.5",
-        " / ".join(fmt(r["CAMA-3"][k], 100, 1) for k in keys),
-        combine([direction(g) for g in gains]),
-    ))
-    for measure, text in (
-        ("sum/evidence_ratio", "of the summed RAM's energy on the person, the share on the parts that "
-                                      "tell the identity from a look-alike, over their share of the person's area"),
-        ("sum/parts_covered", "the distinct parts the branches' top-k regions cover"),
-    ):
-        diff = paired(r, "CAMA-3", "IDE+BN", measure)
-        out.append(row(
-            "2. cama-ram Fig. 1, 5, 8", f"CAMA looks at more of the evidence than IDE+BN: {text}",
-            "(qualitative in the paper)",
-            f"IDE+BN {fmt(r['IDE+BN'][measure], 1, 2)}, MltB-3 {fmt(r['MltB-3 + L_id'][measure], 1, 2)}, "
-            f"CAMA-3 {fmt(r['CAMA-3'][measure], 1, 2)}, CAMA-2 {fmt(r['CAMA-2'][measure], 1, 2)}",
-            direction(diff), methods=("ram",),
-        ))
-    return out + diagnostic_rows(r)
-
-
-def diagnostic_rows(r: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
-    """Model or maps? (The issue: Dist-CAM and FAM light the image borders on the trained CAMA.)"""
-    mltb, cama = r["MltB-2 + L_id"], r["CAMA-2"]
-    item, question = "2. model or maps", "(the issue's question: maps lighting the image borders)"
-    each = lambda v, key, d=2: fmt(v[key], 1, d)  # noqa: E731
-    before_bn = differences(cama["dist_cam_pre_bn/sum/person_energy"], cama["dist_cam/sum/person_energy"])
-    inverted = max(cama["bn/branch1/negative_weight_share"]) > 0
-    bn_holds = "yes" if not inverted and mean_ci(before_bn)[0] < 0.05 else "no"
-    out = [row(
-        item, "With the OAP, the maps put less of their energy on the person (sum of the branches)",
-        question,
-        "; ".join(f"{m}: MltB-2 {each(mltb, f'{m}/sum/person_energy')}, CAMA-2 {each(cama, f'{m}/sum/person_energy')}"
-                  for m in ("ram", "fam", "dist_cam")) + f"; a constant map {each(cama, 'constant/person_energy')}",
-        combine([direction(paired(r, "MltB-2 + L_id", "CAMA-2", f"{m}/sum/person_energy")) for m in ("fam", "dist_cam")]),
-        methods=("ram", "fam", "dist_cam"),
-    ), row(
-        item, "... and more of it in the outer 8 pixels of the image (the borders)",
-        question,
-        "; ".join(f"{m}: MltB-2 {each(mltb, f'{m}/sum/border_energy')}, CAMA-2 {each(cama, f'{m}/sum/border_energy')}"
-                  for m in ("ram", "fam", "dist_cam")) + f"; a constant map {each(cama, 'constant/border_energy')}",
-        combine([direction(paired(r, "CAMA-2", "MltB-2 + L_id", f"{m}/sum/border_energy")) for m in ("fam", "dist_cam")]),
-        methods=("ram", "fam", "dist_cam"),
-    ), row(
-        item, "... yet the match does not rest on the background: with the background set to the mean colour "
-              "the query keeps its similarity to its match (the person alone carries it)",
-        "(a test without maps)",
-        f"cosine similarity to the match, original / person only / background only: MltB-2 "
-        f"{each(mltb, 'similarity/original')} / {each(mltb, 'similarity/person_only')} / "
-        f"{each(mltb, 'similarity/background_only')}; CAMA-2 {each(cama, 'similarity/original')} / "
-        f"{each(cama, 'similarity/person_only')} / {each(cama, 'similarity/background_only')}",
-        no_change(differences(cama["similarity/person_only"], cama["similarity/original"]), 0.03),
-        "'yes': the person-only similarity within 0.03 of the original",
-    ), row(
-        item, "Dist-CAM's inverse-distance weights (dist-cam Eq. 5) rest on a few channels: those equal in query "
-              "and match, content-independent ones included",
-        "(the paper's definition)",
-        f"channels in use (1 / sum W^2) of {int(cama['dist_cam/branch1/channels'][0])}: MltB-2 "
-        f"{each(mltb, 'dist_cam/branch1/effective_channels', 1)}, CAMA-2 {each(cama, 'dist_cam/branch1/effective_channels', 1)} "
-        f"(branch 1); top channel's weight CAMA-2 {each(cama, 'dist_cam/branch1/top_channel_weight')}",
-        "yes" if max(cama["dist_cam/branch1/effective_channels"]) < 0.25 * cama["dist_cam/branch1/channels"][0] else "no",
-        "'yes': fewer than a quarter of the channels in use", methods=("dist_cam",),
-    ), row(
-        item, "Not the BatchNorm before the embedding: no channel is inverted, and Dist-CAM on the features before "
-              "it (non-negative, as in the paper) is no better on the person",
-        "(the issue's hypothesis)",
-        f"BN weights < 0: CAMA-2 {each(cama, 'bn/branch1/negative_weight_share')} (branch 1); Dist-CAM on the "
-        f"person, after / before BN: MltB-2 {each(mltb, 'dist_cam/sum/person_energy')} / "
-        f"{each(mltb, 'dist_cam_pre_bn/sum/person_energy')}, CAMA-2 {each(cama, 'dist_cam/sum/person_energy')} / "
-        f"{each(cama, 'dist_cam_pre_bn/sum/person_energy')}",
-        bn_holds, "'yes': no inverted channel and Dist-CAM before BN within 0.05 of after", methods=("dist_cam",),
-    )]
-    return out
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="default 0 1 2 3 4 (--smoke: 0)")
     parser.add_argument("--epochs", type=int, default=None, help="shorter than the config's (a quick try)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--fresh", action="store_true", help="run the seeds again even where cached")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 epoch, seed 0, a small data set (SMOKE_DATA), cached apart "
+                             "(results/claims/tmp/smoke): results/claims untouched")
     parser.add_argument("--rows-only", action="store_true",
-                        help="no training: the rows and plots again from results/claims/cama.json's numbers")
+                        help="no training: the rows from the cached runs")
     parser.add_argument("--remeasure", action="store_true",
-                        help="with --rows-only: the map measures again on the saved weights (results/claims/tmp)")
+                        help="the map measures of the cached runs again on their saved weights "
+                             "(results/claims/tmp)")
     args = parser.parse_args()
     start = time.perf_counter()
-    if args.rows_only:
-        saved = json.loads((RESULTS / "claims" / "cama.json").read_text())
-        results, sanity, args.seeds, args.variants = saved["per_seed"], saved["sanity"], saved["seeds"], list(saved["per_seed"])
-        if args.remeasure:
-            remeasure(saved)
-        seconds = saved["seconds"]  # the bench's run time, not this rewrite's
-    else:
-        results, sanity = run(args.seeds, args.variants, args.epochs)
-        seconds = time.perf_counter() - start
-    table = rows(results) if set(args.variants) == set(VARIANTS) else []
+    out = RESULTS / "claims" / "tmp" / "smoke" if args.smoke else RESULTS / "claims"
+    epochs = 1 if args.smoke and args.epochs is None else args.epochs
+    seeds = args.seeds if args.seeds is not None else ([0] if args.smoke else list(DEFAULT_SEEDS))
+    data = SMOKE_DATA if args.smoke else DATA_OVERRIDES
+    cache = RunCache(out / "cama" if args.smoke else CACHE_ROOT, run_settings(CONFIG, data, epochs))
+    checkpoints = out / "checkpoints" if args.smoke else CHECKPOINTS
+    gflops, threads = matmul_gflops()
+    ran: list[float] = []
+    if not args.rows_only:
+        ran = run(seeds, args.variants, epochs, cache, args.fresh, checkpoints, gflops, data)
+    cached = cache.cached_seeds(args.variants)  # every seed run so far, in this sitting or before
+    if args.remeasure:
+        remeasure(cache, args.variants, cached, checkpoints, data)
+    for note in dict.fromkeys(cache.notes):
+        print(note)
+    if not cached:
+        raise SystemExit(f"no seed is cached for all of {args.variants} under {cache.root}")
+    found = cache.collect(args.variants, cached)
+    results, sanity = found["per_seed"], found["sanity"]
+    table = rows(results, found["per_query"]) if set(args.variants) == set(VARIANTS) else []
     for name, per_seed in sanity.items():
         table += sanity_rows(name, per_seed)
-        sanity_plot(name, per_seed, RESULTS / "claims" / f"sanity_{name.replace('+', '_')}.png")
-    extra = {"per_seed": results, "sanity": sanity, "seeds": args.seeds, "seconds": seconds}
-    path = write_rows("cama", table, extra)
+        sanity_plot(name, per_seed, out / f"sanity_{name.replace('+', '_')}.png")
+    sitting = time.perf_counter() - start
+    # the bench's wall time: each cached run's own time, plus this sitting's time outside the runs
+    # it did (the matmul rate, loading, the rows, the plots)
+    seconds = found["seconds"] + max(0.0, sitting - sum(ran))
+    wall = {"runs_seconds": found["seconds"], "runs": len(cached) * len(args.variants), "ran_now": len(ran),
+            "sitting_seconds": sitting, "matmul_gflops": gflops, "threads": threads}
+    extra = {"per_seed": results, "sanity": sanity, "seeds": cached, "seconds": seconds, "wall": wall,
+             "settings": cache.settings}
+    if args.smoke or set(args.variants) != set(VARIANTS):  # results/claims/cama.json holds the whole bench
+        path = out / "tmp" / "cama_part.json" if not args.smoke else out / "cama.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"rows": table, **extra}, indent=2, sort_keys=True))
+    else:
+        path = write_rows("cama", table, extra)
     for r in table:
         print(f"{r['claim']}: {r['ours']} -> {r['holds']}")
-    print(f"wrote {path} in {time.perf_counter() - start:.0f} s")
+    print(f"seeds {cached} (n={len(cached)}); {len(ran)} runs in this sitting of {sitting:.0f} s; "
+          f"bench wall time {seconds / 60:.1f} min ({wall['runs']} runs' own {found['seconds'] / 60:.1f} "
+          f"min + this sitting's rest); host {gflops:.0f} GFLOP/s (2048² float32 matmul, {threads} threads)")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
