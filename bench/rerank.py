@@ -2,6 +2,7 @@
 
     python bench/rerank.py [--scale 1.0] [--dim 512] [--k1 20 --k2 6]
     python bench/rerank.py --dataset msmt17 [--scale 1.0] [--dim 6144] [--metric-rerank]
+    python bench/rerank.py --dataset retrieval [--scale 1.0] [--dim 512]
 
 ``--dataset market1501`` (default): ``scale`` x (3,368 queries, 15,913 gallery images) unit
 embeddings of dimension ``--dim`` (512), drawn around 1,501 identity centres (Market-1501's count)
@@ -17,6 +18,11 @@ embeddings: ``re_ranked_distances`` (no ``[N, N]`` matrix; targets 20 minutes, 1
 on its ``[Q, G]`` result (``evaluate_rank``), and ``ReIDRankMetric.compute`` without re-ranking
 (and with it, ``--metric-rerank``: the two together plus the metric's copies).
 
+``--dataset retrieval``: ``scale`` x 60,502 images of 11,316 classes (Stanford Online Products' test
+split; noise ``--noise``), dimension ``--dim`` (512), every image a query against the others.  Times
+``RetrievalMetric.compute`` without re-ranking and with it (``rerank=True``: the plain figures, then
+each query's nearest re-ranked neighbours of the split against itself, no ``[N, N]`` matrix).
+
 Each figure comes with the peak RSS during the call (``VmHWM`` reset through
 ``/proc/self/clear_refs``; else the process's ``ru_maxrss``) and how far it rose above the RSS
 before the call (the inputs), and the host's 2048 x 2048 float32 matmul GFLOP/s measured in the
@@ -31,15 +37,17 @@ from functools import partial
 
 import torch
 
-from cama.metrics import ReIDRankMetric, evaluate_rank
+from cama.metrics import ReIDRankMetric, RetrievalMetric, evaluate_rank
 from cama.metrics.rerank import re_ranked_distances, re_ranking
 
 SIZES = {  # queries, gallery, identities, cameras
     "market1501": (3368, 15913, 1501, 6),
     "msmt17": (11659, 82161, 3060, 15),
+    "retrieval": (60502, 0, 11316, 1),  # images (all queries and references), classes
 }
 TARGETS = {"market1501": (60.0, 6e9), "msmt17": (1200.0, 12e9)}  # seconds, bytes
-DEFAULT_DIM = {"market1501": 512, "msmt17": 6144}
+DEFAULT_DIM = {"market1501": 512, "msmt17": 6144, "retrieval": 512}
+DEFAULT_NOISE = {"msmt17": 4.5, "retrieval": 2.3}
 
 
 def _status_bytes(field: str) -> int | None:
@@ -166,6 +174,21 @@ def msmt17(args, nq: int, ng: int) -> None:
         del metric, out
 
 
+def retrieval(args, n: int, _: int) -> None:
+    classes = max(2, round(SIZES["retrieval"][2] * args.scale))
+    x, labels, _ = make_embeddings(n, 0, args.dim, classes, 1, args.noise)
+    inputs = x.numel() * 4
+    print(f"  {classes} classes; one N x N float32 = {4 * n * n / 1e9:.2f} GB", flush=True)
+    for what, rerank in (("RetrievalMetric.compute (no re-ranking)", False),
+                         ("RetrievalMetric.compute (rerank=True)", True)):
+        metric = RetrievalMetric(knn="torch", rerank=rerank, k1=args.k1, k2=args.k2,
+                                 lambda_value=args.lambda_value)
+        metric.update(x, labels, torch.arange(n))  # holds x itself
+        out = measured(what, metric.compute, inputs)
+        print("  " + ", ".join(f"{k} {float(v):.4f}" for k, v in out.items()), flush=True)
+        del metric, out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=sorted(SIZES), default="market1501")
@@ -174,18 +197,20 @@ def main() -> None:
     p.add_argument("--k1", type=int, default=20)
     p.add_argument("--k2", type=int, default=6)
     p.add_argument("--lambda-value", type=float, default=0.3)
-    p.add_argument("--noise", type=float, default=4.5,
-                   help="msmt17: noise norm around the unit identity centres (4.5: mAP about 0.5 without re-ranking)")
+    p.add_argument("--noise", type=float, default=None,
+                   help="msmt17, retrieval: noise norm around the unit class centres (msmt17: 4.5, mAP "
+                        "about 0.5 without re-ranking; retrieval: 2.3, Recall@1 about 0.8)")
     p.add_argument("--metric-rerank", action="store_true", help="msmt17: also ReIDRankMetric(rerank=True)")
     args = p.parse_args()
     args.dim = args.dim or DEFAULT_DIM[args.dataset]
+    args.noise = DEFAULT_NOISE.get(args.dataset) if args.noise is None else args.noise
     nq, ng = (round(s * args.scale) for s in SIZES[args.dataset][:2])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"matmul 2048x2048 float32: {matmul_gflops():.1f} GFLOP/s", flush=True)
     print(f"problem: {args.dataset}, {nq} queries, {ng} gallery (N={nq + ng}), dim {args.dim}, "
           f"k1={args.k1}, k2={args.k2}, lambda={args.lambda_value}"
-          + (f", noise {args.noise}" if args.dataset == "msmt17" else ""), flush=True)
-    (market if args.dataset == "market1501" else msmt17)(args, nq, ng)
+          + (f", noise {args.noise}" if args.noise is not None else ""), flush=True)
+    {"market1501": market, "msmt17": msmt17, "retrieval": retrieval}[args.dataset](args, nq, ng)
     print(f"matmul 2048x2048 float32 after: {matmul_gflops():.1f} GFLOP/s")
 
 

@@ -196,7 +196,10 @@ def re_ranked_distances(
     embeddings in blocks (:mod:`cama.metrics.rerank_embeddings`); memory is the ``[Q, G]`` result
     plus ``O((Q + G) k1^2)`` and ``chunk_bytes`` of temporaries.  ``gallery=None`` ranks the set
     against itself, one distance matrix (``[Q, Q]``, held) serving as the three blocks of
-    :func:`re_ranking`, so that each sample and its copy tie exactly."""
+    :func:`re_ranking`; that matrix is symmetric only up to float32 rounding, so a sample and its
+    copy tie only where the rounding agrees.
+    :func:`cama.metrics.rerank_self.re_ranked_self_neighbours` gives each row's first neighbours of
+    the set against itself without the matrix, the copies tied exactly."""
     check_rerank_options(k1, k2, lambda_value)
     if gallery is None:
         same = pairwise_distance(queries, queries, distance)

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK_BYTES", "chunks", "combine", "encode", "query_expansion", "stable_smallest"]
+__all__ = [
+    "CHUNK_BYTES", "chunks", "combine", "encode", "jaccard_chunks", "query_expansion", "stable_smallest",
+]
 
 # default budget of the temporaries of one chunk (bytes)
 CHUNK_BYTES = 256 * 1024 * 1024
@@ -141,17 +143,17 @@ def query_expansion(
     return torch.cat(rows_out), torch.cat(cols_out), torch.cat(vals_out)
 
 
-def combine(
-    rows: Tensor, cols: Tensor, vals: Tensor, original: Tensor, lambda_value: float, chunk_bytes: int = CHUNK_BYTES
-) -> Tensor:
-    """Steps 7-8 (Eq. 9, 10, 12) in place: ``original`` ``[Q, G]`` (the normalised distances ``d`` of
-    the queries ``0..Q-1`` to the gallery ``Q..N-1``) becomes ``(1 - lambda) d_J + lambda d`` with
-    ``d_J = 1 - t / (2 - t)``, ``t[i, j] = sum_k min(V[i, k], V[Q + j, k])``.
+def jaccard_chunks(
+    rows: Tensor, cols: Tensor, vals: Tensor, nq: int, ng: int, lambda_value: float,
+    chunk_bytes: int = CHUNK_BYTES, dtype: torch.dtype = torch.float32,
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Step 7 and the first term of step 8 (Eq. 9, 10, 12), a few queries at a time: yields
+    ``(q0, q1, (1 - lambda) d_J)`` for the queries ``q0..q1-1`` against the gallery ``Q..N-1``
+    (``[q1 - q0, G]``), ``d_J = 1 - t / (2 - t)``, ``t[i, j] = sum_k min(V[i, k], V[Q + j, k])``.
 
-    ``t`` is joined on the shared columns (an inverted index of the gallery rows of ``V``), a few
-    queries at a time, into a ``[rows, G]`` buffer; returns ``original``."""
+    ``t`` is joined on the shared columns (an inverted index of the gallery rows of ``V``) into a
+    ``[rows, G]`` buffer whose temporaries stay within about ``chunk_bytes``."""
     dev = rows.device
-    nq, ng = original.shape
     n = nq + ng
     is_q = rows < nq
     qr, qc, qv = rows[is_q], cols[is_q], vals[is_q]
@@ -174,7 +176,7 @@ def combine(
         q1 = min(nq, q0 + max_rows, max(q1, q0 + 1))
         e0 = int(entry_end[q0 - 1]) if q0 else 0
         e1 = int(entry_end[q1 - 1])
-        t = torch.zeros(q1 - q0, ng, dtype=original.dtype, device=dev)
+        t = torch.zeros(q1 - q0, ng, dtype=dtype, device=dev)
         r = rep[e0:e1]
         total = int(r.sum())
         if total:
@@ -183,8 +185,19 @@ def combine(
             m = torch.minimum(qv[e0:e1].repeat_interleave(r, output_size=total), gv[pos])
             qi = qr[e0:e1].repeat_interleave(r, output_size=total) - q0
             t.view(-1).index_add_(0, qi * ng + gr[pos], m)
-        # d_J = 1 - t / (2 - t), then (1 - lambda) d_J + lambda d
-        t.div_(t.neg().add_(2.0)).neg_().add_(1.0).mul_(1 - lam)
-        original[q0:q1].mul_(lam).add_(t)
+        # (1 - lambda) d_J = (1 - lambda) (1 - t / (2 - t))
+        yield q0, q1, t.div_(t.neg().add_(2.0)).neg_().add_(1.0).mul_(1 - lam)
         q0 = q1
+
+
+def combine(
+    rows: Tensor, cols: Tensor, vals: Tensor, original: Tensor, lambda_value: float, chunk_bytes: int = CHUNK_BYTES
+) -> Tensor:
+    """Steps 7-8 (Eq. 9, 10, 12) in place: ``original`` ``[Q, G]`` (the normalised distances ``d`` of
+    the queries ``0..Q-1`` to the gallery ``Q..N-1``) becomes ``(1 - lambda) d_J + lambda d``
+    (:func:`jaccard_chunks`, a few queries at a time); returns ``original``."""
+    nq, ng = original.shape
+    lam = float(lambda_value)
+    for q0, q1, part in jaccard_chunks(rows, cols, vals, nq, ng, lam, chunk_bytes, original.dtype):
+        original[q0:q1].mul_(lam).add_(part)
     return original

@@ -33,9 +33,13 @@ from cama.explain.precision import at_least_float32
 from cama.metrics.distances import overflow_safe_float32
 from cama.metrics.ranking import EmbeddingSet, first_per_index
 from cama.metrics.rerank import RerankOptions
+from cama.metrics.rerank_self import re_ranked_self_neighbours
+from cama.metrics.rerank_steps import CHUNK_BYTES
 from cama.metrics.states import CollectedSamples
 
-__all__ = ["RECALL_KS", "faiss_available", "retrieval_knn", "retrieval_metrics", "RetrievalMetric"]
+__all__ = [
+    "RECALL_KS", "RerankedKNN", "faiss_available", "retrieval_knn", "retrieval_metrics", "RetrievalMetric",
+]
 
 RECALL_KS = (1, 2, 4, 8)
 KNN_BACKENDS = ("auto", "faiss", "torch")
@@ -98,6 +102,34 @@ class PrecomputedKNN:
         return return_results(values[:, :k], indices[:, :k], ref_includes_query)
 
 
+class RerankedKNN:
+    """A ``knn_func`` for ``AccuracyCalculator`` on a split against itself (the reference omitted):
+    each query's ``k`` nearest other samples by the k-reciprocal re-ranked distances of the split
+    against itself (:func:`cama.metrics.rerank_self.re_ranked_self_neighbours`: the first ``k`` of
+    each row of ``re_ranking(d, d, d)``, the query's own copy left out, ties in index order), computed
+    a few rows at a time: no ``[N, N]`` matrix."""
+
+    def __init__(self, options: RerankOptions, distance: str = "euclidean",
+                 chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.options = options
+        self.distance = distance
+        self.chunk_bytes = int(chunk_bytes)
+
+    def __call__(self, query: Tensor, k: int, reference: Tensor, ref_includes_query: bool = False):
+        if not ref_includes_query or reference.shape != query.shape:
+            raise ValueError("RerankedKNN ranks a set against itself: call get_accuracy without a reference")
+        o = self.options
+        return re_ranked_self_neighbours(query, k, self.distance, o.k1, o.k2, o.lambda_value,
+                                         self.chunk_bytes)
+
+
+def _same_label(a: Tensor, b: Tensor) -> Tensor:
+    """``a == b``. Given to ``AccuracyCalculator`` as a comparison of its own, it makes it count the
+    class sizes one class at a time: with its default (``torch.eq``) it compares every class with every
+    label at once, a ``[classes, N]`` int64 temporary (5.5 GB for Stanford Online Products' test split)."""
+    return a == b
+
+
 def _check_inputs(embeddings: Tensor, labels: Tensor) -> None:
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must be [N, D], got shape {tuple(embeddings.shape)}")
@@ -119,6 +151,8 @@ def retrieval_metrics(
     recall_ks: Sequence[int] = RECALL_KS,
     knn: Literal["auto", "faiss", "torch"] = "auto",
     distances: Tensor | None = None,
+    rerank: RerankOptions | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> dict[str, Tensor]:
     """Recall@K and MAP@R of a split against itself, the query excluded (module docstring).
 
@@ -127,13 +161,18 @@ def retrieval_metrics(
         labels: ``[N]`` integer classes.
         recall_ks: the K of Recall@K (each >= 1).
         knn: ``"auto"`` (faiss when installed, else torch), ``"faiss"`` or ``"torch"``.
-        distances: optional ``[N, N]`` distances to rank by instead of the embeddings' (re-ranked ones).
+        distances: optional ``[N, N]`` distances to rank by instead of the embeddings'.
+        rerank: rank by the k-reciprocal re-ranked distances of the split against itself with these
+            options instead (:class:`RerankedKNN`; no ``[N, N]`` matrix); excludes ``distances``.
+        chunk_bytes: with ``rerank``, the budget of the temporaries of one chunk; it changes no number.
 
     Returns:
         ``{"recall@K": ..., "map@r": ...}``, 0-d float tensors in [0, 1] (NaN when no query has
         another image of its class) on the embeddings' device.
     """
     _check_inputs(embeddings, labels)
+    if distances is not None and rerank is not None:
+        raise ValueError("retrieval_metrics: give distances or rerank, not both")
     recall_ks = tuple(int(k) for k in recall_ks)
     if not recall_ks or min(recall_ks) < 1:
         raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
@@ -152,8 +191,10 @@ def retrieval_metrics(
         recall_ks,
         include=("precision_at_1", "mean_average_precision_at_r", "recall_at_ks"),
         k=k,
+        label_comparison_fn=_same_label,
         device=embeddings.device,
-        knn_func=retrieval_knn(knn) if distances is None else PrecomputedKNN(distances),
+        knn_func=(RerankedKNN(rerank, chunk_bytes=chunk_bytes) if rerank is not None
+                  else retrieval_knn(knn) if distances is None else PrecomputedKNN(distances)),
     )
     raw = calculator.get_accuracy(embeddings, labels)  # reference omitted: query = reference, self excluded
     out = {f"recall@{kk}": raw["recall_at_ks"][i] for i, kk in enumerate(recall_ks)}
@@ -174,7 +215,9 @@ class RetrievalMetric(CollectedSamples):
     same numbers. It returns ``{"recall@1", "recall@2", ..., "map@r"}`` (0-d float tensors), and
     with ``rerank`` the same names with ``_rerank``, ranked by k-reciprocal re-ranked distances
     (:func:`cama.metrics.rerank.re_ranking` with ``k1``, ``k2``, ``lambda_value``; the split is the
-    probe and the gallery set at once).
+    probe and the gallery set at once: ``re_ranking(d, d, d)``), of which each query's nearest
+    neighbours are computed a few queries at a time (:class:`RerankedKNN`): no ``[N, N]`` matrix;
+    ``chunk_bytes`` bounds the temporaries of one chunk.
 
     Call ``update`` per batch and ``compute`` once per epoch (``forward`` would rank each batch alone).
     """
@@ -191,10 +234,12 @@ class RetrievalMetric(CollectedSamples):
         k1: int = 20,
         k2: int = 6,
         lambda_value: float = 0.3,
+        chunk_bytes: int = CHUNK_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.rerank_options = RerankOptions.of(rerank, k1, k2, lambda_value)
+        self.chunk_bytes = int(chunk_bytes)
         recall_ks = tuple(int(k) for k in recall_ks)
         if not recall_ks or min(recall_ks) < 1:
             raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
@@ -250,9 +295,8 @@ class RetrievalMetric(CollectedSamples):
     def compute(self) -> dict[str, Tensor]:
         embeddings, labels, _ = self._gathered()
         out = retrieval_metrics(embeddings, labels, self.recall_ks, self.knn)
-        if self.rerank_options is not None:  # every image a query against the others: q-g, q-q and g-g are one matrix
-            (safe,) = overflow_safe_float32(embeddings)
-            reranked = self.rerank_options.distances(safe)
+        if self.rerank_options is not None:  # every image a query against the others: re_ranking(d, d, d)
             out.update({f"{k}_rerank": v for k, v in retrieval_metrics(
-                embeddings, labels, self.recall_ks, self.knn, distances=reranked).items()})
+                embeddings, labels, self.recall_ks, self.knn, rerank=self.rerank_options,
+                chunk_bytes=self.chunk_bytes).items()})
         return out
