@@ -23,6 +23,7 @@ from datamodules.retrieval import RetrievalDataModule
 def datamodule() -> RetrievalDataModule:
     dm = RetrievalDataModule(
         dataset="synthetic",
+        validate_on_test=True,
         image_size=(64, 64),
         synthetic=dict(height=64, width=64, num_classes=8, images_per_class=6),
         m_per_class=2,

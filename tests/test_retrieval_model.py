@@ -26,7 +26,7 @@ def _threads():
 
 @pytest.fixture(scope="module")
 def dm() -> RetrievalDataModule:
-    dm = RetrievalDataModule("synthetic", image_size=(SIZE, SIZE),
+    dm = RetrievalDataModule("synthetic", validate_on_test=True, image_size=(SIZE, SIZE),
                              synthetic=dict(height=SIZE, width=SIZE, num_classes=12, images_per_class=6),
                              m_per_class=3, batch_size=12, eval_batch_size=10,
                              num_workers=0)
