@@ -10,9 +10,9 @@ saved in it, so a checkpoint alone rebuilds its model.
 
 >>> from cama.loading import instantiate_config
 >>> model, data = instantiate_config("configs/cama_synthetic.yaml",
-...                                  data={"synthetic": {"num_train_ids": 4, "num_test_ids": 3}})
->>> type(model).__name__, type(data).__name__, model.hparams.num_classes
-('CAMA', 'ReIDDataModule', 4)
+...                                  data={"synthetic": {"num_train_ids": 4, "num_test_ids": 3}, "val_ids": 1})
+>>> type(model).__name__, type(data).__name__, model.hparams.num_classes   # 4 identities, 1 validates
+('CAMA', 'ReIDDataModule', 3)
 """
 
 from __future__ import annotations

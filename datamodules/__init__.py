@@ -11,8 +11,10 @@ would read the data set (the tests and the real-size rehearsal work this way):
 ['bounding_box_test', 'bounding_box_train', 'query']
 >>> data = ReIDDataModule(dataset="market1501", root=str(root), image_size=(64, 32), num_workers=0)
 >>> data.setup("fit")
->>> data.num_classes, data.eval_dataset.num_query   # 4 training identities; 3 test ones, 2 query cameras each
-(4, 6)
+>>> data.num_classes, data.eval_dataset.num_query   # 4 training identities, 1 held out; 3 test ones, 2 queries each
+(3, 6)
+>>> sorted(data.val_identities) == sorted(set(data.val_dataset.pids))   # the validation query + gallery
+True
 
 ``dataset`` names a layout class in :mod:`datamodules.registry` (:mod:`datamodules.reid_layouts`,
 :mod:`datamodules.class_layouts`, or your own, registered or named by its class path); the

@@ -44,7 +44,7 @@ def _trainer(**kwargs) -> pl.Trainer:
 def lightning_ckpt(tmp_path_factory) -> Path:
     """A real Lightning checkpoint of this project (model and data module hyper-parameters,
     optimizer and loop state), saved by ``trainer.save_checkpoint`` after one training step."""
-    dm = ReIDDataModule(dataset="synthetic", image_size=(32, 16), p=2, k=2, eval_batch_size=8, num_workers=0,
+    dm = ReIDDataModule(dataset="synthetic", validate_on_test=True, image_size=(32, 16), p=2, k=2, eval_batch_size=8, num_workers=0,
                         synthetic=dict(num_train_ids=4, num_test_ids=3, num_distractors=2, num_junk=1))
     model = CAMA(num_classes=dm.num_classes, backbone="resnet10", num_branches=2)
     trainer = _trainer(max_steps=1, limit_val_batches=0)

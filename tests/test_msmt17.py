@@ -60,7 +60,7 @@ def records(dm: ReIDDataModule) -> dict[str, list[tuple[str, int, int]]]:
 @pytest.mark.parametrize("version", ["V1", "V2"])
 def test_scanner_reads_the_lists(trees, version):
     tree = trees[version]
-    dm = ReIDDataModule("msmt17", str(tree), num_workers=0)
+    dm = ReIDDataModule("msmt17", str(tree), num_workers=0, validate_on_test=True)
     assert dm.data_root == tree / f"MSMT17_{version}"
     expected = listed(tree, version)
     got = records(dm)
@@ -69,13 +69,13 @@ def test_scanner_reads_the_lists(trees, version):
         assert all(Path(path).is_file() for path, _, _ in got[split])
     assert 0 < len(expected["list_train"]) < len(expected["train"])  # list_val adds images
     assert dm.num_classes == len({pid for _, pid, _ in expected["train"]})
-    only_train = ReIDDataModule("msmt17", str(tree), msmt17_val_in_train=False, num_workers=0)
+    only_train = ReIDDataModule("msmt17", str(tree), msmt17_val_in_train=False, num_workers=0, validate_on_test=True)
     assert records(only_train)["train"] == expected["list_train"]
 
 
 def test_v1_tree_holds_the_generators_images(trees, gen):
     """The generator's identities (numbered from 0 per split in the lists) and cameras come back."""
-    dm = ReIDDataModule("msmt17", str(trees["V1"]), num_workers=0)
+    dm = ReIDDataModule("msmt17", str(trees["V1"]), num_workers=0, validate_on_test=True)
     got = records(dm)
     for split, pids in (("train", gen.train_pids), ("query", gen.test_pids), ("gallery", gen.test_pids)):
         rank = {p: i + 1 for i, p in enumerate(pids)}
@@ -103,7 +103,7 @@ def test_the_release_is_found_or_chosen(trees, tmp_path):
     with pytest.raises(DatasetLayoutError, match="holds both releases.*msmt17_version"):
         _ = ReIDDataModule("msmt17", str(both), num_workers=0).data_root
     for version in ("V1", "V2"):
-        dm = ReIDDataModule("msmt17", str(both), msmt17_version=version, num_workers=0)
+        dm = ReIDDataModule("msmt17", str(both), msmt17_version=version, num_workers=0, validate_on_test=True)
         assert records(dm) == {k: v for k, v in listed(both, version).items() if k != "list_train"}
     # the release folder itself, and torchreid's <root>/msmt17/MSMT17_V1
     assert ReIDDataModule("msmt17", str(both / "MSMT17_V2"), num_workers=0).data_root == both / "MSMT17_V2"

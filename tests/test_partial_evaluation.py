@@ -36,7 +36,7 @@ def test_every_prefix_holds_each_group_in_proportion(sizes):
 
 
 def tiny_data(**overrides) -> ReIDDataModule:
-    kwargs = dict(dataset="synthetic", image_size=(64, 32), p=4, k=2, eval_batch_size=16, num_workers=0,
+    kwargs = dict(dataset="synthetic", validate_on_test=True, image_size=(64, 32), p=4, k=2, eval_batch_size=16, num_workers=0,
                   synthetic=dict(num_train_ids=10, num_test_ids=20, num_distractors=6, num_junk=4))
     return ReIDDataModule(**{**kwargs, **overrides})
 
@@ -111,7 +111,7 @@ def test_a_real_layout_prefix_holds_gallery_identities_not_only_junk_and_distrac
 
     gen = SyntheticReID(seed=3, num_train_ids=4, num_test_ids=6, num_distractors=12, num_junk=12)
     root = write_reid_layout(tmp_path / "Market-1501-v15.09.15", "market1501", gen, progress=False)
-    data = ReIDDataModule(dataset="market1501", root=str(root), image_size=(32, 16), eval_batch_size=8,
+    data = ReIDDataModule(dataset="market1501", validate_on_test=True, root=str(root), image_size=(32, 16), eval_batch_size=8,
                           num_workers=0)
     data.setup("validate")
     pids = data.eval_dataset.pids

@@ -231,7 +231,7 @@ def test_sanity_check_passes_a_weight_free_map_and_flags_a_cam():
 # the callback
 # --------------------------------------------------------------------------------------------------
 TINY_DATA = dict(
-    dataset="synthetic", image_size=(64, 32), p=4, k=2, eval_batch_size=64, num_workers=0,
+    dataset="synthetic", validate_on_test=True, image_size=(64, 32), p=4, k=2, eval_batch_size=64, num_workers=0,
     synthetic=dict(num_train_ids=10, num_test_ids=6, num_distractors=4, num_junk=2),
 )
 
