@@ -10,6 +10,7 @@ import cama.metrics.retrieval as retrieval_module
 from cama.metrics.rerank import RerankOptions, re_ranking
 from cama.metrics.rerank_self import re_ranked_self_neighbours
 from cama.metrics.retrieval import RetrievalMetric, retrieval_metrics
+from tests.test_rerank_embeddings import _points
 
 
 def _exact_distances(x: torch.Tensor, distance: str) -> torch.Tensor:
@@ -37,14 +38,6 @@ def _compare(x, k, distance="euclidean", budgets=(1, 5_000, 1 << 28), **kw):
         assert torch.equal(got_i, want_i), f"chunk_bytes={budget}"
         torch.testing.assert_close(got_v, want_v, rtol=1e-5, atol=2e-6, equal_nan=True,
                                    msg=f"chunk_bytes={budget}")
-
-
-def _points(n, dim, seed, clusters=None):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, dim, generator=gen)
-    if clusters:
-        x = x + 2 * torch.randn(clusters, dim, generator=gen)[torch.randint(0, clusters, (n,), generator=gen)]
-    return x
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
