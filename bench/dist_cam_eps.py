@@ -48,7 +48,9 @@ def main() -> None:
     features = base.features(batch["image"])
     reference = base.features(load_items(dataset, references)["image"]).embedding
 
-    def summarize(name: str, explainer: ModelExplainer, ref: torch.Tensor, default: torch.Tensor | None) -> torch.Tensor:
+    def summarize(
+        name: str, explainer: ModelExplainer, ref: torch.Tensor, default: torch.Tensor | None
+    ) -> tuple[torch.Tensor, float, float]:
         maps = explainer.explain(name, features, ProbeAgainst(ref), branches=False)[:, 0]
         energy = part_energy_share(maps, person, everything)[0].nanmean()
         change = (maps - default).abs().mean() if default is not None else torch.tensor(0.0)
