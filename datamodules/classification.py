@@ -13,8 +13,8 @@ class at a random place on clutter, with box and mask) and, since every image is
   augmentation (resize, pad + random crop, flip, optional colour jitter); batches ``{"image": float
   [B,3,H,W] (ImageNet-normalised), "label": long [B], "index": long [B]}``;
 * ``val`` (only with ``val_images_per_class > 0``): the next ``val_images_per_class`` images of every
-  class, neither trained on nor tested (what a bench chooses its thresholds on); Lightning's
-  validation loop still runs on the test images;
+  class, neither trained on nor tested (what a bench chooses its thresholds on, and what Lightning's
+  validation loop runs on; without them it runs on the test images);
 * ``test``: the other ``synthetic.images_per_class - train_images_per_class - val_images_per_class``
   images of every class,
   never seen in training; the evaluation loader (validation, test and predict alike: there is no

@@ -223,11 +223,13 @@ class ReIDDataModule(ImageDataModule):
     def _held_out(self, train: Any) -> dict[str, Dataset]:
         """The training set without the validation identities, and their query + gallery
         (:func:`~datamodules.holdout.hold_out_identities`)."""
-        count = self.val_ids if self.val_ids is not None else default_val_ids(len(set(train.pids)))
-        split = hold_out_identities(train.pids, train.camids, count)
+        pids = train.pids
+        identities = len(set(pids))
+        count = self.val_ids if self.val_ids is not None else default_val_ids(identities)
+        split = hold_out_identities(pids, train.camids, count)
         self.val_identities = split.identities
         rank_zero_info(
-            f"validation: {len(split.identities)} of the {len(set(train.pids))} training identities of "
+            f"validation: {len(split.identities)} of the {identities} training identities of "
             f"{self.dataset} held out ({len(split.query)} queries, {len(split.gallery)} gallery images; "
             "val_ids sets how many, validate_on_test: true validates on the test split instead)")
         query_cam, gallery_cam = (0, 1) if split.camera_free else (None, None)
