@@ -7,7 +7,7 @@ weights), measures on the test split, and writes its rows with :func:`write_rows
 
 A row is one claim: ``{"item", "claim", "paper", "ours", "holds", "note"}`` where ``ours`` is
 already formatted (``mean +- half-width`` of a 95% t-interval over seeds, :func:`mean_ci`) and
-``holds`` is ``"yes"``, ``"no"`` or ``"partly"``.
+``holds`` is ``"yes"``, ``"no"`` or ``"partly"`` (``"n/a"``: a descriptive row, no claim to decide).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 RESULTS = REPO / "results"
 DEFAULT_SEEDS = (0, 1, 2)
+#: a row's verdicts; "n/a": a descriptive row (:func:`row`)
+HOLDS = ("yes", "no", "partly", "n/a")
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -113,10 +115,12 @@ def train_and_measure(
 def row(
     item: str, claim: str, paper: str, ours: str, holds: str, note: str = "", methods: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """One claim. ``methods``: the explanation methods its numbers rest on (the table's sanity
-    column shows how each fared in the cascading randomization test)."""
-    if holds not in ("yes", "no", "partly"):
-        raise ValueError(f"holds must be yes, no or partly, not {holds!r}")
+    """One claim. ``holds``: ``"yes"``, ``"no"``, ``"partly"``, or ``"n/a"`` for a descriptive row (a
+    measurement with no paper claim to decide, e.g. a variant beyond the papers or a numerical
+    setting). ``methods``: the explanation methods its numbers rest on (the table's sanity column
+    shows how each fared in the cascading randomization test)."""
+    if holds not in HOLDS:
+        raise ValueError(f"holds must be one of {HOLDS}, not {holds!r}")
     return {"item": item, "claim": claim, "paper": paper, "ours": ours, "holds": holds, "note": note,
             "methods": list(methods)}
 

@@ -28,6 +28,21 @@ from cama.viz import ModelExplainer, ProbeAgainst
 EPSILONS = (1e-6, 1e-4, 1e-2, 1e-1, 1.0)
 
 
+def bfloat16_reference(reference: torch.Tensor) -> torch.Tensor:
+    """The reference rounded to bfloat16 and back (its dtype kept): a half-precision reference."""
+    return reference.to(torch.bfloat16).to(reference.dtype)
+
+
+def mean_change(maps: torch.Tensor, default: torch.Tensor) -> float:
+    """The mean absolute difference of two stacks of maps (on their [0, 1] scale)."""
+    return float((maps - default).abs().mean())
+
+
+def channels_in_use(pooled: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:
+    """The effective number of channels ``1 / sum_k W_k^2`` of each sample's Dist-CAM weights ``[B]``."""
+    return 1 / dist_cam_weights(pooled, reference, eps=eps).square().sum(dim=1)
+
+
 @torch.no_grad()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -53,8 +68,8 @@ def main() -> None:
     ) -> tuple[torch.Tensor, float, float]:
         maps = explainer.explain(name, features, ProbeAgainst(ref), branches=False)[:, 0]
         energy = part_energy_share(maps, person, everything)[0].nanmean()
-        change = (maps - default).abs().mean() if default is not None else torch.tensor(0.0)
-        return maps, float(energy), float(change)
+        change = mean_change(maps, default) if default is not None else 0.0
+        return maps, float(energy), change
 
     slices = features.slices or [(0, features.embedding.shape[1])]
     pooled = global_average_pool(features.scaled_maps()[0])
@@ -65,9 +80,9 @@ def main() -> None:
     for eps in EPSILONS:
         explainer = ModelExplainer(model, map_options={"dist_cam": {"eps": eps}})
         _, energy, change = summarize("dist_cam", explainer, reference, default)
-        used = float((1 / dist_cam_weights(pooled, reference[:, a:b], eps=eps).square().sum(dim=1)).mean())
+        used = float(channels_in_use(pooled, reference[:, a:b], eps).mean())
         print(f"eps={eps:g} | {energy:.3f} | {change:.3f} | {used:.1f} of {b - a}")
-    rounded = reference.to(torch.bfloat16).float()
+    rounded = bfloat16_reference(reference)
     _, energy, change = summarize("dist_cam", base, rounded, default)
     print(f"reference rounded to bfloat16 (eps=1e-6) | {energy:.3f} | {change:.3f} | -")
     smoothed, energy, change = summarize("dist_cam_smoothed", base, reference, default)
