@@ -7,7 +7,9 @@ to ``results/claims/<name>.json`` (:mod:`claims_common`):
 * ``claims_cama.py``: cama-ram Tables 4 and 5, the branches' overlap, the part evidence the maps
   point at (items 1-2), and the sanity checks of the re-ID maps (item 6);
 * ``claims_classifier.py``: dist-cam Table 1 and ltgrad-cam Tables 1-2 / Fig. 4-5 (items 3-4);
-* ``claims_fam.py``: fam Tables I, II, IV on the ProtoNet and the retrieval model (item 5).
+* ``claims_fam.py``: fam Tables I, II, IV on the ProtoNet and the retrieval model (item 5), dist-cam
+  Table 1's measures on both and Dist-CAM's eps (item 3), FAM on signed maps and the variants beyond
+  the papers (descriptive rows, ``holds`` ``n/a``).
 
 This script runs them one after the other (``--only`` picks some; ``--assemble`` runs none and only
 rewrites the table from the JSON files), then writes the table: claim, the paper's number, ours
@@ -18,8 +20,9 @@ Usage::
 
     .venv/bin/python bench/claims.py [--seeds 0 1 2] [--only cama fam] [--assemble]
 
-The re-ID bench caches each (variant, seed) run (``results/claims/cama/``) and runs only what is
-missing, so ``--only cama`` can be run over several sittings.
+The re-ID bench caches each (variant, seed) run (``results/claims/cama/``), the FAM bench each seed
+(``results/claims/fam/``), and they run only what is missing, so ``--only cama fam`` can be run over
+several sittings.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ BENCHES = {"cama": "claims_cama.py", "classifier": "claims_classifier.py", "fam"
 
 
 def run_benches(names: list[str], seeds: list[int] | None) -> None:
-    """Each bench with ``seeds`` (None: its own default, 0 1 2 3 4 for cama, 0 1 2 for the others)."""
+    """Each bench with ``seeds`` (None: its own default, 0 1 2 3 4 for cama and fam, 0 1 2 for the
+    classifier)."""
     for name in names:
         command = [sys.executable, str(REPO / "bench" / BENCHES[name])]
         command += ["--seeds", *map(str, seeds)] if seeds is not None else []

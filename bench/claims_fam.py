@@ -1,4 +1,4 @@
-"""Claims of fam Tables I, II, IV (and dist-cam's Dist-CAM on a ProtoNet), in miniature.
+"""Claims of fam Tables I, II, IV (and dist-cam's Dist-CAM on a ProtoNet and a metric model), in miniature.
 
 For every seed (which also draws the synthetic data, the training batches and the test episodes)
 two similarity models are trained on the embedded synthetic classes and explained on test data of
@@ -33,90 +33,88 @@ intensity is kept as by FAM).
 It also scores Dist-CAM on every ProtoNet query (item 3, dist-cam Sec. 4.1): its top-1 localization
 error (box at ``tau = 0.2``, IoU >= 0.5 and the right class) and MaxBoxAcc, against the centred box.
 
-Every figure is a mean over seeds with its 95% t-interval; ``holds`` follows ``bench/claims_rules.py``.
-Writes ``results/claims/fam.json``.
+On the retrieval model (:mod:`claims_fam_variants`):
 
-    python bench/claims_fam.py                 # 3 seeds, the configs' epochs
-    python bench/claims_fam.py --smoke         # 1 seed, 1 epoch, small data: a quick check
+* **dist-cam Table 1 on a metric model** (item 3): Dist-CAM of the first ``--queries`` test images
+  against their nearest image (all of them, the nearest image's class decides "correct"): top-1
+  localization error and box accuracy at the tau chosen on the validation split (the last
+  ``val_classes`` training classes, held out of training; each validation image against its nearest
+  other one), MaxBoxAcc on the test images, against a centred box;
+* **Dist-CAM's eps** (item 3, Eq. 5's guard): per eps in 1e-8, 1e-6 (the default), 1e-4, 1e-2 the energy
+  and box IoU, the map's change from eps = 1e-6's and under a bfloat16-rounded reference
+  (:mod:`dist_cam_eps`'s measures), descriptive rows (``holds`` ``n/a``);
+* **FAM on signed maps** (item 5): FAM on the last block's maps before its final ReLU (a forward hook),
+  localization, AD / IC and the sanity check, descriptive;
+* the sanity check (item 6) of FAM, Grad-CAM, Dist-CAM and every variant below.
+
+Both models also draw the **variants beyond the papers** (``cama.viz.methods.VARIANTS``,
+``fam_unfloored`` and ``dist_cam_smoothed``) and score them as their paper versions (descriptive rows).
+
+Every figure is a mean over seeds with its 95% t-interval; ``holds`` follows ``bench/claims_rules.py``.
+Each seed's results are cached in ``results/claims/fam/seed<N>.json`` (with the settings that decide
+them: the configs' digests, data overrides, epochs, episodes, queries, eps, :data:`MEASURES`) as soon as
+the seed finishes; a later sitting reuses them (``--fresh`` runs them again). Writes
+``results/claims/fam.json`` with the bench's wall time over every sitting and the host's 2048² matmul
+GFLOP/s.
+
+    python bench/claims_fam.py                 # 5 seeds (0-4), the configs' epochs; resumable
+    python bench/claims_fam.py --smoke         # 1 seed, 1 epoch, small data, under results/claims/tmp/smoke
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from claims_common import DEFAULT_SEEDS, REPO, RESULTS, train_and_measure, write_rows  # noqa: E402
-from claims_fam_rows import MAPS, TAU, fam_rows, protonet_dist_cam_rows  # noqa: E402
-from claims_rules import pm, with_seeds  # noqa: E402
-from claims_sanity import as_lists, sanity_plot, sanity_rows  # noqa: E402
+from claims_cama_cache import run_settings
+from claims_common import REPO, RESULTS, train_and_measure, write_rows
+from claims_fam_rows import (
+    MAPS,
+    TAU,
+    eps_rows,
+    fam_rows,
+    protonet_dist_cam_rows,
+    retrieval_dist_cam_rows,
+    signed_rows,
+    variant_rows,
+)
+from claims_fam_variants import (
+    DIST_CAMS,
+    EPSILONS,
+    VARIANT_MAPS,
+    dist_cam_raw,
+    dist_cam_table1,
+    eps_sweep,
+    nearest_items,
+    render,
+    sanity_explain,
+    score_maps,
+    signed_raw_maps,
+)
+from claims_rules import pm, with_seeds
+from claims_sanity import as_lists, sanity_plot, sanity_rows
+from claims_seed_cache import cached_seed
+from real_scale import matmul_gflops
 from torch import Tensor
 
-from callbacks.base import load_items  # noqa: E402
-from callbacks.sanity_checks import sanity_maps  # noqa: E402
-from cama.explain import dist_cam, postprocess, sanity_check  # noqa: E402
-from cama.metrics.boxes import (  # noqa: E402
-    box_iou,
-    box_localization_iou,
-    centered_boxes,
-    max_box_accuracy,
-    top1_localization_error,
-)
-from cama.metrics.faithfulness import average_drop, increase_in_confidence, mask_images  # noqa: E402
-from cama.metrics.ranking import EmbeddingSet  # noqa: E402
-from cama.metrics.segmentation import energy_pointing_game  # noqa: E402
-from cama.references import RetrievalReferences  # noqa: E402
-from cama.viz import ModelExplainer  # noqa: E402
-from cama.viz.episodes import episode_maps  # noqa: E402
+from callbacks.base import load_items
+from cama.explain import sanity_check
+from cama.metrics.boxes import box_iou, centered_boxes, max_box_accuracy, top1_localization_error
+from cama.viz import ModelExplainer
+from cama.viz.episodes import episode_maps
 
 PROTONET = REPO / "configs" / "protonet_synthetic.yaml"
 RETRIEVAL = REPO / "configs" / "retrieval_synthetic.yaml"
 NAME = "fam"
+SEEDS = (0, 1, 2, 3, 4)
+#: bump when what a seed measures changes: the seeds cached before are then run again
+MEASURES = 2
 
-
-
-# --------------------------------------------------------------------------------------------------
-# scoring (shared by both models)
-# --------------------------------------------------------------------------------------------------
-def box_maps(boxes: Tensor, size: Sequence[int]) -> Tensor:
-    """``[B, H, W]`` maps that are 1 on the pixels whose centre lies inside each box, else 0."""
-    ys = torch.arange(size[0], device=boxes.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(size[1], device=boxes.device, dtype=torch.float32) + 0.5
-    inside_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] < boxes[:, 3:4])
-    inside_x = (xs[None] >= boxes[:, 0:1]) & (xs[None] < boxes[:, 2:3])
-    return (inside_y[:, :, None] & inside_x[:, None, :]).float()
-
-
-@torch.no_grad()
-def score_maps(
-    maps: dict[str, Tensor], images: Tensor, boxes: Tensor, similarity: Any, scores: Tensor,
-    mean: Sequence[float], std: Sequence[float], chunk: int,
-) -> dict[str, dict[str, float]]:
-    """Energy, box IoU at tau, AD and IC of every map (``name -> [N, H, W]``) of the correctly classified
-    queries ``images`` (their boxes ``[N, 4]``, their similarity to the reference ``scores`` ``[N]``;
-    ``similarity(masked images, rows) -> [n]`` scores masked images against the same references), plus
-    the centred box and the constant map (module docstring)."""
-    size = tuple(images.shape[-2:])
-    mean_size = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], dim=1).mean(0)
-    centre = centered_boxes(mean_size, size)[None].expand(len(boxes), 4)
-    localization = {**maps, "center_box": box_maps(centre, size), "constant": torch.ones_like(maps["fam"])}
-    fam_level = maps["fam"].mean(dim=(1, 2), keepdim=True)
-    faithfulness = {**localization, "constant": fam_level.expand_as(maps["fam"])}
-    out: dict[str, dict[str, float]] = {}
-    for name in localization:
-        masked = [similarity(mask_images(images[s:s + chunk], faithfulness[name][s:s + chunk], mean, std),
-                             slice(s, s + chunk)) for s in range(0, len(images), chunk)]
-        masked_scores = torch.cat(masked)
-        out[name] = {
-            "energy": float(energy_pointing_game(localization[name], boxes).mean()),
-            "iou": float(box_localization_iou(localization[name], boxes, [TAU])[:, 0].mean()),
-            "ad": float(average_drop(scores, masked_scores)),
-            "ic": float(increase_in_confidence(scores, masked_scores)),
-        }
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,9 +152,11 @@ def run_protonet(seed: int, epochs: int | None, smoke: bool, episodes: int, chun
                  threads: int | None) -> dict[str, Any]:
     out = train_and_measure(
         PROTONET, seed, protonet_overrides(seed, smoke), epochs, threads,
-        lambda model, dm, metrics, device: measure_protonet(model, dm, metrics, seed, episodes, chunk, device),
+        lambda model, dm, metrics, device: measure_protonet(model, dm, metrics, seed, episodes, chunk,
+                                                            device),
     )
-    print(f"  seed {seed}: ProtoNet trained in {out['train_seconds']:.0f} s, test accuracy {out['test_acc']:.3f}; "
+    print(f"  seed {seed}: ProtoNet trained in {out['train_seconds']:.0f} s, "
+          f"test accuracy {out['test_acc']:.3f}; "
           f"{out['correct']} of {out['queries']} queries correct; "
           f"FAM energy {out['scores']['fam']['energy']:.3f}, "
           f"Dist-CAM MaxBoxAcc {out['dist_cam_max_box_acc']:.3f} ({out['seconds']:.0f} s)", flush=True)
@@ -171,23 +171,23 @@ def measure_protonet(model: Any, dm: Any, metrics: dict[str, float], seed: int, 
     metric = model.hparams.metric
     out: dict[str, Any] = {"seed": seed, "test_acc": metrics.get("test/acc"),
                            "queries": int(q["correct"].numel()), "correct": int(q["correct"].sum())}
-    # item 3: Dist-CAM of every query against its predicted class's prototype (forward only)
-    dcam = postprocess(dist_cam(q["maps"], q["prototype"])[:, None], size)[:, 0]
-    accuracy, best_tau = max_box_accuracy(dcam, q["box"])
+    # item 3: Dist-CAM (and its smoothed variant) of every query against its predicted class's prototype
+    for method in DIST_CAMS:
+        dcam = render(dist_cam_raw(method, q["maps"], q["prototype"]), size)
+        accuracy, best_tau = max_box_accuracy(dcam, q["box"])
+        error = top1_localization_error(dcam, q["box"], q["correct"], tau=TAU)
+        out.update({f"{method}_top1_loc_err": float(error),
+                    f"{method}_max_box_acc": float(accuracy), f"{method}_max_box_acc_tau": float(best_tau)})
     mean_size = torch.stack([q["box"][:, 2] - q["box"][:, 0], q["box"][:, 3] - q["box"][:, 1]], 1).mean(0)
     centre_hit = box_iou(centered_boxes(mean_size, size)[None], q["box"]) >= 0.5
-    out.update(
-        dist_cam_top1_loc_err=float(top1_localization_error(dcam, q["box"], q["correct"], tau=TAU)),
-        dist_cam_max_box_acc=float(accuracy), dist_cam_max_box_acc_tau=float(best_tau),
-        center_top1_loc_err=float(1.0 - (centre_hit & q["correct"]).float().mean()),
-        center_box_acc=float(centre_hit.float().mean()),
-    )
+    out.update(center_top1_loc_err=float(1.0 - (centre_hit & q["correct"]).float().mean()),
+               center_box_acc=float(centre_hit.float().mean()))
     # item 5: the correctly classified queries
     keep = q["correct"].nonzero().squeeze(1)
     c = {k: v[keep] for k, v in q.items()}
     explainer = ModelExplainer(model)
     maps = {}
-    for method in MAPS:
+    for method in MAPS + VARIANT_MAPS:
         maps[method] = torch.cat([
             episode_maps(method, explainer, c["image"][s:s + chunk], c["maps"][s:s + chunk],
                          c["prototype"][s:s + chunk], c["supports"][s:s + chunk], metric, size)
@@ -208,8 +208,8 @@ def measure_protonet(model: Any, dm: Any, metrics: dict[str, float], seed: int, 
 def retrieval_overrides(seed: int, smoke: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"seed": seed, "synthetic": {"seed": seed}}
     if smoke:
-        out["synthetic"].update(num_classes=10, images_per_class=10)
-        out.update(batch_size=20, eval_batch_size=50)
+        out["synthetic"].update(num_classes=12, images_per_class=10)  # 6 train (2 of them validate), 6 test
+        out.update(val_classes=2, batch_size=16, eval_batch_size=50)
     return out
 
 
@@ -217,9 +217,11 @@ def run_retrieval(seed: int, epochs: int | None, smoke: bool, queries: int, chun
                   threads: int | None) -> dict[str, Any]:
     out = train_and_measure(
         RETRIEVAL, seed, retrieval_overrides(seed, smoke), epochs, threads,
-        lambda model, dm, metrics, device: measure_retrieval(model, dm, metrics, seed, queries, chunk, device),
+        lambda model, dm, metrics, device: measure_retrieval(model, dm, metrics, seed, queries, chunk,
+                                                             device),
     )
-    print(f"  seed {seed}: retrieval trained in {out['train_seconds']:.0f} s, Recall@1 {out['recall_at_1']:.3f}; "
+    print(f"  seed {seed}: retrieval trained in {out['train_seconds']:.0f} s, "
+          f"Recall@1 {out['recall_at_1']:.3f}; "
           f"{out['correct']} of {out['queries']} queries correct; "
           f"FAM energy {out['scores']['fam']['energy']:.3f} ({out['seconds']:.0f} s)", flush=True)
     return out
@@ -228,58 +230,42 @@ def run_retrieval(seed: int, epochs: int | None, smoke: bool, queries: int, chun
 @torch.no_grad()
 def measure_retrieval(model: Any, dm: Any, metrics: dict[str, float], seed: int, queries: int, chunk: int,
                       device: torch.device) -> dict[str, Any]:
-    """Item 5 on a trained retrieval model (module docstring)."""
-    parts: dict[str, list[Tensor]] = {}
-    # every test image is a reference candidate; the first `queries` (classes interleaved) are explained
-    for batch in dm.test_dataloader():
-        maps = model.feature_maps(batch["image"].to(device))
-        item = {"embedding": model.embed_maps(maps), "pooled": model.pooled(maps).float(),
-                "label": batch["label"].to(device), "index": batch["index"].to(device)}
-        have = sum(len(x) for x in parts.get("image", []))
-        if have < queries:
-            n = min(queries - have, len(batch["label"]))
-            item.update(image=batch["image"][:n].to(device), box=batch["box"][:n].float().to(device),
-                        maps=maps[0][:n].float())
-        for k, v in item.items():
-            parts.setdefault(k, []).append(v)
-    every = {k: torch.cat(v) for k, v in parts.items()}
-    n = every["image"].shape[0]
-    order = torch.argsort(every["index"])  # EmbeddingSet rows ordered by dataset index
-    gallery = EmbeddingSet(every["embedding"][order], every["label"][order], every["index"][order])
-    references, matches = RetrievalReferences.from_dataset(dm.datasets["test"]).rank(
-        gallery, every["embedding"][:n], every["index"][:n], 1)
-    rows = torch.searchsorted(gallery.indices, references[:, 0].clamp_min(0))
-    correct = matches[:, 0] & (references[:, 0] >= 0)
-    keep = correct.nonzero().squeeze(1)
-    images, boxes, query_maps = every["image"][keep], every["box"][keep], every["maps"][keep]
-    target = gallery.embeddings[rows[keep]]
-    reference_pooled = every["pooled"][order][rows[keep]]
-    size = tuple(images.shape[-2:])
+    """Items 3 and 5 on a trained retrieval model (module docstring)."""
+    test = nearest_items(model, dm.test_dataloader(), dm.datasets["test"], queries, device)
+    val = nearest_items(model, dm.val_dataloader(), dm.datasets["val"], queries, device)
+    keep = test["correct"].nonzero().squeeze(1)
+    c = {k: v[keep] for k, v in test.items()}
+    size = tuple(c["image"].shape[-2:])
     explainer = ModelExplainer(model)
-    maps: dict[str, list[Tensor]] = {m: [] for m in MAPS}
+    projection = model.embedding_projection()
+    maps: dict[str, list[Tensor]] = {}
     for s in range(0, len(keep), chunk):
-        features = explainer.features_from_maps(images[s:s + chunk], [query_maps[s:s + chunk]])
-        for method in ("fam", "gradcam"):  # FAM through the projection (Eq. 16-18); Grad-CAM of the cosine
-            explained = explainer.explain(method, features, target[s:s + chunk], size, branches=False)
-            maps[method].append(explained[:, 0])
-        raw = dist_cam(query_maps[s:s + chunk], reference_pooled[s:s + chunk])  # the conv channels, Eq. 4-6
-        maps["dist_cam"].append(postprocess(raw[:, None], size)[:, 0])
+        part = {k: v[s:s + chunk] for k, v in c.items()}
+        features = explainer.features_from_maps(part["image"], [part["maps"]])
+        for method in ("fam", "gradcam", "fam_unfloored"):  # FAM through the projection (Eq. 16-18)
+            maps.setdefault(method, []).append(explainer.explain(method, features, part["target"], size,
+                                                                 branches=False)[:, 0])
+        raw = {m: dist_cam_raw(m, part["maps"], part["reference_pooled"]) for m in DIST_CAMS}  # Eq. 4-6
+        raw.update(signed_raw_maps(part["signed"], part["maps"], part["target"], projection))
+        for method, r in raw.items():
+            maps.setdefault(method, []).append(render(r, size))
     joined = {k: torch.cat(v) for k, v in maps.items()}
-    scores = (every["embedding"][:n][keep] * target).sum(1)  # unit embeddings: the cosine similarity
+    scores = (c["embedding"] * c["target"]).sum(1)  # unit embeddings: the cosine similarity
 
     def similarity(masked: Tensor, rows_: slice) -> Tensor:
-        return F.cosine_similarity(model(masked), target[rows_], dim=1)
+        return F.cosine_similarity(model(masked), c["target"][rows_], dim=1)
 
-    out: dict[str, Any] = {"seed": seed, "recall_at_1": metrics.get("test/recall@1"), "queries": n,
-                           "correct": int(keep.numel())}
-    out["scores"] = score_maps(joined, images, boxes, similarity, scores, dm.mean, dm.std, chunk)
-    # item 6 on this model: 32 of these queries against the same references (Dist-CAM through the
-    # ModelExplainer needs a concatenated embedding: this model has a projection)
+    out: dict[str, Any] = {"seed": seed, "recall_at_1": metrics.get("test/recall@1"),
+                           "queries": len(test["image"]), "correct": int(keep.numel())}
+    out["scores"] = score_maps(joined, c["image"], c["box"], similarity, scores, dm.mean, dm.std, chunk)
+    out["table1"] = dist_cam_table1(test, val)
+    out["eps"] = eps_sweep(c["maps"], c["reference_pooled"], c["box"], size)
+    # item 6 on this model: 32 of these queries against the same references
     count = min(32, len(keep))
-    reference_images = load_items(dm.datasets["test"], references[keep[:count], 0].tolist(), device)["image"]
+    reference_images = load_items(dm.datasets["test"], c["reference"][:count].tolist(), device)["image"]
     names, blocks = zip(*model.randomization_blocks())
-    check = sanity_check(lambda m, x: sanity_maps(m, x, reference_images, ["fam", "gradcam"]),
-                         model, list(blocks), list(names), images[:count], seed=seed)
+    check = sanity_check(sanity_explain(reference_images, ["fam", "fam_unfloored", "gradcam"]),
+                         model, list(blocks), list(names), c["image"][:count], seed=seed)
     out["sanity"] = as_lists(check)
     return out
 
@@ -287,31 +273,60 @@ def measure_retrieval(model: Any, dm: Any, metrics: dict[str, float], seed: int,
 # --------------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------------
+def run_seed(seed: int, args: argparse.Namespace, gflops: float) -> dict[str, Any]:
+    """Both models of one seed, trained and measured."""
+    start, threads = time.perf_counter(), args.threads or None
+    out = {"seed": seed, "matmul_gflops": gflops,
+           "protonet": run_protonet(seed, args.epochs, args.smoke, args.episodes, args.chunk, threads),
+           "retrieval": run_retrieval(seed, args.epochs, args.smoke, args.queries, args.chunk, threads)}
+    return out | {"seconds": time.perf_counter() - start}
+
+
+def seed_settings(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """What a cached seed must share with this sitting to be reused (JSON-native, as stored)."""
+    settings = {"seed": seed, "measures": MEASURES, "episodes": args.episodes, "queries": args.queries,
+                "epsilons": list(EPSILONS), "smoke": args.smoke,
+                "protonet": run_settings(PROTONET, protonet_overrides(seed, args.smoke), args.epochs),
+                "retrieval": run_settings(RETRIEVAL, retrieval_overrides(seed, args.smoke), args.epochs)}
+    return json.loads(json.dumps(settings))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs of both models (default: the configs')")
     parser.add_argument("--episodes", type=int, default=20,
                         help="ProtoNet test episodes explained (75 queries each)")
-    parser.add_argument("--queries", type=int, default=600, help="retrieval test images explained")
+    parser.add_argument("--queries", type=int, default=600,
+                        help="retrieval test images explained (and validation images that choose tau)")
     parser.add_argument("--chunk", type=int, default=200, help="images per explanation batch")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads of the measurements (training keeps torch's): small tensors run "
                              "faster on one, and on a busy 2-core machine several threads wait on each other "
                              "(0: torch's)")
-    parser.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch, small data: a quick check")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 seed, 1 epoch, small data: a quick check (under results/claims/tmp/smoke)")
+    parser.add_argument("--fresh", action="store_true", help="run every seed again, even those cached")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seeds, args.epochs = args.seeds[:1], args.epochs or 1
         args.episodes, args.queries = min(args.episodes, 4), min(args.queries, 60)
+    out_dir = RESULTS / "claims" / "tmp" / "smoke" if args.smoke else RESULTS / "claims"
     start = time.perf_counter()
-    protonet, retrieval = [], []
+    gflops, threads = matmul_gflops()
+    runs, reused = [], []
     for seed in args.seeds:
         print(f"fam claims: seed {seed} ...", flush=True)
-        threads = args.threads or None
-        protonet.append(run_protonet(seed, args.epochs, args.smoke, args.episodes, args.chunk, threads))
-        retrieval.append(run_retrieval(seed, args.epochs, args.smoke, args.queries, args.chunk, threads))
+        path = out_dir / NAME / f"seed{seed}.json"
+        run, hit = cached_seed(path, seed_settings(seed, args), args.fresh,
+                               lambda seed=seed: run_seed(seed, args, gflops))
+        if hit:
+            reused.append(seed)
+            print(f"  seed {seed}: read from {path.relative_to(REPO)} ({run['seconds']:.0f} s when it ran)",
+                  flush=True)
+        runs.append(run)
+    protonet, retrieval = [run["protonet"] for run in runs], [run["retrieval"] for run in runs]
     get = lambda runs, name: [run[name] for run in runs]  # noqa: E731
     proto_note = (f"Conv4 ProtoNet (cosine), correctly classified queries of {args.episodes} 5-way 1-shot "
                   f"test episodes ({pm(get(protonet, 'correct'), 1, 0)} per seed), few-shot accuracy "
@@ -323,20 +338,34 @@ def main(argv: Sequence[str] | None = None) -> None:
                       f"Recall@1 {pm(get(retrieval, 'recall_at_1'), 100, 1)}; "
                       "AD / IC of the cosine similarity to that image, in percent")
     rows = with_seeds(
-        protonet_dist_cam_rows(protonet)
+        protonet_dist_cam_rows(protonet) + retrieval_dist_cam_rows(retrieval) + eps_rows(retrieval)
         + fam_rows(protonet, "protonet", "ProtoNet's few-shot queries", proto_note)
-        + fam_rows(retrieval, "retrieval", "retrieval model's queries", retrieval_note),
-        len(args.seeds),
+        + fam_rows(retrieval, "retrieval", "retrieval model's queries", retrieval_note)
+        + signed_rows(retrieval, retrieval_note)
+        + variant_rows(protonet, "ProtoNet's few-shot queries", proto_note)
+        + variant_rows(retrieval, "retrieval model's queries", retrieval_note),
+        len(runs),
     )
     sanity = [run["sanity"] for run in retrieval]
     rows += sanity_rows("the retrieval model", sanity)
-    sanity_plot("the retrieval model", sanity, RESULTS / "claims" / "sanity_retrieval.png")
-    path = write_rows(NAME, rows, {"protonet": protonet, "retrieval": retrieval, "seeds": args.seeds,
-                                   "epochs": args.epochs, "episodes": args.episodes, "queries": args.queries,
-                                   "smoke": args.smoke, "seconds": time.perf_counter() - start})
+    sanity_plot("the retrieval model", sanity, out_dir / "sanity_retrieval.png")
+    sitting = time.perf_counter() - start
+    # the bench's wall time over every sitting: each seed's own time, plus this sitting's rest
+    total = sitting + sum(run["seconds"] for run in runs if run["seed"] in reused)
+    extra = {"protonet": protonet, "retrieval": retrieval, "seeds": args.seeds, "epochs": args.epochs,
+             "episodes": args.episodes, "queries": args.queries, "smoke": args.smoke, "seconds": total,
+             "sitting_seconds": sitting, "reused_seeds": reused, "matmul_gflops": gflops, "threads": threads}
+    if args.smoke:  # results/claims/fam.json holds the whole bench only
+        path = out_dir / f"{NAME}.json"
+        path.write_text(json.dumps({"rows": rows, **extra}, indent=2, sort_keys=True))
+    else:
+        path = write_rows(NAME, rows, extra)
     for r in rows:
         print(f"[{r['holds']:>6}] {r['claim']}\n         paper: {r['paper']}\n         ours:  {r['ours']}")
-    print(f"wrote {path.relative_to(REPO)} in {time.perf_counter() - start:.0f} s")
+    print(f"wrote {path.relative_to(REPO)}; wall time {total:.0f} s in all ({total / 60:.1f} min; "
+          f"this sitting "
+          f"{sitting:.0f} s, seeds read back: {reused or 'none'}); host {gflops:.0f} GFLOP/s "
+          f"(2048² float32 matmul, {threads} threads)")
 
 
 if __name__ == "__main__":
