@@ -29,6 +29,14 @@ sets the weights, the batches and the synthetic data), and its maps are scored o
     as many training images (``results/claims/ltgrad_delta.png``), and ``delta`` chosen on the
     training images, scored on the test images.
 
+  Every layerized row comes twice, labelled with its sum (``bench/claims_classifier_grid.py``): each
+  layer map min-max normalised before the sum (``gradient_cam``'s default ``layer_norm="minmax"``) and
+  the raw maps summed (``layer_norm="none"``, Eq. 8 as written; its plot ``*_literal.png``), both from
+  the same layer maps of the same backward pass.
+
+Beyond the papers (``bench/claims_classifier_beyond.py``, each row saying so): ``dist_cam_smoothed``
+(``W_k ∝ 1 / (D_k + mean D)``) gets Dist-CAM's rows, and the two layerization sums are compared.
+
 Every figure is a mean over seeds with its 95% t-interval (``mean ± half-width (n=seeds)``); ``holds``
 follows the rules of ``bench/claims_rules.py``. Writes ``results/claims/classifier.json`` (the rows, every
 per-seed number, the whole grid) and ``results/claims/ltgrad_delta.png``.
@@ -315,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = with_seeds(dist_cam_rows(runs) + variant_rows(runs) + reference_rows(runs)
                       + ltgrad_rows(runs, plot_path) + ltgrad_rows(runs, literal_path, literal=True)
                       + layer_norm_rows(runs), len(runs))
+    if args.config != "synthetic":  # the table (bench/claims.py) holds both configs' rows
+        rows = [{**r, "claim": f"[{args.config} scene] {r['claim']}"} for r in rows]
     plot = plot_delta_curves(runs, plot_path)
     plot_delta_curves(runs, literal_path, literal=True)
     sitting = time.perf_counter() - start
