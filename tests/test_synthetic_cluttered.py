@@ -170,8 +170,8 @@ def test_patchwork_keeps_the_object_size_and_masks(patchwork) -> None:
 
 
 def test_patchwork_defeats_the_colour_baseline() -> None:
-    """The network-free map |pixel - border colour| (bench/claims_classifier_maps.py) segments the object on the
-    gradient background and much worse on the patchwork."""
+    """The network-free map |pixel - border colour| (bench/claims_classifier_maps.py) segments the object
+    on the gradient background and much worse on the patchwork."""
     import sys
     from pathlib import Path
 
@@ -186,7 +186,8 @@ def test_patchwork_defeats_the_colour_baseline() -> None:
                                scene="cluttered", background=background)
         items = [gen.render(label, i) for label in range(12) for i in range(8)]
         images = torch.stack([r.image for r in items]).float() / 255
-        mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         images = (images - mean) / std
         masks = torch.stack([r.mask[0] for r in items])
         boxes = torch.stack([r.box for r in items]).float()
