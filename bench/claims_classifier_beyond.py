@@ -28,7 +28,7 @@ def variant_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
     get = lambda name: [run[name] for run in runs]  # noqa: E731
     chosen_on = "validation" if runs[0]["tau_split"] == "val" else "training"
     name = "dist_cam_smoothed"
-    label = "Dist-CAM smoothed (W_k ∝ 1 / (D_k + mean D), beyond the paper)"
+    label = "Dist-CAM smoothed (dist_cam_smoothed, W_k ∝ 1 / (D_k + mean D))"
     rows = []
     for key, protocol in (("top1_loc_err", f"box at tau = {TAU}"),
                           ("top1_loc_err_select_tau", f"box at each map's best tau on the {chosen_on} "

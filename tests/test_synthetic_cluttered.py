@@ -145,21 +145,23 @@ def test_classification_val_split_sits_between_train_and_test() -> None:
 
 
 # -- the patchwork background (configs/classifier_cluttered.yaml's) ------------------------------------
-@pytest.fixture(scope="module")
-def patchwork() -> list:
+@pytest.fixture(scope="module", params=["cells", "patchwork"])
+def patchwork(request) -> list:
     gen = SyntheticClasses(seed=5, num_classes=12, images_per_class=6, height=SIZE, width=SIZE,
-                           scene="cluttered", background="patchwork")
+                           scene="cluttered", background=request.param)
     return [gen.render(label, i) for label in range(12) for i in range(6)]
 
 
 def test_patchwork_background_is_not_flat_and_uses_the_palette(patchwork) -> None:
-    for r in patchwork[:12]:
+    spread, border_distance = [], []
+    for r in patchwork:
         image = r.image.float() / 255
         background = ~(r.mask[0] | r.distractors[0])
-        # the border alone spans far more than the gradient's two muted colours and the noise
-        assert float(image[:, background].std(dim=1).mean()) > 0.12
+        spread.append(float(image[:, background].std(dim=1).mean()))
         border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1)
-        assert float((border - border.mean(1, keepdim=True)).norm(dim=0).mean()) > 0.2
+        border_distance.append(float((border - border.mean(1, keepdim=True)).norm(dim=0).mean()))
+    # the gradient's two muted colours: medians about 0.06 and 0.13
+    assert np.median(spread) > 0.12 and np.median(border_distance) > 0.22
 
 
 def test_patchwork_keeps_the_object_size_and_masks(patchwork) -> None:
@@ -181,7 +183,7 @@ def test_patchwork_defeats_the_colour_baseline() -> None:
     from datamodules.images import IMAGENET_MEAN, IMAGENET_STD
 
     scores = {}
-    for background in ("gradient", "patchwork"):
+    for background in ("gradient", "cells", "patchwork"):
         gen = SyntheticClasses(seed=0, num_classes=12, images_per_class=8, height=SIZE, width=SIZE,
                                scene="cluttered", background=background)
         items = [gen.render(label, i) for label in range(12) for i in range(8)]
@@ -192,7 +194,7 @@ def test_patchwork_defeats_the_colour_baseline() -> None:
         masks = torch.stack([r.mask[0] for r in items])
         boxes = torch.stack([r.box for r in items]).float()
         scores[background] = colour_baseline(images, masks, boxes)["miou"]
-    assert scores["gradient"] > 0.6 and scores["patchwork"] < 0.45
+    assert scores["gradient"] > 0.6 and scores["cells"] < 0.52 and scores["patchwork"] < 0.45, scores
 
 
 def test_background_option_is_checked() -> None:

@@ -13,10 +13,13 @@ radius of its parts computed from the exact unit areas of their shapes (:func:`u
 arrangement too wide or too tall for the image shrinks until it fits.
 
 The background (``background``) is the generator's two muted colours along a gradient
-(``"gradient"``) or a patchwork of the same palette and textures (``"patchwork"``,
-:func:`paint_patchwork`): Voronoi cells, each a palette colour with a texture at the parts' scale, so
-that no pixel's colour tells the object from the background (the network-free colour map
-``|pixel - border colour|`` lights the whole image) and the object is found by its shapes only.
+(``"gradient"``), or Voronoi cells of the same palette (:func:`paint_patchwork`): ``"cells"``, 2-4
+solid cells of palette colours, and ``"patchwork"``, 3-6 cells each with a palette colour and a
+texture at the parts' scale. On either, colour does not tell the object from the background: the
+network-free map ``|pixel - border colour|`` lights whole cells (its Otsu mIoU on 360 images of
+seed 0: gradient 0.688, cells 0.458, patchwork 0.358), so the object is found by its shapes. The
+patchwork is too hard for ``configs/classifier_cluttered.yaml``'s 40 epochs (seed 0: test accuracy
+0.108, chance 0.083); the config draws ``"cells"``.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ __all__ = ["RELATIONS", "BACKGROUNDS", "ArrangementSpec", "arrangement_table", "
            "paint_arrangement", "paint_patchwork"]
 
 #: the cluttered scene's backgrounds (module docstring)
-BACKGROUNDS: tuple[str, ...] = ("gradient", "patchwork")
-# the patchwork's cells, and the scale of their textures as a fraction of the shorter side
-_CELLS, _CELL_TEXTURE = (3, 6), (0.10, 0.18)
+BACKGROUNDS: tuple[str, ...] = ("gradient", "patchwork", "cells")
+# the cells ("cells": fewer, solid) and their textures' scale (a fraction of the shorter side)
+_CELLS, _SOLID_CELLS, _CELL_TEXTURE = (3, 6), (2, 4), (0.10, 0.18)
 
 #: where the second shape sits, as a unit direction from the first one's centre
 RELATIONS: dict[str, tuple[float, float]] = {
@@ -102,15 +105,17 @@ def _random_colours(rng: random.Random, jitter: float) -> tuple[np.ndarray, np.n
     return c1, c2, rng.choice(TEXTURES)
 
 
-def paint_patchwork(rng: random.Random, xs: np.ndarray, ys: np.ndarray, colour_jitter: float) -> np.ndarray:
+def paint_patchwork(rng: random.Random, xs: np.ndarray, ys: np.ndarray, colour_jitter: float,
+                    textured: bool = True) -> np.ndarray:
     """A background of Voronoi cells of the shared palette: float [3, H, W] in [0, 1] (module docstring).
 
     Each cell draws a colour (jittered), its dark shade and a texture as a part does
-    (:func:`_random_colours`), the texture laid out in the cell's own rotated frame at a part's scale.
+    (:func:`_random_colours`), the texture laid out in the cell's own rotated frame at a part's scale;
+    ``textured=False`` (``background="cells"``): fewer cells, each one solid colour.
     """
     H, W = len(ys), len(xs)
     side = min(H, W)
-    count = rng.randint(*_CELLS)
+    count = rng.randint(*(_CELLS if textured else _SOLID_CELLS))
     sites = np.array([[rng.uniform(0, W), rng.uniform(0, H)] for _ in range(count)], np.float32)
     dx = xs.reshape(1, 1, W) - sites[:, 0].reshape(-1, 1, 1)  # [C, 1, W]
     dy = ys.reshape(1, H, 1) - sites[:, 1].reshape(-1, 1, 1)  # [C, H, 1]
@@ -121,7 +126,7 @@ def paint_patchwork(rng: random.Random, xs: np.ndarray, ys: np.ndarray, colour_j
         theta, scale = rng.uniform(0, 2 * math.pi), rng.uniform(*_CELL_TEXTURE) * side
         cos, sin = np.float32(math.cos(theta) / scale), np.float32(math.sin(theta) / scale)
         u, v = dx[c] * cos + dy[c] * sin, dy[c] * cos - dx[c] * sin  # [H, W]
-        dark = _texture_mask(texture, u, v)
+        dark = _texture_mask(texture if textured else "solid", u, v)
         colour = c1.reshape(3, 1, 1) if dark is None else np.where(dark[None], c2.reshape(3, 1, 1),
                                                                      c1.reshape(3, 1, 1))
         np.copyto(canvas, np.broadcast_to(colour, canvas.shape), where=(cell == c)[None])

@@ -98,9 +98,9 @@ class SyntheticClassesConfig:
         distractor_pairs: the share of the cluttered scene's distractors that are pairs of shapes (pairs
             that no class arranges), the others single shapes.
         background: the cluttered scene's background: ``"gradient"`` (two muted colours along a
-            gradient, as the plain scene's) or ``"patchwork"`` (Voronoi cells of the shared palette and
-            textures: no colour tells the object from the background;
-            :func:`datamodules.synthetic.cluttered.paint_patchwork`).
+            gradient, as the plain scene's), ``"cells"`` (2-4 solid Voronoi cells of the shared palette)
+            or ``"patchwork"`` (3-6 cells of the palette's colours and textures): on the cells no colour
+            tells the object from the background (:func:`datamodules.synthetic.cluttered.paint_patchwork`).
     """
 
     num_classes: int = 100
@@ -292,8 +292,9 @@ class SyntheticClasses:
     def _render_cluttered(self, label: int, index: int) -> RenderedObject:
         cfg = self.config
         rng = random.Random(mix_seed(self.seed, 0xC1A77, label, index))
-        if cfg.background == "patchwork":
-            canvas = paint_patchwork(rng, self._xs, self._ys, cfg.colour_jitter)
+        if cfg.background in ("patchwork", "cells"):
+            textured = cfg.background == "patchwork"
+            canvas = paint_patchwork(rng, self._xs, self._ys, cfg.colour_jitter, textured)
         else:
             canvas = self._background(rng)
         mask, others = paint_arrangement(canvas, self._xs, self._ys, rng, self.classes[label],
