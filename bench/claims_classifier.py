@@ -29,6 +29,14 @@ sets the weights, the batches and the synthetic data), and its maps are scored o
     as many training images (``results/claims/ltgrad_delta.png``), and ``delta`` chosen on the
     training images, scored on the test images.
 
+  Every layerized row comes twice, labelled with its sum (``bench/claims_classifier_grid.py``): each
+  layer map min-max normalised before the sum (``gradient_cam``'s default ``layer_norm="minmax"``) and
+  the raw maps summed (``layer_norm="none"``, Eq. 8 as written; its plot ``*_literal.png``), both from
+  the same layer maps of the same backward pass.
+
+Beyond the papers (``bench/claims_classifier_beyond.py``, each row saying so): ``dist_cam_smoothed``
+(``W_k ∝ 1 / (D_k + mean D)``) gets Dist-CAM's rows, and the two layerization sums are compared.
+
 Every figure is a mean over seeds with its 95% t-interval (``mean ± half-width (n=seeds)``); ``holds``
 follows the rules of ``bench/claims_rules.py``. Writes ``results/claims/classifier.json`` (the rows, every
 per-seed number, the whole grid) and ``results/claims/ltgrad_delta.png``.
@@ -67,8 +75,9 @@ from claims_classifier_maps import (  # noqa: E402
     stage_sizes,
     tau_choice,
 )
+from claims_classifier_beyond import layer_norm_rows, variant_rows  # noqa: E402
+from claims_classifier_grid import ltgrad_grid  # noqa: E402
 from claims_classifier_rows import (  # noqa: E402
-    DELTAS,
     PLOT,
     TAU,
     dist_cam_rows,
@@ -91,20 +100,12 @@ from torch import Tensor
 from cama.explain import (  # noqa: E402
     class_activation_map,
     dist_cam,
-    gradient_layer_maps,
-    logit_score,
-    minmax_normalize,
     postprocess,
-    record_gradients,
 )
 from cama.metrics.boxes import max_box_accuracy, top1_localization_error  # noqa: E402
-from cama.metrics.segmentation import (  # noqa: E402
-    otsu_segmentation,
-    segmentation_counts,
-    segmentation_scores,
-)
 from cama.loading import read_config  # noqa: E402
 from cama.references import class_prototypes  # noqa: E402
+from cama.viz.methods import VARIANTS  # noqa: E402
 
 #: --config -> (the YAML, the rows' JSON name in results/claims/, the delta plot, the default seeds)
 CONFIGS: dict[str, tuple[Path, str, Path, tuple[int, ...]]] = {
@@ -114,6 +115,8 @@ CONFIGS: dict[str, tuple[Path, str, Path, tuple[int, ...]]] = {
 }
 #: each seed's results, as soon as it finishes: <config>/seed<N>.json (reused unless --fresh)
 SEED_CACHE = RESULTS / "claims" / "classifier"
+#: what a cached seed holds beyond the config: 2 -- the layerization both ways and dist_cam_smoothed
+GRID_VERSION = 2
 
 
 
@@ -156,8 +159,9 @@ def data_overrides(config: Path, seed: int, smoke: bool) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def class_maps(model: Any, data: dict[str, Tensor], prototypes: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
-    """``name -> (maps [N, H, W] in [0, 1], predicted class [N])`` of CAM (the FC's top-1 class) and of
-    Dist-CAM (the nearest prototype's class, against that prototype)."""
+    """``name -> (maps [N, H, W] in [0, 1], predicted class [N])`` of CAM (the FC's top-1 class), of
+    Dist-CAM (the nearest prototype's class, against that prototype) and of ``dist_cam_smoothed``
+    (:data:`cama.viz.methods.VARIANTS`, beyond the paper: Dist-CAM with ``W_k ∝ 1 / (D_k + mean D)``)."""
     size = tuple(data["image"].shape[-2:])
     embedding = model.embed_maps([data["maps"]])
     predicted_fc = model.logits_from_embedding(embedding).argmax(1)
@@ -165,9 +169,12 @@ def class_maps(model: Any, data: dict[str, Tensor], prototypes: Tensor) -> dict[
     predicted_proto = (embedding[:, None, :] - prototypes[None]).abs().sum(-1).argmin(1)
     cam = class_activation_map(data["maps"], model.fc.weight, predicted_fc)
     dcam = dist_cam(data["maps"], prototypes[predicted_proto])
+    # the variant beyond the paper, W_k ∝ 1 / (D_k + mean D), with its registered options
+    smoothed = dist_cam(data["maps"], prototypes[predicted_proto], **VARIANTS["dist_cam_smoothed"][1])
     return {
         "cam": (postprocess(cam[:, None], size)[:, 0], predicted_fc),
         "dist_cam": (postprocess(dcam[:, None], size)[:, 0], predicted_proto),
+        "dist_cam_smoothed": (postprocess(smoothed[:, None], size)[:, 0], predicted_proto),
     }
 
 
@@ -198,75 +205,6 @@ def dist_cam_table(model: Any, train: dict[str, Tensor], test: dict[str, Tensor]
         out[f"{name}_max_box_acc_tau"] = float(best_tau)
         out[f"{name}_cls_acc"] = float(correct.float().mean())
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# item 4: ltgrad-cam
-# --------------------------------------------------------------------------------------------------
-def gradient_layers(model: Any) -> tuple[list[str], dict[int, list[str]]]:
-    """The stages ``S1 .. S4`` and, for FullGrad, the batch norms of the last ``l`` stages (the stem's
-    with ``l = 4``: every batch norm of the network)."""
-    stages = model.stage_names()
-    norms: list[tuple[int, str]] = []  # (stage 1..4, 0: the stem; name)
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            stage = next((i + 1 for i, s in enumerate(stages) if name.startswith(s + ".")), 0)
-            norms.append((stage, name))
-    depth = len(stages)
-    per_l = {
-        l: [n for s, n in norms if s > depth - l or (l == depth and s == 0)] for l in range(1, depth + 1)
-    }
-    return stages, per_l
-
-
-def add_counts(table: dict[tuple, Tensor], key: tuple, maps: Tensor, masks: Tensor) -> None:
-    """Pool the Otsu pixel counts (TP, FP, FN, TN) of ``maps`` against ``masks`` under ``key``."""
-    counts = segmentation_counts(otsu_segmentation(maps), masks).double().sum(0).cpu()
-    table[key] = table[key] + counts if key in table else counts
-
-
-def layerized(maps: Sequence[Tensor]) -> Tensor:
-    """Eq. 8: the per-layer maps (already upsampled and normalised) summed, min-max normalised."""
-    total = maps[0]
-    for m in maps[1:]:
-        total = total + m
-    return minmax_normalize(total)
-
-
-def ltgrad_grid(model: Any, data: dict[str, Tensor], batch_size: int) -> dict[tuple, dict[str, float]]:
-    """Otsu scores of every (method, l, delta) and of Grad-CAM per stage, on ``data`` (module docstring).
-
-    Keys: ``("gradcam", "S1")`` ... ``("gradcam", "S4")`` and ``(method, l, delta)`` with ``delta``
-    None (no truncation) or 0 ... 90.
-    """
-    stages, norms_per_l = gradient_layers(model)
-    depth = len(stages)
-    norms = norms_per_l[depth]
-    position = {name: i for i, name in enumerate(norms)}
-    table: dict[tuple, Tensor] = {}
-    for start in range(0, data["image"].shape[0], batch_size):
-        images = data["image"][start:start + batch_size]
-        masks = data["mask"][start:start + batch_size]
-        labels = data["label"][start:start + batch_size]
-        # one forward and backward pass: the stages (Grad-CAM, Layer-CAM), every batch norm and the
-        # input (FullGrad)
-        record = record_gradients(model, images, logit_score(labels), stages + norms, inputs=True)
-        stage_record = record.select(range(depth))
-        norm_record = record.select(range(depth, depth + len(norms)))
-        for delta in DELTAS:
-            for method in ("gradcam", "layercam"):
-                maps = gradient_layer_maps(stage_record, method, truncation=delta)  # S1 .. S4
-                for l in range(1, depth + 1):
-                    add_counts(table, (method, l, delta), layerized(maps[depth - l:]), masks)
-                if method == "gradcam" and delta is None:
-                    for i in range(depth):
-                        add_counts(table, ("gradcam", f"S{i + 1}"), maps[i], masks)
-            # the batch norms, then the input term
-            maps = gradient_layer_maps(norm_record, "fullgrad", truncation=delta)
-            for l in range(1, depth + 1):
-                chosen = [maps[position[n]] for n in norms_per_l[l]] + [maps[-1]]
-                add_counts(table, ("fullgrad", l, delta), layerized(chosen), masks)
-    return {key: {k: float(v) for k, v in segmentation_scores(c).items()} for key, c in table.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -364,8 +302,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.smoke:
         seeds, args.epochs = seeds[:1], args.epochs or 1
     cache = SEED_CACHE / (args.config + ("_smoke" if args.smoke else ""))
+    # the scene's options and the grid's version: a cached seed of another scene or grid runs again
     settings = {"config": config.name, "epochs": args.epochs, "images": args.images, "smoke": args.smoke,
-                "batch_size": args.batch_size}
+                "batch_size": args.batch_size, "grid": GRID_VERSION,
+                "synthetic": read_config(config)["data"]["init_args"].get("synthetic", {})}
     start = time.perf_counter()
     runs, reused = [], []
     for seed in seeds:
@@ -379,8 +319,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"({run['seconds']:.0f} s when it ran)", flush=True)
         print(summary(run), flush=True)
         runs.append(run)
-    rows = with_seeds(dist_cam_rows(runs) + reference_rows(runs) + ltgrad_rows(runs, plot_path), len(runs))
+    literal_path = plot_path.with_name(plot_path.stem + "_literal.png")
+    rows = with_seeds(dist_cam_rows(runs) + variant_rows(runs) + reference_rows(runs)
+                      + ltgrad_rows(runs, plot_path) + ltgrad_rows(runs, literal_path, literal=True)
+                      + layer_norm_rows(runs), len(runs))
+    if args.config != "synthetic":  # the table (bench/claims.py) holds both configs' rows
+        rows = [{**r, "claim": f"[{args.config} scene] {r['claim']}"} for r in rows]
     plot = plot_delta_curves(runs, plot_path)
+    plot_delta_curves(runs, literal_path, literal=True)
     sitting = time.perf_counter() - start
     # the bench's wall time over every sitting: each seed's own time, plus this sitting's rows and plot
     total = sum(run["seconds"] for run in runs) + sitting - sum(

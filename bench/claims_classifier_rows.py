@@ -18,6 +18,17 @@ LABELS = {"gradcam": "Grad-CAM", "layercam": "Layer-CAM", "fullgrad": "FullGrad"
 SCORES = {"miou": "mIoU", "precision": "precision", "recall": "recall", "micro_f1": "micro-F1"}
 #: what the plot draws, in ltgrad-cam Fig. 4's colours (blue, orange, green)
 COLOURS = {"gradcam": (31, 119, 180), "fullgrad": (255, 127, 14), "layercam": (44, 160, 44)}
+#: the grid's method suffix of the literal layerization sum (the raw layer maps summed, ``layer_norm="none"``)
+LITERAL = "@none"
+#: the labels of the two layerization sums, in the rows' claims
+LAYER_NORM_LABELS = {False: "[layerization: each layer map min-max normalised, then summed (our default)] ",
+                     True: "[layerization: the raw layer maps summed, Eq. 8 as written] "}
+
+
+def layer_key(method: str, l: int, delta: float | None, literal: bool) -> tuple:
+    """The grid key of ``method`` over the last ``l`` stages: the literal sum's where it differs from the
+    normalised one (``l >= 2``, and FullGrad's every ``l``: its batch norms plus the input term)."""
+    return (method + LITERAL, l, delta) if literal and (l > 1 or method == "fullgrad") else (method, l, delta)
 
 
 def encode(key: tuple) -> str:
@@ -114,10 +125,13 @@ def reference_rows(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
     ]
 
 
-def ltgrad_rows(runs: list[dict[str, Any]], plot: Path = PLOT) -> list[dict[str, str]]:
+def ltgrad_rows(runs: list[dict[str, Any]], plot: Path = PLOT, literal: bool = False) -> list[dict[str, str]]:
+    """ltgrad-cam's rows with the layerization sum normalised (``literal=False``) or as Eq. 8 writes it
+    (``literal=True``: only the rows that layerize, each claim labelled with its sum)."""
+    k = lambda m, l, d: layer_key(m, l, d, literal)  # noqa: E731
     rows = []
     stage = {i: score(runs, ("gradcam", f"S{i}")) for i in range(1, 5)}
-    fused = {l: score(runs, ("gradcam", l, None)) for l in (2, 3, 4)}
+    fused = {l: score(runs, k("gradcam", l, None)) for l in (2, 3, 4)}
     shallow = [max(v) for v in zip(stage[1], stage[2], stage[3])]
     stages_text = ", ".join(f"S{i} {pct(stage[i])}" for i in range(1, 5))
     rows.append(row("4", "ltgrad-cam Table 1: Grad-CAM of the deepest stage segments best (mIoU)",
@@ -141,14 +155,14 @@ def ltgrad_rows(runs: list[dict[str, Any]], plot: Path = PLOT) -> list[dict[str,
 
     parts, texts = [], []
     for name in ("miou", "micro_f1"):
-        truncated, plain = pair(("gradcam", 1, 0), ("gradcam", 1, None), name)
+        truncated, plain = pair(k("gradcam", 1, 0), k("gradcam", 1, None), name)
         parts.append(direction(differences(truncated, plain)))
         texts.append(f"{SCORES[name]}: {pct(plain)} -> {pct(truncated)} ({fmt_difference(truncated, plain)})")
     rows.append(row("4", "ltgrad-cam Table 2: truncation (delta = 0) improves Grad-CAM of the last stage "
                          "(LTGrad-CAM l = 1)",
                     "mIoU 25.31 -> 26.23, micro-F1 39.5 -> 40.59",
                     "; ".join(texts), combine(parts)))
-    truncated, plain = pair(("fullgrad", 4, 0), ("fullgrad", 4, None), "miou")
+    truncated, plain = pair(k("fullgrad", 4, 0), k("fullgrad", 4, None), "miou")
     rows.append(row("4", "ltgrad-cam Table 2: truncation (delta = 0) leaves FullGrad about the same "
                          "(|change| < 1 mIoU point)",
                     "mIoU 28.2 -> 28.11",
@@ -157,7 +171,7 @@ def ltgrad_rows(runs: list[dict[str, Any]], plot: Path = PLOT) -> list[dict[str,
                     "FullGrad over every batch norm and the input"))
     parts, texts = [], []
     for name in ("miou", "micro_f1"):
-        lt, plain = pair(("gradcam", 4, 20), ("gradcam", 1, None), name)
+        lt, plain = pair(k("gradcam", 4, 20), k("gradcam", 1, None), name)
         parts.append(direction(differences(lt, plain)))
         texts.append(f"{SCORES[name]}: Grad-CAM {pct(plain)}, LTGrad-CAM(l=4, delta=20) {pct(lt)} "
                      f"({fmt_difference(lt, plain, 100, 1)})")
@@ -166,12 +180,12 @@ def ltgrad_rows(runs: list[dict[str, Any]], plot: Path = PLOT) -> list[dict[str,
                     "VOC: mIoU 25.31 -> 28.34, F1 39.5 -> 43.06; "
                     "KSDD2: mIoU 25.73 -> 35.37, F1 40.93 -> 52.26",
                     "; ".join(texts), combine(parts)))
-    lt, full = pair(("gradcam", 4, 20), ("fullgrad", 4, None), "miou")
+    lt, full = pair(k("gradcam", 4, 20), k("fullgrad", 4, None), "miou")
     rows.append(row("4", "ltgrad-cam Tables 3-4: LTGrad-CAM (l = all, delta = 20) reaches FullGrad (mIoU)",
                     "VOC: 28.34 vs 28.2; KSDD2: 35.37 vs 22.14",
                     f"LTGrad-CAM {pct(lt)}, FullGrad {pct(full)} ({fmt_difference(lt, full, 100, 1)})",
                     direction(differences(lt, full))))
-    fused_lc, last_lc = pair(("layercam", 4, 0), ("layercam", 1, 0), "miou")
+    fused_lc, last_lc = pair(k("layercam", 4, 0), k("layercam", 1, 0), "miou")
     rows.append(row("4", "ltgrad-cam Tables 3-4: Layer-CAM over all stages beats Layer-CAM of the last stage "
                          "(mIoU)",
                     "VOC: l=5 30.83 vs l=1 26.14; KSDD2: 28.92 vs 20.50",
@@ -183,8 +197,8 @@ def ltgrad_rows(runs: list[dict[str, Any]], plot: Path = PLOT) -> list[dict[str,
     low = [d for d in DELTAS if d is not None and d <= 40]
     parts, texts, peaks = [], [], []
     for method in METHODS:
-        plain = score(runs, (method, 4, None))
-        curve = [score(runs, (method, 4, d)) for d in low]
+        plain = score(runs, k(method, 4, None))
+        curve = [score(runs, k(method, 4, d)) for d in low]
         mean_low = [sum(values) / len(values) for values in zip(*curve)]
         parts.append(direction(differences(mean_low, plain)))
         texts.append(f"{LABELS[method]} {fmt_difference(mean_low, plain, 100, 1)}")
@@ -199,7 +213,7 @@ def ltgrad_rows(runs: list[dict[str, Any]], plot: Path = PLOT) -> list[dict[str,
     for method in METHODS:
         best = []
         for i in range(len(runs)):
-            curve = [runs[i]["grid"]["test"][encode((method, 4, d))]["miou"] for d in deltas]
+            curve = [runs[i]["grid"]["test"][encode(k(method, 4, d))]["miou"] for d in deltas]
             best.append(deltas[max(range(len(curve)), key=curve.__getitem__)])
         flags += [deltas[0] < b < deltas[-1] for b in best]
         peaks.append(f"{LABELS[method]} {best}")
@@ -211,10 +225,10 @@ def ltgrad_rows(runs: list[dict[str, Any]], plot: Path = PLOT) -> list[dict[str,
     # Fig. 5: delta chosen on the training images
     parts, texts = [], []
     for method in METHODS:
-        chosen, plain, oracle = [], score(runs, (method, 4, None)), []
+        chosen, plain, oracle = [], score(runs, k(method, 4, None)), []
         for run in runs:
-            train_curve = {d: run["grid"]["train"][encode((method, 4, d))]["miou"] for d in deltas}
-            test_curve = {d: run["grid"]["test"][encode((method, 4, d))]["miou"] for d in deltas}
+            train_curve = {d: run["grid"]["train"][encode(k(method, 4, d))]["miou"] for d in deltas}
+            test_curve = {d: run["grid"]["test"][encode(k(method, 4, d))]["miou"] for d in deltas}
             best = max(deltas, key=train_curve.__getitem__)
             chosen.append(test_curve[best])
             oracle.append(max(test_curve.values()))
@@ -227,15 +241,19 @@ def ltgrad_rows(runs: list[dict[str, Any]], plot: Path = PLOT) -> list[dict[str,
                     "training set'",
                     "test mIoU at the training-best delta minus untruncated: " + "; ".join(texts),
                     combine(parts)))
-    return rows
+    # every row but the per-stage ones (Table 1 S4, Table 2 l = 1) layerizes: label it with its sum
+    single = (0, 3)
+    return [r if i in single else {**r, "claim": LAYER_NORM_LABELS[literal] + r["claim"]}
+            for i, r in enumerate(rows) if not (literal and i in single)]
 
 
 # --------------------------------------------------------------------------------------------------
 # the plot (Pillow: matplotlib is not a dependency)
 # --------------------------------------------------------------------------------------------------
-def plot_delta_curves(runs: list[dict[str, Any]], path: Path) -> Path:
+def plot_delta_curves(runs: list[dict[str, Any]], path: Path, literal: bool = False) -> Path:
     """ltgrad-cam Fig. 4 / 5: mean mIoU (95% interval bars) against delta, l = all stages, test and training
-    images side by side; dashed: the same method without truncation."""
+    images side by side; dashed: the same method without truncation. ``literal``: the raw layer maps
+    summed (Eq. 8 as written) instead of the normalised ones."""
     from PIL import Image, ImageDraw
 
     from cama.viz.labels import load_font
@@ -245,8 +263,10 @@ def plot_delta_curves(runs: list[dict[str, Any]], path: Path) -> Path:
     for split in ("test", "train"):
         series = {}
         for method in METHODS:
-            points = [mean_ci([100 * v for v in score(runs, (method, 4, d), split=split)]) for d in deltas]
-            series[method] = (points, mean_ci([100 * v for v in score(runs, (method, 4, None), split=split)]))
+            curve = [score(runs, layer_key(method, 4, d, literal), split=split) for d in deltas]
+            plain = score(runs, layer_key(method, 4, None, literal), split=split)
+            series[method] = ([mean_ci([100 * v for v in c]) for c in curve],
+                              mean_ci([100 * v for v in plain]))
         panels.append((f"{split} images", series))
     values = [m + s * h for _, series in panels for points, base in series.values()
               for m, h in [*points, base] for s in (-1, 1)]
@@ -258,7 +278,8 @@ def plot_delta_curves(runs: list[dict[str, Any]], path: Path) -> Path:
     canvas = Image.new("RGB", (2 * width, height + 40), "white")
     draw = ImageDraw.Draw(canvas)
     caption = ("ltgrad-cam Fig. 4 / 5 on the synthetic classifier: Otsu mIoU (%) vs truncation delta, "
-               f"layerization over all 4 stages; mean and 95% interval over {len(runs)} seed(s); "
+               f"layerization over all 4 stages ({'raw maps' if literal else 'maps normalised'}, summed); "
+               f"mean and 95% interval over {len(runs)} seed(s); "
                "dashed: no truncation")
     draw.text((10, height + 10), caption, fill="black", font=small)
     for p, (title, series) in enumerate(panels):

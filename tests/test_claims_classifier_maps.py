@@ -106,3 +106,25 @@ def test_seed_cache_writes_reuses_and_reruns(tmp_path) -> None:
     fresh, hit = cached_seed(path, {"epochs": 6}, True, compute)
     assert fresh == {"value": 3} and not hit and len(calls) == 3
     assert not list(path.parent.glob("*.partial"))
+
+
+def test_grid_normalises_the_raw_layer_maps_as_gradient_layer_maps_does() -> None:
+    """The grid derives both layerization sums from one set of raw layer maps: its normalised maps are
+    ``gradient_layer_maps(layer_norm="minmax")``'s."""
+    from claims_classifier_grid import normalised
+
+    from cama.explain import gradient_layer_maps, logit_score, record_gradients
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(4, 5, 3, stride=2, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(5, 3))
+    images = torch.randn(2, 3, 16, 16)
+    record = record_gradients(model, images, logit_score(torch.tensor([0, 2])), ["1", "3"])
+    for delta in (None, 20):
+        raw = gradient_layer_maps(record, "gradcam", truncation=delta, layer_norm="none")
+        expected = gradient_layer_maps(record, "gradcam", truncation=delta, layer_norm="minmax")
+        for got, want in zip(normalised(raw), expected):
+            torch.testing.assert_close(got, want)
+    flat = torch.full((1, 8, 8), 0.3) + 1e-9 * torch.rand(1, 8, 8)  # a constant map after rounding
+    assert float(normalised([flat])[0].abs().max()) == 0.0

@@ -142,3 +142,62 @@ def test_classification_val_split_sits_between_train_and_test() -> None:
     with pytest.raises(ValueError, match="val_images_per_class"):
         ClassificationDataModule(synthetic=dict(images_per_class=7), train_images_per_class=3,
                                  val_images_per_class=4)
+
+
+# -- the patchwork background (configs/classifier_cluttered.yaml's) ------------------------------------
+@pytest.fixture(scope="module", params=["cells", "patchwork"])
+def patchwork(request) -> list:
+    gen = SyntheticClasses(seed=5, num_classes=12, images_per_class=6, height=SIZE, width=SIZE,
+                           scene="cluttered", background=request.param)
+    return [gen.render(label, i) for label in range(12) for i in range(6)]
+
+
+def test_patchwork_background_is_not_flat_and_uses_the_palette(patchwork) -> None:
+    spread, border_distance = [], []
+    for r in patchwork:
+        image = r.image.float() / 255
+        background = ~(r.mask[0] | r.distractors[0])
+        spread.append(float(image[:, background].std(dim=1).mean()))
+        border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1)
+        border_distance.append(float((border - border.mean(1, keepdim=True)).norm(dim=0).mean()))
+    # the gradient's two muted colours: medians about 0.06 and 0.13
+    assert np.median(spread) > 0.12 and np.median(border_distance) > 0.22
+
+
+def test_patchwork_keeps_the_object_size_and_masks(patchwork) -> None:
+    fractions = np.array([float(r.mask.float().mean()) for r in patchwork])
+    assert fractions.min() >= 0.05 and fractions.max() <= 0.25
+    for r in patchwork:
+        assert not bool((r.mask & r.distractors).any())  # the masks hold the arrangement only
+
+
+def test_patchwork_defeats_the_colour_baseline() -> None:
+    """The network-free map |pixel - border colour| (bench/claims_classifier_maps.py) segments the object
+    on the gradient background and much worse on the patchwork."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from claims_classifier_maps import colour_baseline
+
+    from datamodules.images import IMAGENET_MEAN, IMAGENET_STD
+
+    scores = {}
+    for background in ("gradient", "cells", "patchwork"):
+        gen = SyntheticClasses(seed=0, num_classes=12, images_per_class=8, height=SIZE, width=SIZE,
+                               scene="cluttered", background=background)
+        items = [gen.render(label, i) for label in range(12) for i in range(8)]
+        images = torch.stack([r.image for r in items]).float() / 255
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        images = (images - mean) / std
+        masks = torch.stack([r.mask[0] for r in items])
+        boxes = torch.stack([r.box for r in items]).float()
+        scores[background] = colour_baseline(images, masks, boxes)["miou"]
+    assert scores["gradient"] > 0.6 and scores["cells"] < 0.52 and scores["patchwork"] < 0.45, scores
+
+
+def test_background_option_is_checked() -> None:
+    with pytest.raises(ValueError, match="background"):
+        SyntheticClasses(seed=0, num_classes=12, images_per_class=2, height=SIZE, width=SIZE,
+                         scene="cluttered", background="flat")

@@ -19,7 +19,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ..seeding import mix_seed, single_thread
-from .cluttered import ArrangementSpec, arrangement_table, max_arrangements, paint_arrangement
+from .cluttered import (
+    BACKGROUNDS,
+    ArrangementSpec,
+    arrangement_table,
+    max_arrangements,
+    paint_arrangement,
+    paint_patchwork,
+)
 from .common import mask_box, noise_bank, target_item, with_overrides
 from .object_shapes import _DARK, COLOURS, SHAPES, TEXTURES, paint_shape
 
@@ -90,6 +97,10 @@ class SyntheticClassesConfig:
         rotation: the cluttered scene's largest rotation of a shape, in radians (a square stays a square).
         distractor_pairs: the share of the cluttered scene's distractors that are pairs of shapes (pairs
             that no class arranges), the others single shapes.
+        background: the cluttered scene's background: ``"gradient"`` (two muted colours along a
+            gradient, as the plain scene's), ``"cells"`` (2-4 solid Voronoi cells of the shared palette)
+            or ``"patchwork"`` (3-6 cells of the palette's colours and textures): on the cells no colour
+            tells the object from the background (:func:`datamodules.synthetic.cluttered.paint_patchwork`).
     """
 
     num_classes: int = 100
@@ -109,6 +120,7 @@ class SyntheticClassesConfig:
     distractors: tuple[int, int] = (1, 3)
     rotation: float = 0.25
     distractor_pairs: float = 0.5
+    background: str = "gradient"
 
     def __post_init__(self) -> None:
         if self.scene not in SCENES:
@@ -136,6 +148,8 @@ class SyntheticClassesConfig:
             raise ValueError(f"object_area must satisfy 0 < min <= max <= 0.5, got {self.object_area}")
         if not 0 <= self.distractors[0] <= self.distractors[1]:
             raise ValueError(f"distractors must satisfy 0 <= min <= max, got {self.distractors}")
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
 
     def split_sizes(self) -> tuple[int, int, int]:
         """Train / val / test class counts (64 / 16 / 20 for 100 classes)."""
@@ -278,7 +292,11 @@ class SyntheticClasses:
     def _render_cluttered(self, label: int, index: int) -> RenderedObject:
         cfg = self.config
         rng = random.Random(mix_seed(self.seed, 0xC1A77, label, index))
-        canvas = self._background(rng)
+        if cfg.background in ("patchwork", "cells"):
+            textured = cfg.background == "patchwork"
+            canvas = paint_patchwork(rng, self._xs, self._ys, cfg.colour_jitter, textured)
+        else:
+            canvas = self._background(rng)
         mask, others = paint_arrangement(canvas, self._xs, self._ys, rng, self.classes[label],
                                          cfg.object_area, cfg.distractors, cfg.aspect, cfg.rotation,
                                          cfg.colour_jitter, cfg.distractor_pairs, self._class_pairs)
