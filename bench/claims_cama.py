@@ -1,7 +1,8 @@
 """cama-ram in miniature: Tables 4 and 5, and what the branches see (Fig. 1, 5, 8) with ground truth.
 
-Trains, for every seed, on the embedded synthetic re-ID set with the main job's data and schedule
-(``configs/cama_synthetic.yaml``; only the network changes):
+Trains, for every seed, on the embedded synthetic re-ID set with the aligned crops and the schedule of
+``configs/cama_synthetic_aligned.yaml`` (the main job on the papers' aligned crops; only the network
+changes):
 
 * ``IDE+BN``: one branch, ``L_id`` only (cama-ram Eq. 3);
 * ``MltB-3 + L_id``: three ordered branches, ``L_id`` only;
@@ -18,8 +19,8 @@ person's area: a ratio above 1 means the map prefers the evidence), the share of
 on the person at all (``person_energy``), and how many distinct parts the branches' top-k regions
 cover (:mod:`cama.metrics.parts`). The sanity checks (:mod:`claims_sanity`) run on IDE+BN and CAMA-2.
 
-The data: the main job's (200 training identities, 50 of them held out for validation, loose
-placement) with 250 test identities instead of 100 (``DATA_OVERRIDES``): 2 query cameras each, so
+The data: the aligned config's (200 training identities, 50 of them held out for validation, tight
+128x64 crops) with 250 test identities instead of 100 (``DATA_OVERRIDES``): 2 query cameras each, so
 500 test queries (and about 3,300 gallery images); every run prints the test split it measured.
 The measured weights: the last epoch's, for every variant (:func:`claims_common.train_config`
 trains the config's epochs without validating; the 50 held-out identities are kept out of training
@@ -69,7 +70,7 @@ from cama.metrics import BranchOverlap
 from cama.metrics.parts import PartEvidence, part_energy_share
 from cama.viz import ModelExplainer, Own, ProbeAgainst
 
-CONFIG = REPO / "configs" / "cama_synthetic.yaml"
+CONFIG = REPO / "configs" / "cama_synthetic_aligned.yaml"
 # the bench's data: the main job's, with 250 test identities (2 query cameras each: 500 test queries)
 DATA_OVERRIDES: dict[str, Any] = {"synthetic": {"num_test_ids": 250}}
 # --smoke: the whole bench in a few minutes, on a small set (40 training identities, 10 of them held
