@@ -6,19 +6,20 @@ to ``results/claims/<name>.json`` (:mod:`claims_common`):
 
 * ``claims_cama.py``: cama-ram Tables 4 and 5, the branches' overlap, the part evidence the maps
   point at (items 1-2), and the sanity checks of the re-ID maps (item 6);
-* ``claims_classifier.py``: dist-cam Table 1 and ltgrad-cam Tables 1-2 / Fig. 4-5 (items 3-4);
+* ``claims_classifier.py --config cluttered``: dist-cam Table 1 and ltgrad-cam Tables 1-2 / Fig. 4-5
+  (items 3-4) on the cluttered 128 px scene (``results/claims/classifier_cluttered.json``; the 64 px
+  scene of ``--config synthetic`` is too coarse to decide them: its 4x4 maps, and a colour map
+  without a network that beats every map, keep it out of the table);
 * ``claims_fam.py``: fam Tables I, II, IV on the ProtoNet and the retrieval model (item 5), dist-cam
   Table 1's measures on both and Dist-CAM's eps (item 3), FAM on signed maps and the variants beyond
   the papers (descriptive rows, ``holds`` ``n/a``).
 
-The table also reads ``results/claims/classifier_cluttered.json`` where it exists (the classifier bench on
-the cluttered scene, ``claims_classifier.py --config cluttered``: not run by this script, its rows marked
-``[cluttered scene]``).
-
 This script runs them one after the other (``--only`` picks some; ``--assemble`` runs none and only
 rewrites the table from the JSON files), then writes the table: claim, the paper's number, ours
 (mean ± half-width of the 95% t-interval over the seeds), whether it holds, and the sanity column:
-how the explanation methods a row rests on fared in the cascading randomization test.
+how the explanation methods a row rests on fared in the cascading randomization test. Below the
+table, ``bench/claims_reading.md``: a paragraph per item, written by hand from the table, on
+whether each claim holds in miniature and why (read it again when the numbers change).
 
 Usage::
 
@@ -43,17 +44,20 @@ from typing import Any
 from claims_common import REPO, RESULTS
 from real_scale import matmul_gflops
 
-BENCHES = {"cama": "claims_cama.py", "classifier": "claims_classifier.py", "fam": "claims_fam.py"}
-#: the rows the table reads: every bench's, and the classifier bench's on the cluttered scene
-#: (``claims_classifier.py --config cluttered``, run on its own: 5 seeds of a 128 px classifier)
-TABLES = (*BENCHES, "classifier_cluttered")
+#: bench -> (its command line in bench/, the rows' JSON in results/claims/)
+BENCHES: dict[str, tuple[list[str], str]] = {
+    "cama": (["claims_cama.py"], "cama"),
+    "classifier": (["claims_classifier.py", "--config", "cluttered"], "classifier_cluttered"),
+    "fam": (["claims_fam.py"], "fam"),
+}
+READING = REPO / "bench" / "claims_reading.md"
 
 
 def run_benches(names: list[str], seeds: list[int] | None) -> None:
-    """Each bench with ``seeds`` (None: its own default, 0 1 2 3 4 for cama and fam, 0 1 2 for the
-    classifier)."""
+    """Each bench with ``seeds`` (None: its own default, 0 1 2 3 4 for every bench)."""
     for name in names:
-        command = [sys.executable, str(REPO / "bench" / BENCHES[name])]
+        script, *options = BENCHES[name][0]
+        command = [sys.executable, str(REPO / "bench" / script), *options]
         command += ["--seeds", *map(str, seeds)] if seeds is not None else []
         print("$", " ".join(command), flush=True)
         subprocess.run(command, check=True, cwd=REPO / "bench")
@@ -79,14 +83,11 @@ def cell(text: str) -> str:
 def assemble(command: str, seconds: float) -> Path:
     rows: list[dict[str, Any]] = []
     extras: dict[str, dict[str, Any]] = {}
-    for name in TABLES:
-        path = RESULTS / "claims" / f"{name}.json"
+    for name, (_, table) in BENCHES.items():
+        path = RESULTS / "claims" / f"{table}.json"
         if path.exists():
             data = json.loads(path.read_text())
-            # the cluttered scene's rows say so (those written before the bench labelled them too)
-            label = "[cluttered scene] " if name == "classifier_cluttered" else ""
-            rows += [r if r["claim"].startswith(label) else {**r, "claim": label + r["claim"]}
-                     for r in data["rows"]]
+            rows += data["rows"]
             extras[name] = data
     sanity = sanity_column(rows)
     rows.sort(key=lambda r: int(re.match(r"\d+", r["item"]).group()) if re.match(r"\d+", r["item"]) else 99)
@@ -111,6 +112,8 @@ def assemble(command: str, seconds: float) -> Path:
     lines += ["", "Wall time per bench: " + ", ".join(
         f"{name} {data.get('seconds', float('nan')) / 60:.1f} min" for name, data in extras.items()
     ) + ".", ""]
+    if READING.exists():
+        lines += ["## What each item says", "", READING.read_text().strip(), ""]
     plots = sorted((RESULTS / "claims").glob("*.png"))
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}](claims/{p.name})" for p in plots] + [""]
@@ -129,7 +132,8 @@ def main() -> None:
     if not args.assemble:
         run_benches(args.only, args.seeds)
     # the benches' own wall times (a resumed bench counts its earlier sittings' runs too)
-    seconds = sum(json.loads(p.read_text()).get("seconds", 0.0) for p in (RESULTS / "claims").glob("*.json"))
+    tables = [RESULTS / "claims" / f"{table}.json" for _, table in BENCHES.values()]
+    seconds = sum(json.loads(p.read_text()).get("seconds", 0.0) for p in tables if p.exists())
     command = "python bench/claims.py" + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "")
     print(f"wrote {assemble(command, seconds)}")
 
