@@ -87,6 +87,7 @@ from claims_fam_variants import (
     DIST_CAMS,
     EPSILONS,
     VARIANT_MAPS,
+    centred_box_scores,
     dist_cam_raw,
     dist_cam_table1,
     eps_sweep,
@@ -104,7 +105,7 @@ from torch import Tensor
 
 from callbacks.base import load_items
 from cama.explain import sanity_check
-from cama.metrics.boxes import box_iou, centered_boxes, max_box_accuracy, top1_localization_error
+from cama.metrics.boxes import max_box_accuracy, top1_localization_error
 from cama.viz import ModelExplainer
 from cama.viz.episodes import episode_maps
 
@@ -178,10 +179,8 @@ def measure_protonet(model: Any, dm: Any, metrics: dict[str, float], seed: int, 
         error = top1_localization_error(dcam, q["box"], q["correct"], tau=TAU)
         out.update({f"{method}_top1_loc_err": float(error),
                     f"{method}_max_box_acc": float(accuracy), f"{method}_max_box_acc_tau": float(best_tau)})
-    mean_size = torch.stack([q["box"][:, 2] - q["box"][:, 0], q["box"][:, 3] - q["box"][:, 1]], 1).mean(0)
-    centre_hit = box_iou(centered_boxes(mean_size, size)[None], q["box"]) >= 0.5
-    out.update(center_top1_loc_err=float(1.0 - (centre_hit & q["correct"]).float().mean()),
-               center_box_acc=float(centre_hit.float().mean()))
+    centre = centred_box_scores(q["box"], q["box"], q["correct"], size)
+    out.update(center_top1_loc_err=centre["top1_loc_err"], center_box_acc=centre["box_acc"])
     # item 5: the correctly classified queries
     keep = q["correct"].nonzero().squeeze(1)
     c = {k: v[keep] for k, v in q.items()}

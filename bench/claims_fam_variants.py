@@ -156,6 +156,22 @@ def box_maps(boxes: Tensor, size: Sequence[int]) -> Tensor:
     return (inside_y[:, :, None] & inside_x[:, None, :]).float()
 
 
+def centred_box(sized_by: Tensor, size: Sequence[int]) -> Tensor:
+    """A box ``[4]`` of the mean size of the boxes ``sized_by`` ``[N, 4]``, centred in an image of
+    ``size``."""
+    widths, heights = sized_by[:, 2] - sized_by[:, 0], sized_by[:, 3] - sized_by[:, 1]
+    mean_size = torch.stack([widths, heights], dim=1).mean(0)
+    return centered_boxes(mean_size, size)
+
+
+def centred_box_scores(sized_by: Tensor, boxes: Tensor, correct: Tensor,
+                       size: Sequence[int]) -> dict[str, float]:
+    """``box_acc`` (IoU >= 0.5) and ``top1_loc_err`` (dist-cam Sec. 3: ``1 - mean(correct & hit)``) of
+    :func:`centred_box` against every box of ``boxes``."""
+    hit = box_iou(centred_box(sized_by, size)[None], boxes) >= 0.5  # element-wise: [N]
+    return {"box_acc": float(hit.float().mean()), "top1_loc_err": float(1.0 - (hit & correct).float().mean())}
+
+
 @torch.no_grad()
 def score_maps(
     maps: dict[str, Tensor], images: Tensor, boxes: Tensor, similarity: Any, scores: Tensor,
@@ -166,8 +182,7 @@ def score_maps(
     ``similarity(masked images, rows) -> [n]`` scores masked images against the same references), plus
     the centred box and the constant map (module docstring)."""
     size = tuple(images.shape[-2:])
-    mean_size = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], dim=1).mean(0)
-    centre = centered_boxes(mean_size, size)[None].expand(len(boxes), 4)
+    centre = centred_box(boxes, size)[None].expand(len(boxes), 4)
     localization = {**maps, "center_box": box_maps(centre, size), "constant": torch.ones_like(maps["fam"])}
     fam_level = maps["fam"].mean(dim=(1, 2), keepdim=True)
     faithfulness = {**localization, "constant": fam_level.expand_as(maps["fam"])}
@@ -210,11 +225,7 @@ def dist_cam_table1(test: dict[str, Tensor], val: dict[str, Tensor]) -> dict[str
             "top1_loc_err_tau02": float(top1_localization_error(maps, test["box"], test["correct"], tau=TAU)),
             "max_box_acc": float(best), "max_box_acc_tau": float(best_tau),
         }
-    boxes = val["box"]
-    mean_size = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1).mean(0)
-    hit = box_iou(centered_boxes(mean_size, size)[None], test["box"]) >= 0.5
-    out["center"] = {"box_acc": float(hit.float().mean()),
-                     "top1_loc_err": float(1.0 - (hit & test["correct"]).float().mean())}
+    out["center"] = centred_box_scores(val["box"], test["box"], test["correct"], size)
     out.update(queries=int(test["correct"].numel()), correct=int(test["correct"].sum()),
                val_queries=int(val["correct"].numel()))
     return out
@@ -227,17 +238,19 @@ def eps_sweep(maps: Tensor, reference: Tensor, boxes: Tensor,
     default eps): energy, box IoU at ``TAU``, the mean |change| of the [0, 1] map from the default eps's
     Dist-CAM (``change``) and under the bfloat16-rounded reference (``bf16_change``), the effective
     number of channels of the weights (``channels``; Eq. 5's, also for the smoothed variant)."""
+    settings = [(f"{e:g}", "dist_cam", e) for e in EPSILONS]
+    settings.append(("smoothed", "dist_cam_smoothed", DEFAULT_EPS))
+    exact = {key: render(dist_cam_raw(method, maps, reference, eps=eps), size)
+             for key, method, eps in settings}
+    default = exact[f"{DEFAULT_EPS:g}"]  # Dist-CAM at its default eps, one of EPSILONS
     rounded = bfloat16_reference(reference)
-    default = render(dist_cam(maps, reference, eps=DEFAULT_EPS), size)
     pooled = global_average_pool(maps)
     out: dict[str, dict[str, float]] = {}
-    for key, method, eps in [(f"{e:g}", "dist_cam", e) for e in EPSILONS] + [("smoothed", "dist_cam_smoothed",
-                                                                               DEFAULT_EPS)]:
-        exact = render(dist_cam_raw(method, maps, reference, eps=eps), size)
+    for key, method, eps in settings:
         half = render(dist_cam_raw(method, maps, rounded, eps=eps), size)
-        out[key] = {"energy": float(energy_pointing_game(exact, boxes).mean()),
-                    "iou": float(box_localization_iou(exact, boxes, [TAU])[:, 0].mean()),
-                    "change": mean_change(exact, default), "bf16_change": mean_change(half, exact),
+        out[key] = {"energy": float(energy_pointing_game(exact[key], boxes).mean()),
+                    "iou": float(box_localization_iou(exact[key], boxes, [TAU])[:, 0].mean()),
+                    "change": mean_change(exact[key], default), "bf16_change": mean_change(half, exact[key]),
                     "channels": float(channels_in_use(pooled, reference, eps).mean())}
     return out
 
