@@ -67,6 +67,9 @@ class ClassificationSyntheticOptions(SyntheticClassesOptions):
         object_area: (min, max) area of the cluttered scene's object as a fraction of the image.
         distractors: (min, max) number of the cluttered scene's distractor shapes.
         rotation: the cluttered scene's largest rotation of a shape, in radians.
+        distractor_pairs: the share of the cluttered scene's distractors that are pairs of shapes.
+        background: the cluttered scene's background: ``"gradient"``, ``"cells"`` (solid cells of the
+            palette) or ``"patchwork"`` (textured cells; :mod:`datamodules.synthetic.cluttered`).
         seed: seed of the synthetic data (which classes, which images).
     """
 
