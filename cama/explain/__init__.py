@@ -21,7 +21,9 @@ float64), so low-precision maps equal the float32 maps of the same values:
   :func:`overlay` (uint8 RGB heat-map overlays), :func:`grid`;
 * sanity checks (Adebayo et al. 2018, :mod:`.sanity`): :func:`sanity_check` and
   :func:`cascading_randomization` (cascading model-parameter randomization),
-  :func:`spearman_correlation`, :func:`ssim`.
+  :func:`spearman_correlation`, :func:`ssim`;
+* robustness (Yeh et al. 2019, :mod:`.sensitivity`): :func:`max_sensitivity`, the Monte-Carlo
+  max-sensitivity of any ``explain_fn`` under uniform noise in an L-inf ball.
 
 This package imports nothing from ``cama.models``, ``callbacks`` or ``datamodules``.
 
@@ -70,6 +72,7 @@ from .maps import (
     ram_self,
 )
 from .render import colorize, colormap, draw_boxes, grid, minmax_normalize, overlay, postprocess
+from .sensitivity import max_sensitivity
 from .sanity import (
     SanityCheckResult,
     cascading_randomization,
@@ -101,6 +104,7 @@ __all__ = [
     "gradient_layer_maps",
     "grid",
     "logit_score",
+    "max_sensitivity",
     "minmax_normalize",
     "overlay",
     "postprocess",

@@ -1,6 +1,6 @@
 """Metrics (torchmetrics Metrics and their functional forms): re-ID ranking (CMC, mAP, mINP),
 retrieval (Recall@K, MAP@R), few-shot accuracy, and the scores of explanation maps (boxes,
-energy, Otsu segmentation, branch overlap, Average Drop / Increase in Confidence); their
+energy, Otsu segmentation, branch overlap, Average Drop / Increase in Confidence, max-sensitivity); their
 definitions: ``docs/evaluation.md`` and ``docs/map-scores.md``.
 
 Examples (hand-checkable). One query of identity 1 seen by camera 0, three gallery images: identity
@@ -79,6 +79,9 @@ __all__ += ["RetrievalMetric", "retrieval_metrics"]
 from cama.metrics.map_scores import MapScores
 
 __all__ += ["MapScores"]
+from cama.metrics.sensitivity import MaxSensitivity
+
+__all__ += ["MaxSensitivity"]
 from cama.metrics.parts import PartEvidence, branch_parts, part_energy_share, parts_covered
 
 __all__ += ["PartEvidence", "branch_parts", "part_energy_share", "parts_covered"]
