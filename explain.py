@@ -128,10 +128,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="input size for --query/--gallery files (default: the checkpoint's data module)",
     )
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--batch_size", type=int, default=64,
+        help="images per forward (also Score-CAM's masked and Ablation-CAM's ablated images)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--gradient_layers", nargs="+", help="layers of the gradient methods")
-    parser.add_argument("--truncation", type=float, help="truncation trick percentile (gradient methods)")
+    parser.add_argument(
+        "--gradient_layers", nargs="+", help="layers of the layer CAMs (gradient and gradient-free methods)"
+    )
+    parser.add_argument(
+        "--truncation", type=float,
+        help="truncation trick percentile (the gradient methods; not Score-CAM, Ablation-CAM, EigenCAM)",
+    )
     parser.add_argument(
         "--layer_norm", default="minmax", choices=list(LAYER_NORMS),
         help="several gradient layers: min-max normalise each layer's map before the sum (minmax) or "
@@ -191,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         found = readable_images({"query": image_files(args.query, "query"),
                                  "gallery": image_files(args.gallery or [], "gallery")}, progress)
         data: Any = FileRanking(found["query"], found["gallery"], size)
-        explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm)
+        explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm,
+                                   forward_batch_size=args.batch_size)
         written = explain_rankings(data, list(range(len(data.files) - len(data.gallery))), explainer, methods,
                                    output, args.top_k, args.batch_size, rerank=args.rerank, **drawing)
     else:
@@ -205,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             raise ExplainError(f"{type(datamodule).__name__}'s evaluation set does not fit {type(model).__name__}: {err}")
         if not data.gallery:
             raise ExplainError("the evaluation set has no gallery image to rank the queries against")
-        explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm)
+        explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm,
+                                   forward_batch_size=args.batch_size)
         written = explain_rankings(data, _ranking_queries(args, data), explainer, methods, output, args.top_k,
                                    args.batch_size, rerank=args.rerank, **drawing)
     print(f"explain.py: wrote {len(written)} PNGs to {output}")

@@ -77,8 +77,9 @@ class ExplanationImages(Callback):
     """Log explanation maps of fixed probes (and ranking lists) every validation epoch.
 
     Args:
-        methods: any of ``cam``, ``dist_cam``, ``ram``, ``fam``, ``gradcam``, ``gradcam++``,
-            ``layercam``, ``fullgrad``.
+        methods: any of :data:`cama.viz.METHODS`: ``cam``, ``dist_cam``, ``ram``, ``fam``, ``gradcam``,
+            ``gradcam++``, ``layercam``, ``fullgrad``, ``hirescam``, ``xgradcam``, ``scorecam``,
+            ``ablationcam``, ``eigencam``.
         num_probes: probe queries (rows of each grid).
         seed: seed of the probe choice (a private generator; the global RNG is untouched).
         every_n_epochs: run on every n-th validation epoch (the first one always runs).

@@ -13,8 +13,9 @@ predicts for it, through the model's ``episode_references`` (:class:`cama.protoc
 * ``fam`` (fam Eq. 11-13): channel contributions to the similarity averaged over the class's
   supports, with the model's own metric (cosine or squared Euclidean);
 * ``ram`` (cama-ram Eq. 10 with the prototype as the reference): ``<p, Q(x, y)> / ||q||`` with ``q = GAP(Q)``;
-* ``gradcam``, ``gradcam++``, ``layercam``, ``fullgrad``: the gradient CAMs of the cosine
-  similarity to the prototype (:class:`cama.viz.ModelExplainer`).
+* ``gradcam``, ``gradcam++``, ``layercam``, ``fullgrad``, ``hirescam``, ``xgradcam`` and the
+  gradient-free ``scorecam``, ``ablationcam``, ``eigencam``: the layer CAMs of the cosine
+  similarity to the prototype (:class:`cama.viz.ModelExplainer`; EigenCAM uses no target).
 
 Scalars (``<prefix>/<method>/<name>``, the names of :class:`~callbacks.localization_metrics.LocalizationMetrics`):
 ``box_iou``, ``box_acc``, ``top1_loc_err`` (correct = the predicted class is the true one),
@@ -84,12 +85,12 @@ class FewShotExplanations(Callback):
     """Explanation maps of few-shot queries against their predicted class, scored and drawn.
 
     Args:
-        methods: any of ``dist_cam``, ``fam``, ``ram``, ``gradcam``, ``gradcam++``, ``layercam``,
-            ``fullgrad``.
+        methods: any of :data:`cama.viz.episodes.FEW_SHOT_METHODS` (every method but ``cam``).
         num_episodes: validation episodes scored per epoch (the first ones). Their feature maps are
             the validation step's (:class:`cama.protocols.EvaluationOutputs`; with the model's
             evaluation cache, an image's maps come from the first episode that held it); images whose
-            maps a step did not return are forwarded again. Each gradient method adds a backward.
+            maps a step did not return are forwarded again. Each gradient method adds a backward;
+            Score-CAM and Ablation-CAM a forward per channel of each layer.
         num_probes: query rows of the pictures (spread over the classes of the first episode).
         every_n_epochs: run on every n-th validation epoch (the first one always runs).
         tau, taus, iou_threshold: the box protocol (``docs/map-scores.md#box-from-a-map``).

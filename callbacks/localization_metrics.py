@@ -40,7 +40,8 @@ RAMs ``R_q^q`` with ``k`` the OAP's (the model's ``overlap_topk()``,
 Penalty exists to lower. With ``per_branch=True`` every method's per-branch maps are scored too
 (``<prefix>/<method>_branch<i>/<name>``).
 
-Gradient methods cost a forward and backward per branch: they are scored on the first
+The layer methods cost a forward and backward per branch (the gradient methods) or a forward per
+channel of each layer (Score-CAM, Ablation-CAM): they are scored on the first
 ``num_gradient_samples`` only. The scoring is :class:`cama.map_scoring.ProbeScorer`'s; the callback
 decides when (:class:`~callbacks.base.EpochSchedule`) and logs (:class:`~callbacks.score_logging.ScoreLogger`).
 The metrics (:class:`cama.metrics.map_scores.MapScores`) are torchmetrics Metrics: every process
@@ -90,7 +91,7 @@ class LocalizationMetrics(Callback):
         taus: the sweep of MaxBoxAcc (default 0.05, 0.15, ..., 0.95).
         iou_threshold: IoU for a correct box.
         num_faithfulness_samples: queries scored with AD/IC (one extra forward per method); 0: off.
-        num_gradient_samples: queries scored with the gradient methods.
+        num_gradient_samples: queries scored with the layer methods (gradient and gradient-free).
         per_branch: also score each branch's map.
         branch_overlap: log the branch overlap of a multi-branch model.
         batch_size: queries per forward.

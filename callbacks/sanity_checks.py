@@ -16,9 +16,9 @@ and buffer, every train/eval flag).
 The maps compared (:func:`sanity_maps`) are the summed map over the branches on the query image, at
 image size: for the forward-only methods the **raw, signed** map (bilinearly upsampled, no ReLU, no
 min-max), so the signed and the absolute Spearman correlation differ as in the paper; for the
-gradient methods their ``[0, 1]`` maps. The references are the trained model's; their embeddings are
-recomputed by the randomized model at every step (Dist-CAM, FAM and the gradient methods are
-explained against the reference, RAM is the query's own ``R_q^q``).
+layer methods (gradient and gradient-free) their ``[0, 1]`` maps. The references are the trained
+model's; their embeddings are recomputed by the randomized model at every step (Dist-CAM, FAM and
+the layer methods are explained against the reference, RAM is the query's own ``R_q^q``).
 
 Logged (``prefix="sanity"``, :class:`~callbacks.score_logging.ScoreLogger`), per method and per
 step (named by the lowest block randomized so far):
@@ -69,7 +69,7 @@ from callbacks.score_logging import ScoreLogger
 from cama.explain import SanityCheckResult, check_layer_norm, max_sensitivity, sanity_check
 from cama.metrics import MaxSensitivity
 from cama.protocols import HasRandomizationBlocks, ShowsImages
-from cama.viz import GRADIENT_METHODS, Features, ModelExplainer, ProbeAgainst, check_methods
+from cama.viz import LAYER_METHODS, Features, ModelExplainer, ProbeAgainst, check_methods
 
 __all__ = ["SanityChecks", "maps_against", "sanity_maps"]
 
@@ -86,7 +86,7 @@ def sanity_maps(
 ) -> dict[str, Tensor]:
     """Each method's summed map ``[B, H, W]`` of ``images`` against ``references`` (one per image),
     both forwarded through ``model`` as it is now (module docstring: raw signed maps for the
-    forward-only methods, ``[0, 1]`` maps for the gradient methods)."""
+    forward-only methods, ``[0, 1]`` maps for the layer methods)."""
     explainer = ModelExplainer(model, gradient_layers, truncation, truncation_per_channel, layer_norm)
     count = images.shape[0]
     features = explainer.features(torch.cat([images, references.to(images.dtype)]))
@@ -103,7 +103,7 @@ def maps_against(
     target = ProbeAgainst(reference_embeddings)
     maps: dict[str, Tensor] = {}
     for method in methods:
-        if method in GRADIENT_METHODS:
+        if method in LAYER_METHODS:
             maps[method] = explainer.explain(method, queries, target, branches=False)[:, 0]
             continue
         raw = explainer.raw_maps(method, queries, target).sum(dim=1, keepdim=True)

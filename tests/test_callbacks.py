@@ -150,7 +150,7 @@ def test_embedding_set_keeps_one_sample_per_index():
 def test_method_names_are_checked():
     assert check_methods(["Dist-CAM", "ram", "ram", "gradcam++"]) == ("dist_cam", "ram", "gradcam++")
     with pytest.raises(ValueError, match="unknown explanation method"):
-        check_methods(["scorecam"])
+        check_methods(["rise"])
 
 
 def test_explainer_maps_per_branch_and_summed(model, datamodule):

@@ -180,7 +180,7 @@ def test_clear_errors(checkpoint, tmp_path, args, message):
 
 def test_unknown_method_is_rejected(checkpoint):
     with pytest.raises(InputError, match="unknown explanation method"):
-        explain.main(["--checkpoint", str(checkpoint), "--config", str(CONFIG), "--methods", "scorecam"])
+        explain.main(["--checkpoint", str(checkpoint), "--config", str(CONFIG), "--methods", "rise"])
 
 
 def _save(model, path: Path, image_size) -> Path:

@@ -9,11 +9,15 @@ float64), so low-precision maps equal the float32 maps of the same values:
   :func:`class_activation_map` (CAM, dist-cam Eq. 3), :func:`dist_cam` (Dist-CAM, Eq. 4-7),
   :func:`ram` / :func:`ram_self` / :func:`ram_per_branch` (RAM, cama-ram Eq. 10, Fig. 8),
   :func:`fam` (FAM, fam Sec. IV, Eq. 11-18; in :mod:`.feature_activation`);
-* :func:`gradient_cam`: Grad-CAM, Grad-CAM++, Layer-CAM, FullGrad with the layerization and
-  truncation tricks (ltgrad-cam Eq. 2-11), in ``[0, 1]`` at image size, each layer's map min-max
-  normalised before the layerization sum or not (``layer_norm``, :data:`LAYER_NORMS`); its two halves
+* :func:`gradient_cam`: Grad-CAM, Grad-CAM++, Layer-CAM, FullGrad, HiResCAM, XGrad-CAM with the
+  layerization and truncation tricks (ltgrad-cam Eq. 2-11), and the gradient-free Score-CAM,
+  Ablation-CAM and EigenCAM (:mod:`.gradient_free`) with the layerization, in ``[0, 1]`` at image
+  size, each layer's map min-max normalised before the layerization sum or not (``layer_norm``,
+  :data:`LAYER_NORMS`); the method names are :data:`CAM_METHODS`; the gradient methods' two halves
   :func:`record_gradients` (one forward and backward) and :func:`gradient_layer_maps` (the
-  per-layer terms of Eq. 8) sweep layers and truncations on one pass;
+  per-layer terms of Eq. 8) sweep layers and truncations on one pass; its scores
+  :func:`logit_score` and :func:`similarity_score`; :func:`mask_images` (the masked inputs of
+  Score-CAM and of the faithfulness scores);
 * variants beyond the papers, off by default: Dist-CAM with a smoothing term in Eq. 5's
   denominator (:func:`dist_cam` ``smoothing=``), FAM without Eq. 12's min-max floor
   (:func:`fam` ``importance="relu"``);
@@ -49,6 +53,8 @@ tensor([[[0.0000, 0.5000, 1.0000]]])
 """
 
 from .gradient import (
+    CAM_METHODS,
+    GRADIENT_FREE_METHODS,
     LAYER_NORMS,
     GradientRecord,
     check_layer_norm,
@@ -59,7 +65,8 @@ from .gradient import (
     record_gradients,
     truncate_gradients,
 )
-from .gradient_scores import logit_score, similarity_score
+from .gradient_scores import RowScore, logit_score, similarity_score
+from .masking import mask_images
 from .feature_activation import fam, fam_channel_contributions, fam_importance
 from .maps import (
     class_activation_map,
@@ -82,7 +89,10 @@ from .sanity import (
 )
 
 __all__ = [
+    "CAM_METHODS",
+    "GRADIENT_FREE_METHODS",
     "LAYER_NORMS",
+    "RowScore",
     "SanityCheckResult",
     "check_layer_norm",
     "cascading_randomization",
@@ -104,6 +114,7 @@ __all__ = [
     "gradient_layer_maps",
     "grid",
     "logit_score",
+    "mask_images",
     "max_sensitivity",
     "minmax_normalize",
     "overlay",

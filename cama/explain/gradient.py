@@ -1,12 +1,14 @@
-"""Gradient CAMs with the layerization and truncation tricks (ltgrad-cam, Eq. 2-11).
+"""The CAMs of hooked layers, with the layerization and truncation tricks (ltgrad-cam, Eq. 2-11).
 
 :func:`gradient_cam` explains any scalar score per sample -- a class logit, or the similarity
-of a metric model's embedding to a reference embedding -- with Grad-CAM, Grad-CAM++,
-Layer-CAM or FullGrad on one or several layers, in one forward and one backward pass for the
-whole batch. It is the only function of ``cama.explain`` that touches a model, and it leaves no
-trace on it: no hook, same train/eval mode per module, same ``.grad`` and ``requires_grad`` on
-every parameter, also when it raises. It runs inside a Lightning validation loop (which runs
-under ``torch.inference_mode``).
+of a metric model's embedding to a reference embedding -- on one or several layers. The gradient
+methods (Grad-CAM, Grad-CAM++, Layer-CAM, FullGrad, HiResCAM, XGrad-CAM) take one forward and one
+backward pass for the whole batch; the gradient-free ones (Score-CAM, Ablation-CAM, EigenCAM:
+:mod:`cama.explain.gradient_free`) one forward, then Score-CAM and Ablation-CAM one masked or
+ablated forward per (image, channel) pair, in chunks. It is the only function of ``cama.explain``
+that touches a model, and it leaves no trace on it: no hook, same train/eval mode per module, same
+``.grad`` and ``requires_grad`` on every parameter, also when it raises. It runs inside a
+Lightning validation loop (which runs under ``torch.inference_mode``).
 
 Reading of the papers (ltgrad-cam; as implemented: ``docs/explanations.md#the-gradient-cams``):
 
@@ -32,6 +34,10 @@ Reading of the papers (ltgrad-cam; as implemented: ``docs/explanations.md#the-gr
   of the sub-network that follows it, ``Psi(dy/dA^l * A^l)``. The input term ``dy/dx * x`` is
   always included (as one more map). :func:`fullgrad_layers` lists every bias-carrying
   convolution and batch-norm layer of a model, which gives the original FullGrad.
+* **HiResCAM** (Draelos & Carin 2020): map ``sum_k g^k * A^k`` (element-wise product, no ReLU on
+  the gradient: Layer-CAM without its ReLU); the only ReLU is :func:`postprocess`'s.
+* **XGrad-CAM** (Fu et al. 2020, Eq. 8): ``w_k = sum_ij (A_ij^k / sum_ab A_ab^k) g_ij^k`` (0 where
+  the channel sum is 0), map ``sum_k w_k A^k``.
 * **Layerization** (Eq. 8): the per-layer maps, each through :func:`postprocess` (ReLU of Eq. 3
   / 5, bilinear upsampling ``psi`` to the image size), are summed; the sum is min-max normalised
   to ``[0, 1]`` for display. ``layer_norm`` says whether each layer map is min-max normalised
@@ -44,13 +50,13 @@ Reading of the papers (ltgrad-cam; as implemented: ``docs/explanations.md#the-gr
   layer output ``Z`` ``[K, h, w]``; ``truncation_per_channel=True`` takes the percentile of each
   channel ``A^{kl}`` separately. Eq. 9 writes ``>=``, Eq. 10-11 ``>``; we keep ``>=`` so that
   ``delta = 0`` (the smallest positive gradient) keeps exactly the positive gradients. Applied to
-  every gradient the method uses (the input gradient of FullGrad included).
+  every gradient the method uses (the input gradient of FullGrad included). The gradient-free
+  methods have no gradient to truncate: :func:`gradient_cam` refuses a truncation for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -58,11 +64,24 @@ import torch
 from torch import Tensor, nn
 
 from ._common import full_precision
+from .gradient_free import GRADIENT_FREE_METHODS, gradient_free_layer_maps
 from .gradient_layer import _METHODS, Method, gradient_cam_layer_map
+from .hooks import (
+    LayerSpec,
+    check_scores,
+    layer_maps,
+    model_state_guard,
+    recording_hooks,
+    resolve_layers,
+    single_outputs,
+)
 from .render import minmax_normalize, postprocess
 from .truncation import truncate_gradients
 
 __all__ = [
+    "CAM_METHODS",
+    "CamMethod",
+    "GRADIENT_FREE_METHODS",
     "LAYER_NORMS",
     "LayerNorm",
     "Method",
@@ -78,7 +97,12 @@ __all__ = [
 
 LayerNorm = Literal["minmax", "none"]
 LAYER_NORMS: tuple[str, ...] = ("minmax", "none")
-LayerSpec = nn.Module | str
+CamMethod = Literal[
+    "gradcam", "gradcam++", "layercam", "fullgrad", "hirescam", "xgradcam",
+    "scorecam", "ablationcam", "eigencam",
+]
+#: every method of :func:`gradient_cam`: the gradient methods, then the gradient-free ones
+CAM_METHODS: tuple[str, ...] = _METHODS + GRADIENT_FREE_METHODS
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,34 +132,6 @@ def fullgrad_layers(model: nn.Module) -> list[nn.Module]:
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
         or (isinstance(module, nn.modules.conv._ConvNd) and module.bias is not None)
     ]
-
-
-def _resolve_layers(model: nn.Module, layers: LayerSpec | Sequence[LayerSpec]) -> list[nn.Module]:
-    items = [layers] if isinstance(layers, (nn.Module, str)) else list(layers)
-    if not items:
-        raise ValueError("need at least one layer")
-    return [model.get_submodule(item) if isinstance(item, str) else item for item in items]
-
-
-@contextmanager
-def _model_state_guard(model: nn.Module, eval_mode: bool) -> Iterator[None]:
-    """Restore every module's train/eval flag and every parameter's ``.grad`` / ``requires_grad``."""
-    modes = [(module, module.training) for module in model.modules()]
-    parameters = list(model.parameters())
-    grads = [parameter.grad for parameter in parameters]
-    requires = [parameter.requires_grad for parameter in parameters]
-    try:
-        if eval_mode:
-            model.eval()
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-        for parameter, grad, flag in zip(parameters, grads, requires):
-            if parameter.requires_grad != flag:
-                parameter.requires_grad_(flag)
-            if parameter.grad is not grad:
-                parameter.grad = grad
 
 
 @dataclass(frozen=True)
@@ -186,40 +182,13 @@ def record_gradients(
     """
     if images.ndim != 4:
         raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
-    modules = _resolve_layers(model, layers)
-    records: list[list[Tensor]] = [[] for _ in modules]
-
-    def make_hook(index: int) -> Callable[[nn.Module, Any, Any], Tensor]:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> Tensor:
-            if not isinstance(output, Tensor) or not output.is_floating_point():
-                raise TypeError(f"layer {module.__class__.__name__} must return a floating tensor")
-            records[index].append(output)
-            return output.clone()  # later in-place ops act on the clone, not on the record
-
-        return hook
-
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-    with torch.inference_mode(False), torch.enable_grad(), _model_state_guard(model, eval_mode):
-        try:
-            handles = [module.register_forward_hook(make_hook(i)) for i, module in enumerate(modules)]
+    modules = resolve_layers(model, layers)
+    with torch.inference_mode(False), torch.enable_grad(), model_state_guard(model, eval_mode):
+        with recording_hooks(modules) as records:
             leaf = images.detach().clone().requires_grad_(True)
-            scores = score_fn(model(leaf))
-        finally:
-            for handle in handles:
-                handle.remove()
-        if not isinstance(scores, Tensor) or scores.shape != (images.shape[0],):
-            got = getattr(scores, "shape", scores)
-            raise ValueError(f"score_fn must return one score per sample [B], got {got}")
-        for module, record in zip(modules, records):
-            if len(record) != 1:
-                name = module.__class__.__name__
-                raise RuntimeError(f"layer {name} ran {len(record)} times in one forward")
-        outputs = [record[0] for record in records]
-        activations = outputs if reshape is None else [reshape(output) for output in outputs]
-        for activation in activations:
-            if activation.ndim != 4:
-                hint = "" if reshape is not None else " (a transformer's tokens need `reshape`)"
-                raise ValueError(f"layer outputs must be [B, K, h, w], got {tuple(activation.shape)}{hint}")
+            scores = check_scores(score_fn(model(leaf)), images.shape[0])
+        outputs = single_outputs(modules, records)
+        activations = layer_maps(outputs, reshape)
         targets = outputs + ([leaf] if inputs else [])
         gradients = torch.autograd.grad(scores.sum(), targets, allow_unused=True)
         if reshape is not None:  # the gradients of the tokens, re-indexed like the tokens themselves
@@ -265,7 +234,9 @@ def gradient_layer_maps(
     (:func:`cama.explain.minmax_normalize`).
     """
     if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        free = method in GRADIENT_FREE_METHODS
+        hint = " (the gradient-free methods have no gradient record: gradient_cam)" if free else ""
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}{hint}")
     normalize = check_layer_norm(layer_norm) == "minmax"
     pairs = list(zip(record.activations, record.gradients, record.biases))
     if method == "fullgrad":
@@ -288,31 +259,38 @@ def gradient_layer_maps(
 def gradient_cam(
     model: nn.Module,
     images: Tensor,
-    score_fn: Callable[[Any], Tensor],
+    score_fn: Callable[[Any], Tensor] | None,
     layers: LayerSpec | Sequence[LayerSpec],
-    method: Method = "gradcam",
+    method: CamMethod = "gradcam",
     truncation: float | None = None,
     truncation_per_channel: bool = False,
     eval_mode: bool = True,
     reshape: Callable[[Tensor], Tensor] | None = None,
     layer_norm: LayerNorm = "minmax",
+    forward_batch_size: int = 64,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> Tensor:
-    """Gradient CAM of a scalar score per sample, layerized and optionally truncated (ltgrad-cam).
+    """The CAM of a scalar score per sample on hooked layers, layerized and optionally truncated (ltgrad-cam).
 
-    One forward pass (forward hooks record the ``layers``' outputs) and one backward pass
-    (``torch.autograd.grad`` of the summed scores with respect to those outputs -- and to the
-    images for FullGrad) for the whole batch; parameters' ``.grad`` are never written
-    (:func:`record_gradients`). The per-layer maps (Eq. 3 / 5 / 6, :func:`gradient_cam_layer_map`)
-    go through :func:`postprocess` to the image size -- min-max normalised each with
-    ``layer_norm="minmax"``, on their own scales with ``"none"`` (Eq. 8 as written) -- and are summed
-    (layerization, Eq. 8, :func:`gradient_layer_maps`); the sum is min-max normalised per sample. With
-    ``truncation=delta`` the gradients are first truncated (Eq. 9-11, :func:`truncate_gradients`).
+    Gradient methods: one forward pass (forward hooks record the ``layers``' outputs) and one
+    backward pass (``torch.autograd.grad`` of the summed scores with respect to those outputs -- and
+    to the images for FullGrad) for the whole batch; parameters' ``.grad`` are never written
+    (:func:`record_gradients`). Gradient-free methods (:mod:`cama.explain.gradient_free`): one forward
+    without gradients, then for Score-CAM and Ablation-CAM the masked / ablated forwards of every
+    (image, channel) pair of every layer, ``forward_batch_size`` at a time. The per-layer maps (Eq. 3 /
+    5 / 6, :func:`gradient_cam_layer_map`; the gradient-free ones) go through :func:`postprocess` to the
+    image size -- min-max normalised each with ``layer_norm="minmax"``, on their own scales with
+    ``"none"`` (Eq. 8 as written) -- and are summed (layerization, Eq. 8, :func:`gradient_layer_maps`);
+    the sum is min-max normalised per sample. With ``truncation=delta`` the gradients are first
+    truncated (Eq. 9-11, :func:`truncate_gradients`; gradient methods only).
 
     Safe inside a Lightning validation loop: gradients are enabled locally (leaving
     ``torch.inference_mode`` / ``torch.no_grad``), the images are cloned into normal tensors,
     the model is put in eval mode (``eval_mode``) and every module's own mode, every parameter's
     ``.grad`` and ``requires_grad`` are restored afterwards, and the hooks are removed -- also when
-    an exception is raised.
+    an exception is raised. With ``eval_mode=False`` every forward runs in the model's own modes (a
+    batch norm in training mode then updates its running statistics, once per forward).
 
     Each hooked module must run once per forward and return a floating ``[B, K, h, w]`` tensor (or one
     that ``reshape`` turns into it).
@@ -323,11 +301,15 @@ def gradient_cam(
         model: any ``nn.Module``; ``model(images)`` is passed to ``score_fn``.
         images: ``[B, C, H, W]``.
         score_fn: output of the model -> one score per sample ``[B]`` (see :func:`logit_score`,
-            :func:`similarity_score`).
+            :func:`similarity_score`). Score-CAM and Ablation-CAM need a
+            :class:`~cama.explain.gradient_scores.RowScore` (those two are); EigenCAM uses no score
+            (None is accepted).
         layers: modules, or names resolved with ``model.get_submodule`` (one or several).
-        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"`` or ``"fullgrad"``.
+        method: one of :data:`CAM_METHODS`: ``"gradcam"``, ``"gradcam++"``, ``"layercam"``,
+            ``"fullgrad"``, ``"hirescam"``, ``"xgradcam"`` (gradient), ``"scorecam"``,
+            ``"ablationcam"``, ``"eigencam"`` (gradient-free).
         truncation: ``delta``, the percentile (0-100) of the positive gradients kept; None
-            disables the truncation trick.
+            disables the truncation trick. A ValueError for a gradient-free method.
         truncation_per_channel: take the percentile per channel instead of per whole map.
         eval_mode: run the model in eval mode (batch norm with running statistics, no dropout).
         reshape: turns a layer's output into ``[B, K, h, w]``; applied to the output and to its
@@ -335,18 +317,35 @@ def gradient_cam(
             :class:`cama.backbones.vit.TokenGrid` drops the class token and folds the patch tokens.
         layer_norm: ``"minmax"`` normalises each layer map before the layerization sum (every layer
             weighs the same; the default); ``"none"`` sums the upsampled raw maps (Eq. 8 literally).
+        forward_batch_size: Score-CAM, Ablation-CAM: the most masked / ablated inputs in one forward.
+        mean, std: Score-CAM: the images' normalisation, to mask the ``[0, 1]`` picture
+            (:func:`cama.explain.masking.mask_images`); None masks the network input as it is.
 
     Returns:
         ``[B, H, W]`` in ``[0, 1]``, float32 (float64 when the hooked layers output float64), on the
         images' device.
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if method not in CAM_METHODS:
+        raise ValueError(f"method must be one of {CAM_METHODS}, got {method!r}")
     check_layer_norm(layer_norm)  # before the forward and backward passes
-    record = record_gradients(model, images, score_fn, layers, inputs=method == "fullgrad",
-                              eval_mode=eval_mode, reshape=reshape)
+    if method in GRADIENT_FREE_METHODS:
+        if truncation is not None or truncation_per_channel:
+            raise ValueError(
+                f"truncation applies to the gradient methods {_METHODS}; {method} uses no gradient "
+                f"(got truncation={truncation!r}, truncation_per_channel={truncation_per_channel!r})"
+            )
+        layer_list = gradient_free_layer_maps(
+            model, images, score_fn, resolve_layers(model, layers), method, eval_mode, reshape,
+            layer_norm == "minmax", forward_batch_size, mean, std,
+        )
+    else:
+        if score_fn is None:
+            raise ValueError(f"{method} differentiates a score: score_fn is required")
+        record = record_gradients(model, images, score_fn, layers, inputs=method == "fullgrad",
+                                  eval_mode=eval_mode, reshape=reshape)
+        layer_list = gradient_layer_maps(record, method, truncation, truncation_per_channel, layer_norm)
     total: Tensor | None = None
-    for layer_map in gradient_layer_maps(record, method, truncation, truncation_per_channel, layer_norm):
+    for layer_map in layer_list:
         total = layer_map if total is None else total + layer_map
     assert total is not None
     return minmax_normalize(total)

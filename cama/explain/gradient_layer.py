@@ -1,7 +1,7 @@
-"""The raw map of one layer of the gradient CAMs, ltgrad-cam Eq. 2-7.
+"""The raw map of one layer of the gradient CAMs, ltgrad-cam Eq. 2-7, HiResCAM and XGrad-CAM.
 
-Grad-CAM, Grad-CAM++, Layer-CAM and FullGrad's per-layer term from a layer's activations and their
-gradients; the equations as read are in :mod:`cama.explain.gradient`'s docstring (and
+Grad-CAM, Grad-CAM++, Layer-CAM, FullGrad's per-layer term, HiResCAM and XGrad-CAM from a layer's
+activations and their gradients; the equations as read are in :mod:`cama.explain.gradient`'s docstring (and
 ``docs/explanations.md#the-gradient-cams``). No model, no hooks: tensors in, one map out.
 """
 
@@ -17,8 +17,8 @@ from .render import minmax_normalize
 
 __all__ = ["Method", "gradient_cam_layer_map"]
 
-Method = Literal["gradcam", "gradcam++", "layercam", "fullgrad"]
-_METHODS = ("gradcam", "gradcam++", "layercam", "fullgrad")
+Method = Literal["gradcam", "gradcam++", "layercam", "fullgrad", "hirescam", "xgradcam"]
+_METHODS = ("gradcam", "gradcam++", "layercam", "fullgrad", "hirescam", "xgradcam")
 
 
 def _fullgrad_term(gradients: Tensor, values: Tensor) -> Tensor:
@@ -35,12 +35,13 @@ def gradient_cam_layer_map(
     method: Method = "gradcam",
     bias: Tensor | None = None,
 ) -> Tensor:
-    """The raw map of one layer, ltgrad-cam Eq. 2-7 (see the module docstring).
+    """The raw map of one layer, ltgrad-cam Eq. 2-7, HiResCAM, XGrad-CAM (see the module docstring).
 
     Args:
         activations: ``A`` ``[B, K, h, w]``.
         gradients: ``dy/dA`` ``[B, K, h, w]`` (already truncated if wanted).
-        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"`` or ``"fullgrad"``.
+        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"fullgrad"``, ``"hirescam"`` or
+            ``"xgradcam"``.
         bias: FullGrad only: the per-channel bias ``[K]`` added by the layer; None uses the
             gradient-times-activation term.
 
@@ -65,6 +66,13 @@ def _layer_map(activations: Tensor, gradients: Tensor, method: Method, bias: Ten
         return torch.einsum("bk,bkhw->bhw", weights, activations)
     if method == "layercam":
         return (gradients.relu() * activations).sum(dim=1)  # Eq. 4-5 without the outer ReLU
+    if method == "hirescam":  # Draelos & Carin 2020: the element-wise product, no ReLU on g
+        return (gradients * activations).sum(dim=1)
+    if method == "xgradcam":  # Fu et al. 2020: g weighted by the activation's share of its channel
+        total = activations.sum(dim=(-2, -1), keepdim=True)
+        share = activations / torch.where(total != 0, total, torch.ones_like(total))
+        weights = torch.where(total[..., 0, 0] != 0, (share * gradients).sum(dim=(-2, -1)), 0.0)
+        return torch.einsum("bk,bkhw->bhw", weights, activations)
     if method == "fullgrad":
         if bias is None:
             return _fullgrad_term(gradients, activations)

@@ -57,7 +57,9 @@ def _as_size(size: Size | None, default: tuple[int, int]) -> tuple[int, int]:
     return (height, width)
 
 
-def postprocess(maps: Tensor, size: Size | None = None, normalize: bool = True) -> Tensor:
+def postprocess(
+    maps: Tensor, size: Size | None = None, normalize: bool = True, rectify: bool = True
+) -> Tensor:
     """ReLU -> bilinear upsampling to ``size`` -> per-map min-max to ``[0, 1]``.
 
     This is the display step the papers apply to their raw maps (dist-cam Sec. 3, cama-ram
@@ -71,6 +73,8 @@ def postprocess(maps: Tensor, size: Size | None = None, normalize: bool = True) 
             uses its two last entries); ``None`` keeps ``(h, w)``.
         normalize: False skips the min-max and returns the upsampled ReLU map on its own scale
             (the terms of ltgrad-cam's literal layerization sum, Eq. 8).
+        rectify: False skips the ReLU (Score-CAM's masks: each channel upsampled and min-max
+            normalised as it is, Wang et al. 2020 Eq. 5).
 
     Returns:
         ``[..., H, W]`` in ``[0, 1]`` (``>= 0`` with ``normalize=False``), float32 (float64 for
@@ -82,7 +86,8 @@ def postprocess(maps: Tensor, size: Size | None = None, normalize: bool = True) 
     leading, (height, width) = maps.shape[:-2], maps.shape[-2:]
     out_size = _as_size(size, (height, width))
     with full_precision(maps) as (work,):
-        work = torch.nan_to_num(work, nan=0.0).relu()
+        work = torch.nan_to_num(work, nan=0.0)
+        work = work.relu() if rectify else work
         work = work.reshape(-1, 1, height, width)
         # A constant map stays constant in exact arithmetic, but bilinear weights can add rounding
         # noise that min-max would blow up to [0, 1]: decide constancy before upsampling.

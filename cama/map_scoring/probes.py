@@ -1,7 +1,7 @@
 """Every method's maps of chosen probes against their references, scored (the localization scores).
 
 :class:`ProbeScorer` holds what to score (the methods, per branch or not, the branch overlap, how many
-probes get AD / IC and the gradient methods) and the box protocol, and scores chunks of probes into a
+probes get AD / IC and the layer methods) and the box protocol, and scores chunks of probes into a
 :class:`~cama.metrics.map_scores.MapScores` (built once for the data's shapes, reset by the caller
 after ``compute``). What is scored is documented in ``callbacks/localization_metrics.py``.
 """
@@ -19,7 +19,7 @@ from cama.map_scoring.features import complete_features, masked_embeddings
 from cama.metrics.boxes import DEFAULT_TAUS, any_along
 from cama.metrics.map_scores import MapScores
 from cama.metrics.ranking import EmbeddingSet
-from cama.viz import GRADIENT_METHODS, Features, ModelExplainer, Own, ProbeAgainst
+from cama.viz import LAYER_METHODS, Features, ModelExplainer, Own, ProbeAgainst
 
 __all__ = ["EVIDENCE", "ProbeScorer"]
 
@@ -34,7 +34,8 @@ class ProbeScorer:
         per_branch: also score each branch's map (``<method>_branch<i>``).
         branch_overlap: score the branch overlap of a multi-branch model.
         num_faithfulness_samples: the probes at positions below it are scored with AD / IC; 0: off.
-        num_gradient_samples: the probes at positions below it are scored with the gradient methods.
+        num_gradient_samples: the probes at positions below it are scored with the layer methods
+            (:data:`cama.viz.LAYER_METHODS`: gradient and gradient-free).
         tau, taus, iou_threshold: the box protocol (:class:`~cama.metrics.map_scores.MapScores`).
     """
 
@@ -182,7 +183,7 @@ class ProbeScorer:
         masked_rows: list[tuple[str, Tensor]] = []  # (method, rows of `features`) of each masked block
         for method in self.methods:
             rows_used = torch.arange(position.numel(), device=device)
-            if method in GRADIENT_METHODS:
+            if method in LAYER_METHODS:
                 rows_used = (position < self.num_gradient_samples).nonzero().squeeze(1)
                 if rows_used.numel() == 0:
                     continue

@@ -20,70 +20,25 @@ proportion often at or near 0, the Agresti-Coull one, ``1.96 sqrt(p~ (1 - p~) / 
 ``N~ = N + 1.96^2`` and ``p~ = (increases + 1.96^2 / 2) / N~`` (the normal one would claim "0 +- 0"
 for 0 increases in 64 samples; this one gives +- 3.9 points).
 
-**Masking** (:func:`mask_images`), our reading of fam Sec. V ("the query image masked by the
-saliency map"): the FAM paper feeds images scaled to ``[0, 1]`` and then normalised with the
-ImageNet mean and std, so the *image* is the ``[0, 1]`` picture. The map (``[0, 1]``, bilinearly
-upsampled to the image size) multiplies that picture -- unimportant regions fade to black -- and
-the result is normalised again before it enters the network. Masking the normalised tensor
-instead would fade to the data set's mean colour; :func:`mask_images` does that when no
-``mean``/``std`` is given.
+**Masking** (:func:`mask_images`, in :mod:`cama.explain.masking`, which Score-CAM shares), our
+reading of fam Sec. V ("the query image masked by the saliency map"): the map multiplies the
+``[0, 1]`` picture when the images' ``mean``/``std`` are given, the network input otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from cama.explain.masking import mask_images
 from cama.metrics.states import add_sum_states, mean_and_interval
 
 __all__ = ["mask_images", "average_drop", "increase_in_confidence", "AverageDropIncrease"]
 
 Z_95 = 1.96  # the normal quantile of a two-sided 95% interval
-
-
-def mask_images(
-    images: Tensor,
-    maps: Tensor,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> Tensor:
-    """Images multiplied by their explanation maps, ready for the network (fam Eq. 21-22's ``O``).
-
-    Args:
-        images: ``[B, C, H, W]`` network inputs, normalised with ``(x - mean) / std`` when
-            ``mean`` and ``std`` are given.
-        maps: ``[B, h, w]`` maps in ``[0, 1]`` (e.g. from :func:`cama.explain.postprocess`), resized
-            bilinearly to ``(H, W)`` when needed and clamped to ``[0, 1]``.
-        mean, std: the per-channel normalisation of ``images``: the map then multiplies the
-            de-normalised ``[0, 1]`` image, which is normalised again.
-
-    Returns:
-        ``[B, C, H, W]`` masked inputs, same dtype as ``images``.
-    """
-    if images.ndim != 4 or maps.ndim != 3 or maps.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"need images [B, C, H, W] and maps [B, h, w], got {tuple(images.shape)}, {tuple(maps.shape)}"
-        )
-    weights = maps.to(device=images.device, dtype=torch.float32)
-    if tuple(weights.shape[-2:]) != tuple(images.shape[-2:]):
-        weights = F.interpolate(
-            weights[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False
-        )[:, 0]
-    weights = torch.nan_to_num(weights, nan=0.0).clamp(0.0, 1.0)[:, None]
-    work = images.float()
-    if (mean is None) != (std is None):
-        raise ValueError("give both mean and std, or neither")
-    if mean is None:
-        return (work * weights).to(images.dtype)
-    mean_t = torch.as_tensor(mean, dtype=work.dtype, device=work.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=work.dtype, device=work.device).view(1, -1, 1, 1)
-    picture = work * std_t + mean_t
-    return ((picture * weights - mean_t) / std_t).to(images.dtype)
 
 
 def _drops(scores: Tensor, masked_scores: Tensor) -> tuple[Tensor, Tensor]:

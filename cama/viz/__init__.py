@@ -32,7 +32,9 @@ fam (3, 3, 64, 32) True
 
 from cama.viz.model_explainer import (
     FORWARD_METHODS,
+    GRADIENT_FREE_METHODS,
     GRADIENT_METHODS,
+    LAYER_METHODS,
     METHODS,
     ModelExplainer,
     Features,
@@ -60,7 +62,9 @@ __all__ = [
     "ProbeAgainst",
     "Target",
     "FORWARD_METHODS",
+    "GRADIENT_FREE_METHODS",
     "GRADIENT_METHODS",
+    "LAYER_METHODS",
     "METHODS",
     "ModelExplainer",
     "Features",

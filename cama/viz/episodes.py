@@ -10,7 +10,8 @@ its ``supports``, the ``metric`` the logits compare with.
 * ``ram`` (cama-ram Eq. 10, the prototype as the reference): ``<p, Q(x, y)> / ||q||`` with ``q = GAP(Q)``;
 * ``dist_cam_smoothed``, ``fam_unfloored``: the variants beyond the papers (:mod:`cama.viz.methods`),
   with the explainer's ``map_options`` as every forward-only method;
-* the gradient CAMs: of the cosine similarity to the prototype (:class:`~cama.viz.ModelExplainer`).
+* the layer CAMs (gradient and gradient-free, :data:`cama.viz.methods.LAYER_METHODS`): of the cosine
+  similarity to the prototype (:class:`~cama.viz.ModelExplainer`; EigenCAM uses no target).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from cama.explain import dist_cam, fam, postprocess, ram
-from cama.viz.methods import FORWARD_METHODS, GRADIENT_METHODS, forward_call
+from cama.viz.methods import FORWARD_METHODS, LAYER_METHODS, forward_call
 from cama.viz.model_explainer import ModelExplainer
 from cama.viz.pictures import probe_grid
 
@@ -30,7 +31,7 @@ __all__ = ["FEW_SHOT_METHODS", "episode_maps", "support_maps", "probe_rows", "cl
 
 #: every method but CAM (a few-shot model has no classifier of its episodes' classes)
 FEW_SHOT_METHODS: tuple[str, ...] = (
-    *(m for m in FORWARD_METHODS if forward_call(m)[0] != "cam"), *GRADIENT_METHODS
+    *(m for m in FORWARD_METHODS if forward_call(m)[0] != "cam"), *LAYER_METHODS
 )
 
 
@@ -40,7 +41,7 @@ def episode_maps(
 ) -> Tensor:
     """Maps ``[Q, H, W]`` in ``[0, 1]`` of ``images`` (feature maps ``query_maps``) against
     ``prototype`` ``[Q, D]`` (FAM: against ``supports`` ``[Q, S, D]``, compared with ``metric``)."""
-    if method in GRADIENT_METHODS:  # the maps are upcast to float32 inside
+    if method in LAYER_METHODS:  # the maps are upcast to float32 inside
         features = explainer.features_from_maps(images, [query_maps])
         return explainer.explain(method, features, prototype, size, branches=False)[:, 0]
     function, options = explainer.forward_call(method)

@@ -4,8 +4,12 @@ Every caller that takes a method name (the callbacks, the sanity check, ``explai
 goes through :data:`METHODS` and :func:`check_methods`; :class:`~cama.viz.ModelExplainer` and the
 few-shot maps (:mod:`cama.viz.episodes`) dispatch a forward-only name with :func:`forward_call`.
 
-* the papers' methods: ``cam``, ``dist_cam``, ``ram``, ``fam`` (forward-only) and ``gradcam``,
-  ``gradcam++``, ``layercam``, ``fullgrad`` (gradient);
+* the papers' methods: ``cam``, ``dist_cam``, ``ram``, ``fam`` (forward-only), ``gradcam``,
+  ``gradcam++``, ``layercam``, ``fullgrad``, ``hirescam``, ``xgradcam`` (gradient:
+  :data:`GRADIENT_METHODS`) and ``scorecam``, ``ablationcam``, ``eigencam`` (gradient-free:
+  :data:`GRADIENT_FREE_METHODS`); the last two groups are :data:`LAYER_METHODS`, the maps of
+  :func:`cama.explain.gradient_cam` on hooked layers, which run the model on the images (Score-CAM and
+  Ablation-CAM once per channel of each layer) and come at image size in ``[0, 1]``;
 * **variants beyond the papers** (:data:`VARIANTS`; never a default, chosen by name only):
 
   - ``dist_cam_smoothed``: Dist-CAM with a smoothing term in Eq. 5's denominator,
@@ -26,9 +30,13 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from cama.explain import CAM_METHODS, GRADIENT_FREE_METHODS
+
 __all__ = [
     "FORWARD_METHODS",
+    "GRADIENT_FREE_METHODS",
     "GRADIENT_METHODS",
+    "LAYER_METHODS",
     "METHODS",
     "PAPER_FORWARD_METHODS",
     "VARIANTS",
@@ -45,14 +53,22 @@ VARIANTS: Mapping[str, tuple[str, Mapping[str, Any]]] = MappingProxyType({
     "fam_unfloored": ("fam", MappingProxyType({"importance": "relu"})),
 })
 FORWARD_METHODS: tuple[str, ...] = PAPER_FORWARD_METHODS + tuple(VARIANTS)
-GRADIENT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "fullgrad")
-METHODS: tuple[str, ...] = FORWARD_METHODS + GRADIENT_METHODS
+#: every method of :func:`cama.explain.gradient_cam`: the model runs on the images, maps at image size
+LAYER_METHODS: tuple[str, ...] = CAM_METHODS
+#: the gradient CAMs (the truncation trick applies to them)
+GRADIENT_METHODS: tuple[str, ...] = tuple(m for m in CAM_METHODS if m not in GRADIENT_FREE_METHODS)
+METHODS: tuple[str, ...] = FORWARD_METHODS + LAYER_METHODS
 
 _ALIASES = {
     "distcam": "dist_cam",
     "grad_cam": "gradcam",
     "gradcampp": "gradcam++",
     "layer_cam": "layercam",
+    "hires_cam": "hirescam",
+    "xgrad_cam": "xgradcam",
+    "score_cam": "scorecam",
+    "ablation_cam": "ablationcam",
+    "eigen_cam": "eigencam",
 }
 
 

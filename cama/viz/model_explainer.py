@@ -35,7 +35,14 @@ against a reference they use the reference's slice of the same embedding.
   the summed map uses the full embedding and every branch's layer (layerization, Eq. 8).
   ``layers`` replaces the default layers of every map; ``truncation`` is Eq. 9-11's delta;
   ``layer_norm`` whether each layer's map is min-max normalised before the layerization sum
-  (``"minmax"``, the default) or summed raw as Eq. 8 writes (``"none"``).
+  (``"minmax"``, the default) or summed raw as Eq. 8 writes (``"none"``). ``hirescam`` and
+  ``xgradcam`` (HiResCAM, XGrad-CAM) are gradient methods like them.
+* ``scorecam``, ``ablationcam``, ``eigencam`` (:mod:`cama.explain.gradient_free`): the same layers,
+  scores and layerization without a gradient. Score-CAM and Ablation-CAM run the model once per
+  channel of each layer on every image (``forward_batch_size`` inputs per forward), on the same
+  cosine similarity to ``target``; EigenCAM uses no target. The truncation applies only to the
+  gradient methods and is left out for these; Score-CAM masks the network input as it is unless the
+  images' ``mean`` / ``std`` are given (then the ``[0, 1]`` picture, as the faithfulness scores do).
 
 **Summed map.** For a multi-branch model :meth:`ModelExplainer.explain` returns the N branch maps and
 their aggregate: the sum of the branches' raw maps (for RAM exactly the RAM of the concatenated
@@ -68,7 +75,9 @@ from cama.explain.gradient import check_layer_norm
 from cama.explain.precision import at_least_float32
 from cama.viz.methods import (
     FORWARD_METHODS,
+    GRADIENT_FREE_METHODS,
     GRADIENT_METHODS,
+    LAYER_METHODS,
     METHODS,
     check_map_options,
     check_methods,
@@ -79,7 +88,9 @@ from cama.protocols import EmbeddingModel, HasBranchLayers, HasClassifier, HasPr
 
 __all__ = [
     "FORWARD_METHODS",
+    "GRADIENT_FREE_METHODS",
     "GRADIENT_METHODS",
+    "LAYER_METHODS",
     "METHODS",
     "Features",
     "ModelExplainer",
@@ -172,6 +183,9 @@ class ModelExplainer:
             ``"minmax"`` (each layer's map normalised before the sum) or ``"none"`` (Eq. 8 as written).
         map_options: keyword arguments of the forward-only methods' map functions, by method
             (:mod:`cama.viz.methods`), e.g. ``{"dist_cam": {"eps": 1e-3}}``.
+        forward_batch_size: Score-CAM, Ablation-CAM: the most masked / ablated images per forward.
+        mean, std: Score-CAM: the images' normalisation, to mask the ``[0, 1]`` picture; None masks
+            the network input.
     """
 
     def __init__(
@@ -182,6 +196,9 @@ class ModelExplainer:
         truncation_per_channel: bool = False,
         layer_norm: str = "minmax",
         map_options: Mapping[str, Mapping[str, Any]] | None = None,
+        forward_batch_size: int = 64,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         if not isinstance(model, EmbeddingModel):
             raise TypeError(
@@ -194,6 +211,13 @@ class ModelExplainer:
         self.truncation_per_channel = truncation_per_channel
         self.layer_norm = check_layer_norm(layer_norm)
         self.map_options = check_map_options(map_options)
+        if type(forward_batch_size) is not int or forward_batch_size < 1:
+            raise ValueError(f"forward_batch_size must be a positive int, got {forward_batch_size!r}")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        self.forward_batch_size = forward_batch_size
+        self.mean = mean
+        self.std = std
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
@@ -274,18 +298,20 @@ class ModelExplainer:
     def gradient_maps(
         self, method: str, features: Features, target: Target | Tensor, branches: bool = True
     ) -> Tensor:
-        """Gradient maps ``[B, N + 1, H, W]`` (branches, then summed; ``[B, 1, H, W]`` for one branch
-        or with ``branches=False``) against ``target`` (as :meth:`raw_maps`)."""
+        """Maps of a layer method (:data:`LAYER_METHODS`: gradient or gradient-free) ``[B, N + 1, H, W]``
+        (branches, then summed; ``[B, 1, H, W]`` for one branch or with ``branches=False``) against
+        ``target`` (as :meth:`raw_maps`)."""
         target = as_target(target).embedding(method, features.embedding)
         embedder = _Embedder(self.model)
         per_branch, all_layers = self._layers()
         # a transformer's layers output tokens: the model folds them into maps (HasTokenLayers)
         size = tuple(features.images.shape[-2:])
         reshape = self.model.token_grid(size) if isinstance(self.model, HasTokenLayers) else None
-        kwargs = dict(
-            method=method, truncation=self.truncation, truncation_per_channel=self.truncation_per_channel,
-            reshape=reshape, layer_norm=self.layer_norm,
-        )
+        kwargs: dict[str, Any] = dict(method=method, reshape=reshape, layer_norm=self.layer_norm)
+        if method in GRADIENT_METHODS:
+            kwargs.update(truncation=self.truncation, truncation_per_channel=self.truncation_per_channel)
+        else:
+            kwargs.update(forward_batch_size=self.forward_batch_size, mean=self.mean, std=self.std)
         summed = gradient_cam(embedder, features.images, similarity_score(target), all_layers, **kwargs)
         if not branches or features.num_branches == 1 or features.slices is None:
             return summed[:, None]
@@ -317,7 +343,7 @@ class ModelExplainer:
             branches: False returns the summed map only, ``[B, 1, H, W]`` (cheaper).
         """
         size = tuple(size) if size is not None else tuple(features.images.shape[-2:])
-        if method in GRADIENT_METHODS:
+        if method in LAYER_METHODS:
             maps = self.gradient_maps(method, features, target, branches)
             if tuple(maps.shape[-2:]) != size:
                 maps = postprocess(maps, size)
