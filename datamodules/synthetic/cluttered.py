@@ -18,8 +18,8 @@ solid cells of palette colours, and ``"patchwork"``, 3-6 cells each with a palet
 texture at the parts' scale. On either, colour does not tell the object from the background: the
 network-free map ``|pixel - border colour|`` lights whole cells (its Otsu mIoU on 360 images of
 seed 0: gradient 0.688, cells 0.458, patchwork 0.358), so the object is found by its shapes. The
-patchwork is too hard for ``configs/classifier_cluttered.yaml``'s 40 epochs (seed 0: test accuracy
-0.108, chance 0.083); the config draws ``"cells"``.
+patchwork was too hard for the classifier with 60 training images a class and 40 epochs (seed 0: test
+accuracy 0.108, chance 0.083); ``configs/classifier_cluttered.yaml`` draws ``"cells"``.
 """
 
 from __future__ import annotations
