@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "CLASS_METHODS",
     "FORWARD_METHODS",
     "GRADIENT_METHODS",
     "METHODS",
@@ -47,6 +48,8 @@ VARIANTS: Mapping[str, tuple[str, Mapping[str, Any]]] = MappingProxyType({
 FORWARD_METHODS: tuple[str, ...] = PAPER_FORWARD_METHODS + tuple(VARIANTS)
 GRADIENT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "fullgrad")
 METHODS: tuple[str, ...] = FORWARD_METHODS + GRADIENT_METHODS
+#: the methods that explain a predicted class, not a similarity to a reference: no contrastive map
+CLASS_METHODS: tuple[str, ...] = ("cam",)
 
 _ALIASES = {
     "distcam": "dist_cam",
