@@ -12,7 +12,8 @@ from torch import nn
 
 from cama.explain import contrast_score, contrastive_ram, contrastive_ranks, dist_cam, ram, signed_display
 from cama.models import CAMA
-from cama.viz import ModelExplainer, to_uint8
+from cama.viz import ModelExplainer, ranking_figure, to_uint8
+from cama.viz.layout import display_scale
 from cama.viz.figures import Shown, contrastive_maps, ranking_picture
 from cama.viz.targets import Contrast
 
@@ -262,3 +263,27 @@ def test_the_contrast_of_cam_is_never_drawn():
     shown = Shown(query, to_uint8(query.images)), Shown(listed, to_uint8(listed.images))
     args = (explainer, "cam", *shown, torch.tensor([False, True]), None, "t")
     assert torch.equal(ranking_picture(*args, contrastive=True), ranking_picture(*args, contrastive=False))
+
+
+def test_first_true_match_ranks_the_whole_gallery():
+    """Retrieval on a line: from image 0 the others lie at squared distances 25, 1, 4, 9, so its only
+    true match (image 1) is 4th (rank 3, 0-based); from image 2 its true match 3 is 2nd after a tie broken
+    by position; image 4's class has no other image."""
+    from cama.metrics.ranking import EmbeddingSet
+    from cama.references import RetrievalReferences
+
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    gallery = EmbeddingSet(torch.tensor([[0.0], [5.0], [1.0], [2.0], [3.0]]), labels, torch.arange(5))
+    provider = RetrievalReferences(labels)
+    probes = torch.tensor([0, 2, 4])
+    rank, index = provider.first_true_match(gallery, gallery.embeddings[probes], probes)
+    assert rank.tolist() == [3, 1, -1] and index.tolist() == [1, 3, -1]
+
+
+def test_a_true_match_appended_after_the_top_k_gets_its_rank_and_a_gap():
+    query, gallery = torch.zeros(3, 16, 12, dtype=torch.uint8), torch.zeros(3, 3, 16, 12, dtype=torch.uint8)
+    maps = torch.zeros(1, 16, 12), torch.zeros(3, 1, 16, 12)
+    consecutive = ranking_figure(query, gallery, None, *maps)
+    skipping = ranking_figure(query, gallery, None, *maps, ranks=[1, 2, 37])
+    gap = display_scale(16, 12).gap - display_scale(16, 12).padding
+    assert skipping.shape[2] == consecutive.shape[2] + gap  # one more gap, before "rank 37"
