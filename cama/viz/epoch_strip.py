@@ -54,7 +54,7 @@ def epoch_strip(
     repeated = picture[None].expand(count * steps, -1, -1, -1)
     values = minmax_normalize(maps.flatten(0, 1).to(picture.device))
     tiles = heat_overlays(repeated, values, alpha, colormap, scale=scale).cpu()
-    text = "one column per kept validation epoch · each map min-max normalised (0-1)"
+    text = "columns: the epochs kept · each map min-max normalised (0-1)"
     return sheet(
         tiles.reshape(count, steps, *tiles.shape[1:]), scale, headers=[f"epoch {e}" for e in epochs],
         row_labels=list(methods), title=title, colormap=colormap, legend=text if legend else "",
