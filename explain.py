@@ -11,7 +11,10 @@ Re-ID and retrieval (a model with ``evaluation_embeddings`` / ``reference_provid
 
 For every query and method: ``<output>/<query>_<method>.png``, the query and its ``top_k`` ranked
 images (green / red frames when identities or classes are known), one row of maps per branch and
-one for the summed map (cama-ram Fig. 4 / Fig. 8), and ``rankings.json``.
+one for the summed map (cama-ram Fig. 4 / Fig. 8) and, when a false match comes before the first
+true match of the list, a row *why rank r beat the true match* (the map of ``s(q, g-) - s(q, g+)``
+on the query and both images, :mod:`cama.explain.contrastive`; ``--no_contrastive``: without it),
+and ``rankings.json``.
 
 Few-shot (a model with ``episode_references``, e.g. ProtoNet)::
 
@@ -112,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
         "--methods", nargs="+", default=["ram", "dist_cam", "fam"], help=f"any of {list(METHODS)}"
     )
     parser.add_argument("--top_k", type=int, default=10, help="gallery images per ranking list")
+    parser.add_argument("--no_contrastive", action="store_true",
+                        help="re-ID / retrieval: no row 'why rank r beat the true match' (the map of "
+                        "s(q, g-) - s(q, g+)) in the ranking pictures")
     parser.add_argument("--rerank", action="store_true",
                         help="re-ID / retrieval: rank by k-reciprocal re-ranked distances (the explained queries as the probe pool)")
     parser.add_argument("--num_queries", type=int, default=8, help="queries explained (few-shot: per episode)")
@@ -202,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm,
                                    forward_batch_size=args.batch_size)
         written = explain_rankings(data, list(range(len(data.files) - len(data.gallery))), explainer, methods,
-                                   output, args.top_k, args.batch_size, rerank=args.rerank, **drawing)
+                                   output, args.top_k, args.batch_size, rerank=args.rerank,
+                                   contrastive=not args.no_contrastive, **drawing)
     else:
         if not isinstance(model, RankingTask):
             raise ExplainError(f"{type(model).__name__} neither ranks (re-ID, retrieval) nor classifies episodes")
@@ -217,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm,
                                    forward_batch_size=args.batch_size)
         written = explain_rankings(data, _ranking_queries(args, data), explainer, methods, output, args.top_k,
-                                   args.batch_size, rerank=args.rerank, **drawing)
+                                   args.batch_size, rerank=args.rerank, contrastive=not args.no_contrastive,
+                                   **drawing)
     print(f"explain.py: wrote {len(written)} PNGs to {output}")
     return written
 

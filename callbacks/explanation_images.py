@@ -10,7 +10,15 @@ one row per probe -- probe | reference (green frame: true match, red: false) | t
 the probe (each branch, then summed) | its maps on the reference (the same). And for the first
 ``num_ranking_queries`` probes a ranking list (``explanations/ranking/query_<j>``, cama-ram Fig. 4 /
 Fig. 8): the query and its ``top_k`` gallery images framed green/red, then a row per branch and one
-for the summed map with the query's own RAM ``R_q^q`` and each gallery image's ``R_g^q``. Every
+for the summed map with the query's own RAM ``R_q^q`` and each gallery image's ``R_g^q``; when the
+list's first false match comes before its first true match (``contrastive``, on by default), a last
+row *why rank r beat the true match*: the map of ``s(q, g-) - s(q, g+)`` on the query, the false match
+and the true match (:mod:`cama.explain.contrastive`; for RAM three maps of features already
+computed, for a gradient method three more backward passes). Maps over training
+(``over_training_epochs``, :mod:`callbacks.maps_over_training`): every method's summed map of each
+probe is compared with the previous drawn epoch's, ``maps_drift/<method>/spearman`` (Spearman rank
+correlation, averaged over the probes), and ``explanations/over_training`` shows the first probe's
+maps across the kept epochs (from the second drawn epoch on). Every
 picture explains itself (:mod:`cama.viz.pictures`): a title ``epoch <e> · val · <method>``, column
 headers, the identity (re-ID) or class (retrieval) and the distance under the images, a colour bar;
 once per run ``explanations/README`` (TensorBoard text) says what each tag shows.
@@ -55,6 +63,8 @@ from callbacks.base import (
     load_joint_state,
 )
 from callbacks.image_sink import ImageSink, logging_step
+from callbacks.maps_over_training import MapsOverTraining
+from callbacks.score_logging import ScoreLogger
 from cama.map_scoring import complete_features
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet
@@ -68,7 +78,9 @@ from cama.viz import (
     ranking_legend,
     to_uint8,
 )
-from cama.viz.figures import Shown, probe_grid_picture, ranking_picture
+from cama.viz.epoch_strip import epoch_strip_legend
+from cama.viz.methods import CLASS_METHODS
+from cama.viz.figures import Shown, probe_grid_maps, probe_grid_picture, ranking_picture
 
 __all__ = ["ExplanationImages"]
 
@@ -86,6 +98,9 @@ class ExplanationImages(Callback):
         num_ranking_queries: ranking lists logged (the first probes); 0 disables them.
         top_k: gallery images per ranking list.
         ranking_method: the method drawn on the ranking lists (cama-ram Fig. 4/8 use ``ram``).
+        contrastive: the ranking lists' row *why rank r beat the true match* (module docstring).
+        over_training_epochs: maps over training: the most epochs the strip keeps; 0: off (no
+            ``maps_drift/*`` scalars, no strip).
         gradient_layers: layer names for the gradient methods (default: each branch's last block).
         truncation: delta of the truncation trick (ltgrad-cam Eq. 9-11), None: off.
         truncation_per_channel: take the truncation percentile per channel.
@@ -109,6 +124,8 @@ class ExplanationImages(Callback):
         num_ranking_queries: int = 2,
         top_k: int = 10,
         ranking_method: str | None = "ram",
+        contrastive: bool = True,
+        over_training_epochs: int = 12,
         gradient_layers: list[str] | None = None,
         truncation: float | None = None,
         truncation_per_channel: bool = False,
@@ -128,10 +145,15 @@ class ExplanationImages(Callback):
             raise ValueError(f"num_ranking_queries must be >= 0, got {num_ranking_queries}")
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if over_training_epochs == 1 or over_training_epochs < 0:
+            raise ValueError(f"over_training_epochs must be 0 (off) or >= 2, got {over_training_epochs}")
         self.methods = check_methods(methods)
         self.ranking_method = check_methods([ranking_method])[0] if ranking_method else None
         self.num_ranking_queries = min(int(num_ranking_queries), int(num_probes)) if self.ranking_method else 0
         self.top_k = int(top_k)
+        self.contrastive = bool(contrastive) and self.ranking_method not in CLASS_METHODS  # cam: no contrast
+        self.over_training = MapsOverTraining(over_training_epochs) if over_training_epochs else None
+        self.drift_logger = ScoreLogger("maps_drift")
         self.gradient_layers = gradient_layers
         self.truncation = truncation
         self.truncation_per_channel = truncation_per_channel
@@ -154,10 +176,13 @@ class ExplanationImages(Callback):
         return self._generate_state_key(tag_prefix=self.tag_prefix)
 
     def state_dict(self) -> dict[str, Any]:
-        return joint_state(self.schedule, self.probes)
+        return joint_state(self.schedule, self.probes, *self._history())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        load_joint_state(state_dict, self.schedule, self.probes)
+        load_joint_state(state_dict, self.schedule, self.probes, *self._history())
+
+    def _history(self) -> list[MapsOverTraining]:
+        return [self.over_training] if self.over_training is not None else []
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -207,16 +232,14 @@ class ExplanationImages(Callback):
             pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm
         )
         captions = Captions(provider, device)
-        shown, references, matches = self._ranked_probes(
+        shown, references, matches, kept = self._ranked_probes(
             explainer, provider, gallery.to(device), probes, captured, captions, device, trainer.datamodule
         )
         if shown is None:
             return []
+        lists = self._ranking_lists(provider, gallery, shown, kept, references, matches)
         # one forward for every gallery image shown: references and ranking lists
-        needed = sorted(
-            {int(r) for r in references[:, 0].tolist()}
-            | {int(r) for r in references[: self.num_ranking_queries].flatten().tolist() if r >= 0}
-        )
+        needed = sorted({int(r) for r in references[:, 0].tolist()} | {i for row, _, _ in lists for i in row})
         batch = load_items(dataset, needed, device)
         with cpu_threads(forward_threads, device):
             features = explainer.features(batch["image"])
@@ -230,28 +253,55 @@ class ExplanationImages(Callback):
             shown.features.embedding, shown_references.features.embedding, gallery.distance
         ).diagonal()
         written: list[str] = []
+        summed: dict[str, Tensor] = {}  # each method's summed map on the probes (maps over training)
         for method in self.methods:
+            maps = probe_grid_maps(explainer, method, shown, shown_references)
             picture = probe_grid_picture(
                 explainer, method, shown, shown_references, matches[:, 0], distances,
-                picture_title(method, epoch), self.alpha, self.colormap,
+                picture_title(method, epoch), self.alpha, self.colormap, maps=maps,
             )
             written += sink.write(method, picture, step, epoch, prefix=self.tag_prefix)
-        lists = min(self.num_ranking_queries, references.shape[0])
-        for j in range(lists):
-            valid = references[j] >= 0
-            listed = shown_gallery.select([position[int(r)] for r in references[j][valid].tolist()])
-            picture = self._ranking_list(explainer, shown.select([j]), listed, matches[j][valid], gallery.distance, j, epoch)
+            summed[method] = maps[0][:, -1]
+        if self.over_training is not None:
+            scores = self.over_training.update(epoch, kept, summed)
+            self.drift_logger.log(trainer, pl_module, {k: v.to(device) for k, v in scores.items()})
+            subject = shown.labels[0] if shown.labels else ""
+            title = picture_title("maps over training", epoch, subject=subject)
+            strip = self.over_training.picture(shown.pictures[0], self.alpha, self.colormap, title)
+            if strip is not None:
+                written += sink.write("over_training", strip, step, epoch, prefix=self.tag_prefix)
+        for j, (indices, flags, ranks) in enumerate(lists):
+            listed = shown_gallery.select([position[i] for i in indices])
+            query = shown.select([j])
+            distances = pairwise_distance(
+                query.features.embedding, listed.features.embedding, gallery.distance)
+            picture = ranking_picture(
+                explainer, self.ranking_method, query, listed, flags, distances[0],
+                picture_title(self.ranking_method, epoch, subject=f"query {j}"), self.alpha, self.colormap,
+                self.contrastive, ranks,
+            )
             written += sink.write(f"ranking/query_{j}", picture, step, epoch, prefix=self.tag_prefix)
         return written
 
-    def _ranking_list(
-        self, explainer: ModelExplainer, query: Shown, listed: Shown, matches: Tensor, distance: str, j: int, epoch: int
-    ) -> Tensor:
-        """The ranking list of probe ``j`` (``query``) with its ``listed`` gallery images."""
-        method = self.ranking_method
-        distances = pairwise_distance(query.features.embedding, listed.features.embedding, distance)[0]
-        title = picture_title(method, epoch, subject=f"query {j}")
-        return ranking_picture(explainer, method, query, listed, matches, distances, title, self.alpha, self.colormap)
+    def _ranking_lists(
+        self, provider: Any, gallery: EmbeddingSet, shown: Shown, kept: list[int], references: Tensor,
+        matches: Tensor,
+    ) -> list[tuple[list[int], Tensor, list[int]]]:
+        """Each ranking list's dataset indices, match flags and ranks (1-based): its top k and, for the
+        contrast row, the first true match after them when none is among them."""
+        out = []
+        for j in range(min(self.num_ranking_queries, references.shape[0])):
+            valid = references[j] >= 0
+            indices, flags = [int(r) for r in references[j][valid].tolist()], matches[j][valid]
+            ranks = list(range(1, len(indices) + 1))
+            if self.contrastive and not bool(flags.any()):  # the whole gallery ranked: two probes, cheap
+                rank, index = provider.first_true_match(
+                    gallery, shown.features.embedding[j : j + 1], torch.tensor(kept[j : j + 1]))
+                if int(rank[0]) >= 0:
+                    indices, ranks = indices + [int(index[0])], ranks + [int(rank[0]) + 1]
+                    flags = torch.cat([flags, flags.new_ones(1)])
+            out.append((indices, flags, ranks))
+        return out
 
     def _ranked_probes(
         self,
@@ -263,10 +313,11 @@ class ExplanationImages(Callback):
         captions: Captions,
         device: torch.device,
         shows: Any,
-    ) -> tuple[Shown | None, Tensor, Tensor]:
+    ) -> tuple[Shown | None, Tensor, Tensor, list[int]]:
         """The probes that have a reference, as shown, with their ranked lists ``[P, k]`` (dataset
-        indices, ``-1`` past the end; ``k`` = ``top_k`` with ranking lists, else 1) and match flags.
-        Their maps come from the validation step when it returned every probe's, else one forward."""
+        indices, ``-1`` past the end; ``k`` = ``top_k`` with ranking lists, else 1), match flags and
+        dataset indices. Their maps come from the validation step when it returned every probe's, else
+        one forward."""
         every = captured if all(i in captured for i in probes) else {}
         features, batch, _ = complete_features(
             explainer, probes, every, lambda indices: load_items(self.probes.dataset, indices, device), device
@@ -275,11 +326,12 @@ class ExplanationImages(Callback):
         references, matches = provider.rank(gallery, features.embedding, torch.tensor(probes, device=device), list_length)
         keep = (references[:, 0] >= 0).nonzero().squeeze(1)
         if keep.numel() == 0:
-            return None, references, matches
+            return None, references, matches, []
         features = features.select(keep)
         boxes = batch["box"][keep] if self.draw_boxes and "box" in batch else None
-        labels = captions([probes[i] for i in keep.tolist()])
-        return Shown(features, to_uint8(features.images, shows), labels, boxes), references[keep], matches[keep]
+        kept = [probes[i] for i in keep.tolist()]
+        shown = Shown(features, to_uint8(features.images, shows), captions(kept), boxes)
+        return shown, references[keep], matches[keep], kept
 
     def readme_text(self, provider: Any) -> str:
         """The TensorBoard text of the run: what each image tag shows (Markdown)."""
@@ -292,7 +344,14 @@ class ExplanationImages(Callback):
         if self.num_ranking_queries:
             text.append(
                 f"**{self.tag_prefix}/ranking/query_<j>** (the first {self.num_ranking_queries} probes, "
-                f"maps: {self.ranking_method}): " + ranking_legend()
+                f"maps: {self.ranking_method}): " + ranking_legend(self.contrastive)
+            )
+        if self.over_training is not None:
+            text.append(
+                f"**{self.tag_prefix}/over_training** (from the second epoch drawn): "
+                + epoch_strip_legend(self.over_training.max_epochs)
+                + " The scalars `maps_drift/<method>/spearman`: the Spearman rank correlation of each "
+                "probe's summed map with the previous drawn epoch's, averaged over the probes."
             )
         text.append(
             "Each picture's title gives the epoch; its step is the step of the epoch's scalars (`val/*`)."

@@ -90,6 +90,18 @@ class _GalleryReferences:
         references = torch.where(valid, gallery.indices[safe], rows) if len(gallery) else rows
         return references, matches
 
+    def first_true_match(
+        self, gallery: EmbeddingSet, embeddings: Tensor, probes: Tensor, distances: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(rank, index)`` ``[P]``: the 0-based rank of each probe's first true match among its rankable
+        gallery images (the whole gallery ranked, as :meth:`rank`) and its dataset index; ``-1`` where
+        there is none."""
+        references, matches = self.rank(gallery, embeddings, probes, len(gallery.gallery()), distances)
+        rank = matches.int().argmax(dim=1)
+        found = matches.any(dim=1)
+        index = references.gather(1, rank[:, None])[:, 0]
+        return torch.where(found, rank, -1), torch.where(found, index, -1)
+
 
 @dataclass
 class ReIDReferences(_GalleryReferences):

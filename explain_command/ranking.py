@@ -128,11 +128,14 @@ def _reranked(explainer: ModelExplainer, data: Any, queries: list[int], gallery:
 def explain_rankings(
     data: DatasetRanking | FileRanking, queries: list[int], explainer: ModelExplainer, methods: Sequence[str],
     output: Path, top: int, batch_size: int, device: torch.device, progress: bool, alpha: float, colormap: str,
-    rerank: bool = False,
+    rerank: bool = False, contrastive: bool = True,
 ) -> list[Path]:
     """Write ``<output>/<query>_<method>.png`` for every query and method, and ``rankings.json``,
     rewritten (atomically) after each query, so a failure later keeps the lists already explained;
-    ``rerank`` ranks by k-reciprocal re-ranked distances (:func:`cama.metrics.rerank.re_ranking`)."""
+    ``rerank`` ranks by k-reciprocal re-ranked distances (:func:`cama.metrics.rerank.re_ranking`);
+    ``contrastive``: the row *why rank r beat the true match* where a false match comes first
+    (:func:`cama.viz.figures.ranking_picture`; a list whose top k holds no true match gets its first
+    true match appended, after a gap)."""
     embeddings = _embed(explainer, data, data.gallery, batch_size, device, progress)
     reranked = _reranked(explainer, data, queries, embeddings, batch_size, device, progress) if rerank else None
     written: list[Path] = []
@@ -144,6 +147,13 @@ def explain_rankings(
         if not found:
             tqdm.write(f"query {data.name(index)}: no rankable gallery image, skipped")
             continue
+        ranks = list(range(1, len(found) + 1))
+        if contrastive and flags is not None and not any(flags):  # the contrast row: the first true match
+            everything, all_flags = data.rank(embeddings, query.embedding, index, len(data.gallery),
+                                              distances)
+            if any(all_flags):
+                first = all_flags.index(True)
+                found, flags, ranks = found + [everything[first]], flags + [True], ranks + [first + 1]
         listed_features = explainer.features(data.load(found, device))
         name = data.name(index)
         frames = torch.tensor(flags) if flags is not None else None
@@ -156,12 +166,12 @@ def explain_rankings(
         for method in methods:
             picture = ranking_picture(
                 explainer, method, shown_query, listed, frames, listed_distances,
-                picture_title(method, subject=name), alpha, colormap,
+                picture_title(method, subject=name), alpha, colormap, contrastive, ranks,
             )
             written.append(write_picture(picture, output, name, method))
-        rankings[name] = [
+        rankings[name] = [  # the top k (not the true match appended for the contrast row)
             {"gallery": data.name(g), "match": bool(flags[j]) if flags is not None else None}
-            for j, g in enumerate(found)
+            for j, g in enumerate(found[:top])
         ]
         write_json(rankings, output / "rankings.json")
     if not rankings:

@@ -76,6 +76,7 @@ def test_config_data_module_ranking_lists_per_method(checkpoint, tmp_path):
             "--output",
             str(out),
             "--no_progress",
+            "--no_contrastive",  # the rows below: no "why rank r beat the true match" row
         ]
     )
     assert len(written) == 2 * 2 and all(p.is_file() for p in written)
@@ -86,6 +87,25 @@ def test_config_data_module_ranking_lists_per_method(checkpoint, tmp_path):
     rankings = json.loads((out / "rankings.json").read_text())
     assert len(rankings) == 2 and all(len(v) == 4 for v in rankings.values())
     assert all(isinstance(entry["match"], bool) for v in rankings.values() for entry in v)
+
+
+def test_the_contrast_row_is_drawn_by_default_where_a_false_match_comes_first(checkpoint, tmp_path):
+    def run(*extra: str) -> tuple[list[Path], dict]:
+        out = tmp_path / ("off" if extra else "on")
+        written = explain.main([
+            "--checkpoint", str(checkpoint), "--config", str(CONFIG), "--data", *TINY_DATA,
+            "--methods", "ram", "--top_k", "3", "--num_queries", "4", "--output", str(out), "--no_progress",
+            *extra,
+        ])
+        return written, json.loads((out / "rankings.json").read_text())
+
+    (on, rankings), (off, same) = run(), run("--no_contrastive")
+    assert rankings == same  # the top k only, the true match appended for the row is not listed
+    for with_row, without in zip(on, off):
+        first_false = not rankings[without.stem.removesuffix("_ram")][0]["match"]
+        (h1, w1), (h0, w0) = png_size(with_row), png_size(without)
+        assert (h1 > h0 + 128 and w1 >= w0) if first_false else (h1, w1) == (h0, w0)
+    assert any(not entries[0]["match"] for entries in rankings.values())  # the case is exercised
 
 
 def test_image_folders_with_market_names(checkpoint, tmp_path):

@@ -23,6 +23,10 @@ float64), so low-precision maps equal the float32 maps of the same values:
   (:func:`fam` ``importance="relu"``);
 * rendering: :func:`postprocess` (ReLU -> bilinear upsampling -> per-map min-max),
   :func:`overlay` (uint8 RGB heat-map overlays), :func:`grid`;
+* contrastive ranking maps (:mod:`.contrastive`): why a false match outranked the true match,
+  :func:`contrastive_ranks` (which probes), :func:`contrastive_ram` (the RAM of
+  ``s(q, g-) - s(q, g+)``, exact by linearity of cama-ram Eq. 10), :func:`contrast_score` (that
+  difference as a gradient CAM's score), :func:`signed_display`;
 * sanity checks (Adebayo et al. 2018, :mod:`.sanity`): :func:`sanity_check` and
   :func:`cascading_randomization` (cascading model-parameter randomization),
   :func:`spearman_correlation`, :func:`ssim`;
@@ -67,6 +71,7 @@ from .gradient import (
 )
 from .gradient_scores import RowScore, logit_score, similarity_score
 from .masking import mask_images
+from .contrastive import contrast_score, contrastive_ram, contrastive_ranks, signed_display
 from .feature_activation import fam, fam_channel_contributions, fam_importance
 from .maps import (
     class_activation_map,
@@ -100,6 +105,9 @@ __all__ = [
     "class_activation_map",
     "class_prototype",
     "colorize",
+    "contrast_score",
+    "contrastive_ram",
+    "contrastive_ranks",
     "draw_boxes",
     "colormap",
     "dist_cam",
@@ -123,6 +131,7 @@ __all__ = [
     "ram_per_branch",
     "ram_self",
     "sanity_check",
+    "signed_display",
     "record_gradients",
     "similarity_score",
     "spearman_correlation",

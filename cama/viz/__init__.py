@@ -41,7 +41,7 @@ from cama.viz.model_explainer import (
     check_methods,
     default_gradient_layers,
 )
-from cama.viz.targets import Against, Own, ProbeAgainst, Target
+from cama.viz.targets import Against, Contrast, Own, ProbeAgainst, Target
 from cama.viz.pictures import (
     GREEN,
     RED,
@@ -58,6 +58,7 @@ from cama.viz.pictures import (
 
 __all__ = [
     "Against",
+    "Contrast",
     "Own",
     "ProbeAgainst",
     "Target",

@@ -6,6 +6,11 @@ against its top-ranked image, each ranked image against the query). :class:`Show
 such a picture needs of its images -- the features the maps come from, the ``uint8`` pictures, the
 captions, the boxes -- and :func:`probe_grid_picture` and :func:`ranking_picture` compute the maps
 with a :class:`~cama.viz.ModelExplainer` and lay them out with :mod:`cama.viz.pictures`.
+
+A ranking list may end with a contrastive row (``ranking_picture(..., contrastive=True)``): when its
+first false match ``g-`` comes before its first true match ``g+``, :func:`contrastive_maps` draws
+the summed map of ``s(q, g-) - s(q, g+)`` on the query, ``g-`` and ``g+``
+(:mod:`cama.explain.contrastive`).
 """
 
 from __future__ import annotations
@@ -13,13 +18,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from cama.explain import contrastive_ranks, signed_display
+from cama.viz.methods import CLASS_METHODS, GRADIENT_METHODS
 from cama.viz.model_explainer import Features, ModelExplainer
-from cama.viz.pictures import probe_grid, ranking_figure
-from cama.viz.targets import ProbeAgainst
+from cama.viz.pictures import ContrastRow, probe_grid, ranking_figure
+from cama.viz.targets import Contrast, ProbeAgainst
 
-__all__ = ["Shown", "probe_grid_picture", "ranking_picture"]
+__all__ = [
+    "Shown", "contrast_row", "contrastive_maps", "probe_grid_maps", "probe_grid_picture", "ranking_picture",
+]
 
 
 @dataclass
@@ -52,6 +63,15 @@ class Shown:
         )
 
 
+def probe_grid_maps(
+    explainer: ModelExplainer, method: str, probes: Shown, references: Shown
+) -> tuple[Tensor, Tensor]:
+    """``method``'s maps ``[P, M, H, W]`` of a probe grid: each probe against its reference (row ``i``
+    of ``references``; RAM: the probe's own ``R_q^q``), and each reference against its probe."""
+    probe_maps = explainer.explain(method, probes.features, ProbeAgainst(references.features.embedding))
+    return probe_maps, explainer.explain(method, references.features, probes.features.embedding)
+
+
 def probe_grid_picture(
     explainer: ModelExplainer,
     method: str,
@@ -62,19 +82,21 @@ def probe_grid_picture(
     title: str | None,
     alpha: float = 0.5,
     colormap: str = "jet",
+    maps: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """A :func:`~cama.viz.probe_grid` of ``method``'s maps: each probe against its reference (row
-    ``i`` of ``references``; RAM: the probe's own ``R_q^q``) and each reference against its probe.
+    """A :func:`~cama.viz.probe_grid` of ``method``'s maps (:func:`probe_grid_maps`).
 
     Args:
         matches: ``[P]`` bool, whether each reference is a true match (the frames), or None.
         distances: ``[P]`` probe-to-reference distances (captions), or None.
+        maps: the :func:`probe_grid_maps` already computed, or None.
 
     Returns:
         ``uint8`` ``[3, H', W']``.
     """
-    probe_maps = explainer.explain(method, probes.features, ProbeAgainst(references.features.embedding))
-    reference_maps = explainer.explain(method, references.features, probes.features.embedding)
+    if maps is None:
+        maps = probe_grid_maps(explainer, method, probes, references)
+    probe_maps, reference_maps = maps
     return probe_grid(
         probes.pictures,
         references.pictures,
@@ -102,6 +124,8 @@ def ranking_picture(
     title: str | None,
     alpha: float = 0.5,
     colormap: str = "jet",
+    contrastive: bool = False,
+    ranks: Sequence[int] | None = None,
 ) -> Tensor:
     """A :func:`~cama.viz.ranking_figure` of ``method``'s maps: the query (one row) against its
     top-ranked image (``listed``'s first; RAM: its own ``R_q^q``), each listed image against the query
@@ -112,12 +136,20 @@ def ranking_picture(
         listed: the ranked images, in rank order.
         matches: ``[k]`` bool true / false matches (frames), or None.
         distances: ``[k]`` query-to-image distances (captions), or None.
+        contrastive: add the row *why rank r beat the true match* (:func:`contrast_row`) when the
+            first false match comes before the first true match of the list (needs ``matches``; never
+            for ``cam``, which explains a class). A caller whose top-k holds no true match may append
+            the first true match to ``listed`` (with its rank in ``ranks``).
+        ranks: each listed image's rank (1-based), default ``1 .. k`` (:func:`~cama.viz.ranking_figure`).
 
     Returns:
         ``uint8`` ``[3, H', W']``.
     """
     query_maps = explainer.explain(method, query.features, ProbeAgainst(listed.features.embedding[:1]))[0]
     listed_maps = explainer.explain(method, listed.features, query.features.embedding.expand(len(listed), -1))
+    contrast = None
+    if contrastive and matches is not None and method not in CLASS_METHODS:
+        contrast = contrast_row(explainer, method, query, listed, torch.as_tensor(matches, dtype=torch.bool))
     return ranking_figure(
         query.pictures[0],
         listed.pictures,
@@ -130,4 +162,49 @@ def ranking_picture(
         query_label=query.labels[0] if query.labels else "",
         gallery_labels=listed.labels,
         distances=distances,
+        contrast=contrast,
+        ranks=ranks,
     )
+
+
+def contrastive_maps(
+    explainer: ModelExplainer, method: str, query: Features, negative: Features, positive: Features,
+    size: Sequence[int] | None = None,
+) -> Tensor:
+    """The summed maps ``[3, H, W]`` of ``s(q, g-) - s(q, g+)`` on the query, on the false match ``g-``
+    and on the true match ``g+`` (one image each), in ``[0, 1]`` on signed scales
+    (:func:`cama.explain.signed_display`: ``0.5`` is 0, above favours ``g-``): the query's map on its
+    own, the two gallery maps on one scale (they are the two terms of the difference).
+
+    The targets are :class:`~cama.viz.targets.Contrast` s: ``(g-, g+)`` on the query, ``(q, -)`` on
+    ``g-``, ``(-, q)`` on ``g+``. The forward-only methods' raw maps are signed (RAM: the map of the
+    difference, exact); a gradient method's map is its ``[0, 1]`` map of the difference (ReLU'd by the
+    method: never below ``0.5``). ``size``: default the query's image size.
+    """
+    sides = (
+        (query, Contrast(negative.embedding, positive.embedding)),
+        (negative, Contrast(query.embedding, None)),
+        (positive, Contrast(None, query.embedding)),
+    )
+    if method in GRADIENT_METHODS:
+        maps = [explainer.gradient_maps(method, f, target, branches=False)[:, 0] for f, target in sides]
+    else:
+        maps = [explainer.raw_maps(method, features, target).sum(dim=1) for features, target in sides]
+    size = tuple(size) if size is not None else tuple(query.images.shape[-2:])
+    return torch.cat([signed_display(maps[0], size), signed_display(torch.cat(maps[1:]), size)])
+
+
+def contrast_row(
+    explainer: ModelExplainer, method: str, query: Shown, listed: Shown, matches: Tensor
+) -> ContrastRow | None:
+    """The :class:`~cama.viz.pictures.ContrastRow` of a ranking list (``matches`` ``[k]`` of
+    ``listed``), or None when no false match comes before the first true match in the list
+    (:func:`cama.explain.contrastive_ranks`)."""
+    chosen, negative, positive = (int(v[0]) for v in contrastive_ranks(matches.reshape(1, -1)))
+    if not chosen:
+        return None
+    pair = listed.features.select([negative, positive])
+    maps = contrastive_maps(explainer, method, query.features, pair.select([0]), pair.select([1]),
+                            tuple(query.pictures.shape[-2:]))
+    similarities = F.cosine_similarity(query.features.embedding.float(), pair.embedding.float(), dim=1)
+    return ContrastRow(maps, negative, positive, (float(similarities[0]), float(similarities[1])))

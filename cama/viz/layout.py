@@ -102,7 +102,7 @@ def sheet(
         groups: headers spanning columns ``[c0, c1)``, on a band above ``headers``.
         captions: ``[R][C]`` texts under the tiles ('' for none); rows whose texts are all empty
             get no caption band.
-        row_labels: one label per row, left of it (empty: no label column).
+        row_labels: one label per row, left of it (empty: no label column; ``\n`` for more lines).
         title: the first line.
         gaps_after: columns followed by a gap of ``scale.gap`` instead of ``scale.padding``.
         colormap: the colour bar's colour map (None: no colour bar).
@@ -116,7 +116,8 @@ def sheet(
     font = load_font(scale.font_size)
     line, pad = line_height(font), scale.padding
     label_width = (
-        int(max(font.getlength(label) for label in row_labels)) + 2 * pad if any(row_labels) else 0
+        int(max(font.getlength(text) for label in row_labels for text in label.split("\n"))) + 2 * pad
+        if any(row_labels) else 0
     )
     extra = torch.zeros(columns, dtype=torch.long)
     for c in gaps_after:
@@ -140,9 +141,11 @@ def sheet(
         for c in range(columns):
             band[:, :, x[c] : x[c] + w] = tiles[r, c]
         if label_width and row_labels[r]:
-            label = text_band([(pad, label_width - pad, row_labels[r])], label_width, line, font, align="left")
-            top = max(0, (h - line) // 2)
-            band[:, top : top + line, :label_width] = label[:, : h - top]
+            high = line * (row_labels[r].count("\n") + 1)
+            span = [(pad, label_width - pad, row_labels[r])]
+            label = text_band(span, label_width, high, font, align="left")
+            top = max(0, (h - high) // 2)
+            band[:, top : top + high, :label_width] = label[:, : h - top]
         bands.append(band)
         texts = captions[r] if captions is not None else ()
         if any(texts):

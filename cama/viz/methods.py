@@ -33,6 +33,7 @@ from typing import Any
 from cama.explain import CAM_METHODS, GRADIENT_FREE_METHODS
 
 __all__ = [
+    "CLASS_METHODS",
     "FORWARD_METHODS",
     "GRADIENT_FREE_METHODS",
     "GRADIENT_METHODS",
@@ -58,6 +59,8 @@ LAYER_METHODS: tuple[str, ...] = CAM_METHODS
 #: the gradient CAMs (the truncation trick applies to them)
 GRADIENT_METHODS: tuple[str, ...] = tuple(m for m in CAM_METHODS if m not in GRADIENT_FREE_METHODS)
 METHODS: tuple[str, ...] = FORWARD_METHODS + LAYER_METHODS
+#: the methods that explain a predicted class, not a similarity to a reference: no contrastive map
+CLASS_METHODS: tuple[str, ...] = ("cam",)
 
 _ALIASES = {
     "distcam": "dist_cam",

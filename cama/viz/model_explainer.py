@@ -44,6 +44,11 @@ against a reference they use the reference's slice of the same embedding.
   gradient methods and is left out for these; Score-CAM masks the network input as it is unless the
   images' ``mean`` / ``std`` are given (then the ``[0, 1]`` picture, as the faithfulness scores do).
 
+**Contrast** (:class:`cama.viz.targets.Contrast`, ``s(x, g-) - s(x, g+)``): ``ram`` the RAM of the
+difference, :func:`cama.explain.contrastive_ram` (exact: Eq. 10 is linear in its target), the
+gradient methods the gradient of the difference (:func:`cama.explain.contrast_score`), ``dist_cam``
+and ``fam`` the difference of the two maps; ``cam`` has none (it explains a class).
+
 **Summed map.** For a multi-branch model :meth:`ModelExplainer.explain` returns the N branch maps and
 their aggregate: the sum of the branches' raw maps (for RAM exactly the RAM of the concatenated
 embedding, whose pixels sum to ``h w <f_q, f_g>``) or, for the gradient methods, the map of the
@@ -63,6 +68,8 @@ from torch import Tensor, nn
 from cama.backbones.builders import last_conv_layer
 from cama.explain import (
     class_activation_map,
+    contrast_score,
+    contrastive_ram,
     dist_cam,
     fam,
     global_average_pool,
@@ -83,7 +90,7 @@ from cama.viz.methods import (
     check_methods,
     forward_call,
 )
-from cama.viz.targets import Target, as_target
+from cama.viz.targets import Against, Contrast, Target, as_target
 from cama.protocols import EmbeddingModel, HasBranchLayers, HasClassifier, HasProjection, HasTokenLayers
 
 __all__ = [
@@ -244,9 +251,11 @@ class ModelExplainer:
         return Features(images=images, maps=maps, embedding=embedding, slices=slices)
 
     # ------------------------------------------------------------------ forward-only maps
-    def raw_maps(self, method: str, features: Features, target: Target | Tensor) -> Tensor:
+    def raw_maps(self, method: str, features: Features, target: Target | Tensor | Contrast) -> Tensor:
         """The raw per-branch maps ``[B, N, h, w]`` of a forward-only method (feature resolution)
         against ``target`` (:mod:`cama.viz.targets`; a ``[B, D]`` tensor: against that embedding)."""
+        if isinstance(target, Contrast):
+            return self._contrast_maps(method, features, target)
         target = as_target(target).embedding(method, features.embedding)
         function, options = self.forward_call(method)
         if function == "cam":
@@ -273,6 +282,24 @@ class ModelExplainer:
             return torch.stack([ram(t, m, **options) for m, t in zip(scaled, targets)], dim=1)
         return torch.stack([fam(m, t, metric="cosine", **options) for m, t in zip(scaled, targets)], dim=1)
 
+    def _contrast_maps(self, method: str, features: Features, contrast: Contrast) -> Tensor:
+        """Raw per-branch maps of ``s(x, negative) - s(x, positive)`` (module docstring, Contrast)."""
+        function, options = self.forward_call(method)
+        if function == "cam":
+            raise ValueError(
+                f"{method} explains the predicted class, not a similarity: it has no contrastive map"
+            )
+        negative, positive = contrast.sides(features.embedding)
+        if function == "ram":  # the RAM of the difference, branch by branch (scaled_maps: needs the slices)
+            def side(t: Tensor | None, a: int, b: int) -> Tensor | None:
+                return None if t is None else t[:, a:b]
+
+            return torch.stack([contrastive_ram(m, side(negative, a, b), side(positive, a, b), **options)
+                                for m, (a, b) in zip(features.scaled_maps(), features.slices or [])], dim=1)
+        terms = [sign * self.raw_maps(method, features, Against(t))
+                 for t, sign in ((negative, 1.0), (positive, -1.0)) if t is not None]
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
     def forward_call(self, method: str) -> tuple[str, dict[str, Any]]:
         """The map function and keyword arguments of a forward-only method
         (:func:`cama.viz.methods.forward_call` with this explainer's ``map_options``)."""
@@ -296,12 +323,12 @@ class ModelExplainer:
         return per_branch, [m for layers in per_branch for m in layers]
 
     def gradient_maps(
-        self, method: str, features: Features, target: Target | Tensor, branches: bool = True
+        self, method: str, features: Features, target: Target | Tensor | Contrast, branches: bool = True
     ) -> Tensor:
         """Maps of a layer method (:data:`LAYER_METHODS`: gradient or gradient-free) ``[B, N + 1, H, W]``
         (branches, then summed; ``[B, 1, H, W]`` for one branch or with ``branches=False``) against
         ``target`` (as :meth:`raw_maps`)."""
-        target = as_target(target).embedding(method, features.embedding)
+        score = self._score(method, features, target)
         embedder = _Embedder(self.model)
         per_branch, all_layers = self._layers()
         # a transformer's layers output tokens: the model folds them into maps (HasTokenLayers)
@@ -312,15 +339,31 @@ class ModelExplainer:
             kwargs.update(truncation=self.truncation, truncation_per_channel=self.truncation_per_channel)
         else:
             kwargs.update(forward_batch_size=self.forward_batch_size, mean=self.mean, std=self.std)
-        summed = gradient_cam(embedder, features.images, similarity_score(target), all_layers, **kwargs)
+        summed = gradient_cam(embedder, features.images, score(None), all_layers, **kwargs)
         if not branches or features.num_branches == 1 or features.slices is None:
             return summed[:, None]
         maps = []
         for i, (a, b) in enumerate(features.slices):
             layers = per_branch[i] if len(per_branch) == features.num_branches else per_branch[0]
-            score = similarity_score(target[:, a:b], embed=lambda e, a=a, b=b: e[:, a:b])
-            maps.append(gradient_cam(embedder, features.images, score, layers, **kwargs))
+            maps.append(gradient_cam(embedder, features.images, score(slice(a, b)), layers, **kwargs))
         return torch.stack([*maps, summed], dim=1)
+
+    def _score(self, method: str, features: Features, target: Target | Tensor | Contrast) -> Any:
+        """``part -> score_fn``: the gradient methods' score of the whole embedding (``part=None``) or
+        of a branch's slice: the cosine similarity to the target, or a Contrast's difference of two."""
+        if isinstance(target, Contrast):
+            negative, positive = target.sides(features.embedding)
+        else:
+            negative, positive = as_target(target).embedding(method, features.embedding), None
+
+        def score(part: slice | None) -> Any:
+            embed = None if part is None else (lambda e: e[:, part])
+            cut = [t if t is None or part is None else t[:, part] for t in (negative, positive)]
+            if not isinstance(target, Contrast):
+                return similarity_score(cut[0], embed=embed)
+            return contrast_score(cut[0], cut[1], embed=embed)
+
+        return score
 
     # ------------------------------------------------------------------ everything
     def explain(

@@ -13,7 +13,10 @@ captions under the tiles, a colour bar of the overlays' colour map (0 to 1) and 
 * :func:`ranking_figure` -- cama-ram Fig. 4 / Fig. 8: the query, a gap, and its top-k gallery
   images (``rank 1`` ... headers, framed green / red, distance and identity under each) on the
   first row, then one row per branch and one for the summed map (labelled on the left), the
-  query's own map (RAM ``R_q^q``) first and each gallery image's map (``R_g^q``) after it.
+  query's own map (RAM ``R_q^q``) first and each gallery image's map (``R_g^q``) after it; with a
+  :class:`ContrastRow`, a last row ``why rank r beat the true match``: the contrastive maps of
+  ``s(q, g-) - s(q, g+)`` (:mod:`cama.explain.contrastive`) under the query, the false match ``g-``
+  and the true match ``g+``, the other columns empty.
 
 Where they go (TensorBoard, PNG files) is the caller's business (``callbacks.image_sink``).
 """
@@ -21,6 +24,7 @@ Where they go (TensorBoard, PNG files) is the caller's business (``callbacks.ima
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +35,8 @@ from cama.protocols import ShowsImages
 from cama.viz.layout import Scale, display_scale, sheet, upscale
 
 __all__ = [
+    "CONTRAST_LEGEND",
+    "ContrastRow",
     "GREEN",
     "RED",
     "to_uint8",
@@ -217,6 +223,8 @@ def ranking_figure(
     gallery_labels: Sequence[str] | None = None,
     distances: Tensor | None = None,
     legend: bool = True,
+    contrast: ContrastRow | None = None,
+    ranks: Sequence[int] | None = None,
 ) -> Tensor:
     """A ranking list with a row of maps per branch (cama-ram Fig. 4 and Fig. 8).
 
@@ -230,10 +238,14 @@ def ranking_figure(
         query_label, gallery_labels: identity / class texts under the query and each gallery image.
         distances: ``[k]`` query-to-gallery distances, under each gallery image.
         legend: draw the one-line legend (:func:`legend_line`) at the bottom.
+        contrast: a last row, why a false match beat the true match (:class:`ContrastRow`), or None.
+        ranks: each gallery image's rank (1-based; headers ``rank r``, a gap where they skip, e.g. the
+            first true match appended after the top-k), default ``1 .. k``.
 
     Returns:
         ``uint8`` ``[3, H', W']``: a title, ``rank`` headers, ``M + 1`` labelled rows of ``k + 1``
-        tiles (a gap after the query), the captions under the first row, a colour bar.
+        tiles (a gap after the query; ``M + 2`` with a contrast row), the captions under the first row,
+        a colour bar.
     """
     count, num_maps = gallery.shape[0], query_maps.shape[0]
     scale = display_scale(*query.shape[-2:])
@@ -249,12 +261,60 @@ def ranking_figure(
                           gallery_labels[j] if gallery_labels is not None else "")
         for j in range(count)
     ]
+    captions, labels = [captions] + [[""] * (count + 1)] * num_maps, ["images", *map_labels(num_maps)]
+    text = legend_line(matches is not None, False, distances is not None)
+    if contrast is not None:
+        tiles = torch.cat([tiles, contrast.tiles(pictures, alpha, colormap, scale)[None]])
+        captions, labels = captions + [contrast.captions(count)], labels + [contrast.label()]
+        text = f"{text} · {CONTRAST_LEGEND}"
+    ranks = list(ranks) if ranks is not None else list(range(1, count + 1))
+    skips = [j + 1 for j in range(count - 1) if ranks[j + 1] != ranks[j] + 1]  # the column before a skip
     return sheet(
-        tiles, scale, headers=["query", *[f"rank {j + 1}" for j in range(count)]],
-        captions=[captions] + [[""] * (count + 1)] * num_maps, row_labels=["images", *map_labels(num_maps)],
-        title=title, gaps_after=[0], colormap=colormap,
-        legend=legend_line(matches is not None, False, distances is not None) if legend else "",
+        tiles, scale, headers=["query", *[f"rank {r}" for r in ranks]], captions=captions,
+        row_labels=labels, title=title, gaps_after=[0, *skips], colormap=colormap,
+        legend=text if legend else "",
     )
+
+
+#: what a contrastive row's colours mean (appended to a ranking list's one-line legend)
+CONTRAST_LEGEND = "last row: s(q,g-) - s(q,g+), 0.5 = 0"
+
+
+@dataclass(frozen=True)
+class ContrastRow:
+    """The row of a ranking list that says why rank ``negative + 1`` beat the true match.
+
+    Attributes:
+        maps: ``[3, H, W]`` in ``[0, 1]``, the contrastive maps on the query, the false match and the
+            true match (:func:`cama.viz.figures.contrastive_maps`: signed, ``0.5`` is 0).
+        negative, positive: the list positions (0-based) of the false and the true match.
+        similarities: ``(s(q, g-), s(q, g+))``, the cosine similarities drawn under the two, or None.
+    """
+
+    maps: Tensor
+    negative: int
+    positive: int
+    similarities: tuple[float, float] | None = None
+
+    def label(self) -> str:
+        return f"why rank {self.negative + 1} beat\nthe true match"
+
+    def tiles(self, pictures: Tensor, alpha: float, colormap: str, scale: Scale) -> Tensor:
+        """``[k + 1, 3, h, w]``: the overlays in the query's, ``g-``'s and ``g+``'s columns of a list whose
+        pictures (query first) are ``pictures``; background elsewhere."""
+        columns = [0, self.negative + 1, self.positive + 1]
+        maps = self.maps.to(pictures.device)
+        drawn = heat_overlays(pictures[columns], maps, alpha, colormap, scale=scale).cpu()
+        out = torch.full((pictures.shape[0], *drawn.shape[1:]), 255, dtype=torch.uint8)
+        out[columns] = drawn
+        return out
+
+    def captions(self, count: int) -> list[str]:
+        """The texts under the row's ``count + 1`` tiles: ``s`` under the two gallery images."""
+        texts = [""] * (count + 1)
+        if self.similarities is not None:
+            texts[self.negative + 1], texts[self.positive + 1] = (f"s {s:.3f}" for s in self.similarities)
+        return texts
 
 
 def probe_grid_legend(names: tuple[str, str] = ("probe", "reference"), reference: str = "", branches: bool = True) -> str:
@@ -274,12 +334,19 @@ def probe_grid_legend(names: tuple[str, str] = ("probe", "reference"), reference
     )
 
 
-def ranking_legend() -> str:
-    """What a :func:`ranking_figure` shows, in Markdown."""
+def ranking_legend(contrastive: bool = False) -> str:
+    """What a :func:`ranking_figure` shows, in Markdown (``contrastive``: with its contrast row)."""
+    contrast = (
+        " When a false match outranks the first true match in the list, a last row *why rank r beat the "
+        "true match* shows the summed map of `s(q, g-) - s(q, g+)` (cosine similarities, `s` under the "
+        "two images) on the query, on that false match `g-` and on the true match `g+`, on signed "
+        "scale (the query's map on its own, the two gallery maps on one): 0.5 is no effect, above "
+        "favours the false match, below the true one."
+    ) if contrastive else ""
     return (
         "A ranking list (cama-ram Fig. 4 / 8). First row: the **query**, then its gallery images by "
         "rank (`rank 1` = nearest), framed green for a true match, red for a false one, with the "
         "distance `d` and the identity / class under each. Then one row per branch (`branch i`) and "
         "one for the `sum`: the query's own map first, each gallery image's map against the query "
-        "after it. The bar at the bottom: the colours of the map values 0 to 1."
+        f"after it.{contrast} The bar at the bottom: the colours of the map values 0 to 1."
     )

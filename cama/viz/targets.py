@@ -9,7 +9,11 @@ against, or its own. The rule that varies with the method lives here, not in the
   its own embedding, the gallery image's against the query's);
 * :class:`Against` -- every method against the given embedding (a gallery image against its query,
   ``R_g^q``);
-* :class:`Own` -- every method against the sample's own embedding.
+* :class:`Own` -- every method against the sample's own embedding;
+* :class:`Contrast` -- not one embedding but the difference of two similarity scores,
+  ``s(x, negative) - s(x, positive)`` (contrastive ranking maps, :mod:`cama.explain.contrastive`):
+  RAM the map of the difference (exact, Eq. 10 is linear in its target), the gradient methods the
+  gradient of the difference, Dist-CAM and FAM the difference of the two maps.
 
 :meth:`cama.viz.ModelExplainer.explain` takes any of them (a bare ``[B, D]`` tensor means :class:`Against`).
 
@@ -29,7 +33,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["Target", "Against", "ProbeAgainst", "Own", "as_target"]
+__all__ = ["Target", "Against", "ProbeAgainst", "Own", "Contrast", "as_target"]
 
 #: the methods that explain a probe against its own embedding (cama-ram Sec. 3.4)
 OWN_EMBEDDING_METHODS = ("ram",)
@@ -71,6 +75,29 @@ class Own:
 
     def embedding(self, method: str, own: Tensor) -> Tensor:
         return own
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """``s(x, negative) - s(x, positive)``: the difference of the similarities to two embeddings
+    ``[B, D]`` (or ``[1, D]``); either may be None (that term left out), not both.
+
+    Not a :class:`Target`: :class:`cama.viz.ModelExplainer` reads it as a difference (module
+    docstring). A probe ``q`` whose false match ``g-`` outranks its true match ``g+``:
+    ``Contrast(e_g-, e_g+)`` on ``q``, ``Contrast(e_q, None)`` on ``g-``, ``Contrast(None, e_q)`` on ``g+``.
+    """
+
+    negative: Tensor | None = None
+    positive: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.negative is None and self.positive is None:
+            raise ValueError("Contrast needs a negative or a positive embedding, got neither")
+
+    def sides(self, own: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """``(negative, positive)`` ``[B, D]`` each (or None) for samples whose own embeddings are ``own``."""
+        return tuple(None if side is None else Against(side).embedding("", own)  # type: ignore[return-value]
+                     for side in (self.negative, self.positive))
 
 
 def as_target(target: Target | Tensor) -> Target:
