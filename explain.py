@@ -14,7 +14,13 @@ images (green / red frames when identities or classes are known), one row of map
 one for the summed map (cama-ram Fig. 4 / Fig. 8) and, when a false match comes before the first
 true match of the list, a row *why rank r beat the true match* (the map of ``s(q, g-) - s(q, g+)``
 on the query and both images, :mod:`cama.explain.contrastive`; ``--no_contrastive``: without it),
-and ``rankings.json``.
+and ``rankings.json``. With ``--deletion_steps N``
+also ``curves.png`` and ``curves.json``: RISE's deletion and insertion curves of every method's map on
+the queries, next to a random map's and a centred prior's, in ``N`` steps, the removed pixels
+replaced by ``--deletion_baseline`` (ROAD's noisy linear imputation by default); the scores are the
+similarity to the top-ranked image and, when identities are known, the AP and ``1 / rank`` of the
+first true match over the whole gallery (:mod:`explain_command.curves`; ``--rerank`` does not
+apply to them).
 
 Few-shot (a model with ``episode_references``, e.g. ProtoNet)::
 
@@ -51,6 +57,8 @@ import yaml
 
 from cama.errors import exit_on_input_error
 from cama.explain import LAYER_NORMS
+from cama.map_scoring import CurveOptions
+from cama.metrics.imputation import BASELINES
 from cama.loading import (
     checkpoint_image_size,
     instantiate_data,
@@ -151,6 +159,15 @@ def _parser() -> argparse.ArgumentParser:
         help="several gradient layers: min-max normalise each layer's map before the sum (minmax) or "
         "sum the raw maps as ltgrad-cam Eq. 8 writes (none)",
     )
+    parser.add_argument(
+        "--deletion_steps", type=int, default=0,
+        help="re-ID / retrieval: deletion / insertion curves of the queries in this many steps (curves.png, "
+        "curves.json; 0: none)",
+    )
+    parser.add_argument(
+        "--deletion_baseline", default="noisy_linear", choices=list(BASELINES),
+        help="what replaces the removed pixels of the curves (noisy_linear: ROAD's imputation)",
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity")
     parser.add_argument("--colormap", default="jet", choices=["jet", "turbo"])
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -167,6 +184,14 @@ def _ranking_queries(args: argparse.Namespace, data: DatasetRanking) -> list[int
     return list(args.query_indices)
 
 
+def _curves(args: argparse.Namespace, queries: int) -> CurveOptions:
+    """The deletion / insertion curves asked for (``--deletion_steps``, ``--deletion_baseline``)."""
+    try:
+        return CurveOptions(queries, args.deletion_steps, args.deletion_baseline, args.seed, args.batch_size)
+    except ValueError as err:
+        raise ExplainError(str(err)) from err
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Run the command; returns the PNG paths written."""
     args = _parser().parse_args(argv)
@@ -176,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         raise ExplainError(str(err)) from err
     if args.top_k < 1:
         raise ExplainError("--top_k must be >= 1")
+    if args.deletion_steps < 0:
+        raise ExplainError(f"--deletion_steps must be >= 0 (0: no curves), got {args.deletion_steps}")
     device = torch.device(args.device)
     config = read_config(args.config) if args.config else None
     files = bool(args.query and (args.gallery or args.support))
@@ -207,9 +234,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         data: Any = FileRanking(found["query"], found["gallery"], size)
         explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm,
                                    forward_batch_size=args.batch_size)
-        written = explain_rankings(data, list(range(len(data.files) - len(data.gallery))), explainer, methods,
-                                   output, args.top_k, args.batch_size, rerank=args.rerank,
-                                   contrastive=not args.no_contrastive, **drawing)
+        queries = list(range(len(data.files) - len(data.gallery)))
+        written = explain_rankings(data, queries, explainer, methods, output, args.top_k, args.batch_size,
+                                   rerank=args.rerank, contrastive=not args.no_contrastive,
+                                   curves=_curves(args, len(queries)), **drawing)
     else:
         if not isinstance(model, RankingTask):
             raise ExplainError(f"{type(model).__name__} neither ranks (re-ID, retrieval) nor classifies episodes")
@@ -223,9 +251,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             raise ExplainError("the evaluation set has no gallery image to rank the queries against")
         explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm,
                                    forward_batch_size=args.batch_size)
-        written = explain_rankings(data, _ranking_queries(args, data), explainer, methods, output, args.top_k,
-                                   args.batch_size, rerank=args.rerank, contrastive=not args.no_contrastive,
-                                   **drawing)
+        queries = _ranking_queries(args, data)
+        written = explain_rankings(data, queries, explainer, methods, output, args.top_k, args.batch_size,
+                                   rerank=args.rerank, contrastive=not args.no_contrastive,
+                                   curves=_curves(args, len(queries)), **drawing)
     print(f"explain.py: wrote {len(written)} PNGs to {output}")
     return written
 

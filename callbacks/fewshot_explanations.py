@@ -24,10 +24,18 @@ centred box of the mean size of the method's boxes), ``otsu_*`` against the obje
 ``ad`` / ``ic`` (fam Eq. 21-22, the score being the softmax probability of the predicted class over
 the episode's prototypes, on the query and on the query multiplied by its map; on the first
 ``num_faithfulness_samples`` queries, every method's masked queries of an episode in one forward, on
-torch's thread count, not ``cpu_threads``). The baselines ``<prefix>/center_baseline/box_iou``,
-``box_acc`` (centred box of the mean ground-truth size), ``<prefix>/uniform_baseline/energy`` and the
-thresholds ``max_box_acc_tau`` are constants: they go to ``trainer.callback_metrics`` and, as text,
-to TensorBoard (:class:`~callbacks.score_logging.ScoreLogger`), not as scalar curves.
+torch's thread count, not ``cpu_threads``), and on the first ``deletion_samples`` (8) queries the
+deletion / insertion AUCs of RISE (:mod:`cama.metrics.deletion`) of every method and of two reference
+maps, ``random`` and ``center_prior``, with the same class probability as the score, in
+``deletion_steps`` (4) steps, removed pixels replaced by ``deletion_baseline`` (a blur by default):
+``faith/<map>/deletion_auc``, ``faith/<map>/insertion_auc`` and their ``_ci95``
+(``callbacks/localization_metrics.py`` says more). They cost
+``deletion_samples * (1 + 2 (M + 2) (deletion_steps - 1))`` forwards of perturbed queries for ``M``
+methods (200 with the defaults and two methods); ``deletion_steps=0`` turns them off. The baselines
+``<prefix>/center_baseline/box_iou``, ``box_acc`` (centred box of the mean ground-truth size),
+``<prefix>/uniform_baseline/energy`` and the thresholds ``max_box_acc_tau`` are constants: they go
+to ``trainer.callback_metrics`` and, as text, to TensorBoard
+(:class:`~callbacks.score_logging.ScoreLogger`), not as scalar curves.
 
 Pictures (``<tag_prefix>/<method>``), one row per probe query of the first episode: query |
 first support of the predicted class (green frame: right class, red: wrong) | the map on the query |
@@ -60,7 +68,7 @@ from callbacks.base import (
 )
 from callbacks.image_sink import ImageSink, logging_step
 from callbacks.score_logging import ScoreLogger
-from cama.map_scoring import EpisodeScorer
+from cama.map_scoring import CurveOptions, EpisodeScorer
 from cama.protocols import EpisodeTask, ShowsImages
 from cama.references import EpisodeReferences
 from cama.explain import check_layer_norm
@@ -105,6 +113,11 @@ class FewShotExplanations(Callback):
         gradient_layers, truncation, truncation_per_channel, layer_norm: the gradient methods'
             options (:class:`cama.viz.ModelExplainer`).
         cpu_threads: intra-op threads for the callback's own work on CPU; ``None`` keeps torch's.
+        deletion_samples: queries with deletion / insertion curves, the first ones of the scored
+            episodes (per process under DDP; 0: off).
+        deletion_steps: the curves' steps (0: off).
+        deletion_baseline: what replaces a removed pixel: ``blur``, ``mean``, ``noisy_linear`` (ROAD).
+        seed: of the curves' random maps and of the imputation's noise.
     """
 
     def __init__(
@@ -128,6 +141,10 @@ class FewShotExplanations(Callback):
         truncation_per_channel: bool = False,
         layer_norm: str = "minmax",
         cpu_threads: int | None = 1,
+        deletion_samples: int = 8,
+        deletion_steps: int = 4,
+        deletion_baseline: str = "blur",
+        seed: int = 0,
     ) -> None:
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
@@ -141,7 +158,8 @@ class FewShotExplanations(Callback):
             raise ValueError(f"few-shot explanations support {list(FEW_SHOT_METHODS)}, got {unsupported}")
         self.num_episodes = int(num_episodes)
         self.num_probes = int(num_probes)
-        self.scorer = EpisodeScorer(self.methods, num_faithfulness_samples, tau, taus, iou_threshold)
+        curves = CurveOptions(int(deletion_samples), int(deletion_steps), deletion_baseline, int(seed))
+        self.scorer = EpisodeScorer(self.methods, num_faithfulness_samples, tau, taus, iou_threshold, curves)
         self.alpha = float(alpha)
         self.colormap = colormap
         self.draw_boxes = draw_boxes

@@ -9,6 +9,10 @@ the map is against the query (RAM ``R_g^q``). Two sources of images:
 * :class:`FileRanking` -- query and gallery files; Market-1501 file names (``0002_c1...``) give
   identities and cameras (the re-ID protocol, green/red frames), other names none (everything but
   the query's own file is ranked, no frames).
+
+With ``curves`` (``--deletion_steps``) the queries' deletion / insertion curves are drawn too
+(:mod:`explain_command.curves`): each data source says which gallery images are a query's true
+matches and which it never ranks (``match_masks``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from torch import Tensor
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
+from cama.map_scoring import CurveOptions
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
 from cama.metrics.rerank import re_ranked_distances
 from cama.viz import ModelExplainer, picture_title, to_uint8
 from cama.viz.figures import Shown, ranking_picture
 from explain_command.common import MARKET_NAME, FileImages, write_json, write_picture
+from explain_command.curves import QueryCurves
 
 __all__ = ["DatasetRanking", "FileRanking", "explain_rankings"]
 
@@ -46,13 +52,27 @@ class DatasetRanking:
         batch = default_collate([self.dataset[int(i)] for i in indices])
         return batch["image"].to(device)
 
+    known = True  # the labels are the data set's
+
+    def gallery_set(self, embeddings: Tensor) -> EmbeddingSet:
+        """The gallery's ``embeddings`` with their labels and dataset indices."""
+        return EmbeddingSet(embeddings, self.labels[self.gallery].to(embeddings.device),
+                            torch.tensor(self.gallery, device=embeddings.device))
+
+    def match_masks(self, index: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``[1, G]`` bool: the gallery images that are item ``index``'s true matches, and those it never
+        ranks (the provider's rule)."""
+        gallery = self.gallery_set(torch.zeros(len(self.gallery), 0, device=device))
+        probe = torch.tensor([index], device=device)
+        matches = self.labels.to(device)[probe][:, None] == gallery.labels[None, :]
+        return matches, self.provider.excluded(probe, gallery)
+
     def rank(
         self, embeddings: Tensor, query: Tensor, index: int, k: int, distances: Tensor | None = None
     ) -> tuple[list[int], list[bool] | None]:
         """The dataset indices of the ``k`` images ``query`` (``[1, D]``, item ``index``) ranks first
         among the gallery ``embeddings`` (or by ``distances`` ``[1, G]``), and whether each is a true match."""
-        gallery = EmbeddingSet(embeddings, self.labels[self.gallery].to(embeddings.device),
-                               torch.tensor(self.gallery, device=embeddings.device))
+        gallery = self.gallery_set(embeddings)
         found, matches = self.provider.rank(gallery, query, torch.tensor([index], device=query.device), k, distances)
         keep = found[0] >= 0
         return found[0][keep].tolist(), matches[0][keep].tolist()
@@ -84,11 +104,15 @@ class FileRanking:
     def load(self, indices: Sequence[int], device: torch.device) -> Tensor:
         return self.shows.images(indices, device)
 
-    def rank(
-        self, embeddings: Tensor, query: Tensor, index: int, k: int, distances: Tensor | None = None
-    ) -> tuple[list[int], list[bool] | None]:
-        """As :meth:`DatasetRanking.rank`; ``None`` flags when the file names give no identities."""
+    def gallery_set(self, embeddings: Tensor) -> EmbeddingSet:
+        """The gallery's ``embeddings`` with their identities (``-2`` where the names give none)."""
         device = embeddings.device
+        return EmbeddingSet(embeddings, self.labels[self.gallery].to(device),
+                            torch.tensor(self.gallery, device=device), self.cameras[self.gallery].to(device))
+
+    def match_masks(self, index: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """As :meth:`DatasetRanking.match_masks`: the Market-1501 protocol when the file names give
+        identities, else every file but the query's own and junk ranked and no true match."""
         g_labels = self.labels[self.gallery].to(device)
         if self.known:  # the Market-1501 protocol
             exclude = reid_excluded(self.labels[index : index + 1].to(device), self.cameras[index : index + 1].to(device),
@@ -96,6 +120,16 @@ class FileRanking:
         else:  # unknown identities: rank everything, junk files (pid -1) excepted
             exclude = (g_labels == -1)[None].clone()
         exclude |= torch.tensor([[self.files[index] == self.files[g] for g in self.gallery]], device=device)
+        matches = (g_labels == self.labels[index])[None] & torch.tensor(self.known, device=device)
+        return matches, exclude
+
+    def rank(
+        self, embeddings: Tensor, query: Tensor, index: int, k: int, distances: Tensor | None = None
+    ) -> tuple[list[int], list[bool] | None]:
+        """As :meth:`DatasetRanking.rank`; ``None`` flags when the file names give no identities."""
+        device = embeddings.device
+        g_labels = self.labels[self.gallery].to(device)
+        _, exclude = self.match_masks(index, device)
         rows = top_k(query, embeddings, k, exclude=exclude, distances=distances)[0]
         rows = rows[rows >= 0]
         found = [self.gallery[r] for r in rows.tolist()]
@@ -128,18 +162,20 @@ def _reranked(explainer: ModelExplainer, data: Any, queries: list[int], gallery:
 def explain_rankings(
     data: DatasetRanking | FileRanking, queries: list[int], explainer: ModelExplainer, methods: Sequence[str],
     output: Path, top: int, batch_size: int, device: torch.device, progress: bool, alpha: float, colormap: str,
-    rerank: bool = False, contrastive: bool = True,
+    rerank: bool = False, contrastive: bool = True, curves: CurveOptions | None = None,
 ) -> list[Path]:
     """Write ``<output>/<query>_<method>.png`` for every query and method, and ``rankings.json``,
     rewritten (atomically) after each query, so a failure later keeps the lists already explained;
     ``rerank`` ranks by k-reciprocal re-ranked distances (:func:`cama.metrics.rerank.re_ranking`);
     ``contrastive``: the row *why rank r beat the true match* where a false match comes first
     (:func:`cama.viz.figures.ranking_picture`; a list whose top k holds no true match gets its first
-    true match appended, after a gap)."""
+    true match appended, after a gap).
+    ``curves`` (active): ``curves.png`` and ``curves.json`` of the queries (:mod:`explain_command.curves`)."""
     embeddings = _embed(explainer, data, data.gallery, batch_size, device, progress)
     reranked = _reranked(explainer, data, queries, embeddings, batch_size, device, progress) if rerank else None
     written: list[Path] = []
     rankings: dict[str, Any] = {}
+    collected = QueryCurves(methods, curves, data.known) if curves is not None and curves.active else None
     for row, index in enumerate(tqdm(queries, desc="queries", disable=not progress, unit="query")):
         query = explainer.features(data.load([index], device))
         distances = reranked[row : row + 1] if reranked is not None else None
@@ -169,6 +205,10 @@ def explain_rankings(
                 picture_title(method, subject=name), alpha, colormap, contrastive, ranks,
             )
             written.append(write_picture(picture, output, name, method))
+        if collected is not None:  # against the top-ranked image, as the pictures explain the query
+            matches, exclude = data.match_masks(index, device)
+            reference = embeddings[data.gallery.index(found[0])][None]
+            collected.add(explainer, query, reference, data.gallery_set(embeddings), matches, exclude)
         rankings[name] = [  # the top k (not the true match appended for the contrast row)
             {"gallery": data.name(g), "match": bool(flags[j]) if flags is not None else None}
             for j, g in enumerate(found[:top])
@@ -176,4 +216,7 @@ def explain_rankings(
         write_json(rankings, output / "rankings.json")
     if not rankings:
         write_json(rankings, output / "rankings.json")
+    if collected is not None:
+        picture = collected.write(output, "deletion / insertion")
+        written += [picture] if picture is not None else []
     return written

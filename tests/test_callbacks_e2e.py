@@ -1,10 +1,11 @@
 """The main job's explanation callbacks end to end: ``train.py fit`` on a tiny synthetic set.
 
 The run's TensorBoard event file, read back with TensorBoard's own reader, holds an image per
-enabled method (and the ranking lists) and the ``loc/...`` scalars for every validation epoch, the
-baselines and thresholds as text (not as scalar curves), ``hp_metric`` = the best monitored value, the
-hyperparameters of this data set only and a custom-scalars layout that names logged tags; two
-processes give the localization numbers of one. Subprocesses as in ``test_train_cli.py``.
+enabled method (and the ranking lists) and the ``loc/...`` and ``faith/...`` scalars for every
+validation epoch, the baselines and thresholds as text (not as scalar curves), ``hp_metric`` = the
+best monitored value, the hyperparameters of this data set only and a custom-scalars layout that
+names logged tags; two processes give the localization (and deletion / insertion) numbers of one.
+Subprocesses as in ``test_train_cli.py``.
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ def test_event_file_holds_images_and_localization_scalars_of_every_validation_ep
         "center_box_acc",
     ]
     expected_scalars = [f"loc/{m}/{n}" for m in METHODS for n in names] + ["loc/branch_overlap_iou"]
+    curves = ("deletion_auc", "insertion_auc", "deletion_ap_auc", "insertion_rr_auc")
+    expected_scalars += [f"faith/{m}/{n}" for m in (*METHODS, "random", "center_prior") for n in curves]
     for tag in expected_scalars:
         assert tag in scalars.Tags()["scalars"], f"{tag} missing"
         values = scalars.Scalars(tag)
@@ -150,8 +153,8 @@ def test_event_file_holds_images_and_localization_scalars_of_every_validation_ep
 
 
 def test_two_processes_give_the_localization_numbers_of_one(fitted, tmp_path):
-    expected = {k: v for k, v in metrics_json(fitted, "fit").items() if k.startswith("loc/")}
-    assert len(expected) > 40
+    expected = {k: v for k, v in metrics_json(fitted, "fit").items() if k.startswith(("loc/", "faith/"))}
+    assert len(expected) > 40 and any(k.startswith("faith/") for k in expected)
     checkpoint = fitted / "runs" / "cama_synthetic" / "version_0" / "checkpoints" / "last.ckpt"
     run_cli(
         tmp_path,

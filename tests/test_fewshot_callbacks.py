@@ -166,9 +166,10 @@ def test_episode_images_are_forwarded_once_the_masked_queries_once_more(
     """The callback takes the episodes' maps from the validation steps (with the model's evaluation
     cache: an image's maps from the first episode that held it); its own forwards are the masked
     queries of AD / IC, once per method, ``num_faithfulness_samples`` of them (8: 6 queries of the
-    first episode, 2 of the second). Counted at the backbone, against the same validation without
-    the callback; the scores equal those of a model that returns every row's maps, and AD / IC those
-    written out over the same first queries."""
+    first episode, 2 of the second), and the perturbed queries of the deletion / insertion curves.
+    Counted at the backbone, against the same validation without the callback; the scores equal those
+    of a model that returns every row's maps, and AD / IC those written out over the same first
+    queries."""
     torch.manual_seed(0)
     model = ProtoNet(num_classes=5, backbone="conv4", metric="cosine", eval_cache=eval_cache).eval()
     forwarded: list[int] = []
@@ -190,7 +191,10 @@ def test_episode_images_are_forwarded_once_the_masked_queries_once_more(
     batches = [b for _, b in zip(range(EPISODES), datamodule.val_dataloader())]
     queries = sum(int(b["is_query"].sum()) for b in batches)
     assert faithful is None or faithful < queries
-    assert sum(forwarded) - plain == len(methods) * min(queries, faithful or queries)
+    curves = callback.scorer.curves  # the deletion / insertion curves of the first queries: their stated cost
+    perturbed = min(queries, curves.samples) * curves.images_scored(len(methods) + 2)
+    assert perturbed == 8 * (1 + 2 * 4 * 3)
+    assert sum(forwarded) - plain == len(methods) * min(queries, faithful or queries) + perturbed
     other = ProtoNet(num_classes=5, backbone="conv4", metric="cosine", eval_cache=not eval_cache).eval()
     other.load_state_dict(model.state_dict())
     reference = FewShotExplanations(methods=methods, num_episodes=EPISODES, num_probes=0, **samples)

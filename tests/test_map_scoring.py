@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cama.map_scoring import (
+    CurveOptions,
     ProbeScorer,
     captured_flags,
     complete_features,
@@ -15,6 +16,8 @@ from cama.map_scoring import (
     owned_positions,
     probe_owners,
 )
+from cama.metrics import evaluate_rank
+from cama.metrics.distances import pairwise_distance
 from cama.metrics.faithfulness import mask_images
 from cama.metrics.ranking import EmbeddingSet
 from cama.models import CAMA
@@ -137,9 +140,9 @@ def test_masked_embeddings_are_one_forward_of_each_probe_masked_alone(setting):
     assert masked_embeddings(embed, [], []) == [] and calls == [6]
 
 
-def scorer_results(setting, shares, captured=None):
+def scorer_results(setting, shares, captured=None, curves=None):
     _, dataset, provider, explainer, gallery, probes = setting
-    scorer = ProbeScorer(["ram", "fam"], num_faithfulness_samples=4, num_gradient_samples=2)
+    scorer = ProbeScorer(["ram", "fam"], num_faithfulness_samples=4, num_gradient_samples=2, curves=curves)
     first = dataset[probes[0]]
     scores = None
     for positions in shares:  # each process's share, into one set of states (what the reduction sums)
@@ -152,14 +155,16 @@ def scorer_results(setting, shares, captured=None):
     return results
 
 
-def test_the_shares_of_two_processes_score_what_one_process_scores(setting):
+@pytest.mark.parametrize("curves", [None, CurveOptions(samples=5, steps=3, baseline="noisy_linear")])
+def test_the_shares_of_two_processes_score_what_one_process_scores(setting, curves):
+    """With the deletion / insertion curves too: a probe's random map and noise are its own."""
     _, dataset, _, explainer, _, probes = setting
-    single = scorer_results(setting, [list(range(len(probes)))])
+    single = scorer_results(setting, [list(range(len(probes)))], curves=curves)
     flags = torch.tensor([[1, 0, 0, 1, 0, 0], [0, 1, 0, 1, 0, 0]])
     shares = [owned_positions(flags, rank) for rank in range(2)]
     assert shares == [[0, 2, 3, 4], [1, 5]]
     captured = captured_items(explainer, dataset, [probes[0], probes[1], probes[3]])
-    split = scorer_results(setting, shares, captured)
+    split = scorer_results(setting, shares, captured, curves)
     assert split.keys() == single.keys()
     for name in single:
         assert torch.allclose(split[name], single[name], atol=1e-4, equal_nan=True), name
@@ -185,3 +190,47 @@ def test_ad_and_ic_are_those_of_each_probe_scored_alone(setting):
     assert increases, "no probe has a reference"
     assert float(results["loc/fam/ad"]) == pytest.approx(100 * sum(drops) / len(drops), abs=1e-3)
     assert float(results["loc/fam/ic"]) == pytest.approx(100 * sum(increases) / len(increases), abs=1e-6)
+
+
+def test_curves_of_a_probe_are_its_masked_images_ranked_by_evaluate_rank(setting):
+    """One probe, two steps, removed pixels 0: its points written out -- the intact probe, the probe
+    without the top half of its map's pixels (deletion) or with only them (insertion), the fully
+    removed probe -- each embedded, its cosine to the reference and its AP and first true match's rank
+    against the whole gallery by ``evaluate_rank``; the AUCs the trapezoids of those points."""
+    _, dataset, provider, explainer, gallery, probes = setting
+    curves = CurveOptions(samples=1, steps=2, baseline="mean")
+    results = scorer_results(setting, [list(range(len(probes)))], curves=curves)
+    expected = {f"faith/{m}/{c}{s}_auc{ci}" for m in ("ram", "fam", "random", "center_prior")
+                for c in ("deletion", "insertion") for s in ("", "_ap", "_rr") for ci in ("", "_ci95")}
+    assert {k for k in results if k.startswith("faith/")} == expected
+    p = probes[0]
+    item = load(dataset, [p])
+    probe = explainer.features(item["image"])
+    references, _ = provider.rank(gallery, probe.embedding, torch.tensor([p]), 1)
+    assert references[0, 0] >= 0
+    reference = gallery.embeddings[gallery.indices.tolist().index(int(references[0, 0]))][None]
+    heat = explainer.explain("fam", probe, ProbeAgainst(reference))[0, -1]
+    order = torch.argsort(heat.flatten(), descending=True, stable=True)
+    top = torch.zeros(heat.numel(), dtype=torch.bool)
+    top[order[: heat.numel() // 2]] = True
+    top = top.view(heat.shape)
+
+    def points(keep):
+        out = []
+        for kept in keep:
+            embedding = explainer.features(item["image"] * kept).embedding
+            cmc, m_ap = evaluate_rank(
+                pairwise_distance(embedding, gallery.embeddings), provider.pids[[p]], gallery.labels,
+                provider.camids[[p]], gallery.cameras, max_rank=len(gallery),
+            )
+            similarity = float(F.cosine_similarity(embedding, reference)[0])
+            out.append((similarity, m_ap, 1 / (int((cmc == 0).sum()) + 1)))
+        return out
+
+    everything, nothing = torch.ones_like(top), torch.zeros_like(top)
+    deletion, insertion = points([everything, ~top, nothing]), points([nothing, top, everything])
+    for curve, values in (("deletion", deletion), ("insertion", insertion)):
+        for s, name in enumerate(("", "_ap", "_rr")):
+            area = (values[0][s] / 2 + values[1][s] + values[2][s] / 2) / 2
+            got = float(results[f"faith/fam/{curve}{name}_auc"])
+            assert got == pytest.approx(area, abs=1e-4), (curve, name)

@@ -6,6 +6,8 @@
 * :mod:`cama.map_scoring.features` -- the probes' :class:`~cama.viz.Features` from the maps a
   validation step returned, completed by forwarding the others (:func:`complete_features`), and the
   masked images of AD / IC embedded in one forward (:func:`masked_embeddings`);
+* :mod:`cama.map_scoring.curves` -- :class:`CurveOptions`: the deletion / insertion curves of the first
+  probes' maps next to a random map's and a centred prior's, and the ranking scores they read;
 * :mod:`cama.map_scoring.probes` -- :class:`ProbeScorer`: every method's maps of a set of probes
   against their references, scored into a :class:`~cama.metrics.map_scores.MapScores`;
 * :mod:`cama.map_scoring.episodes` -- :class:`EpisodeScorer`: the same for few-shot queries against
@@ -15,6 +17,7 @@ Plain modules, tensors and callables in; the callers (the callbacks, the benches
 score, on which threads, and where the numbers go.
 """
 
+from cama.map_scoring.curves import RANKING_SCORES, CurveOptions, ranking_scores
 from cama.map_scoring.episodes import EpisodeScorer
 from cama.map_scoring.features import (
     complete_features,
@@ -26,6 +29,8 @@ from cama.map_scoring.sharing import captured_flags, owned_positions, probe_owne
 
 __all__ = [
     "EVIDENCE",
+    "RANKING_SCORES",
+    "CurveOptions",
     "EpisodeScorer",
     "ProbeScorer",
     "captured_flags",
@@ -33,5 +38,6 @@ __all__ = [
     "masked_embeddings",
     "owned_positions",
     "probe_owners",
+    "ranking_scores",
     "stack_captured",
 ]

@@ -5,7 +5,10 @@
 CAMs) and scores the maps into one :class:`~cama.metrics.map_scores.MapScores`
 (``docs/map-scores.md``): the boxes and the energy against the ground truth, and AD / IC (fam
 Eq. 21-22) of the first ``num_faithfulness_samples`` queries of an epoch, whose masked images are
-embedded in one forward (:func:`~cama.map_scoring.features.masked_embeddings`). The caller decides
+embedded in one forward (:func:`~cama.map_scoring.features.masked_embeddings`), and the deletion /
+insertion curves (:class:`~cama.map_scoring.curves.CurveOptions`) of the first ``curves.samples``
+queries of an epoch, every method next to a random map and a centred prior, the score being the
+softmax probability of the predicted class over the episode's prototypes. The caller decides
 which episodes to score and where the numbers go; it gets the maps back for its pictures.
 """
 
@@ -17,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cama.map_scoring.curves import CurveOptions
 from cama.map_scoring.features import masked_embeddings
 from cama.metrics.boxes import DEFAULT_TAUS
 from cama.metrics.map_scores import MapScores
@@ -35,6 +39,7 @@ class EpisodeScorer:
         methods: the map methods (``cama.viz.episodes.FEW_SHOT_METHODS``).
         num_faithfulness_samples: queries of an epoch scored with AD / IC, the first ones (0: off).
         tau, taus, iou_threshold: the box protocol (``docs/map-scores.md#box-from-a-map``).
+        curves: the deletion / insertion curves of the first queries of an epoch (default: off).
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class EpisodeScorer:
         tau: float = 0.2,
         taus: Sequence[float] | None = None,
         iou_threshold: float = 0.5,
+        curves: CurveOptions | None = None,
     ) -> None:
         if num_faithfulness_samples < 0:
             raise ValueError(f"num_faithfulness_samples must be >= 0, got {num_faithfulness_samples}")
@@ -53,6 +59,8 @@ class EpisodeScorer:
         self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
         self.iou_threshold = float(iou_threshold)
         self.faithfulness_left = 0
+        self.curves = curves if curves is not None else CurveOptions(samples=0)
+        self.curves_done = 0
         self._scores: tuple[Any, MapScores] | None = None
 
     def start_epoch(self) -> None:
@@ -60,6 +68,7 @@ class EpisodeScorer:
         if self._scores is not None:
             self._scores[1].reset()
         self.faithfulness_left = self.num_faithfulness_samples
+        self.curves_done = 0
 
     def compute(self, prefix: str) -> dict[str, Tensor]:
         """The epoch's scores as ``<prefix>/<method>/<name>`` (a collective under DDP: every process
@@ -78,6 +87,7 @@ class EpisodeScorer:
                 self.methods, image_size, has_box, has_mask,
                 faithfulness_names=self.methods if self.num_faithfulness_samples else (),
                 tau=self.tau, taus=self.taus, iou_threshold=self.iou_threshold,
+                curve_names=self.curves.names(self.methods),
             )
             self._scores = (key, scores.to(device))
         return self._scores[1]
@@ -131,4 +141,19 @@ class EpisodeScorer:
             masked_scores = probabilities.gather(1, predicted.repeat(len(maps_of), 1))[:, 0]
             for method, chunk in zip(maps_of, masked_scores.split(faithful)):
                 scores.update_faithfulness(method, score, chunk)
+        curved = min(self.curves.samples - self.curves_done, len(query_images)) if self.curves.active else 0
+        if curved > 0:  # RISE's deletion / insertion, the probability of the predicted class
+            predicted = refs.prediction[:curved, None]
+
+            def class_score(images: Tensor, rows: Tensor) -> Tensor:
+                probabilities = task.logits(embed(images), refs.prototypes).softmax(1)
+                return probabilities.gather(1, predicted[rows])[:, 0]
+
+            places = torch.arange(self.curves_done, self.curves_done + curved)
+            self.curves_done += curved
+            self.curves.score(
+                scores, query_images[:curved], {m: maps[:curved] for m, maps in maps_of.items()}, places,
+                refs.query_maps.shape[-2:], class_score,
+                refs.logits[:curved].softmax(1).gather(1, predicted)[:, 0],
+            )
         return maps_of

@@ -3,7 +3,8 @@
 :class:`ProbeScorer` holds what to score (the methods, per branch or not, the branch overlap, how many
 probes get AD / IC and the layer methods) and the box protocol, and scores chunks of probes into a
 :class:`~cama.metrics.map_scores.MapScores` (built once for the data's shapes, reset by the caller
-after ``compute``). What is scored is documented in ``callbacks/localization_metrics.py``.
+after ``compute``). What is scored is documented in ``callbacks/localization_metrics.py``; the deletion
+/ insertion curves of the first probes are :mod:`cama.map_scoring.curves`'.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cama.map_scoring.curves import RANKING_SCORES, CurveOptions, ranking_scores
 from cama.map_scoring.features import complete_features, masked_embeddings
 from cama.metrics.boxes import DEFAULT_TAUS, any_along
 from cama.metrics.map_scores import MapScores
@@ -37,6 +39,9 @@ class ProbeScorer:
         num_gradient_samples: the probes at positions below it are scored with the layer methods
             (:data:`cama.viz.LAYER_METHODS`: gradient and gradient-free).
         tau, taus, iou_threshold: the box protocol (:class:`~cama.metrics.map_scores.MapScores`).
+        curves: the deletion / insertion curves (:class:`~cama.map_scoring.curves.CurveOptions`: the
+            probes at positions below ``samples``, every method next to a random map and a centred
+            prior; off by default here, on in ``LocalizationMetrics``).
     """
 
     def __init__(
@@ -49,8 +54,15 @@ class ProbeScorer:
         tau: float = 0.2,
         taus: Sequence[float] | None = None,
         iou_threshold: float = 0.5,
+        curves: CurveOptions | None = None,
     ) -> None:
         self.methods = tuple(methods)
+        self.curves = curves if curves is not None else CurveOptions(samples=0)
+        gradient = any(m in GRADIENT_METHODS for m in self.methods)
+        # every method's maps of a probe are in one call: with a gradient method, its probes only
+        self.curve_samples = (
+            min(self.curves.samples, num_gradient_samples) if gradient else self.curves.samples
+        )
         self.per_branch = per_branch
         self.branch_overlap = branch_overlap
         self.num_faithfulness_samples = num_faithfulness_samples
@@ -83,6 +95,8 @@ class ProbeScorer:
                 branch_overlap_topk=topk if self.branch_overlap and branches > 1 else None,
                 evidence_topk=evidence_topk,
                 evidence_names=self.methods,
+                curve_names=self.curves.names(self.methods),
+                curve_scores=RANKING_SCORES,
             )
             self._scores = (key, scores.to(device))
         return self._scores[1]
@@ -178,6 +192,8 @@ class ProbeScorer:
             scores.update_overlap(explainer.raw_maps("ram", features, Own()))
 
         faithful = (position < self.num_faithfulness_samples).nonzero().squeeze(1)
+        curved = (position < self.curve_samples).nonzero().squeeze(1) if self.curves.active else position[:0]
+        curve_maps: dict[str, Tensor] = {}
         masked_images: list[Tensor] = []
         masked_maps: list[Tensor] = []
         masked_rows: list[tuple[str, Tensor]] = []  # (method, rows of `features`) of each masked block
@@ -206,6 +222,8 @@ class ProbeScorer:
                     masked_images.append(used.images[keep])
                     masked_maps.append(summed[keep])
                     masked_rows.append((method, rows_used[keep]))
+            if curved.numel():  # rows_used holds them (curve_samples <= num_gradient_samples)
+                curve_maps[method] = summed[torch.searchsorted(rows_used, curved)]
 
         # fam Eq. 21-22: one forward for every method's masked queries
         masked = masked_embeddings(embed_masked, masked_images, masked_maps, mean, std)
@@ -214,3 +232,16 @@ class ProbeScorer:
             similarity = F.cosine_similarity(features.embedding[rows_used], target, dim=1)
             masked_similarity = F.cosine_similarity(masked_embedding, target, dim=1)
             scores.update_faithfulness(method, similarity, masked_similarity)
+
+        if curve_maps:  # RISE's deletion / insertion (cama.metrics.deletion), the probes' ranking scores
+            probe_index = torch.as_tensor(indices, device=device)[rankable][curved]
+            ranked = gallery.gallery()
+            true_matches = provider.labels.to(device)[probe_index][:, None] == ranked.labels[None, :]
+            of_embeddings = ranking_scores(
+                reference_embeddings[curved], ranked, true_matches, provider.excluded(probe_index, ranked)
+            )
+            intact = of_embeddings(features.embedding[curved], torch.arange(curved.numel(), device=device))
+            self.curves.score(
+                scores, features.images[curved], curve_maps, position[curved], features.maps[0].shape[-2:],
+                lambda images, rows: of_embeddings(embed_masked(images), rows), intact,
+            )

@@ -9,6 +9,9 @@ plus the baselines a map has to beat -- what the localization and few-shot expla
   map's boxes) when the data has boxes;
 * ``"otsu"`` :class:`~cama.metrics.localization.OtsuSegmentation` when it has person masks;
 * ``"faith"`` :class:`~cama.metrics.faithfulness.AverageDropIncrease` for the names scored with AD/IC;
+* ``"curves"`` :class:`~cama.metrics.deletion.DeletionInsertion` for the names with deletion /
+  insertion curves (``curve_names``; a name that is no map of ``names``, e.g. the reference maps
+  ``random`` and ``center_prior``, gets a group of its own), logged under ``faith/`` (:data:`CURVES_PREFIX`);
 * ``"parts"`` :class:`~cama.metrics.parts.PartEvidence` when the data marks the parts that tell an
   identity from its look-alikes (the synthetic re-ID set's ``evidence_required``): the map's energy
   share on them against their share of the person (``evidence_ratio`` above 1: the map prefers
@@ -20,7 +23,7 @@ and the groups ``"center_baseline"`` (a centred box of the mean ground-truth siz
 gives the logged names (:func:`score_names`), e.g. ``loc/ram/box_iou``,
 ``loc/fam/otsu_miou``, ``loc/ram/center_box_iou``, ``loc/center_baseline/box_iou``,
 ``loc/uniform_baseline/energy``, ``loc/branch_overlap_iou``, ``loc/dist_cam/ad``,
-``loc/ram/evidence_ratio``.
+``loc/ram/evidence_ratio``, ``faith/ram/deletion_auc``, ``faith/random/insertion_ap_auc``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
 from cama.metrics.boxes import DEFAULT_TAUS, boxes_from_maps
+from cama.metrics.deletion import DeletionInsertion
 from cama.metrics.faithfulness import AverageDropIncrease
 from cama.metrics.parts import PartEvidence
 from cama.metrics.localization import (
@@ -43,16 +47,21 @@ from cama.metrics.localization import (
     OtsuSegmentation,
 )
 
-__all__ = ["MapScores", "score_names"]
+__all__ = ["CURVES_PREFIX", "MapScores", "score_names"]
 
 # the order of the metrics inside a group (MetricCollection sorts its keys)
-_KEY_ORDER = ("box", "energy", "center", "otsu", "parts", "faith", "overlap")
+_KEY_ORDER = ("box", "energy", "center", "otsu", "parts", "faith", "curves", "overlap")
+#: the prefix of the deletion / insertion AUCs (``faith/<map>/deletion_auc``), whatever the callback's
+CURVES_PREFIX = "faith"
 
 
 def score_names(prefix: str, name: str, key: str, value: Any) -> dict[str, Tensor]:
     """Logged names of the result ``value`` of the metric ``key`` of the group ``name`` (a map, or a
-    baseline): ``<prefix>/<name>/<score>``, e.g. ``loc/ram/box_iou``, ``loc/fam/otsu_miou``."""
+    baseline): ``<prefix>/<name>/<score>``, e.g. ``loc/ram/box_iou``, ``loc/fam/otsu_miou``; the
+    curves' ``faith/<name>/<score>``, e.g. ``faith/ram/deletion_auc``."""
     p = prefix
+    if key == "curves":
+        return {f"{CURVES_PREFIX}/{name}/{k}": v for k, v in value.items()}
     if key == "overlap":
         return {f"{p}/branch_overlap_iou": value}
     if key == "center" and name == "center_baseline":
@@ -81,6 +90,8 @@ class MapScores(nn.Module):
             map); None: the data has no part evidence.
         evidence_names: the names scored with :class:`PartEvidence` (the summed maps; their
             branches are its ``branch_maps``).
+        curve_names: the names with deletion / insertion curves (:class:`DeletionInsertion`).
+        curve_scores: the names of the curves' scores (``""``: the unnamed first one).
     """
 
     def __init__(
@@ -96,6 +107,8 @@ class MapScores(nn.Module):
         branch_overlap_topk: float | int | None = None,
         evidence_topk: float | int | None = None,
         evidence_names: Collection[str] = (),
+        curve_names: Sequence[str] = (),
+        curve_scores: Sequence[str] = ("",),
     ) -> None:
         super().__init__()
         image_size = tuple(int(s) for s in image_size[-2:])
@@ -115,6 +128,8 @@ class MapScores(nn.Module):
             if name in faithfulness_names:
                 group["faith"] = AverageDropIncrease()
             groups[name] = group
+        for name in curve_names:
+            groups.setdefault(name, {})["curves"] = DeletionInsertion(curve_scores)
         if has_box:
             groups["center_baseline"] = {"center": CenteredBoxBaseline(image_size, "gt", iou_threshold)}
             groups["uniform_baseline"] = {"energy": EnergyPointingGame()}
@@ -130,7 +145,7 @@ class MapScores(nn.Module):
 
     def metrics(self) -> list[tuple[str, str, Metric]]:
         """``(group, key, metric)`` in logging order: the groups as built, inside a group box,
-        energy, center, otsu, faith (overlap)."""
+        energy, center, otsu, parts, faith, curves (overlap)."""
         out = []
         for name, group in self.groups.items():
             out += [(name, key, group[key]) for key in _KEY_ORDER if key in group]
@@ -172,6 +187,14 @@ class MapScores(nn.Module):
     def update_faithfulness(self, name: str, scores: Tensor, masked_scores: Tensor) -> None:
         """AD / IC of ``name``: the scores ``[B]`` on the images and on the images masked by the maps."""
         self._group(name)["faith"].update(scores, masked_scores)
+
+    def has_curves(self, name: str) -> bool:
+        """Whether the map ``name`` gets deletion / insertion curves."""
+        return name in self.groups and "curves" in self._group(name)
+
+    def update_curves(self, name: str, deletion: Tensor, insertion: Tensor) -> None:
+        """The deletion and insertion curves ``[B, steps + 1(, S)]`` of the maps of ``name``."""
+        self._group(name)["curves"].update(deletion, insertion)
 
     def update_overlap(self, raw_maps: Tensor) -> None:
         """The branch overlap of the branches' maps ``[B, N >= 2, h, w]``."""

@@ -9,6 +9,9 @@
   element-wise (the one definition), :func:`is_junk` its junk part.
 * :func:`top_k` -- the ``k`` nearest gallery rows of each query outside an exclusion mask, ties
   broken by gallery row (a stable sort), ``-1`` where fewer than ``k`` rows are rankable.
+* :func:`ranked_matches` -- per query, the AP and the rank of the first true match over the whole
+  gallery, as :func:`cama.metrics.evaluate_rank` counts them (the deletion / insertion curves'
+  ranking scores, :mod:`cama.metrics.deletion`).
 * :class:`EmbeddingSet` -- the embeddings of one evaluation epoch with their labels, as the
   metrics hand them to the tasks' reference providers (:mod:`cama.references`).
 """
@@ -22,7 +25,10 @@ from torch import Tensor
 
 from cama.metrics.distances import pairwise_distance
 
-__all__ = ["EmbeddingSet", "excluded_pairs", "first_per_index", "is_junk", "reid_excluded", "top_k"]
+__all__ = [
+    "EmbeddingSet", "excluded_pairs", "first_per_index", "is_junk", "ranked_matches", "reid_excluded",
+    "top_k",
+]
 
 #: The gallery pid of a junk image (never ranked); pid 0 (a distractor) is ranked as a false match.
 JUNK_PID = -1
@@ -89,6 +95,40 @@ def top_k(
     if rows.shape[1] < k:  # a gallery smaller than k
         rows = torch.cat([rows, rows.new_full((count, k - rows.shape[1]), -1)], dim=1)
     return rows
+
+
+def ranked_matches(distances: Tensor, matches: Tensor, exclude: Tensor) -> tuple[Tensor, Tensor]:
+    """Each query's AP and the 1-based rank of its first true match over the whole gallery.
+
+    The gallery images ``exclude`` marks are not ranked; the others are ranked by distance, ties by
+    gallery column (a stable sort), as :func:`cama.metrics.evaluate_rank` ranks them. ``AP`` is the
+    mean over the true matches of ``(i + 1) / rank_i`` (the ``i``-th match, 0-based). A query with no
+    true match left gets AP 0 and rank ``G + 1``.
+
+    Args:
+        distances: ``[Q, G]``, smaller = more similar.
+        matches: ``[Q, G]`` bool, the true matches (same identity or class).
+        exclude: ``[Q, G]`` bool, the images the query never ranks (e.g. :func:`reid_excluded`).
+
+    Returns:
+        ``(ap [Q] float64, first_rank [Q] long)``.
+    """
+    if distances.shape != matches.shape or distances.shape != exclude.shape or distances.ndim != 2:
+        raise ValueError(
+            f"distances, matches and exclude must be one [Q, G] shape, got {tuple(distances.shape)}, "
+            f"{tuple(matches.shape)}, {tuple(exclude.shape)}"
+        )
+    exclude = exclude.to(device=distances.device, dtype=torch.bool)
+    order = torch.sort(distances, dim=1, stable=True).indices
+    kept_first = torch.sort(exclude.gather(1, order).byte(), dim=1, stable=True).indices
+    order = order.gather(1, kept_first)
+    hits = (matches.to(distances.device).bool() & ~exclude).gather(1, order).double()
+    positions = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float64)
+    found = hits.sum(1)
+    ap = (hits * hits.cumsum(1) / positions).sum(1) / found.clamp_min(1)
+    none = torch.full_like(found, hits.shape[1] + 1, dtype=torch.long)
+    first = torch.where(found > 0, hits.argmax(1) + 1, none)
+    return ap, first
 
 
 @dataclass
