@@ -269,14 +269,29 @@ def test_the_ranking_picture_gains_the_row_only_when_a_false_match_comes_first(t
     assert torch.allclose(maps[1:], signed_display(gallery, SIZE), atol=1e-6)
 
 
-def test_the_contrast_of_cam_is_never_drawn():
-    """``cam`` explains a class, not a similarity: the picture has no contrast row (and no error)."""
+@pytest.mark.parametrize("method", ["cam", "eigencam"])
+def test_the_contrast_of_a_method_without_a_similarity_target_is_never_drawn(method):
+    """``cam`` explains a class, EigenCAM no target: the picture has no contrast row (and no error)."""
     model = CAMA(num_classes=4, backbone="resnet10", width=8).eval()
     explainer = ModelExplainer(model)
     query, listed = explainer.features(torch.rand(1, 3, 64, 32)), explainer.features(torch.rand(2, 3, 64, 32))
     shown = Shown(query, to_uint8(query.images)), Shown(listed, to_uint8(listed.images))
-    args = (explainer, "cam", *shown, torch.tensor([False, True]), None, "t")
+    args = (explainer, method, *shown, torch.tensor([False, True]), None, "t")
     assert torch.equal(ranking_picture(*args, contrastive=True), ranking_picture(*args, contrastive=False))
+
+
+@pytest.mark.parametrize("method", ["scorecam", "hirescam"])
+def test_a_layer_methods_contrast_row_is_its_map_of_the_difference(method):
+    """Gradient-free and gradient CAMs alike: the probe's contrast map is the method's map of
+    s(q, g-) - s(q, g+), computed here with the Contrast target directly."""
+    torch.manual_seed(0)
+    model = CAMA(num_classes=4, backbone="resnet10", width=8).eval()
+    explainer = ModelExplainer(model)
+    query, listed = explainer.features(torch.rand(1, 3, 64, 32)), explainer.features(torch.rand(2, 3, 64, 32))
+    maps = contrastive_maps(explainer, method, query, listed.select([0]), listed.select([1]))
+    direct = explainer.gradient_maps(method, query, Contrast(listed.embedding[:1], listed.embedding[1:]),
+                                     branches=False)[:, 0]
+    assert torch.allclose(maps[0], signed_display(direct, (64, 32)), atol=1e-5)
 
 
 def test_first_true_match_ranks_the_whole_gallery():

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cama.explain import contrastive_ranks, signed_display
-from cama.viz.methods import CLASS_METHODS, GRADIENT_METHODS
+from cama.viz.methods import CLASS_METHODS, LAYER_METHODS
 from cama.viz.model_explainer import Features, ModelExplainer
 from cama.viz.pictures import ContrastRow, probe_grid, ranking_figure
 from cama.viz.targets import Contrast, ProbeAgainst
@@ -186,7 +186,7 @@ def contrastive_maps(
         (negative, Contrast(query.embedding, None)),
         (positive, Contrast(None, query.embedding)),
     )
-    if method in GRADIENT_METHODS:
+    if method in LAYER_METHODS:
         maps = [explainer.gradient_maps(method, f, target, branches=False)[:, 0] for f, target in sides]
     else:
         maps = [explainer.raw_maps(method, features, target).sum(dim=1) for features, target in sides]

@@ -59,8 +59,9 @@ LAYER_METHODS: tuple[str, ...] = CAM_METHODS
 #: the gradient CAMs (the truncation trick applies to them)
 GRADIENT_METHODS: tuple[str, ...] = tuple(m for m in CAM_METHODS if m not in GRADIENT_FREE_METHODS)
 METHODS: tuple[str, ...] = FORWARD_METHODS + LAYER_METHODS
-#: the methods that explain a predicted class, not a similarity to a reference: no contrastive map
-CLASS_METHODS: tuple[str, ...] = ("cam",)
+#: the methods with no contrastive map: ``cam`` explains a predicted class, not a similarity to a
+#: reference; ``eigencam`` explains no target at all (the first principal component of the activations)
+CLASS_METHODS: tuple[str, ...] = ("cam", "eigencam")
 
 _ALIASES = {
     "distcam": "dist_cam",
