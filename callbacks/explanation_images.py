@@ -69,6 +69,7 @@ from cama.map_scoring import complete_features
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet
 from cama.references import ReIDReferences
+from cama.protocols import ShowsImages
 from cama.explain import check_layer_norm
 from cama.viz import (
     ModelExplainer,
@@ -228,8 +229,11 @@ class ExplanationImages(Callback):
         """Draw this epoch's pictures and hand them to ``sink``; the paths of the PNGs written."""
         device = pl_module.device
         dataset = self.probes.dataset
-        explainer = ModelExplainer(
-            pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm
+        shows = trainer.datamodule
+        mean, std = (shows.mean, shows.std) if isinstance(shows, ShowsImages) else (None, None)
+        explainer = ModelExplainer(  # Score-CAM masks the [0, 1] picture, as the scoring callbacks do
+            pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm,
+            mean=mean, std=std,
         )
         captions = Captions(provider, device)
         shown, references, matches, kept = self._ranked_probes(

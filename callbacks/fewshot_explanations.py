@@ -259,11 +259,12 @@ class FewShotExplanations(Callback):
         with torch.no_grad():
             all_maps = self._maps.batch_maps(batch, forward)  # the validation step's, where it returned them
             refs: EpisodeReferences = pl_module.episode_references(batch, all_maps)
-        explainer = ModelExplainer(
-            pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm
-        )
         datamodule = trainer.datamodule
         mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
+        explainer = ModelExplainer(  # Score-CAM masks the [0, 1] picture, as AD / IC do
+            pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm,
+            mean=mean, std=std,
+        )
         maps = self.scorer.score(
             pl_module, explainer, batch, refs, lambda x: pl_module.embed_maps(forward(x)), mean, std
         )

@@ -54,7 +54,7 @@ The cost, in forwards of perturbed queries: ``deletion_samples * (1 + 2 (M + 2) 
 for ``M`` methods (the intact query's scores are known), 124 with the defaults and three methods, in
 batches of ``batch_size``: 9% of the forwards of ``cama_market1501.yaml``'s held-out validation (1,368
 images), 17% of ``cama_cuhk03.yaml``'s (743). ``deletion_steps=0`` turns the curves off. With a
-gradient method the curves are on the first ``min(deletion_samples, num_gradient_samples)`` queries.
+layer method (gradient or gradient-free CAM) the curves are on the first ``min(deletion_samples, num_gradient_samples)`` queries.
 
 And: ``<prefix>/center_baseline/box_iou`` and ``box_acc`` (a centred box of the mean ground-truth
 size), ``<prefix>/uniform_baseline/energy`` (the pointing-game score of a constant map: the box's
@@ -242,13 +242,15 @@ class LocalizationMetrics(Callback):
         flags = captured_flags(probes, captured, device)  # which process scores which probe: a collective
         everyone = trainer.strategy.all_gather(flags).reshape(-1, len(probes)) if trainer.world_size > 1 else flags[None]
         positions = owned_positions(everyone, trainer.global_rank)
+        datamodule = trainer.datamodule
+        mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
+        # Score-CAM masks the [0, 1] picture, as AD / IC do, in forwards of at most batch_size images
         explainer = ModelExplainer(
-            pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm
+            pl_module, self.gradient_layers, self.truncation, self.truncation_per_channel, self.layer_norm,
+            forward_batch_size=self.batch_size, mean=mean, std=std,
         )
         dataset = self.probes.dataset
         topk = pl_module.overlap_topk() if isinstance(pl_module, HasOverlapPenalty) else 0.2  # the OAP's k (Eq. 5)
-        datamodule = trainer.datamodule
-        mean, std = (datamodule.mean, datamodule.std) if isinstance(datamodule, ShowsImages) else (None, None)
 
         def load(indices: list[int]) -> dict[str, Any]:
             return load_items(dataset, indices, device)

@@ -280,6 +280,14 @@ def test_the_contrast_of_a_method_without_a_similarity_target_is_never_drawn(met
     assert torch.equal(ranking_picture(*args, contrastive=True), ranking_picture(*args, contrastive=False))
 
 
+def test_eigencam_refuses_a_contrast_target():
+    model = CAMA(num_classes=4, backbone="resnet10", width=8).eval()
+    explainer = ModelExplainer(model)
+    query, listed = explainer.features(torch.rand(1, 3, 64, 32)), explainer.features(torch.rand(2, 3, 64, 32))
+    with pytest.raises(ValueError, match="eigencam has no contrastive map"):
+        explainer.gradient_maps("eigencam", query, Contrast(listed.embedding[:1], listed.embedding[1:]))
+
+
 @pytest.mark.parametrize("method", ["scorecam", "hirescam"])
 def test_a_layer_methods_contrast_row_is_its_map_of_the_difference(method):
     """Gradient-free and gradient CAMs alike: the probe's contrast map is the method's map of

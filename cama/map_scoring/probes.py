@@ -58,10 +58,10 @@ class ProbeScorer:
     ) -> None:
         self.methods = tuple(methods)
         self.curves = curves if curves is not None else CurveOptions(samples=0)
-        gradient = any(m in LAYER_METHODS for m in self.methods)
-        # every method's maps of a probe are in one call: with a gradient method, its probes only
+        layered = any(m in LAYER_METHODS for m in self.methods)
+        # every method's maps of a probe are in one call: with a layer method, its probes only
         self.curve_samples = (
-            min(self.curves.samples, num_gradient_samples) if gradient else self.curves.samples
+            min(self.curves.samples, num_gradient_samples) if layered else self.curves.samples
         )
         self.per_branch = per_branch
         self.branch_overlap = branch_overlap

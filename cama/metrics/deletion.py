@@ -47,6 +47,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from cama.explain.precision import autocast_off
+from cama.metrics.faithfulness import Z_95
 from cama.metrics.imputation import check_baseline, fill_removed, gaussian_blur
 from cama.metrics.states import add_sum_states, mean_and_interval
 
@@ -65,7 +66,6 @@ __all__ = [
 CURVES: tuple[str, ...] = ("deletion", "insertion")
 #: the maps every method is compared with (:func:`reference_maps`)
 REFERENCE_MAPS: tuple[str, ...] = ("random", "center_prior")
-Z_95 = 1.96
 
 
 def check_steps(steps: int) -> int:

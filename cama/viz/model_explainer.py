@@ -81,6 +81,7 @@ from cama.explain import (
 from cama.explain.gradient import check_layer_norm
 from cama.explain.precision import at_least_float32
 from cama.viz.methods import (
+    CLASS_METHODS,
     FORWARD_METHODS,
     GRADIENT_FREE_METHODS,
     GRADIENT_METHODS,
@@ -94,15 +95,8 @@ from cama.viz.targets import Against, Contrast, Target, as_target
 from cama.protocols import EmbeddingModel, HasBranchLayers, HasClassifier, HasProjection, HasTokenLayers
 
 __all__ = [
-    "FORWARD_METHODS",
-    "GRADIENT_FREE_METHODS",
-    "GRADIENT_METHODS",
-    "LAYER_METHODS",
-    "METHODS",
-    "Features",
-    "ModelExplainer",
-    "check_methods",
-    "default_gradient_layers",
+    "FORWARD_METHODS", "GRADIENT_FREE_METHODS", "GRADIENT_METHODS", "LAYER_METHODS", "METHODS",
+    "Features", "ModelExplainer", "check_methods", "default_gradient_layers",
 ]
 
 
@@ -352,6 +346,8 @@ class ModelExplainer:
         """``part -> score_fn``: the gradient methods' score of the whole embedding (``part=None``) or
         of a branch's slice: the cosine similarity to the target, or a Contrast's difference of two."""
         if isinstance(target, Contrast):
+            if method in CLASS_METHODS:  # eigencam explains no target: a difference of two is itself
+                raise ValueError(f"{method} has no contrastive map: it explains no similarity to a reference")
             negative, positive = target.sides(features.embedding)
         else:
             negative, positive = as_target(target).embedding(method, features.embedding), None
