@@ -54,7 +54,8 @@ The cost, in forwards of perturbed queries: ``deletion_samples * (1 + 2 (M + 2) 
 for ``M`` methods (the intact query's scores are known), 124 with the defaults and three methods, in
 batches of ``batch_size``: 9% of the forwards of ``cama_market1501.yaml``'s held-out validation (1,368
 images), 17% of ``cama_cuhk03.yaml``'s (743). ``deletion_steps=0`` turns the curves off. With a
-layer method (gradient or gradient-free CAM) the curves are on the first ``min(deletion_samples, num_gradient_samples)`` queries.
+layer method (gradient or gradient-free CAM) the curves are on the first
+``min(deletion_samples, num_gradient_samples)`` queries.
 
 And: ``<prefix>/center_baseline/box_iou`` and ``box_acc`` (a centred box of the mean ground-truth
 size), ``<prefix>/uniform_baseline/energy`` (the pointing-game score of a constant map: the box's
