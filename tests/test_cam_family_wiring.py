@@ -207,3 +207,7 @@ def test_a_localization_callback_scores_score_cam(tmp_path) -> None:
     results = callback.last_results
     assert {"loc/scorecam/box_acc", "loc/scorecam/ad", "loc/eigencam/box_acc"} <= results.keys()
     assert all(math.isfinite(float(results[k])) for k in ("loc/scorecam/box_acc", "loc/scorecam/ad"))
+    # the deletion / insertion curves count the gradient-free CAMs among the layer methods: their
+    # probes are the first min(deletion_samples, num_gradient_samples) = 1, scored all the same
+    curves = ("faith/scorecam/deletion_auc", "faith/eigencam/insertion_auc", "faith/random/deletion_auc")
+    assert all(math.isfinite(float(results[k])) for k in curves)
