@@ -25,6 +25,7 @@ __all__ = ["PALETTE", "curve_panels"]
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
     (140, 86, 75), (227, 119, 194), (23, 190, 207), (188, 189, 34), (127, 127, 127),
+    (0, 0, 0), (0, 0, 128), (128, 0, 0), (0, 128, 128), (255, 215, 0),  # 15: every method and both references
 )
 GREY = (190, 190, 190)
 Panel = tuple[str, Mapping[str, Tensor], str]  # title, {map: curve [steps + 1]}, x-axis label
