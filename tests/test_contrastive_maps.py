@@ -14,7 +14,8 @@ from cama.explain import contrast_score, contrastive_ram, contrastive_ranks, dis
 from cama.models import CAMA
 from cama.viz import ModelExplainer, ranking_figure, to_uint8
 from cama.viz.layout import display_scale
-from cama.viz.figures import Shown, contrastive_maps, ranking_picture
+from cama.viz.figures import Shown, contrast_row, contrastive_maps, ranking_picture
+from cama.viz.pictures import CONTRAST_LEGEND, CONTRAST_LEGEND_LAYER
 from cama.viz.targets import Contrast
 
 SIZE = (16, 12)
@@ -324,3 +325,16 @@ def test_a_true_match_appended_after_the_top_k_gets_its_rank_and_a_gap():
     skipping = ranking_figure(query, gallery, None, *maps, ranks=[1, 2, 37])
     gap = display_scale(16, 12).gap - display_scale(16, 12).padding
     assert skipping.shape[2] == consecutive.shape[2] + gap  # one more gap, before "rank 37"
+
+
+@pytest.mark.parametrize(("method", "legend"), [("ram", CONTRAST_LEGEND), ("gradcam", CONTRAST_LEGEND_LAYER)])
+def test_the_contrast_rows_legend_says_how_its_maps_are_scaled(method, legend):
+    """RAM's row is signed on one scale (0.5 = 0); a layer CAM's maps are its own [0, 1] maps of the
+    difference, each min-max normalised: the legend must not promise a shared signed scale."""
+    torch.manual_seed(0)
+    model = CAMA(num_classes=4, backbone="resnet10", width=8).eval()
+    explainer = ModelExplainer(model)
+    query, listed = explainer.features(torch.rand(1, 3, 64, 32)), explainer.features(torch.rand(2, 3, 64, 32))
+    shown = Shown(query, to_uint8(query.images)), Shown(listed, to_uint8(listed.images))
+    row = contrast_row(explainer, method, *shown, torch.tensor([False, True]))
+    assert row is not None and row.legend == legend

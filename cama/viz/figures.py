@@ -25,7 +25,7 @@ from torch import Tensor
 from cama.explain import contrastive_ranks, signed_display
 from cama.viz.methods import CLASS_METHODS, LAYER_METHODS
 from cama.viz.model_explainer import Features, ModelExplainer
-from cama.viz.pictures import ContrastRow, probe_grid, ranking_figure
+from cama.viz.pictures import CONTRAST_LEGEND, CONTRAST_LEGEND_LAYER, ContrastRow, probe_grid, ranking_figure
 from cama.viz.targets import Contrast, ProbeAgainst
 
 __all__ = [
@@ -207,4 +207,5 @@ def contrast_row(
     maps = contrastive_maps(explainer, method, query.features, pair.select([0]), pair.select([1]),
                             tuple(query.pictures.shape[-2:]))
     similarities = F.cosine_similarity(query.features.embedding.float(), pair.embedding.float(), dim=1)
-    return ContrastRow(maps, negative, positive, (float(similarities[0]), float(similarities[1])))
+    legend = CONTRAST_LEGEND_LAYER if method in LAYER_METHODS else CONTRAST_LEGEND
+    return ContrastRow(maps, negative, positive, (float(similarities[0]), float(similarities[1])), legend)

@@ -36,6 +36,7 @@ from cama.viz.layout import Scale, display_scale, sheet, upscale
 
 __all__ = [
     "CONTRAST_LEGEND",
+    "CONTRAST_LEGEND_LAYER",
     "ContrastRow",
     "GREEN",
     "RED",
@@ -266,7 +267,7 @@ def ranking_figure(
     if contrast is not None:
         tiles = torch.cat([tiles, contrast.tiles(pictures, alpha, colormap, scale)[None]])
         captions, labels = captions + [contrast.captions(count)], labels + [contrast.label()]
-        text = f"{text} · {CONTRAST_LEGEND}"
+        text = f"{text} · {contrast.legend}"
     ranks = list(ranks) if ranks is not None else list(range(1, count + 1))
     skips = [j + 1 for j in range(count - 1) if ranks[j + 1] != ranks[j] + 1]  # the column before a skip
     return sheet(
@@ -276,8 +277,11 @@ def ranking_figure(
     )
 
 
-#: what a contrastive row's colours mean (appended to a ranking list's one-line legend)
+#: what a contrastive row's colours mean (appended to a ranking list's one-line legend): the
+#: forward-only maps (signed, one scale for the two gallery maps) and the layer CAMs' (their own
+#: [0, 1] maps of the difference, positive part, each on its own scale)
 CONTRAST_LEGEND = "last row: s(q,g-) - s(q,g+), 0.5 = 0"
+CONTRAST_LEGEND_LAYER = "last row: map of s(q,g-) - s(q,g+), each on its own scale"
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,7 @@ class ContrastRow:
     negative: int
     positive: int
     similarities: tuple[float, float] | None = None
+    legend: str = CONTRAST_LEGEND
 
     def label(self) -> str:
         return f"why rank {self.negative + 1} beat\nthe true match"
