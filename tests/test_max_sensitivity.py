@@ -18,6 +18,7 @@ from cama.explain import max_sensitivity
 from cama.metrics import MaxSensitivity
 from cama.models import CAMA
 from datamodules import ReIDDataModule
+from tests.test_sanity import TINY_DATA
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -185,11 +186,6 @@ def test_metric_mean_and_interval():
 # --------------------------------------------------------------------------------------------------
 # the callback
 # --------------------------------------------------------------------------------------------------
-TINY_DATA = dict(
-    dataset="synthetic", validate_on_test=True, image_size=(64, 32), p=4, k=2, eval_batch_size=64,
-    num_workers=0,
-    synthetic=dict(num_train_ids=10, num_test_ids=6, num_distractors=4, num_junk=2),
-)
 
 
 def test_callback_logs_the_max_sensitivity_of_each_method(tmp_path):
