@@ -293,17 +293,23 @@ class ExplanationImages(Callback):
     ) -> list[tuple[list[int], Tensor, list[int]]]:
         """Each ranking list's dataset indices, match flags and ranks (1-based): its top k and, for the
         contrast row, the first true match after them when none is among them."""
+        count = min(self.num_ranking_queries, references.shape[0])
+        valid = references[:count] >= 0
+        # the lists without a true match: the whole gallery ranked for all of them at once
+        missing = [j for j in range(count) if self.contrastive and not bool(matches[j][valid[j]].any())]
+        appended: dict[int, tuple[int, int]] = {}
+        if missing:
+            rank, index = provider.first_true_match(
+                gallery, shown.features.embedding[missing], torch.tensor([kept[j] for j in missing]))
+            appended = {j: (int(r), int(i)) for j, r, i in zip(missing, rank.tolist(), index.tolist()) if r >= 0}
         out = []
-        for j in range(min(self.num_ranking_queries, references.shape[0])):
-            valid = references[j] >= 0
-            indices, flags = [int(r) for r in references[j][valid].tolist()], matches[j][valid]
+        for j in range(count):
+            indices, flags = [int(r) for r in references[j][valid[j]].tolist()], matches[j][valid[j]]
             ranks = list(range(1, len(indices) + 1))
-            if self.contrastive and not bool(flags.any()):  # the whole gallery ranked: two probes, cheap
-                rank, index = provider.first_true_match(
-                    gallery, shown.features.embedding[j : j + 1], torch.tensor(kept[j : j + 1]))
-                if int(rank[0]) >= 0:
-                    indices, ranks = indices + [int(index[0])], ranks + [int(rank[0]) + 1]
-                    flags = torch.cat([flags, flags.new_ones(1)])
+            if j in appended:
+                rank_j, index_j = appended[j]
+                indices, ranks = indices + [index_j], ranks + [rank_j + 1]
+                flags = torch.cat([flags, flags.new_ones(1)])
             out.append((indices, flags, ranks))
         return out
 
