@@ -79,11 +79,14 @@ class CurveOptions:
 
     def draws(
         self, places: Tensor, grid: Sequence[int], image_shape: Sequence[int], device: torch.device | str
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor | None]:
         """The random maps ``[P, h, w]`` (at the methods' map resolution ``grid``) and the noise fields
-        ``[P, C, H, W]`` of the probes at ``places`` (``< samples``), on ``device``."""
+        ``[P, C, H, W]`` of the probes at ``places`` (``< samples``), on ``device``; the noise only for
+        ``"noisy_linear"``, the one baseline that uses it (None otherwise)."""
         places = places.cpu().long()
         maps = reference_maps("random", self.samples, grid, torch.Generator().manual_seed(self.seed))
+        if self.baseline != "noisy_linear":
+            return maps[places].to(device), None
         generator = torch.Generator().manual_seed(self.seed + 1)
         noise = torch.randn(self.samples, *image_shape, generator=generator)
         return maps[places].to(device), noise[places].to(device)
