@@ -66,10 +66,11 @@ def overrides(config: str, data_path: Path, opts: argparse.Namespace, profile_di
     _, family = config_family(config)
     args = ["--data.init_args.root", str(data_path), "--model.init_args.pretrained", "null",
             "--data.init_args.num_workers", str(opts.workers), "--trainer.accelerator", "cpu",
-            "--trainer.devices", "1", "--trainer.max_epochs", "1",
+            "--trainer.devices", "1", "--trainer.max_epochs", str(opts.validations),
             "--trainer.limit_train_batches", str(opts.train_steps), "--trainer.check_val_every_n_epoch", "1",
             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-            "--test_after_fit", "true", "--trainer.profiler", "lightning.pytorch.profilers.SimpleProfiler",
+            "--test_after_fit", str(not opts.no_test).lower(),
+            "--trainer.profiler", "lightning.pytorch.profilers.SimpleProfiler",
             "--trainer.profiler.dirpath", str(profile_dir), "--trainer.profiler.filename", "profile"]
     if opts.sanity_steps is not None:
         args += ["--trainer.num_sanity_val_steps", str(opts.sanity_steps)]
@@ -235,6 +236,16 @@ def callback_seconds(profile: dict[str, tuple[int, float]]) -> str:
     return " + ".join(parts) or "-"
 
 
+def callback_share(profile: dict[str, tuple[int, float]]) -> str:
+    """The explanation callbacks' hooks against the validation they ride on (its steps and the model's
+    rank evaluation), over every validation of the run, in percent."""
+    hooks = sum(t for name, (_, t) in profile.items()
+                if any(name.startswith(f"[Callback]{cb}") for cb in EXPLANATION_CALLBACKS))
+    validation = sum(t for name, (_, t) in profile.items() if re.fullmatch(TIMED_ACTIONS[1], name)
+                     or re.fullmatch(TIMED_ACTIONS[2], name))
+    return f"{100 * hooks / validation:.1f}%" if validation and hooks else "-"
+
+
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> tuple[float, int]:
     """Best-of-``repeats`` float32 ``n x n`` matmul rate (GFLOP/s) with torch's current threads."""
     import torch
@@ -259,7 +270,8 @@ def format_report(runs: list[Run], trees: dict[str, TreeInfo], opts: argparse.Na
              f"Command: `{command}`", "",
              f"Host: {os.cpu_count()} CPU cores; 2048x2048 float32 matmul: {gflops[0]:.1f} GFLOP/s "
              f"(torch, {gflops[1]} thread(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}).",
-             f"Settings: CPU, pretrained null, {opts.train_steps} training steps, re-ID input "
+             f"Settings: CPU, pretrained null, {opts.validations} epoch(s) of {opts.train_steps} training steps "
+             f"and a validation{', no test' if opts.no_test else ''}, re-ID input "
              f"{opts.reid_size[0]}x{opts.reid_size[1]}, few-shot / retrieval input "
              f"{opts.class_size}x{opts.class_size}, {opts.workers} loader workers, sanity check {sanity}; "
              f"few-shot episodes: {episodes}.",
@@ -274,16 +286,18 @@ def format_report(runs: list[Run], trees: dict[str, TreeInfo], opts: argparse.Na
     lines += ["", "## Runs", "",
               "| config | status | wall (s) | peak memory: tree PSS / largest RSS (GB) | train steps (s) "
               "| val steps (s) | val rank eval (s) | test steps (s) | test rank eval (s) "
-              "| explanation callbacks (s) | metrics fit / test |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| explanation callbacks (s) | callbacks / validation | metrics fit / test |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         p = r.profile
         status = "ok" if r.returncode == 0 else f"FAILED: {r.error}"
         lines.append(
             f"| {r.config} | {status} | {r.wall_s:.0f} | {r.tree_peak / gb:.2f} / {r.proc_peak / gb:.2f} "
             f"| {' | '.join(hook_seconds(p, pattern) for pattern in TIMED_ACTIONS)} "
-            f"| {callback_seconds(p)} | {len(r.fit_metrics)} / {len(r.test_metrics)} |")
-    lines += ["", "In parentheses: the number of calls (validation: the sanity check's and the full one). "
+            f"| {callback_seconds(p)} | {callback_share(p)} | {len(r.fit_metrics)} / {len(r.test_metrics)} |")
+    lines += ["", f"In parentheses: the number of calls (validation: the sanity check's and the {opts.validations} "
+              "full one(s)). Callbacks / validation: the explanation callbacks' hooks over the validation steps "
+              "and rank evaluations, every validation of the run (the sanity check's too). "
               "Memory: the largest sum of PSS over train.py and its loader workers (sampled every 0.5 s), "
               "and the peak RSS of the largest single process (wait4).",
               "", "## Logged metrics", ""]
@@ -303,7 +317,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", default="real", help="'real' or a fraction of the real sizes, e.g. 0.05")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="native size of the written images (default: the generators', 128x64 and 84x84)")
-    p.add_argument("--train-steps", type=int, default=3)
+    p.add_argument("--train-steps", type=int, default=3, help="training steps per epoch (at least 2: "
+                   "Lightning reads 1 as the whole epoch)")
+    p.add_argument("--validations", type=int, default=1,
+                   help="epochs of --train-steps steps, each followed by a full validation (the callbacks' "
+                        "schedules: a faithfulness budget's period needs that many to be averaged over)")
+    p.add_argument("--no-test", action="store_true", help="no test after the fit")
     p.add_argument("--reid-size", type=int, nargs=2, default=(64, 32), metavar=("H", "W"))
     p.add_argument("--class-size", type=int, default=48)
     p.add_argument("--eval-batch-size", type=int, default=None,
@@ -314,7 +333,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="loader workers and tree-writing processes")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per config")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further train.py arguments (last)")
-    return p.parse_args(argv)
+    opts = p.parse_args(argv)
+    if opts.train_steps < 2:
+        p.error(f"--train-steps must be >= 2 (Lightning reads limit_train_batches=1 as the whole epoch), got {opts.train_steps}")
+    if opts.validations < 1:
+        p.error(f"--validations must be >= 1, got {opts.validations}")
+    return opts
 
 
 def main(argv: list[str] | None = None) -> list[Run]:

@@ -97,8 +97,10 @@ from callbacks.base import (
     load_items,
     load_joint_state,
 )
+from callbacks.faithfulness_budget import FaithfulnessBudget
 from callbacks.score_logging import ScoreLogger
 from cama.map_scoring import CurveOptions, ProbeScorer, captured_flags, owned_positions
+from cama.metrics.map_scores import CURVES_PREFIX
 from cama.metrics.ranking import EmbeddingSet
 from cama.protocols import HasOverlapPenalty, ShowsImages
 from cama.explain import check_layer_norm
@@ -126,6 +128,10 @@ class LocalizationMetrics(Callback):
         deletion_samples: queries with deletion / insertion curves (the first ones; 0: off).
         deletion_steps: the curves' steps (0: off).
         deletion_baseline: what replaces a removed pixel: ``blur``, ``mean``, ``noisy_linear`` (ROAD).
+        faithfulness_budget: AD / IC and the curves run on the first scored epoch and then on every
+            n-th, n the smallest that keeps their forwards at most this share of the validation's
+            forwards on average (:class:`~callbacks.faithfulness_budget.FaithfulnessBudget`); None:
+            every scored epoch.
         gradient_layers, truncation, truncation_per_channel, layer_norm: the gradient methods'
             options (:class:`cama.viz.ModelExplainer`).
         prefix: logged names start with it.
@@ -160,6 +166,7 @@ class LocalizationMetrics(Callback):
         deletion_samples: int = 4,
         deletion_steps: int = 4,
         deletion_baseline: str = "blur",
+        faithfulness_budget: float | None = 0.05,
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -169,6 +176,8 @@ class LocalizationMetrics(Callback):
             raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.methods = check_methods(methods)
         self.prefix = prefix.rstrip("/")
+        # the curves' names: faith/<map>/... beside the default prefix, <prefix>/faith/<map>/... else
+        self.curves_prefix = CURVES_PREFIX if self.prefix == "loc" else f"{self.prefix}/{CURVES_PREFIX}"
         self.batch_size = int(batch_size)
         self.gradient_layers = gradient_layers
         self.truncation = truncation
@@ -185,6 +194,7 @@ class LocalizationMetrics(Callback):
                 int(deletion_samples), int(deletion_steps), deletion_baseline, int(seed), self.batch_size
             ),
         )
+        self.budget = FaithfulnessBudget(faithfulness_budget)
         self.score_logger = ScoreLogger(self.prefix)
         self.warnings = OnceWarnings(type(self).__name__)
         self.last_results: dict[str, float] = {}
@@ -194,10 +204,10 @@ class LocalizationMetrics(Callback):
         return self._generate_state_key(prefix=self.prefix)
 
     def state_dict(self) -> dict[str, Any]:
-        return joint_state(self.schedule, self.probes)
+        return joint_state(self.schedule, self.probes, self.budget)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        load_joint_state(state_dict, self.schedule, self.probes)
+        load_joint_state(state_dict, self.schedule, self.probes, self.budget)
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -260,10 +270,14 @@ class LocalizationMetrics(Callback):
             with cpu_threads(forward_threads, device):
                 return explainer.features(images).embedding
 
+        # the validation's forwards: its queries and gallery, every process's (the same count on every rank)
+        embedded = len(pl_module.evaluation_embeddings())  # type: ignore[attr-defined]
+        faithfulness = self.budget.due(self.scorer.perturbed_forwards(len(probes)), embedded, self.warnings.warn)
         scores = self.scorer.score(
             explainer, provider, gallery, probes, positions, dataset[probes[0]], captured, load, topk,
-            self.batch_size, embed_masked, device, mean, std,
+            self.batch_size, embed_masked, device, mean, std, faithfulness,
         )
-        results = scores.compute_named(self.prefix)
+        skip = () if faithfulness else ("faith", "curves")
+        results = scores.compute_named(self.prefix, skip, self.curves_prefix)
         scores.reset()
         return results

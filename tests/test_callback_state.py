@@ -18,7 +18,8 @@ def test_the_probes_are_kept_as_probe_indices(make):
     callback = make()
     callback.probes.indices = [4, 1, 7]
     state = callback.state_dict()
-    assert state == {"validation_epochs": 0, "probe_indices": [4, 1, 7]}
+    budget = {"faithfulness_period": 0, "faithfulness_epochs": 0} if make is LocalizationMetrics else {}
+    assert state == {"validation_epochs": 0, "probe_indices": [4, 1, 7], **budget}
     restored = make()
     restored.load_state_dict(state)
     assert restored.probes.indices == [4, 1, 7]
@@ -33,7 +34,8 @@ def test_a_state_written_under_the_old_name_loads(make):
     callback.load_state_dict(old)
     assert callback.probes.indices == [9, 2, 5]
     assert callback.schedule.validation_epochs == 3
-    assert callback.state_dict() == {"validation_epochs": 3, "probe_indices": [9, 2, 5]}
+    budget = {"faithfulness_period": 0, "faithfulness_epochs": 0} if make is LocalizationMetrics else {}
+    assert callback.state_dict() == {"validation_epochs": 3, "probe_indices": [9, 2, 5], **budget}
 
 
 def test_the_state_keys_are_those_older_checkpoints_hold():

@@ -234,3 +234,43 @@ def test_curves_of_a_probe_are_its_masked_images_ranked_by_evaluate_rank(setting
             area = (values[0][s] / 2 + values[1][s] + values[2][s] / 2) / 2
             got = float(results[f"faith/fam/{curve}{name}_auc"])
             assert got == pytest.approx(area, abs=1e-4), (curve, name)
+
+
+@pytest.mark.parametrize("methods", [["ram", "fam"], ["ram", "gradcam"]])
+def test_perturbed_forwards_count_the_masked_images_scored_and_faithfulness_off_saves_them(setting, methods):
+    """``perturbed_forwards`` is the number of images ``embed_masked`` is handed (AD / IC: one per method
+    and probe, a layer method's on its gradient probes only; the curves': per curved probe the fully
+    removed image and two per map and inner step); with ``faithfulness=False`` none, the same other
+    scores, and ``compute_named`` skipping the untouched groups logs no AD / IC and no curve."""
+    _, dataset, provider, explainer, gallery, probes = setting
+    curves = CurveOptions(samples=3, steps=3)
+    scorer = ProbeScorer(methods, num_faithfulness_samples=4, num_gradient_samples=2, curves=curves)
+    results = {}
+    for faithfulness in (True, False):
+        handed: list[int] = []
+
+        def embed(x):
+            handed.append(len(x))
+            return explainer.features(x).embedding
+
+        scores = scorer.score(
+            explainer, provider, gallery, probes, list(range(len(probes))), dataset[probes[0]], {},
+            lambda indices: load(dataset, indices), 0.2, 4, embed, "cpu", faithfulness=faithfulness,
+        )
+        skip = () if faithfulness else ("faith", "curves")
+        results[faithfulness] = scores.compute_named("loc", skip, "mine")
+        scores.reset()
+        layered = "gradcam" in methods
+        ad_ic = 4 + (2 if layered else 4)  # ram on 4 probes, the second method on 2 (layer) or 4
+        curved = 2 if layered else 3  # with a layer method only its probes get curves
+        per_probe = 1 + 2 * (len(methods) + 2) * (3 - 1)
+        expected = ad_ic + curved * per_probe if faithfulness else 0
+        assert sum(handed) == expected
+        if faithfulness:
+            assert scorer.perturbed_forwards(len(probes)) == expected
+    on, off = results[True], results[False]
+    assert any(k.startswith("mine/random/") for k in on) and "loc/ram/ad" in on
+    assert not any(k.startswith("mine/") or k.endswith(("/ad", "/ic", "/ad_ci95", "/ic_ci95")) for k in off)
+    assert off.keys() <= on.keys()
+    for name in off:
+        assert torch.allclose(off[name], on[name], equal_nan=True), name

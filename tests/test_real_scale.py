@@ -23,7 +23,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
-from real_scale import parse_args, run_config  # noqa: E402
+from real_scale import callback_share, parse_args, run_config  # noqa: E402
 from real_scale_trees import ensure_tree  # noqa: E402
 
 # the published sizes, written out again so that a slip in the tables shows
@@ -148,3 +148,23 @@ def test_rehearsal_with_sanity_check_on_more_queries_than_it_sees(tmp_path):
     dist = torch.cdist(feats[isq], feats[~isq]).square()
     _, m_ap = evaluate_rank(dist, pids[isq], pids[~isq], cams[isq], cams[~isq])
     assert m_ap == pytest.approx(run.test_metrics["test/mAP"], abs=1e-4)
+
+
+def test_callback_share_is_the_explanation_hooks_over_the_validation_steps_and_rank_evaluations():
+    profile = {  # action -> (calls, total seconds), as parse_profiles reads the SimpleProfiler
+        "[Strategy]SingleDeviceStrategy.validation_step": (8, 30.0),
+        "[LightningModule]CAMA.on_validation_epoch_end": (2, 10.0),
+        "[Strategy]SingleDeviceStrategy.test_step": (9, 99.0),  # not the validation
+        "[Callback]LocalizationMetrics{'prefix': 'loc'}.on_validation_epoch_end": (2, 3.0),
+        "[Callback]ExplanationImages{'tag_prefix': 'explanations'}.on_validation_batch_end": (8, 1.0),
+        "[Callback]ModelCheckpoint{'monitor': None}.on_validation_end": (2, 50.0),  # not an explanation callback
+    }
+    assert callback_share(profile) == "10.0%"  # (3 + 1) / (30 + 10)
+    assert callback_share({}) == "-"
+
+
+@pytest.mark.parametrize("bad", [["--train-steps", "1"], ["--validations", "0"]])
+def test_bad_rehearsal_arguments_are_refused(bad, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--data-root", "/nonexistent", *bad])
+    assert bad[0] in capsys.readouterr().err

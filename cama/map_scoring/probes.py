@@ -72,6 +72,18 @@ class ProbeScorer:
         self.iou_threshold = iou_threshold
         self._scores: tuple[Any, MapScores] | None = None
 
+    def perturbed_forwards(self, probes: int) -> int:
+        """Forwards of perturbed probes that AD / IC and the curves cost in an epoch of ``probes``
+        probes (what ``faithfulness=False`` in :meth:`score` saves): one per method and probe with
+        AD / IC (a layer method's on its first ``num_gradient_samples`` probes only), and
+        :meth:`CurveOptions.images_scored` per probe with curves (the methods and the two
+        reference maps)."""
+        faithful = min(self.num_faithfulness_samples, probes)
+        layered = min(faithful, self.num_gradient_samples)
+        ad_ic = sum(layered if method in LAYER_METHODS else faithful for method in self.methods)
+        curved = min(self.curve_samples, probes)
+        return ad_ic + curved * self.curves.images_scored(len(self.methods) + 2)
+
     def map_scores(
         self,
         image_size: tuple[int, int],
@@ -118,9 +130,12 @@ class ProbeScorer:
         device: torch.device | str,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        faithfulness: bool = True,
     ) -> MapScores:
         """Score the probes at ``positions`` of ``probes`` (dataset indices), ``batch_size`` at a time,
-        and return the updated :class:`MapScores` (``compute_named`` it on every process, then reset).
+        and return the updated :class:`MapScores` (``compute_named`` it on every process, then reset;
+        with ``faithfulness=False`` its ``"faith"`` and ``"curves"`` metrics are left untouched:
+        skip them there).
 
         Args:
             explainer: the model's explainer (its model on ``device``, where the work runs).
@@ -132,6 +147,7 @@ class ProbeScorer:
             topk: the OAP's k (an int, or a float share of the feature grid).
             embed_masked: ``[M, 3, H, W] -> [M, D]`` embeddings of the masked images (AD / IC).
             mean, std: the images' normalisation (:func:`cama.metrics.mask_images`).
+            faithfulness: score AD / IC and the curves (:meth:`perturbed_forwards` forwards).
         """
         gallery = gallery.to(device)
         has_box, has_mask = "box" in first, "mask" in first
@@ -151,7 +167,7 @@ class ProbeScorer:
             features, batch, order = complete_features(explainer, [probes[p] for p in chunk], captured, load, device)
             self.score_chunk(
                 explainer, provider, features, batch, gallery, order, [position_of[i] for i in order],
-                scores, embed_masked, mean, std,
+                scores, embed_masked, mean, std, faithfulness,
             )
         return scores
 
@@ -168,9 +184,11 @@ class ProbeScorer:
         embed_masked: Callable[[Tensor], Tensor],
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        faithfulness: bool = True,
     ) -> None:
         """Score the probes ``indices`` (dataset indices; ``positions`` in the probe list), the rows of
-        ``features`` / ``batch``, against their references (the provider's top-ranked image)."""
+        ``features`` / ``batch``, against their references (the provider's top-ranked image); AD / IC
+        and the curves only with ``faithfulness``."""
         device = features.embedding.device
         references, matches = provider.rank(gallery, features.embedding, torch.tensor(indices, device=device), 1)
         rankable = (references[:, 0] >= 0).nonzero().squeeze(1)
@@ -191,8 +209,11 @@ class ProbeScorer:
         if self.branch_overlap and features.num_branches > 1:
             scores.update_overlap(explainer.raw_maps("ram", features, Own()))
 
-        faithful = (position < self.num_faithfulness_samples).nonzero().squeeze(1)
-        curved = (position < self.curve_samples).nonzero().squeeze(1) if self.curves.active else position[:0]
+        faithful = (position < (self.num_faithfulness_samples if faithfulness else 0)).nonzero().squeeze(1)
+        curved = (
+            (position < self.curve_samples).nonzero().squeeze(1) if self.curves.active and faithfulness
+            else position[:0]
+        )
         curve_maps: dict[str, Tensor] = {}
         masked_images: list[Tensor] = []
         masked_maps: list[Tensor] = []

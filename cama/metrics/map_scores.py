@@ -51,17 +51,19 @@ __all__ = ["CURVES_PREFIX", "MapScores", "score_names"]
 
 # the order of the metrics inside a group (MetricCollection sorts its keys)
 _KEY_ORDER = ("box", "energy", "center", "otsu", "parts", "faith", "curves", "overlap")
-#: the prefix of the deletion / insertion AUCs (``faith/<map>/deletion_auc``), whatever the callback's
+#: the default prefix of the deletion / insertion AUCs (``faith/<map>/deletion_auc``)
 CURVES_PREFIX = "faith"
 
 
-def score_names(prefix: str, name: str, key: str, value: Any) -> dict[str, Tensor]:
+def score_names(
+    prefix: str, name: str, key: str, value: Any, curves_prefix: str = CURVES_PREFIX
+) -> dict[str, Tensor]:
     """Logged names of the result ``value`` of the metric ``key`` of the group ``name`` (a map, or a
     baseline): ``<prefix>/<name>/<score>``, e.g. ``loc/ram/box_iou``, ``loc/fam/otsu_miou``; the
-    curves' ``faith/<name>/<score>``, e.g. ``faith/ram/deletion_auc``."""
+    curves' ``<curves_prefix>/<name>/<score>``, e.g. ``faith/ram/deletion_auc``."""
     p = prefix
     if key == "curves":
-        return {f"{CURVES_PREFIX}/{name}/{k}": v for k, v in value.items()}
+        return {f"{curves_prefix}/{name}/{k}": v for k, v in value.items()}
     if key == "overlap":
         return {f"{p}/branch_overlap_iou": value}
     if key == "center" and name == "center_baseline":
@@ -208,13 +210,18 @@ class MapScores(nn.Module):
                 empty = torch.zeros(0, 4, device=metric.device)
                 metric.update(empty, empty)
 
-    def compute_named(self, prefix: str) -> dict[str, Tensor]:
+    def compute_named(
+        self, prefix: str, skip: Collection[str] = (), curves_prefix: str = CURVES_PREFIX
+    ) -> dict[str, Tensor]:
         """Every score under its logged name (:func:`score_names`), in :meth:`metrics` order (the
-        same on every process: each ``compute`` synchronises)."""
+        same on every process: each ``compute`` synchronises), but the metrics whose key is in
+        ``skip`` (e.g. ``("faith", "curves")`` on an epoch that did not update them: every process
+        must skip the same); the curves under ``curves_prefix``."""
         self.prepare()
         results: dict[str, Tensor] = {}
         for name, key, metric in self.metrics():
-            results.update(score_names(prefix, name, key, metric.compute()))
+            if key not in skip:
+                results.update(score_names(prefix, name, key, metric.compute(), curves_prefix))
         return results
 
     def reset(self) -> None:
