@@ -50,12 +50,20 @@ of its first true match. Logged as ``faith/<map>/<curve>[_<score>]_auc`` (trapez
 * ``faith/<map>/deletion_rr_auc``, ``insertion_rr_auc`` -- the reciprocal rank.
 
 A faithful map has a lower deletion and a higher insertion AUC than ``random`` and ``center_prior``.
-The cost, in forwards of perturbed queries: ``deletion_samples * (1 + 2 (M + 2) (deletion_steps - 1))``
-for ``M`` methods (the intact query's scores are known), 124 with the defaults and three methods, in
-batches of ``batch_size``: 9% of the forwards of ``cama_market1501.yaml``'s held-out validation (1,368
-images), 17% of ``cama_cuhk03.yaml``'s (743). ``deletion_steps=0`` turns the curves off. With a
-layer method (gradient or gradient-free CAM) the curves are on the first
+With the default ``prefix`` the curves are ``faith/...``; with another, ``<prefix>/faith/...`` (two
+instances do not collide). The cost, in forwards of perturbed queries: ``deletion_samples * (1 + 2 (M +
+2) (deletion_steps - 1))`` for ``M`` methods (the intact query's scores are known), 124 with the
+defaults and three methods, in batches of ``batch_size``. ``deletion_steps=0`` turns the curves off.
+With a layer method (gradient or gradient-free CAM) the curves are on the first
 ``min(deletion_samples, num_gradient_samples)`` queries.
+
+AD / IC and the curves are what costs (:meth:`cama.map_scoring.ProbeScorer.perturbed_forwards`: 316
+forwards with 64 AD / IC queries and three methods, 43% of ``cama_cuhk03.yaml``'s held-out validation
+of 743 images): ``faithfulness_budget`` (5%) runs them on the first scored epoch and then on every n-th,
+n the smallest that keeps them within that share of the validation's forwards on average
+(:class:`~callbacks.faithfulness_budget.FaithfulnessBudget`; the callback says n when it is above 1;
+9 for CUHK03, 5 for Market-1501's 1,368 images); the other scores run every scored epoch.
+``faithfulness_budget=None`` runs them every time (the synthetic configs do: their jobs are short).
 
 And: ``<prefix>/center_baseline/box_iou`` and ``box_acc`` (a centred box of the mean ground-truth
 size), ``<prefix>/uniform_baseline/energy`` (the pointing-game score of a constant map: the box's
