@@ -20,7 +20,11 @@ the queries, next to a random map's and a centred prior's, in ``N`` steps, the r
 replaced by ``--deletion_baseline`` (ROAD's noisy linear imputation by default); the scores are the
 similarity to the top-ranked image and, when identities are known, the AP and ``1 / rank`` of the
 first true match over the whole gallery (:mod:`explain_command.curves`; ``--rerank`` does not
-apply to them).
+apply to them). With ``--max_sensitivity N`` also ``sensitivity.json``: each method's max-sensitivity
+(Yeh et al. 2019) on the queries, ``N`` noisy copies of each in the L-inf ball of
+``--sensitivity_radius`` on the ``[0, 1]`` picture scale, the map against the top-ranked image (the
+sanity-check callback's maps), the mean over the queries with its 95% interval and each query's value
+(:mod:`explain_command.sensitivity`).
 
 Few-shot (a model with ``episode_references``, e.g. ProtoNet)::
 
@@ -29,7 +33,8 @@ Few-shot (a model with ``episode_references``, e.g. ProtoNet)::
 
 For every episode and method: ``<output>/<episode>_<method>.png``, as the training callback draws it
 (query | first support of the predicted class | map on the query | map on the support), and
-``predictions.json``. The maps, references and pictures are the callbacks' (:mod:`cama.viz`,
+``predictions.json`` (``--max_sensitivity N``: ``sensitivity.json`` too, of the maps on the queries
+against their prototype). The maps, references and pictures are the callbacks' (:mod:`cama.viz`,
 :mod:`cama.references`). ``rankings.json`` / ``predictions.json`` are rewritten after each query /
 episode, so a failure later loses nothing already explained.
 
@@ -71,6 +76,7 @@ from cama.viz import METHODS, ModelExplainer, check_methods
 from explain_command.common import ExplainError, image_files, readable_images
 from explain_command.episodes import datamodule_episodes, explain_episodes, folder_episode
 from explain_command.ranking import DatasetRanking, FileRanking, explain_rankings
+from explain_command.sensitivity import SensitivityOptions
 
 __all__ = ["main"]
 
@@ -168,6 +174,15 @@ def _parser() -> argparse.ArgumentParser:
         "--deletion_baseline", default="noisy_linear", choices=list(BASELINES),
         help="what replaces the removed pixels of the curves (noisy_linear: ROAD's imputation)",
     )
+    parser.add_argument(
+        "--max_sensitivity", "--max-sensitivity", type=int, default=0, metavar="N",
+        help="max-sensitivity (Yeh et al. 2019) of every method's map on the queries from N noisy copies of "
+        "each (sensitivity.json; 0: none)",
+    )
+    parser.add_argument(
+        "--sensitivity_radius", type=float, default=0.02,
+        help="the L-inf radius of the max-sensitivity's uniform noise, on the [0, 1] picture scale",
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="heat-map opacity")
     parser.add_argument("--colormap", default="jet", choices=["jet", "turbo"])
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -192,6 +207,21 @@ def _curves(args: argparse.Namespace, queries: int) -> CurveOptions:
         raise ExplainError(str(err)) from err
 
 
+def _explainer(args: argparse.Namespace, model: Any) -> ModelExplainer:
+    """The model's maps with the layer CAMs' options (``--gradient_layers``, ``--truncation``,
+    ``--layer_norm``) and ``--batch_size`` images per masked / ablated forward: every task's."""
+    return ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm,
+                          forward_batch_size=args.batch_size)
+
+
+def _sensitivity(args: argparse.Namespace) -> SensitivityOptions:
+    """The max-sensitivity asked for (``--max_sensitivity``, ``--sensitivity_radius``, ``--seed``)."""
+    try:
+        return SensitivityOptions(args.max_sensitivity, args.sensitivity_radius, args.seed, args.batch_size)
+    except ValueError as err:
+        raise ExplainError(str(err)) from err
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Run the command; returns the PNG paths written."""
     args = _parser().parse_args(argv)
@@ -203,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         raise ExplainError("--top_k must be >= 1")
     if args.deletion_steps < 0:
         raise ExplainError(f"--deletion_steps must be >= 0 (0: no curves), got {args.deletion_steps}")
+    sensitivity = _sensitivity(args)
     device = torch.device(args.device)
     config = read_config(args.config) if args.config else None
     files = bool(args.query and (args.gallery or args.support))
@@ -225,19 +256,19 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         else:
             episodes, shows = datamodule_episodes(datamodule, args.episodes), datamodule
         written = explain_episodes(
-            model, episodes, shows, methods, output, args.num_queries, **drawing, class_names=class_names
+            model, episodes, shows, methods, output, args.num_queries, **drawing, class_names=class_names,
+            explainer=_explainer(args, model), sensitivity=sensitivity,
         )
     elif files:  # re-ID / retrieval on image files
         size = image_size or checkpoint_image_size(args.checkpoint)
         found = readable_images({"query": image_files(args.query, "query"),
                                  "gallery": image_files(args.gallery or [], "gallery")}, progress)
         data: Any = FileRanking(found["query"], found["gallery"], size)
-        explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm,
-                                   forward_batch_size=args.batch_size)
         queries = list(range(len(data.files) - len(data.gallery)))
-        written = explain_rankings(data, queries, explainer, methods, output, args.top_k, args.batch_size,
+        written = explain_rankings(data, queries, _explainer(args, model), methods, output, args.top_k,
+                                   args.batch_size,
                                    rerank=args.rerank, contrastive=not args.no_contrastive,
-                                   curves=_curves(args, len(queries)), **drawing)
+                                   curves=_curves(args, len(queries)), sensitivity=sensitivity, **drawing)
     else:
         if not isinstance(model, RankingTask):
             raise ExplainError(f"{type(model).__name__} neither ranks (re-ID, retrieval) nor classifies episodes")
@@ -249,12 +280,11 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             raise ExplainError(f"{type(datamodule).__name__}'s evaluation set does not fit {type(model).__name__}: {err}")
         if not data.gallery:
             raise ExplainError("the evaluation set has no gallery image to rank the queries against")
-        explainer = ModelExplainer(model, args.gradient_layers, args.truncation, layer_norm=args.layer_norm,
-                                   forward_batch_size=args.batch_size)
         queries = _ranking_queries(args, data)
-        written = explain_rankings(data, queries, explainer, methods, output, args.top_k, args.batch_size,
+        written = explain_rankings(data, queries, _explainer(args, model), methods, output, args.top_k,
+                                   args.batch_size,
                                    rerank=args.rerank, contrastive=not args.no_contrastive,
-                                   curves=_curves(args, len(queries)), **drawing)
+                                   curves=_curves(args, len(queries)), sensitivity=sensitivity, **drawing)
     print(f"explain.py: wrote {len(written)} PNGs to {output}")
     return written
 

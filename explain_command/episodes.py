@@ -9,6 +9,10 @@ The same maps and pictures as :class:`callbacks.fewshot_explanations.FewShotExpl
 * a folder of supports, one sub-folder per class with the same number of images each, and query
   image files (:func:`folder_episode`); a query whose parent folder is named like a support class
   has that class as its truth.
+
+The explainer is ``explain.py``'s (its layer CAMs' options and batch size). With ``sensitivity``
+(``--max_sensitivity``) the probe queries' max-sensitivity is written to ``sensitivity.json``
+(:mod:`explain_command.sensitivity`), of the query maps above against the query's fixed prototype.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from cama.protocols import ShowsImages
 from cama.viz import ModelExplainer, picture_title, to_uint8
 from cama.viz.episodes import FEW_SHOT_METHODS, episode_grid, episode_maps, probe_rows, support_maps
 from explain_command.common import (
     ExplainError, FileImages, image_files, readable_images, write_json, write_picture,
 )
+from explain_command.sensitivity import QuerySensitivity, SensitivityOptions
 
 __all__ = ["datamodule_episodes", "folder_episode", "explain_episodes"]
 
@@ -80,15 +86,19 @@ def folder_episode(
 def explain_episodes(
     model: Any, episodes: Iterable[tuple[str, dict[str, Tensor]]], shows: Any, methods: Sequence[str],
     output: Path, num_queries: int, device: torch.device, progress: bool, alpha: float, colormap: str,
-    class_names: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None, *, explainer: ModelExplainer,
+    sensitivity: SensitivityOptions | None = None,
 ) -> list[Path]:
     """Write ``<output>/<episode>_<method>.png`` per episode and method, and ``predictions.json``,
     rewritten (atomically) after each episode, so a failure later keeps the episodes already explained;
-    ``class_names`` (a folder episode's) are drawn under the images instead of ``class <c>``."""
+    ``class_names`` (a folder episode's) are drawn under the images instead of ``class <c>``;
+    ``explainer``: ``model``'s maps; ``sensitivity`` (active): ``sensitivity.json`` (module docstring)."""
     unsupported = [m for m in methods if m not in FEW_SHOT_METHODS]
     if unsupported:
         raise ExplainError(f"few-shot explanations support {list(FEW_SHOT_METHODS)}, got {unsupported}")
-    explainer = ModelExplainer(model)
+    std = shows.std if isinstance(shows, ShowsImages) else None
+    active = sensitivity is not None and sensitivity.active
+    sensitive = QuerySensitivity(methods, sensitivity, std) if active else None
     written: list[Path] = []
     predictions: dict[str, Any] = {}
     for name, batch in tqdm(list(episodes), desc="episodes", disable=not progress, unit="episode"):
@@ -107,6 +117,9 @@ def explain_episodes(
             pictures["matches"] = (refs.prediction == target)[probes]
         pictures["probe_classes"] = target[probes]
         pictures["reference_classes"] = refs.prediction[probes]
+        if sensitive is not None:
+            sensitive.add([f"{name}/query{int(q)}" for q in refs.query_index[probes].tolist()],
+                          images[refs.query_index[probes]], refs.prototype[probes], refs.supports[probes])
         for method in methods:
             query_images = images[refs.query_index[probes]]
             pictures[method] = episode_maps(method, explainer, query_images, refs.query_maps[probes],
@@ -121,4 +134,11 @@ def explain_episodes(
         write_json(predictions, output / "predictions.json")
     if not predictions:
         write_json(predictions, output / "predictions.json")
+    if sensitive is not None:
+        def maps(queries: Tensor, prototype: Tensor, supports: Tensor) -> dict[str, Tensor]:
+            query_maps = model.feature_maps(queries)[0]
+            return {m: episode_maps(m, explainer, queries, query_maps, prototype, supports, refs.metric, size)
+                    for m in methods}
+
+        sensitive.write(maps, output)
     return written

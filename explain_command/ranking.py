@@ -12,7 +12,8 @@ the map is against the query (RAM ``R_g^q``). Two sources of images:
 
 With ``curves`` (``--deletion_steps``) the queries' deletion / insertion curves are drawn too
 (:mod:`explain_command.curves`): each data source says which gallery images are a query's true
-matches and which it never ranks (``match_masks``).
+matches and which it never ranks (``match_masks``). With ``sensitivity`` (``--max_sensitivity``) the
+queries' max-sensitivity is written to ``sensitivity.json`` (:mod:`explain_command.sensitivity`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from torch import Tensor
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
+from callbacks.sanity_checks import maps_against
 from cama.map_scoring import CurveOptions
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.ranking import EmbeddingSet, reid_excluded, top_k
 from cama.metrics.rerank import re_ranked_distances
+from cama.protocols import ShowsImages
 from cama.viz import ModelExplainer, picture_title, to_uint8
 from cama.viz.figures import Shown, ranking_picture
 from explain_command.common import MARKET_NAME, FileImages, write_json, write_picture
 from explain_command.curves import QueryCurves
+from explain_command.sensitivity import QuerySensitivity, SensitivityOptions
 
 __all__ = ["DatasetRanking", "FileRanking", "explain_rankings"]
 
@@ -163,6 +167,7 @@ def explain_rankings(
     data: DatasetRanking | FileRanking, queries: list[int], explainer: ModelExplainer, methods: Sequence[str],
     output: Path, top: int, batch_size: int, device: torch.device, progress: bool, alpha: float, colormap: str,
     rerank: bool = False, contrastive: bool = True, curves: CurveOptions | None = None,
+    sensitivity: SensitivityOptions | None = None,
 ) -> list[Path]:
     """Write ``<output>/<query>_<method>.png`` for every query and method, and ``rankings.json``,
     rewritten (atomically) after each query, so a failure later keeps the lists already explained;
@@ -170,12 +175,17 @@ def explain_rankings(
     ``contrastive``: the row *why rank r beat the true match* where a false match comes first
     (:func:`cama.viz.figures.ranking_picture`; a list whose top k holds no true match gets its first
     true match appended, after a gap).
-    ``curves`` (active): ``curves.png`` and ``curves.json`` of the queries (:mod:`explain_command.curves`)."""
+    ``curves`` (active): ``curves.png`` and ``curves.json`` of the queries (:mod:`explain_command.curves`);
+    ``sensitivity`` (active): ``sensitivity.json``, each method's max-sensitivity on the queries against
+    their top-ranked image (:mod:`explain_command.sensitivity`)."""
     embeddings = _embed(explainer, data, data.gallery, batch_size, device, progress)
     reranked = _reranked(explainer, data, queries, embeddings, batch_size, device, progress) if rerank else None
     written: list[Path] = []
     rankings: dict[str, Any] = {}
     collected = QueryCurves(methods, curves, data.known) if curves is not None and curves.active else None
+    std = data.shows.std if isinstance(data.shows, ShowsImages) else None
+    active = sensitivity is not None and sensitivity.active
+    sensitive = QuerySensitivity(methods, sensitivity, std) if active else None
     for row, index in enumerate(tqdm(queries, desc="queries", disable=not progress, unit="query")):
         query = explainer.features(data.load([index], device))
         distances = reranked[row : row + 1] if reranked is not None else None
@@ -205,10 +215,12 @@ def explain_rankings(
                 picture_title(method, subject=name), alpha, colormap, contrastive, ranks,
             )
             written.append(write_picture(picture, output, name, method))
-        if collected is not None:  # against the top-ranked image, as the pictures explain the query
+        reference = embeddings[data.gallery.index(found[0])][None]  # as the pictures explain the query
+        if collected is not None:
             matches, exclude = data.match_masks(index, device)
-            reference = embeddings[data.gallery.index(found[0])][None]
             collected.add(explainer, query, reference, data.gallery_set(embeddings), matches, exclude)
+        if sensitive is not None:
+            sensitive.add([name], query.images, reference)
         rankings[name] = [  # the top k (not the true match appended for the contrast row)
             {"gallery": data.name(g), "match": bool(flags[j]) if flags is not None else None}
             for j, g in enumerate(found[:top])
@@ -219,4 +231,7 @@ def explain_rankings(
     if collected is not None:
         picture = collected.write(output, "deletion / insertion")
         written += [picture] if picture is not None else []
+    if sensitive is not None:
+        sensitive.write(lambda images, references: maps_against(
+            explainer, explainer.features(images), references, methods), output)
     return written
