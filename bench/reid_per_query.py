@@ -1,12 +1,12 @@
 """Per-query average precision and rank-1 hit of a re-ID model on its data module's test split.
 
 :func:`cama.metrics.evaluate_rank` returns the means only; the paired bootstrap over queries
-(:mod:`paired_bootstrap`) needs each query's value. :func:`per_query_rank` reads them from the same
-pieces the metric uses (:func:`cama.metrics.reid.pairwise_distance`, the match ranks of
-:mod:`cama.metrics.match_ranks`), under the same protocol: the query's identity in its own camera
-and junk gallery images are not ranked, queries without a true match are left out; ``AP`` = mean over
-the true matches of ``(i + 1) / rank_i``. Its mean is the model's test mAP (:func:`test_embeddings`
-embeds as ``CAMA.forward`` does, the test step's feature).
+(:mod:`paired_bootstrap`) needs each query's value. :func:`per_query_rank` takes them from
+:func:`cama.metrics.reid_queries.per_query_rank`, the per-query scores the metric averages, under the
+same protocol: the query's identity in its own camera and junk gallery images are not ranked, queries
+without a true match are left out; ``AP`` = mean over the true matches of ``(i + 1) / rank_i``. Its
+mean is the model's test mAP (:func:`test_embeddings` embeds as ``CAMA.forward`` does, the test
+step's feature).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from cama.metrics.match_ranks import Gallery, Workspace, match_ranks, max_chunk_rows
-from cama.metrics.ranking import is_junk
 from cama.metrics.reid import pairwise_distance
+from cama.metrics.reid_queries import CHUNK_BYTES
+from cama.metrics.reid_queries import per_query_rank as cama_per_query_rank
 
 __all__ = ["per_query_rank", "test_embeddings", "model_per_query"]
 
@@ -36,28 +36,13 @@ def test_embeddings(model: torch.nn.Module, dataset: Any, batch_size: int = 128)
 
 def per_query_rank(
     distances: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor, q_camids: torch.Tensor,
-    g_camids: torch.Tensor, chunk_bytes: int = 256 * 1024 * 1024,
+    g_camids: torch.Tensor, chunk_bytes: int = CHUNK_BYTES,
 ) -> dict[str, torch.Tensor]:
     """``{"query": positions of the queries with a true match, "ap": their AP, "rank1": 1.0 where
-    the first true match is ranked first}`` of a ``[Q, G]`` distance matrix (module docstring)."""
-    keep = ~is_junk(g_pids)  # junk images are never ranked: drop their columns
-    distances, g_pids, g_camids = distances[:, keep], g_pids[keep], g_camids[keep]
-    gallery = Gallery(g_pids, g_camids)
-    num_matches, _ = gallery.num_matches(q_pids, q_camids)
-    valid = (num_matches > 0).nonzero().squeeze(1)
-    aps, hits = [], []
-    step = max_chunk_rows()
-    workspace = Workspace()
-    for start in range(0, valid.numel(), step):
-        rows = valid[start:start + step]
-        ranks, num = match_ranks(distances[rows], q_pids[rows], q_camids[rows], gallery, workspace,
-                                 chunk_bytes)
-        order = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)
-        used = order[None, :] <= num[:, None]
-        precision = torch.where(used, order[None, :] / ranks.double(), 0.0)
-        aps.append(precision.sum(dim=1) / num.double())
-        hits.append((ranks[:, 0] == 1).double())
-    return {"query": valid, "ap": torch.cat(aps), "rank1": torch.cat(hits)}
+    the first true match is ranked first}`` of a ``[Q, G]`` distance matrix
+    (:func:`cama.metrics.reid_queries.per_query_rank`)."""
+    scores = cama_per_query_rank(distances, q_pids, g_pids, q_camids, g_camids, chunk_bytes=chunk_bytes)
+    return {"query": scores.query, "ap": scores.ap, "rank1": (scores.first_rank == 1).double()}
 
 
 def model_per_query(model: torch.nn.Module, datamodule: Any) -> dict[str, list[float] | list[int]]:

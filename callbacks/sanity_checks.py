@@ -173,7 +173,6 @@ class SanityChecks(Callback):
         self.warnings = OnceWarnings(type(self).__name__)
         self.last_result: SanityCheckResult | None = None
         self.last_results: dict[str, float] = {}
-        self.last_queries: tuple[Tensor, Tensor] | None = None  # the last check's query and reference images
 
     @property
     def state_key(self) -> str:
@@ -204,7 +203,6 @@ class SanityChecks(Callback):
             pairs = self.queries(pl_module, *inputs)
             if pairs is None:
                 return
-            self.last_queries = pairs
             sensitivity = self.sensitivity(pl_module, *pairs, std)
             result = self.check(pl_module, *pairs)
         self.last_result = result

@@ -19,37 +19,8 @@ from torch import nn
 
 from cama.backbones import TokenGrid
 from cama.explain import gradient_cam, gradient_cam_layer_map, logit_score, similarity_score
+from tests.cam_family_fixtures import CLASSES, MEAN, NEW, SIZE, STD, Tiny, tiny, tiny_images, tiny_reference
 from tests.test_explain_gradient import naive_percentile_truncation
-
-SIZE = (8, 8)
-NEW = ("hirescam", "xgradcam", "scorecam", "ablationcam", "eigencam")
-MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-
-
-class Tiny(nn.Module):
-    """conv -> batch norm -> ReLU -> strided conv -> ReLU -> GAP -> linear (4 outputs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(4)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(4, 5, 3, padding=1, stride=2)  # 4 x 4 maps: upsampled to 8 x 8
-        self.relu2 = nn.ReLU()
-        self.fc = nn.Linear(5, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.relu2(self.conv2(self.relu1(self.bn1(self.conv1(x))))).mean(dim=(2, 3)))
-
-
-def tiny() -> Tiny:
-    torch.manual_seed(0)
-    net = Tiny().double()
-    with torch.no_grad():
-        net.bn1.running_mean.normal_(0.0, 0.2)
-        net.bn1.running_var.uniform_(0.5, 2.0)
-        net.conv2.bias.add_(0.2)  # most channels of relu2 alive
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +30,12 @@ def net() -> Tiny:
 
 @pytest.fixture
 def images() -> torch.Tensor:
-    return torch.randn(3, 3, *SIZE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return tiny_images()
 
 
 @pytest.fixture
 def reference() -> torch.Tensor:
-    return torch.randn(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-
-
-CLASSES = [0, 2, 1]
+    return tiny_reference()
 
 
 # --------------------------------------------------------------------------------------------------

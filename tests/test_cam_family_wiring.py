@@ -13,7 +13,7 @@ from torch import nn
 
 from cama.explain import gradient_cam, logit_score, similarity_score
 from cama.viz import ModelExplainer, check_methods
-from tests.test_cam_family import CLASSES, MEAN, NEW, SIZE, STD, tiny
+from tests.cam_family_fixtures import CLASSES, MEAN, NEW, STD, tiny, tiny_images, tiny_reference
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +23,12 @@ def net() -> nn.Module:
 
 @pytest.fixture
 def images() -> torch.Tensor:
-    return torch.randn(3, 3, *SIZE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return tiny_images()
 
 
 @pytest.fixture
 def reference() -> torch.Tensor:
-    return torch.randn(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    return tiny_reference()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import warnings
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from callbacks.sanity_checks import SanityChecks, sanity_maps
 from cama.explain import max_sensitivity
@@ -188,6 +189,20 @@ def test_metric_mean_and_interval():
 # --------------------------------------------------------------------------------------------------
 
 
+class EpochQueries(Callback):
+    """Placed after ``checks``: this epoch's query and reference images, chosen again by ``checks``'s
+    own :meth:`SanityChecks.queries` from the epoch's provider and gallery (the same inputs the check
+    had, the model restored by then)."""
+
+    def __init__(self, checks: SanityChecks) -> None:
+        self.checks = checks
+        self.pairs = None
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        inputs = self.checks.probes.epoch_inputs(trainer, pl_module, warnings.warn)
+        self.pairs = self.checks.queries(pl_module, *inputs)
+
+
 def test_callback_logs_the_max_sensitivity_of_each_method(tmp_path):
     datamodule = ReIDDataModule(**TINY_DATA)
     datamodule.setup("fit")
@@ -196,14 +211,15 @@ def test_callback_logs_the_max_sensitivity_of_each_method(tmp_path):
     methods = ("dist_cam", "ram", "gradcam")
     callback = SanityChecks(methods=methods, every_n_epochs=1, num_samples=4, seed=5,
                             sensitivity_radius=0.05, sensitivity_samples=3, sensitivity_chunk_size=5)
+    queries = EpochQueries(callback)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, logger=False, callbacks=[callback], default_root_dir=tmp_path,
+        accelerator="cpu", devices=1, logger=False, callbacks=[callback, queries], default_root_dir=tmp_path,
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.validate(model, datamodule=datamodule, verbose=False)
-    images, references = callback.last_queries
+    images, references = queries.pairs
     count = images.shape[0]
     assert count >= 2
 

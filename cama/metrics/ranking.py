@@ -9,6 +9,9 @@
   element-wise (the one definition), :func:`is_junk` its junk part.
 * :func:`top_k` -- the ``k`` nearest gallery rows of each query outside an exclusion mask, ties
   broken by gallery row (a stable sort), ``-1`` where fewer than ``k`` rows are rankable.
+* :func:`match_rank_scores` -- per query, the AP, the rank of the first true match and the INP
+  from the ranks of its true matches: the one per-query core of :func:`ranked_matches` and of the
+  re-ID metric (:mod:`cama.metrics.reid_queries`, :func:`cama.metrics.evaluate_rank`).
 * :func:`ranked_matches` -- per query, the AP and the rank of the first true match over the whole
   gallery, as :func:`cama.metrics.evaluate_rank` counts them (the deletion / insertion curves'
   ranking scores, :mod:`cama.metrics.deletion`).
@@ -26,8 +29,8 @@ from torch import Tensor
 from cama.metrics.distances import pairwise_distance
 
 __all__ = [
-    "EmbeddingSet", "excluded_pairs", "first_per_index", "is_junk", "ranked_matches", "reid_excluded",
-    "top_k",
+    "EmbeddingSet", "excluded_pairs", "first_per_index", "is_junk", "match_rank_scores", "ranked_matches",
+    "reid_excluded", "top_k",
 ]
 
 #: The gallery pid of a junk image (never ranked); pid 0 (a distractor) is ranked as a false match.
@@ -97,13 +100,46 @@ def top_k(
     return rows
 
 
+def match_rank_scores(ranks: Tensor, num_matches: Tensor, gallery_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Each query's AP, rank of its first true match and INP from the ranks of its true matches.
+
+    The per-query core of every ranking score (:func:`ranked_matches`,
+    :func:`cama.metrics.reid_queries.query_scores` and so :func:`cama.metrics.evaluate_rank`):
+    ``AP`` = mean over the true matches of the precision at their rank, ``(i + 1) / rank_i`` for the
+    ``i``-th match (0-based); ``INP`` (fast-reid) = ``num_matches / rank_of_the_last_match``
+    (``docs/evaluation.md#re-id-ranking``). A query without a true match gets AP 0, INP 0 and first
+    rank ``gallery_size + 1``.
+
+    Args:
+        ranks: ``[Q, M]`` 1-based ranks of each query's true matches, ascending; entries
+            ``j >= num_matches[q]`` are padding (any value).
+        num_matches: ``[Q]`` the number of true matches of each query (``<= M``).
+        gallery_size: the number of gallery images (the first rank of a query without a match - 1).
+
+    Returns:
+        ``(ap [Q] float64, first_rank [Q] long, inp [Q] float64)``.
+    """
+    count, width = ranks.shape
+    found = num_matches.to(ranks.device).long()
+    if width == 0:  # no query has a true match
+        ranks = ranks.new_ones(count, 1)
+    order = torch.arange(1, ranks.shape[1] + 1, device=ranks.device, dtype=torch.float64)
+    used = order <= found[:, None]
+    ranks = torch.where(used, ranks, torch.ones_like(ranks)).long()  # padding: no division by garbage
+    ap = torch.where(used, order / ranks.double(), 0.0).sum(1) / found.clamp_min(1).double()
+    last = ranks.gather(1, (found - 1).clamp_min(0)[:, None]).squeeze(1)
+    inp = torch.where(found > 0, found.double() / last.double(), 0.0)
+    first = torch.where(found > 0, ranks[:, 0], torch.full_like(found, gallery_size + 1))
+    return ap, first, inp
+
+
 def ranked_matches(distances: Tensor, matches: Tensor, exclude: Tensor) -> tuple[Tensor, Tensor]:
     """Each query's AP and the 1-based rank of its first true match over the whole gallery.
 
     The gallery images ``exclude`` marks are not ranked; the others are ranked by distance, ties by
-    gallery column (a stable sort), as :func:`cama.metrics.evaluate_rank` ranks them. ``AP`` is the
-    mean over the true matches of ``(i + 1) / rank_i`` (the ``i``-th match, 0-based). A query with no
-    true match left gets AP 0 and rank ``G + 1``.
+    gallery column (a stable sort), as :func:`cama.metrics.evaluate_rank` ranks them; the scores are
+    :func:`match_rank_scores` of the true matches' ranks. A query with no true match left gets AP 0
+    and rank ``G + 1``.
 
     Args:
         distances: ``[Q, G]``, smaller = more similar.
@@ -122,12 +158,14 @@ def ranked_matches(distances: Tensor, matches: Tensor, exclude: Tensor) -> tuple
     order = torch.sort(distances, dim=1, stable=True).indices
     kept_first = torch.sort(exclude.gather(1, order).byte(), dim=1, stable=True).indices
     order = order.gather(1, kept_first)
-    hits = (matches.to(distances.device).bool() & ~exclude).gather(1, order).double()
-    positions = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float64)
+    hits = (matches.to(distances.device).bool() & ~exclude).gather(1, order)
     found = hits.sum(1)
-    ap = (hits * hits.cumsum(1) / positions).sum(1) / found.clamp_min(1)
-    none = torch.full_like(found, hits.shape[1] + 1, dtype=torch.long)
-    first = torch.where(found > 0, hits.argmax(1) + 1, none)
+    width = int(found.max()) if found.numel() else 0
+    # the j-th hit of a row (0-based) goes to column j; the other columns to the dropped column `width`
+    column = torch.where(hits, hits.cumsum(1) - 1, torch.full_like(found[:, None], width))
+    positions = torch.arange(1, hits.shape[1] + 1, device=hits.device).expand_as(column)
+    ranks = positions.new_zeros(hits.shape[0], width + 1).scatter_(1, column, positions)[:, :width]
+    ap, first, _ = match_rank_scores(ranks, found, hits.shape[1])
     return ap, first
 
 

@@ -17,7 +17,9 @@ first (torchreid uses numpy's default quicksort, whose order of equal distances 
 Zheng's MATLAB code uses a stable sort).
 
 The ranks of the true matches come from :func:`cama.metrics.match_ranks.match_ranks` (a few
-passes over each row, no sort), in chunks of queries whose temporaries stay within ``chunk_bytes``.
+passes over each row, no sort), in chunks of queries whose temporaries stay within ``chunk_bytes``;
+each query's scores from :mod:`cama.metrics.reid_queries` (:func:`per_query_rank` hands them back),
+which these means and the CMC reduce.
 :class:`ReIDRankMetric` prepares its gallery (float32, overflow-safe scale, unit rows for cosine,
 squared norms) once per ranking and takes the queries of each chunk straight from its collected
 batches: no copy of the whole embeddings beyond the prepared gallery, which is the collected rows
@@ -26,7 +28,7 @@ gallery's rows consecutive in one batch).
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -35,98 +37,37 @@ from cama.explain.precision import at_least_float32
 from cama.metrics.distances import (
     max_abs, pairwise_distance, prepare_rows, prepared_distance, scale_for, squared_norms,
 )
-from cama.metrics.match_ranks import Gallery, Workspace, match_ranks, max_chunk_rows
 from cama.metrics.ranking import EmbeddingSet, first_per_index, is_junk
-from cama.metrics.reid_inputs import as_ids, as_tensor, no_valid_query_error
+from cama.metrics.reid_queries import CHUNK_BYTES, distance_rows, query_scores
 from cama.metrics.rerank import RerankOptions
 from cama.metrics.states import CatRows, CollectedSamples
 
 __all__ = ["evaluate_rank", "pairwise_distance", "ReIDRankMetric"]
-
-# Default memory budget for the temporaries of one chunk of queries.
-_CHUNK_BYTES = 256 * 1024 * 1024
-
-class _RankAccumulator:
-    """Accumulates CMC counts, AP and INP sums over chunks of queries against one gallery."""
-
-    def __init__(self, gallery: Gallery, max_rank: int, device: torch.device):
-        self.gallery = gallery
-        self.max_rank = max_rank
-        self.cmc_counts = torch.zeros(max_rank, dtype=torch.long, device=device)
-        self.ap_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.inp_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.num_valid = 0
-        self.workspace = Workspace()
-
-    def add(self, dist: Tensor, q_pids: Tensor, q_camids: Tensor, max_bytes: int) -> None:
-        """``dist`` [C, G]; every query of the chunk must have at least one true match."""
-        ranks, num_m = match_ranks(dist, q_pids, q_camids, self.gallery, self.workspace, max_bytes)
-        c, mmax = ranks.shape
-        first = ranks[:, 0].clamp(max=self.max_rank + 1)
-        hist = torch.bincount(first, minlength=self.max_rank + 2)[1 : self.max_rank + 1]
-        self.cmc_counts += hist.cumsum(0)
-        jvalid = torch.arange(mmax, device=ranks.device) < num_m[:, None]
-        prec = torch.arange(1, mmax + 1, device=ranks.device, dtype=torch.float64) / ranks.double()
-        ap = torch.where(jvalid, prec, 0.0).sum(1) / num_m.double()  # padding entries are garbage
-        last = ranks.gather(1, (num_m - 1)[:, None]).squeeze(1)
-        inp = num_m.double() / last.double()
-        self.ap_sum += ap.sum()
-        self.inp_sum += inp.sum()
-        self.num_valid += c
-
-    def result(self) -> tuple[Tensor, Tensor, Tensor]:
-        n = self.num_valid
-        cmc = (self.cmc_counts.double() / n).float()
-        return cmc, self.ap_sum / n, self.inp_sum / n
-
-
-# ----------------------------------------------------------------------------------------------
-# chunked driver shared by the functional form and the Metric
-# ----------------------------------------------------------------------------------------------
-
-
-def _query_chunks(
-    valid: Tensor, n_same: Tensor, bytes_per_row: int, chunk_size: int | None, chunk_bytes: int
-) -> Iterator[Tensor]:
-    """Consecutive runs of the valid query indices, each within the memory budget."""
-    n = valid.numel()
-    max_rows = max_chunk_rows()
-    if chunk_size is not None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        base = min(chunk_size, max_rows)
-    else:
-        base = min(max_rows, max(1, chunk_bytes // max(1, bytes_per_row)))
-    n_same = n_same.cpu()
-    i = 0
-    while i < n:
-        rows = min(base, n - i)
-        if chunk_size is None:  # identity groups are padded to the chunk's largest one
-            while True:
-                fit = max(1, chunk_bytes // (bytes_per_row + 96 * int(n_same[i : i + rows].max())))
-                if fit >= rows:
-                    break
-                rows = fit
-        yield valid[i : i + rows]
-        i += rows
 
 
 def _evaluate(
     block_fn, q_pids: Tensor, g_pids: Tensor, q_camids: Tensor, g_camids: Tensor, max_rank: int,
     bytes_per_row: int, chunk_size: int | None, chunk_bytes: int, device: torch.device,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``block_fn(rows)`` returns the ``[len(rows), G]`` distances of queries ``rows`` to the gallery."""
+    """CMC, mAP and mINP: the per-query scores of :func:`query_scores` summed chunk by chunk.
+
+    ``block_fn(rows)`` returns the ``[len(rows), G]`` distances of queries ``rows`` to the gallery.
+    """
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    gal = Gallery(g_pids, g_camids)
-    num_m, n_same = gal.num_matches(q_pids, q_camids)
-    valid = (num_m > 0).nonzero().squeeze(1)
-    if valid.numel() == 0:
-        raise no_valid_query_error(q_pids, g_pids, q_camids, g_camids)
-    acc = _RankAccumulator(gal, max_rank, device)
-    for rows in _query_chunks(valid, n_same[valid], bytes_per_row, chunk_size, chunk_bytes):
-        acc.add(block_fn(rows), q_pids[rows], q_camids[rows], chunk_bytes)
-    return acc.result()
+    cmc_counts = torch.zeros(max_rank, dtype=torch.long, device=device)
+    ap_sum = torch.zeros((), dtype=torch.float64, device=device)
+    inp_sum = torch.zeros((), dtype=torch.float64, device=device)
+    num_valid = 0
+    for scores in query_scores(block_fn, q_pids, g_pids, q_camids, g_camids, bytes_per_row, chunk_size,
+                               chunk_bytes):
+        first = scores.first_rank.clamp(max=max_rank + 1)
+        cmc_counts += torch.bincount(first, minlength=max_rank + 2)[1 : max_rank + 1].cumsum(0)
+        ap_sum += scores.ap.sum()
+        inp_sum += scores.inp.sum()
+        num_valid += scores.query.numel()
+    cmc = (cmc_counts.double() / num_valid).float()
+    return cmc, ap_sum / num_valid, inp_sum / num_valid
 
 
 def evaluate_rank(
@@ -139,7 +80,7 @@ def evaluate_rank(
     return_minp: bool = False,
     *,
     chunk_size: int | None = None,
-    chunk_bytes: int = _CHUNK_BYTES,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> tuple[Tensor, float] | tuple[Tensor, float, float]:
     """CMC and mAP (and mINP) of a query-gallery distance matrix, Market-1501 single-query protocol.
 
@@ -157,36 +98,16 @@ def evaluate_rank(
 
     Returns:
         ``(cmc, mAP)`` or ``(cmc, mAP, mINP)``: ``cmc`` a float32 CPU tensor of ``max_rank`` fractions,
-        ``mAP``/``mINP`` python floats in [0, 1], averaged over the queries that have a true match.
+        ``mAP``/``mINP`` python floats in [0, 1], averaged over the queries that have a true match
+        (each query's values: :func:`cama.metrics.reid_queries.per_query_rank`).
 
     Ties between equal distances are broken as a stable argsort of the row does (smaller gallery
     index first).  Raises ``ValueError`` (naming the likely causes) when no query has a true match.
     """
-    d = as_tensor(distmat, "distmat")
-    if d.dim() != 2:
-        raise ValueError(f"distmat must be [num_query, num_gallery], got shape {tuple(d.shape)}")
-    if d.is_complex():
-        raise ValueError("distmat must be real")
-    if d.dtype == torch.bool:
-        d = d.to(torch.uint8)
-    nq, ng = d.shape
-    device = d.device
-    qp = as_ids(q_pids, "q_pids", nq, device)
-    gp = as_ids(g_pids, "g_pids", ng, device)
-    qc = as_ids(q_camids, "q_camids", nq, device)
-    gc = as_ids(g_camids, "g_camids", ng, device)
-
-    # temporaries per query row: float32 + int32 + bool per gallery entry, a copy of the row when
-    # the chunk's rows are not contiguous, the junk columns
-    esize = d.element_size()
-    bytes_per_row = ng * (9 + esize) + int(is_junk(gp).sum()) * esize
-
-    def block(rows: Tensor) -> Tensor:
-        r0, n = int(rows[0]), rows.numel()
-        return d[r0 : r0 + n] if int(rows[-1]) - r0 == n - 1 else d.index_select(0, rows)
-
+    rows = distance_rows(distmat, q_pids, g_pids, q_camids, g_camids)
     cmc, m_ap, m_inp = _evaluate(
-        block, qp, gp, qc, gc, max_rank, bytes_per_row, chunk_size, chunk_bytes, device
+        rows.block, rows.q_pids, rows.g_pids, rows.q_camids, rows.g_camids, max_rank, rows.bytes_per_row,
+        chunk_size, chunk_bytes, rows.device,
     )
     cmc = cmc.cpu()
     if return_minp:
@@ -242,7 +163,7 @@ class ReIDRankMetric(CollectedSamples):
         ranks: Sequence[int] = (1, 5, 10),
         prefix_dims: Sequence[int] | None = None,
         distance: str = "euclidean",
-        chunk_bytes: int = _CHUNK_BYTES,
+        chunk_bytes: int = CHUNK_BYTES,
         chunk_size: int | None = None,
         rerank: bool = False,
         k1: int = 20,
