@@ -46,9 +46,9 @@ by default; never for ``eigencam``) a row *why class c- beat the true class*: th
 class ``c+`` (green frame) and the map on the query of ``s(q, p_c-) - s(q, p_c+)``, ``p_c`` the class
 prototypes, on a signed scale (0.5 is no effect, above favours the predicted class; for RAM exact, the
 RAM of the difference; :mod:`cama.viz.episode_contrast`, ``docs/explanations.md#contrastive-few-shot-maps``);
-it costs for RAM, Dist-CAM and FAM two maps of features already computed per misclassified probe,
-for a layer method one more forward and backward pass. Once per run ``<tag_prefix>/README`` (TensorBoard text)
-says what the tags show. Pictures go to every TensorBoard logger or, without
+per misclassified probe it costs the forward-only methods one or two maps of features already
+computed, a layer method one more forward and backward pass. Once per run ``<tag_prefix>/README``
+(TensorBoard text) says what the tags show. Pictures go to every TensorBoard logger or, without
 one, to ``<log_dir>/<tag_prefix>/epoch_XXX/*.png``; image work runs on rank zero only. The metrics
 are torchmetrics Metrics; under DDP each process scores the first ``ceil(num_episodes / world)``
 episodes of its share. The sanity-check epoch is skipped.

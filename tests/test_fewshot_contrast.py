@@ -14,7 +14,11 @@ from cama.explain import signed_display
 from cama.references import episode_references
 from cama.viz import ModelExplainer, to_uint8
 from cama.viz.episode_contrast import (
-    EPISODE_CONTRAST_LEGEND, EPISODE_CONTRAST_LEGEND_LAYER, EpisodeContrastRows, episode_contrasts, first_supports,
+    EPISODE_CONTRAST_LEGEND,
+    EPISODE_CONTRAST_LEGEND_LAYER,
+    EpisodeContrastRows,
+    episode_contrasts,
+    first_supports,
 )
 from cama.viz.episodes import episode_grid
 from cama.viz.figures import summed_contrast_map
@@ -67,7 +71,8 @@ def written_out(batch: dict[str, torch.Tensor]):
     images = batch["image"]
     embeddings = [[float(images[i, k].mean()) for k in range(3)] for i in range(len(images))]
     supports = {c: [i for i in range(4) if int(batch["episode_labels"][i]) == c] for c in (0, 1)}
-    prototypes = {c: [sum(embeddings[i][k] for i in rows) / len(rows) for k in range(3)] for c, rows in supports.items()}
+    prototypes = {c: [sum(embeddings[i][k] for i in rows) / len(rows) for k in range(3)]
+                  for c, rows in supports.items()}
     return images, embeddings, prototypes
 
 
@@ -98,8 +103,9 @@ def test_the_contrastive_ram_of_a_misclassified_query_is_the_difference_of_its_t
     norm = sum(x * x for x in q) ** 0.5
     h, w = SIZE
     # RAM (cama-ram Eq. 10) against p- (class 1) minus against p+ (class 0), pixel by pixel
-    naive = torch.tensor([[sum((prototypes[1][k] - prototypes[0][k]) * float(images[5, k, y, x]) for k in range(3))
-                           / norm for x in range(w)] for y in range(h)])
+    prototype_gap = [prototypes[1][k] - prototypes[0][k] for k in range(3)]
+    naive = torch.tensor([[sum(prototype_gap[k] * float(images[5, k, y, x]) for k in range(3)) / norm
+                           for x in range(w)] for y in range(h)])
     assert torch.allclose(contrasts["ram/contrast"][0], signed_display(naive[None], SIZE)[0], atol=1e-5)
     features = ModelExplainer(model).features(images[5:])
     negative, positive = (torch.tensor([p]) for p in (prototypes[1], prototypes[0]))
@@ -174,8 +180,9 @@ def test_the_rows_go_under_their_queries_and_the_legend_says_the_scale():
     scale = display_scale(2, 2)  # tiles of 2 x 2 pictures at display size
     size = (scale.height, scale.width)
     tiles = torch.arange(3, dtype=torch.uint8)[:, None, None, None, None].expand(3, 4, 3, *size).clone()
-    rows = EpisodeContrastRows(torch.tensor([1]), torch.full((1, 2, 2), 0.5), torch.zeros(1, 3, 2, 2, dtype=torch.uint8),
-                               ["class 1"], ["class 0"], torch.tensor([[0.9, 0.2]]))
+    support = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    maps, similarities = torch.full((1, 2, 2), 0.5), torch.tensor([[0.9, 0.2]])
+    rows = EpisodeContrastRows(torch.tensor([1]), maps, support, ["class 1"], ["class 0"], similarities)
     probes = torch.zeros(3, 3, 2, 2, dtype=torch.uint8)
     out, captions, labels = rows.insert(tiles, [["a"] * 4, ["b"] * 4, ["c"] * 4], probes, 0.5, "jet", scale)
     assert out.shape[0] == 4 and torch.equal(out[[0, 1, 3]], tiles[[0, 1, 2]])
@@ -196,8 +203,8 @@ def test_explain_draws_the_row_unless_told_not_to(model, tmp_path: Path):
     def height(contrastive: bool) -> int:
         out = tmp_path / str(contrastive)
         out.mkdir()
-        (path,) = explain_episodes(model, [("e", batch)], None, ["ram"], out, 2, torch.device("cpu"), False, 0.5,
-                                   "jet", contrastive=contrastive)
+        (path,) = explain_episodes(model, [("e", batch)], None, ["ram"], out, 2, torch.device("cpu"), False,
+                                   0.5, "jet", contrastive=contrastive)
         return Image.open(path).size[1]
 
     assert height(True) > height(False) + 128
