@@ -32,9 +32,12 @@ Few-shot (a model with ``episode_references``, e.g. ProtoNet)::
     python explain.py --checkpoint PATH --support supports/ --query q1.jpg queries/ --output out
 
 For every episode and method: ``<output>/<episode>_<method>.png``, as the training callback draws it
-(query | first support of the predicted class | map on the query | map on the support), and
-``predictions.json`` (``--max_sensitivity N``: ``sensitivity.json`` too, of the maps on the queries
-against their prototype). The maps, references and pictures are the callbacks' (:mod:`cama.viz`,
+(query | first support of the predicted class | map on the query | map on the support), under each
+misclassified query a row *why class c- beat the true class* (the map on the query of
+``s(q, p_c-) - s(q, p_c+)``, the prototypes of the predicted and the true class,
+:mod:`cama.viz.episode_contrast`; ``--no_contrastive``: without it), and ``predictions.json``
+(``--max_sensitivity N``: ``sensitivity.json`` too, of the maps on the queries against their
+prototype). The maps, references and pictures are the callbacks' (:mod:`cama.viz`,
 :mod:`cama.references`). ``rankings.json`` / ``predictions.json`` are rewritten after each query /
 episode, so a failure later loses nothing already explained.
 
@@ -130,8 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--top_k", type=int, default=10, help="gallery images per ranking list")
     parser.add_argument("--no_contrastive", action="store_true",
-                        help="re-ID / retrieval: no row 'why rank r beat the true match' (the map of "
-                        "s(q, g-) - s(q, g+)) in the ranking pictures")
+                        help="no row 'why rank r beat the true match' (the map of s(q, g-) - s(q, g+)) in "
+                        "the ranking pictures, nor 'why class c- beat the true class' (s(q, p-) - s(q, p+)) "
+                        "in the few-shot pictures")
     parser.add_argument("--rerank", action="store_true",
                         help="re-ID / retrieval: rank by k-reciprocal re-ranked distances (the explained queries as the probe pool)")
     parser.add_argument("--num_queries", type=int, default=8, help="queries explained (few-shot: per episode)")
@@ -257,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             episodes, shows = datamodule_episodes(datamodule, args.episodes), datamodule
         written = explain_episodes(
             model, episodes, shows, methods, output, args.num_queries, **drawing, class_names=class_names,
-            explainer=_explainer(args, model), sensitivity=sensitivity,
+            explainer=_explainer(args, model), sensitivity=sensitivity, contrastive=not args.no_contrastive,
         )
     elif files:  # re-ID / retrieval on image files
         size = image_size or checkpoint_image_size(args.checkpoint)

@@ -41,8 +41,14 @@ Pictures (``<tag_prefix>/<method>``), one row per probe query of the first episo
 first support of the predicted class (green frame: right class, red: wrong) | the map on the query |
 the map on that support against the query; a title ``epoch <e> · val · <method>``, headers, the
 query's true and the support's (predicted) episode class under them, a colour bar
-(:func:`cama.viz.episodes.episode_grid`); once per run ``<tag_prefix>/README`` (TensorBoard text)
-says what the tags show. Pictures go to every TensorBoard logger or, without
+(:func:`cama.viz.episodes.episode_grid`). Under each query the model misclassifies (``contrastive``, on
+by default; never for ``eigencam``) a row *why class c- beat the true class*: the first support of the true
+class ``c+`` (green frame) and the map on the query of ``s(q, p_c-) - s(q, p_c+)``, ``p_c`` the class
+prototypes, on a signed scale (0.5 is no effect, above favours the predicted class; for RAM exact, the
+RAM of the difference; :mod:`cama.viz.episode_contrast`, ``docs/explanations.md#contrastive-few-shot-maps``);
+per misclassified probe it costs the forward-only methods one or two maps of features already
+computed, a layer method one more forward and backward pass. Once per run ``<tag_prefix>/README``
+(TensorBoard text) says what the tags show. Pictures go to every TensorBoard logger or, without
 one, to ``<log_dir>/<tag_prefix>/epoch_XXX/*.png``; image work runs on rank zero only. The metrics
 are torchmetrics Metrics; under DDP each process scores the first ``ceil(num_episodes / world)``
 episodes of its share. The sanity-check epoch is skipped.
@@ -79,6 +85,7 @@ from cama.viz import (
     probe_grid_legend,
     to_uint8,
 )
+from cama.viz.episode_contrast import episode_contrasts
 from cama.viz.episodes import (
     FEW_SHOT_METHODS,
     episode_grid,
@@ -118,6 +125,8 @@ class FewShotExplanations(Callback):
         deletion_steps: the curves' steps (0: off).
         deletion_baseline: what replaces a removed pixel: ``blur``, ``mean``, ``noisy_linear`` (ROAD).
         seed: of the curves' random maps and of the imputation's noise.
+        contrastive: the row *why class c- beat the true class* under each misclassified query of the
+            pictures (module docstring).
     """
 
     def __init__(
@@ -145,6 +154,7 @@ class FewShotExplanations(Callback):
         deletion_steps: int = 4,
         deletion_baseline: str = "blur",
         seed: int = 0,
+        contrastive: bool = True,
     ) -> None:
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
@@ -171,6 +181,7 @@ class FewShotExplanations(Callback):
         self.truncation_per_channel = truncation_per_channel
         self.layer_norm = check_layer_norm(layer_norm)
         self.cpu_threads = cpu_threads
+        self.contrastive = bool(contrastive)
         self.schedule = EpochSchedule(every_n_epochs)
         self.score_logger = ScoreLogger(self.prefix)
         self.warnings = OnceWarnings(type(self).__name__)
@@ -298,6 +309,9 @@ class FewShotExplanations(Callback):
         pictures["matches"] = (refs.prediction == refs.target)[probes]
         pictures["probe_classes"] = refs.target[probes]
         pictures["reference_classes"] = refs.prediction[probes]
+        if self.contrastive:  # the rows under the misclassified queries
+            pictures.update(episode_contrasts(explainer, self.methods, batch, refs, probes, refs.target,
+                                              size))
         if "box" in batch and self.draw_boxes:
             pictures["probe_boxes"] = batch["box"][refs.query_index].float()[probes]
             pictures["reference_boxes"] = batch["box"][support].float()
@@ -311,6 +325,8 @@ class FewShotExplanations(Callback):
         step, epoch = logging_step(trainer), trainer.current_epoch
         self.readme.write(sink, "README", self.readme_text(), step, self.tag_prefix)
         pictures = {**pictures, "probe_images": probes, "reference_images": references}
+        if "contrast_supports" in pictures:
+            pictures["contrast_supports"] = to_uint8(pictures["contrast_supports"], datamodule)
         written: list[str] = []
         for method in self.methods:
             picture = episode_grid(pictures, method, self.alpha, self.colormap, picture_title(method, epoch))
@@ -325,6 +341,11 @@ class FewShotExplanations(Callback):
                 ("query", "support"), "the first support of the predicted class", branches=False
             )
             + " Classes are the episode's (0 .. N-1); the map on the query is against the predicted class's "
-            "prototype, the map on the support against the query. Each picture's title gives the epoch; its "
-            "step is the step of the epoch's scalars."
+            "prototype, the map on the support against the query."
+            + (" Under a misclassified query, a row *why class c- beat the true class*: the first support "
+               "of the true class `c+` and the map on the query of `s(q, p-) - s(q, p+)`, `p` the prototypes "
+               "of the predicted and the true class (`s` the cosine similarities, under the map), on a "
+               "signed scale: 0.5 is no effect, above favours the predicted class, below the true one."
+               if self.contrastive else "")
+            + " Each picture's title gives the epoch; its step is the step of the epoch's scalars."
         )

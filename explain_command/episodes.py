@@ -3,7 +3,9 @@
 The same maps and pictures as :class:`callbacks.fewshot_explanations.FewShotExplanations`
 (:mod:`cama.viz.episodes`): per probe query, the query | the first support of its predicted class
 (green: right class, red: wrong; no frame when the query's class is unknown) | the map on the query
-| the map on that support against the query. Two sources of episodes:
+| the map on that support against the query, and under a misclassified query (of known class) a row
+*why class c- beat the true class* (:mod:`cama.viz.episode_contrast`; ``contrastive=False``: none).
+Two sources of episodes:
 
 * the test episodes of a config's data module (:func:`datamodule_episodes`);
 * a folder of supports, one sub-folder per class with the same number of images each, and query
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from cama.protocols import ShowsImages
 from cama.viz import ModelExplainer, picture_title, to_uint8
+from cama.viz.episode_contrast import episode_contrasts
 from cama.viz.episodes import FEW_SHOT_METHODS, episode_grid, episode_maps, probe_rows, support_maps
 from explain_command.common import (
     ExplainError, FileImages, image_files, readable_images, write_json, write_picture,
@@ -86,13 +89,14 @@ def folder_episode(
 def explain_episodes(
     model: Any, episodes: Iterable[tuple[str, dict[str, Tensor]]], shows: Any, methods: Sequence[str],
     output: Path, num_queries: int, device: torch.device, progress: bool, alpha: float, colormap: str,
-    class_names: Sequence[str] | None = None, *, explainer: ModelExplainer,
+    class_names: Sequence[str] | None = None, contrastive: bool = True, *, explainer: ModelExplainer,
     sensitivity: SensitivityOptions | None = None,
 ) -> list[Path]:
     """Write ``<output>/<episode>_<method>.png`` per episode and method, and ``predictions.json``,
     rewritten (atomically) after each episode, so a failure later keeps the episodes already explained;
     ``class_names`` (a folder episode's) are drawn under the images instead of ``class <c>``;
-    ``explainer``: ``model``'s maps; ``sensitivity`` (active): ``sensitivity.json`` (module docstring)."""
+    ``contrastive``: the rows under the misclassified queries; ``explainer``: ``model``'s maps;
+    ``sensitivity`` (active): ``sensitivity.json`` (module docstring)."""
     unsupported = [m for m in methods if m not in FEW_SHOT_METHODS]
     if unsupported:
         raise ExplainError(f"few-shot explanations support {list(FEW_SHOT_METHODS)}, got {unsupported}")
@@ -120,6 +124,12 @@ def explain_episodes(
         if sensitive is not None:
             sensitive.add([f"{name}/query{int(q)}" for q in refs.query_index[probes].tolist()],
                           images[refs.query_index[probes]], refs.prototype[probes], refs.supports[probes])
+        if contrastive:  # the rows why class c- beat the true class, under the misclassified queries
+            episode = {**batch, "image": images}
+            contrasts = episode_contrasts(explainer, methods, episode, refs, probes, target, size)
+            if contrasts:
+                contrasts["contrast_supports"] = to_uint8(contrasts["contrast_supports"], shows)
+            pictures.update(contrasts)
         for method in methods:
             query_images = images[refs.query_index[probes]]
             pictures[method] = episode_maps(method, explainer, query_images, refs.query_maps[probes],

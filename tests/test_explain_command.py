@@ -204,7 +204,7 @@ def test_few_shot_checkpoint_episodes_from_a_config_and_from_support_folders(tmp
         "synthetic.width=32", "synthetic.num_classes=15", "synthetic.few_shot_splits=[5, 5, 5]",
         "synthetic.images_per_class=6", "eval_query=2",
         "num_workers=0", "--methods", "dist_cam", "fam", "--episodes", "2", "--num_queries", "3",
-        "--output", str(out), "--no_progress",
+        "--output", str(out), "--no_progress", "--no_contrastive",  # no row under a misclassified query
     ])
     assert sorted(p.name for p in written) == [
         "episode000_dist_cam.png", "episode000_fam.png", "episode001_dist_cam.png", "episode001_fam.png"

@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
+from PIL import Image
 
 from callbacks.fewshot_explanations import FewShotExplanations
 from cama.explain import postprocess
 from cama.metrics.faithfulness import mask_images
 from cama.metrics.localization import energy_pointing_game
 from cama.models import ProtoNet
+from cama.viz.episodes import probe_rows
 from datamodules import FewShotDataModule
 
 EPISODES = 2
@@ -125,6 +127,25 @@ def test_scores_and_pictures_of_queries_against_their_predicted_class(model, dat
     folder = Path(trainer.log_dir) / "explanations" / "epoch_000"
     assert sorted(p.name for p in folder.glob("*.png")) == ["dist_cam.png", "fam.png", "gradcam.png"]
     assert callback.state_dict() == {"validation_epochs": 1}
+
+
+def test_misclassified_queries_get_a_row_why_their_class_beat_the_true_class(model, datamodule, tmp_path):
+    """The untrained model misclassifies some of the first episode's queries: the picture gains a row
+    (at least a tile high) under each of them, and none without ``contrastive``."""
+    heights = {}
+    for contrastive in (True, False):
+        callback = FewShotExplanations(methods=["ram"], num_episodes=1, num_probes=6,
+                                       num_faithfulness_samples=0, deletion_steps=0, contrastive=contrastive)
+        trainer = validate(model, datamodule, callback, tmp_path / str(contrastive))
+        with Image.open(Path(trainer.log_dir) / "explanations" / "epoch_000" / "ram.png") as picture:
+            heights[contrastive] = picture.size[1]
+    batch = next(iter(datamodule.val_dataloader()))
+    with torch.no_grad():
+        refs = model.episode_references(batch, model.feature_maps(batch["image"]))
+    wrong = int((refs.prediction != refs.target)[probe_rows(refs.target, 6)].sum())
+    assert 0 < wrong < 6
+    assert heights[True] - heights[False] >= 128 * wrong
+    assert heights[True] - heights[False] < 2 * 128 * wrong
 
 
 def test_same_probes_every_epoch_and_every_n_epochs(model, datamodule, tmp_path):

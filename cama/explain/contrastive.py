@@ -20,6 +20,10 @@ explanations for the papers' maps (``docs/explanations.md#contrastive-ranking-ma
 :func:`contrastive_ranks` finds the probes to draw in ranked lists' match flags, and
 :func:`signed_display` brings a row of signed maps to ``[0, 1]`` on one scale, ``0.5`` meaning 0.
 
+The same maps explain a misclassified few-shot query (:mod:`cama.viz.episode_contrast`): with the
+prototypes ``p_c-`` of the predicted and ``p_c+`` of the true class as ``g-`` and ``g+``, the map on
+the query of ``s(q, p_c-) - s(q, p_c+)``, why class ``c-`` beat the true class.
+
 Pure, batched tensor functions; computed in float32 (float64 stays float64) like the other maps.
 """
 
@@ -167,13 +171,14 @@ class ContrastScore:
         return ContrastScore(*(None if s is None else s.rows(index) for s in (self.negative, self.positive)))
 
 
-def signed_display(maps: Tensor, size: Size | None = None) -> Tensor:
+def signed_display(maps: Tensor, size: Size | None = None, shared: bool = True) -> Tensor:
     """Signed maps ``[..., h, w]`` -> ``[..., H, W]`` in ``[0, 1]`` on one scale, ``0.5`` meaning 0.
 
     Bilinear upsampling to ``size``, then ``0.5 + 0.5 m / max |m|`` with one maximum over **all**
     the maps given (a contrastive row: its maps are terms of the same difference, so their colours
-    compare across the images); no ReLU, so the negative part shows below ``0.5``. All-zero maps
-    give ``0.5``; NaN counts as 0.
+    compare across the images); ``shared=False``: each ``[h, w]`` map over its own maximum (the
+    few-shot contrast rows: one query each). No ReLU, so the negative part shows below ``0.5``.
+    All-zero maps give ``0.5``; NaN counts as 0.
 
     Returns:
         float32 (float64 for float64 maps).
@@ -186,6 +191,6 @@ def signed_display(maps: Tensor, size: Size | None = None) -> Tensor:
         work = torch.nan_to_num(work, nan=0.0).reshape(-1, 1, height, width)
         if out_size != (height, width):
             work = F.interpolate(work, size=out_size, mode="bilinear", align_corners=False)
-        scale = work.abs().amax()
+        scale = work.abs().amax() if shared else work.abs().amax(dim=(1, 2, 3), keepdim=True)
         work = work / torch.where(scale > 0, scale, torch.ones_like(scale))
         return (0.5 + 0.5 * work).clamp_(0.0, 1.0).reshape(*leading, *out_size)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from cama.explain import dist_cam, fam, postprocess, ram
+from cama.viz.episode_contrast import EpisodeContrastRows
 from cama.viz.methods import FORWARD_METHODS, LAYER_METHODS, forward_call
 from cama.viz.model_explainer import ModelExplainer
 from cama.viz.pictures import probe_grid
@@ -93,17 +94,24 @@ def episode_grid(
 ) -> Tensor:
     """The picture of one method: per probe, query | first support of the predicted class (green:
     right class, red: wrong) | the map on the query | the map on that support, with the query's
-    true class and the support's (predicted) class under them (:func:`cama.viz.probe_grid`).
+    true class and the support's (predicted) class under them (:func:`cama.viz.probe_grid`); under each
+    misclassified query with a ``<method>/contrast`` map, a row *why class c- beat the true class*
+    (:mod:`cama.viz.episode_contrast`).
 
     ``pictures`` holds ``probe_images`` / ``reference_images`` (``uint8``), ``matches``, the maps
     ``<method>`` and ``<method>/reference`` ``[P, H, W]``, and optionally ``probe_boxes`` /
-    ``reference_boxes`` and the episode classes ``probe_classes`` (truth, -1: unknown) /
-    ``reference_classes`` (predicted), drawn as ``class_names`` when given.
+    ``reference_boxes``, the episode classes ``probe_classes`` (truth, -1: unknown) /
+    ``reference_classes`` (predicted), drawn as ``class_names`` when given, and the entries of
+    :func:`cama.viz.episode_contrast.episode_contrasts` (``contrast_supports`` as ``uint8``).
     """
+    truth = class_labels(pictures.get("probe_classes"), class_names)
+    predicted = class_labels(pictures.get("reference_classes"), class_names)
+    contrast = None
+    if truth is not None and predicted is not None:
+        contrast = EpisodeContrastRows.of(pictures, method, predicted, truth)
     return probe_grid(
         pictures["probe_images"], pictures["reference_images"], pictures[method][:, None],
         pictures[f"{method}/reference"][:, None], pictures.get("matches"), alpha, colormap,
         pictures.get("probe_boxes"), pictures.get("reference_boxes"), title=title, names=("query", "support"),
-        probe_labels=class_labels(pictures.get("probe_classes"), class_names),
-        reference_labels=class_labels(pictures.get("reference_classes"), class_names),
+        probe_labels=truth, reference_labels=predicted, contrast=contrast,
     )

@@ -30,6 +30,7 @@ from cama.viz.targets import Contrast, ProbeAgainst
 
 __all__ = [
     "Shown", "contrast_row", "contrastive_maps", "probe_grid_maps", "probe_grid_picture", "ranking_picture",
+    "summed_contrast_map",
 ]
 
 
@@ -186,12 +187,20 @@ def contrastive_maps(
         (negative, Contrast(query.embedding, None)),
         (positive, Contrast(None, query.embedding)),
     )
-    if method in LAYER_METHODS:
-        maps = [explainer.gradient_maps(method, f, target, branches=False)[:, 0] for f, target in sides]
-    else:
-        maps = [explainer.raw_maps(method, features, target).sum(dim=1) for features, target in sides]
+    maps = [summed_contrast_map(explainer, method, features, target) for features, target in sides]
     size = tuple(size) if size is not None else tuple(query.images.shape[-2:])
     return torch.cat([signed_display(maps[0], size), signed_display(torch.cat(maps[1:]), size)])
+
+
+def summed_contrast_map(
+    explainer: ModelExplainer, method: str, features: Features, contrast: Contrast
+) -> Tensor:
+    """``method``'s summed map ``[B, h, w]`` of ``s(x, negative) - s(x, positive)`` on ``features``'
+    images: a forward-only method's raw signed map summed over the branches (feature resolution), a
+    layer method's ``[0, 1]`` map of the difference at image size (:meth:`ModelExplainer.gradient_maps`)."""
+    if method in LAYER_METHODS:
+        return explainer.gradient_maps(method, features, contrast, branches=False)[:, 0]
+    return explainer.raw_maps(method, features, contrast).sum(dim=1)
 
 
 def contrast_row(

@@ -9,7 +9,8 @@ captions under the tiles, a colour bar of the overlays' colour map (0 to 1) and 
 * :func:`probe_grid` -- one row per probe: the probe, its reference (framed green for a true
   match, red for a false one), then -- after a gap -- the maps on the probe (each branch, then
   summed), then the maps on the reference (the same). Captions: the probe's identity, the
-  reference's distance and identity.
+  reference's distance and identity. Few-shot: a row *why class c beat the true class* under each
+  misclassified query (:mod:`cama.viz.episode_contrast`).
 * :func:`ranking_figure` -- cama-ram Fig. 4 / Fig. 8: the query, a gap, and its top-k gallery
   images (``rank 1`` ... headers, framed green / red, distance and identity under each) on the
   first row, then one row per branch and one for the summed map (labelled on the left), the
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -33,6 +34,9 @@ from torch import Tensor
 from cama.explain import draw_boxes, overlay
 from cama.protocols import ShowsImages
 from cama.viz.layout import Scale, display_scale, sheet, upscale
+
+if TYPE_CHECKING:
+    from cama.viz.episode_contrast import EpisodeContrastRows
 
 __all__ = [
     "CONTRAST_LEGEND",
@@ -150,6 +154,7 @@ def probe_grid(
     reference_labels: Sequence[str] | None = None,
     distances: Tensor | None = None,
     legend: bool = True,
+    contrast: EpisodeContrastRows | None = None,
 ) -> Tensor:
     """One row per probe: probe | reference (framed) | maps on the probe | maps on the reference.
 
@@ -164,6 +169,8 @@ def probe_grid(
         probe_labels, reference_labels: ``[P]`` identity / class texts under the images.
         distances: ``[P]`` probe-to-reference distances, under the reference.
         legend: draw the one-line legend (:func:`legend_line`) at the bottom.
+        contrast: few-shot: a row under each misclassified query, why its class beat the true class
+            (:class:`cama.viz.episode_contrast.EpisodeContrastRows`), or None.
 
     Returns:
         ``uint8`` ``[3, H', W']``.
@@ -202,11 +209,15 @@ def probe_grid(
     else:
         headers = [*names, *labels, *labels]
         groups = [(2 + i * num_maps, 2 + (i + 1) * num_maps, f"maps on the {name}") for i, name in enumerate(names)]
+    boxes = probe_boxes is not None or reference_boxes is not None
+    text = legend_line(matches is not None, boxes, distances is not None)
+    row_labels: list[str] = []
+    if contrast is not None:
+        tiles, captions, row_labels = contrast.insert(tiles, captions, probes, alpha, colormap, scale)
+        text = f"{text} · {contrast.legend}"
     return sheet(
         tiles, scale, headers=headers, groups=groups, captions=captions, title=title,
-        gaps_after=[1, 1 + num_maps], colormap=colormap,
-        legend=legend_line(matches is not None, probe_boxes is not None or reference_boxes is not None,
-                           distances is not None) if legend else "",
+        gaps_after=[1, 1 + num_maps], colormap=colormap, row_labels=row_labels, legend=text if legend else "",
     )
 
 
