@@ -16,11 +16,11 @@ row *why rank r beat the true match*: the map of ``s(q, g-) - s(q, g+)`` on the 
 and the true match (:mod:`cama.explain.contrastive`; for RAM three maps of features already
 computed, for a gradient method three more backward passes). Maps over training
 (``over_training_epochs``, :mod:`callbacks.maps_over_training`): every method's summed map of each
-probe is compared with the previous drawn epoch's, ``maps_drift/<method>/spearman`` (Spearman rank
-correlation, averaged over the probes), and ``explanations/over_training`` shows the first probe's
-maps across the kept epochs (from the second drawn epoch on). Every
-picture explains itself (:mod:`cama.viz.pictures`): a title ``epoch <e> · val · <method>``, column
-headers, the identity (re-ID) or class (retrieval) and the distance under the images, a colour bar;
+probe, against the probe's fixed reference (its first), is compared with the previous drawn
+epoch's, ``maps_drift/<method>/spearman`` (Spearman rank correlation, averaged over the probes),
+and ``explanations/over_training`` shows the first probe's maps across the kept epochs (from the
+second drawn epoch on). Every picture explains itself (:mod:`cama.viz.pictures`): a title
+``epoch <e> · val · <method>``, column headers, the identity (re-ID) or class (retrieval) and the distance under the images, a colour bar;
 once per run ``explanations/README`` (TensorBoard text) says what each tag shows.
 
 What each map is against its reference (per branch and summed) is documented in
@@ -63,7 +63,7 @@ from callbacks.base import (
     load_joint_state,
 )
 from callbacks.image_sink import ImageSink, logging_step
-from callbacks.maps_over_training import MapsOverTraining
+from callbacks.maps_over_training import MapsOverTraining, against_fixed_references
 from callbacks.score_logging import ScoreLogger
 from cama.map_scoring import complete_features
 from cama.metrics.distances import pairwise_distance
@@ -206,12 +206,19 @@ class ExplanationImages(Callback):
         provider, gallery = inputs
         sink = ImageSink.from_trainer(trainer, save_png=self.save_png, folder=self.tag_prefix)  # may broadcast
         probes = self.probes.choose(provider, self.warnings.warn)
+        drift: dict[str, Tensor] = {}
         if trainer.is_global_zero and probes:
             forward_threads = torch.get_num_threads()  # the gallery images' forward is a batch of images
             with cpu_threads(self.cpu_threads, pl_module.device):
-                self.last_written = self._render(
+                self.last_written, drift = self._render(
                     trainer, pl_module, provider, gallery, sink, probes, captured, forward_threads
                 )
+        if self.over_training is not None:
+            # The drift comes from rank zero's maps alone. Its scores go to every process, which logs them
+            # as the other callbacks log theirs: the same value on every rank, sync_dist=False (nothing
+            # to reduce), so every rank's callback_metrics hold them (a monitor sees them on every rank).
+            drift = trainer.strategy.broadcast(drift, src=0)
+            self.drift_logger.log(trainer, pl_module, {k: v.to(pl_module.device) for k, v in drift.items()})
 
     # ------------------------------------------------------------------ rank-zero image work
     @torch.no_grad()
@@ -225,8 +232,9 @@ class ExplanationImages(Callback):
         probes: list[int],
         captured: dict[int, Any],
         forward_threads: int | None = None,
-    ) -> list[str]:
-        """Draw this epoch's pictures and hand them to ``sink``; the paths of the PNGs written."""
+    ) -> tuple[list[str], dict[str, Tensor]]:
+        """Draw this epoch's pictures and hand them to ``sink``; the paths of the PNGs written and the
+        maps' drift (:meth:`MapsOverTraining.update`, on the CPU; empty without maps over training)."""
         device = pl_module.device
         dataset = self.probes.dataset
         shows = trainer.datamodule
@@ -240,10 +248,14 @@ class ExplanationImages(Callback):
             explainer, provider, gallery.to(device), probes, captured, captions, device, trainer.datamodule
         )
         if shown is None:
-            return []
+            return [], {}
         lists = self._ranking_lists(provider, gallery, shown, kept, references, matches)
-        # one forward for every gallery image shown: references and ranking lists
-        needed = sorted({int(r) for r in references[:, 0].tolist()} | {i for row, _, _ in lists for i in row})
+        current = [int(r) for r in references[:, 0].tolist()]
+        history = self.over_training
+        fixed = history.fixed_references(kept, current) if history is not None else []
+        # one forward for every gallery image shown or explained against: references, ranking lists and
+        # the fixed references of maps over training
+        needed = sorted(set(current) | {i for row, _, _ in lists for i in row} | set(fixed))
         batch = load_items(dataset, needed, device)
         with cpu_threads(forward_threads, device):
             features = explainer.features(batch["image"])
@@ -252,7 +264,7 @@ class ExplanationImages(Callback):
         position = {index: j for j, index in enumerate(needed)}
         step, epoch = logging_step(trainer), trainer.current_epoch
         self.readme.write(sink, "README", self.readme_text(provider), step, self.tag_prefix)
-        shown_references = shown_gallery.select([position[int(r)] for r in references[:, 0].tolist()])
+        shown_references = shown_gallery.select([position[r] for r in current])
         distances = pairwise_distance(
             shown.features.embedding, shown_references.features.embedding, gallery.distance
         ).diagonal()
@@ -266,12 +278,14 @@ class ExplanationImages(Callback):
             )
             written += sink.write(method, picture, step, epoch, prefix=self.tag_prefix)
             summed[method] = maps[0][:, -1]
-        if self.over_training is not None:
-            scores = self.over_training.update(epoch, kept, summed)
-            self.drift_logger.log(trainer, pl_module, {k: v.to(device) for k, v in scores.items()})
+        drift: dict[str, Tensor] = {}
+        if history is not None:
+            against = shown_gallery.features.select([position[r] for r in fixed]).embedding
+            summed = against_fixed_references(explainer, summed, shown.features, current, fixed, against)
+            drift = history.update(epoch, kept, summed)
             subject = shown.labels[0] if shown.labels else ""
             title = picture_title("maps over training", epoch, subject=subject)
-            strip = self.over_training.picture(shown.pictures[0], self.alpha, self.colormap, title)
+            strip = history.picture(shown.pictures[0], self.alpha, self.colormap, title)
             if strip is not None:
                 written += sink.write("over_training", strip, step, epoch, prefix=self.tag_prefix)
         for j, (indices, flags, ranks) in enumerate(lists):
@@ -285,7 +299,7 @@ class ExplanationImages(Callback):
                 self.contrastive, ranks,
             )
             written += sink.write(f"ranking/query_{j}", picture, step, epoch, prefix=self.tag_prefix)
-        return written
+        return written, drift
 
     def _ranking_lists(
         self, provider: Any, gallery: EmbeddingSet, shown: Shown, kept: list[int], references: Tensor,
@@ -361,7 +375,8 @@ class ExplanationImages(Callback):
                 f"**{self.tag_prefix}/over_training** (from the second epoch drawn): "
                 + epoch_strip_legend(self.over_training.max_epochs)
                 + " The scalars `maps_drift/<method>/spearman`: the Spearman rank correlation of each "
-                "probe's summed map with the previous drawn epoch's, averaged over the probes."
+                "probe's summed map (against its first reference, kept) with the previous drawn epoch's, "
+                "averaged over the probes."
             )
         text.append(
             "Each picture's title gives the epoch; its step is the step of the epoch's scalars (`val/*`)."

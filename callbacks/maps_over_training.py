@@ -2,9 +2,16 @@
 
 :class:`MapsOverTraining` is a collaborator of :class:`callbacks.explanation_images.ExplanationImages`
 (``over_training_epochs``). Each epoch the callback draws, it hands over every method's summed map
-of its fixed probes (on the probe, against the probe's reference of that epoch: the maps of the
-probe grid, in ``[0, 1]`` at image size). They are shrunk to at most ``size`` pixels on the long side
-(area averaging), then:
+of its fixed probes on the probe, in ``[0, 1]`` at image size, each against the probe's **fixed
+reference**: the probe's reference (:mod:`cama.references`: its top-ranked gallery image for re-ID,
+its nearest other image for retrieval) at the first drawing epoch that scores the probe, kept by its
+dataset index (:meth:`MapsOverTraining.fixed_references`, in the state) and embedded by the current
+model each epoch. The probe grid's reference may change from epoch to epoch; the fixed one does not,
+so the drift measures the model's explanation of one pair moving, not a new pair being explained.
+The maps that need no reference (:data:`cama.viz.methods.REFERENCE_FREE_METHODS`: RAM's ``R_q^q``,
+the CAM of the predicted class, EigenCAM) are the grid's; the others are the grid's where the
+epoch's reference is the fixed one and :func:`against_fixed_references` where it is not. They are
+shrunk to at most ``size`` pixels on the long side (area averaging), then:
 
 * compared with the previous drawing epoch's maps of the same probes: the Spearman rank correlation
   of each probe's two maps (:func:`cama.explain.spearman_correlation`, the similarity of maps of
@@ -16,10 +23,11 @@ probe grid, in ``[0, 1]`` at image size). They are shrunk to at most ``size`` pi
   the kept epoch whose removal leaves the smallest gap between its neighbours goes, so the columns
   thin out evenly over the whole run.
 
-The state (:meth:`state_dict`, inside the callback's) holds the previous maps of the probes with
-their dataset indices and the strip's epochs and maps, float32 on the CPU (4 probes, 3 methods, 12
-epochs at 32 x 16: about 100 KB), so a resumed run goes on comparing. Nothing is kept before the
-first drawing epoch: the state is then empty.
+The state (:meth:`state_dict`, inside the callback's) holds the probes' fixed references, the
+previous maps of the probes with their dataset indices and the strip's epochs and maps, float32 on
+the CPU (4 probes, 3 methods, 12 epochs at 32 x 16: about 100 KB), so a resumed run goes on comparing
+against the same references. Nothing is kept before the first drawing epoch: the state is then empty.
+A checkpoint written before the fixed references were kept fixes them at its next drawing epoch.
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cama.explain import spearman_correlation
+from cama.viz import Features, ModelExplainer, ProbeAgainst
 from cama.viz.epoch_strip import epoch_strip
+from cama.viz.methods import REFERENCE_FREE_METHODS
 
-__all__ = ["MapsOverTraining", "shrink_maps", "thinned_position"]
+__all__ = ["MapsOverTraining", "against_fixed_references", "shrink_maps", "thinned_position"]
 
 
 def shrink_maps(maps: Tensor, size: int) -> Tensor:
@@ -56,6 +66,44 @@ def thinned_position(epochs: Sequence[int]) -> int:
         raise ValueError(f"need at least 3 epochs to thin, got {list(epochs)}")
     gaps = [epochs[i + 1] - epochs[i - 1] for i in range(1, len(epochs) - 1)]
     return 1 + gaps.index(min(gaps))
+
+
+@torch.no_grad()
+def against_fixed_references(
+    explainer: ModelExplainer,
+    maps: Mapping[str, Tensor],
+    probes: Features,
+    current: Sequence[int],
+    fixed: Sequence[int],
+    fixed_embedding: Tensor,
+) -> dict[str, Tensor]:
+    """Each method's summed maps ``[P, H, W]`` of ``probes`` against their fixed references (module
+    docstring), from ``maps`` (the same, against this epoch's references ``current``: dataset indices).
+
+    ``fixed`` are the fixed references' dataset indices, ``fixed_embedding`` ``[P, D]`` their
+    embeddings under the current model. A probe whose reference is the fixed one, and every probe of a
+    :data:`~cama.viz.methods.REFERENCE_FREE_METHODS` method, keeps its map of ``maps``; the others'
+    maps are computed again against ``fixed_embedding`` (one :meth:`ModelExplainer.explain` per method,
+    the summed map only).
+    """
+    if not len(current) == len(fixed) == fixed_embedding.shape[0] == probes.embedding.shape[0]:
+        raise ValueError(
+            f"need one reference per probe: {probes.embedding.shape[0]} probes, {len(current)} current, "
+            f"{len(fixed)} fixed references, {fixed_embedding.shape[0]} embeddings"
+        )
+    changed = [row for row, (now, kept) in enumerate(zip(current, fixed)) if int(now) != int(kept)]
+    if not changed:
+        return dict(maps)
+    rows = torch.tensor(changed, device=fixed_embedding.device)
+    subset, target = probes.select(rows), ProbeAgainst(fixed_embedding[rows])
+    out: dict[str, Tensor] = {}
+    for method, summed in maps.items():
+        if method not in REFERENCE_FREE_METHODS:
+            summed = summed.clone()
+            again = explainer.explain(method, subset, target, branches=False)[:, 0]
+            summed[rows.to(summed.device)] = again.to(summed.dtype)
+        out[method] = summed
+    return out
 
 
 class MapsOverTraining:
@@ -80,6 +128,16 @@ class MapsOverTraining:
         self.epochs: list[int] = []  # the strip's epochs
         self.strip: dict[str, Tensor] = {}  # method -> [T, h, w], the first probe's
         self.strip_index: int | None = None  # the strip's probe
+        self.references: dict[int, int] = {}  # probe -> its fixed reference (dataset indices)
+
+    def fixed_references(self, indices: Sequence[int], current: Sequence[int]) -> list[int]:
+        """The fixed references of the probes ``indices`` (dataset indices): the one kept for each
+        probe, else its reference of this epoch, ``current``, which is then kept."""
+        if len(indices) != len(current):
+            raise ValueError(f"need one current reference per probe: {len(indices)} probes, {len(current)}")
+        for probe, reference in zip(indices, current):
+            self.references.setdefault(int(probe), int(reference))
+        return [self.references[int(probe)] for probe in indices]
 
     def update(self, epoch: int, indices: Sequence[int], maps: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Take this epoch's maps ``{method: [P, H, W]}`` of the probes ``indices``; the correlations with
@@ -132,11 +190,11 @@ class MapsOverTraining:
         return epoch_strip(probe, maps, methods, self.epochs, alpha, colormap, title=title)
 
     def state_dict(self) -> dict[str, Any]:
-        if not self.previous:
+        if not self.previous and not self.references:
             return {}
         return {self.STATE_KEY: {
             "indices": list(self.indices), "previous": dict(self.previous), "epochs": list(self.epochs),
-            "strip": dict(self.strip), "strip_index": self.strip_index,
+            "strip": dict(self.strip), "strip_index": self.strip_index, "references": dict(self.references),
         }}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -149,3 +207,4 @@ class MapsOverTraining:
         self.strip = {m: v.float().cpu() for m, v in stored["strip"].items()}
         index = stored.get("strip_index")
         self.strip_index = None if index is None else int(index)
+        self.references = {int(p): int(r) for p, r in stored.get("references", {}).items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -316,6 +317,32 @@ def test_reference_maps_random_is_seeded_and_the_centre_prior_grows_centred_boxe
     first_four = {(int(i) // 4, int(i) % 4) for i in order[:4]}
     assert first_four == {(2, 1), (2, 2), (3, 1), (3, 2)}  # the centre box comes first
 
+
+def test_each_place_draws_its_own_random_map_and_noise_alone_or_among_many():
+    """A place's draws are those of its own generator, seeded with (seed, place): the same drawn alone
+    or with others, and a call draws only its places (a budget far too large to draw whole)."""
+    options = CurveOptions(samples=8, baseline="noisy_linear", seed=3)
+    grid, shape = (4, 2), (3, 8, 4)
+    every_map, every_noise = options.draws(torch.arange(8), grid, shape, "cpu")
+    alone_map, alone_noise = options.draws(torch.tensor([5]), grid, shape, "cpu")
+    assert torch.equal(alone_map[0], every_map[5]) and torch.equal(alone_noise[0], every_noise[5])
+    mixed_map, _ = options.draws(torch.tensor([7, 5, 0]), grid, shape, "cpu")
+    assert torch.equal(mixed_map, every_map[[7, 5, 0]])
+    assert not torch.equal(every_map[0], every_map[1])  # each place its own stream
+    for place in (0, 5):  # the draws written out: the map first, then the noise, from one generator
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence(3, spawn_key=(place,)).generate_state(1, np.uint64)[0]))
+        assert torch.equal(every_map[place], torch.rand(*grid, generator=generator))
+        assert torch.equal(every_noise[place], torch.randn(*shape, generator=generator))
+    blur = CurveOptions(samples=8, baseline="blur", seed=3)
+    blurred, none = blur.draws(torch.tensor([5]), grid, shape, "cpu")
+    assert torch.equal(blurred[0], every_map[5]) and none is None  # the map does not depend on the baseline
+    huge = CurveOptions(samples=2**62, seed=3)  # drawing the whole budget would not fit in any memory
+    assert torch.equal(huge.draws(torch.tensor([5]), grid, shape, "cpu")[0][0], every_map[5])
+    with pytest.raises(ValueError, match=r"places must be in \[0, 8\)"):
+        options.draws(torch.tensor([8]), grid, shape, "cpu")
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        CurveOptions(seed=-1)
 
 # ------------------------------------------------------------------------------------ bad input
 def test_bad_steps_baselines_and_shapes_are_named():

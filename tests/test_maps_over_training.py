@@ -1,6 +1,7 @@
 """Maps over training (``callbacks.maps_over_training``, held by ``ExplanationImages``): the logged
 correlation against SciPy's Spearman correlation of the stored maps, the state through a checkpoint
-file, the strip bounded and thinned evenly, and the callback end to end on a tiny synthetic set."""
+file, the strip bounded and thinned evenly, and the callback end to end on a tiny synthetic set: the
+maps are against each probe's fixed reference, so a new top-ranked reference moves no map."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from scipy.stats import spearmanr
 
+from callbacks.base import load_items
 from callbacks.explanation_images import ExplanationImages
 from callbacks.maps_over_training import MapsOverTraining, shrink_maps, thinned_position
 from cama.models import CAMA
+from cama.viz import ModelExplainer
 from datamodules import ReIDDataModule
+from datamodules.reid_datasets import QueryGalleryDataset
 from tests.test_callbacks import TINY_DATA
 
 
@@ -131,3 +135,63 @@ def test_explanation_images_log_the_drift_and_draw_the_strip_from_the_second_epo
     assert torch.equal(restored.over_training.previous["ram"], now["previous"]["ram"])
     off = ExplanationImages(methods=["ram"], num_probes=2, num_ranking_queries=0, over_training_epochs=0)
     assert off.over_training is None and off.state_dict() == {"validation_epochs": 0, "probe_indices": []}
+
+
+class CopiedImage(QueryGalleryDataset):
+    """The query + gallery of ``dataset``, item ``target``'s image replaced by item ``source``'s."""
+
+    def __init__(self, dataset: QueryGalleryDataset, source: int, target: int) -> None:
+        super().__init__(dataset.query, dataset.gallery)
+        self.source, self.target = source, target
+
+    def __getitem__(self, item):
+        out = super().__getitem__(item)
+        if int(out["index"]) == self.target:
+            out["image"] = super().__getitem__(self.source)["image"]
+        return out
+
+
+def test_a_new_top_ranked_reference_moves_no_map_the_fixed_one_is_kept_and_survives_a_resume(tmp_path):
+    datamodule = ReIDDataModule(**TINY_DATA)
+    datamodule.setup("fit")
+    torch.manual_seed(0)
+    model = CAMA(num_classes=datamodule.num_classes, backbone="resnet10", num_branches=2).eval()
+    callback = ExplanationImages(methods=["ram", "dist_cam"], num_probes=2, num_ranking_queries=0)
+
+    def validate() -> pl.Trainer:
+        trainer = pl.Trainer(accelerator="cpu", logger=CSVLogger(tmp_path, name="csv"), callbacks=[callback],
+                             enable_progress_bar=False, enable_model_summary=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+        return trainer
+
+    validate()
+    history = callback.over_training
+    first = copy.deepcopy(history.state_dict()["maps_over_training"])
+    probe = history.indices[0]  # the strip's probe
+    fixed = history.references[probe]
+    dataset = datamodule.val_dataset
+    # a gallery image of another identity (never excluded) becomes the probe itself: distance 0, ranked first
+    target = next(i for i in range(dataset.num_query, len(dataset))
+                  if dataset.pids[i] != dataset.pids[probe] and i != fixed)
+    datamodule.val_dataset = CopiedImage(dataset, probe, target)
+    second = validate()  # the same model: only the probe's top-ranked reference changed
+    images = load_items(datamodule.val_dataset, [probe, target, fixed])["image"]
+    embedding = ModelExplainer(model).features(images).embedding
+    distance = (embedding[1:] - embedding[0]).norm(dim=1)
+    assert distance[0] == 0 < distance[1]  # the premise: the copy now ranks before the fixed reference
+    assert history.references == first["references"] and history.references[probe] == fixed
+    now = history.state_dict()["maps_over_training"]
+    for method in ("ram", "dist_cam"):
+        assert torch.equal(now["previous"][method], first["previous"][method])  # the very same maps
+        assert torch.equal(now["strip"][method][0], now["strip"][method][1])
+        assert float(second.callback_metrics[f"maps_drift/{method}/spearman"]) == pytest.approx(1.0, abs=1e-6)
+    path = tmp_path / "state.pt"
+    torch.save(callback.state_dict(), path)
+    restored = ExplanationImages(methods=["ram", "dist_cam"], num_probes=2, num_ranking_queries=0)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    assert restored.over_training.references == history.references
+    kept = list(history.indices)
+    assert restored.over_training.fixed_references(kept, [target] * len(kept)) == [
+        history.references[i] for i in kept]  # a resumed run explains against the same references

@@ -5,8 +5,9 @@ random map's and a centred prior's: what :class:`~cama.map_scoring.ProbeScorer` 
 * :class:`CurveOptions` -- the budget (the first ``samples`` probes of an epoch, ``steps`` steps) and
   the baseline, with its cost in images scored;
 * :meth:`CurveOptions.draws` -- the random maps and the noise fields of the probes at given places of
-  the probe list, drawn from generators seeded with ``seed`` for the whole budget, so that a probe
-  gets the same draws whichever process, chunk or epoch scores it;
+  the probe list, each place's from a generator of its own seeded with ``(seed, place)``
+  (:meth:`CurveOptions.generator`), so that a probe gets the same draws whichever process, chunk or
+  epoch scores it and whichever places are drawn with it, and a call draws only the places it is given;
 * :func:`ranking_scores` -- the scores of a ranking probe: the cosine similarity to its reference,
   and the AP and the reciprocal rank ``1 / r`` of its first true match over the whole gallery
   (:func:`cama.metrics.ranking.ranked_matches`, the ranking of :func:`cama.metrics.evaluate_rank`),
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,7 +45,8 @@ class CurveOptions:
             queries).
         steps: the curves' steps; 0 turns the curves off.
         baseline: what replaces a removed pixel (:data:`cama.metrics.imputation.BASELINES`).
-        seed: of the random maps and of the noisy linear imputation's noise.
+        seed: of the random maps and of the noisy linear imputation's noise (>= 0; each place's
+            generator is seeded with ``(seed, place)``, :meth:`generator`).
         batch_size: perturbed images per forward.
     """
 
@@ -61,6 +64,8 @@ class CurveOptions:
         if self.steps:
             check_steps(self.steps)
         check_baseline(self.baseline)
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -77,19 +82,35 @@ class CurveOptions:
         its intact score known: the fully removed image, and ``2 (steps - 1)`` per map."""
         return 1 + 2 * maps * (self.steps - 1) if self.active else 0
 
+    def generator(self, place: int) -> torch.Generator:
+        """The generator of the probe at ``place``: seeded with ``(seed, place)`` (NumPy's
+        ``SeedSequence(seed, spawn_key=(place,))``, one independent stream per place)."""
+        state = np.random.SeedSequence(self.seed, spawn_key=(int(place),)).generate_state(1, np.uint64)
+        return torch.Generator().manual_seed(int(state[0]))
+
     def draws(
         self, places: Tensor, grid: Sequence[int], image_shape: Sequence[int], device: torch.device | str
     ) -> tuple[Tensor, Tensor | None]:
         """The random maps ``[P, h, w]`` (at the methods' map resolution ``grid``) and the noise fields
-        ``[P, C, H, W]`` of the probes at ``places`` (``< samples``), on ``device``; the noise only for
-        ``"noisy_linear"``, the one baseline that uses it (None otherwise)."""
+        ``[P, C, H, W]`` of the probes at ``places`` (``0 <= place < samples``), on ``device``; the noise
+        only for ``"noisy_linear"``, the one baseline that uses it (None otherwise).
+
+        Each place draws from its own :meth:`generator`, its random map first, then its noise field:
+        a place's draws are the same drawn alone or among others, every epoch, and a call draws only
+        the ``P`` places it is given (not the whole budget: ``explain.py``'s curves of ``n`` queries,
+        scored in chunks, draw ``n`` maps, not ``n`` per chunk). These draws differ from those of the
+        earlier versions, which drew the whole budget from one generator seeded with ``seed``."""
         places = places.cpu().long()
-        maps = reference_maps("random", self.samples, grid, torch.Generator().manual_seed(self.seed))
-        if self.baseline != "noisy_linear":
-            return maps[places].to(device), None
-        generator = torch.Generator().manual_seed(self.seed + 1)
-        noise = torch.randn(self.samples, *image_shape, generator=generator)
-        return maps[places].to(device), noise[places].to(device)
+        if places.numel() and (int(places.min()) < 0 or int(places.max()) >= self.samples):
+            raise ValueError(f"places must be in [0, {self.samples}) (samples), got {places.tolist()}")
+        noisy = self.baseline == "noisy_linear"
+        maps, noise = [torch.empty(0, *grid)], [torch.empty(0, *image_shape)]
+        for place in places.tolist():  # one generator per place: a torch draw takes one generator
+            generator = self.generator(place)
+            maps.append(reference_maps("random", 1, grid, generator))
+            if noisy:
+                noise.append(torch.randn(1, *image_shape, generator=generator))
+        return torch.cat(maps).to(device), torch.cat(noise).to(device) if noisy else None
 
     def curves(
         self,
@@ -131,7 +152,10 @@ class CurveOptions:
         score: Callable[[Tensor, Tensor], Tensor],
         intact: Tensor,
     ) -> None:
-        """:meth:`curves` into ``scores`` (``update_curves`` of each map)."""
+        """:meth:`curves` into ``scores`` (``update_curves`` of each map): the scorers' call
+        (:class:`~cama.map_scoring.ProbeScorer`, :class:`~cama.map_scoring.EpisodeScorer`), while
+        ``explain.py`` keeps the curves themselves. The parameters after ``scores`` are :meth:`curves`'
+        spelled out rather than ``*args``, so that a call is checked against their names and types."""
         names, deletion, insertion = self.curves(images, maps, places, grid, score, intact)
         for j, name in enumerate(names):
             scores.update_curves(name, deletion[:, j], insertion[:, j])

@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any
 
 from cama.explain import CAM_METHODS, GRADIENT_FREE_METHODS
+from cama.viz.targets import OWN_EMBEDDING_METHODS
 
 __all__ = [
     "CLASS_METHODS",
@@ -40,6 +41,7 @@ __all__ = [
     "LAYER_METHODS",
     "METHODS",
     "PAPER_FORWARD_METHODS",
+    "REFERENCE_FREE_METHODS",
     "VARIANTS",
     "check_map_options",
     "check_methods",
@@ -62,6 +64,9 @@ METHODS: tuple[str, ...] = FORWARD_METHODS + LAYER_METHODS
 #: the methods with no contrastive map: ``cam`` explains a predicted class, not a similarity to a
 #: reference; ``eigencam`` explains no target at all (the first principal component of the activations)
 CLASS_METHODS: tuple[str, ...] = ("cam", "eigencam")
+#: the methods whose map of a probe does not depend on the probe's reference: RAM's ``R_q^q`` (against
+#: the probe's own embedding, :class:`cama.viz.targets.ProbeAgainst`) and the class methods
+REFERENCE_FREE_METHODS: tuple[str, ...] = (*OWN_EMBEDDING_METHODS, *CLASS_METHODS)
 
 _ALIASES = {
     "distcam": "dist_cam",
