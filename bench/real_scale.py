@@ -270,7 +270,8 @@ def format_report(runs: list[Run], trees: dict[str, TreeInfo], opts: argparse.Na
              f"Command: `{command}`", "",
              f"Host: {os.cpu_count()} CPU cores; 2048x2048 float32 matmul: {gflops[0]:.1f} GFLOP/s "
              f"(torch, {gflops[1]} thread(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}).",
-             f"Settings: CPU, pretrained null, {opts.validations} epoch(s) of {opts.train_steps} training steps "
+             f"Settings: CPU, pretrained null, {opts.validations} epoch(s) of {opts.train_steps} training "
+             f"steps "
              f"and a validation{', no test' if opts.no_test else ''}, re-ID input "
              f"{opts.reid_size[0]}x{opts.reid_size[1]}, few-shot / retrieval input "
              f"{opts.class_size}x{opts.class_size}, {opts.workers} loader workers, sanity check {sanity}; "
@@ -295,8 +296,9 @@ def format_report(runs: list[Run], trees: dict[str, TreeInfo], opts: argparse.Na
             f"| {r.config} | {status} | {r.wall_s:.0f} | {r.tree_peak / gb:.2f} / {r.proc_peak / gb:.2f} "
             f"| {' | '.join(hook_seconds(p, pattern) for pattern in TIMED_ACTIONS)} "
             f"| {callback_seconds(p)} | {callback_share(p)} | {len(r.fit_metrics)} / {len(r.test_metrics)} |")
-    lines += ["", f"In parentheses: the number of calls (validation: the sanity check's and the {opts.validations} "
-              "full one(s)). Callbacks / validation: the explanation callbacks' hooks over the validation steps "
+    lines += ["", "In parentheses: the number of calls (validation: the sanity check's and the "
+              f"{opts.validations} full one(s)). Callbacks / validation: the explanation callbacks' hooks "
+              "over the validation steps "
               "and rank evaluations, every validation of the run (the sanity check's too). "
               "Memory: the largest sum of PSS over train.py and its loader workers (sampled every 0.5 s), "
               "and the peak RSS of the largest single process (wait4).",
@@ -335,7 +337,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further train.py arguments (last)")
     opts = p.parse_args(argv)
     if opts.train_steps < 2:
-        p.error(f"--train-steps must be >= 2 (Lightning reads limit_train_batches=1 as the whole epoch), got {opts.train_steps}")
+        p.error(f"--train-steps must be >= 2 (Lightning reads limit_train_batches=1 as the whole epoch), "
+                f"got {opts.train_steps}")
     if opts.validations < 1:
         p.error(f"--validations must be >= 1, got {opts.validations}")
     return opts

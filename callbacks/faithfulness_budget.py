@@ -34,13 +34,16 @@ class FaithfulnessBudget:
 
     def __init__(self, budget: float | None) -> None:
         if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
-            raise ValueError(f"faithfulness_budget must be a number > 0, or None (every epoch), got {budget!r}")
+            raise ValueError(
+                f"faithfulness_budget must be a number > 0, or None (every epoch), got {budget!r}"
+            )
         self.budget = None if budget is None else float(budget)
         self.period = 0  # 0: not fixed yet (fixed at the first scored epoch)
         self.epochs = 0  # scored epochs counted
 
     def period_for(self, forwards: int, validation_images: int) -> int:
-        """The smallest period with ``forwards / period <= budget * validation_images`` (1 without a budget)."""
+        """The smallest period with ``forwards / period <= budget * validation_images`` (1 without a
+        budget)."""
         if self.budget is None or forwards <= 0:
             return 1
         return max(1, math.ceil(forwards / (self.budget * max(1, validation_images)) - 1e-9))
@@ -54,9 +57,11 @@ class FaithfulnessBudget:
             if self.period > 1 and say is not None:
                 share = forwards / max(1, validation_images)
                 say(
-                    f"AD / IC and the deletion / insertion curves cost {forwards} forwards of perturbed queries, "
+                    f"AD / IC and the deletion / insertion curves cost {forwards} forwards of perturbed "
+                    f"queries, "
                     f"{share:.0%} of this validation's {validation_images} images: they run once every "
-                    f"{self.period} scored epochs (the first included), {share / self.period:.1%} on average, "
+                    f"{self.period} scored epochs (the first included), {share / self.period:.1%} on "
+                    f"average, "
                     f"within faithfulness_budget={self.budget:g} (null: every epoch)"
                 )
         due = self.epochs % self.period == 0

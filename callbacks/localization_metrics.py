@@ -280,7 +280,8 @@ class LocalizationMetrics(Callback):
 
         # the validation's forwards: its queries and gallery, every process's (the same count on every rank)
         embedded = len(pl_module.evaluation_embeddings())  # type: ignore[attr-defined]
-        faithfulness = self.budget.due(self.scorer.perturbed_forwards(len(probes)), embedded, self.warnings.warn)
+        forwards = self.scorer.perturbed_forwards(len(probes))
+        faithfulness = self.budget.due(forwards, embedded, self.warnings.warn)
         scores = self.scorer.score(
             explainer, provider, gallery, probes, positions, dataset[probes[0]], captured, load, topk,
             self.batch_size, embed_masked, device, mean, std, faithfulness,

@@ -65,7 +65,8 @@ def test_the_callback_logs_ad_ic_and_curves_on_the_budget_s_epochs_under_its_own
     images = len(datamodule.eval_dataset)
     forwards = 2 * 2 + 1 * (1 + 2 * 4 * 1)  # AD / IC: 2 probes x 2 methods; curves: 1 probe, 4 maps, 2 steps
     callback = LocalizationMetrics(
-        methods=["ram", "fam"], num_samples=4, num_faithfulness_samples=2, deletion_samples=1, deletion_steps=2,
+        methods=["ram", "fam"], num_samples=4, num_faithfulness_samples=2, deletion_samples=1,
+        deletion_steps=2,
         prefix="mine", faithfulness_budget=forwards / images / 1.5,
     )
     assert callback.scorer.perturbed_forwards(4) == forwards
@@ -74,7 +75,10 @@ def test_the_callback_logs_ad_ic_and_curves_on_the_budget_s_epochs_under_its_own
         validate(model, datamodule, [callback], tmp_path)
         logged.append(set(callback.last_results))
     assert callback.budget.period == 2
-    faithful = {"mine/ram/ad", "mine/fam/ic", "mine/faith/ram/deletion_auc", "mine/faith/random/insertion_ap_auc"}
+    faithful = {
+        "mine/ram/ad", "mine/fam/ic", "mine/faith/ram/deletion_auc", "mine/faith/random/insertion_ap_auc"
+    }
     assert faithful <= logged[0] and faithful <= logged[2] and not faithful & logged[1]
-    assert logged[0] - logged[1] == {k for k in logged[0] if k.endswith(("/ad", "/ic", "_ci95")) or "/faith/" in k}
+    perturbed = {k for k in logged[0] if k.endswith(("/ad", "/ic", "_ci95")) or "/faith/" in k}
+    assert logged[0] - logged[1] == perturbed
     assert not any(k.startswith("faith/") for k in logged[0])

@@ -100,20 +100,29 @@ def test_the_strip_keeps_at_most_max_epochs_the_first_and_the_latest_thinned_eve
         MapsOverTraining(max_epochs=1)
 
 
-def test_explanation_images_log_the_drift_and_draw_the_strip_from_the_second_epoch(tmp_path):
+def tiny_setting() -> tuple[ReIDDataModule, CAMA, ExplanationImages]:
+    """The tiny re-ID data, an untrained two-branch CAMA and a drawing callback with maps over training."""
     datamodule = ReIDDataModule(**TINY_DATA)
     datamodule.setup("fit")
     torch.manual_seed(0)
     model = CAMA(num_classes=datamodule.num_classes, backbone="resnet10", num_branches=2).eval()
-    callback = ExplanationImages(methods=["ram", "dist_cam"], num_probes=2, num_ranking_queries=0)
+    return datamodule, model, ExplanationImages(methods=["ram", "dist_cam"], num_probes=2, num_ranking_queries=0)
+
+
+def validate_once(model: CAMA, datamodule: ReIDDataModule, callback: ExplanationImages, tmp_path) -> pl.Trainer:
+    trainer = pl.Trainer(accelerator="cpu", logger=CSVLogger(tmp_path, name="csv"), callbacks=[callback],
+                         enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    return trainer
+
+
+def test_explanation_images_log_the_drift_and_draw_the_strip_from_the_second_epoch(tmp_path):
+    datamodule, model, callback = tiny_setting()
 
     def validate() -> pl.Trainer:
-        trainer = pl.Trainer(accelerator="cpu", logger=CSVLogger(tmp_path, name="csv"), callbacks=[callback],
-                             enable_progress_bar=False, enable_model_summary=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.validate(model, datamodule=datamodule, verbose=False)
-        return trainer
+        return validate_once(model, datamodule, callback, tmp_path)
 
     first = validate()
     assert not any(k.startswith("maps_drift/") for k in first.callback_metrics)
@@ -152,19 +161,10 @@ class CopiedImage(QueryGalleryDataset):
 
 
 def test_a_new_top_ranked_reference_moves_no_map_the_fixed_one_is_kept_and_survives_a_resume(tmp_path):
-    datamodule = ReIDDataModule(**TINY_DATA)
-    datamodule.setup("fit")
-    torch.manual_seed(0)
-    model = CAMA(num_classes=datamodule.num_classes, backbone="resnet10", num_branches=2).eval()
-    callback = ExplanationImages(methods=["ram", "dist_cam"], num_probes=2, num_ranking_queries=0)
+    datamodule, model, callback = tiny_setting()
 
     def validate() -> pl.Trainer:
-        trainer = pl.Trainer(accelerator="cpu", logger=CSVLogger(tmp_path, name="csv"), callbacks=[callback],
-                             enable_progress_bar=False, enable_model_summary=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.validate(model, datamodule=datamodule, verbose=False)
-        return trainer
+        return validate_once(model, datamodule, callback, tmp_path)
 
     validate()
     history = callback.over_training

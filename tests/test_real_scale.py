@@ -157,7 +157,7 @@ def test_callback_share_is_the_explanation_hooks_over_the_validation_steps_and_r
         "[Strategy]SingleDeviceStrategy.test_step": (9, 99.0),  # not the validation
         "[Callback]LocalizationMetrics{'prefix': 'loc'}.on_validation_epoch_end": (2, 3.0),
         "[Callback]ExplanationImages{'tag_prefix': 'explanations'}.on_validation_batch_end": (8, 1.0),
-        "[Callback]ModelCheckpoint{'monitor': None}.on_validation_end": (2, 50.0),  # not an explanation callback
+        "[Callback]ModelCheckpoint{'monitor': None}.on_validation_end": (2, 50.0),  # not explaining
     }
     assert callback_share(profile) == "10.0%"  # (3 + 1) / (30 + 10)
     assert callback_share({}) == "-"
