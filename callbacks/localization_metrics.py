@@ -62,7 +62,8 @@ forwards with 64 AD / IC queries and three methods, 43% of ``cama_cuhk03.yaml``'
 of 743 images): ``faithfulness_budget`` (5%) runs them on the first scored epoch and then on every n-th,
 n the smallest that keeps them within that share of the validation's forwards on average
 (:class:`~callbacks.faithfulness_budget.FaithfulnessBudget`; the callback says n when it is above 1;
-9 for CUHK03, 5 for Market-1501's 1,368 images); the other scores run every scored epoch.
+5 for Market-1501's 1,368 images; ``cama_cuhk03.yaml``, 32 queries at 3%: 10); the other scores
+run every scored epoch.
 ``faithfulness_budget=None`` runs them every time (the synthetic configs do: their jobs are short).
 
 And: ``<prefix>/center_baseline/box_iou`` and ``box_acc`` (a centred box of the mean ground-truth
