@@ -31,7 +31,11 @@ maps, ``random`` and ``center_prior``, with the same class probability as the sc
 ``faith/<map>/deletion_auc``, ``faith/<map>/insertion_auc`` and their ``_ci95``
 (``callbacks/localization_metrics.py`` says more). They cost
 ``deletion_samples * (1 + 2 (M + 2) (deletion_steps - 1))`` forwards of perturbed queries for ``M``
-methods (200 with the defaults and two methods); ``deletion_steps=0`` turns them off. The baselines
+methods (200 with the defaults and two methods); ``deletion_steps=0`` turns them off. AD / IC and the
+curves (500 forwards with the defaults) run on the epochs ``faithfulness_budget`` (5%) allows: the first
+scored one and every n-th after, n the smallest that keeps them within that share of the validation's
+images on average (:class:`~callbacks.faithfulness_budget.FaithfulnessBudget`; the validation's images:
+its data set's, each embedded once per epoch); the other scores run every scored epoch. The baselines
 ``<prefix>/center_baseline/box_iou``, ``box_acc`` (centred box of the mean ground-truth size),
 ``<prefix>/uniform_baseline/energy`` and the thresholds ``max_box_acc_tau`` are constants: they go
 to ``trainer.callback_metrics`` and, as text, to TensorBoard
@@ -57,7 +61,7 @@ episodes of its share. The sanity-check epoch is skipped.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import lightning.pytorch as pl
@@ -72,6 +76,7 @@ from callbacks.base import (
     OnceWarnings,
     cpu_threads,
 )
+from callbacks.faithfulness_budget import FaithfulnessBudget
 from callbacks.image_sink import ImageSink, logging_step
 from callbacks.score_logging import ScoreLogger
 from cama.map_scoring import CurveOptions, EpisodeScorer
@@ -94,6 +99,15 @@ from cama.viz.episodes import (
 )
 
 __all__ = ["FewShotExplanations"]
+
+
+def validation_images(trainer: pl.Trainer) -> int:
+    """The images of the validation's data sets (each embedded once per epoch by an episodic model's
+    evaluation cache); 0 when a loader's data set has no length."""
+    loaders = trainer.val_dataloaders
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    sizes = [len(loader.dataset) if isinstance(getattr(loader, "dataset", None), Sized) else 0 for loader in loaders]
+    return 0 if not sizes or 0 in sizes else sum(sizes)
 
 
 class FewShotExplanations(Callback):
@@ -124,6 +138,8 @@ class FewShotExplanations(Callback):
             episodes (per process under DDP; 0: off).
         deletion_steps: the curves' steps (0: off).
         deletion_baseline: what replaces a removed pixel: ``blur``, ``mean``, ``noisy_linear`` (ROAD).
+        faithfulness_budget: the largest average share of the validation's images that AD / IC and the
+            curves may cost in forwards (module docstring); None: every scored epoch.
         seed: of the curves' random maps and of the imputation's noise.
         contrastive: the row *why class c- beat the true class* under each misclassified query of the
             pictures (module docstring).
@@ -153,6 +169,7 @@ class FewShotExplanations(Callback):
         deletion_samples: int = 8,
         deletion_steps: int = 4,
         deletion_baseline: str = "blur",
+        faithfulness_budget: float | None = 0.05,
         seed: int = 0,
         contrastive: bool = True,
     ) -> None:
@@ -183,6 +200,7 @@ class FewShotExplanations(Callback):
         self.cpu_threads = cpu_threads
         self.contrastive = bool(contrastive)
         self.schedule = EpochSchedule(every_n_epochs)
+        self.budget = FaithfulnessBudget(faithfulness_budget)
         self.score_logger = ScoreLogger(self.prefix)
         self.warnings = OnceWarnings(type(self).__name__)
         self.readme = OnceText()
@@ -198,10 +216,11 @@ class FewShotExplanations(Callback):
         return self._generate_state_key(prefix=self.prefix, tag_prefix=self.tag_prefix)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.schedule.state_dict()
+        return {**self.schedule.state_dict(), **self.budget.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state_dict)
+        self.budget.load_state_dict(state_dict)
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -214,7 +233,11 @@ class FewShotExplanations(Callback):
                 "LocalizationMetrics"
             )
             self._active = False
-        self.scorer.start_epoch()
+        faithfulness = True
+        images = validation_images(trainer)
+        if self._active and images:  # every rank counts the same epochs and sizes
+            faithfulness = self.budget.due(self.scorer.perturbed_forwards(), images, self.warnings.warn)
+        self.scorer.start_epoch(faithfulness)
 
     def on_validation_batch_end(
         self,

@@ -43,7 +43,9 @@ def test_the_state_keys_are_those_older_checkpoints_hold():
     assert SanityChecks().state_key == "SanityChecks{'prefix': 'sanity'}"
     assert ExplanationImages().state_key == "ExplanationImages{'tag_prefix': 'explanations'}"
     assert FewShotExplanations().state_key == "FewShotExplanations{'prefix': 'loc', 'tag_prefix': 'explanations'}"
-    assert FewShotExplanations().state_dict() == {"validation_epochs": 0}
+    assert FewShotExplanations().state_dict() == {
+        "validation_epochs": 0, "faithfulness_period": 0, "faithfulness_epochs": 0
+    }
 
 
 def test_a_schedule_of_zero_is_never_due_and_still_counts_the_epochs():

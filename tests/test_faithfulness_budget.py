@@ -82,3 +82,17 @@ def test_the_callback_logs_ad_ic_and_curves_on_the_budget_s_epochs_under_its_own
     perturbed = {k for k in logged[0] if k.endswith(("/ad", "/ic", "_ci95")) or "/faith/" in k}
     assert logged[0] - logged[1] == perturbed
     assert not any(k.startswith("faith/") for k in logged[0])
+
+
+def test_the_few_shot_scorer_skips_ad_ic_and_curves_off_budget_and_counts_them():
+    """``EpisodeScorer``: with ``faithfulness=False`` no masked forward and no AD / IC or curve logged; its
+    ``perturbed_forwards`` is the count the forwards written out give (150 x 2 + 8 x (1 + 2 x 4 x 3))."""
+    from cama.map_scoring import CurveOptions, EpisodeScorer
+
+    scorer = EpisodeScorer(["dist_cam", "fam"], 150, curves=CurveOptions(samples=8, steps=4))
+    assert scorer.perturbed_forwards() == 150 * 2 + 8 * (1 + 2 * 4 * 3) == 500
+    scorer.start_epoch(faithfulness=False)
+    assert scorer.faithfulness_left == 0 and scorer.curves_done == scorer.curves.samples
+    scorer.start_epoch()
+    assert scorer.faithfulness_left == 150 and scorer.curves_done == 0
+

@@ -126,7 +126,9 @@ def test_scores_and_pictures_of_queries_against_their_predicted_class(model, dat
     assert results["loc/uniform_baseline/energy"] == pytest.approx(float(share), abs=0.05)
     folder = Path(trainer.log_dir) / "explanations" / "epoch_000"
     assert sorted(p.name for p in folder.glob("*.png")) == ["dist_cam.png", "fam.png", "gradcam.png"]
-    assert callback.state_dict() == {"validation_epochs": 1}
+    # the period is fixed at the first scored epoch from the validation's images (each embedded once)
+    period = callback.budget.period_for(callback.scorer.perturbed_forwards(), len(datamodule.val_dataloader().dataset))
+    assert callback.state_dict() == {"validation_epochs": 1, "faithfulness_period": period, "faithfulness_epochs": 1}
 
 
 def test_misclassified_queries_get_a_row_why_their_class_beat_the_true_class(model, datamodule, tmp_path):
@@ -149,7 +151,9 @@ def test_misclassified_queries_get_a_row_why_their_class_beat_the_true_class(mod
 
 
 def test_same_probes_every_epoch_and_every_n_epochs(model, datamodule, tmp_path):
-    callback = FewShotExplanations(methods=["fam"], num_episodes=1, num_probes=2, every_n_epochs=2)
+    callback = FewShotExplanations(
+        methods=["fam"], num_episodes=1, num_probes=2, every_n_epochs=2, faithfulness_budget=None
+    )
     validate(model, datamodule, callback, tmp_path / "a")
     first = dict(callback.last_results)
     assert first
@@ -264,3 +268,24 @@ def test_model_and_data_module_eval_caches_may_differ_under_a_logger(datamodule,
     trainer = validate(model, datamodule, FewShotExplanations(num_episodes=1, num_probes=0), tmp_path)
     hparams = yaml.unsafe_load((Path(trainer.log_dir) / "hparams.yaml").read_text())  # tuples
     assert hparams["eval_cache"] is False  # the model's
+
+
+def test_ad_ic_and_curves_run_on_the_faithfulness_budget_s_epochs(model, datamodule, tmp_path):
+    """A budget the perturbed forwards exceed by 1.5 times the validation's images: AD / IC and the
+    curves on the 1st and 3rd of three validations, the other scores on all three."""
+    from callbacks.fewshot_explanations import validation_images
+
+    callback = FewShotExplanations(methods=["dist_cam"], num_episodes=1, num_probes=0, num_faithfulness_samples=4,
+                                   deletion_samples=1, deletion_steps=2)
+    images = len(datamodule.val_dataloader().dataset)
+    callback.budget = type(callback.budget)(callback.scorer.perturbed_forwards() / images / 1.5)
+    logged = []
+    for _ in range(3):
+        trainer = validate(model, datamodule, callback, tmp_path)
+        assert validation_images(trainer) == images
+        logged.append(set(callback.last_results))
+    assert callback.budget.period == 2 and logged[1]
+    perturbed = {k for k in logged[0] if k.endswith(("/ad", "/ic", "/ad_ci95", "/ic_ci95")) or k.startswith("faith/")}
+    assert {"faith/dist_cam/deletion_auc", "faith/random/insertion_auc"} <= perturbed
+    assert any(k.endswith("/ad") for k in perturbed) and perturbed <= logged[2] and not perturbed & logged[1]
+    assert logged[0] - perturbed == logged[1]

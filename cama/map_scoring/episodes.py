@@ -59,23 +59,34 @@ class EpisodeScorer:
         self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
         self.iou_threshold = float(iou_threshold)
         self.faithfulness_left = 0
+        self.faithfulness = True
         self.curves = curves if curves is not None else CurveOptions(samples=0)
         self.curves_done = 0
         self._scores: tuple[Any, MapScores] | None = None
 
-    def start_epoch(self) -> None:
-        """Forget the last epoch's scores; the AD / IC budget starts again."""
+    def perturbed_forwards(self) -> int:
+        """Forwards of perturbed queries AD / IC and the curves cost in an epoch (what
+        ``start_epoch(faithfulness=False)`` saves): one per method and AD / IC query, and
+        :meth:`CurveOptions.images_scored` per query with curves (the methods and the two reference maps)."""
+        methods = len(self.methods)
+        return self.num_faithfulness_samples * methods + self.curves.samples * self.curves.images_scored(methods + 2)
+
+    def start_epoch(self, faithfulness: bool = True) -> None:
+        """Forget the last epoch's scores; the AD / IC budget starts again (none this epoch, and no
+        curves, with ``faithfulness=False``: their metrics are then skipped by :meth:`compute`)."""
         if self._scores is not None:
             self._scores[1].reset()
-        self.faithfulness_left = self.num_faithfulness_samples
-        self.curves_done = 0
+        self.faithfulness = faithfulness
+        self.faithfulness_left = self.num_faithfulness_samples if faithfulness else 0
+        self.curves_done = 0 if faithfulness else self.curves.samples
 
     def compute(self, prefix: str) -> dict[str, Tensor]:
         """The epoch's scores as ``<prefix>/<method>/<name>`` (a collective under DDP: every process
         calls it), then reset; empty when nothing was scored."""
         if self._scores is None:
             return {}
-        results = self._scores[1].compute_named(prefix)
+        skip = () if self.faithfulness else ("faith", "curves")
+        results = self._scores[1].compute_named(prefix, skip)
         self._scores[1].reset()
         return results
 
