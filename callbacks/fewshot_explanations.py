@@ -106,7 +106,8 @@ def validation_images(trainer: pl.Trainer) -> int:
     evaluation cache); 0 when a loader's data set has no length."""
     loaders = trainer.val_dataloaders
     loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-    sizes = [len(loader.dataset) if isinstance(getattr(loader, "dataset", None), Sized) else 0 for loader in loaders]
+    datasets = [getattr(loader, "dataset", None) for loader in loaders]
+    sizes = [len(dataset) if isinstance(dataset, Sized) else 0 for dataset in datasets]
     return 0 if not sizes or 0 in sizes else sum(sizes)
 
 

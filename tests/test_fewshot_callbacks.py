@@ -127,8 +127,10 @@ def test_scores_and_pictures_of_queries_against_their_predicted_class(model, dat
     folder = Path(trainer.log_dir) / "explanations" / "epoch_000"
     assert sorted(p.name for p in folder.glob("*.png")) == ["dist_cam.png", "fam.png", "gradcam.png"]
     # the period is fixed at the first scored epoch from the validation's images (each embedded once)
-    period = callback.budget.period_for(callback.scorer.perturbed_forwards(), len(datamodule.val_dataloader().dataset))
-    assert callback.state_dict() == {"validation_epochs": 1, "faithfulness_period": period, "faithfulness_epochs": 1}
+    images = len(datamodule.val_dataloader().dataset)
+    period = callback.budget.period_for(callback.scorer.perturbed_forwards(), images)
+    budget = {"faithfulness_period": period, "faithfulness_epochs": 1}
+    assert callback.state_dict() == {"validation_epochs": 1, **budget}
 
 
 def test_misclassified_queries_get_a_row_why_their_class_beat_the_true_class(model, datamodule, tmp_path):
@@ -275,8 +277,8 @@ def test_ad_ic_and_curves_run_on_the_faithfulness_budget_s_epochs(model, datamod
     curves on the 1st and 3rd of three validations, the other scores on all three."""
     from callbacks.fewshot_explanations import validation_images
 
-    callback = FewShotExplanations(methods=["dist_cam"], num_episodes=1, num_probes=0, num_faithfulness_samples=4,
-                                   deletion_samples=1, deletion_steps=2)
+    callback = FewShotExplanations(methods=["dist_cam"], num_episodes=1, num_probes=0,
+                                   num_faithfulness_samples=4, deletion_samples=1, deletion_steps=2)
     images = len(datamodule.val_dataloader().dataset)
     callback.budget = type(callback.budget)(callback.scorer.perturbed_forwards() / images / 1.5)
     logged = []
@@ -285,7 +287,8 @@ def test_ad_ic_and_curves_run_on_the_faithfulness_budget_s_epochs(model, datamod
         assert validation_images(trainer) == images
         logged.append(set(callback.last_results))
     assert callback.budget.period == 2 and logged[1]
-    perturbed = {k for k in logged[0] if k.endswith(("/ad", "/ic", "/ad_ci95", "/ic_ci95")) or k.startswith("faith/")}
+    ends = ("/ad", "/ic", "/ad_ci95", "/ic_ci95")
+    perturbed = {k for k in logged[0] if k.endswith(ends) or k.startswith("faith/")}
     assert {"faith/dist_cam/deletion_auc", "faith/random/insertion_auc"} <= perturbed
     assert any(k.endswith("/ad") for k in perturbed) and perturbed <= logged[2] and not perturbed & logged[1]
     assert logged[0] - perturbed == logged[1]

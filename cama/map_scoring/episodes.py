@@ -69,7 +69,8 @@ class EpisodeScorer:
         ``start_epoch(faithfulness=False)`` saves): one per method and AD / IC query, and
         :meth:`CurveOptions.images_scored` per query with curves (the methods and the two reference maps)."""
         methods = len(self.methods)
-        return self.num_faithfulness_samples * methods + self.curves.samples * self.curves.images_scored(methods + 2)
+        curves = self.curves.samples * self.curves.images_scored(methods + 2)
+        return self.num_faithfulness_samples * methods + curves
 
     def start_epoch(self, faithfulness: bool = True) -> None:
         """Forget the last epoch's scores; the AD / IC budget starts again (none this epoch, and no
