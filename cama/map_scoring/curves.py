@@ -27,7 +27,6 @@ from torch import Tensor
 from cama.metrics.deletion import REFERENCE_MAPS, check_steps, perturbation_curves, reference_maps
 from cama.metrics.distances import pairwise_distance
 from cama.metrics.imputation import check_baseline
-from cama.metrics.map_scores import MapScores
 from cama.metrics.ranking import EmbeddingSet, ranked_matches
 
 __all__ = ["RANKING_SCORES", "CurveOptions", "ranking_scores"]
@@ -141,24 +140,6 @@ class CurveOptions:
             self.batch_size, intact=intact, noise=noise,
         )
         return list(named), deletion, insertion
-
-    def score(
-        self,
-        scores: MapScores,
-        images: Tensor,
-        maps: dict[str, Tensor],
-        places: Tensor,
-        grid: Sequence[int],
-        score: Callable[[Tensor, Tensor], Tensor],
-        intact: Tensor,
-    ) -> None:
-        """:meth:`curves` into ``scores`` (``update_curves`` of each map): the scorers' call
-        (:class:`~cama.map_scoring.ProbeScorer`, :class:`~cama.map_scoring.EpisodeScorer`), while
-        ``explain.py`` keeps the curves themselves. The parameters after ``scores`` are :meth:`curves`'
-        spelled out rather than ``*args``, so that a call is checked against their names and types."""
-        names, deletion, insertion = self.curves(images, maps, places, grid, score, intact)
-        for j, name in enumerate(names):
-            scores.update_curves(name, deletion[:, j], insertion[:, j])
 
 
 def ranking_scores(

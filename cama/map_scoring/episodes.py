@@ -163,9 +163,9 @@ class EpisodeScorer:
 
             places = torch.arange(self.curves_done, self.curves_done + curved)
             self.curves_done += curved
-            self.curves.score(
-                scores, query_images[:curved], {m: maps[:curved] for m, maps in maps_of.items()}, places,
+            scores.update_curves(*self.curves.curves(
+                query_images[:curved], {m: maps[:curved] for m, maps in maps_of.items()}, places,
                 refs.query_maps.shape[-2:], class_score,
                 refs.logits[:curved].softmax(1).gather(1, predicted)[:, 0],
-            )
+            ))
         return maps_of

@@ -262,7 +262,7 @@ class ProbeScorer:
                 reference_embeddings[curved], ranked, true_matches, provider.excluded(probe_index, ranked)
             )
             intact = of_embeddings(features.embedding[curved], torch.arange(curved.numel(), device=device))
-            self.curves.score(
-                scores, features.images[curved], curve_maps, position[curved], features.maps[0].shape[-2:],
+            scores.update_curves(*self.curves.curves(
+                features.images[curved], curve_maps, position[curved], features.maps[0].shape[-2:],
                 lambda images, rows: of_embeddings(embed_masked(images), rows), intact,
-            )
+            ))

@@ -190,13 +190,11 @@ class MapScores(nn.Module):
         """AD / IC of ``name``: the scores ``[B]`` on the images and on the images masked by the maps."""
         self._group(name)["faith"].update(scores, masked_scores)
 
-    def has_curves(self, name: str) -> bool:
-        """Whether the map ``name`` gets deletion / insertion curves."""
-        return name in self.groups and "curves" in self._group(name)
-
-    def update_curves(self, name: str, deletion: Tensor, insertion: Tensor) -> None:
-        """The deletion and insertion curves ``[B, steps + 1(, S)]`` of the maps of ``name``."""
-        self._group(name)["curves"].update(deletion, insertion)
+    def update_curves(self, names: Sequence[str], deletion: Tensor, insertion: Tensor) -> None:
+        """The deletion and insertion curves ``[B, len(names), steps + 1(, S)]`` of the maps ``names``, one
+        per column (:meth:`cama.map_scoring.CurveOptions.curves`' output)."""
+        for j, name in enumerate(names):
+            self._group(name)["curves"].update(deletion[:, j], insertion[:, j])
 
     def update_overlap(self, raw_maps: Tensor) -> None:
         """The branch overlap of the branches' maps ``[B, N >= 2, h, w]``."""
