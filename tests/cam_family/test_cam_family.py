@@ -19,23 +19,8 @@ from torch import nn
 
 from cama.backbones import TokenGrid
 from cama.explain import gradient_cam, gradient_cam_layer_map, logit_score, similarity_score
-from tests.cam_family_fixtures import CLASSES, MEAN, NEW, SIZE, STD, Tiny, tiny, tiny_images, tiny_reference
+from tests.cam_family.fixtures import CLASSES, MEAN, NEW, SIZE, STD, Tiny
 from tests.test_explain_gradient import naive_percentile_truncation
-
-
-@pytest.fixture(scope="module")
-def net() -> Tiny:
-    return tiny()
-
-
-@pytest.fixture
-def images() -> torch.Tensor:
-    return tiny_images()
-
-
-@pytest.fixture
-def reference() -> torch.Tensor:
-    return tiny_reference()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,22 +13,7 @@ from torch import nn
 
 from cama.explain import gradient_cam, logit_score, similarity_score
 from cama.viz import ModelExplainer, check_methods
-from tests.cam_family_fixtures import CLASSES, MEAN, NEW, STD, tiny, tiny_images, tiny_reference
-
-
-@pytest.fixture(scope="module")
-def net() -> nn.Module:
-    return tiny()
-
-
-@pytest.fixture
-def images() -> torch.Tensor:
-    return tiny_images()
-
-
-@pytest.fixture
-def reference() -> torch.Tensor:
-    return tiny_reference()
+from tests.cam_family.fixtures import CLASSES, MEAN, NEW, STD, tiny
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""The tiny network and inputs of the CAM-family tests (``tests/test_cam_family.py``: the formulas,
-``tests/test_cam_family_wiring.py``: safety and wiring), written once as plain builders; each test
-file wraps them in its own thin pytest fixtures."""
+"""The tiny network and inputs of the CAM-family tests (``test_cam_family.py``: the formulas,
+``test_cam_family_wiring.py``: safety and wiring), written once as plain builders; this folder's
+``conftest.py`` makes them the tests' fixtures ``net``, ``images`` and ``reference``."""
 
 from __future__ import annotations
 
