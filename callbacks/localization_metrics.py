@@ -279,10 +279,9 @@ class LocalizationMetrics(Callback):
             with cpu_threads(forward_threads, device):
                 return explainer.features(images).embedding
 
-        # the validation's forwards: its queries and gallery, every process's (the same count on every rank)
-        embedded = len(pl_module.evaluation_embeddings())  # type: ignore[attr-defined]
+        # the validation's forwards: one per image of the evaluation set (queries and gallery; every rank's)
         forwards = self.scorer.perturbed_forwards(len(probes))
-        faithfulness = self.budget.due(forwards, embedded, self.warnings.warn)
+        faithfulness = self.budget.due(forwards, len(dataset), self.warnings.warn)
         scores = self.scorer.score(
             explainer, provider, gallery, probes, positions, dataset[probes[0]], captured, load, topk,
             self.batch_size, embed_masked, device, mean, std, faithfulness,
